@@ -1,0 +1,145 @@
+//! The command line, as clap sees it. Nothing outside `commands` looks at these types: each
+//! command turns them into a validated configuration before work starts.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// km, the Kilometers CLI: watch MCP traffic through signed plugins.
+#[derive(Debug, Parser)]
+#[command(name = "km", version, about, propagate_version = true)]
+pub struct Cli {
+    /// km's home directory (default: ~/.km).
+    #[arg(long, global = true, env = "KM_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// More detail on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an MCP server and relay its stdio, handing every message to the plugins.
+    Monitor(MonitorArgs),
+    /// Run a scripted MCP session through `km monitor` with the bundled plugins, signed with a
+    /// fresh key in a temporary KM_HOME. Needs no network.
+    Demo(DemoArgs),
+    /// Verify plugin libraries by hand: signature, hash, trust, expiry, target, rollback.
+    VerifyPlugin(VerifyPluginArgs),
+    /// List the plugins in the plugin directory and whether each verifies.
+    ListPlugins(ListPluginsArgs),
+    /// Manage the keys trusted to sign plugins.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+/// `km monitor`.
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Accepted for compatibility with the original syntax (`km monitor --server -- CMD`).
+    #[arg(long)]
+    pub server: bool,
+
+    /// Load plugins from DIR instead of KM_HOME/plugins.
+    #[arg(long, value_name = "DIR")]
+    pub plugins_dir: Option<PathBuf>,
+
+    /// Load no plugins: a pure relay.
+    #[arg(long, conflicts_with = "plugins_dir")]
+    pub no_plugins: bool,
+
+    /// Never drop a message for a slow plugin: apply back-pressure to the relay instead
+    /// (for audit use).
+    #[arg(long)]
+    pub lossless: bool,
+
+    /// Load a plugin even if it is older than a version already seen.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+
+    /// The MCP server command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// `km demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the plugin libraries are (default: beside the km binary).
+    #[arg(long, value_name = "DIR")]
+    pub lib_dir: Option<PathBuf>,
+}
+
+/// `km verify-plugin`.
+#[derive(Debug, Args)]
+pub struct VerifyPluginArgs {
+    /// Print one JSON object per plugin (a JSON array) on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Do not treat an older version than one already seen as a failure.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+
+    /// Plugin libraries (their signatures are read from PATH.kmsig).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+/// `km list-plugins`.
+#[derive(Debug, Args)]
+pub struct ListPluginsArgs {
+    /// List DIR instead of KM_HOME/plugins.
+    #[arg(long, value_name = "DIR")]
+    pub plugins_dir: Option<PathBuf>,
+
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `km trust ...`.
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Trust a public key (PEM, as written by `km-sign keygen` or `openssl pkey -pubout`).
+    Add {
+        /// The public key file.
+        key: PathBuf,
+        /// A label to show with the key.
+        #[arg(long)]
+        label: Option<String>,
+        /// Only plugins with these names may be signed by this key (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        scope: Vec<String>,
+    },
+    /// List trusted keys (built-in and added) and revocations.
+    List {
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop trusting an added key.
+    Remove {
+        /// The key id (as `km trust list` shows it).
+        key_id: String,
+    },
+    /// Revoke a key id or a library's SHA-256: nothing it signed, or nothing with that hash,
+    /// loads again, even if the key is built in.
+    Revoke {
+        /// A key id or a 64-digit SHA-256.
+        what: String,
+        /// Why (shown by `km trust list` and in refusals).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}

@@ -1,0 +1,40 @@
+//! One function per command: turn parsed arguments into a validated configuration, do the work,
+//! return the exit code.
+
+mod list;
+mod trust;
+mod verify;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+use crate::home::KmHome;
+
+/// What every command gets besides its own arguments.
+#[derive(Debug, Clone)]
+pub struct Globals {
+    /// km's home.
+    pub home: KmHome,
+    /// `-v` count.
+    pub verbose: u8,
+    /// `-q`.
+    pub quiet: bool,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let globals = Globals {
+        home: KmHome::resolve(cli.home.as_deref())?,
+        verbose: cli.verbose,
+        quiet: cli.quiet,
+    };
+    match cli.command {
+        Command::Monitor(args) => crate::monitor::run_command(&globals, args),
+        Command::Demo(args) => crate::monitor::demo::run(&globals, args),
+        Command::VerifyPlugin(args) => verify::run(&globals, args),
+        Command::ListPlugins(args) => list::run(&globals, args),
+        Command::Trust(cmd) => trust::run(&globals, cmd),
+    }
+}

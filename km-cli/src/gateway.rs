@@ -1,0 +1,146 @@
+//! The one gateway into plugin code. Every call km makes into a loaded plugin passes through
+//! [`LoadedPlugin`]: it maps the ABI's `RResult` to km's [`PluginFailure`], and it is where
+//! containment starts (a panic arrives here as an error value, because the SDK catches it at the
+//! boundary; a hang is contained by the dispatcher, which never calls a plugin from the relay).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use abi_stable::std_types::RStr;
+use km_abi::{AuthResponse, ErrorKind, Message, PluginBox, PluginConfig, PluginError, StreamEvent, Tier};
+
+/// Who signed a loaded plugin, as the verified manifest says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    /// The signing key's id.
+    pub key_id: String,
+    /// The key's label in the trust store (may be empty).
+    pub label: String,
+}
+
+/// A verified, loaded plugin. Cheap to share (`Arc`) between the dispatcher and the refresher.
+pub struct LoadedPlugin {
+    name: String,
+    version: String,
+    tier: Tier,
+    path: PathBuf,
+    sha256: String,
+    signer: Signer,
+    object: PluginBox,
+}
+
+impl fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("tier", &self.tier)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call into a plugin that failed: which plugin, which entry point, what it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginFailure {
+    /// The plugin's name.
+    pub plugin: String,
+    /// The entry point (`handle_message`, ...).
+    pub call: &'static str,
+    /// The error value the plugin (or the SDK's panic guard) returned.
+    pub error: PluginError,
+}
+
+impl PluginFailure {
+    /// Whether the plugin panicked (km then disables it for the rest of the session).
+    pub fn is_panic(&self) -> bool {
+        self.error.kind == ErrorKind::PANICKED
+    }
+}
+
+impl fmt::Display for PluginFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "plugin {} failed in {}: {}", self.plugin, self.call, self.error)
+    }
+}
+
+impl std::error::Error for PluginFailure {}
+
+impl LoadedPlugin {
+    /// Wraps a plugin object whose name and version the loader has checked against its manifest.
+    pub(crate) fn new(
+        object: PluginBox,
+        path: &Path,
+        sha256: String,
+        signer: Signer,
+    ) -> Self {
+        let name = object.name().into_string();
+        let version = object.version().into_string();
+        let tier = object.required_tier();
+        LoadedPlugin { name, version, tier, path: path.to_path_buf(), sha256, signer, object }
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The plugin's version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The tier the plugin needs for its full features.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// The path the library was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The SHA-256 of the bytes that were verified and loaded.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Who signed it.
+    pub fn signer(&self) -> &Signer {
+        &self.signer
+    }
+
+    fn wrap<T>(&self, call: &'static str, result: Result<T, PluginError>) -> Result<T, PluginFailure> {
+        result.map_err(|error| PluginFailure { plugin: self.name.clone(), call, error })
+    }
+
+    /// `initialize`.
+    pub fn initialize(&self, config: &PluginConfig) -> Result<(), PluginFailure> {
+        self.wrap("initialize", self.object.initialize(config).into_result())
+    }
+
+    /// `authenticate`.
+    pub fn authenticate(&self, api_key: &str) -> Result<AuthResponse, PluginFailure> {
+        self.wrap("authenticate", self.object.authenticate(RStr::from_str(api_key)).into_result())
+    }
+
+    /// `handle_message`.
+    pub fn handle_message(&self, message: &Message<'_>) -> Result<(), PluginFailure> {
+        self.wrap("handle_message", self.object.handle_message(message).into_result())
+    }
+
+    /// `handle_error`.
+    pub fn handle_error(&self, error: &PluginError) -> Result<(), PluginFailure> {
+        self.wrap("handle_error", self.object.handle_error(error).into_result())
+    }
+
+    /// `handle_stream_event`.
+    pub fn handle_stream_event(&self, event: &StreamEvent) -> Result<(), PluginFailure> {
+        self.wrap("handle_stream_event", self.object.handle_stream_event(event).into_result())
+    }
+
+    /// `shutdown`.
+    pub fn shutdown(&self) -> Result<(), PluginFailure> {
+        self.wrap("shutdown", self.object.shutdown().into_result())
+    }
+}

@@ -1,0 +1,49 @@
+//! km, the Kilometers CLI, as a library: the binary in `main.rs` is a thin shell over [`main`].
+//!
+//! Modules are named after the nouns of the domain: the command line ([`cli`]), km's files
+//! ([`home`]), verifying and loading plugins ([`loader`]), the one gateway through which every
+//! call into plugin code passes ([`gateway`]), the services km offers plugins ([`host`]), and the
+//! monitor that relays the MCP stream ([`monitor`]).
+
+pub mod cli;
+pub mod commands;
+pub mod gateway;
+pub mod home;
+pub mod host;
+pub mod loader;
+pub mod monitor;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit codes km documents (see README): `km monitor` exits with its child's status instead.
+pub mod exit {
+    /// Success; for `verify-plugin`, every plugin verified.
+    pub const OK: u8 = 0;
+    /// A verification said no.
+    pub const REFUSED: u8 = 1;
+    /// A usage, I/O or other error.
+    pub const ERROR: u8 = 2;
+}
+
+/// Parses the command line, runs the command, prints an error chain on failure.
+pub fn main() -> ExitCode {
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => {
+            // clap prints help/version to stdout and errors to stderr; keep its exit codes for
+            // help and version (0), and use ours (2) for usage errors.
+            let code = if e.use_stderr() { exit::ERROR } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match commands::run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("km: error: {e:#}");
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! console-logger (being built)

@@ -1,0 +1,2 @@
+//! km-sign. (Being built.)
+fn main() {}

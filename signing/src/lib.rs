@@ -1,0 +1,1 @@
+//! Signed plugin manifests, keys, trust store. (Being built; see issue 2.)

@@ -1,0 +1,1 @@
+//! km-sign end to end: keys, signatures, openssl interoperability.
