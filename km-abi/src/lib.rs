@@ -71,6 +71,8 @@
 //! What is NOT checked here: abi_stable's layout check catches build mistakes, not attacks. The
 //! security of loading is the signature check km performs before mapping a library.
 
+pub mod auth;
+pub mod credentials;
 mod interface;
 mod sdk;
 mod types;
@@ -80,6 +82,8 @@ pub use interface::{
     PluginModRef, ABI_VERSION,
 };
 pub use sdk::{Host, Plugin};
+pub use auth::{verify_token, Subscription, SubscriptionState, TokenClaims, TokenError};
+pub use credentials::{Credentials, CredentialsError};
 pub use types::{
     AuthResponse, Direction, ErrorKind, HttpRequest, HttpResponse, LogLevel, Message, MessageKind,
     PluginConfig, PluginError, StreamEvent, StreamEventKind, Tier, UnknownTier,
