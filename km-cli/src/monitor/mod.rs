@@ -1,15 +1,319 @@
-//! `km monitor`: the transparent MCP stdio relay. (Being built; see issue 3.)
+//! `km monitor`: the transparent MCP stdio relay.
+//!
+//! `km monitor -- CMD ARGS...` starts the MCP server CMD and stands between it and the MCP client
+//! on stdio. Bytes are forwarded first, verbatim ([`relay`]); only then are they cut into lines
+//! ([`frame`]), classified ([`jsonrpc`]), numbered and paired ([`correlate`], [`session`]) and
+//! queued for the plugins ([`dispatch`]), whose calls all pass through the gateway. The child's
+//! lifetime, signals and exit status are handled in [`process`]; what km says goes to stderr
+//! ([`banner`]). stdout carries only the server's bytes.
 
+mod banner;
+mod correlate;
 pub mod demo;
+mod dispatch;
+mod frame;
+mod jsonrpc;
+mod process;
+mod relay;
+mod session;
 
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::fd::AsFd;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
+use km_abi::{Direction, ErrorKind, PluginConfig, StreamEventKind};
 
+use self::banner::{Notices, Refused};
+use self::relay::{PumpEnd, PumpReport};
+use self::session::Session;
 use crate::cli::MonitorArgs;
 use crate::commands::Globals;
+use crate::gateway::LoadedPlugin;
+use crate::home::KmHome;
+
+/// How long the server may run on after its stdin closed, and after TERM, unless `KM_GRACE_MS`
+/// says otherwise.
+const DEFAULT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long plugins get at the end to empty their queues, and then to shut down.
+const PLUGIN_DEADLINE: Duration = Duration::from_secs(2);
+
+/// A validated `km monitor` configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct MonitorConfig {
+    /// The server command and its arguments (not empty).
+    pub(crate) command: Vec<OsString>,
+    /// Back-pressure instead of drops for slow plugins.
+    pub(crate) lossless: bool,
+    /// The grace period before TERM, and before KILL.
+    pub(crate) grace: Duration,
+    /// Room in each plugin's queue.
+    pub(crate) queue_capacity: usize,
+}
 
 /// Runs `km monitor`.
-pub fn run_command(_globals: &Globals, _args: MonitorArgs) -> Result<ExitCode> {
-    bail!("km monitor is not built yet")
+pub fn run_command(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
+    let notices = Notices::new(globals.quiet, globals.verbose);
+    let config = MonitorConfig {
+        command: args.command,
+        lossless: args.lossless,
+        grace: grace_from_env()?,
+        queue_capacity: dispatch::QUEUE_CAPACITY,
+    };
+    let (plugins, refused) = if args.no_plugins {
+        (Vec::new(), Vec::new())
+    } else {
+        let dir = args
+            .plugins_dir
+            .clone()
+            .unwrap_or_else(|| globals.home.plugins_dir());
+        load(&dir, &globals.home, args.allow_downgrade)?
+    };
+    let plugins = initialize(plugins, &refused, globals, notices, !args.no_plugins);
+    run(&config, plugins, notices)
+}
+
+/// `KM_GRACE_MS`, for tests and impatient users; [`DEFAULT_GRACE`] when unset.
+fn grace_from_env() -> Result<Duration> {
+    match std::env::var("KM_GRACE_MS") {
+        Ok(ms) => {
+            let ms: u64 = ms
+                .trim()
+                .parse()
+                .with_context(|| format!("KM_GRACE_MS={ms:?} is not a number of milliseconds"))?;
+            Ok(Duration::from_millis(ms))
+        }
+        Err(_) => Ok(DEFAULT_GRACE),
+    }
+}
+
+/// Loads the plugins in `dir`. (Until the loader lands, km loads none.)
+fn load(
+    _dir: &std::path::Path,
+    _home: &KmHome,
+    _allow_downgrade: bool,
+) -> Result<(Vec<Arc<LoadedPlugin>>, Vec<Refused>)> {
+    Ok((Vec::new(), Vec::new()))
+}
+
+/// Calls `initialize` on each plugin, prints the banner, and returns the plugins that are ready.
+fn initialize(
+    plugins: Vec<Arc<LoadedPlugin>>,
+    refused: &[Refused],
+    globals: &Globals,
+    notices: Notices,
+    show_banner: bool,
+) -> Vec<Arc<LoadedPlugin>> {
+    let mut ready = Vec::with_capacity(plugins.len());
+    let mut refused = refused.to_vec();
+    for plugin in plugins {
+        let data_dir = globals.home.plugin_data_dir(plugin.name());
+        let result = KmHome::ensure_private_dir(&data_dir)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|()| {
+                let config = PluginConfig {
+                    data_dir: data_dir.to_string_lossy().into_owned().into(),
+                    api_url: "".into(),
+                    settings_json: "{}".into(),
+                    host_version: env!("CARGO_PKG_VERSION").into(),
+                    verbose: globals.verbose > 0,
+                };
+                plugin
+                    .initialize(&config)
+                    .map_err(|failure| failure.error.to_string())
+            });
+        match result {
+            Ok(()) => ready.push(plugin),
+            Err(reason) => refused.push(Refused {
+                file: plugin.name().to_owned(),
+                check: "initialize".into(),
+                reason: format!("initialize failed: {reason}"),
+            }),
+        }
+    }
+    if show_banner {
+        notices.info(&banner::banner(&ready, &refused, notices.verbose()));
+    }
+    ready
+}
+
+/// Runs the session: starts the server, relays until it ends, and returns km's exit code.
+pub(crate) fn run(
+    config: &MonitorConfig,
+    plugins: Vec<Arc<LoadedPlugin>>,
+    notices: Notices,
+) -> Result<ExitCode> {
+    let (session, workers) = if plugins.is_empty() {
+        (None, None)
+    } else {
+        let (dispatcher, workers) =
+            dispatch::start(plugins, config.queue_capacity, config.lossless, notices);
+        (Some(Session::new(dispatcher)), Some(workers))
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let outcome = runtime.block_on(relay_session(config, session.clone(), notices));
+    // A pump may still be blocked reading a stdin that never closes; it is left behind.
+    runtime.shutdown_background();
+    let (code, status) = match outcome {
+        Ok(Outcome::Exited(status)) => (process::exit_code(status), Some(status)),
+        Ok(Outcome::NotStarted(error)) => {
+            notices.error(&error.to_string());
+            if let Some(session) = &session {
+                session.error(ErrorKind::IO, "spawn", &error.to_string());
+            }
+            (error.exit_code(), None)
+        }
+        Err(e) => {
+            notices.error(&format!("{e:#}"));
+            if let Some(session) = &session {
+                session.error(ErrorKind::IO, "relay", &format!("{e:#}"));
+            }
+            (crate::exit::ERROR, None)
+        }
+    };
+    if let (Some(session), Some(workers)) = (session, workers) {
+        let counts = session.counts();
+        let mut data = serde_json::Map::new();
+        use std::os::unix::process::ExitStatusExt;
+        data.insert("exit_code".into(), code.into());
+        data.insert("signal".into(), status.and_then(|s| s.signal()).into());
+        data.insert(
+            "messages".into(),
+            serde_json::json!({
+                "client_to_server": counts.client_to_server,
+                "server_to_client": counts.server_to_client,
+                "total": counts.client_to_server + counts.server_to_client,
+            }),
+        );
+        workers.set_end(dispatch::EndOfStream {
+            data,
+            timestamp_ms: session::now_ms(),
+        });
+        session.close();
+        workers.finish(PLUGIN_DEADLINE, PLUGIN_DEADLINE);
+    }
+    Ok(ExitCode::from(code))
+}
+
+enum Outcome {
+    Exited(std::process::ExitStatus),
+    NotStarted(process::SpawnError),
+}
+
+async fn relay_session(
+    config: &MonitorConfig,
+    session: Option<Arc<Session>>,
+    notices: Notices,
+) -> Result<Outcome> {
+    let stdin = File::from(
+        std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("opening stdin")?,
+    );
+    let stdout = File::from(
+        std::io::stdout()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("opening stdout")?,
+    );
+    let spawned = match process::spawn(&config.command) {
+        Ok(spawned) => spawned,
+        Err(error) => return Ok(Outcome::NotStarted(error)),
+    };
+    let process::Spawned {
+        mut child,
+        pid,
+        stdin: child_stdin,
+        stdout: child_stdout,
+    } = spawned;
+    notices.detail(&format!(
+        "started {} (pid {})",
+        describe(&config.command),
+        pid.as_raw_nonzero()
+    ));
+    if let Some(session) = &session {
+        let command: Vec<String> = config
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        session.event(
+            StreamEventKind::START,
+            serde_json::json!({ "command": command, "pid": pid.as_raw_nonzero().get() }),
+        );
+    }
+    let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let pumps = [
+        (Direction::Request, stdin, child_stdin, "km-relay-c2s"),
+        (Direction::Response, child_stdout, stdout, "km-relay-s2c"),
+    ];
+    for (direction, input, output, name) in pumps {
+        let tx = tx.clone();
+        let session = session.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let report = relay::pump(direction, input, output, session);
+                let _ = tx.send(report);
+            })
+            .context("starting a relay thread")?;
+    }
+    drop(tx);
+    let on_report = |report: &PumpReport| report_pump(report, session.as_deref(), notices);
+    let status = process::supervise(
+        &mut child,
+        pid,
+        &mut reports,
+        config.grace,
+        notices,
+        on_report,
+    )
+    .await
+    .context("waiting for the server")?;
+    notices.detail(&format!("the server exited: {status}"));
+    Ok(Outcome::Exited(status))
+}
+
+fn report_pump(report: &PumpReport, session: Option<&Session>, notices: Notices) {
+    let side = match report.direction {
+        Direction::Request => "client to server",
+        Direction::Response => "server to client",
+    };
+    let failure = match &report.end {
+        PumpEnd::Eof => None,
+        PumpEnd::OutputClosed => {
+            notices.detail(&format!(
+                "{side}: the reader closed its end after {} bytes",
+                report.bytes
+            ));
+            None
+        }
+        PumpEnd::ReadFailed(e) => Some(format!("reading: {e}")),
+        PumpEnd::WriteFailed(e) => Some(format!("writing: {e}")),
+    };
+    match failure {
+        Some(error) => {
+            notices.error(&format!("relay {side}: {error}"));
+            if let Some(session) = session {
+                session.error(ErrorKind::IO, &format!("relay {side}"), &error);
+            }
+        }
+        None => notices.detail(&format!("{side}: {} bytes relayed", report.bytes)),
+    }
+}
+
+fn describe(command: &[OsString]) -> String {
+    command
+        .iter()
+        .map(|a| a.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

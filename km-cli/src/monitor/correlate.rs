@@ -1,0 +1,332 @@
+//! Pairing requests with their responses.
+//!
+//! Both sides of an MCP session number their own requests (the client its `tools/call`s, the
+//! server its `sampling/createMessage`s), so an id alone is ambiguous: the key of a pending request
+//! is (the side that sent it, its id). A request gets a correlation id made of that side and its
+//! sequence number (`c12`: the client's request seen as message 12); its response, and a
+//! `notifications/cancelled` naming it, get the same one.
+//!
+//! Pending requests expire when they are answered, cancelled, older than the timeout, evicted
+//! (oldest first) when the map is full, or when the stream ends, so memory stays bounded whatever
+//! the peers send.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use km_abi::Direction;
+
+/// How many requests may be pending at once before the oldest is forgotten.
+pub(crate) const MAX_PENDING: usize = 65_536;
+
+/// How long a request may wait for its response before it is forgotten.
+pub(crate) const PENDING_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// The correlation id of one request: who sent it and its sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct CorrelationId {
+    /// The side that sent the request.
+    pub(crate) sender: Direction,
+    /// The request's sequence number in the session.
+    pub(crate) seq: u64,
+}
+
+impl fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let side = match self.sender {
+            Direction::Request => 'c',
+            Direction::Response => 's',
+        };
+        write!(f, "{side}{}", self.seq)
+    }
+}
+
+/// A JSON-RPC id as a map key. Integers (by far the most common) need no allocation; anything
+/// else is kept as its raw JSON text, so `1` and `"1"` stay different as JSON-RPC requires.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum IdKey {
+    /// An integer id.
+    Int(i64),
+    /// Any other id, as raw JSON text.
+    Raw(Box<[u8]>),
+}
+
+impl IdKey {
+    /// The key of the raw id text `raw`.
+    pub(crate) fn from_raw(raw: &[u8]) -> Self {
+        let is_int = !raw.is_empty()
+            && raw.len() <= 20
+            && raw
+                .iter()
+                .enumerate()
+                .all(|(i, b)| b.is_ascii_digit() || (i == 0 && *b == b'-'));
+        if is_int {
+            if let Some(n) = std::str::from_utf8(raw)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+            {
+                return IdKey::Int(n);
+            }
+        }
+        IdKey::Raw(raw.into())
+    }
+}
+
+type Key = (Direction, IdKey);
+
+#[derive(Debug)]
+struct Pending {
+    seq: u64,
+    since: Instant,
+}
+
+/// The pending requests of one session.
+#[derive(Debug)]
+pub(crate) struct Correlator {
+    pending: HashMap<Key, Pending>,
+    /// Keys in the order their requests arrived, for expiry and eviction. Entries whose request
+    /// is gone (answered, replaced) are skipped lazily and compacted away.
+    order: VecDeque<(u64, Key)>,
+    cap: usize,
+    timeout: Duration,
+}
+
+fn opposite(direction: Direction) -> Direction {
+    match direction {
+        Direction::Request => Direction::Response,
+        Direction::Response => Direction::Request,
+    }
+}
+
+impl Correlator {
+    /// A correlator with the default cap and timeout.
+    pub(crate) fn new() -> Self {
+        Self::with_limits(MAX_PENDING, PENDING_TIMEOUT)
+    }
+
+    /// A correlator with its own cap and timeout.
+    pub(crate) fn with_limits(cap: usize, timeout: Duration) -> Self {
+        Correlator {
+            pending: HashMap::new(),
+            order: VecDeque::new(),
+            cap: cap.max(1),
+            timeout,
+        }
+    }
+
+    /// A request with `id` travelling in `direction` was seen as message `seq`.
+    pub(crate) fn request(
+        &mut self,
+        direction: Direction,
+        id: IdKey,
+        seq: u64,
+        now: Instant,
+    ) -> CorrelationId {
+        self.expire(now);
+        while self.pending.len() >= self.cap {
+            if !self.evict_oldest() {
+                break;
+            }
+        }
+        let key = (direction, id);
+        self.order.push_back((seq, key.clone()));
+        self.pending.insert(key, Pending { seq, since: now });
+        if self.order.len() > 2 * self.pending.len() + 64 {
+            let pending = &self.pending;
+            self.order
+                .retain(|(seq, key)| pending.get(key).is_some_and(|p| p.seq == *seq));
+        }
+        CorrelationId {
+            sender: direction,
+            seq,
+        }
+    }
+
+    /// A response with `id` travelling in `direction`: the request it answers (sent the other
+    /// way) and how long it took, if it was pending.
+    pub(crate) fn response(
+        &mut self,
+        direction: Direction,
+        id: IdKey,
+        now: Instant,
+    ) -> Option<(CorrelationId, Duration)> {
+        let sender = opposite(direction);
+        let pending = self.pending.remove(&(sender, id))?;
+        Some((
+            CorrelationId {
+                sender,
+                seq: pending.seq,
+            },
+            now.saturating_duration_since(pending.since),
+        ))
+    }
+
+    /// A `notifications/cancelled` travelling in `direction` names request `id` (which the same
+    /// side sent): that request expires; returns its correlation id if it was pending.
+    pub(crate) fn cancel(&mut self, direction: Direction, id: IdKey) -> Option<CorrelationId> {
+        let pending = self.pending.remove(&(direction, id))?;
+        Some(CorrelationId {
+            sender: direction,
+            seq: pending.seq,
+        })
+    }
+
+    /// The stream ended: nothing is pending any more.
+    pub(crate) fn clear(&mut self) {
+        self.pending.clear();
+        self.order.clear();
+    }
+
+    /// How many requests are pending.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn is_live(&self, seq: u64, key: &Key) -> bool {
+        self.pending.get(key).is_some_and(|p| p.seq == seq)
+    }
+
+    /// Drops requests older than the timeout (and stale bookkeeping at the front).
+    fn expire(&mut self, now: Instant) {
+        while let Some((seq, key)) = self.order.front() {
+            let expired = match self.pending.get(key) {
+                Some(p) if p.seq == *seq => now.saturating_duration_since(p.since) >= self.timeout,
+                _ => true,
+            };
+            if !expired {
+                break;
+            }
+            if let Some((seq, key)) = self.order.pop_front() {
+                if self.is_live(seq, &key) {
+                    self.pending.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Forgets the oldest pending request; `false` when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((seq, key)) = self.order.pop_front() {
+            if self.is_live(seq, &key) {
+                self.pending.remove(&key);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Direction::{Request as C2S, Response as S2C};
+
+    fn int(n: i64) -> IdKey {
+        IdKey::Int(n)
+    }
+
+    #[test]
+    fn response_pairs_with_request_of_the_other_side() {
+        let mut c = Correlator::new();
+        let t0 = Instant::now();
+        let id = c.request(C2S, int(1), 5, t0);
+        assert_eq!(id.to_string(), "c5");
+        let (got, latency) = c
+            .response(S2C, int(1), t0 + Duration::from_millis(3))
+            .expect("pending");
+        assert_eq!((got, latency), (id, Duration::from_millis(3)));
+        assert!(c.response(S2C, int(1), t0).is_none(), "answered once");
+    }
+
+    #[test]
+    fn both_sides_number_their_own_requests() {
+        let mut c = Correlator::new();
+        let now = Instant::now();
+        let client = c.request(C2S, int(1), 1, now);
+        let server = c.request(S2C, int(1), 2, now);
+        assert_eq!(server.to_string(), "s2");
+        // The client answers the server's sampling request: travels client -> server.
+        assert_eq!(c.response(C2S, int(1), now).map(|r| r.0), Some(server));
+        assert_eq!(c.response(S2C, int(1), now).map(|r| r.0), Some(client));
+    }
+
+    #[test]
+    fn string_and_number_ids_differ() {
+        let mut c = Correlator::new();
+        let now = Instant::now();
+        c.request(C2S, IdKey::from_raw(b"\"1\""), 1, now);
+        assert!(c.response(S2C, IdKey::from_raw(b"1"), now).is_none());
+        assert!(c.response(S2C, IdKey::from_raw(b"\"1\""), now).is_some());
+        assert_eq!(IdKey::from_raw(b"-12"), int(-12));
+        assert!(matches!(
+            IdKey::from_raw(b"99999999999999999999999"),
+            IdKey::Raw(_)
+        ));
+        assert!(matches!(IdKey::from_raw(b"1.0"), IdKey::Raw(_)));
+    }
+
+    #[test]
+    fn cancellation_names_and_expires_the_request() {
+        let mut c = Correlator::new();
+        let now = Instant::now();
+        let id = c.request(C2S, int(4), 9, now);
+        assert_eq!(
+            c.cancel(S2C, int(4)),
+            None,
+            "the server cannot cancel the client's request"
+        );
+        assert_eq!(c.cancel(C2S, int(4)), Some(id));
+        assert_eq!(c.len(), 0);
+        assert!(c.response(S2C, int(4), now).is_none());
+    }
+
+    #[test]
+    fn requests_time_out() {
+        let mut c = Correlator::with_limits(100, Duration::from_secs(10));
+        let t0 = Instant::now();
+        c.request(C2S, int(1), 1, t0);
+        c.request(C2S, int(2), 2, t0 + Duration::from_secs(5));
+        c.request(C2S, int(3), 3, t0 + Duration::from_secs(11));
+        assert_eq!(c.len(), 2);
+        assert!(c.response(S2C, int(1), t0).is_none());
+        assert!(c.response(S2C, int(2), t0).is_some());
+    }
+
+    #[test]
+    fn the_map_is_capped_oldest_first() {
+        let mut c = Correlator::with_limits(3, PENDING_TIMEOUT);
+        let now = Instant::now();
+        for i in 0..10 {
+            c.request(C2S, int(i), i as u64, now);
+        }
+        assert_eq!(c.len(), 3);
+        assert!(c.response(S2C, int(6), now).is_none());
+        assert!(c.response(S2C, int(9), now).is_some());
+    }
+
+    #[test]
+    fn bookkeeping_stays_bounded_when_responses_come_out_of_order() {
+        let mut c = Correlator::new();
+        let now = Instant::now();
+        c.request(C2S, int(-1), 0, now); // never answered: stays at the front
+        for i in 0..100_000 {
+            c.request(C2S, int(i), i as u64 + 1, now);
+            c.response(S2C, int(i), now);
+        }
+        assert_eq!(c.len(), 1);
+        assert!(c.order.len() < 200, "order has {} entries", c.order.len());
+        c.clear();
+        assert_eq!((c.len(), c.order.len()), (0, 0));
+    }
+
+    #[test]
+    fn a_reused_id_replaces_the_old_request() {
+        let mut c = Correlator::new();
+        let now = Instant::now();
+        c.request(C2S, int(1), 1, now);
+        let second = c.request(C2S, int(1), 2, now);
+        assert_eq!(c.response(S2C, int(1), now).map(|r| r.0), Some(second));
+        assert_eq!(c.len(), 0);
+    }
+}

@@ -1,0 +1,419 @@
+//! Handing messages to plugins without letting any plugin slow the relay.
+//!
+//! Every plugin gets one bounded queue and one worker thread, and is only ever called from that
+//! thread. The relay puts an [`Item`] into each queue with `try_send`: when a plugin's queue is
+//! full (a slow or hung plugin) that plugin's copy is dropped and counted, and the relay moves
+//! on. With `--lossless` the relay waits for room instead (back-pressure, for audit use). A
+//! message's bytes are a [`Bytes`] shared by all queues, never copied per plugin.
+//!
+//! A plugin that panics (the SDK turns the panic into a `PANICKED` error) is disabled for the rest
+//! of the session; other errors are reported, rate-limited, and the plugin carries on. At the end,
+//! queues drain under a deadline, each plugin gets the end-of-stream event and `shutdown`, under a
+//! second deadline; a plugin still stuck after that is abandoned on its thread so km can exit.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{ROption, RSlice, RStr};
+use bytes::Bytes;
+use km_abi::{Direction, Message, MessageKind, PluginError, StreamEvent, StreamEventKind};
+
+use super::banner::Notices;
+use super::correlate::CorrelationId;
+use super::jsonrpc::{string_text, Text};
+use crate::gateway::{LoadedPlugin, PluginFailure};
+
+/// Room in each plugin's queue.
+pub(crate) const QUEUE_CAPACITY: usize = 8192;
+
+/// One line, ready for the plugins. Cheap to clone: the bytes are shared.
+#[derive(Debug, Clone)]
+pub(crate) struct Envelope {
+    pub(crate) seq: u64,
+    pub(crate) direction: Direction,
+    pub(crate) kind: MessageKind,
+    pub(crate) is_error: bool,
+    /// The line without its terminator.
+    pub(crate) line: Bytes,
+    /// Where the raw `id` is in `line`.
+    pub(crate) id: Option<Range<usize>>,
+    /// Where the raw `method` (a JSON string) is in `line`.
+    pub(crate) method: Option<Range<usize>>,
+    pub(crate) correlation: Option<CorrelationId>,
+    pub(crate) timestamp_us: u64,
+    pub(crate) latency_us: Option<u64>,
+}
+
+/// What goes through a plugin's queue.
+#[derive(Debug, Clone)]
+pub(crate) enum Item {
+    /// A line of the stream.
+    Message(Envelope),
+    /// A lifecycle event (start, error).
+    Event(Arc<StreamEvent>),
+    /// A relay error, for `handle_error`.
+    Error(Arc<PluginError>),
+}
+
+/// What the end-of-stream event says; each plugin's copy adds its own drop count.
+#[derive(Debug, Clone)]
+pub(crate) struct EndOfStream {
+    /// The event's `data` object without `drops`.
+    pub(crate) data: serde_json::Map<String, serde_json::Value>,
+    pub(crate) timestamp_ms: i64,
+}
+
+/// Counters of one plugin's lane, shared between the relay, its worker and the report.
+#[derive(Debug)]
+pub(crate) struct LaneState {
+    pub(crate) name: String,
+    pub(crate) drops: AtomicU64,
+    pub(crate) handled: AtomicU64,
+    pub(crate) disabled: AtomicBool,
+    /// Set when the drain deadline passed: skip what is left in the queue.
+    abort: AtomicBool,
+}
+
+struct Lane {
+    tx: SyncSender<Item>,
+    state: Arc<LaneState>,
+}
+
+/// The sending side: owned by the session and used under its lock. Dropping it closes the queues.
+pub(crate) struct Dispatcher {
+    lanes: Vec<Lane>,
+    lossless: bool,
+}
+
+/// The receiving side: waits for the workers at the end.
+pub(crate) struct Workers {
+    states: Vec<Arc<LaneState>>,
+    progress: Receiver<(usize, Phase)>,
+    end: Arc<OnceLock<EndOfStream>>,
+    notices: Notices,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Drained,
+    Finished,
+}
+
+/// Starts one worker thread per plugin.
+pub(crate) fn start(
+    plugins: Vec<Arc<LoadedPlugin>>,
+    capacity: usize,
+    lossless: bool,
+    notices: Notices,
+) -> (Dispatcher, Workers) {
+    let (progress_tx, progress) = mpsc::channel();
+    let end = Arc::new(OnceLock::new());
+    let mut lanes = Vec::with_capacity(plugins.len());
+    let mut states = Vec::with_capacity(plugins.len());
+    for (index, plugin) in plugins.into_iter().enumerate() {
+        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        let state = Arc::new(LaneState {
+            name: plugin.name().to_owned(),
+            drops: AtomicU64::new(0),
+            handled: AtomicU64::new(0),
+            disabled: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
+        });
+        let worker = Worker {
+            index,
+            plugin,
+            state: state.clone(),
+            end: end.clone(),
+            notices,
+        };
+        let progress_tx = progress_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("km-plugin-{}", state.name))
+            .spawn(move || worker.run(rx, progress_tx));
+        if let Err(e) = spawned {
+            notices.error(&format!(
+                "cannot start a thread for plugin {}: {e}; it is not used",
+                state.name
+            ));
+            continue;
+        }
+        states.push(state.clone());
+        lanes.push(Lane { tx, state });
+    }
+    (
+        Dispatcher { lanes, lossless },
+        Workers {
+            states,
+            progress,
+            end,
+            notices,
+        },
+    )
+}
+
+impl Dispatcher {
+    /// Queues `item` for every plugin that is still enabled. Never blocks unless lossless; then
+    /// it waits for room until `closing` is set.
+    pub(crate) fn send(&self, item: &Item, closing: &AtomicBool) {
+        for lane in &self.lanes {
+            if lane.state.disabled.load(Ordering::Relaxed) {
+                continue;
+            }
+            let mut item = item.clone();
+            let mut pause = Duration::from_micros(50);
+            loop {
+                match lane.tx.try_send(item) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(back))
+                        if self.lossless && !closing.load(Ordering::Relaxed) =>
+                    {
+                        item = back;
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(5));
+                    }
+                    Err(TrySendError::Full(_)) => {
+                        lane.state.drops.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(TrySendError::Disconnected(_)) => break,
+                }
+            }
+        }
+    }
+}
+
+impl Workers {
+    /// Ends the session for the plugins: call after `end` is known and before the [`Dispatcher`]
+    /// is dropped. Waits up to `drain` for the queues to empty, then up to `shutdown` for the
+    /// end event and `shutdown` calls; reports on stderr what did not make it.
+    pub(crate) fn set_end(&self, end: EndOfStream) {
+        let _ = self.end.set(end);
+    }
+
+    /// Waits for the workers (the [`Dispatcher`] must be dropped by now); see [`Workers::set_end`].
+    pub(crate) fn finish(self, drain: Duration, shutdown: Duration) {
+        let n = self.states.len();
+        let mut drained = vec![false; n];
+        let mut finished = vec![false; n];
+        let deadline = Instant::now() + drain;
+        self.wait(&mut drained, &mut finished, Phase::Drained, deadline);
+        for (state, done) in self.states.iter().zip(&drained) {
+            if !done {
+                self.notices.warn(&format!(
+                    "plugin {} did not catch up within {drain:?}; skipping the rest of its queue",
+                    state.name
+                ));
+                state.abort.store(true, Ordering::Relaxed);
+            }
+        }
+        let deadline = Instant::now() + shutdown;
+        self.wait(&mut drained, &mut finished, Phase::Finished, deadline);
+        for (state, done) in self.states.iter().zip(&finished) {
+            if !done {
+                self.notices.warn(&format!(
+                    "plugin {} did not shut down in time; abandoned",
+                    state.name
+                ));
+            }
+            let drops = state.drops.load(Ordering::Relaxed);
+            if drops > 0 {
+                self.notices.warn(&format!(
+                    "plugin {} missed {drops} message{} (its queue was full)",
+                    state.name,
+                    if drops == 1 { "" } else { "s" }
+                ));
+            }
+            self.notices.detail(&format!(
+                "plugin {}: {} messages handled",
+                state.name,
+                state.handled.load(Ordering::Relaxed)
+            ));
+        }
+    }
+
+    fn wait(&self, drained: &mut [bool], finished: &mut [bool], phase: Phase, deadline: Instant) {
+        let target = |drained: &[bool], finished: &[bool]| match phase {
+            Phase::Drained => drained.iter().all(|d| *d),
+            Phase::Finished => finished.iter().all(|d| *d),
+        };
+        while !target(drained, finished) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.progress.recv_timeout(left) {
+                Ok((index, Phase::Drained)) => drained[index] = true,
+                Ok((index, Phase::Finished)) => {
+                    drained[index] = true;
+                    finished[index] = true;
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+}
+
+struct Worker {
+    index: usize,
+    plugin: Arc<LoadedPlugin>,
+    state: Arc<LaneState>,
+    end: Arc<OnceLock<EndOfStream>>,
+    notices: Notices,
+}
+
+impl Worker {
+    fn run(self, rx: Receiver<Item>, progress: mpsc::Sender<(usize, Phase)>) {
+        let mut correlation = String::new();
+        let mut limiter = ErrorLimiter::default();
+        while let Ok(item) = rx.recv() {
+            if self.state.disabled.load(Ordering::Relaxed)
+                || self.state.abort.load(Ordering::Relaxed)
+            {
+                continue;
+            }
+            let result = match &item {
+                Item::Message(envelope) => {
+                    let result = self.deliver(envelope, &mut correlation);
+                    self.state.handled.fetch_add(1, Ordering::Relaxed);
+                    result
+                }
+                Item::Event(event) => self.plugin.handle_stream_event(event),
+                Item::Error(error) => self.plugin.handle_error(error),
+            };
+            if let Err(failure) = result {
+                self.failed(&failure, &mut limiter);
+            }
+        }
+        let _ = progress.send((self.index, Phase::Drained));
+        if !self.state.disabled.load(Ordering::Relaxed) {
+            if let Some(end) = self.end.get() {
+                let mut data = end.data.clone();
+                data.insert(
+                    "drops".into(),
+                    self.state.drops.load(Ordering::Relaxed).into(),
+                );
+                let event = StreamEvent {
+                    kind: StreamEventKind::END,
+                    timestamp_ms: end.timestamp_ms,
+                    data: serde_json::Value::Object(data).to_string().into(),
+                };
+                if let Err(failure) = self.plugin.handle_stream_event(&event) {
+                    self.failed(&failure, &mut limiter);
+                }
+            }
+        }
+        if !self.state.disabled.load(Ordering::Relaxed) {
+            if let Err(failure) = self.plugin.shutdown() {
+                self.failed(&failure, &mut limiter);
+            }
+        }
+        let _ = progress.send((self.index, Phase::Finished));
+    }
+
+    fn deliver(&self, envelope: &Envelope, correlation: &mut String) -> Result<(), PluginFailure> {
+        use std::fmt::Write;
+        let line = &envelope.line[..];
+        correlation.clear();
+        if let Some(id) = envelope.correlation {
+            let _ = write!(correlation, "{id}");
+        }
+        let id = envelope
+            .id
+            .clone()
+            .and_then(|r| line.get(r))
+            .and_then(|raw| std::str::from_utf8(raw).ok())
+            .unwrap_or("");
+        let method = envelope
+            .method
+            .clone()
+            .and_then(|r| line.get(r))
+            .and_then(string_text);
+        let method = match &method {
+            Some(Text::Borrowed(s)) => s,
+            Some(Text::Owned(s)) => s.as_str(),
+            None => "",
+        };
+        let message = Message {
+            seq: envelope.seq,
+            direction: envelope.direction,
+            kind: envelope.kind,
+            is_error: envelope.is_error,
+            data: RSlice::from_slice(line),
+            correlation_id: RStr::from_str(correlation),
+            id: RStr::from_str(id),
+            method: RStr::from_str(method),
+            timestamp_us: envelope.timestamp_us,
+            latency_us: match envelope.latency_us {
+                Some(us) => ROption::RSome(us),
+                None => ROption::RNone,
+            },
+        };
+        self.plugin.handle_message(&message)
+    }
+
+    fn failed(&self, failure: &PluginFailure, limiter: &mut ErrorLimiter) {
+        if failure.is_panic() {
+            self.state.disabled.store(true, Ordering::Relaxed);
+            self.notices.error(&format!(
+                "{failure}; plugin {} is disabled for this session",
+                self.state.name
+            ));
+            return;
+        }
+        if let Some(suppressed) = limiter.admit(Instant::now()) {
+            let more = if suppressed > 0 {
+                format!(" ({suppressed} similar errors not shown)")
+            } else {
+                String::new()
+            };
+            self.notices.error(&format!("{failure}{more}"));
+        }
+    }
+}
+
+/// Lets the first few errors of a plugin through, then at most one per interval, counting the
+/// ones it held back, so that a plugin failing on every message cannot flood stderr.
+#[derive(Debug, Default)]
+struct ErrorLimiter {
+    shown: u32,
+    suppressed: u64,
+    last: Option<Instant>,
+}
+
+impl ErrorLimiter {
+    const BURST: u32 = 5;
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    /// `Some(suppressed since the last one shown)` when this error should be shown.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        let due = self.shown < Self::BURST
+            || self
+                .last
+                .map_or(true, |last| now.duration_since(last) >= Self::INTERVAL);
+        if !due {
+            self.suppressed += 1;
+            return None;
+        }
+        self.shown = self.shown.saturating_add(1);
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_shows_a_burst_then_one_per_interval() {
+        let mut limiter = ErrorLimiter::default();
+        let t0 = Instant::now();
+        let shown: Vec<_> = (0..20).map(|_| limiter.admit(t0)).collect();
+        assert_eq!(
+            shown.iter().filter(|s| s.is_some()).count(),
+            ErrorLimiter::BURST as usize
+        );
+        assert_eq!(limiter.admit(t0 + ErrorLimiter::INTERVAL), Some(15));
+        assert_eq!(limiter.admit(t0 + ErrorLimiter::INTERVAL), None);
+    }
+}

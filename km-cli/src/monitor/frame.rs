@@ -1,0 +1,252 @@
+//! Splitting a byte stream into lines for the plugins.
+//!
+//! The relay forwards every chunk the moment it is read; only afterwards does the [`Framer`] look
+//! at the same bytes to cut them into lines. Reads land directly in the framer's buffer and each
+//! complete line is split off as a [`Bytes`] that shares that buffer, so a line reaches every
+//! plugin without a copy and a chunk full of small messages costs one allocation, not one per
+//! line. A line is held in memory only until it is complete; a line longer than the cap is not
+//! buffered at all (it is skipped for the plugins and reported as [`Frame::Oversize`]), so memory
+//! stays bounded whatever arrives.
+
+use std::io::{self, Read};
+
+use bytes::{Bytes, BytesMut};
+
+/// How many bytes one read asks for: the size of a Linux pipe buffer.
+pub(crate) const CHUNK: usize = 64 * 1024;
+
+/// The longest line handed to plugins; longer lines are still relayed, but not buffered.
+pub(crate) const MAX_LINE: usize = 128 * 1024 * 1024;
+
+/// What the framer found.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Frame {
+    /// One line, without its `\n` or `\r\n`.
+    Line(Bytes),
+    /// A line longer than the cap, with its length in bytes (terminator excluded).
+    Oversize(usize),
+}
+
+/// Cuts a stream into lines. Feed it with [`Framer::fill`] (or [`Framer::push`]), then take
+/// lines with [`Framer::next_frame`] until it returns `None`; at the end of the stream,
+/// [`Framer::finish`] returns a last line that had no newline.
+#[derive(Debug)]
+pub(crate) struct Framer {
+    buf: BytesMut,
+    /// Bytes at the front of `buf` already searched for a newline.
+    scanned: usize,
+    /// Where the bytes of the last read start in `buf`.
+    fresh: usize,
+    /// While skipping an oversize line: how many of its bytes went by.
+    skipped: Option<usize>,
+    max_line: usize,
+}
+
+impl Framer {
+    /// A framer that hands out lines up to [`MAX_LINE`] bytes.
+    pub(crate) fn new() -> Self {
+        Self::with_max_line(MAX_LINE)
+    }
+
+    /// A framer with its own cap (tests use small ones).
+    pub(crate) fn with_max_line(max_line: usize) -> Self {
+        Framer {
+            buf: BytesMut::with_capacity(CHUNK),
+            scanned: 0,
+            fresh: 0,
+            skipped: None,
+            max_line,
+        }
+    }
+
+    /// Reads once from `input` into the buffer; returns how many bytes came (0 at end of stream).
+    /// The bytes are then available from [`Framer::fresh`] until the next read.
+    pub(crate) fn fill(&mut self, input: &mut impl Read) -> io::Result<usize> {
+        let start = self.buf.len();
+        self.fresh = start;
+        // Zeroing the spare room costs far less than the read itself and keeps this safe code.
+        self.buf.resize(start + CHUNK, 0);
+        let result = input.read(&mut self.buf[start..]);
+        let n = *result.as_ref().unwrap_or(&0);
+        self.buf.truncate(start + n);
+        result
+    }
+
+    /// Appends `bytes` as if they had been read (for callers that already hold the data).
+    #[cfg(test)]
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        self.fresh = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The bytes of the last read, to be forwarded before any framing happens.
+    pub(crate) fn fresh(&self) -> &[u8] {
+        &self.buf[self.fresh..]
+    }
+
+    /// The next complete line, or `None` when the buffer holds no newline any more.
+    pub(crate) fn next_frame(&mut self) -> Option<Frame> {
+        let found = memchr::memchr(b'\n', &self.buf[self.scanned..]).map(|i| self.scanned + i);
+        match found {
+            Some(newline) => {
+                let mut line = self.buf.split_to(newline + 1);
+                self.scanned = 0;
+                self.fresh = 0;
+                if let Some(skipped) = self.skipped.take() {
+                    return Some(Frame::Oversize(skipped + strip_terminator_len(&line)));
+                }
+                let content = strip_terminator_len(&line);
+                if content > self.max_line {
+                    return Some(Frame::Oversize(content));
+                }
+                line.truncate(content);
+                Some(Frame::Line(line.freeze()))
+            }
+            None => {
+                self.scanned = self.buf.len();
+                let pending = self.skipped.unwrap_or(0) + self.buf.len();
+                if pending > self.max_line {
+                    // Too long to keep: forget what we have and count the rest as it goes by.
+                    self.skipped = Some(pending);
+                    self.buf.clear();
+                    self.scanned = 0;
+                    self.fresh = 0;
+                }
+                None
+            }
+        }
+    }
+
+    /// At the end of the stream: the last line if it had no newline.
+    pub(crate) fn finish(&mut self) -> Option<Frame> {
+        let rest = self.buf.split();
+        self.scanned = 0;
+        self.fresh = 0;
+        match self.skipped.take() {
+            Some(skipped) => Some(Frame::Oversize(skipped + rest.len())),
+            None if rest.is_empty() => None,
+            None if rest.len() > self.max_line => Some(Frame::Oversize(rest.len())),
+            None => Some(Frame::Line(rest.freeze())),
+        }
+    }
+}
+
+/// The length of `line` (which ends in `\n`) without `\n` or `\r\n`.
+fn strip_terminator_len(line: &[u8]) -> usize {
+    let mut len = line.len().saturating_sub(1);
+    if len > 0 && line[len - 1] == b'\r' {
+        len -= 1;
+    }
+    len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(framer: &mut Framer) -> Vec<Frame> {
+        std::iter::from_fn(|| framer.next_frame()).collect()
+    }
+
+    fn line(s: &[u8]) -> Frame {
+        Frame::Line(Bytes::copy_from_slice(s))
+    }
+
+    #[test]
+    fn splits_lines_across_chunk_boundaries() {
+        let mut framer = Framer::new();
+        framer.push(b"{\"a\":");
+        assert!(lines(&mut framer).is_empty());
+        framer.push(b"1}\n{\"b\"");
+        assert_eq!(lines(&mut framer), vec![line(b"{\"a\":1}")]);
+        framer.push(b":2}\nx\n\n");
+        assert_eq!(
+            lines(&mut framer),
+            vec![line(b"{\"b\":2}"), line(b"x"), line(b"")]
+        );
+        assert_eq!(framer.finish(), None);
+    }
+
+    #[test]
+    fn strips_crlf_but_keeps_lone_cr_inside() {
+        let mut framer = Framer::new();
+        framer.push(b"one\r\ntw\ro\n\r\n");
+        assert_eq!(
+            lines(&mut framer),
+            vec![line(b"one"), line(b"tw\ro"), line(b"")]
+        );
+    }
+
+    #[test]
+    fn crlf_split_between_chunks() {
+        let mut framer = Framer::new();
+        framer.push(b"abc\r");
+        assert!(lines(&mut framer).is_empty());
+        framer.push(b"\n");
+        assert_eq!(lines(&mut framer), vec![line(b"abc")]);
+    }
+
+    #[test]
+    fn final_line_without_newline_comes_from_finish() {
+        let mut framer = Framer::new();
+        framer.push(b"a\nlast");
+        assert_eq!(lines(&mut framer), vec![line(b"a")]);
+        assert_eq!(framer.finish(), Some(line(b"last")));
+        assert_eq!(framer.finish(), None);
+    }
+
+    #[test]
+    fn invalid_utf8_is_just_bytes() {
+        let mut framer = Framer::new();
+        framer.push(b"\xff\xfe\n");
+        assert_eq!(lines(&mut framer), vec![line(b"\xff\xfe")]);
+    }
+
+    #[test]
+    fn fresh_is_the_last_read_only() {
+        let mut framer = Framer::new();
+        framer.push(b"abc");
+        let _ = lines(&mut framer);
+        framer.push(b"def\n");
+        assert_eq!(framer.fresh(), b"def\n");
+        let mut input: &[u8] = b"ghi";
+        assert_eq!(framer.fill(&mut input).ok(), Some(3));
+        assert_eq!(framer.fresh(), b"ghi");
+    }
+
+    #[test]
+    fn oversize_lines_are_skipped_without_buffering() {
+        let mut framer = Framer::with_max_line(8);
+        framer.push(b"ok\n0123456");
+        assert_eq!(lines(&mut framer), vec![line(b"ok")]);
+        framer.push(b"789abc");
+        assert!(lines(&mut framer).is_empty());
+        assert!(framer.buf.is_empty(), "an oversize line is not kept");
+        framer.push(b"def\nsmall\n");
+        assert_eq!(
+            lines(&mut framer),
+            vec![Frame::Oversize(16), line(b"small")]
+        );
+    }
+
+    #[test]
+    fn oversize_final_line() {
+        let mut framer = Framer::with_max_line(4);
+        framer.push(b"123456");
+        assert!(lines(&mut framer).is_empty());
+        assert_eq!(framer.finish(), Some(Frame::Oversize(6)));
+    }
+
+    #[test]
+    fn many_lines_in_one_chunk_share_the_buffer() {
+        let mut framer = Framer::new();
+        let mut input = Vec::new();
+        for i in 0..1000 {
+            input.extend_from_slice(format!("{{\"id\":{i}}}\n").as_bytes());
+        }
+        framer.push(&input);
+        let got = lines(&mut framer);
+        assert_eq!(got.len(), 1000);
+        assert_eq!(got[999], line(b"{\"id\":999}"));
+    }
+}

@@ -1,0 +1,199 @@
+//! The two pumps: client → server (km's stdin to the child's stdin) and server → client (the
+//! child's stdout to km's stdout).
+//!
+//! A pump reads whatever is available (up to 64 KiB), writes it on at once, verbatim, and only
+//! then lets the framer and classifier look at it. Nothing waits for a line end before forwarding,
+//! so a 50 MB line streams through in chunks, and the bytes that come out are exactly the bytes
+//! that went in (non-JSON, CRLF, invalid UTF-8, a last line without newline). Without plugins a
+//! pump does not frame at all: it is a plain copy loop.
+//!
+//! Pumps are plain threads doing blocking I/O: the cheapest way to move bytes between pipes, and
+//! a pump blocked on a read that never ends (a client that never closes stdin) simply stays
+//! behind when km exits.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::Instant;
+
+use km_abi::Direction;
+
+use super::frame::{Frame, Framer, CHUNK};
+use super::jsonrpc;
+use super::session::{now_us, Observed, Session};
+
+/// How a pump ended.
+#[derive(Debug)]
+pub(crate) enum PumpEnd {
+    /// Its input reached end of stream.
+    Eof,
+    /// Its output was closed by the reader (EPIPE).
+    OutputClosed,
+    /// Reading failed.
+    ReadFailed(io::Error),
+    /// Writing failed for another reason than a closed pipe.
+    WriteFailed(io::Error),
+}
+
+/// What a pump tells the supervisor when it stops.
+#[derive(Debug)]
+pub(crate) struct PumpReport {
+    /// Which pump.
+    pub(crate) direction: Direction,
+    /// Why it stopped.
+    pub(crate) end: PumpEnd,
+    /// Bytes forwarded.
+    pub(crate) bytes: u64,
+}
+
+/// Copies `input` to `output` until one of them ends, handing lines to `session` if there is
+/// one. `output` is closed before this returns (for the client side, that closes the child's
+/// stdin).
+pub(crate) fn pump(
+    direction: Direction,
+    mut input: File,
+    output: File,
+    session: Option<Arc<Session>>,
+) -> PumpReport {
+    let mut output = output;
+    let (end, bytes) = match session {
+        Some(session) => framed(direction, &mut input, &mut output, &session),
+        None => plain(&mut input, &mut output),
+    };
+    drop(output);
+    PumpReport {
+        direction,
+        end,
+        bytes,
+    }
+}
+
+fn plain(input: &mut File, output: &mut File) -> (PumpEnd, u64) {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match read(input, &mut buf) {
+            Ok(0) => return (PumpEnd::Eof, total),
+            Ok(n) => n,
+            Err(e) => return (PumpEnd::ReadFailed(e), total),
+        };
+        if let Err(end) = forward(output, &buf[..n]) {
+            return (end, total);
+        }
+        total += n as u64;
+    }
+}
+
+fn framed(
+    direction: Direction,
+    input: &mut File,
+    output: &mut File,
+    session: &Session,
+) -> (PumpEnd, u64) {
+    let mut framer = Framer::new();
+    let mut batch = Vec::new();
+    let mut total = 0u64;
+    let end = loop {
+        let n = loop {
+            match framer.fill(input) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        let n = match n {
+            Ok(0) => break PumpEnd::Eof,
+            Ok(n) => n,
+            Err(e) => break PumpEnd::ReadFailed(e),
+        };
+        if let Err(end) = forward(output, framer.fresh()) {
+            break end;
+        }
+        total += n as u64;
+        let now = Instant::now();
+        let timestamp = now_us();
+        while let Some(frame) = framer.next_frame() {
+            collect(frame, &mut batch, session);
+        }
+        if !batch.is_empty() {
+            session.observe(direction, &mut batch, now, timestamp);
+        }
+    };
+    // Whatever was forwarded is a line for the plugins, even without a final newline.
+    if let Some(frame) = framer.finish() {
+        collect(frame, &mut batch, session);
+        session.observe(direction, &mut batch, Instant::now(), now_us());
+    }
+    (end, total)
+}
+
+fn collect(frame: Frame, batch: &mut Vec<Observed>, session: &Session) {
+    match frame {
+        Frame::Line(line) => {
+            let scan = jsonrpc::scan(&line);
+            batch.push(Observed { line, scan });
+        }
+        Frame::Oversize(len) => session.error(
+            km_abi::ErrorKind::FAILED,
+            "framing",
+            &format!("a line of {len} bytes was relayed but is too long to hand to plugins"),
+        ),
+    }
+}
+
+fn read(input: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match input.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+fn forward(output: &mut File, bytes: &[u8]) -> Result<(), PumpEnd> {
+    output.write_all(bytes).map_err(|e| match e.kind() {
+        io::ErrorKind::BrokenPipe => PumpEnd::OutputClosed,
+        _ => PumpEnd::WriteFailed(e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe() -> (File, File) {
+        // A socket pair behaves like a pipe here (EOF, EPIPE) and is available on every Rust.
+        let (r, w) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        (
+            File::from(std::os::fd::OwnedFd::from(r)),
+            File::from(std::os::fd::OwnedFd::from(w)),
+        )
+    }
+
+    #[test]
+    fn plain_pump_copies_and_reports_eof() {
+        let (in_r, mut in_w) = pipe();
+        let (out_r, out_w) = pipe();
+        let writer = std::thread::spawn(move || {
+            in_w.write_all(b"a\r\nb\xff\nno newline").expect("write");
+        });
+        let pumping = std::thread::spawn(move || pump(Direction::Request, in_r, out_w, None));
+        let mut got = Vec::new();
+        let mut out_r = out_r;
+        out_r.read_to_end(&mut got).expect("read");
+        writer.join().expect("writer");
+        let report = pumping.join().expect("pump");
+        assert_eq!(got, b"a\r\nb\xff\nno newline");
+        assert!(matches!(report.end, PumpEnd::Eof));
+        assert_eq!(report.bytes, got.len() as u64);
+    }
+
+    #[test]
+    fn closed_output_is_reported_as_such() {
+        let (in_r, mut in_w) = pipe();
+        let (out_r, out_w) = pipe();
+        drop(out_r);
+        in_w.write_all(b"x\n").expect("write");
+        let report = pump(Direction::Response, in_r, out_w, None);
+        assert!(matches!(report.end, PumpEnd::OutputClosed), "{report:?}");
+    }
+}

@@ -1,0 +1,186 @@
+//! The observed side of one monitored session: sequence numbers, correlation and the queues to
+//! the plugins, shared by the two pumps.
+//!
+//! Each pump frames and classifies its lines on its own (no lock), then takes the session lock
+//! once per chunk to number them, pair requests with responses and queue them. One lock keeps the
+//! sequence numbers in the order the plugins receive them and lets a response find the request
+//! the other pump registered. The lock is held only for that bookkeeping: queueing never blocks
+//! (except with `--lossless`, where blocking is the point).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use km_abi::{Direction, ErrorKind, MessageKind, PluginError, StreamEvent, StreamEventKind};
+
+use super::correlate::{CorrelationId, Correlator, IdKey};
+use super::dispatch::{Dispatcher, Envelope, Item};
+use super::jsonrpc::Scan;
+
+/// A line a pump has framed and classified, waiting to be numbered.
+#[derive(Debug)]
+pub(crate) struct Observed {
+    pub(crate) line: Bytes,
+    pub(crate) scan: Scan,
+}
+
+/// How many lines went each way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) client_to_server: u64,
+    pub(crate) server_to_client: u64,
+}
+
+struct State {
+    next_seq: u64,
+    correlator: Correlator,
+    dispatcher: Option<Dispatcher>,
+    counts: Counts,
+}
+
+/// Shared by the pumps and the supervisor.
+pub(crate) struct Session {
+    state: Mutex<State>,
+    /// Set when the session ends: a lossless send stops waiting.
+    closing: AtomicBool,
+}
+
+impl Session {
+    /// A session feeding `dispatcher`.
+    pub(crate) fn new(dispatcher: Dispatcher) -> Arc<Self> {
+        Arc::new(Session {
+            state: Mutex::new(State {
+                next_seq: 1,
+                correlator: Correlator::new(),
+                dispatcher: Some(dispatcher),
+                counts: Counts::default(),
+            }),
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent between statements; a panic elsewhere must not stop the relay.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Numbers, correlates and queues the lines of one chunk (all read at `now`).
+    pub(crate) fn observe(
+        &self,
+        direction: Direction,
+        batch: &mut Vec<Observed>,
+        now: Instant,
+        timestamp_us: u64,
+    ) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        for Observed { line, scan } in batch.drain(..) {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            match direction {
+                Direction::Request => state.counts.client_to_server += 1,
+                Direction::Response => state.counts.server_to_client += 1,
+            }
+            let Some(dispatcher) = &state.dispatcher else {
+                continue;
+            };
+            let key = |range: &Option<std::ops::Range<usize>>| {
+                range.clone().and_then(|r| line.get(r)).map(IdKey::from_raw)
+            };
+            let mut correlation: Option<CorrelationId> = None;
+            let mut latency_us = None;
+            match scan.kind {
+                MessageKind::REQUEST => {
+                    if let Some(id) = key(&scan.id) {
+                        correlation = Some(state.correlator.request(direction, id, seq, now));
+                    }
+                }
+                MessageKind::RESPONSE => {
+                    if let Some((id, latency)) =
+                        key(&scan.id).and_then(|id| state.correlator.response(direction, id, now))
+                    {
+                        correlation = Some(id);
+                        latency_us = Some(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+                    }
+                }
+                MessageKind::NOTIFICATION => {
+                    correlation =
+                        key(&scan.cancels).and_then(|id| state.correlator.cancel(direction, id));
+                }
+                _ => {}
+            }
+            let envelope = Envelope {
+                seq,
+                direction,
+                kind: scan.kind,
+                is_error: scan.is_error,
+                line,
+                id: scan.id,
+                method: scan.method,
+                correlation,
+                timestamp_us,
+                latency_us,
+            };
+            dispatcher.send(&Item::Message(envelope), &self.closing);
+        }
+    }
+
+    /// Sends a stream event to every plugin.
+    pub(crate) fn event(&self, kind: StreamEventKind, data: serde_json::Value) {
+        let event = StreamEvent {
+            kind,
+            timestamp_ms: now_ms(),
+            data: data.to_string().into(),
+        };
+        self.send(Item::Event(Arc::new(event)));
+    }
+
+    /// Reports a relay error: a stream `error` event and `handle_error`.
+    pub(crate) fn error(&self, kind: ErrorKind, context: &str, error: &str) {
+        self.event(
+            StreamEventKind::ERROR,
+            serde_json::json!({ "error": error, "context": context }),
+        );
+        self.send(Item::Error(Arc::new(PluginError::new(
+            kind,
+            format!("{context}: {error}"),
+        ))));
+    }
+
+    fn send(&self, item: Item) {
+        let state = self.lock();
+        if let Some(dispatcher) = &state.dispatcher {
+            dispatcher.send(&item, &self.closing);
+        }
+    }
+
+    /// Ends the session: no more messages reach the plugins, pending requests are forgotten, and
+    /// the queues close (the workers then drain them). Returns the line counts.
+    pub(crate) fn close(&self) -> Counts {
+        self.closing.store(true, Ordering::Relaxed);
+        let mut state = self.lock();
+        state.correlator.clear();
+        state.dispatcher = None;
+        state.counts
+    }
+
+    /// The line counts so far.
+    pub(crate) fn counts(&self) -> Counts {
+        self.lock().counts
+    }
+}
+
+/// Now, in microseconds since the Unix epoch.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Now, in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
