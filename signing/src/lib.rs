@@ -1,1 +1,50 @@
-//! Signed plugin manifests, keys, trust store. (Being built; see issue 2.)
+//! Signed plugin manifests, signing keys, the trust store and the rollback record of km; the
+//! `km-sign` tool is built on top of this crate.
+//!
+//! km loads plugins as native libraries into its own process, so a library must be proven to come
+//! from a trusted signer *before* it is mapped. The proof is a `.kmsig` file beside the library
+//! ([`SignatureFile`]) holding a small JSON [`Manifest`] (name, version, tier, target, ABI version,
+//! SHA-256 and size of the library, issue and expiry dates, key id) and a signature over the exact
+//! manifest bytes. [`verify_library`] checks everything against a [`TrustStore`] and a [`Policy`]
+//! and returns the proof type [`Verified`], which nothing else can construct.
+//!
+//! Algorithms come from a static allow-list ([`Algorithm`]): Ed25519 (the default) and RSA
+//! (2048 bits or more) PKCS#1 v1.5 with SHA-256, so that `openssl dgst -sha256 -sign` signatures
+//! verify. All signing and verifying is done by `ring`; the `rsa` crate is used only to generate
+//! RSA keys, which ring cannot do.
+//!
+//! The file formats are documented in `FORMATS.md` beside this crate's `Cargo.toml`.
+//!
+//! # What is NOT checked
+//!
+//! - The customer binding (`customer`) is carried and signed but not compared with anything:
+//!   the plugin checks it against the subscription.
+//! - `issued_at` is not compared with the clock (a signer's clock error should not brick a
+//!   plugin); only `expires_at` is.
+//! - Revocations are only those in the local trust store: nothing is fetched online.
+//! - The loaded library reporting the name and version the manifest signed is the loader's check.
+//! - File ownership and permissions of the library itself are the loader's check.
+
+#![forbid(unsafe_code)]
+
+mod der;
+mod error;
+mod fsutil;
+pub mod keys;
+pub mod manifest;
+mod pem;
+pub mod rollback;
+pub mod sigfile;
+pub mod trust;
+pub mod verify;
+
+pub use error::Error;
+pub use keys::{Algorithm, KeyId, PrivateKey, PublicKey};
+pub use manifest::{
+    check_name, format_timestamp, parse_timestamp, sha256_hex, target_triple, Manifest,
+    MANIFEST_KIND,
+};
+pub use rollback::SeenVersions;
+pub use sigfile::SignatureFile;
+pub use trust::{Revocation, TrustStore, TrustedKey};
+pub use verify::{verify_library, Policy, Verified};

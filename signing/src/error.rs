@@ -1,0 +1,274 @@
+//! The one error type of the crate.
+//!
+//! Every variant carries what a user needs to act (which file, which key id, which hash, which
+//! versions) and [`Error::check`] names the failing check in a word, for tables and JSON. Crypto
+//! internals never leak: every signature failure is the same [`Error::BadSignature`].
+
+use std::path::PathBuf;
+
+/// What went wrong while reading, signing or verifying. Tests can match the exact variant.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The library has no `.kmsig` file beside it.
+    #[error("no signature file {} (the library is not signed)", path.display())]
+    NoSignature {
+        /// The `.kmsig` path that does not exist.
+        path: PathBuf,
+    },
+    /// The `.kmsig` file is not a valid signature file.
+    #[error("malformed signature file: {reason}")]
+    MalformedSignatureFile {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An algorithm name that is not on the allow-list.
+    #[error("unsupported signature algorithm {name:?} (km accepts ed25519 and rsa-pkcs1-sha256)")]
+    UnsupportedAlgorithm {
+        /// The name found.
+        name: String,
+    },
+    /// The signing key is not in the trust store.
+    #[error("the signing key {key_id} is not trusted (add it with `km trust add KEY.pub`)")]
+    UntrustedKey {
+        /// Id of the unknown key.
+        key_id: String,
+    },
+    /// The signing key has been revoked.
+    #[error("the signing key {key_id} has been revoked{}", reason_suffix(reason))]
+    KeyRevoked {
+        /// Id of the revoked key.
+        key_id: String,
+        /// Why, if the revocation says.
+        reason: Option<String>,
+    },
+    /// The signature does not verify. Deliberately says nothing more.
+    #[error("the signature does not verify")]
+    BadSignature,
+    /// The signed manifest is not a valid manifest.
+    #[error("malformed manifest: {reason}")]
+    MalformedManifest {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The manifest names another key than the signature file.
+    #[error("the manifest names key {manifest} but the signature file names key {signature}")]
+    KeyIdMismatch {
+        /// Key id in the manifest.
+        manifest: String,
+        /// Key id in the signature file.
+        signature: String,
+    },
+    /// The library's hash has been revoked.
+    #[error(
+        "the library with sha256 {sha256} has been revoked{}",
+        reason_suffix(reason)
+    )]
+    HashRevoked {
+        /// The revoked hash.
+        sha256: String,
+        /// Why, if the revocation says.
+        reason: Option<String>,
+    },
+    /// The library's size is not the signed size.
+    #[error("the library is {actual} bytes but the manifest signed {expected} bytes")]
+    SizeMismatch {
+        /// Signed size.
+        expected: u64,
+        /// Actual size.
+        actual: u64,
+    },
+    /// The library's SHA-256 is not the signed one.
+    #[error("the library's sha256 is {actual} but the manifest signed {expected}")]
+    DigestMismatch {
+        /// Signed hash.
+        expected: String,
+        /// Actual hash.
+        actual: String,
+    },
+    /// The library was signed for another target triple.
+    #[error("the library was signed for target {actual}, this km runs on {expected}")]
+    WrongTarget {
+        /// The triple km needs.
+        expected: String,
+        /// The triple in the manifest.
+        actual: String,
+    },
+    /// The library was built against an incompatible plugin ABI.
+    #[error("the library was built against plugin ABI {actual}, not compatible with km's ABI {expected}")]
+    AbiMismatch {
+        /// km's ABI version.
+        expected: String,
+        /// The manifest's ABI version.
+        actual: String,
+    },
+    /// The signature has expired.
+    #[error("the signature expired at {expires_at}")]
+    Expired {
+        /// When it expired (RFC 3339).
+        expires_at: String,
+    },
+    /// The signing key may not sign this plugin.
+    #[error("the key {key_id} is not trusted to sign plugin {name:?} (outside its scope)")]
+    OutOfScope {
+        /// The plugin name.
+        name: String,
+        /// The signing key.
+        key_id: String,
+    },
+    /// A version older than one already seen.
+    #[error(
+        "plugin {name:?} version {version} is older than version {highest} seen before \
+         (rollback refused; allow it explicitly to downgrade)"
+    )]
+    Rollback {
+        /// The plugin name.
+        name: String,
+        /// The version offered.
+        version: String,
+        /// The highest version seen before.
+        highest: String,
+    },
+    /// A key that cannot be read or used.
+    #[error("bad key: {reason}")]
+    BadKey {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An RSA key shorter than 2048 bits.
+    #[error("RSA key of {bits} bits is too weak (km needs at least 2048 bits)")]
+    WeakKey {
+        /// The modulus length.
+        bits: usize,
+    },
+    /// A built-in key cannot be changed or removed (it is compiled into km); revoke it instead.
+    #[error("key {key_id} is built into km and cannot be changed or removed (revoke it instead)")]
+    BuiltinKey {
+        /// The key id.
+        key_id: String,
+    },
+    /// A value given by the caller is not acceptable (a plugin name, a version, a date, a
+    /// revocation target).
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidInput {
+        /// What the value is ("plugin name", "version", ...).
+        what: &'static str,
+        /// The value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A trust store or state file that others may write to.
+    #[error("{} is writable by group or others (mode {mode:o}); fix it with chmod go-w", path.display())]
+    InsecurePermissions {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn reason_suffix(reason: &Option<String>) -> String {
+    reason
+        .as_ref()
+        .map(|r| format!(" ({r})"))
+        .unwrap_or_default()
+}
+
+impl Error {
+    /// The short name of the failing check, for users: `signature-file`, `trust`, `revocation`,
+    /// `signature`, `manifest`, `digest`, `size`, `target`, `abi`, `expiry`, `scope`,
+    /// `rollback`, `key`, `input`, `permissions`, `io`.
+    pub fn check(&self) -> &'static str {
+        match self {
+            Error::NoSignature { .. }
+            | Error::MalformedSignatureFile { .. }
+            | Error::UnsupportedAlgorithm { .. } => "signature-file",
+            Error::UntrustedKey { .. } | Error::BuiltinKey { .. } => "trust",
+            Error::KeyRevoked { .. } | Error::HashRevoked { .. } => "revocation",
+            Error::BadSignature => "signature",
+            Error::MalformedManifest { .. } | Error::KeyIdMismatch { .. } => "manifest",
+            Error::SizeMismatch { .. } => "size",
+            Error::DigestMismatch { .. } => "digest",
+            Error::WrongTarget { .. } => "target",
+            Error::AbiMismatch { .. } => "abi",
+            Error::Expired { .. } => "expiry",
+            Error::OutOfScope { .. } => "scope",
+            Error::Rollback { .. } => "rollback",
+            Error::BadKey { .. } | Error::WeakKey { .. } => "key",
+            Error::InvalidInput { .. } => "input",
+            Error::InsecurePermissions { .. } => "permissions",
+            Error::Io { .. } => "io",
+        }
+    }
+
+    /// Whether this is a verification answer ("the library is not acceptable") rather than a
+    /// failure to carry out the check (bad key file, I/O, invalid input). `km-sign` exits 1 for
+    /// the former and 2 for the latter.
+    pub fn is_verification_failure(&self) -> bool {
+        !matches!(
+            self,
+            Error::BadKey { .. }
+                | Error::WeakKey { .. }
+                | Error::BuiltinKey { .. }
+                | Error::InvalidInput { .. }
+                | Error::InsecurePermissions { .. }
+                | Error::Io { .. }
+        )
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn bad_key(reason: impl Into<String>) -> Error {
+        Error::BadKey {
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_values_and_hide_crypto() {
+        let e = Error::KeyRevoked {
+            key_id: "ab".repeat(16),
+            reason: Some("leaked".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the signing key {} has been revoked (leaked)",
+                "ab".repeat(16)
+            )
+        );
+        assert_eq!(e.check(), "revocation");
+        assert_eq!(
+            Error::BadSignature.to_string(),
+            "the signature does not verify"
+        );
+        let e = Error::Rollback {
+            name: "x".into(),
+            version: "1.0.0".into(),
+            highest: "2.0.0".into(),
+        };
+        assert!(e.to_string().contains("1.0.0") && e.to_string().contains("2.0.0"));
+        assert!(Error::BadSignature.is_verification_failure());
+        assert!(!Error::WeakKey { bits: 1024 }.is_verification_failure());
+    }
+}

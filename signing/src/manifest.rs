@@ -1,0 +1,345 @@
+//! The plugin manifest: what a signature vouches for.
+//!
+//! A small JSON object whose first field, `kind`, is [`MANIFEST_KIND`]: the domain separation
+//! that keeps a km plugin signature from being mistaken for a signature over any other JSON the
+//! same key may sign. [`Manifest::to_bytes`] gives the exact bytes that are signed (pretty JSON
+//! plus a newline, so a human can read `m.json` before signing it with openssl); verifiers keep
+//! those exact bytes and never re-serialise them. Unknown fields are refused: a field this
+//! version cannot enforce must not be silently ignored (a new field means a new `kind`).
+
+use std::time::SystemTime;
+
+use km_abi::Tier;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::KeyId;
+use crate::Error;
+
+/// The `kind` of every version-1 manifest.
+pub const MANIFEST_KIND: &str = "km-plugin-manifest/v1";
+
+/// The largest manifest accepted, in bytes (real ones are well under 1 KiB).
+pub const MAX_MANIFEST_BYTES: usize = 16 * 1024;
+
+/// A signed description of one plugin library.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`MANIFEST_KIND`].
+    pub kind: String,
+    /// Plugin name: `[a-z0-9][a-z0-9-]{0,63}`.
+    pub name: String,
+    /// Plugin version (semver).
+    pub version: String,
+    /// The subscription tier the plugin needs.
+    #[serde(with = "tier_serde")]
+    pub tier: Tier,
+    /// Target triple the library was built for, e.g. `x86_64-unknown-linux-gnu`.
+    pub target: String,
+    /// The km-abi version the plugin was built against (semver).
+    pub abi_version: String,
+    /// Lower-case hex SHA-256 of the library bytes.
+    pub sha256: String,
+    /// Size of the library in bytes.
+    pub size: u64,
+    /// When it was signed, RFC 3339 UTC (`2026-11-25T06:21:20Z`).
+    pub issued_at: String,
+    /// When the signature stops being valid, RFC 3339 UTC.
+    pub expires_at: Option<String>,
+    /// Customer binding of a customer-specific build (checked by the plugin, not here).
+    pub customer: Option<String>,
+    /// Id of the signing key.
+    pub key_id: String,
+}
+
+mod tier_serde {
+    use km_abi::Tier;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(tier: &Tier, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(tier.as_str())
+    }
+
+    /// Exact lower-case names only: a manifest is machine-written.
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Tier, D::Error> {
+        let s = String::deserialize(d)?;
+        Tier::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown tier {s:?} (expected free, pro or enterprise)"
+                ))
+            })
+    }
+}
+
+impl Manifest {
+    /// The exact bytes that get signed: pretty JSON in field order, then `"\n"`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // Serialising plain strings, numbers and a unit enum cannot fail.
+        let mut bytes = serde_json::to_vec_pretty(self).expect("a manifest always serialises");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// Parses and validates signed manifest bytes (see [`Manifest::validate`]).
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, Error> {
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(malformed(format!(
+                "{} bytes, larger than {MAX_MANIFEST_BYTES}",
+                bytes.len()
+            )));
+        }
+        let manifest: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Checks every field's form: kind, name, semver versions, hash, timestamps, key id.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.kind != MANIFEST_KIND {
+            return Err(malformed(format!(
+                "kind is {:?}, expected {MANIFEST_KIND:?}",
+                self.kind
+            )));
+        }
+        check_name(&self.name).map_err(|e| malformed(e.to_string()))?;
+        semver::Version::parse(&self.version)
+            .map_err(|e| malformed(format!("version {:?} is not semver: {e}", self.version)))?;
+        semver::Version::parse(&self.abi_version).map_err(|e| {
+            malformed(format!(
+                "abi_version {:?} is not semver: {e}",
+                self.abi_version
+            ))
+        })?;
+        if self.target.is_empty()
+            || self.target.len() > 100
+            || !self
+                .target
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(malformed(format!(
+                "target {:?} is not a target triple",
+                self.target
+            )));
+        }
+        if self.sha256.len() != 64
+            || !self
+                .sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(malformed(format!(
+                "sha256 {:?} is not 64 lower-case hex characters",
+                self.sha256
+            )));
+        }
+        parse_timestamp(&self.issued_at).map_err(|e| malformed(format!("issued_at: {e}")))?;
+        if let Some(expires) = &self.expires_at {
+            parse_timestamp(expires).map_err(|e| malformed(format!("expires_at: {e}")))?;
+        }
+        if let Some(customer) = &self.customer {
+            if customer.is_empty() || customer.len() > 200 || customer.chars().any(char::is_control)
+            {
+                return Err(malformed(format!(
+                    "customer {customer:?} is not a valid customer id"
+                )));
+            }
+        }
+        let id: KeyId = self
+            .key_id
+            .parse()
+            .map_err(|_| malformed(format!("key_id {:?} is not a key id", self.key_id)))?;
+        if id.as_str() != self.key_id {
+            return Err(malformed(format!(
+                "key_id {:?} must be lower-case",
+                self.key_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// The version, parsed.
+    pub fn semver(&self) -> Result<semver::Version, Error> {
+        semver::Version::parse(&self.version)
+            .map_err(|e| malformed(format!("version {:?}: {e}", self.version)))
+    }
+}
+
+fn malformed(reason: String) -> Error {
+    Error::MalformedManifest { reason }
+}
+
+/// Checks a plugin name: `[a-z0-9][a-z0-9-]{0,63}`.
+pub fn check_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'))
+        && !name.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput {
+            what: "plugin name",
+            value: name.to_owned(),
+            reason: "1 to 64 characters a-z, 0-9 and '-', not starting with '-'".to_owned(),
+        })
+    }
+}
+
+/// Parses an RFC 3339 UTC timestamp (`2026-11-25T06:21:20Z`, fractions allowed) or a date
+/// (`2026-11-25`, meaning 00:00:00 UTC that day).
+pub fn parse_timestamp(s: &str) -> Result<SystemTime, Error> {
+    let invalid = |reason: &str| Error::InvalidInput {
+        what: "date",
+        value: s.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let full;
+    let text = if s.len() == 10 {
+        full = format!("{s}T00:00:00Z");
+        &full
+    } else {
+        s
+    };
+    if !text.ends_with('Z') {
+        return Err(invalid(
+            "use YYYY-MM-DD or RFC 3339 in UTC, e.g. 2027-01-31T00:00:00Z",
+        ));
+    }
+    humantime::parse_rfc3339(text).map_err(|e| invalid(&e.to_string()))
+}
+
+/// Formats a time as RFC 3339 UTC with whole seconds, the form manifests use.
+pub fn format_timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Lower-case hex SHA-256 of `bytes` (ring).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
+}
+
+/// The target triple this crate (and so the km that links it) was compiled for.
+pub fn target_triple() -> &'static str {
+    env!("KM_SIGNING_TARGET")
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        Manifest {
+            kind: MANIFEST_KIND.to_owned(),
+            name: "api-logger".to_owned(),
+            version: "1.2.3".to_owned(),
+            tier: Tier::Pro,
+            target: "x86_64-unknown-linux-gnu".to_owned(),
+            abi_version: "1.0.0".to_owned(),
+            sha256: sha256_hex(b"lib"),
+            size: 3,
+            issued_at: "2026-11-25T06:21:20Z".to_owned(),
+            expires_at: Some("2027-01-01T00:00:00Z".to_owned()),
+            customer: None,
+            key_id: "0123456789abcdef0123456789abcdef".to_owned(),
+        }
+    }
+
+    #[test]
+    fn bytes_round_trip_and_kind_comes_first() {
+        let m = sample();
+        let bytes = m.to_bytes();
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(
+            text.starts_with("{\n  \"kind\": \"km-plugin-manifest/v1\",\n"),
+            "{text}"
+        );
+        assert!(text.ends_with("}\n"));
+        assert!(text.contains("\"tier\": \"pro\""));
+        assert_eq!(Manifest::parse(&bytes).expect("parses"), m);
+    }
+
+    #[test]
+    fn invalid_fields_are_malformed() {
+        let cases: Vec<fn(&mut Manifest)> = vec![
+            |m| m.kind = "other/v1".into(),
+            |m| m.name = "Bad_Name".into(),
+            |m| m.name = "-x".into(),
+            |m| m.name = "a".repeat(65),
+            |m| m.version = "1.2".into(),
+            |m| m.abi_version = "one".into(),
+            |m| m.sha256 = "AB".repeat(32),
+            |m| m.issued_at = "yesterday".into(),
+            |m| m.expires_at = Some("2027-01-01T00:00:00+02:00".into()),
+            |m| m.key_id = "ABCDEF0123456789abcdef0123456789".into(),
+            |m| m.target = "x86_64 linux".into(),
+        ];
+        for (i, edit) in cases.iter().enumerate() {
+            let mut m = sample();
+            edit(&mut m);
+            assert!(
+                matches!(
+                    Manifest::parse(&m.to_bytes()),
+                    Err(Error::MalformedManifest { .. })
+                ),
+                "case {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_fields_wrong_tier_and_garbage_are_refused() {
+        let text = String::from_utf8(sample().to_bytes()).expect("utf-8");
+        let extra = text.replacen("{\n", "{\n  \"sandbox\": false,\n", 1);
+        assert!(matches!(
+            Manifest::parse(extra.as_bytes()),
+            Err(Error::MalformedManifest { .. })
+        ));
+        let tier = text.replace("\"pro\"", "\"Pro\"");
+        assert!(matches!(
+            Manifest::parse(tier.as_bytes()),
+            Err(Error::MalformedManifest { .. })
+        ));
+        for bytes in [&b""[..], b"null", b"[]", b"{", &[0xff, 0xfe]] {
+            assert!(matches!(
+                Manifest::parse(bytes),
+                Err(Error::MalformedManifest { .. })
+            ));
+        }
+        assert!(matches!(
+            Manifest::parse(&vec![b' '; MAX_MANIFEST_BYTES + 1]),
+            Err(Error::MalformedManifest { .. })
+        ));
+    }
+
+    #[test]
+    fn timestamps() {
+        let day = parse_timestamp("2027-01-31").expect("date");
+        assert_eq!(format_timestamp(day), "2027-01-31T00:00:00Z");
+        assert_eq!(
+            parse_timestamp("2027-01-31T00:00:00Z").expect("rfc3339"),
+            day
+        );
+        for bad in ["2027-13-01", "31/01/2027", "2027-01-31T00:00:00+01:00", ""] {
+            assert!(
+                matches!(parse_timestamp(bad), Err(Error::InvalidInput { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn target_triple_is_the_build_target() {
+        assert!(
+            target_triple().contains(std::env::consts::ARCH),
+            "{}",
+            target_triple()
+        );
+    }
+}
