@@ -405,6 +405,16 @@ impl Subscription {
         }
     }
 
+    /// The token behind [`Self::current`], for calls to the API that must show it
+    /// (`authorization: Bearer …`).
+    pub fn current_token(&self, now: i64) -> Option<String> {
+        let inner = self.inner.lock().ok()?;
+        match &inner.active {
+            Some((claims, token)) if claims.expires_at > now => Some(token.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether a valid token granting the required tier includes `feature` at `now`.
     pub fn has_feature(&self, feature: &str, now: i64) -> bool {
         let Ok(inner) = self.inner.lock() else {
@@ -455,11 +465,13 @@ impl Subscription {
     ) -> AuthResponse {
         let info = match credentials::region_info(self.region) {
             Ok(info) => info,
-            Err(CredentialsError::NotStamped) => return self.degrade(format!(
+            Err(CredentialsError::NotStamped) => {
+                return self.degrade(format!(
                 "this build of {} carries no Kilometers API key: it was not built for a customer \
                      (km-sign build-plugin)",
                 self.plugin
-            )),
+            ))
+            }
             Err(e) => return self.degrade(format!("credentials region: {e}")),
         };
         if api_key.is_empty() {
@@ -527,10 +539,12 @@ impl Subscription {
         let body = serde_json::to_vec(&body).map_err(|e| Failure::Refused(e.to_string()))?;
         let response = match http(HttpRequest::post_json(AUTHENTICATE_PATH, body)) {
             Ok(r) => r,
-            Err(e) if e.kind == ErrorKind::DENIED || e.kind == ErrorKind::UNSUPPORTED => {
-                return Err(Failure::Refused(e.message.into_string()))
+            // Only "could not reach it" lets a cached token stand in; anything else (no API
+            // configured, a refused path, an oversized answer) is a refusal.
+            Err(e) if e.kind == ErrorKind::NETWORK || e.kind == ErrorKind::TIMEOUT => {
+                return Err(Failure::Unavailable(e.message.into_string()))
             }
-            Err(e) => return Err(Failure::Unavailable(e.message.into_string())),
+            Err(e) => return Err(Failure::Refused(e.message.into_string())),
         };
         if response.status >= 500 || response.status == 429 {
             return Err(Failure::Unavailable(format!("HTTP {}", response.status)));

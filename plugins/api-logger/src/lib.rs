@@ -1,0 +1,450 @@
+//! api-logger (Pro tier): sends every MCP message as an event to the Kilometers API
+//! (`POST {api}/api/events/batch`), in batches, losing none.
+//!
+//! - Batches of 10 events, or whatever is pending every 5 seconds, whichever comes first.
+//! - Every event has an id (`<session id>:<seq>`), so the API stores a retried batch once.
+//! - Events are written to an append-only journal in the plugin's data directory before they
+//!   are sent, and leave it only when the API acknowledges them: nothing is lost while the API is
+//!   down or km is stopped; the backlog is sent at the next start (see [`journal`]).
+//! - Failed sends back off exponentially (1 s doubling to 60 s).
+//! - Without a valid Pro subscription it sends nothing and keeps nothing: it checks its
+//!   subscription through the SDK's [`Subscription`] on every message. Messages that arrive
+//!   before the first authentication of a session are held in memory (bounded) until the answer
+//!   is known.
+//!
+//! Settings (`[plugins.api-logger]` in km's config.toml): `batch_size` (10),
+//! `flush_interval_ms` (5000), `retry_base_ms` (1000), `retry_max_ms` (60000),
+//! `max_payload_bytes` (262144: larger messages are sent without their payload).
+//!
+//! It never writes to stdout, and it logs through km.
+
+#![deny(unsafe_code)]
+
+mod journal;
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use km_abi::auth::now_unix;
+use km_abi::{
+    AuthResponse, Host, HttpRequest, Message, Plugin, PluginConfig, PluginError, Subscription,
+    SubscriptionState, Tier,
+};
+use serde_json::{json, Value};
+
+use crate::journal::Journal;
+
+km_abi::credentials_region!();
+
+const NAME: &str = "api-logger";
+const BATCH_PATH: &str = "/api/events/batch";
+/// Events held in memory while the first authentication is pending.
+const MAX_PENDING_IN_MEMORY: usize = 10_000;
+
+#[derive(Debug, Clone)]
+struct Settings {
+    batch_size: usize,
+    flush_interval: Duration,
+    retry_base: Duration,
+    retry_max: Duration,
+    max_payload: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            batch_size: 10,
+            flush_interval: Duration::from_secs(5),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            max_payload: 256 * 1024,
+        }
+    }
+}
+
+impl Settings {
+    fn from_json(text: &str) -> Settings {
+        let mut s = Settings::default();
+        let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
+            return s;
+        };
+        let num = |k: &str| map.get(k).and_then(Value::as_u64).filter(|&n| n > 0);
+        if let Some(n) = num("batch_size") {
+            s.batch_size = n.min(1000) as usize;
+        }
+        if let Some(n) = num("flush_interval_ms") {
+            s.flush_interval = Duration::from_millis(n);
+        }
+        if let Some(n) = num("retry_base_ms") {
+            s.retry_base = Duration::from_millis(n);
+        }
+        if let Some(n) = num("retry_max_ms") {
+            s.retry_max = Duration::from_millis(n);
+        }
+        if let Some(n) = num("max_payload_bytes") {
+            s.max_payload = n as usize;
+        }
+        s
+    }
+}
+
+/// What the handler thread and the sender thread share.
+struct Shared {
+    host: Host,
+    subscription: Subscription,
+    journal: Mutex<Option<Journal>>,
+    /// Events seen before the first authentication answer.
+    early: Mutex<Vec<Vec<u8>>>,
+    settings: Mutex<Settings>,
+    /// Number of events appended since the sender last looked; wakes it at a full batch.
+    wake: (Mutex<usize>, Condvar),
+    stop: AtomicBool,
+}
+
+/// The plugin.
+pub struct ApiLogger {
+    shared: Arc<Shared>,
+    session_id: String,
+    sender: Mutex<Option<(std::thread::JoinHandle<()>, mpsc::Receiver<()>)>>,
+}
+
+fn random_id() -> String {
+    // RandomState is seeded from the OS per instance: enough to keep sessions apart.
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    let a = h.finish();
+    let mut h2 = RandomState::new().build_hasher();
+    h2.write_u64(a);
+    format!("{:016x}{:016x}", a, h2.finish())
+}
+
+impl Shared {
+    fn active(&self) -> bool {
+        matches!(
+            self.subscription.state(now_unix()),
+            SubscriptionState::Active(_)
+        )
+    }
+
+    fn record(&self, line: Vec<u8>) {
+        let Ok(mut guard) = self.journal.lock() else {
+            return;
+        };
+        let Some(journal) = guard.as_mut() else {
+            return;
+        };
+        if let Err(e) = journal.append(&line) {
+            self.host
+                .warn(&format!("api-logger: cannot write its journal: {e}"));
+            return;
+        }
+        drop(guard);
+        let (count, cv) = &self.wake;
+        if let Ok(mut n) = count.lock() {
+            *n += 1;
+            let batch = self.settings.lock().map_or(10, |s| s.batch_size);
+            if *n >= batch {
+                cv.notify_one();
+            }
+        }
+    }
+
+    /// Moves events held during the first authentication into the journal, or drops them.
+    fn settle_early(&self) {
+        let early = match self.early.lock() {
+            Ok(mut e) => std::mem::take(&mut *e),
+            Err(_) => return,
+        };
+        if self.active() {
+            for line in early {
+                self.record(line);
+            }
+        }
+    }
+
+    /// Sends one batch if there is one. Ok(true): sent something; Ok(false): nothing to send.
+    fn send_one_batch(&self, timeout_ms: u32) -> Result<bool, String> {
+        let Some(token) = self.subscription.current_token(now_unix()) else {
+            return Ok(false);
+        };
+        let batch_size = self.settings.lock().map_or(10, |s| s.batch_size);
+        let (lines, end) = {
+            let Ok(guard) = self.journal.lock() else {
+                return Ok(false);
+            };
+            let Some(journal) = guard.as_ref() else {
+                return Ok(false);
+            };
+            let _ = journal.sync();
+            journal
+                .peek(batch_size)
+                .map_err(|e| format!("reading the journal: {e}"))?
+        };
+        if lines.is_empty() {
+            return Ok(false);
+        }
+        let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 16);
+        body.extend_from_slice(b"{\"events\":[");
+        for (i, line) in lines.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(line.as_bytes());
+        }
+        body.extend_from_slice(b"]}");
+        let mut request = HttpRequest::post_json(BATCH_PATH, body);
+        request.headers.push(abi_stable_tuple(
+            "authorization",
+            &format!("Bearer {token}"),
+        ));
+        request.timeout_ms = timeout_ms;
+        let response = self.host.http(request).map_err(|e| e.to_string())?;
+        if !(200..300).contains(&response.status) {
+            return Err(format!("HTTP {}", response.status));
+        }
+        let Ok(mut guard) = self.journal.lock() else {
+            return Ok(true);
+        };
+        if let Some(journal) = guard.as_mut() {
+            journal
+                .ack(end)
+                .map_err(|e| format!("recording the acknowledgement: {e}"))?;
+        }
+        Ok(true)
+    }
+
+    /// The sender thread: flushes on a full batch or every flush interval, backs off on failure.
+    fn run_sender(self: Arc<Self>, done: mpsc::Sender<()>) {
+        let mut backoff: Option<Duration> = None;
+        while !self.stop.load(Ordering::SeqCst) {
+            let settings = self.settings.lock().map(|s| s.clone()).unwrap_or_default();
+            let wait = backoff.unwrap_or(settings.flush_interval);
+            {
+                let (count, cv) = &self.wake;
+                let Ok(n) = count.lock() else { break };
+                let started = Instant::now();
+                let mut n = n;
+                // Wait for a full batch (unless backing off), the interval, or stop.
+                while !self.stop.load(Ordering::SeqCst)
+                    && (backoff.is_some() || *n < settings.batch_size)
+                {
+                    let left = wait.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match cv.wait_timeout(n, left) {
+                        Ok((guard, _)) => n = guard,
+                        Err(_) => return,
+                    }
+                }
+                *n = 0;
+            }
+            if self.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            loop {
+                match self.send_one_batch(0) {
+                    Ok(true) => backoff = None,
+                    Ok(false) => {
+                        backoff = None;
+                        break;
+                    }
+                    Err(e) => {
+                        let next = backoff
+                            .map_or(settings.retry_base, |b| (b * 2).min(settings.retry_max));
+                        self.host.debug(&format!(
+                            "api-logger: sending events failed ({e}); retrying in {} ms",
+                            next.as_millis()
+                        ));
+                        backoff = Some(next);
+                        break;
+                    }
+                }
+            }
+        }
+        // Last chance before km exits: deliver what we can, quickly. What is left stays in the
+        // journal for the next start.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            match self.send_one_batch(1500) {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+        if let Ok(guard) = self.journal.lock() {
+            if let Some(j) = guard.as_ref() {
+                let _ = j.sync();
+            }
+        }
+        let _ = done.send(());
+    }
+}
+
+fn abi_stable_tuple(
+    k: &str,
+    v: &str,
+) -> km_abi::abi_stable::std_types::Tuple2<
+    km_abi::abi_stable::std_types::RString,
+    km_abi::abi_stable::std_types::RString,
+> {
+    km_abi::abi_stable::std_types::Tuple2(k.into(), v.into())
+}
+
+impl ApiLogger {
+    fn event(&self, message: &Message<'_>, max_payload: usize) -> Vec<u8> {
+        let bytes = message.bytes();
+        let mut event = json!({
+            "id": format!("{}:{}", self.session_id, message.seq),
+            "session_id": self.session_id,
+            "seq": message.seq,
+            "timestamp_us": message.timestamp_us,
+            "direction": message.direction.as_str(),
+            "kind": message.kind.as_str(),
+            "method": message.method.as_str(),
+            "jsonrpc_id": message.id.as_str(),
+            "correlation_id": message.correlation_id.as_str(),
+            "is_error": message.is_error,
+            "size": bytes.len(),
+        });
+        if let Some(latency) = message.latency_us.into_option() {
+            event["latency_us"] = json!(latency);
+        }
+        if bytes.len() > max_payload {
+            event["truncated"] = json!(true);
+        } else if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
+            event["payload"] = value;
+        } else if let Ok(text) = std::str::from_utf8(bytes) {
+            event["payload_text"] = json!(text);
+        } else {
+            event["payload_b64"] = json!(STANDARD.encode(bytes));
+        }
+        serde_json::to_vec(&event).unwrap_or_default()
+    }
+}
+
+impl Plugin for ApiLogger {
+    const NAME: &'static str = NAME;
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const REQUIRED_TIER: Tier = Tier::Pro;
+
+    fn new(host: Host) -> Result<Self, PluginError> {
+        let subscription = Subscription::new(
+            NAME,
+            env!("CARGO_PKG_VERSION"),
+            Tier::Pro,
+            km_credentials_region(),
+        );
+        let data_dir = host.data_dir();
+        subscription.cache_in(data_dir.clone());
+        let journal = match Journal::open(&data_dir) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                host.warn(&format!(
+                    "api-logger: cannot open its journal in {}: {e}; events will not be sent",
+                    data_dir.display()
+                ));
+                None
+            }
+        };
+        let shared = Arc::new(Shared {
+            host,
+            subscription,
+            journal: Mutex::new(journal),
+            early: Mutex::new(Vec::new()),
+            settings: Mutex::new(Settings::default()),
+            wake: (Mutex::new(0), Condvar::new()),
+            stop: AtomicBool::new(false),
+        });
+        Ok(ApiLogger {
+            shared,
+            session_id: random_id(),
+            sender: Mutex::new(None),
+        })
+    }
+
+    fn authenticate(&self, api_key: &str) -> Result<AuthResponse, PluginError> {
+        let response = self
+            .shared
+            .subscription
+            .authenticate(&self.shared.host, api_key);
+        self.shared.settle_early();
+        // Wake the sender: a backlog from an earlier run may now be sendable.
+        self.shared.wake.1.notify_one();
+        Ok(response)
+    }
+
+    fn initialize(&self, config: &PluginConfig) -> Result<(), PluginError> {
+        let settings = Settings::from_json(config.settings_json.as_str());
+        if let Ok(mut s) = self.shared.settings.lock() {
+            *s = settings;
+        }
+        let Ok(mut slot) = self.sender.lock() else {
+            return Ok(());
+        };
+        if slot.is_none() {
+            let shared = self.shared.clone();
+            let (tx, rx) = mpsc::channel();
+            let handle = std::thread::Builder::new()
+                .name("api-logger-sender".into())
+                .spawn(move || shared.run_sender(tx))
+                .map_err(|e| PluginError::failed(format!("cannot start the sender thread: {e}")))?;
+            *slot = Some((handle, rx));
+        }
+        Ok(())
+    }
+
+    fn handle_message(&self, message: &Message<'_>) -> Result<(), PluginError> {
+        let max_payload = self
+            .shared
+            .settings
+            .lock()
+            .map_or(256 * 1024, |s| s.max_payload);
+        match self.shared.subscription.state(now_unix()) {
+            SubscriptionState::Active(_) => {
+                self.shared.settle_early();
+                self.shared.record(self.event(message, max_payload));
+            }
+            SubscriptionState::Pending => {
+                let event = self.event(message, max_payload);
+                if let Ok(mut early) = self.shared.early.lock() {
+                    if early.len() < MAX_PENDING_IN_MEMORY {
+                        early.push(event);
+                    }
+                }
+            }
+            // Free behaviour: nothing is sent and nothing is kept.
+            SubscriptionState::Degraded => {}
+        }
+        Ok(())
+    }
+
+    fn shutdown(&self) -> Result<(), PluginError> {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.wake.1.notify_all();
+        let taken = self.sender.lock().ok().and_then(|mut s| s.take());
+        if let Some((handle, done)) = taken {
+            // Bounded: the sender's last flush gives up after a few seconds.
+            if done.recv_timeout(Duration::from_secs(6)).is_ok() {
+                let _ = handle.join();
+            }
+        } else if let Ok(guard) = self.shared.journal.lock() {
+            if let Some(j) = guard.as_ref() {
+                let _ = j.sync();
+            }
+        }
+        Ok(())
+    }
+}
+
+km_abi::export_plugin!(ApiLogger);
