@@ -178,6 +178,16 @@ pub(crate) fn pkcs8_rsa(pkcs1: &[u8]) -> Vec<u8> {
     element(TAG_SEQUENCE, &body)
 }
 
+/// PKCS#8 v1 `PrivateKeyInfo` for Ed25519 from the private key octets (the DER OCTET STRING
+/// `CurvePrivateKey` holding the 32-byte seed). v1 because OpenSSL 3.0 does not read the v2
+/// documents ring generates.
+pub(crate) fn pkcs8_ed25519_v1(curve_private_key: &[u8]) -> Vec<u8> {
+    let mut body = element(TAG_INTEGER, &[0]);
+    body.extend_from_slice(&algorithm(OID_ED25519, false));
+    write(&mut body, TAG_OCTET_STRING, curve_private_key);
+    element(TAG_SEQUENCE, &body)
+}
+
 /// What a SubjectPublicKeyInfo holds: the algorithm OID and the key bits.
 pub(crate) fn parse_spki(der: &[u8]) -> Result<(&[u8], &[u8]), &'static str> {
     let mut outer = Reader::new(der);

@@ -293,23 +293,27 @@ impl PrivateKey {
     /// Reads a PKCS#8 DER private key (v1 or v2).
     pub fn from_pkcs8(der_bytes: &[u8]) -> Result<Self, Error> {
         let (oid, key) = der::parse_pkcs8(der_bytes).map_err(Error::bad_key)?;
-        let inner = if oid == der::OID_ED25519 {
+        if oid == der::OID_ED25519 {
             // openssl writes PKCS#8 v1 (no public key inside), which `from_pkcs8` refuses.
             let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der_bytes)
                 .map_err(|e| Error::bad_key(format!("unusable Ed25519 private key ({e})")))?;
-            PrivateInner::Ed25519(pair)
+            // Kept as v1 whatever was read: OpenSSL 3.0 cannot read ring's v2 documents.
+            let v1 = der::pkcs8_ed25519_v1(key);
+            Ok(PrivateKey {
+                inner: PrivateInner::Ed25519(pair),
+                pkcs8: v1,
+            })
         } else if oid == der::OID_RSA {
             check_rsa_bits(der::rsa_modulus_bits(key, true).map_err(Error::bad_key)?)?;
             let pair = RsaKeyPair::from_pkcs8(der_bytes)
                 .map_err(|e| Error::bad_key(format!("unusable RSA private key ({e})")))?;
-            PrivateInner::Rsa(pair)
+            Ok(PrivateKey {
+                inner: PrivateInner::Rsa(pair),
+                pkcs8: der_bytes.to_vec(),
+            })
         } else {
-            return Err(unsupported_key(oid));
-        };
-        Ok(PrivateKey {
-            inner,
-            pkcs8: der_bytes.to_vec(),
-        })
+            Err(unsupported_key(oid))
+        }
     }
 
     fn from_rsa_pkcs1(pkcs1: &[u8]) -> Result<Self, Error> {

@@ -217,3 +217,20 @@ fn key_files_are_private_and_not_overwritten_by_default() {
         other.public_key()
     );
 }
+
+#[test]
+fn ed25519_keys_are_written_as_pkcs8_v1_for_openssl() {
+    let key = PrivateKey::generate(Algorithm::Ed25519).expect("generates");
+    // PKCS#8 v1 Ed25519: a fixed 16-byte header, then the 32-byte seed.
+    assert_eq!(key.pkcs8.len(), 48);
+    assert_eq!(
+        hex::encode(&key.pkcs8[..16]),
+        "302e020100300506032b657004220420"
+    );
+    assert_eq!(
+        PrivateKey::from_pkcs8(&key.pkcs8)
+            .expect("reads")
+            .public_key(),
+        key.public_key()
+    );
+}

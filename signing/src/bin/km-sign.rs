@@ -1,2 +1,0 @@
-//! km-sign. (Being built.)
-fn main() {}
