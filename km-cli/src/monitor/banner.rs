@@ -17,7 +17,7 @@ pub(crate) struct Notices {
 
 impl Notices {
     /// Notices for `-q` / `-v` (a count).
-    pub(crate) fn new(quiet: bool, verbose: u8) -> Self {
+    pub(crate) const fn new(quiet: bool, verbose: u8) -> Self {
         Notices { quiet, verbose }
     }
 

@@ -16,6 +16,8 @@ mod jsonrpc;
 mod process;
 mod relay;
 mod session;
+#[cfg(test)]
+mod testing;
 
 use std::ffi::OsString;
 use std::fs::File;

@@ -184,3 +184,94 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::monitor::banner::Notices;
+    use crate::monitor::dispatch;
+    use crate::monitor::jsonrpc;
+    use crate::monitor::testing::{lines, probe, Mode};
+
+    fn observe(session: &Session, direction: Direction, line: &str) {
+        let line = Bytes::copy_from_slice(line.as_bytes());
+        let scan = jsonrpc::scan(&line);
+        session.observe(
+            direction,
+            &mut vec![Observed { line, scan }],
+            Instant::now(),
+            now_us(),
+        );
+    }
+
+    #[test]
+    fn plugins_see_numbered_correlated_messages() {
+        use Direction::{Request as C2S, Response as S2C};
+        let (plugin, log) = probe(Mode::Record);
+        let (dispatcher, workers) = dispatch::start(vec![plugin], 64, false, Notices::new(true, 0));
+        let session = Session::new(dispatcher);
+        observe(
+            &session,
+            C2S,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#,
+        );
+        observe(
+            &session,
+            S2C,
+            r#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#,
+        );
+        observe(
+            &session,
+            C2S,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"role":"assistant"}}"#,
+        );
+        observe(
+            &session,
+            S2C,
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
+        );
+        observe(
+            &session,
+            C2S,
+            r#"{"jsonrpc":"2.0","id":"x","method":"tools/call"}"#,
+        );
+        observe(
+            &session,
+            C2S,
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"x"}}"#,
+        );
+        observe(&session, S2C, r#"{"jsonrpc":"2.0","id":"x","result":{}}"#);
+        observe(&session, S2C, "not json");
+        assert_eq!(
+            session.counts(),
+            Counts {
+                client_to_server: 4,
+                server_to_client: 4
+            }
+        );
+        workers.set_end(dispatch::EndOfStream {
+            data: serde_json::Map::new(),
+            timestamp_ms: 0,
+        });
+        session.close();
+        workers.finish(Duration::from_secs(2), Duration::from_secs(2));
+        let seen = lines(&log);
+        let expect = [
+            "1 request request id=1 method=tools/call corr=c1 ",
+            "2 response request id=1 method=sampling/createMessage corr=s2 ",
+            "3 request response id=1 method= corr=s2 ",
+            "4 response response id=1 method= corr=c1 ",
+            "5 request request id=\"x\" method=tools/call corr=c5 ",
+            "6 request notification id= method=notifications/cancelled corr=c5 ",
+            "7 response response id=\"x\" method= corr= ",
+            "8 response non-json id= method= corr= ",
+        ];
+        for (got, want) in seen.iter().zip(expect) {
+            assert!(got.starts_with(want), "got {got:?}, want {want:?}");
+        }
+        assert!(seen[2].ends_with(" latency") && seen[3].ends_with(" latency"));
+        assert!(seen[8].starts_with("event end"), "{seen:?}");
+    }
+}

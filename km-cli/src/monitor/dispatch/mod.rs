@@ -401,19 +401,4 @@ impl ErrorLimiter {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limiter_shows_a_burst_then_one_per_interval() {
-        let mut limiter = ErrorLimiter::default();
-        let t0 = Instant::now();
-        let shown: Vec<_> = (0..20).map(|_| limiter.admit(t0)).collect();
-        assert_eq!(
-            shown.iter().filter(|s| s.is_some()).count(),
-            ErrorLimiter::BURST as usize
-        );
-        assert_eq!(limiter.admit(t0 + ErrorLimiter::INTERVAL), Some(15));
-        assert_eq!(limiter.admit(t0 + ErrorLimiter::INTERVAL), None);
-    }
-}
+mod tests;

@@ -1,0 +1,204 @@
+//! Dispatch with in-process probe plugins: a slow or hung plugin never blocks the sender,
+//! drops are counted, `--lossless` delivers everything, a panic disables the plugin, and the end
+//! of the session reaches every plugin within the deadlines.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use km_abi::{Direction, MessageKind};
+
+use super::*;
+use crate::monitor::testing::{lines, probe, Mode};
+
+fn envelope(seq: u64) -> Item {
+    Item::Message(Envelope {
+        seq,
+        direction: Direction::Request,
+        kind: MessageKind::NON_JSON,
+        is_error: false,
+        line: Bytes::from(format!("line {seq}")),
+        id: None,
+        method: None,
+        correlation: None,
+        timestamp_us: 0,
+        latency_us: None,
+    })
+}
+
+fn end(workers: &Workers) {
+    let mut data = serde_json::Map::new();
+    data.insert("exit_code".into(), 0.into());
+    workers.set_end(EndOfStream {
+        data,
+        timestamp_ms: 0,
+    });
+}
+
+const QUIET: Notices = Notices::new(true, 0);
+const SHORT: Duration = Duration::from_millis(300);
+
+#[test]
+fn a_hung_plugin_never_blocks_the_sender_and_its_drops_are_counted() {
+    let (hung, _) = probe(Mode::Hang);
+    let (healthy, healthy_log) = probe(Mode::Record);
+    let (dispatcher, workers) = start(vec![hung, healthy], 64, false, QUIET);
+    let closing = AtomicBool::new(false);
+    let started = Instant::now();
+    for seq in 1..=1000 {
+        dispatcher.send(&envelope(seq), &closing);
+        if seq % 32 == 0 {
+            // Give the healthy plugin time to keep up; the hung one cannot.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "sending took {:?}",
+        started.elapsed()
+    );
+    let drops: Vec<u64> = workers
+        .states
+        .iter()
+        .map(|s| s.drops.load(Ordering::Relaxed))
+        .collect();
+    // The hung plugin holds one message in its call and 64 in its queue.
+    assert_eq!(drops[0], 1000 - 65);
+    assert_eq!(drops[1], 0, "the healthy plugin kept up");
+    end(&workers);
+    drop(dispatcher);
+    let finishing = Instant::now();
+    workers.finish(SHORT, SHORT);
+    assert!(
+        finishing.elapsed() < Duration::from_secs(1),
+        "a hung plugin is abandoned at the deadline"
+    );
+    let seen = lines(&healthy_log);
+    assert_eq!(seen.iter().filter(|l| l.contains("non-json")).count(), 1000);
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("event end") && l.contains("\"drops\":0")),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last().map(String::as_str), Some("shutdown"));
+}
+
+#[test]
+fn lossless_waits_for_a_slow_plugin_instead_of_dropping() {
+    let (slow, log) = probe(Mode::Slow(Duration::from_millis(1)));
+    let (dispatcher, workers) = start(vec![slow], 4, true, QUIET);
+    let closing = AtomicBool::new(false);
+    for seq in 1..=200 {
+        dispatcher.send(&envelope(seq), &closing);
+    }
+    assert_eq!(workers.states[0].drops.load(Ordering::Relaxed), 0);
+    end(&workers);
+    drop(dispatcher);
+    workers.finish(Duration::from_secs(5), SHORT);
+    assert_eq!(
+        lines(&log)
+            .iter()
+            .filter(|l| l.contains("non-json"))
+            .count(),
+        200
+    );
+}
+
+#[test]
+fn lossless_stops_waiting_when_the_session_closes() {
+    let (hung, _) = probe(Mode::Hang);
+    let (dispatcher, workers) = start(vec![hung], 1, true, QUIET);
+    let closing = AtomicBool::new(false);
+    dispatcher.send(&envelope(1), &closing);
+    dispatcher.send(&envelope(2), &closing);
+    closing.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    dispatcher.send(&envelope(3), &closing);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(dispatcher);
+    workers.finish(SHORT, SHORT);
+}
+
+#[test]
+fn a_panicking_plugin_is_disabled_and_the_others_carry_on() {
+    let (panicky, panicky_log) = probe(Mode::PanicAt(3));
+    let (healthy, healthy_log) = probe(Mode::Record);
+    let (dispatcher, workers) = start(vec![panicky, healthy], 64, false, QUIET);
+    let closing = AtomicBool::new(false);
+    for seq in 1..=10 {
+        dispatcher.send(&envelope(seq), &closing);
+    }
+    end(&workers);
+    drop(dispatcher);
+    let states = workers.states.clone();
+    workers.finish(SHORT, SHORT);
+    assert!(states[0].disabled.load(Ordering::Relaxed));
+    let seen = lines(&panicky_log);
+    assert_eq!(
+        seen.len(),
+        2,
+        "messages 1 and 2 only, no end event, no shutdown: {seen:?}"
+    );
+    assert_eq!(
+        lines(&healthy_log)
+            .iter()
+            .filter(|l| l.contains("non-json"))
+            .count(),
+        10
+    );
+}
+
+#[test]
+fn ordinary_errors_do_not_disable_a_plugin() {
+    let (failing, _) = probe(Mode::Fail);
+    let (dispatcher, workers) = start(vec![failing], 64, false, QUIET);
+    let closing = AtomicBool::new(false);
+    for seq in 1..=10 {
+        dispatcher.send(&envelope(seq), &closing);
+    }
+    end(&workers);
+    drop(dispatcher);
+    let states = workers.states.clone();
+    workers.finish(SHORT, SHORT);
+    assert!(!states[0].disabled.load(Ordering::Relaxed));
+    assert_eq!(states[0].handled.load(Ordering::Relaxed), 10);
+}
+
+#[test]
+fn a_slow_queue_is_cut_short_at_the_drain_deadline() {
+    let (slow, log) = probe(Mode::Slow(Duration::from_millis(50)));
+    let (dispatcher, workers) = start(vec![slow], 1000, false, QUIET);
+    let closing = AtomicBool::new(false);
+    for seq in 1..=1000 {
+        dispatcher.send(&envelope(seq), &closing);
+    }
+    end(&workers);
+    drop(dispatcher);
+    let started = Instant::now();
+    workers.finish(SHORT, SHORT);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    let seen = lines(&log);
+    assert!(seen.len() < 100, "most of the queue was skipped");
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("shutdown"),
+        "end and shutdown still happen"
+    );
+}
+
+#[test]
+fn limiter_shows_a_burst_then_one_per_interval() {
+    let mut limiter = ErrorLimiter::default();
+    let t0 = Instant::now();
+    let shown: Vec<_> = (0..20).map(|_| limiter.admit(t0)).collect();
+    assert_eq!(
+        shown.iter().filter(|s| s.is_some()).count(),
+        ErrorLimiter::BURST as usize
+    );
+    assert_eq!(limiter.admit(t0 + ErrorLimiter::INTERVAL), Some(15));
+    assert_eq!(limiter.admit(t0 + ErrorLimiter::INTERVAL), None);
+}
