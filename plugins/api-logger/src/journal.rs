@@ -73,7 +73,6 @@ impl Journal {
     }
 
     /// Bytes not yet acknowledged.
-    #[cfg(test)]
     pub(crate) fn backlog_bytes(&self) -> u64 {
         self.len - self.acked
     }

@@ -6,7 +6,8 @@
 //! - Events are written to an append-only journal in the plugin's data directory before they
 //!   are sent, and leave it only when the API acknowledges them: nothing is lost while the API is
 //!   down or km is stopped; the backlog is sent at the next start (see [`journal`]).
-//! - Failed sends back off exponentially (1 s doubling to 60 s).
+//! - Failed sends back off exponentially (1 s doubling to 60 s). The backlog on disk is capped
+//!   at 256 MiB: beyond it, new events are dropped with one warning.
 //! - Without a valid Pro subscription it sends nothing and keeps nothing: it checks its
 //!   subscription through the SDK's [`Subscription`] on every message. Messages that arrive
 //!   before the first authentication of a session are held in memory (bounded) until the answer
@@ -46,6 +47,9 @@ const NAME: &str = "api-logger";
 const BATCH_PATH: &str = "/api/events/batch";
 /// Events held in memory while the first authentication is pending.
 const MAX_PENDING_IN_MEMORY: usize = 10_000;
+/// The largest backlog kept on disk while the API is unreachable; newer events are dropped
+/// (with one warning) beyond it, so that a long outage cannot fill the disk.
+const MAX_BACKLOG_BYTES: u64 = 256 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -105,6 +109,8 @@ struct Shared {
     /// Number of events appended since the sender last looked; wakes it at a full batch.
     wake: (Mutex<usize>, Condvar),
     stop: AtomicBool,
+    /// Whether the "backlog full" warning was given.
+    warned_full: AtomicBool,
 }
 
 /// The plugin.
@@ -144,6 +150,15 @@ impl Shared {
         let Some(journal) = guard.as_mut() else {
             return;
         };
+        if journal.backlog_bytes() > MAX_BACKLOG_BYTES {
+            if !self.warned_full.swap(true, Ordering::Relaxed) {
+                self.host.warn(&format!(
+                    "api-logger: {} MiB of events await the API; dropping new events until it answers",
+                    MAX_BACKLOG_BYTES / (1024 * 1024)
+                ));
+            }
+            return;
+        }
         if let Err(e) = journal.append(&line) {
             self.host
                 .warn(&format!("api-logger: cannot write its journal: {e}"));
@@ -365,6 +380,7 @@ impl Plugin for ApiLogger {
             settings: Mutex::new(Settings::default()),
             wake: (Mutex::new(0), Condvar::new()),
             stop: AtomicBool::new(false),
+            warned_full: AtomicBool::new(false),
         });
         Ok(ApiLogger {
             shared,
