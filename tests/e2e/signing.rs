@@ -429,6 +429,16 @@ fn keygen_writes_a_private_key_with_mode_0600_that_openssl_reads() {
         "the public key is readable"
     );
 
+    // The key id printed is the documented one: SHA-256 of the SPKI DER, first 16 bytes.
+    let der = s.openssl(&["pkey", "-pubin", "-in", "vendor.pub", "-outform", "DER"]);
+    let digest = ring::digest::digest(&ring::digest::SHA256, &der.stdout);
+    let key_id = hex::encode(&digest.as_ref()[..16]);
+    assert!(
+        stderr(&out).contains(&format!("key id {key_id}")),
+        "{key_id}\n{}",
+        describe(&out)
+    );
+
     // openssl reads both files and agrees on the public key.
     let pubout = s.openssl(&["pkey", "-in", "vendor.key", "-pubout"]);
     assert_eq!(pubout.stdout, out_bytes(&s.path("vendor.pub")));
