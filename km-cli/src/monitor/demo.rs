@@ -9,6 +9,7 @@
 //! stderr, while the plugins' own lines (console-logger) show them at work.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -70,6 +71,9 @@ pub fn run(globals: &Globals, args: DemoArgs) -> Result<ExitCode> {
         let installed = home.join("plugins").join(&file);
         std::fs::copy(&source, &installed)
             .with_context(|| format!("copying {} to {}", source.display(), installed.display()))?;
+        // km refuses plugin files that others may write; the build output may be group-writable.
+        std::fs::set_permissions(&installed, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("chmod 0644 {}", installed.display()))?;
         run_tool(
             Command::new(&km_sign)
                 .arg("sign")

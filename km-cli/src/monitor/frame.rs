@@ -1,22 +1,28 @@
 //! Splitting a byte stream into lines for the plugins.
 //!
 //! The relay forwards every chunk the moment it is read; only afterwards does the [`Framer`] look
-//! at the same bytes to cut them into lines. Reads land directly in the framer's buffer and each
-//! complete line is split off as a [`Bytes`] that shares that buffer, so a line reaches every
-//! plugin without a copy and a chunk full of small messages costs one allocation, not one per
-//! line. A line is held in memory only until it is complete; a line longer than the cap is not
-//! buffered at all (it is skipped for the plugins and reported as [`Frame::Oversize`]), so memory
-//! stays bounded whatever arrives.
+//! at the same bytes to cut them into lines. Reads land directly in the framer's buffer. When a
+//! read was large (a busy stream) each complete line is split off as a [`Bytes`] that shares that
+//! buffer, so a chunk full of small messages costs one allocation, not one per line. When a read
+//! was small (an interactive session: one message per read), its lines are copied out instead, so
+//! that a 100-byte message waiting in a slow plugin's queue never pins a 64 KiB buffer. Either
+//! way a line reaches every plugin without a copy per plugin. A line is held in memory only until
+//! it is complete; a line longer than the cap is not buffered at all (it is skipped for the
+//! plugins and reported as [`Frame::Oversize`]), so memory stays bounded whatever arrives.
 
 use std::io::{self, Read};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 /// How many bytes one read asks for: the size of a Linux pipe buffer.
 pub(crate) const CHUNK: usize = 64 * 1024;
 
 /// The longest line handed to plugins; longer lines are still relayed, but not buffered.
 pub(crate) const MAX_LINE: usize = 128 * 1024 * 1024;
+
+/// Lines of a read at least this large (or lines at least this long) share the read buffer;
+/// others are copied out (see the module documentation).
+pub(crate) const SHARE_FROM: usize = 16 * 1024;
 
 /// What the framer found.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,6 +46,8 @@ pub(crate) struct Framer {
     /// While skipping an oversize line: how many of its bytes went by.
     skipped: Option<usize>,
     max_line: usize,
+    /// Whether the last read was large enough for its lines to share the buffer.
+    share: bool,
 }
 
 impl Framer {
@@ -56,6 +64,7 @@ impl Framer {
             fresh: 0,
             skipped: None,
             max_line,
+            share: false,
         }
     }
 
@@ -69,6 +78,7 @@ impl Framer {
         let result = input.read(&mut self.buf[start..]);
         let n = *result.as_ref().unwrap_or(&0);
         self.buf.truncate(start + n);
+        self.share = n >= SHARE_FROM;
         result
     }
 
@@ -77,6 +87,7 @@ impl Framer {
     pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.fresh = self.buf.len();
         self.buf.extend_from_slice(bytes);
+        self.share = bytes.len() >= SHARE_FROM;
     }
 
     /// The bytes of the last read, to be forwarded before any framing happens.
@@ -89,18 +100,27 @@ impl Framer {
         let found = memchr::memchr(b'\n', &self.buf[self.scanned..]).map(|i| self.scanned + i);
         match found {
             Some(newline) => {
-                let mut line = self.buf.split_to(newline + 1);
+                let content = strip_terminator_len(&self.buf[..=newline]);
                 self.scanned = 0;
                 self.fresh = 0;
                 if let Some(skipped) = self.skipped.take() {
-                    return Some(Frame::Oversize(skipped + strip_terminator_len(&line)));
+                    self.buf.advance(newline + 1);
+                    return Some(Frame::Oversize(skipped + content));
                 }
-                let content = strip_terminator_len(&line);
                 if content > self.max_line {
+                    self.buf.advance(newline + 1);
                     return Some(Frame::Oversize(content));
                 }
-                line.truncate(content);
-                Some(Frame::Line(line.freeze()))
+                let line = if self.share || content >= SHARE_FROM {
+                    let mut line = self.buf.split_to(newline + 1);
+                    line.truncate(content);
+                    line.freeze()
+                } else {
+                    let line = Bytes::copy_from_slice(&self.buf[..content]);
+                    self.buf.advance(newline + 1);
+                    line
+                };
+                Some(Frame::Line(line))
             }
             None => {
                 self.scanned = self.buf.len();
@@ -235,6 +255,33 @@ mod tests {
         framer.push(b"123456");
         assert!(lines(&mut framer).is_empty());
         assert_eq!(framer.finish(), Some(Frame::Oversize(6)));
+    }
+
+    #[test]
+    fn lines_of_a_large_read_share_its_buffer_and_small_reads_are_copied() {
+        let mut framer = Framer::new();
+        let big = vec![b'x'; SHARE_FROM];
+        let mut input = b"a\n".to_vec();
+        input.extend_from_slice(&big);
+        input.extend_from_slice(b"\nb\nc");
+        framer.push(&input);
+        let got = lines(&mut framer);
+        assert_eq!(got.len(), 3);
+        let Frame::Line(a) = &got[0] else {
+            panic!("a line")
+        };
+        let Frame::Line(b) = &got[2] else {
+            panic!("a line")
+        };
+        // Split from one buffer: `b` sits right after `a`, the big line and their newlines.
+        assert_eq!(
+            b.as_ptr() as usize - a.as_ptr() as usize,
+            2 + SHARE_FROM + 1
+        );
+        framer.push(b"\nsmall\n");
+        let got = lines(&mut framer);
+        assert_eq!(got, vec![line(b"c"), line(b"small")]);
+        assert!(framer.buf.is_empty());
     }
 
     #[test]

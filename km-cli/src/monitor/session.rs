@@ -275,3 +275,67 @@ mod tests {
         assert!(seen[8].starts_with("event end"), "{seen:?}");
     }
 }
+
+/// Throughput of the whole observed path (framing, classifying, correlating, queueing, calling
+/// a no-op plugin). Run with
+/// `cargo test --release -p km-cli --lib -- --ignored --nocapture dispatch_throughput`.
+#[cfg(test)]
+mod throughput {
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::monitor::banner::Notices;
+    use crate::monitor::frame::{Frame, Framer, CHUNK};
+    use crate::monitor::testing::{probe, Mode};
+    use crate::monitor::{dispatch, jsonrpc};
+
+    #[test]
+    #[ignore = "a measurement, not a check; run in release"]
+    fn dispatch_throughput() {
+        const N: usize = 2_000_000;
+        let mut input = Vec::with_capacity(N * 100);
+        for i in 0..N / 2 {
+            input.extend_from_slice(format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\"}}}}\n").as_bytes());
+            input.extend_from_slice(
+                format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"result\":{{\"content\":[]}}}}\n")
+                    .as_bytes(),
+            );
+        }
+        let (plugin, _) = probe(Mode::Noop);
+        let (dispatcher, workers) = dispatch::start(
+            vec![plugin],
+            dispatch::QUEUE_CAPACITY,
+            true,
+            Notices::new(true, 0),
+        );
+        let states = workers.states_for_tests();
+        let session = Session::new(dispatcher);
+        let started = Instant::now();
+        let mut framer = Framer::new();
+        let mut batch = Vec::new();
+        for (n, chunk) in input.chunks(CHUNK).enumerate() {
+            framer.push(chunk);
+            let direction = if n % 2 == 0 {
+                Direction::Request
+            } else {
+                Direction::Response
+            };
+            while let Some(Frame::Line(line)) = framer.next_frame() {
+                let scan = jsonrpc::scan(&line);
+                batch.push(Observed { line, scan });
+            }
+            session.observe(direction, &mut batch, Instant::now(), now_us());
+        }
+        while states[0].handled.load(Ordering::Relaxed) < N as u64 {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let elapsed = started.elapsed();
+        eprintln!(
+            "{N} messages in {elapsed:?}: {:.2} M msgs/s",
+            N as f64 / elapsed.as_secs_f64() / 1e6
+        );
+        session.close();
+        workers.finish(Duration::from_secs(2), Duration::from_secs(2));
+    }
+}

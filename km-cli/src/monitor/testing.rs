@@ -20,6 +20,8 @@ use crate::gateway::{LoadedPlugin, Signer};
 pub(crate) enum Mode {
     /// Records and returns at once.
     Record,
+    /// Returns at once without recording (for throughput).
+    Noop,
     /// Sleeps this long, then records.
     Slow(Duration),
     /// Never returns from its first message.
@@ -75,6 +77,7 @@ impl KmPlugin for Probe {
 
     fn handle_message(&self, m: &Message<'_>) -> RResult<(), PluginError> {
         match self.mode {
+            Mode::Noop => return RResult::ROk(()),
             Mode::Record => {}
             Mode::Slow(pause) => std::thread::sleep(pause),
             Mode::Hang => loop {

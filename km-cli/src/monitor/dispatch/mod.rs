@@ -12,7 +12,7 @@
 //! second deadline; a plugin still stuck after that is abandoned on its thread so km can exit.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -26,8 +26,12 @@ use super::correlate::CorrelationId;
 use super::jsonrpc::{string_text, Text};
 use crate::gateway::{LoadedPlugin, PluginFailure};
 
-/// Room in each plugin's queue.
+/// Room in each plugin's queue, in messages.
 pub(crate) const QUEUE_CAPACITY: usize = 8192;
+
+/// Room in each plugin's queue, in bytes of lines: with lines of any size, a count alone would not
+/// bound memory. A single line larger than this still goes into an empty queue.
+pub(crate) const QUEUE_BYTES: usize = 256 * 1024 * 1024;
 
 /// One line, ready for the plugins. Cheap to clone: the bytes are shared.
 #[derive(Debug, Clone)]
@@ -73,6 +77,8 @@ pub(crate) struct LaneState {
     pub(crate) drops: AtomicU64,
     pub(crate) handled: AtomicU64,
     pub(crate) disabled: AtomicBool,
+    /// Bytes of lines in the queue (added before a send, subtracted once handled or skipped).
+    queued_bytes: AtomicUsize,
     /// Set when the drain deadline passed: skip what is left in the queue.
     abort: AtomicBool,
 }
@@ -94,6 +100,7 @@ pub(crate) struct Workers {
     progress: Receiver<(usize, Phase)>,
     end: Arc<OnceLock<EndOfStream>>,
     notices: Notices,
+    lossless: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +127,7 @@ pub(crate) fn start(
             drops: AtomicU64::new(0),
             handled: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
+            queued_bytes: AtomicUsize::new(0),
             abort: AtomicBool::new(false),
         });
         let worker = Worker {
@@ -150,6 +158,7 @@ pub(crate) fn start(
             progress,
             end,
             notices,
+            lossless,
         },
     )
 }
@@ -162,25 +171,43 @@ impl Dispatcher {
             if lane.state.disabled.load(Ordering::Relaxed) {
                 continue;
             }
+            let size = item.size();
             let mut item = item.clone();
             let mut pause = Duration::from_micros(50);
             loop {
-                match lane.tx.try_send(item) {
+                let queued = lane.state.queued_bytes.fetch_add(size, Ordering::Relaxed);
+                let result = if queued > 0 && queued.saturating_add(size) > QUEUE_BYTES {
+                    Err(TrySendError::Full(item))
+                } else {
+                    lane.tx.try_send(item)
+                };
+                let back = match result {
                     Ok(()) => break,
-                    Err(TrySendError::Full(back))
-                        if self.lossless && !closing.load(Ordering::Relaxed) =>
-                    {
-                        item = back;
-                        std::thread::sleep(pause);
-                        pause = (pause * 2).min(Duration::from_millis(5));
-                    }
-                    Err(TrySendError::Full(_)) => {
-                        lane.state.drops.fetch_add(1, Ordering::Relaxed);
+                    Err(TrySendError::Full(back)) => back,
+                    Err(TrySendError::Disconnected(_)) => {
+                        lane.state.queued_bytes.fetch_sub(size, Ordering::Relaxed);
                         break;
                     }
-                    Err(TrySendError::Disconnected(_)) => break,
+                };
+                lane.state.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                if !self.lossless || closing.load(Ordering::Relaxed) {
+                    lane.state.drops.fetch_add(1, Ordering::Relaxed);
+                    break;
                 }
+                item = back;
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
             }
+        }
+    }
+}
+
+impl Item {
+    /// The bytes of line this item holds, for the queue's byte budget.
+    fn size(&self) -> usize {
+        match self {
+            Item::Message(envelope) => envelope.line.len(),
+            Item::Event(_) | Item::Error(_) => 0,
         }
     }
 }
@@ -191,6 +218,12 @@ impl Workers {
     /// end event and `shutdown` calls; reports on stderr what did not make it.
     pub(crate) fn set_end(&self, end: EndOfStream) {
         let _ = self.end.set(end);
+    }
+
+    /// The lanes' counters (for measurements in tests).
+    #[cfg(test)]
+    pub(crate) fn states_for_tests(&self) -> Vec<Arc<LaneState>> {
+        self.states.clone()
     }
 
     /// Waits for the workers (the [`Dispatcher`] must be dropped by now); see [`Workers::set_end`].
@@ -234,22 +267,48 @@ impl Workers {
         }
     }
 
+    /// Waits until every lane reached `phase` or `deadline` passed. With `--lossless`, while
+    /// draining, the deadline moves on as long as some lane still makes progress: every message
+    /// is delivered to a plugin that is slow but alive, and a hung one still cannot keep km.
     fn wait(&self, drained: &mut [bool], finished: &mut [bool], phase: Phase, deadline: Instant) {
         let target = |drained: &[bool], finished: &[bool]| match phase {
             Phase::Drained => drained.iter().all(|d| *d),
             Phase::Finished => finished.iter().all(|d| *d),
         };
+        let patience = deadline.saturating_duration_since(Instant::now());
+        let mut deadline = deadline;
+        let mut handled = self.handled();
         while !target(drained, finished) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.progress.recv_timeout(left) {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            let tick = (deadline - now).min(Duration::from_millis(100));
+            match self.progress.recv_timeout(tick) {
                 Ok((index, Phase::Drained)) => drained[index] = true,
                 Ok((index, Phase::Finished)) => {
                     drained[index] = true;
                     finished[index] = true;
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.lossless && phase == Phase::Drained {
+                        let now_handled = self.handled();
+                        if now_handled != handled {
+                            handled = now_handled;
+                            deadline = Instant::now() + patience;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
+    }
+
+    fn handled(&self) -> u64 {
+        self.states
+            .iter()
+            .map(|s| s.handled.load(Ordering::Relaxed))
+            .sum()
     }
 }
 
@@ -266,23 +325,14 @@ impl Worker {
         let mut correlation = String::new();
         let mut limiter = ErrorLimiter::default();
         while let Ok(item) = rx.recv() {
-            if self.state.disabled.load(Ordering::Relaxed)
-                || self.state.abort.load(Ordering::Relaxed)
-            {
-                continue;
+            let skip = self.state.disabled.load(Ordering::Relaxed)
+                || self.state.abort.load(Ordering::Relaxed);
+            if !skip {
+                self.handle(&item, &mut correlation, &mut limiter);
             }
-            let result = match &item {
-                Item::Message(envelope) => {
-                    let result = self.deliver(envelope, &mut correlation);
-                    self.state.handled.fetch_add(1, Ordering::Relaxed);
-                    result
-                }
-                Item::Event(event) => self.plugin.handle_stream_event(event),
-                Item::Error(error) => self.plugin.handle_error(error),
-            };
-            if let Err(failure) = result {
-                self.failed(&failure, &mut limiter);
-            }
+            self.state
+                .queued_bytes
+                .fetch_sub(item.size(), Ordering::Relaxed);
         }
         let _ = progress.send((self.index, Phase::Drained));
         if !self.state.disabled.load(Ordering::Relaxed) {
@@ -308,6 +358,21 @@ impl Worker {
             }
         }
         let _ = progress.send((self.index, Phase::Finished));
+    }
+
+    fn handle(&self, item: &Item, correlation: &mut String, limiter: &mut ErrorLimiter) {
+        let result = match item {
+            Item::Message(envelope) => {
+                let result = self.deliver(envelope, correlation);
+                self.state.handled.fetch_add(1, Ordering::Relaxed);
+                result
+            }
+            Item::Event(event) => self.plugin.handle_stream_event(event),
+            Item::Error(error) => self.plugin.handle_error(error),
+        };
+        if let Err(failure) = result {
+            self.failed(&failure, limiter);
+        }
     }
 
     fn deliver(&self, envelope: &Envelope, correlation: &mut String) -> Result<(), PluginFailure> {

@@ -202,3 +202,50 @@ fn limiter_shows_a_burst_then_one_per_interval() {
     assert_eq!(limiter.admit(t0 + ErrorLimiter::INTERVAL), Some(15));
     assert_eq!(limiter.admit(t0 + ErrorLimiter::INTERVAL), None);
 }
+
+#[test]
+fn a_byte_budget_bounds_what_a_hung_plugin_holds() {
+    let (hung, _) = probe(Mode::Hang);
+    let (dispatcher, workers) = start(vec![hung], 1_000_000, false, QUIET);
+    let closing = AtomicBool::new(false);
+    let big = Bytes::from(vec![b'x'; 64 * 1024 * 1024]);
+    for seq in 1..=10 {
+        let Item::Message(mut envelope) = envelope(seq) else {
+            unreachable!()
+        };
+        envelope.line = big.clone();
+        dispatcher.send(&Item::Message(envelope), &closing);
+    }
+    // One line in the hung call, QUEUE_BYTES / 64 MiB = 4 in the queue, the rest dropped.
+    std::thread::sleep(Duration::from_millis(50));
+    let state = &workers.states[0];
+    assert!(state.queued_bytes.load(Ordering::Relaxed) <= QUEUE_BYTES + big.len());
+    assert!(
+        state.drops.load(Ordering::Relaxed) >= 5,
+        "drops: {:?}",
+        state.drops
+    );
+    drop(dispatcher);
+    workers.finish(SHORT, SHORT);
+}
+
+#[test]
+fn lossless_drains_past_the_deadline_while_the_plugin_makes_progress() {
+    let (slow, log) = probe(Mode::Slow(Duration::from_millis(20)));
+    let (dispatcher, workers) = start(vec![slow], 1000, true, QUIET);
+    let closing = AtomicBool::new(false);
+    for seq in 1..=50 {
+        dispatcher.send(&envelope(seq), &closing);
+    }
+    end(&workers);
+    drop(dispatcher);
+    // 50 x 20 ms = 1 s of work against a 300 ms deadline that moves on with progress.
+    workers.finish(SHORT, SHORT);
+    assert_eq!(
+        lines(&log)
+            .iter()
+            .filter(|l| l.contains("non-json"))
+            .count(),
+        50
+    );
+}
