@@ -327,3 +327,38 @@ fn checks_run_in_order_signature_before_manifest() {
     sig.manifest_bytes = b"not json".to_vec();
     assert!(matches!(f.verify(LIB, &sig), Err(Error::BadSignature)));
 }
+
+#[test]
+fn every_single_bit_flip_of_the_signature_file_or_library_is_refused() {
+    // No panics on hostile input, and no change anywhere slips through: JSON syntax, field names,
+    // base64 (including unused trailing bits), key id, signature and manifest bytes.
+    let f = Fixture::new();
+    let sig = f.sign();
+    let file = sig.to_bytes();
+    f.verify(LIB, &SignatureFile::parse(&file).expect("parses"))
+        .expect("the original verifies");
+    for i in 0..file.len() {
+        let mut bad = file.clone();
+        bad[i] ^= 1;
+        let accepted = SignatureFile::parse(&bad).ok().map(|s| f.verify(LIB, &s));
+        assert!(
+            !matches!(accepted, Some(Ok(_))),
+            "flipping byte {i} ({:?}) was accepted",
+            file[i] as char
+        );
+    }
+    for i in 0..LIB.len() {
+        let mut lib = LIB.to_vec();
+        lib[i] ^= 0x80;
+        assert!(
+            matches!(f.verify(&lib, &sig), Err(Error::DigestMismatch { .. })),
+            "byte {i}"
+        );
+    }
+    for len in 0..LIB.len() {
+        assert!(
+            matches!(f.verify(&LIB[..len], &sig), Err(Error::SizeMismatch { .. })),
+            "truncated to {len}"
+        );
+    }
+}

@@ -95,7 +95,7 @@ pub(crate) enum KeyAlg {
 /// The manifest fields given on the command line.
 #[derive(Debug, Args)]
 pub(crate) struct ManifestArgs {
-    /// Plugin name ([a-z0-9][a-z0-9-]{0,63}).
+    /// Plugin name: 1 to 64 of a-z, 0-9 and -, not starting with -.
     #[arg(long)]
     pub(crate) name: String,
     /// Plugin version (semver).
