@@ -91,6 +91,11 @@ pub struct VerifyPluginArgs {
     #[arg(long)]
     pub allow_downgrade: bool,
 
+    /// After verifying, also load each plugin (from the verified bytes) and create it: checks
+    /// the ABI and that the plugin reports the name and version its manifest signed.
+    #[arg(long)]
+    pub load: bool,
+
     /// Plugin libraries (their signatures are read from PATH.kmsig).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,

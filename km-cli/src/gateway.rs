@@ -7,7 +7,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use abi_stable::std_types::RStr;
-use km_abi::{AuthResponse, ErrorKind, Message, PluginBox, PluginConfig, PluginError, StreamEvent, Tier};
+use km_abi::{
+    AuthResponse, ErrorKind, Message, PluginBox, PluginConfig, PluginError, StreamEvent, Tier,
+};
 
 /// Who signed a loaded plugin, as the verified manifest says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +62,11 @@ impl PluginFailure {
 
 impl fmt::Display for PluginFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "plugin {} failed in {}: {}", self.plugin, self.call, self.error)
+        write!(
+            f,
+            "plugin {} failed in {}: {}",
+            self.plugin, self.call, self.error
+        )
     }
 }
 
@@ -68,16 +74,19 @@ impl std::error::Error for PluginFailure {}
 
 impl LoadedPlugin {
     /// Wraps a plugin object whose name and version the loader has checked against its manifest.
-    pub(crate) fn new(
-        object: PluginBox,
-        path: &Path,
-        sha256: String,
-        signer: Signer,
-    ) -> Self {
+    pub(crate) fn new(object: PluginBox, path: &Path, sha256: String, signer: Signer) -> Self {
         let name = object.name().into_string();
         let version = object.version().into_string();
         let tier = object.required_tier();
-        LoadedPlugin { name, version, tier, path: path.to_path_buf(), sha256, signer, object }
+        LoadedPlugin {
+            name,
+            version,
+            tier,
+            path: path.to_path_buf(),
+            sha256,
+            signer,
+            object,
+        }
     }
 
     /// The plugin's name.
@@ -110,8 +119,16 @@ impl LoadedPlugin {
         &self.signer
     }
 
-    fn wrap<T>(&self, call: &'static str, result: Result<T, PluginError>) -> Result<T, PluginFailure> {
-        result.map_err(|error| PluginFailure { plugin: self.name.clone(), call, error })
+    fn wrap<T>(
+        &self,
+        call: &'static str,
+        result: Result<T, PluginError>,
+    ) -> Result<T, PluginFailure> {
+        result.map_err(|error| PluginFailure {
+            plugin: self.name.clone(),
+            call,
+            error,
+        })
     }
 
     /// `initialize`.
@@ -121,22 +138,36 @@ impl LoadedPlugin {
 
     /// `authenticate`.
     pub fn authenticate(&self, api_key: &str) -> Result<AuthResponse, PluginFailure> {
-        self.wrap("authenticate", self.object.authenticate(RStr::from_str(api_key)).into_result())
+        self.wrap(
+            "authenticate",
+            self.object
+                .authenticate(RStr::from_str(api_key))
+                .into_result(),
+        )
     }
 
     /// `handle_message`.
     pub fn handle_message(&self, message: &Message<'_>) -> Result<(), PluginFailure> {
-        self.wrap("handle_message", self.object.handle_message(message).into_result())
+        self.wrap(
+            "handle_message",
+            self.object.handle_message(message).into_result(),
+        )
     }
 
     /// `handle_error`.
     pub fn handle_error(&self, error: &PluginError) -> Result<(), PluginFailure> {
-        self.wrap("handle_error", self.object.handle_error(error).into_result())
+        self.wrap(
+            "handle_error",
+            self.object.handle_error(error).into_result(),
+        )
     }
 
     /// `handle_stream_event`.
     pub fn handle_stream_event(&self, event: &StreamEvent) -> Result<(), PluginFailure> {
-        self.wrap("handle_stream_event", self.object.handle_stream_event(event).into_result())
+        self.wrap(
+            "handle_stream_event",
+            self.object.handle_stream_event(event).into_result(),
+        )
     }
 
     /// `shutdown`.

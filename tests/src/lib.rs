@@ -81,7 +81,11 @@ pub fn describe(output: &Output) -> String {
 /// Runs `cmd`, panicking with its output when it does not exit 0.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let output = cmd.output().expect("the command starts");
-    assert!(output.status.success(), "command failed: {cmd:?}\n{}", describe(&output));
+    assert!(
+        output.status.success(),
+        "command failed: {cmd:?}\n{}",
+        describe(&output)
+    );
     output
 }
 
@@ -91,4 +95,118 @@ pub fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// A throw-away km installation: `KM_HOME` with a plugin directory (both 0700), and a signing
+/// key made by the real `km-sign` and trusted with the real `km trust add`.
+pub struct KmEnv {
+    /// Owns the temporary directory.
+    pub dir: tempfile::TempDir,
+    /// `KM_HOME`.
+    pub home: PathBuf,
+    /// `KM_HOME/plugins`.
+    pub plugins: PathBuf,
+    /// The trusted signing key's prefix (`.key`, `.pub`).
+    pub key: PathBuf,
+}
+
+impl KmEnv {
+    /// A fresh environment with one trusted Ed25519 key labelled `test`.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("km-e2e-")
+            .tempdir()
+            .expect("a temp dir");
+        chmod(dir.path(), 0o700);
+        let home = dir.path().join("km-home");
+        let plugins = home.join("plugins");
+        std::fs::create_dir_all(&plugins).expect("creating KM_HOME/plugins");
+        chmod(&home, 0o700);
+        chmod(&plugins, 0o700);
+        let env = KmEnv {
+            key: dir.path().join("keys").join("test"),
+            dir,
+            home,
+            plugins,
+        };
+        std::fs::create_dir_all(env.dir.path().join("keys")).expect("creating keys/");
+        env.keygen(&env.key);
+        let mut trust = env.km();
+        trust
+            .args(["trust", "add", "--label", "test"])
+            .arg(env.key.with_extension("pub"));
+        run_ok(&mut trust);
+        env
+    }
+
+    /// `km` with this `KM_HOME`.
+    pub fn km(&self) -> Command {
+        command(&km_bin(), &self.home)
+    }
+
+    /// `km-sign` with this `KM_HOME`.
+    pub fn km_sign(&self) -> Command {
+        command(&km_sign_bin(), &self.home)
+    }
+
+    /// Makes an Ed25519 key pair at `prefix` (`.key`, `.pub`).
+    pub fn keygen(&self, prefix: &Path) {
+        let mut cmd = self.km_sign();
+        cmd.args(["keygen", "--out"]).arg(prefix);
+        run_ok(&mut cmd);
+    }
+
+    /// Signs `lib` with the key at `key_prefix`, adding `extra` arguments to `km-sign sign`.
+    pub fn sign_with(
+        &self,
+        lib: &Path,
+        key_prefix: &Path,
+        name: &str,
+        version: &str,
+        tier: &str,
+        extra: &[&str],
+    ) {
+        let mut cmd = self.km_sign();
+        cmd.arg("sign")
+            .arg("--key")
+            .arg(key_prefix.with_extension("key"))
+            .args(["--name", name, "--version", version, "--tier", tier])
+            .args(extra)
+            .arg(lib);
+        run_ok(&mut cmd);
+    }
+
+    /// Copies the built library of workspace crate `crate_name` into the plugin directory as
+    /// `file_name` (mode 0644) and signs it with the trusted key as `name` `version` `tier`.
+    pub fn install_as(
+        &self,
+        crate_name: &str,
+        file_name: &str,
+        name: &str,
+        version: &str,
+        tier: &str,
+    ) -> PathBuf {
+        let dest = self.plugins.join(file_name);
+        std::fs::copy(plugin_lib(crate_name), &dest).expect("copying the plugin library");
+        chmod(&dest, 0o644);
+        self.sign_with(&dest, &self.key, name, version, tier, &[]);
+        dest
+    }
+
+    /// Installs a workspace plugin under its usual file name, signed as `name` 1.0.0, tier free.
+    pub fn install(&self, crate_name: &str, name: &str) -> PathBuf {
+        let file = format!(
+            "{}{}{}",
+            std::env::consts::DLL_PREFIX,
+            crate_name.replace('-', "_"),
+            std::env::consts::DLL_SUFFIX
+        );
+        self.install_as(crate_name, &file, name, "1.0.0", "free")
+    }
+}
+
+impl Default for KmEnv {
+    fn default() -> Self {
+        Self::new()
+    }
 }

@@ -1,11 +1,216 @@
-//! (being built)
+//! `km verify-plugin PATH...`: the loader's checks, by hand, without mapping anything.
+//!
+//! Exit codes: 0 when every plugin verifies, 1 when any does not, 2 on a usage or I/O error
+//! (a path that cannot be read at all).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use km_signing::{SignatureFile, Verified};
+use serde::Serialize;
 
 use super::Globals;
+use crate::cli::VerifyPluginArgs;
+use crate::exit;
+use crate::home::KmHome;
+use crate::host::{PluginHost, Verbosity};
+use crate::loader::{self, CheckContext, Checked, Refusal, SIGNATURE_SUFFIX};
 
-pub(super) fn run<T>(_g: &Globals, _a: T) -> Result<ExitCode> {
-    bail!("not built yet")
+/// One plugin's verdict, as printed.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) path: PathBuf,
+    pub(crate) verified: bool,
+    pub(crate) name: Option<String>,
+    pub(crate) version: Option<String>,
+    pub(crate) tier: Option<String>,
+    pub(crate) key_id: Option<String>,
+    pub(crate) key_label: Option<String>,
+    pub(crate) sha256: Option<String>,
+    /// The failing check, when refused.
+    pub(crate) check: Option<&'static str>,
+    /// Why, when refused.
+    pub(crate) reason: Option<String>,
+}
+
+impl Report {
+    pub(crate) fn accepted(path: &Path, verified: &Verified) -> Self {
+        let manifest = verified.manifest();
+        Report {
+            path: path.to_path_buf(),
+            verified: true,
+            name: Some(manifest.name.clone()),
+            version: Some(manifest.version.clone()),
+            tier: Some(manifest.tier.display_name().to_owned()),
+            key_id: Some(verified.key_id().to_string()),
+            key_label: Some(verified.key_label().to_owned()),
+            sha256: Some(verified.sha256().to_owned()),
+            check: None,
+            reason: None,
+        }
+    }
+
+    /// A refusal, with what the (unverified) signature file claims, marked as such by
+    /// `verified: false`, so that the user can tell which plugin it was meant to be.
+    pub(crate) fn refused(refusal: &Refusal) -> Self {
+        let mut sig_path = refusal.path.as_os_str().to_os_string();
+        sig_path.push(SIGNATURE_SUFFIX);
+        let claimed = SignatureFile::read(Path::new(&sig_path))
+            .ok()
+            .and_then(|sig| km_signing::Manifest::parse(&sig.manifest_bytes).ok());
+        let sha256 = std::fs::read(&refusal.path)
+            .ok()
+            .map(|bytes| sha256_hex(&bytes));
+        Report {
+            path: refusal.path.clone(),
+            verified: false,
+            name: claimed.as_ref().map(|m| m.name.clone()),
+            version: claimed.as_ref().map(|m| m.version.clone()),
+            tier: claimed.as_ref().map(|m| m.tier.display_name().to_owned()),
+            key_id: claimed.as_ref().map(|m| m.key_id.clone()),
+            key_label: None,
+            sha256,
+            check: Some(refusal.check),
+            reason: Some(refusal.reason.clone()),
+        }
+    }
+
+    pub(crate) fn print_human(&self) {
+        let dash = || "-".to_owned();
+        eprintln!("{}", self.path.display());
+        if self.verified {
+            eprintln!("  name:     {}", self.name.clone().unwrap_or_else(dash));
+        } else {
+            eprintln!(
+                "  name:     {} (claimed, not verified)",
+                self.name.clone().unwrap_or_else(dash)
+            );
+        }
+        eprintln!("  version:  {}", self.version.clone().unwrap_or_else(dash));
+        eprintln!("  tier:     {}", self.tier.clone().unwrap_or_else(dash));
+        let label = self.key_label.as_deref().filter(|l| !l.is_empty());
+        match (&self.key_id, label) {
+            (Some(id), Some(label)) => eprintln!("  signer:   {id} ({label})"),
+            (Some(id), None) => eprintln!("  signer:   {id}"),
+            (None, _) => eprintln!("  signer:   -"),
+        }
+        eprintln!("  sha256:   {}", self.sha256.clone().unwrap_or_else(dash));
+        match (self.check, &self.reason) {
+            (Some(check), Some(reason)) => eprintln!("  verdict:  REFUSED ({check}): {reason}"),
+            _ => eprintln!("  verdict:  OK"),
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Checks one file as the loader would (its directory, the file, the signature).
+pub(crate) fn check_path(path: &Path, cx: &CheckContext<'_>) -> Result<Checked, Refusal> {
+    let refuse = |check, reason: String| Refusal {
+        path: path.to_path_buf(),
+        check,
+        reason,
+    };
+    let (Some(name), dir) = (path.file_name(), path.parent()) else {
+        return Err(refuse("io", "not a file path".to_owned()));
+    };
+    let dir = match dir {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let dir_fd = loader::open_checked_dir(dir).map_err(|r| Refusal {
+        path: path.to_path_buf(),
+        ..r
+    })?;
+    loader::check(&dir_fd, dir, name, cx)
+}
+
+/// Loads a checked plugin (`--load`), then shuts it down; records its version as seen.
+fn load_checked(globals: &Globals, checked: Checked) -> Result<Verified, Refusal> {
+    let verified = checked.verified().clone();
+    let manifest = verified.manifest();
+    let data_dir = globals.home.plugin_data_dir(&manifest.name);
+    KmHome::ensure_private_dir(&data_dir).map_err(|e| Refusal {
+        path: checked.path().to_path_buf(),
+        check: "io",
+        reason: format!("{e:#}"),
+    })?;
+    let path = checked.path().to_path_buf();
+    let verbosity = Verbosity::from_flags(globals.quiet, globals.verbose);
+    let plugin = loader::load(
+        checked,
+        PluginHost::new(&manifest.name, data_dir, verbosity, None),
+    )?;
+    loader::record_seen(&globals.home, &verified).map_err(|e| Refusal {
+        path: path.clone(),
+        check: "io",
+        reason: format!("{e:#}"),
+    })?;
+    if let Err(failure) = plugin.shutdown() {
+        eprintln!("km: warning: {failure}");
+    }
+    Ok(verified)
+}
+
+/// Runs `km verify-plugin`.
+pub(super) fn run(globals: &Globals, args: VerifyPluginArgs) -> Result<ExitCode> {
+    let trust = loader::trust_store(&globals.home)?;
+    let seen = loader::seen_versions(&globals.home)?;
+    let cx = CheckContext {
+        trust: &trust,
+        seen: &seen,
+        allow_downgrade: args.allow_downgrade,
+        size_cap: loader::size_cap(),
+    };
+    let mut reports = Vec::new();
+    let mut io_error = false;
+    for path in &args.paths {
+        if let Err(e) = std::fs::symlink_metadata(path) {
+            eprintln!("km: error: {}: {e}", path.display());
+            io_error = true;
+            continue;
+        }
+        let report = match check_path(path, &cx).and_then(|checked| {
+            if args.load {
+                load_checked(globals, checked)
+            } else {
+                Ok(checked.into_verified())
+            }
+        }) {
+            Ok(verified) => Report::accepted(path, &verified),
+            Err(refusal) => {
+                if refusal.check == "io" {
+                    io_error = true;
+                }
+                Report::refused(&refusal)
+            }
+        };
+        reports.push(report);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for report in &reports {
+            report.print_human();
+        }
+    }
+    let code = if io_error {
+        exit::ERROR
+    } else if reports.iter().all(|r| r.verified) {
+        exit::OK
+    } else {
+        exit::REFUSED
+    };
+    Ok(ExitCode::from(code))
 }

@@ -1,0 +1,215 @@
+//! The loader from inside: properties that need a look at km's own process — what gets mapped is
+//! the verified bytes even if the file changes afterwards, several plugins load as distinct
+//! modules, and a panicking plugin returns an error value and the host carries on.
+//!
+//! Uses the real plugin cdylibs that `cargo build --workspace` put in target/debug, signed here
+//! with a key made by the test.
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use km_abi::{Direction, Message, MessageKind};
+use km_cli::home::KmHome;
+use km_cli::host::{PluginHost, Verbosity};
+use km_cli::loader::{self, CheckContext, LoadOptions};
+use km_signing::{Algorithm, Manifest, PrivateKey, SignatureFile, TrustStore, MANIFEST_KIND};
+
+fn built_lib(crate_name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/..");
+    let lib = dir.join(format!("lib{}.so", crate_name.replace('-', "_")));
+    assert!(
+        lib.exists(),
+        "{} is missing: run `cargo build --workspace` first",
+        lib.display()
+    );
+    lib
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    home: KmHome,
+    plugins: PathBuf,
+    key: PrivateKey,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = KmHome::resolve(Some(&dir.path().join("home"))).expect("home");
+        let plugins = home.plugins_dir();
+        std::fs::create_dir_all(&plugins).expect("plugins dir");
+        chmod(home.root(), 0o700);
+        chmod(&plugins, 0o700);
+        let key = PrivateKey::generate(Algorithm::Ed25519).expect("keygen");
+        let mut trust = TrustStore::load(&home.trusted_keys_dir()).expect("trust store");
+        trust
+            .add(key.public_key(), Some("test".into()), None)
+            .expect("trust key");
+        Setup {
+            _dir: dir,
+            home,
+            plugins,
+            key,
+        }
+    }
+
+    /// Writes `bytes` as `file` in the plugin directory, signed as `name` 1.0.0.
+    fn install_bytes(&self, file: &str, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = self.plugins.join(file);
+        std::fs::write(&path, bytes).expect("write lib");
+        chmod(&path, 0o644);
+        let manifest = Manifest {
+            kind: MANIFEST_KIND.to_owned(),
+            name: name.to_owned(),
+            version: "1.0.0".to_owned(),
+            tier: km_abi::Tier::Free,
+            target: km_signing::target_triple().to_owned(),
+            abi_version: km_abi::ABI_VERSION.to_owned(),
+            sha256: hex(&ring_sha256(bytes)),
+            size: bytes.len() as u64,
+            issued_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            expires_at: None,
+            customer: None,
+            key_id: self.key.public_key().key_id().to_string(),
+        };
+        let manifest_bytes = manifest.to_bytes();
+        let signature = self.key.sign(&manifest_bytes).expect("sign");
+        SignatureFile {
+            algorithm: self.key.algorithm(),
+            key_id: self.key.public_key().key_id(),
+            manifest_bytes,
+            signature,
+        }
+        .write(&SignatureFile::path_for(&path))
+        .expect("write sig");
+        path
+    }
+
+    fn install(&self, crate_name: &str, name: &str) -> PathBuf {
+        let bytes = std::fs::read(built_lib(crate_name)).expect("read built lib");
+        self.install_bytes(
+            &format!("lib{}.so", crate_name.replace('-', "_")),
+            name,
+            &bytes,
+        )
+    }
+
+    fn host(&self, name: &str) -> PluginHost {
+        let data = self.home.plugin_data_dir(name);
+        KmHome::ensure_private_dir(&data).expect("data dir");
+        PluginHost::new(name, data, Verbosity::Quiet, None)
+    }
+}
+
+fn ring_sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn message(data: &[u8]) -> Message<'_> {
+    Message {
+        seq: 1,
+        direction: Direction::Request,
+        kind: MessageKind::REQUEST,
+        is_error: false,
+        data: data.into(),
+        correlation_id: "1".into(),
+        id: "1".into(),
+        method: "ping".into(),
+        timestamp_us: 0,
+        latency_us: abi_stable::std_types::RNone,
+    }
+}
+
+#[test]
+fn replacing_the_file_after_verification_does_not_change_what_is_loaded() {
+    let setup = Setup::new();
+    let path = setup.install("test-noop", "test-noop");
+    let trust = loader::trust_store(&setup.home).expect("trust");
+    let seen = loader::seen_versions(&setup.home).expect("seen");
+    let cx = CheckContext {
+        trust: &trust,
+        seen: &seen,
+        allow_downgrade: false,
+        size_cap: loader::DEFAULT_SIZE_CAP,
+    };
+    let dir_fd = loader::open_checked_dir(&setup.plugins).expect("dir");
+    let checked = loader::check(
+        &dir_fd,
+        &setup.plugins,
+        path.file_name().expect("name"),
+        &cx,
+    )
+    .expect("verifies");
+
+    // Swap in another, validly signed library under the same file name.
+    let other = std::fs::read(built_lib("test-panicky")).expect("read");
+    std::fs::remove_file(&path).expect("rm");
+    setup.install_bytes("libtest_noop.so", "test-panicky", &other);
+
+    let plugin = loader::load(checked, setup.host("test-noop")).expect("loads");
+    assert_eq!(
+        plugin.name(),
+        "test-noop",
+        "the verified bytes were loaded, not the swapped file"
+    );
+    plugin
+        .handle_message(&message(b"{}"))
+        .expect("test-noop does not panic");
+
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    assert!(
+        maps.contains("memfd:km-plugin:test-noop") || maps.contains("km-plugin-"),
+        "the library is mapped from a memfd or a private copy:\n{maps}"
+    );
+    assert!(
+        !maps.contains(path.to_string_lossy().as_ref()),
+        "the plugin-dir path is never mapped"
+    );
+}
+
+#[test]
+fn two_plugins_load_side_by_side_as_distinct_modules_and_a_panic_is_an_error_value() {
+    let setup = Setup::new();
+    setup.install("test-noop", "test-noop");
+    setup.install("test-panicky", "test-panicky");
+    setup.install("console-logger", "console-logger");
+    let mut options = LoadOptions::new(setup.plugins.clone(), setup.home.clone());
+    options.verbosity = Verbosity::Quiet;
+    let report = loader::load_plugins(&options).expect("load");
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    let names: Vec<&str> = report.loaded.iter().map(|p| p.name()).collect();
+    assert_eq!(names, ["console-logger", "test-noop", "test-panicky"]);
+
+    let panicky = &report.loaded[2];
+    for _ in 0..3 {
+        let failure = panicky
+            .handle_message(&message(b"{}"))
+            .expect_err("panics become errors");
+        assert!(failure.is_panic(), "{failure}");
+        assert!(
+            failure.to_string().contains("panics on purpose"),
+            "{failure}"
+        );
+    }
+    // The host carries on, and so do the other plugins.
+    report.loaded[1]
+        .handle_message(&message(b"{}"))
+        .expect("test-noop still works");
+    let seen = std::fs::read_to_string(setup.home.seen_versions_file()).expect("seen versions");
+    assert!(seen.contains("test-noop"), "{seen}");
+}
