@@ -41,6 +41,64 @@ pub enum Command {
     /// Manage the keys trusted to sign plugins.
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Set up km: the Kilometers API key and endpoint, written to KM_HOME/config.toml (mode 0600).
+    Init(InitArgs),
+    /// Show km's configuration (the API key masked).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Show each plugin's subscription: required and authorized tier, features, token expiry,
+    /// last refresh and its outcome, and why a plugin is degraded.
+    PluginStatus(PluginStatusArgs),
+    /// Re-authenticate plugins with the Kilometers API now.
+    PluginRefresh(PluginRefreshArgs),
+}
+
+/// `km init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The Kilometers API key (default: KM_API_KEY, else asked on the terminal).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
+
+    /// The Kilometers API endpoint (default: KM_API_URL, else asked on the terminal, else the
+    /// public API).
+    #[arg(long, value_name = "URL")]
+    pub api_url: Option<String>,
+}
+
+/// `km config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the configuration in force (file and environment), the API key masked.
+    Show {
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `km plugin-status`.
+#[derive(Debug, Args)]
+pub struct PluginStatusArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `km plugin-refresh`.
+#[derive(Debug, Args)]
+pub struct PluginRefreshArgs {
+    /// Only this plugin (default: all).
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Load plugins from DIR instead of KM_HOME/plugins.
+    #[arg(long, value_name = "DIR")]
+    pub plugins_dir: Option<PathBuf>,
+
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `km monitor`.

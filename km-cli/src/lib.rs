@@ -5,13 +5,16 @@
 //! call into plugin code passes ([`gateway`]), the services km offers plugins ([`host`]), and the
 //! monitor that relays the MCP stream ([`monitor`]).
 
+pub mod api;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod gateway;
 pub mod home;
 pub mod host;
 pub mod loader;
 pub mod monitor;
+pub mod subscription;
 
 use std::process::ExitCode;
 

@@ -1,7 +1,10 @@
 //! One function per command: turn parsed arguments into a validated configuration, do the work,
 //! return the exit code.
 
+mod config;
+mod init;
 mod list;
+mod status;
 mod trust;
 mod verify;
 
@@ -36,5 +39,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::VerifyPlugin(args) => verify::run(&globals, args),
         Command::ListPlugins(args) => list::run(&globals, args),
         Command::Trust(cmd) => trust::run(&globals, cmd),
+        Command::Init(args) => init::run(&globals, args),
+        Command::Config(cmd) => config::run(&globals, cmd),
+        Command::PluginStatus(args) => status::run_status(&globals, args),
+        Command::PluginRefresh(args) => status::run_refresh(&globals, args),
     }
 }

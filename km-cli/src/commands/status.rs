@@ -1,0 +1,198 @@
+//! `km plugin-status` and `km plugin-refresh`: what each plugin's subscription looks like, and
+//! re-authenticating now.
+//!
+//! The person at the terminal owns the machine, so the status says plainly why a plugin is
+//! degraded (the plugin itself stays quiet in the MCP stream). The status comes from the records
+//! the refresher keeps in `KM_HOME/state/auth` (see [`crate::subscription`]); `plugin-refresh`
+//! loads the plugins (verifying them as `km monitor` does), authenticates them and updates the
+//! records.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+
+use crate::api::ApiClient;
+use crate::cli::{PluginRefreshArgs, PluginStatusArgs};
+use crate::commands::Globals;
+use crate::config::Config;
+use crate::exit;
+use crate::host::{ApiTransport, Verbosity};
+use crate::loader::{load_plugins, LoadOptions};
+use crate::subscription::{self, AuthRecord};
+
+/// How long `plugin-refresh` waits for all plugins.
+const REFRESH_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `km plugin-status`.
+pub(crate) fn run_status(globals: &Globals, args: PluginStatusArgs) -> Result<ExitCode> {
+    let records = subscription::load_records(&globals.home)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records_json(&records))?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if records.is_empty() {
+        println!(
+            "no subscription status yet: run `km plugin-refresh` (or `km monitor`) to authenticate \
+             the installed plugins"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = km_abi::auth::now_unix();
+    for record in &records {
+        print!("{}", describe(record, now));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `km plugin-refresh [NAME]`.
+pub(crate) fn run_refresh(globals: &Globals, args: PluginRefreshArgs) -> Result<ExitCode> {
+    let config = Config::load(&globals.home)?;
+    let api: Option<Arc<dyn ApiTransport>> = match &config.api_url {
+        Some(url) => Some(Arc::new(ApiClient::new(url)?)),
+        None => None,
+    };
+    let mut options = LoadOptions::new(
+        args.plugins_dir
+            .clone()
+            .unwrap_or_else(|| globals.home.plugins_dir()),
+        globals.home.clone(),
+    );
+    options.verbosity = Verbosity::from_flags(globals.quiet, globals.verbose);
+    options.api = api;
+    let report = load_plugins(&options)?;
+    for refusal in &report.refused {
+        eprintln!("km: {refusal}");
+    }
+    let plugins: Vec<_> = match &args.name {
+        Some(name) => report
+            .loaded
+            .iter()
+            .filter(|p| p.name() == name)
+            .cloned()
+            .collect(),
+        None => report.loaded.clone(),
+    };
+    if plugins.is_empty() {
+        match &args.name {
+            Some(name) => bail!(
+                "no plugin named {name} loaded from {}",
+                options.plugins_dir.display()
+            ),
+            None => {
+                eprintln!(
+                    "km: no plugins loaded from {}",
+                    options.plugins_dir.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+    if config.api_key.is_none() && !globals.quiet {
+        eprintln!("km: no API key configured (run `km init`): premium plugins will run degraded");
+    }
+    let records = subscription::refresh_all(&globals.home, &config, &plugins, REFRESH_DEADLINE);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&records_json(&records))?);
+    } else {
+        let now = km_abi::auth::now_unix();
+        for record in &records {
+            print!("{}", describe(record, now));
+        }
+    }
+    let all_ok = records.iter().all(|r| r.authorized);
+    // The process may still have a refresh thread stuck in a hung plugin: exit, do not wait.
+    Ok(ExitCode::from(if all_ok {
+        exit::OK
+    } else {
+        exit::REFUSED
+    }))
+}
+
+fn records_json(records: &[AuthRecord]) -> serde_json::Value {
+    // The token is left out: it is a credential, and `--json` output ends up in logs.
+    serde_json::Value::Array(
+        records
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "plugin": r.plugin,
+                    "version": r.version,
+                    "required_tier": r.required_tier,
+                    "authorized": r.authorized,
+                    "tier": r.tier,
+                    "features": r.features,
+                    "expires_at": r.expires_at,
+                    "last_refresh": r.last_refresh,
+                    "outcome": r.outcome,
+                    "reason": r.reason,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn when(unix: i64, now: i64) -> String {
+    let Ok(secs) = u64::try_from(unix) else {
+        return unix.to_string();
+    };
+    let stamp = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs));
+    let delta = unix - now;
+    let human =
+        |d: i64| humantime::format_duration(Duration::from_secs(d.unsigned_abs())).to_string();
+    if delta >= 0 {
+        format!("{stamp} (in {})", human(delta))
+    } else {
+        format!("{stamp} ({} ago)", human(delta))
+    }
+}
+
+fn tier_name(tier: &str) -> String {
+    tier.parse::<km_abi::Tier>()
+        .map_or_else(|_| tier.to_owned(), |t| t.display_name().to_owned())
+}
+
+/// The human-readable status of one plugin, a few lines.
+fn describe(r: &AuthRecord, now: i64) -> String {
+    let required = tier_name(&r.required_tier);
+    let mut out = format!("{} {} (needs {required})\n", r.plugin, r.version);
+    let state = match (r.authorized, r.outcome.as_str()) {
+        (true, _) if r.required() == Some(km_abi::Tier::Free) => {
+            "active (Free plugin: no subscription needed)".to_owned()
+        }
+        (true, _) => format!("active: {} subscription", tier_name(&r.tier)),
+        (false, "error") => "degraded: the plugin failed to authenticate".to_owned(),
+        (false, "timeout") => "degraded: the plugin did not answer".to_owned(),
+        (false, _) => format!(
+            "degraded to Free behaviour (subscription: {})",
+            tier_name(&r.tier)
+        ),
+    };
+    out.push_str(&format!("  status:       {state}\n"));
+    if !r.reason.is_empty() {
+        let label = if r.authorized { "note" } else { "why" };
+        out.push_str(&format!(
+            "  {label}:{}{}\n",
+            " ".repeat(13 - label.len()),
+            r.reason
+        ));
+    }
+    if !r.features.is_empty() {
+        out.push_str(&format!("  features:     {}\n", r.features.join(", ")));
+    }
+    if r.expires_at > 0 {
+        let label = if r.expires_at <= now {
+            "expired:"
+        } else {
+            "expires:"
+        };
+        out.push_str(&format!("  {label}     {}\n", when(r.expires_at, now)));
+    }
+    out.push_str(&format!(
+        "  last refresh: {}: {}\n",
+        when(r.last_refresh, now),
+        r.outcome
+    ));
+    out
+}

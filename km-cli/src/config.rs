@@ -1,0 +1,323 @@
+//! km's configuration: `KM_HOME/config.toml`, holding the Kilometers API key and endpoint, the
+//! subscription refresh interval, and per-plugin settings.
+//!
+//! ```toml
+//! api_key = "km_live_abc123xyz"
+//! api_url = "https://api.kilometers.ai"
+//! # refresh_interval_secs = 300
+//!
+//! [plugins.api-logger]
+//! batch_size = 10
+//! ```
+//!
+//! The file holds a secret, so km writes it with mode 0600 (atomically: a private temporary file
+//! in the same directory, fsync, rename) and refuses to use an API key from a copy that group or
+//! others can read, as ssh does with private keys. `KM_API_KEY` and `KM_API_URL` override the
+//! file, so that a key can come from a secret store instead.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::home::KmHome;
+
+/// The endpoint `km init` suggests.
+pub const DEFAULT_API_URL: &str = "https://api.kilometers.ai";
+
+/// Environment variables that override the file.
+pub const ENV_API_KEY: &str = "KM_API_KEY";
+/// See [`ENV_API_KEY`].
+pub const ENV_API_URL: &str = "KM_API_URL";
+
+/// The largest config.toml km reads.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The configuration in force: the file, then the environment on top.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Config {
+    /// The user's Kilometers API key.
+    pub api_key: Option<String>,
+    /// The API's base URL.
+    pub api_url: Option<String>,
+    /// `[plugins.NAME]` tables: settings handed to each plugin as JSON.
+    pub plugins: BTreeMap<String, toml::Table>,
+    /// How often subscriptions are refreshed (default: 5 minutes, 3 for Enterprise plugins).
+    pub refresh_interval_secs: Option<u64>,
+}
+
+impl Config {
+    /// Reads `KM_HOME/config.toml` (a missing file is an empty configuration) and applies
+    /// `KM_API_KEY` / `KM_API_URL`.
+    pub fn load(home: &KmHome) -> Result<Config> {
+        let mut config = Self::load_file(&home.config_file())?;
+        if let Some(key) = env_nonempty(ENV_API_KEY) {
+            config.api_key = Some(key);
+        }
+        if let Some(url) = env_nonempty(ENV_API_URL) {
+            config.api_url = Some(url);
+        }
+        Ok(config)
+    }
+
+    /// Reads one config file, without the environment.
+    pub fn load_file(path: &Path) -> Result<Config> {
+        let Some(table) = read_table(path)? else {
+            return Ok(Config::default());
+        };
+        let config = Self::from_table(&table).with_context(|| format!("in {}", path.display()))?;
+        if config.api_key.is_some() {
+            let mode = std::fs::metadata(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                bail!(
+                    "{} holds your API key but is accessible by others (mode {:04o}); \
+                     run `chmod 600 {}`",
+                    path.display(),
+                    mode & 0o7777,
+                    path.display()
+                );
+            }
+        }
+        Ok(config)
+    }
+
+    fn from_table(table: &toml::Table) -> Result<Config> {
+        let string = |key: &str| -> Result<Option<String>> {
+            match table.get(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) if s.is_empty() => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                Some(other) => bail!("`{key}` must be a string, not {}", other.type_str()),
+            }
+        };
+        let refresh_interval_secs = match table.get("refresh_interval_secs") {
+            None => None,
+            Some(toml::Value::Integer(n)) if *n > 0 => Some(*n as u64),
+            Some(other) => bail!("`refresh_interval_secs` must be a positive integer, not {other}"),
+        };
+        let mut plugins = BTreeMap::new();
+        match table.get("plugins") {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (name, value) in t {
+                    match value {
+                        toml::Value::Table(settings) => {
+                            plugins.insert(name.clone(), settings.clone());
+                        }
+                        other => {
+                            bail!("`plugins.{name}` must be a table, not {}", other.type_str())
+                        }
+                    }
+                }
+            }
+            Some(other) => bail!("`plugins` must be a table, not {}", other.type_str()),
+        }
+        Ok(Config {
+            api_key: string("api_key")?,
+            api_url: string("api_url")?,
+            plugins,
+            refresh_interval_secs,
+        })
+    }
+
+    /// The settings of plugin `name` as a JSON object (`{}` when there are none).
+    pub fn plugin_settings_json(&self, name: &str) -> String {
+        self.plugins
+            .get(name)
+            .and_then(|t| serde_json::to_string(t).ok())
+            .unwrap_or_else(|| "{}".to_owned())
+    }
+
+    /// The API key masked for display: `km_live_…xyz`.
+    pub fn masked_api_key(&self) -> Option<String> {
+        self.api_key.as_deref().map(mask_key)
+    }
+}
+
+/// Masks a secret for display: keeps a short `word_word_` prefix and the last three
+/// characters of a long key, nothing of a short one.
+pub fn mask_key(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    let prefix_len = chars
+        .iter()
+        .take(12)
+        .rposition(|&c| c == '_')
+        .map_or(0, |p| p + 1);
+    let rest = chars.len() - prefix_len;
+    let prefix: String = chars[..prefix_len].iter().collect();
+    if rest >= 8 {
+        let tail: String = chars[chars.len() - 3..].iter().collect();
+        format!("{prefix}…{tail}")
+    } else {
+        format!("{prefix}…")
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn read_table(path: &Path) -> Result<Option<toml::Table>> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    if meta.len() > MAX_CONFIG_BYTES {
+        bail!(
+            "{} is larger than {} bytes",
+            path.display(),
+            MAX_CONFIG_BYTES
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    Ok(Some(table))
+}
+
+/// Sets `api_key` and/or `api_url` in `KM_HOME/config.toml`, keeping everything else in the
+/// file, and writes it atomically with mode 0600.
+pub fn write_settings(home: &KmHome, api_key: Option<&str>, api_url: Option<&str>) -> Result<()> {
+    KmHome::ensure_private_dir(home.root())?;
+    let path = home.config_file();
+    let mut table = read_table(&path)?.unwrap_or_default();
+    if let Some(key) = api_key {
+        table.insert("api_key".to_owned(), toml::Value::String(key.to_owned()));
+    }
+    if let Some(url) = api_url {
+        table.insert("api_url".to_owned(), toml::Value::String(url.to_owned()));
+    }
+    let text = toml::to_string_pretty(&table).context("serialising the configuration")?;
+    write_private_atomically(&path, text.as_bytes())
+}
+
+/// Writes `bytes` to `path` with mode 0600 via a temporary file in the same directory, fsync and
+/// rename: readers see the old file or the new one, never a half-written or world-readable one.
+pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("the file has no directory")?;
+    let file_name = path
+        .file_name()
+        .context("the path has no file name")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        // The mode given to open() is filtered by the umask; make sure it is exactly 0600.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn home() -> (tempfile::TempDir, KmHome) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = KmHome::resolve(Some(&dir.path().join("km"))).expect("home");
+        (dir, home)
+    }
+
+    #[test]
+    fn a_missing_file_is_an_empty_configuration() {
+        let (_d, home) = home();
+        let config = Config::load_file(&home.config_file()).expect("loads");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.plugin_settings_json("api-logger"), "{}");
+    }
+
+    #[test]
+    fn written_with_mode_0600_keeping_other_sections() {
+        let (_d, home) = home();
+        KmHome::ensure_private_dir(home.root()).expect("dir");
+        write_private_atomically(
+            &home.config_file(),
+            b"refresh_interval_secs = 7\n[plugins.api-logger]\nbatch_size = 3\n",
+        )
+        .expect("seed");
+        write_settings(
+            &home,
+            Some("km_live_abc123xyz0000"),
+            Some("http://127.0.0.1:9"),
+        )
+        .expect("writes");
+        let mode = std::fs::metadata(home.config_file())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let config = Config::load_file(&home.config_file()).expect("loads");
+        assert_eq!(config.api_key.as_deref(), Some("km_live_abc123xyz0000"));
+        assert_eq!(config.api_url.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(config.refresh_interval_secs, Some(7));
+        assert_eq!(
+            config.plugin_settings_json("api-logger"),
+            r#"{"batch_size":3}"#
+        );
+        // Only the key changes on a second init.
+        write_settings(&home, Some("km_live_other000000000"), None).expect("writes");
+        let config = Config::load_file(&home.config_file()).expect("loads");
+        assert_eq!(config.api_url.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(config.refresh_interval_secs, Some(7));
+        let leftovers: Vec<_> = std::fs::read_dir(home.root())
+            .expect("dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn a_key_readable_by_others_is_refused() {
+        let (_d, home) = home();
+        write_settings(&home, Some("km_live_abc123xyz0000"), None).expect("writes");
+        std::fs::set_permissions(home.config_file(), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let error = Config::load_file(&home.config_file()).expect_err("refused");
+        assert!(format!("{error:#}").contains("chmod 600"), "{error:#}");
+    }
+
+    #[test]
+    fn keys_are_masked() {
+        assert_eq!(mask_key("km_live_abc123xyz"), "km_live_…xyz");
+        assert_eq!(mask_key("km_live_short"), "km_live_…");
+        assert_eq!(mask_key("abcdefghijklmnop"), "…nop");
+        assert_eq!(mask_key("abc"), "…");
+        assert!(!mask_key("km_live_abc123xyz").contains("abc123"));
+    }
+
+    #[test]
+    fn malformed_values_are_reported() {
+        let (_d, home) = home();
+        KmHome::ensure_private_dir(home.root()).expect("dir");
+        write_private_atomically(&home.config_file(), b"api_url = 3\n").expect("seed");
+        let error = Config::load_file(&home.config_file()).expect_err("refused");
+        assert!(format!("{error:#}").contains("api_url"), "{error:#}");
+    }
+
+    // The environment override is covered end to end (tests/e2e/subscriptions.rs), where the
+    // variable is set on a child process instead of this test process.
+}
