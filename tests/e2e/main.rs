@@ -4,3 +4,4 @@
 mod loader;
 mod monitor;
 mod signing;
+mod subscriptions;

@@ -1,0 +1,707 @@
+//! Subscriptions end to end (issue 4): `km init`, and the real api-logger, stamped with the
+//! credentials of a customer and the public key of a real `km-api-server` on loopback, signed,
+//! then authenticated by the real `km plugin-refresh` and reported by `km plugin-status`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use km_abi::credentials::{stamp, StampInput};
+use km_abi::{Credentials, Tier};
+use km_tests::{bin_dir, chmod, describe, plugin_lib, run_ok, KmEnv};
+use serde_json::{json, Value};
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+/// A customer of the reference API.
+struct Customer {
+    id: &'static str,
+    api_key: &'static str,
+    tier: &'static str,
+}
+
+const ALICE: Customer = Customer {
+    id: "cust_alice",
+    api_key: "km_live_alice_0123456789",
+    tier: "pro",
+};
+const BOB: Customer = Customer {
+    id: "cust_bob",
+    api_key: "km_live_bob_0123456789",
+    tier: "pro",
+};
+
+/// A running `km-api-server`, killed on drop.
+struct ApiServer {
+    child: Child,
+    url: String,
+    public_key: Vec<u8>,
+    customers_file: PathBuf,
+}
+
+impl ApiServer {
+    fn start(dir: &Path, customers: &[(&Customer, &str)]) -> ApiServer {
+        let exe = bin_dir().join("km-api-server");
+        assert!(
+            exe.exists(),
+            "{} is missing: run `cargo build --workspace` first",
+            exe.display()
+        );
+        let key = dir.join("api-server.key");
+        let out = Command::new(&exe)
+            .arg("--gen-key")
+            .arg(&key)
+            .output()
+            .expect("km-api-server runs");
+        assert!(out.status.success(), "{}", describe(&out));
+        let public_key = STANDARD
+            .decode(String::from_utf8_lossy(&out.stdout).trim())
+            .expect("the public key is printed in base64");
+        let customers_file = dir.join("customers.json");
+        write_customers(&customers_file, customers);
+        let log = std::fs::File::create(dir.join("api-server.log")).expect("log file");
+        let mut child = Command::new(&exe)
+            .arg("--signing-key")
+            .arg(&key)
+            .arg("--customers")
+            .arg(&customers_file)
+            .arg("--events")
+            .arg(dir.join("events.jsonl"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("km-api-server starts");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("reading the address");
+        let url = first.trim().to_owned();
+        assert!(
+            url.starts_with("http://127.0.0.1:"),
+            "unexpected first line {url:?}"
+        );
+        ApiServer {
+            child,
+            url,
+            public_key,
+            customers_file,
+        }
+    }
+
+    /// Rewrites the customers file (the server re-reads it on change).
+    fn set_customers(&self, customers: &[(&Customer, &str)]) {
+        // Make sure the modification time moves even on coarse clocks.
+        std::thread::sleep(Duration::from_millis(20));
+        write_customers(&self.customers_file, customers);
+    }
+
+    /// `POST /control/...`.
+    fn control(&self, path_and_query: &str) {
+        let (status, body) = http(&self.url, "POST", &format!("/control/{path_and_query}"));
+        assert_eq!(status, 200, "control {path_and_query}: {body}");
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_customers(path: &Path, customers: &[(&Customer, &str)]) {
+    let list: Vec<Value> = customers
+        .iter()
+        .map(|(c, tier)| {
+            json!({
+                "id": c.id,
+                "api_key_sha256": sha256_hex(c.api_key.as_bytes()),
+                "tier": tier,
+                "features": ["api_logging"],
+                "subscription_end": now() + 30 * 24 * 3600,
+                "customer_token": format!("ct-{}", c.id),
+            })
+        })
+        .collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json!({ "customers": list }).to_string()).expect("customers file");
+    std::fs::rename(&tmp, path).expect("customers file");
+}
+
+/// A minimal HTTP/1.1 client for the server's controls.
+fn http(base: &str, method: &str, path: &str) -> (u16, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).expect("connect to km-api-server");
+    write!(stream, "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+/// Installs api-logger stamped for `customer` (or unstamped) and signed with the trusted key.
+fn install_api_logger(env: &KmEnv, server: &ApiServer, customer: Option<&Customer>) -> PathBuf {
+    let mut bytes = std::fs::read(plugin_lib("api-logger")).expect("the built api-logger");
+    if let Some(c) = customer {
+        let credentials = Credentials {
+            customer_id: c.id.to_owned(),
+            customer_token: format!("ct-{}", c.id),
+            tier: Tier::Pro,
+            build_time: now(),
+        };
+        stamp(
+            &mut bytes,
+            &StampInput {
+                api_public_key: &server.public_key,
+                api_key: c.api_key,
+                credentials: &credentials,
+            },
+        )
+        .expect("api-logger reserves a credentials region");
+    }
+    let dest = env.plugins.join(format!(
+        "{}api_logger{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    std::fs::write(&dest, &bytes).expect("installing");
+    chmod(&dest, 0o644);
+    env.sign_with(&dest, &env.key, "api-logger", "1.0.0", "pro", &[]);
+    dest
+}
+
+fn init(env: &KmEnv, server: &ApiServer, api_key: &str) {
+    run_ok(
+        env.km()
+            .args(["init", "--api-key", api_key, "--api-url", &server.url])
+            .stdin(Stdio::null()),
+    );
+}
+
+/// `km plugin-refresh --json`: (exit code, the api-logger record).
+fn refresh(env: &KmEnv) -> (i32, Value, Output) {
+    let output = env
+        .km()
+        .args(["plugin-refresh", "--json"])
+        .output()
+        .expect("km runs");
+    let records: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "plugin-refresh --json printed no JSON ({e})\n{}",
+            describe(&output)
+        )
+    });
+    let record = find(&records, "api-logger")
+        .unwrap_or_else(|| panic!("no api-logger\n{}", describe(&output)));
+    (output.status.code().unwrap_or(-1), record, output)
+}
+
+fn status_json(env: &KmEnv) -> Value {
+    let output = run_ok(env.km().args(["plugin-status", "--json"]));
+    let records: Value =
+        serde_json::from_slice(&output.stdout).expect("plugin-status --json prints JSON");
+    find(&records, "api-logger").expect("api-logger has a status")
+}
+
+fn find(records: &Value, name: &str) -> Option<Value> {
+    records
+        .as_array()?
+        .iter()
+        .find(|r| r["plugin"] == name)
+        .cloned()
+}
+
+fn assert_authorized(record: &Value, output: &Output) {
+    assert_eq!(
+        record["authorized"],
+        true,
+        "{record:#}\n{}",
+        describe(output)
+    );
+    assert_eq!(record["tier"], "pro", "{record:#}");
+    assert_eq!(record["required_tier"], "pro", "{record:#}");
+    assert!(
+        record["expires_at"].as_i64().is_some_and(|e| e > now()),
+        "{record:#}"
+    );
+}
+
+fn assert_degraded(record: &Value, output: &Output, reason_contains: &str) {
+    assert_eq!(
+        record["authorized"],
+        false,
+        "{record:#}\n{}",
+        describe(output)
+    );
+    let reason = record["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(reason_contains),
+        "reason {reason:?} lacks {reason_contains:?}\n{}",
+        describe(output)
+    );
+    // Whatever happened, nothing of it reaches stdout beyond the JSON report.
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("panicked"));
+}
+
+#[test]
+fn init_writes_a_private_config_and_show_masks_the_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = KmEnv::new();
+    run_ok(
+        env.km()
+            .args([
+                "init",
+                "--api-key",
+                "km_live_abc123xyz",
+                "--api-url",
+                "http://127.0.0.1:9",
+            ])
+            .stdin(Stdio::null()),
+    );
+    let config = env.home.join("config.toml");
+    let mode = std::fs::metadata(&config)
+        .expect("config.toml exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let show = run_ok(env.km().args(["config", "show"]));
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("km_live_…xyz"), "{text}");
+    assert!(!text.contains("abc123"), "the key leaked: {text}");
+
+    // The environment wins over the file.
+    let show = run_ok(
+        env.km()
+            .args(["config", "show", "--json"])
+            .env("KM_API_KEY", "km_live_fromenv777"),
+    );
+    let value: Value = serde_json::from_slice(&show.stdout).expect("json");
+    assert_eq!(value["api_key"], "km_live_…777");
+    assert_eq!(value["api_key_source"], "environment");
+
+    // Without a terminal and without a key, init fails instead of waiting for input.
+    let fresh = KmEnv::new();
+    let out = fresh
+        .km()
+        .arg("init")
+        .stdin(Stdio::null())
+        .output()
+        .expect("km runs");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    // Plain http to a non-loopback endpoint is refused before anything is written.
+    let out = fresh
+        .km()
+        .args([
+            "init",
+            "--api-key",
+            "k_0123456789",
+            "--api-url",
+            "http://api.example.test",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("km runs");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(!fresh.home.join("config.toml").exists());
+
+    // A config.toml holding the key but readable by others is refused.
+    chmod(&config, 0o644);
+    let out = env.km().args(["config", "show"]).output().expect("km runs");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
+fn a_pro_subscription_authorizes_and_a_downgrade_degrades_with_the_reason_shown() {
+    let env = KmEnv::new();
+    let server = ApiServer::start(env.dir.path(), &[(&ALICE, ALICE.tier)]);
+    install_api_logger(&env, &server, Some(&ALICE));
+    init(&env, &server, ALICE.api_key);
+
+    let (code, record, output) = refresh(&env);
+    assert_eq!(code, 0, "{}", describe(&output));
+    assert_authorized(&record, &output);
+    assert_eq!(record["features"], json!(["api_logging"]));
+    let status = status_json(&env);
+    assert_eq!(status["authorized"], true);
+    assert_eq!(status["outcome"], "authorized");
+
+    server.set_customers(&[(&ALICE, "free")]);
+    let (code, record, output) = refresh(&env);
+    assert_eq!(
+        code,
+        1,
+        "a degraded plugin makes plugin-refresh exit 1\n{}",
+        describe(&output)
+    );
+    assert_degraded(&record, &output, "needs Pro");
+    assert_eq!(record["tier"], "free");
+    let plain = run_ok(env.km().arg("plugin-status"));
+    let text = String::from_utf8_lossy(&plain.stdout);
+    assert!(
+        text.contains("degraded") && text.contains("needs Pro"),
+        "{text}"
+    );
+
+    // Upgraded again: recovered at the next refresh.
+    server.set_customers(&[(&ALICE, "pro")]);
+    let (code, record, output) = refresh(&env);
+    assert_eq!(code, 0, "{}", describe(&output));
+    assert_authorized(&record, &output);
+}
+
+#[test]
+fn a_build_stamped_for_another_customer_runs_degraded() {
+    let env = KmEnv::new();
+    let server = ApiServer::start(env.dir.path(), &[(&ALICE, "pro"), (&BOB, "pro")]);
+    install_api_logger(&env, &server, Some(&ALICE));
+    init(&env, &server, BOB.api_key);
+    let (code, record, output) = refresh(&env);
+    assert_eq!(code, 1);
+    assert_degraded(&record, &output, "another customer");
+}
+
+#[test]
+fn unstamped_builds_and_missing_keys_degrade() {
+    let env = KmEnv::new();
+    let server = ApiServer::start(env.dir.path(), &[(&ALICE, "pro")]);
+    install_api_logger(&env, &server, None);
+    init(&env, &server, ALICE.api_key);
+    let (_, record, output) = refresh(&env);
+    assert_degraded(&record, &output, "not built for a customer");
+
+    let env = KmEnv::new();
+    install_api_logger(&env, &server, Some(&ALICE));
+    let (_, record, output) = refresh(&env);
+    assert_degraded(&record, &output, "km init");
+}
+
+#[test]
+fn forged_altered_malformed_and_oversized_answers_are_rejected() {
+    let env = KmEnv::new();
+    let server = ApiServer::start(env.dir.path(), &[(&ALICE, "pro")]);
+    install_api_logger(&env, &server, Some(&ALICE));
+    init(&env, &server, ALICE.api_key);
+    for (mode, reason) in [
+        ("foreign-key", "signature"),
+        ("tier", "disagrees with its signed token"),
+        ("malformed", "malformed"),
+        ("oversized", "oversized"),
+    ] {
+        server.control(&format!("tamper?mode={mode}"));
+        let (code, record, output) = refresh(&env);
+        assert_eq!(code, 1, "tamper mode {mode}\n{}", describe(&output));
+        assert_degraded(&record, &output, reason);
+    }
+    server.control("tamper?mode=none");
+    let (code, record, output) = refresh(&env);
+    assert_eq!(code, 0, "{}", describe(&output));
+    assert_authorized(&record, &output);
+}
+
+#[test]
+fn api_down_keeps_a_valid_cached_token_degrades_without_one_and_recovers() {
+    let env = KmEnv::new();
+    let server = ApiServer::start(env.dir.path(), &[(&ALICE, "pro")]);
+    install_api_logger(&env, &server, Some(&ALICE));
+    init(&env, &server, ALICE.api_key);
+    let (_, record, output) = refresh(&env);
+    assert_authorized(&record, &output);
+
+    // Each refresh is a new km process: the token comes from the plugin's cache on disk.
+    server.control("down");
+    let (code, record, output) = refresh(&env);
+    assert_eq!(code, 0, "{}", describe(&output));
+    assert_authorized(&record, &output);
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("cached"),
+        "{record:#}"
+    );
+
+    // A fresh installation has no cached token: degraded while the API is down.
+    let other = KmEnv::new();
+    install_api_logger(&other, &server, Some(&ALICE));
+    init(&other, &server, ALICE.api_key);
+    let (code, record, output) = refresh(&other);
+    assert_eq!(code, 1);
+    assert_degraded(&record, &output, "unreachable");
+
+    server.control("up");
+    let (code, record, output) = refresh(&other);
+    assert_eq!(code, 0, "{}", describe(&output));
+    assert_authorized(&record, &output);
+}
+
+#[test]
+fn a_response_slower_than_the_timeout_is_rejected() {
+    let env = KmEnv::new();
+    let server = ApiServer::start(env.dir.path(), &[(&ALICE, "pro")]);
+    install_api_logger(&env, &server, Some(&ALICE));
+    init(&env, &server, ALICE.api_key);
+    // km's default deadline for a call is 10 s, retries included.
+    server.control("delay?ms=10500");
+    let started = std::time::Instant::now();
+    let (code, record, output) = refresh(&env);
+    assert_eq!(code, 1);
+    assert_degraded(&record, &output, "did not answer within");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+// --- api-logger's delivery, with km's own loader, API client and refresher in this process ---
+//
+// `km monitor` drives plugins the same way (load, authenticate, initialize, handle_message,
+// shutdown); these tests drive them directly so that they can take the API down and "restart"
+// at exact points of a session.
+
+mod delivery {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use km_abi::abi_stable::std_types::{ROption, RSlice, RStr};
+    use km_abi::{Direction, Message, MessageKind, PluginConfig};
+    use km_cli::api::ApiClient;
+    use km_cli::config::Config;
+    use km_cli::gateway::LoadedPlugin;
+    use km_cli::home::KmHome;
+    use km_cli::host::{ApiTransport, Verbosity};
+    use km_cli::loader::{load_plugins, LoadOptions};
+
+    use super::*;
+
+    fn load(env: &KmEnv, server: &ApiServer) -> Arc<LoadedPlugin> {
+        let home = KmHome::resolve(Some(&env.home)).expect("home");
+        let mut options = LoadOptions::new(env.plugins.clone(), home);
+        options.verbosity = Verbosity::Quiet;
+        let api: Arc<dyn ApiTransport> = Arc::new(ApiClient::new(&server.url).expect("client"));
+        options.api = Some(api);
+        let report = load_plugins(&options).expect("loads");
+        assert!(report.refused.is_empty(), "{:?}", report.refused);
+        let plugin = report.loaded.into_iter().next().expect("api-logger loaded");
+        let settings = r#"{"flush_interval_ms": 200, "retry_base_ms": 100, "retry_max_ms": 400}"#;
+        plugin
+            .initialize(&PluginConfig {
+                data_dir: env
+                    .home
+                    .join("state/plugins/api-logger")
+                    .display()
+                    .to_string()
+                    .into(),
+                api_url: server.url.as_str().into(),
+                settings_json: settings.into(),
+                host_version: "test".into(),
+                verbose: false,
+            })
+            .expect("initialize");
+        plugin
+    }
+
+    fn refresh_now(env: &KmEnv, plugin: &Arc<LoadedPlugin>, api_key: &str) -> bool {
+        let home = KmHome::resolve(Some(&env.home)).expect("home");
+        let config = Config {
+            api_key: Some(api_key.to_owned()),
+            ..Config::default()
+        };
+        let records = km_cli::subscription::refresh_all(
+            &home,
+            &config,
+            std::slice::from_ref(plugin),
+            Duration::from_secs(30),
+        );
+        records[0].authorized
+    }
+
+    fn send(plugin: &LoadedPlugin, seqs: std::ops::Range<u64>) {
+        for seq in seqs {
+            let line = format!(r#"{{"jsonrpc":"2.0","id":{seq},"method":"tools/call"}}"#);
+            let id = seq.to_string();
+            let message = Message {
+                seq,
+                direction: Direction::Request,
+                kind: MessageKind::REQUEST,
+                is_error: false,
+                data: RSlice::from_slice(line.as_bytes()),
+                correlation_id: RStr::from_str(&id),
+                id: RStr::from_str(&id),
+                method: RStr::from_str("tools/call"),
+                timestamp_us: 1,
+                latency_us: ROption::RNone,
+            };
+            plugin.handle_message(&message).expect("handle_message");
+        }
+    }
+
+    fn stored_events(dir: &Path) -> Vec<Value> {
+        std::fs::read_to_string(dir.join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+
+    fn wait_for_events(dir: &Path, count: usize) -> Vec<Value> {
+        let started = Instant::now();
+        loop {
+            let events = stored_events(dir);
+            if events.len() >= count || started.elapsed() > Duration::from_secs(20) {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn assert_each_once(events: &[Value], expected: usize) {
+        let mut ids: Vec<&str> = events
+            .iter()
+            .map(|e| e["id"].as_str().expect("id"))
+            .collect();
+        let total = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), total, "an event was stored twice");
+        assert_eq!(total, expected, "events stored: {ids:?}");
+    }
+
+    #[test]
+    fn every_message_is_delivered_once_across_an_outage_and_a_restart() {
+        let env = KmEnv::new();
+        let dir = env.dir.path();
+        let server = ApiServer::start(dir, &[(&ALICE, "pro")]);
+        install_api_logger(&env, &server, Some(&ALICE));
+
+        let plugin = load(&env, &server);
+        // Messages that arrive before the first authentication are held, then sent.
+        send(&plugin, 0..5);
+        assert!(refresh_now(&env, &plugin, ALICE.api_key));
+        send(&plugin, 5..25);
+        let events = wait_for_events(dir, 25);
+        assert_each_once(&events, 25);
+        assert_eq!(events[0]["customer_id"], ALICE.id);
+        assert_eq!(events[0]["method"], "tools/call");
+        assert_eq!(events[0]["payload"]["id"], 0);
+
+        // The API goes down: events wait on disk, and arrive when it is back.
+        server.control("down");
+        send(&plugin, 25..40);
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(stored_events(dir).len(), 25);
+        server.control("up");
+        assert_each_once(&wait_for_events(dir, 40), 40);
+
+        // Down again, and km stops: the backlog survives on disk...
+        server.control("down");
+        send(&plugin, 40..52);
+        plugin.shutdown().expect("shutdown");
+        assert_eq!(stored_events(dir).len(), 40);
+        // ...and a new instance (km started again) sends it once it is authenticated.
+        server.control("up");
+        let restarted = load(&env, &server);
+        assert!(refresh_now(&env, &restarted, ALICE.api_key));
+        send(&restarted, 0..3);
+        let events = wait_for_events(dir, 55);
+        assert_each_once(&events, 55);
+        restarted.shutdown().expect("shutdown");
+    }
+
+    #[test]
+    fn without_a_pro_subscription_nothing_is_sent_or_kept() {
+        let env = KmEnv::new();
+        let dir = env.dir.path();
+        let server = ApiServer::start(dir, &[(&ALICE, "free")]);
+        install_api_logger(&env, &server, Some(&ALICE));
+        let plugin = load(&env, &server);
+        send(&plugin, 0..3);
+        assert!(!refresh_now(&env, &plugin, ALICE.api_key));
+        send(&plugin, 3..20);
+        std::thread::sleep(Duration::from_millis(600));
+        plugin.shutdown().expect("shutdown");
+        assert!(stored_events(dir).is_empty());
+        let journal = env.home.join("state/plugins/api-logger/events.journal");
+        assert_eq!(std::fs::metadata(journal).map(|m| m.len()).unwrap_or(0), 0);
+
+        // Upgraded: a new session logs; the earlier one left nothing behind to send.
+        server.set_customers(&[(&ALICE, "pro")]);
+        let plugin = load(&env, &server);
+        assert!(refresh_now(&env, &plugin, ALICE.api_key));
+        send(&plugin, 0..10);
+        assert_each_once(&wait_for_events(dir, 10), 10);
+        plugin.shutdown().expect("shutdown");
+    }
+
+    #[test]
+    fn the_refresher_applies_a_downgrade_within_one_interval_and_recovers() {
+        let env = KmEnv::new();
+        let dir = env.dir.path();
+        let server = ApiServer::start(dir, &[(&ALICE, "pro")]);
+        install_api_logger(&env, &server, Some(&ALICE));
+        let plugin = load(&env, &server);
+        let home = KmHome::resolve(Some(&env.home)).expect("home");
+        let config = Config {
+            api_key: Some(ALICE.api_key.to_owned()),
+            refresh_interval_secs: Some(1),
+            ..Config::default()
+        };
+        let refresher = km_cli::subscription::start_refresher(&home, &config, vec![plugin.clone()]);
+        let status = |authorized: bool| {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(10) {
+                let records = km_cli::subscription::load_records(&home).expect("records");
+                if records.first().is_some_and(|r| r.authorized == authorized) {
+                    return records[0].clone();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("the plugin never became authorized={authorized}");
+        };
+        status(true);
+        send(&plugin, 0..10);
+        assert_each_once(&wait_for_events(dir, 10), 10);
+
+        server.set_customers(&[(&ALICE, "free")]);
+        let record = status(false);
+        assert!(record.reason.contains("needs Pro"), "{record:?}");
+        send(&plugin, 10..30);
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(
+            stored_events(dir).len(),
+            10,
+            "a degraded api-logger sent events"
+        );
+
+        server.set_customers(&[(&ALICE, "pro")]);
+        status(true);
+        send(&plugin, 30..40);
+        assert_each_once(&wait_for_events(dir, 20), 20);
+        drop(refresher);
+        plugin.shutdown().expect("shutdown");
+    }
+}
