@@ -116,7 +116,27 @@ pub(crate) fn rsa_modulus_bits(pkcs1: &[u8], private: bool) -> Result<usize, &'s
         r.expect(TAG_INTEGER, "RSA private key without a version")?;
     }
     let n = r.expect(TAG_INTEGER, "RSA key without a modulus")?;
+    if empty_or_negative(n) {
+        return Err("RSA modulus is not a positive integer");
+    }
+    if !private {
+        // The whole public key is checked here, so that a key that can never verify is refused
+        // when it is read (e.g. by `km trust add`), not at every verification.
+        let e = r.expect(TAG_INTEGER, "RSA public key without an exponent")?;
+        if !r.is_empty() {
+            return Err("trailing data in RSA public key");
+        }
+        let e_ok = e.len() <= 5 && e.last().is_some_and(|b| b & 1 == 1) && integer_bits(e) >= 2;
+        if empty_or_negative(e) || !e_ok {
+            return Err("RSA public exponent is not an odd number from 3 to 2^33");
+        }
+    }
     Ok(integer_bits(n))
+}
+
+/// Whether a DER INTEGER's content is empty or negative (top bit of the first byte set).
+fn empty_or_negative(int: &[u8]) -> bool {
+    int.first().map_or(true, |&b| b & 0x80 != 0)
 }
 
 /// Appends a DER element.
@@ -261,6 +281,23 @@ mod tests {
         assert!(parse_spki(&[0x30, 0x03, 0x30, 0x01, 0x06]).is_err());
         assert!(parse_pkcs8(&[0x30, 0x00]).is_err());
         assert!(rsa_modulus_bits(&[0x30, 0x00], false).is_err());
+        // n = 0x80 (negative as DER), e = 3.
+        assert!(
+            rsa_modulus_bits(&[0x30, 0x06, 0x02, 0x01, 0x80, 0x02, 0x01, 0x03], false).is_err()
+        );
+        // n = 0x7f, e = 2 (even).
+        assert!(
+            rsa_modulus_bits(&[0x30, 0x06, 0x02, 0x01, 0x7f, 0x02, 0x01, 0x02], false).is_err()
+        );
+        // n = 0x7f, e = 3, trailing integer.
+        let trailing = [
+            0x30, 0x09, 0x02, 0x01, 0x7f, 0x02, 0x01, 0x03, 0x02, 0x01, 0x01,
+        ];
+        assert!(rsa_modulus_bits(&trailing, false).is_err());
+        assert_eq!(
+            rsa_modulus_bits(&[0x30, 0x06, 0x02, 0x01, 0x7f, 0x02, 0x01, 0x03], false),
+            Ok(7)
+        );
     }
 
     #[test]

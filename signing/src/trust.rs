@@ -123,24 +123,7 @@ impl TrustStore {
         for (stem, path) in pubs {
             store.keys.push(load_key(dir, &stem, &path)?);
         }
-        let rev_path = dir.join(REVOCATIONS_FILE);
-        if let Some(bytes) = read_small(&rev_path)? {
-            let file: RevocationsFile = serde_json::from_slice(&bytes).map_err(|e| {
-                Error::io(
-                    &rev_path,
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-                )
-            })?;
-            for r in &file.revocations {
-                normalize_revocation(&r.what).map_err(|e| {
-                    Error::io(
-                        &rev_path,
-                        std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-                    )
-                })?;
-            }
-            store.revocations = file.revocations;
-        }
+        store.revocations = read_revocations(&dir.join(REVOCATIONS_FILE))?;
         Ok(store)
     }
 
@@ -268,7 +251,14 @@ impl TrustStore {
             return Ok(());
         }
         let dir = self.dir_for_writing()?;
-        let mut revocations = self.revocations.clone();
+        // Merge with what is on disk now, so that a revocation saved by another km since this
+        // store was loaded is not lost.
+        let mut revocations = read_revocations(&dir.join(REVOCATIONS_FILE))?;
+        for r in &self.revocations {
+            if !revocations.iter().any(|x| x.what == r.what) {
+                revocations.push(r.clone());
+            }
+        }
         revocations.push(Revocation {
             what,
             reason,
@@ -356,6 +346,30 @@ fn load_key(dir: &Path, stem: &str, path: &Path) -> Result<TrustedKey, Error> {
         builtin: false,
         public_key,
     })
+}
+
+/// The revocations saved at `path` (none when it does not exist).
+fn read_revocations(path: &Path) -> Result<Vec<Revocation>, Error> {
+    let invalid = |msg: String| {
+        Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+        )
+    };
+    let Some(bytes) = read_small(path)? else {
+        return Ok(Vec::new());
+    };
+    let file: RevocationsFile =
+        serde_json::from_slice(&bytes).map_err(|e| invalid(e.to_string()))?;
+    for r in &file.revocations {
+        if normalize_revocation(&r.what).ok().as_deref() != Some(r.what.as_str()) {
+            return Err(invalid(format!(
+                "{:?} is not a lower-case key id or sha256",
+                r.what
+            )));
+        }
+    }
+    Ok(file.revocations)
 }
 
 /// Reads a small trust store file, refusing it when others may write to it.

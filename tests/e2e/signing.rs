@@ -476,6 +476,7 @@ fn exit_codes_0_ok_1_refused_2_errors() {
 
     // Another key: refused, naming the key id.
     assert_exit(&s.verify_lib("b.pub"), 1, "is not trusted");
+    assert!(stderr(&s.verify_lib("b.pub")).contains("the key given (b.pub) is "));
 
     // Wrong plugin name: refused.
     let out = s

@@ -165,3 +165,14 @@ fn loading_is_strict() {
 fn fsutil_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
 }
+
+#[test]
+fn revocations_by_two_stores_are_merged_not_lost() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let mut first = TrustStore::load(home.path()).expect("loads");
+    let mut second = TrustStore::load(home.path()).expect("loads");
+    first.revoke(&"1".repeat(32), None).expect("revokes");
+    second.revoke(&"2".repeat(64), None).expect("revokes");
+    let again = TrustStore::load(home.path()).expect("reloads");
+    assert_eq!(again.revocations().len(), 2);
+}

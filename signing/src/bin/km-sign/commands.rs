@@ -24,6 +24,18 @@ use crate::args::{Cli, Command, KeyAlg, KeyRef, ManifestArgs};
 pub(crate) struct Refused {
     what: PathBuf,
     error: km_signing::Error,
+    /// More context for this tool's user, e.g. which key was given.
+    note: Option<String>,
+}
+
+impl Refused {
+    fn new(what: &Path, error: km_signing::Error) -> Self {
+        Refused {
+            what: what.to_path_buf(),
+            error,
+            note: None,
+        }
+    }
 }
 
 impl fmt::Display for Refused {
@@ -34,7 +46,11 @@ impl fmt::Display for Refused {
             self.what.display(),
             self.error.check(),
             self.error
-        )
+        )?;
+        match &self.note {
+            Some(note) => write!(f, "; {note}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -234,12 +250,13 @@ fn verify_with(
         allow_downgrade: true,
         seen: None,
     };
+    let key_id = public.key_id();
     verify_library(lib, sig, &trust, &policy).map_err(|error| {
-        Refused {
-            what: lib_path.to_path_buf(),
-            error,
+        let mut refused = Refused::new(lib_path, error);
+        if let km_signing::Error::UntrustedKey { .. } = refused.error {
+            refused.note = Some(format!("the key given ({label}) is {key_id}"));
         }
-        .into()
+        refused.into()
     })
 }
 
@@ -255,11 +272,7 @@ fn verify(
     let sig_path = SignatureFile::path_for(lib_path);
     let sig = SignatureFile::read(&sig_path).map_err(|error| match error {
         km_signing::Error::Io { .. } => anyhow::Error::new(error),
-        error => Refused {
-            what: sig_path.clone(),
-            error,
-        }
-        .into(),
+        error => Refused::new(&sig_path, error).into(),
     })?;
     let label = public_path.display().to_string();
     let verified = verify_with(
@@ -274,13 +287,10 @@ fn verify(
     let m = verified.manifest();
     if let Some(name) = name {
         if m.name != name {
-            return Err(Refused {
-                what: lib_path.to_path_buf(),
-                error: km_signing::Error::MalformedManifest {
-                    reason: format!("the manifest signs plugin {:?}, not {name:?}", m.name),
-                },
-            }
-            .into());
+            let reason = format!("the manifest signs plugin {:?}, not {name:?}", m.name);
+            return Err(
+                Refused::new(lib_path, km_signing::Error::MalformedManifest { reason }).into(),
+            );
         }
     }
     let mut out = String::new();
@@ -345,10 +355,8 @@ fn attach(
         signature,
     };
     // The signature file must survive its own parser (size limits) before anything is written.
-    let sig = SignatureFile::parse(&sig.to_bytes()).map_err(|error| Refused {
-        what: signature_path.to_path_buf(),
-        error,
-    })?;
+    let sig = SignatureFile::parse(&sig.to_bytes())
+        .map_err(|error| Refused::new(signature_path, error))?;
     // Check with the manifest's own target and ABI: this machine need not be the one that loads
     // the plugin. Signature, key id, hash, size and expiry are checked for real.
     let manifest = Manifest::parse(&sig.manifest_bytes);
