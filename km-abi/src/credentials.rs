@@ -1,6 +1,7 @@
 //! Customer credentials stamped into a compiled plugin, and the region that receives them.
 //!
-//! A premium plugin reserves a fixed-size region in its library with [`credentials_region!`]:
+//! A premium plugin reserves a fixed-size region in its library with
+//! [`credentials_region!`](crate::credentials_region):
 //! a marker followed by zeros. `km-sign build-plugin` (issue 5) finds that marker in the built
 //! library and [`stamp`]s the region with
 //!

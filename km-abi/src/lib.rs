@@ -68,6 +68,15 @@
 //!   appends fields and defaulted methods only, so plugins built against an older minor version
 //!   keep loading.
 //!
+//! # Premium plugins
+//!
+//! A plugin that needs a subscription reserves a credentials region with
+//! [`credentials_region!`] (stamped per customer by `km-sign build-plugin`, see [`credentials`]),
+//! keeps a [`Subscription`] built from it, answers `authenticate` with
+//! [`Subscription::authenticate`], and asks [`Subscription::current`] (cheap) in its handlers,
+//! behaving as on the Free tier when there is no valid token. Tokens and their checks are in
+//! [`auth`]; `plugins/api-logger` is a complete example.
+//!
 //! What is NOT checked here: abi_stable's layout check catches build mistakes, not attacks. The
 //! security of loading is the signature check km performs before mapping a library.
 
@@ -77,13 +86,13 @@ mod interface;
 mod sdk;
 mod types;
 
+pub use auth::{verify_token, Subscription, SubscriptionState, TokenClaims, TokenError};
+pub use credentials::{Credentials, CredentialsError};
 pub use interface::{
     HostBox, HostServices, HostServices_TO, KmPlugin, KmPlugin_TO, PluginBox, PluginMod,
     PluginModRef, ABI_VERSION,
 };
 pub use sdk::{Host, Plugin};
-pub use auth::{verify_token, Subscription, SubscriptionState, TokenClaims, TokenError};
-pub use credentials::{Credentials, CredentialsError};
 pub use types::{
     AuthResponse, Direction, ErrorKind, HttpRequest, HttpResponse, LogLevel, Message, MessageKind,
     PluginConfig, PluginError, StreamEvent, StreamEventKind, Tier, UnknownTier,
