@@ -338,8 +338,11 @@ fn init_writes_a_private_config_and_show_masks_the_key() {
 fn a_pro_subscription_authorizes_and_a_downgrade_degrades_with_the_reason_shown() {
     let env = KmEnv::new();
     let server = ApiServer::start(env.dir.path(), &[(&ALICE, ALICE.tier)]);
-    install_api_logger(&env, &server, Some(&ALICE));
+    let lib = install_api_logger(&env, &server, Some(&ALICE));
     init(&env, &server, ALICE.api_key);
+    let before = status_json(&env);
+    assert_eq!(before["outcome"], "never", "{before:#}");
+    assert_eq!(before["required_tier"], "pro", "{before:#}");
 
     let (code, record, output) = refresh(&env);
     assert_eq!(code, 0, "{}", describe(&output));
@@ -371,6 +374,11 @@ fn a_pro_subscription_authorizes_and_a_downgrade_degrades_with_the_reason_shown(
     let (code, record, output) = refresh(&env);
     assert_eq!(code, 0, "{}", describe(&output));
     assert_authorized(&record, &output);
+
+    // The record of a plugin that was removed says so.
+    std::fs::remove_file(&lib).expect("uninstall");
+    let gone = status_json(&env);
+    assert_eq!(gone["outcome"], "authorized (not installed)", "{gone:#}");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use crate::commands::Globals;
 use crate::config::Config;
 use crate::exit;
 use crate::host::{ApiTransport, Verbosity};
-use crate::loader::{load_plugins, LoadOptions};
+use crate::loader::{self, load_plugins, CheckContext, LoadOptions};
 use crate::subscription::{self, AuthRecord};
 
 /// How long `plugin-refresh` waits for all plugins.
@@ -27,15 +27,43 @@ const REFRESH_DEADLINE: Duration = Duration::from_secs(60);
 
 /// Runs `km plugin-status`.
 pub(crate) fn run_status(globals: &Globals, args: PluginStatusArgs) -> Result<ExitCode> {
-    let records = subscription::load_records(&globals.home)?;
+    let mut records = subscription::load_records(&globals.home)?;
+    // Installed plugins that verify but were never authenticated get a record saying so, and
+    // records of plugins no longer installed say that.
+    if let Some(installed) = installed_plugins(globals) {
+        for record in &mut records {
+            if !installed.iter().any(|(name, _, _)| *name == record.plugin) {
+                record.outcome = format!("{} (not installed)", record.outcome);
+            }
+        }
+        for (name, version, tier) in installed {
+            if !records.iter().any(|r| r.plugin == name) {
+                records.push(AuthRecord {
+                    plugin: name,
+                    version,
+                    required_tier: tier.as_str().to_owned(),
+                    authorized: false,
+                    tier: km_abi::Tier::Free.as_str().to_owned(),
+                    features: Vec::new(),
+                    expires_at: 0,
+                    token: String::new(),
+                    reason: "not authenticated yet: run `km plugin-refresh` or `km monitor`"
+                        .to_owned(),
+                    outcome: "never".to_owned(),
+                    last_refresh: 0,
+                });
+            }
+        }
+        records.sort_by(|a, b| a.plugin.cmp(&b.plugin));
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&records_json(&records))?);
         return Ok(ExitCode::SUCCESS);
     }
     if records.is_empty() {
         println!(
-            "no subscription status yet: run `km plugin-refresh` (or `km monitor`) to authenticate \
-             the installed plugins"
+            "no plugins installed in {}",
+            globals.home.plugins_dir().display()
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -44,6 +72,37 @@ pub(crate) fn run_status(globals: &Globals, args: PluginStatusArgs) -> Result<Ex
         print!("{}", describe(record, now));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// (name, version, tier) of the plugins in KM_HOME/plugins whose signature verifies, without
+/// loading them; None when the directory cannot be read (the records are shown as they are).
+fn installed_plugins(globals: &Globals) -> Option<Vec<(String, String, km_abi::Tier)>> {
+    let dir = globals.home.plugins_dir();
+    if !dir.exists() {
+        return Some(Vec::new());
+    }
+    let dir_fd = loader::open_checked_dir(&dir).ok()?;
+    let trust = loader::trust_store(&globals.home).ok()?;
+    let seen = loader::seen_versions(&globals.home).ok()?;
+    let cx = CheckContext {
+        trust: &trust,
+        seen: &seen,
+        // Status is not loading: an older version still shows.
+        allow_downgrade: true,
+        size_cap: loader::size_cap(),
+    };
+    let mut plugins = Vec::new();
+    for name in loader::library_names(&dir_fd, &dir).ok()? {
+        if let Ok(checked) = loader::check(&dir_fd, &dir, &name, &cx) {
+            let manifest = checked.verified().manifest();
+            plugins.push((
+                manifest.name.clone(),
+                manifest.version.clone(),
+                manifest.tier,
+            ));
+        }
+    }
+    Some(plugins)
 }
 
 /// Runs `km plugin-refresh [NAME]`.
@@ -164,6 +223,7 @@ fn describe(r: &AuthRecord, now: i64) -> String {
         (true, _) => format!("active: {} subscription", tier_name(&r.tier)),
         (false, "error") => "degraded: the plugin failed to authenticate".to_owned(),
         (false, "timeout") => "degraded: the plugin did not answer".to_owned(),
+        (false, "never") => "not authenticated yet".to_owned(),
         (false, _) => format!(
             "degraded to Free behaviour (subscription: {})",
             tier_name(&r.tier)
