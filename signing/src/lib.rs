@@ -41,7 +41,7 @@ pub mod verify;
 pub use error::Error;
 pub use keys::{Algorithm, KeyId, PrivateKey, PublicKey};
 pub use manifest::{
-    check_name, format_timestamp, parse_timestamp, sha256_hex, target_triple, Manifest,
+    check_name, format_timestamp, parse_date, parse_timestamp, sha256_hex, target_triple, Manifest,
     MANIFEST_KIND,
 };
 pub use rollback::SeenVersions;

@@ -192,27 +192,65 @@ pub fn check_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// Parses an RFC 3339 UTC timestamp (`2026-11-25T06:21:20Z`, fractions allowed) or a date
-/// (`2026-11-25`, meaning 00:00:00 UTC that day).
+/// Parses a manifest timestamp: RFC 3339 in UTC (`2026-11-25T06:21:20Z`, fractions allowed).
 pub fn parse_timestamp(s: &str) -> Result<SystemTime, Error> {
-    let invalid = |reason: &str| Error::InvalidInput {
-        what: "date",
-        value: s.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let full;
-    let text = if s.len() == 10 {
-        full = format!("{s}T00:00:00Z");
-        &full
-    } else {
-        s
-    };
-    if !text.ends_with('Z') {
-        return Err(invalid(
-            "use YYYY-MM-DD or RFC 3339 in UTC, e.g. 2027-01-31T00:00:00Z",
+    if !s.ends_with('Z') {
+        return Err(bad_date(
+            s,
+            "expected RFC 3339 in UTC, e.g. 2027-01-31T00:00:00Z",
         ));
     }
-    humantime::parse_rfc3339(text).map_err(|e| invalid(&e.to_string()))
+    humantime::parse_rfc3339(s).map_err(|e| bad_date(s, &e.to_string()))
+}
+
+/// Parses a date given by a user: `YYYY-MM-DD` (00:00:00 UTC that day), RFC 3339 in UTC, or
+/// RFC 3339 with a numeric offset (`2027-01-31T09:00:00+02:00`).
+pub fn parse_date(s: &str) -> Result<SystemTime, Error> {
+    let hint = "use YYYY-MM-DD or RFC 3339, e.g. 2027-01-31 or 2027-01-31T09:00:00+02:00";
+    if s.len() == 10 {
+        return parse_timestamp(&format!("{s}T00:00:00Z")).map_err(|_| bad_date(s, hint));
+    }
+    if s.ends_with('Z') || s.ends_with('z') {
+        return parse_timestamp(&s.to_ascii_uppercase()).map_err(|_| bad_date(s, hint));
+    }
+    // A trailing +HH:MM / -HH:MM offset: parse the local time as UTC, then shift by it.
+    let split = s
+        .len()
+        .checked_sub(6)
+        .filter(|&i| s.is_char_boundary(i))
+        .ok_or_else(|| bad_date(s, hint))?;
+    let (local, offset) = s.split_at(split);
+    let ob = offset.as_bytes();
+    let digits = |a: u8, b: u8| -> Option<u64> {
+        (a.is_ascii_digit() && b.is_ascii_digit())
+            .then(|| u64::from(a - b'0') * 10 + u64::from(b - b'0'))
+    };
+    let (sign, hours, minutes) = match ob {
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            match (digits(*h1, *h2), digits(*m1, *m2)) {
+                (Some(h), Some(m)) if h < 24 && m < 60 => (*sign, h, m),
+                _ => return Err(bad_date(s, hint)),
+            }
+        }
+        _ => return Err(bad_date(s, hint)),
+    };
+    let as_utc = parse_timestamp(&format!("{local}Z")).map_err(|_| bad_date(s, hint))?;
+    let shift = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
+    // 10:00+02:00 is 08:00Z: subtract a positive offset, add a negative one.
+    let shifted = if sign == b'+' {
+        as_utc.checked_sub(shift)
+    } else {
+        as_utc.checked_add(shift)
+    };
+    shifted.ok_or_else(|| bad_date(s, hint))
+}
+
+fn bad_date(value: &str, reason: &str) -> Error {
+    Error::InvalidInput {
+        what: "date",
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
 }
 
 /// Formats a time as RFC 3339 UTC with whole seconds, the form manifests use.
@@ -320,13 +358,36 @@ pub(crate) mod tests {
 
     #[test]
     fn timestamps() {
-        let day = parse_timestamp("2027-01-31").expect("date");
+        let day = parse_date("2027-01-31").expect("date");
         assert_eq!(format_timestamp(day), "2027-01-31T00:00:00Z");
         assert_eq!(
             parse_timestamp("2027-01-31T00:00:00Z").expect("rfc3339"),
             day
         );
-        for bad in ["2027-13-01", "31/01/2027", "2027-01-31T00:00:00+01:00", ""] {
+        assert_eq!(parse_date("2027-01-31T00:00:00Z").expect("rfc3339"), day);
+        assert_eq!(
+            parse_date("2027-01-31T02:30:00+02:30").expect("offset"),
+            day
+        );
+        assert_eq!(
+            parse_date("2027-01-30T21:00:00-03:00").expect("offset"),
+            day
+        );
+        for bad in [
+            "2027-13-01",
+            "31/01/2027",
+            "2027-01-31T00:00:00+25:00",
+            "",
+            "+01:00",
+            "é2027-01-31T00:00:0+01:00",
+        ] {
+            assert!(
+                matches!(parse_date(bad), Err(Error::InvalidInput { .. })),
+                "{bad}"
+            );
+        }
+        // Manifests hold UTC timestamps only.
+        for bad in ["2027-01-31", "2027-01-31T00:00:00+01:00", "yesterday"] {
             assert!(
                 matches!(parse_timestamp(bad), Err(Error::InvalidInput { .. })),
                 "{bad}"

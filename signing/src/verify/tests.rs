@@ -6,7 +6,7 @@ use km_abi::Tier;
 
 use super::*;
 use crate::keys::{Algorithm, PrivateKey};
-use crate::manifest::{format_timestamp, parse_timestamp};
+use crate::manifest::{format_timestamp, parse_date};
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 const LIB: &[u8] = b"\x7fELF pretend this is a plugin library";
@@ -30,7 +30,7 @@ impl Fixture {
             key,
             trust,
             manifest,
-            now: parse_timestamp("2026-12-01").expect("date"),
+            now: parse_date("2026-12-01").expect("date"),
         }
     }
 
@@ -231,7 +231,7 @@ fn a_signed_manifest_of_another_kind_is_malformed() {
 #[test]
 fn expired_signatures_are_refused() {
     let mut f = Fixture::new();
-    f.now = parse_timestamp("2027-01-01").expect("date");
+    f.now = parse_date("2027-01-01").expect("date");
     assert!(
         matches!(f.verify(LIB, &f.sign()), Err(Error::Expired { expires_at }) if expires_at == "2027-01-01T00:00:00Z")
     );

@@ -104,7 +104,7 @@ pub(crate) struct ManifestArgs {
     /// Subscription tier: free, pro or enterprise.
     #[arg(long)]
     pub(crate) tier: String,
-    /// Expiry: YYYY-MM-DD (00:00 UTC) or RFC 3339 UTC.
+    /// Expiry: YYYY-MM-DD (00:00 UTC) or RFC 3339 (stored in UTC).
     #[arg(long, value_name = "DATE")]
     pub(crate) expires: Option<String>,
     /// Customer id of a customer-specific build.

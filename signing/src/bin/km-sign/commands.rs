@@ -12,8 +12,8 @@ use std::time::SystemTime;
 use anyhow::{bail, Context, Result};
 use km_abi::Tier;
 use km_signing::{
-    check_name, format_timestamp, parse_timestamp, sha256_hex, target_triple, verify_library,
-    Algorithm, KeyId, Manifest, Policy, PrivateKey, PublicKey, SignatureFile, TrustStore, Verified,
+    check_name, format_timestamp, parse_date, sha256_hex, target_triple, verify_library, Algorithm,
+    KeyId, Manifest, Policy, PrivateKey, PublicKey, SignatureFile, TrustStore, Verified,
     MANIFEST_KIND,
 };
 
@@ -169,7 +169,7 @@ fn build_manifest(args: &ManifestArgs, key_id: &KeyId, lib: &[u8]) -> Result<Man
     let expires_at = match &args.expires {
         None => None,
         Some(text) => {
-            let when = parse_timestamp(text).context("--expires")?;
+            let when = parse_date(text).context("--expires")?;
             if when <= now {
                 bail!("--expires {text} is in the past");
             }
