@@ -18,6 +18,7 @@
 
 use std::net::IpAddr;
 use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -142,6 +143,15 @@ impl ApiClient {
             runtime: Some(runtime),
             policy,
         })
+    }
+
+    /// The transport for the configured API, if one is configured: what `km monitor` and
+    /// `km plugin-refresh` put in `LoadOptions::api`.
+    pub fn from_config(config: &crate::config::Config) -> Result<Option<Arc<dyn ApiTransport>>> {
+        match config.api_url.as_deref() {
+            Some(url) => Ok(Some(Arc::new(ApiClient::new(url)?))),
+            None => Ok(None),
+        }
     }
 
     /// The base URL requests are confined to.

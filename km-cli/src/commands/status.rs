@@ -8,7 +8,6 @@
 //! records.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
@@ -18,7 +17,7 @@ use crate::cli::{PluginRefreshArgs, PluginStatusArgs};
 use crate::commands::Globals;
 use crate::config::Config;
 use crate::exit;
-use crate::host::{ApiTransport, Verbosity};
+use crate::host::Verbosity;
 use crate::loader::{self, load_plugins, CheckContext, LoadOptions};
 use crate::subscription::{self, AuthRecord};
 
@@ -108,10 +107,7 @@ fn installed_plugins(globals: &Globals) -> Option<Vec<(String, String, km_abi::T
 /// Runs `km plugin-refresh [NAME]`.
 pub(crate) fn run_refresh(globals: &Globals, args: PluginRefreshArgs) -> Result<ExitCode> {
     let config = Config::load(&globals.home)?;
-    let api: Option<Arc<dyn ApiTransport>> = match &config.api_url {
-        Some(url) => Some(Arc::new(ApiClient::new(url)?)),
-        None => None,
-    };
+    let api = ApiClient::from_config(&config)?;
     let mut options = LoadOptions::new(
         args.plugins_dir
             .clone()
