@@ -14,7 +14,8 @@
 //! The first line on stdout is the base URL it listens on (`http://127.0.0.1:PORT`), so that a
 //! caller that asked for port 0 can read it. Requests are logged on stderr.
 //!
-//! Customers file (JSON; re-read whenever it changes, so a test can downgrade a subscription):
+//! Customers file (JSON, or TOML when it ends in `.toml` with `[[customers]]` tables; re-read
+//! whenever it changes, so a test can downgrade a subscription):
 //!
 //! ```json
 //! {"customers": [{"id": "cust_a", "api_key_sha256": "<hex SHA-256 of the API key>",
@@ -105,8 +106,13 @@ impl Customers {
         }
         let text = std::fs::read_to_string(&self.path)
             .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
-        let file: CustomersFile = serde_json::from_str(&text)
-            .map_err(|e| format!("parsing {}: {e}", self.path.display()))?;
+        let is_toml = self.path.extension().is_some_and(|e| e == "toml");
+        let file: CustomersFile = if is_toml {
+            toml::from_str(&text).map_err(|e| format!("parsing {}: {e}", self.path.display()))?
+        } else {
+            serde_json::from_str(&text)
+                .map_err(|e| format!("parsing {}: {e}", self.path.display()))?
+        };
         for c in &file.customers {
             parse_tier(&c.tier)
                 .ok_or_else(|| format!("customer {}: unknown tier {:?}", c.id, c.tier))?;
