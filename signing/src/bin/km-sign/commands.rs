@@ -343,10 +343,8 @@ fn attach(
     lib_path: &Path,
 ) -> Result<()> {
     let public = read_public_key(public_path)?;
-    let manifest_bytes = std::fs::read(manifest_path)
-        .with_context(|| format!("reading the manifest {}", manifest_path.display()))?;
-    let signature = std::fs::read(signature_path)
-        .with_context(|| format!("reading the signature {}", signature_path.display()))?;
+    let manifest_bytes = read_small(manifest_path, "manifest")?;
+    let signature = read_small(signature_path, "signature")?;
     let lib = read_lib(lib_path)?;
     let sig = SignatureFile {
         algorithm: public.algorithm(),
@@ -378,6 +376,23 @@ fn attach(
         sig_path.display()
     );
     Ok(())
+}
+
+/// Reads a manifest or signature file, refusing anything larger than a signature file may hold
+/// (so a wrong path to a huge file fails fast instead of filling memory).
+fn read_small(path: &Path, what: &str) -> Result<Vec<u8>> {
+    use std::io::Read as _;
+    let cap = km_signing::sigfile::MAX_SIGFILE_BYTES;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    if bytes.len() as u64 > cap {
+        bail!("the {what} {} is larger than {cap} bytes", path.display());
+    }
+    Ok(bytes)
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error worth a message.
