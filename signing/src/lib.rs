@@ -15,6 +15,56 @@
 //!
 //! The file formats are documented in `FORMATS.md` beside this crate's `Cargo.toml`.
 //!
+//! # Example
+//!
+//! ```
+//! use std::time::SystemTime;
+//! use km_signing::*;
+//!
+//! # fn main() -> Result<(), Error> {
+//! let lib = b"the bytes of libdemo.so";
+//! let key = PrivateKey::generate(Algorithm::Ed25519)?;
+//! let manifest = Manifest {
+//!     kind: MANIFEST_KIND.to_owned(),
+//!     name: "demo".to_owned(),
+//!     version: "1.0.0".to_owned(),
+//!     tier: km_abi::Tier::Free,
+//!     target: target_triple().to_owned(),
+//!     abi_version: km_abi::ABI_VERSION.to_owned(),
+//!     sha256: sha256_hex(lib),
+//!     size: lib.len() as u64,
+//!     issued_at: format_timestamp(SystemTime::now()),
+//!     expires_at: None,
+//!     customer: None,
+//!     key_id: key.public_key().key_id().to_string(),
+//! };
+//! let manifest_bytes = manifest.to_bytes();
+//! let sig = SignatureFile {
+//!     algorithm: key.algorithm(),
+//!     key_id: key.public_key().key_id(),
+//!     signature: key.sign(&manifest_bytes)?,
+//!     manifest_bytes,
+//! };
+//!
+//! let mut trust = TrustStore::default();
+//! trust.add_builtin("example", &key.public_key().to_pem())?;
+//! let policy = Policy {
+//!     now: SystemTime::now(),
+//!     target: target_triple(),
+//!     abi_version: km_abi::ABI_VERSION,
+//!     allow_downgrade: false,
+//!     seen: None,
+//! };
+//! let verified = verify_library(lib, &sig, &trust, &policy)?;
+//! assert_eq!(verified.manifest().name, "demo");
+//! assert!(matches!(
+//!     verify_library(b"other bytes", &sig, &trust, &policy),
+//!     Err(Error::SizeMismatch { .. })
+//! ));
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # What is NOT checked
 //!
 //! - The customer binding (`customer`) is carried and signed but not compared with anything:

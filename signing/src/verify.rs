@@ -48,6 +48,17 @@ pub struct Policy<'a> {
 }
 
 /// Proof that a library passed [`verify_library`]: only that function constructs it.
+///
+/// Its fields are private and it has no constructor, so code outside this crate cannot forge one:
+///
+/// ```compile_fail
+/// let forged = km_signing::Verified {
+///     manifest: todo!(),
+///     key_id: todo!(),
+///     key_label: String::new(),
+///     sha256: String::new(),
+/// };
+/// ```
 #[derive(Debug, Clone)]
 pub struct Verified {
     manifest: Manifest,
