@@ -2,8 +2,9 @@
 //! `KM_HOME/config.toml` with mode 0600, keeping the rest of the file.
 //!
 //! Sources, first wins: `--api-key`/`--api-url`, `KM_API_KEY`/`KM_API_URL`, a prompt on the
-//! terminal (stderr; only when stdin is a terminal), and for the endpoint the value already in
-//! the file or the public API. Without a terminal and without a key, it fails rather than waits.
+//! terminal (on stderr, the key typed without echo; only when stdin is a terminal), then the
+//! values already in the file, and for the endpoint the public API. Without a terminal and
+//! without any key, it fails rather than waits.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -29,7 +30,7 @@ pub(crate) fn run(globals: &Globals, args: InitArgs) -> Result<ExitCode> {
                 .masked_api_key()
                 .map(|m| format!(" [{m}]"))
                 .unwrap_or_default();
-            let answer = prompt(&format!("Kilometers API key{hint}: "))?;
+            let answer = prompt_secret(&format!("Kilometers API key{hint}: "))?;
             match (answer.is_empty(), existing.api_key.clone()) {
                 (true, Some(old)) => old,
                 (true, None) => bail!("no API key given"),
@@ -90,4 +91,23 @@ fn prompt(question: &str) -> Result<String> {
         .read_line(&mut line)
         .context("reading the answer")?;
     Ok(line.trim().to_owned())
+}
+
+/// Like [`prompt`], with the terminal's echo off so that the key is not shown (restored
+/// afterwards, also on error).
+fn prompt_secret(question: &str) -> Result<String> {
+    use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+    let stdin = std::io::stdin();
+    let Ok(saved) = tcgetattr(&stdin) else {
+        return prompt(question);
+    };
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    if tcsetattr(&stdin, OptionalActions::Now, &quiet).is_err() {
+        return prompt(question);
+    }
+    let answer = prompt(question);
+    let _ = tcsetattr(&stdin, OptionalActions::Now, &saved);
+    eprintln!();
+    answer
 }
