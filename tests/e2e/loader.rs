@@ -450,3 +450,80 @@ fn trust_list_and_remove() {
         .expect("km runs");
     assert_eq!(again.status.code(), Some(2), "{}", describe(&again));
 }
+
+/// A km built with `KM_BUILTIN_TRUSTED_KEYS` (scripts/test builds one, with a key made by
+/// openssl) trusts that key with an empty trust store, cannot remove it, and still honours a
+/// revocation of it.
+#[test]
+fn a_key_built_into_km_is_trusted_cannot_be_removed_and_can_be_revoked() {
+    let (Some(km), Some(key)) = (
+        std::env::var_os("KM_TEST_BUILTIN_KM"),
+        std::env::var_os("KM_TEST_BUILTIN_KEY"),
+    ) else {
+        panic!("KM_TEST_BUILTIN_KM and KM_TEST_BUILTIN_KEY are not set: run the tests with ./scripts/test (README)");
+    };
+    let env = KmEnv::new();
+    let lib = console_logger(&env);
+    // Re-sign with the built-in key (an openssl PEM key, which km-sign accepts as is).
+    let mut sign = env.km_sign();
+    sign.arg("sign")
+        .arg("--key")
+        .arg(&key)
+        .args([
+            "--name",
+            "console-logger",
+            "--version",
+            "1.0.0",
+            "--tier",
+            "free",
+        ])
+        .arg(&lib);
+    run_ok(&mut sign);
+    assert_refused(&env, &lib, "trust");
+
+    let builtin_km = |args: &[&str]| {
+        let mut cmd = km_tests::command(Path::new(&km), &env.home);
+        cmd.args(args);
+        cmd
+    };
+    let output = builtin_km(&["verify-plugin", "--json"])
+        .arg(&lib)
+        .output()
+        .expect("km runs");
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let reports: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(reports[0]["key_label"], "release-key", "{reports:#}");
+    let key_id = reports[0]["key_id"].as_str().expect("key id").to_owned();
+
+    let listed = run_ok(&mut builtin_km(&["trust", "list", "--json"]));
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("json");
+    let builtin = listed["keys"].as_array().and_then(|keys| {
+        keys.iter()
+            .find(|k| k["key_id"] == key_id.as_str())
+            .cloned()
+    });
+    assert_eq!(
+        builtin.map(|k| k["builtin"].clone()),
+        Some(Value::Bool(true)),
+        "{listed:#}"
+    );
+
+    let remove = builtin_km(&["trust", "remove", &key_id])
+        .output()
+        .expect("km runs");
+    assert_eq!(
+        remove.status.code(),
+        Some(2),
+        "a built-in key cannot be removed\n{}",
+        describe(&remove)
+    );
+
+    run_ok(&mut builtin_km(&["trust", "revoke", &key_id]));
+    let output = builtin_km(&["verify-plugin", "--json"])
+        .arg(&lib)
+        .output()
+        .expect("km runs");
+    assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
+    let reports: Value = serde_json::from_slice(&output.stdout).expect("json");
+    assert_eq!(reports[0]["check"], "revocation", "{reports:#}");
+}
