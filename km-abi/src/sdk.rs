@@ -9,7 +9,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use abi_stable::library::{
-    CheckTypeLayout, LibHeader, RootModule, RootModuleResult, __call_root_module_loader,
+    __call_root_module_loader, CheckTypeLayout, LibHeader, RootModule, RootModuleResult,
 };
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
@@ -120,7 +120,10 @@ fn guard<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T
         Ok(Err(error)) => RErr(error),
         Err(payload) => RErr(PluginError::new(
             ErrorKind::PANICKED,
-            format!("plugin panicked in {what}: {}", panic_message(payload.as_ref())),
+            format!(
+                "plugin panicked in {what}: {}",
+                panic_message(payload.as_ref())
+            ),
         )),
     }
 }
@@ -187,7 +190,9 @@ pub fn __new_plugin<P: Plugin>(host: HostBox) -> RResult<PluginBox, PluginError>
 
 /// Builds the root module for a `new` function. Called by the code [`export_plugin!`] generates.
 #[doc(hidden)]
-pub fn __root_module(new: extern "C" fn(HostBox) -> RResult<PluginBox, PluginError>) -> PluginModRef {
+pub fn __root_module(
+    new: extern "C" fn(HostBox) -> RResult<PluginBox, PluginError>,
+) -> PluginModRef {
     PluginMod { new }.leak_into_prefix()
 }
 
@@ -260,13 +265,18 @@ mod tests {
 
     #[test]
     fn loader_symbol_matches_abi_stable() {
-        assert_eq!(__ROOT_MODULE_LOADER_SYMBOL, abi_stable::library::ROOT_MODULE_LOADER_NAME);
+        assert_eq!(
+            __ROOT_MODULE_LOADER_SYMBOL,
+            abi_stable::library::ROOT_MODULE_LOADER_NAME
+        );
     }
 
     #[test]
     fn guard_turns_a_panic_into_an_error_value() {
         let result: RResult<(), PluginError> = guard("test", || panic!("boom"));
-        let error = result.into_result().expect_err("a panic must become an error");
+        let error = result
+            .into_result()
+            .expect_err("a panic must become an error");
         assert_eq!(error.kind, ErrorKind::PANICKED);
         assert!(error.message.as_str().contains("boom"), "{}", error.message);
     }

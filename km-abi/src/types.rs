@@ -71,7 +71,11 @@ pub struct UnknownTier(pub String);
 
 impl fmt::Display for UnknownTier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "unknown tier {:?} (expected free, pro or enterprise)", self.0)
+        write!(
+            f,
+            "unknown tier {:?} (expected free, pro or enterprise)",
+            self.0
+        )
     }
 }
 
@@ -256,7 +260,10 @@ pub struct PluginError {
 impl PluginError {
     /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        PluginError { kind, message: RString::from(message.into()) }
+        PluginError {
+            kind,
+            message: RString::from(message.into()),
+        }
     }
 
     /// A [`ErrorKind::FAILED`] error.
@@ -411,8 +418,11 @@ impl HttpRequest {
         HttpRequest {
             method: "POST".into(),
             path: path.into(),
-            headers: vec![Tuple2(RString::from("content-type"), RString::from("application/json"))]
-                .into(),
+            headers: vec![Tuple2(
+                RString::from("content-type"),
+                RString::from("application/json"),
+            )]
+            .into(),
             body: body.into(),
             timeout_ms: 0,
         }

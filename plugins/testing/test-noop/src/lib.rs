@@ -19,7 +19,10 @@ impl Plugin for Noop {
     const REQUIRED_TIER: Tier = Tier::Free;
 
     fn new(host: Host) -> Result<Self, PluginError> {
-        Ok(Noop { host, seen: AtomicU64::new(0) })
+        Ok(Noop {
+            host,
+            seen: AtomicU64::new(0),
+        })
     }
 
     fn handle_message(&self, _message: &Message<'_>) -> Result<(), PluginError> {

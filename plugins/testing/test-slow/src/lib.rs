@@ -20,7 +20,10 @@ impl Plugin for Slow {
     const REQUIRED_TIER: Tier = Tier::Free;
 
     fn new(host: Host) -> Result<Self, PluginError> {
-        Ok(Slow { host, handled: AtomicU64::new(0) })
+        Ok(Slow {
+            host,
+            handled: AtomicU64::new(0),
+        })
     }
 
     fn handle_message(&self, _message: &Message<'_>) -> Result<(), PluginError> {
@@ -32,7 +35,8 @@ impl Plugin for Slow {
     fn handle_stream_event(&self, event: &StreamEvent) -> Result<(), PluginError> {
         if event.kind == StreamEventKind::END {
             let handled = self.handled.load(Ordering::Relaxed);
-            self.host.info(&format!("test-slow handled {handled} messages"));
+            self.host
+                .info(&format!("test-slow handled {handled} messages"));
         }
         Ok(())
     }
