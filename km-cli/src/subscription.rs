@@ -113,6 +113,42 @@ fn now_unix() -> i64 {
     km_abi::auth::now_unix()
 }
 
+/// What a monitor session did with one plugin, for `km plugin-status`: written by `km monitor`
+/// to `KM_HOME/state/sessions/<plugin>.json` at the end of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionStats {
+    /// The plugin's name.
+    pub plugin: String,
+    /// Messages the plugin handled.
+    pub handled: u64,
+    /// Messages dropped for it (its queue was full).
+    pub dropped: u64,
+    /// When the session ended (seconds since the epoch).
+    pub ended_at: i64,
+}
+
+fn stats_path(home: &KmHome, name: &str) -> PathBuf {
+    home.state_dir()
+        .join("sessions")
+        .join(format!("{name}.json"))
+}
+
+/// Records the counts of the session that just ended.
+pub fn save_session_stats(home: &KmHome, stats: &SessionStats) -> Result<()> {
+    let path = stats_path(home, &stats.plugin);
+    if let Some(dir) = path.parent() {
+        KmHome::ensure_private_dir(dir)?;
+    }
+    let text = serde_json::to_vec_pretty(stats).context("serialising session stats")?;
+    write_private_atomically(&path, &text)
+}
+
+/// The counts of the last session of plugin `name`, if one was recorded.
+pub fn load_session_stats(home: &KmHome, name: &str) -> Option<SessionStats> {
+    let text = std::fs::read_to_string(stats_path(home, name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
 /// Calls `plugin.authenticate(api_key)` and turns the answer into a record (not saved).
 pub fn authenticate(plugin: &LoadedPlugin, api_key: &str) -> AuthRecord {
     let mut record = AuthRecord {
@@ -389,6 +425,21 @@ mod tests {
             Duration::from_secs(1)
         );
         assert_eq!(next_delay(interval, &record(false, 0), 1000), interval);
+    }
+
+    #[test]
+    fn session_stats_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = KmHome::resolve(Some(dir.path())).expect("home");
+        assert_eq!(load_session_stats(&home, "p"), None);
+        let stats = SessionStats {
+            plugin: "p".into(),
+            handled: 7,
+            dropped: 1,
+            ended_at: 9,
+        };
+        save_session_stats(&home, &stats).expect("save");
+        assert_eq!(load_session_stats(&home, "p"), Some(stats));
     }
 
     #[test]

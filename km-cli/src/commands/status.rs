@@ -56,7 +56,15 @@ pub(crate) fn run_status(globals: &Globals, args: PluginStatusArgs) -> Result<Ex
         records.sort_by(|a, b| a.plugin.cmp(&b.plugin));
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&records_json(&records))?);
+        let mut value = records_json(&records);
+        if let Some(items) = value.as_array_mut() {
+            for item in items {
+                let name = item["plugin"].as_str().unwrap_or_default().to_owned();
+                item["last_session"] =
+                    serde_json::to_value(subscription::load_session_stats(&globals.home, &name))?;
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(ExitCode::SUCCESS);
     }
     if records.is_empty() {
@@ -69,6 +77,14 @@ pub(crate) fn run_status(globals: &Globals, args: PluginStatusArgs) -> Result<Ex
     let now = km_abi::auth::now_unix();
     for record in &records {
         print!("{}", describe(record, now));
+        if let Some(stats) = subscription::load_session_stats(&globals.home, &record.plugin) {
+            println!(
+                "  last session: {} messages handled, {} dropped, ended {}",
+                stats.handled,
+                stats.dropped,
+                when(stats.ended_at, now)
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
