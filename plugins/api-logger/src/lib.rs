@@ -318,34 +318,40 @@ fn abi_stable_tuple(
 
 impl ApiLogger {
     fn event(&self, message: &Message<'_>, max_payload: usize) -> Vec<u8> {
-        let bytes = message.bytes();
-        let mut event = json!({
-            "id": format!("{}:{}", self.session_id, message.seq),
-            "session_id": self.session_id,
-            "seq": message.seq,
-            "timestamp_us": message.timestamp_us,
-            "direction": message.direction.as_str(),
-            "kind": message.kind.as_str(),
-            "method": message.method.as_str(),
-            "jsonrpc_id": message.id.as_str(),
-            "correlation_id": message.correlation_id.as_str(),
-            "is_error": message.is_error,
-            "size": bytes.len(),
-        });
-        if let Some(latency) = message.latency_us.into_option() {
-            event["latency_us"] = json!(latency);
-        }
-        if bytes.len() > max_payload {
-            event["truncated"] = json!(true);
-        } else if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
-            event["payload"] = value;
-        } else if let Ok(text) = std::str::from_utf8(bytes) {
-            event["payload_text"] = json!(text);
-        } else {
-            event["payload_b64"] = json!(STANDARD.encode(bytes));
-        }
-        serde_json::to_vec(&event).unwrap_or_default()
+        event_json(&self.session_id, message, max_payload)
     }
+}
+
+/// One event: the message's metadata, and its payload as JSON, text or base64 (or left out
+/// beyond `max_payload`). The id `<session>:<seq>` is what makes a retried batch harmless.
+fn event_json(session_id: &str, message: &Message<'_>, max_payload: usize) -> Vec<u8> {
+    let bytes = message.bytes();
+    let mut event = json!({
+        "id": format!("{}:{}", session_id, message.seq),
+        "session_id": session_id,
+        "seq": message.seq,
+        "timestamp_us": message.timestamp_us,
+        "direction": message.direction.as_str(),
+        "kind": message.kind.as_str(),
+        "method": message.method.as_str(),
+        "jsonrpc_id": message.id.as_str(),
+        "correlation_id": message.correlation_id.as_str(),
+        "is_error": message.is_error,
+        "size": bytes.len(),
+    });
+    if let Some(latency) = message.latency_us.into_option() {
+        event["latency_us"] = json!(latency);
+    }
+    if bytes.len() > max_payload {
+        event["truncated"] = json!(true);
+    } else if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
+        event["payload"] = value;
+    } else if let Ok(text) = std::str::from_utf8(bytes) {
+        event["payload_text"] = json!(text);
+    } else {
+        event["payload_b64"] = json!(STANDARD.encode(bytes));
+    }
+    serde_json::to_vec(&event).unwrap_or_default()
 }
 
 impl Plugin for ApiLogger {
@@ -464,3 +470,58 @@ impl Plugin for ApiLogger {
 }
 
 km_abi::export_plugin!(ApiLogger);
+
+#[cfg(test)]
+mod tests {
+    use km_abi::abi_stable::std_types::{ROption, RSlice, RStr};
+    use km_abi::{Direction, MessageKind};
+
+    use super::*;
+
+    #[test]
+    fn settings_come_from_json_with_defaults_for_the_rest() {
+        let s = Settings::from_json(r#"{"batch_size": 3, "flush_interval_ms": 250, "bogus": 1}"#);
+        assert_eq!(s.batch_size, 3);
+        assert_eq!(s.flush_interval, Duration::from_millis(250));
+        assert_eq!(s.retry_max, Duration::from_secs(60));
+        let d = Settings::from_json("not json");
+        assert_eq!(d.batch_size, 10);
+        assert_eq!(d.flush_interval, Duration::from_secs(5));
+        assert_eq!(Settings::from_json(r#"{"batch_size": 0}"#).batch_size, 10);
+    }
+
+    fn message(data: &[u8]) -> Message<'_> {
+        Message {
+            seq: 42,
+            direction: Direction::Response,
+            kind: MessageKind::RESPONSE,
+            is_error: false,
+            data: RSlice::from_slice(data),
+            correlation_id: RStr::from_str("c1"),
+            id: RStr::from_str("7"),
+            method: RStr::from_str(""),
+            timestamp_us: 5,
+            latency_us: ROption::RSome(12),
+        }
+    }
+
+    fn event(data: &[u8], max_payload: usize) -> Value {
+        let line = event_json("sess", &message(data), max_payload);
+        serde_json::from_slice(&line).expect("an event is JSON")
+    }
+
+    #[test]
+    fn events_carry_an_idempotent_id_and_the_payload_in_the_best_form() {
+        let e = event(br#"{"jsonrpc":"2.0","id":7,"result":{}}"#, 1024);
+        assert_eq!(e["id"], "sess:42");
+        assert_eq!(e["direction"], "response");
+        assert_eq!(e["latency_us"], 12);
+        assert_eq!(e["payload"]["id"], 7);
+        assert_eq!(event(b"plain text", 1024)["payload_text"], "plain text");
+        assert_eq!(event(&[0xff, 0xfe], 1024)["payload_b64"], "//4=");
+        let big = event(&[b'x'; 100], 10);
+        assert_eq!(big["truncated"], true);
+        assert!(big.get("payload_text").is_none());
+        assert_eq!(big["size"], 100);
+    }
+}
