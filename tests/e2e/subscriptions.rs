@@ -587,6 +587,20 @@ mod delivery {
         }
     }
 
+    /// Bytes in all of api-logger's journals.
+    fn journal_bytes(env: &KmEnv) -> u64 {
+        std::fs::read_dir(env.home.join("state/plugins/api-logger"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".journal"))
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     fn assert_each_once(events: &[Value], expected: usize) {
         let mut ids: Vec<&str> = events
             .iter()
@@ -653,8 +667,7 @@ mod delivery {
         std::thread::sleep(Duration::from_millis(600));
         plugin.shutdown().expect("shutdown");
         assert!(stored_events(dir).is_empty());
-        let journal = env.home.join("state/plugins/api-logger/events.journal");
-        assert_eq!(std::fs::metadata(journal).map(|m| m.len()).unwrap_or(0), 0);
+        assert_eq!(journal_bytes(&env), 0, "a degraded api-logger kept events");
 
         // Upgraded: a new session logs; the earlier one left nothing behind to send.
         server.set_customers(&[(&ALICE, "pro")]);
@@ -711,5 +724,39 @@ mod delivery {
         assert_each_once(&wait_for_events(dir, 20), 20);
         drop(refresher);
         plugin.shutdown().expect("shutdown");
+    }
+
+    #[test]
+    fn two_sessions_side_by_side_each_deliver_everything() {
+        let env = KmEnv::new();
+        let dir = env.dir.path();
+        let server = ApiServer::start(dir, &[(&ALICE, "pro")]);
+        install_api_logger(&env, &server, Some(&ALICE));
+        // Two km monitors share the plugin's data directory, each with its own journal.
+        let first = load(&env, &server);
+        let second = load(&env, &server);
+        assert!(refresh_now(&env, &first, ALICE.api_key));
+        assert!(refresh_now(&env, &second, ALICE.api_key));
+        server.control("down");
+        send(&first, 0..15);
+        send(&second, 0..15);
+        std::thread::sleep(Duration::from_millis(400));
+        // One session ends while the API is down; the other adopts its journal once the
+        // adoption interval comes round, or the next session does at start.
+        first.shutdown().expect("shutdown");
+        server.control("up");
+        send(&second, 15..20);
+        let events = wait_for_events(dir, 20);
+        assert_eq!(
+            events.len(),
+            20,
+            "the live session delivered its own events"
+        );
+        let third = load(&env, &server);
+        assert!(refresh_now(&env, &third, ALICE.api_key));
+        assert_each_once(&wait_for_events(dir, 35), 35);
+        second.shutdown().expect("shutdown");
+        third.shutdown().expect("shutdown");
+        assert_eq!(journal_bytes(&env), 0);
     }
 }

@@ -1,60 +1,129 @@
-//! The on-disk queue of events not yet acknowledged by the API: an append-only journal of JSON
-//! lines plus the byte offset up to which the API has acknowledged them.
+//! The on-disk queue of events not yet acknowledged by the API: per session, an append-only
+//! journal of JSON lines plus the byte offset up to which the API has acknowledged them.
 //!
-//! - `events.journal`: one event per line, appended with a single `write` per event, so that a
-//!   killed km leaves at worst a torn last line, which [`Journal::open`] cuts off.
-//! - `events.acked`: the acknowledged offset, replaced atomically (temporary file, fsync,
-//!   rename) after every acknowledged batch.
+//! - `events-<session>.journal`: one event per line, appended with a single `write` per event,
+//!   so that a killed km leaves at worst a torn last line, which is cut off when the journal is
+//!   adopted.
+//! - `events-<session>.acked`: the acknowledged offset, replaced atomically (temporary file,
+//!   fsync, rename) after every acknowledged batch.
+//!
+//! Several km sessions run side by side (one per MCP server), so each writes its own journal and
+//! holds an exclusive `flock` on it for its lifetime. A journal whose lock can be taken belongs
+//! to a session that ended (normally, or killed: the kernel drops the lock with the process); a
+//! running session adopts it, sends what is left and deletes it. No session ever touches a
+//! journal another live session holds.
 //!
 //! Events are acknowledged in order, so "everything before the offset" is exactly what the API
-//! has. An event that was sent but not yet acknowledged when km stopped is sent again at the next
-//! start; its id makes the second delivery a no-op on the server. When everything is
-//! acknowledged the journal is emptied, so it only ever holds the backlog.
+//! has. An event that was sent but not yet acknowledged when km stopped is sent again later; its
+//! id makes the second delivery a no-op on the server.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// The journal of one plugin instance.
+use rustix::fs::{flock, FlockOperation};
+
+const PREFIX: &str = "events-";
+const SUFFIX: &str = ".journal";
+
+/// One session's journal, locked by this process.
 pub(crate) struct Journal {
     path: PathBuf,
     acked_path: PathBuf,
     file: File,
     len: u64,
     acked: u64,
+    /// This session's own journal (emptied when delivered) rather than an adopted one (deleted
+    /// when delivered).
+    own: bool,
+}
+
+fn acked_path_for(path: &Path) -> PathBuf {
+    path.with_extension("acked")
 }
 
 impl Journal {
-    /// Opens (or creates) the journal in `dir`, repairing a torn last line.
-    pub(crate) fn open(dir: &Path) -> io::Result<Journal> {
-        let path = dir.join("events.journal");
-        let acked_path = dir.join("events.acked");
-        let mut file = OpenOptions::new()
+    /// Creates and locks the journal of a new session in `dir`.
+    pub(crate) fn create(dir: &Path, session: &str) -> io::Result<Journal> {
+        let path = dir.join(format!("{PREFIX}{session}{SUFFIX}"));
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
-            .create(true)
+            .create_new(true)
             .open(&path)?;
+        flock(&file, FlockOperation::NonBlockingLockExclusive)?;
+        Ok(Journal {
+            acked_path: acked_path_for(&path),
+            path,
+            file,
+            len: 0,
+            acked: 0,
+            own: true,
+        })
+    }
+
+    /// The journals in `dir` (of any session, live or not), oldest first by name order of
+    /// discovery.
+    pub(crate) fn list(dir: &Path) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut found: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                name.starts_with(PREFIX) && name.ends_with(SUFFIX)
+            })
+            .map(|e| {
+                let modified = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                (modified, e.path())
+            })
+            .collect();
+        found.sort();
+        found.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Takes over the journal at `path` if its session has ended (its lock is free); `None`
+    /// while another session holds it.
+    pub(crate) fn adopt(path: &Path) -> io::Result<Option<Journal>> {
+        let mut file = OpenOptions::new().read(true).append(true).open(path)?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
         let mut len = file.metadata()?.len();
         if len > 0 {
-            // Cut a torn last line (km killed mid-write): find the last '\n'.
+            // Cut a torn last line (km killed mid-write).
             let keep = last_newline_end(&mut file, len)?;
             if keep != len {
                 file.set_len(keep)?;
                 len = keep;
             }
         }
+        let acked_path = acked_path_for(path);
         let acked = std::fs::read_to_string(&acked_path)
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())
             .unwrap_or(0)
             .min(len);
-        Ok(Journal {
-            path,
+        Ok(Some(Journal {
+            path: path.to_path_buf(),
             acked_path,
             file,
             len,
             acked,
-        })
+            own: false,
+        }))
+    }
+
+    /// Where the journal is.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Appends one event (a JSON line without its newline).
@@ -100,14 +169,14 @@ impl Journal {
         Ok((lines, end))
     }
 
-    /// Records that everything before `offset` was acknowledged; empties the journal when
-    /// nothing is left.
-    pub(crate) fn ack(&mut self, offset: u64) -> io::Result<()> {
+    /// Records that everything before `offset` was acknowledged. When nothing is left, the own
+    /// journal is emptied; an adopted one reports `true` and should be [`Self::delete`]d.
+    pub(crate) fn ack(&mut self, offset: u64) -> io::Result<bool> {
         let offset = offset.min(self.len);
         if offset <= self.acked {
-            return Ok(());
+            return Ok(self.acked == self.len && !self.own);
         }
-        if offset == self.len {
+        if offset == self.len && self.own {
             // Everything is delivered: start afresh. The offset is reset first, so a crash
             // between the two steps leaves an offset of 0 over a journal of delivered events,
             // which are then re-sent and deduplicated by the API (never lost).
@@ -116,11 +185,17 @@ impl Journal {
             self.file.sync_data()?;
             self.len = 0;
             self.acked = 0;
-            return Ok(());
+            return Ok(false);
         }
         write_atomically(&self.acked_path, format!("{offset}\n").as_bytes())?;
         self.acked = offset;
-        Ok(())
+        Ok(offset == self.len && !self.own)
+    }
+
+    /// Removes a delivered journal (the lock goes with the file).
+    pub(crate) fn delete(self) {
+        let _ = std::fs::remove_file(&self.acked_path);
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -162,36 +237,49 @@ mod tests {
     }
 
     #[test]
-    fn events_survive_a_restart_until_acknowledged() {
-        let d = dir("restart");
-        let mut j = Journal::open(&d).expect("open");
+    fn a_live_journal_cannot_be_adopted_an_ended_one_can() {
+        let d = dir("adopt");
+        let mut j = Journal::create(&d, "s1").expect("create");
         for i in 0..5 {
             j.append(format!("{{\"id\":\"{i}\"}}").as_bytes())
                 .expect("append");
         }
         let (batch, end) = j.peek(3).expect("peek");
         assert_eq!(batch.len(), 3);
-        j.ack(end).expect("ack");
-        drop(j);
-        let mut j = Journal::open(&d).expect("reopen");
-        let (batch, end) = j.peek(10).expect("peek");
-        assert_eq!(batch, vec![r#"{"id":"3"}"#, r#"{"id":"4"}"#]);
-        j.ack(end).expect("ack");
-        assert_eq!(j.backlog_bytes(), 0);
-        assert_eq!(
-            std::fs::metadata(d.join("events.journal"))
-                .expect("meta")
-                .len(),
-            0
+        assert!(!j.ack(end).expect("ack"));
+        let path = Journal::list(&d).pop().expect("listed");
+        assert!(
+            Journal::adopt(&path).expect("adopt").is_none(),
+            "a live session's journal was taken"
         );
+        drop(j); // the session ends (or is killed): its lock goes
+        let mut adopted = Journal::adopt(&path).expect("adopt").expect("free");
+        let (batch, end) = adopted.peek(10).expect("peek");
+        assert_eq!(batch, vec![r#"{"id":"3"}"#, r#"{"id":"4"}"#]);
+        assert!(adopted.ack(end).expect("ack"), "fully delivered");
+        adopted.delete();
+        assert!(Journal::list(&d).is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_own_journal_is_emptied_when_delivered() {
+        let d = dir("own");
+        let mut j = Journal::create(&d, "s1").expect("create");
+        j.append(b"{}").expect("append");
+        let (_, end) = j.peek(10).expect("peek");
+        assert!(!j.ack(end).expect("ack"));
+        assert_eq!(j.backlog_bytes(), 0);
+        assert_eq!(std::fs::metadata(&j.path).expect("meta").len(), 0);
         let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn a_torn_last_line_is_cut_off() {
         let d = dir("torn");
-        std::fs::write(d.join("events.journal"), b"{\"id\":\"a\"}\n{\"id\":\"b").expect("write");
-        let j = Journal::open(&d).expect("open");
+        let path = d.join("events-old.journal");
+        std::fs::write(&path, b"{\"id\":\"a\"}\n{\"id\":\"b").expect("write");
+        let j = Journal::adopt(&path).expect("adopt").expect("free");
         let (batch, _) = j.peek(10).expect("peek");
         assert_eq!(batch, vec![r#"{"id":"a"}"#]);
         let _ = std::fs::remove_dir_all(&d);

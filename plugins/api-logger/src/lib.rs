@@ -47,6 +47,8 @@ const NAME: &str = "api-logger";
 const BATCH_PATH: &str = "/api/events/batch";
 /// Events held in memory while the first authentication is pending.
 const MAX_PENDING_IN_MEMORY: usize = 10_000;
+/// How often the sender looks for journals of ended sessions to deliver.
+const ADOPTION_INTERVAL: Duration = Duration::from_secs(30);
 /// The largest backlog kept on disk while the API is unreachable; newer events are dropped
 /// (with one warning) beyond it, so that a long outage cannot fill the disk.
 const MAX_BACKLOG_BYTES: u64 = 256 * 1024 * 1024;
@@ -102,7 +104,13 @@ impl Settings {
 struct Shared {
     host: Host,
     subscription: Subscription,
+    /// The plugin's data directory, where journals live.
+    data_dir: std::path::PathBuf,
+    /// This session's journal (opened by `initialize`).
     journal: Mutex<Option<Journal>>,
+    /// Journals of sessions that ended with events undelivered, oldest first; sent before this
+    /// session's own events.
+    adopted: Mutex<Vec<Journal>>,
     /// Events seen before the first authentication answer.
     early: Mutex<Vec<Vec<u8>>>,
     settings: Mutex<Settings>,
@@ -194,21 +202,9 @@ impl Shared {
             return Ok(false);
         };
         let batch_size = self.settings.lock().map_or(10, |s| s.batch_size);
-        let (lines, end) = {
-            let Ok(guard) = self.journal.lock() else {
-                return Ok(false);
-            };
-            let Some(journal) = guard.as_ref() else {
-                return Ok(false);
-            };
-            let _ = journal.sync();
-            journal
-                .peek(batch_size)
-                .map_err(|e| format!("reading the journal: {e}"))?
-        };
-        if lines.is_empty() {
+        let Some((from_adopted, lines, end)) = self.next_batch(batch_size)? else {
             return Ok(false);
-        }
+        };
         let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 16);
         body.extend_from_slice(b"{\"events\":[");
         for (i, line) in lines.iter().enumerate() {
@@ -228,21 +224,85 @@ impl Shared {
         if !(200..300).contains(&response.status) {
             return Err(format!("HTTP {}", response.status));
         }
-        let Ok(mut guard) = self.journal.lock() else {
-            return Ok(true);
-        };
-        if let Some(journal) = guard.as_mut() {
-            journal
-                .ack(end)
-                .map_err(|e| format!("recording the acknowledgement: {e}"))?;
-        }
+        self.acknowledge(from_adopted, end)
+            .map_err(|e| format!("recording the acknowledgement: {e}"))?;
         Ok(true)
+    }
+
+    /// The next batch: from the oldest adopted journal, else from this session's.
+    /// `(from_adopted, events, offset that acknowledges them)`.
+    fn next_batch(&self, max: usize) -> Result<Option<(bool, Vec<String>, u64)>, String> {
+        let read_error = |e: std::io::Error| format!("reading a journal: {e}");
+        if let Ok(mut adopted) = self.adopted.lock() {
+            while let Some(journal) = adopted.first() {
+                let (lines, end) = journal.peek(max).map_err(read_error)?;
+                if !lines.is_empty() {
+                    return Ok(Some((true, lines, end)));
+                }
+                adopted.remove(0).delete();
+            }
+        }
+        let Ok(guard) = self.journal.lock() else {
+            return Ok(None);
+        };
+        let Some(journal) = guard.as_ref() else {
+            return Ok(None);
+        };
+        let _ = journal.sync();
+        let (lines, end) = journal.peek(max).map_err(read_error)?;
+        Ok((!lines.is_empty()).then_some((false, lines, end)))
+    }
+
+    fn acknowledge(&self, from_adopted: bool, end: u64) -> std::io::Result<()> {
+        if from_adopted {
+            if let Ok(mut adopted) = self.adopted.lock() {
+                if let Some(journal) = adopted.first_mut() {
+                    if journal.ack(end)? {
+                        adopted.remove(0).delete();
+                    }
+                }
+            }
+        } else if let Ok(mut guard) = self.journal.lock() {
+            if let Some(journal) = guard.as_mut() {
+                journal.ack(end)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adopts the journals of sessions that have ended (their lock is free).
+    fn adopt_orphans(&self) {
+        let own = self
+            .journal
+            .lock()
+            .ok()
+            .and_then(|j| j.as_ref().map(|j| j.path().to_path_buf()));
+        let Ok(mut adopted) = self.adopted.lock() else {
+            return;
+        };
+        for path in Journal::list(&self.data_dir) {
+            if Some(&path) == own.as_ref() || adopted.iter().any(|j| j.path() == path) {
+                continue;
+            }
+            match Journal::adopt(&path) {
+                Ok(Some(journal)) => adopted.push(journal),
+                Ok(None) => {} // another session is alive and owns it
+                Err(e) => self
+                    .host
+                    .debug(&format!("api-logger: cannot adopt {}: {e}", path.display())),
+            }
+        }
     }
 
     /// The sender thread: flushes on a full batch or every flush interval, backs off on failure.
     fn run_sender(self: Arc<Self>, done: mpsc::Sender<()>) {
         let mut backoff: Option<Duration> = None;
+        let mut last_adoption: Option<Instant> = None;
         while !self.stop.load(Ordering::SeqCst) {
+            if !matches!(last_adoption, Some(t) if t.elapsed() < ADOPTION_INTERVAL) {
+                self.adopt_orphans();
+                last_adoption = Some(Instant::now());
+            }
             let settings = self.settings.lock().map(|s| s.clone()).unwrap_or_default();
             let wait = backoff.unwrap_or(settings.flush_interval);
             {
@@ -368,20 +428,14 @@ impl Plugin for ApiLogger {
         );
         let data_dir = host.data_dir();
         subscription.cache_in(data_dir.clone());
-        let journal = match Journal::open(&data_dir) {
-            Ok(j) => Some(j),
-            Err(e) => {
-                host.warn(&format!(
-                    "api-logger: cannot open its journal in {}: {e}; events will not be sent",
-                    data_dir.display()
-                ));
-                None
-            }
-        };
+        // No journal yet: `km plugin-refresh` creates the plugin only to authenticate it, and
+        // must not touch the journals of running sessions.
         let shared = Arc::new(Shared {
             host,
             subscription,
-            journal: Mutex::new(journal),
+            data_dir,
+            journal: Mutex::new(None),
+            adopted: Mutex::new(Vec::new()),
             early: Mutex::new(Vec::new()),
             settings: Mutex::new(Settings::default()),
             wake: (Mutex::new(0), Condvar::new()),
@@ -415,6 +469,17 @@ impl Plugin for ApiLogger {
             return Ok(());
         };
         if slot.is_none() {
+            match Journal::create(&self.shared.data_dir, &self.session_id) {
+                Ok(journal) => {
+                    if let Ok(mut own) = self.shared.journal.lock() {
+                        *own = Some(journal);
+                    }
+                }
+                Err(e) => self.shared.host.warn(&format!(
+                    "api-logger: cannot create its journal in {}: {e}; events will not be sent",
+                    self.shared.data_dir.display()
+                )),
+            }
             let shared = self.shared.clone();
             let (tx, rx) = mpsc::channel();
             let handle = std::thread::Builder::new()
@@ -460,10 +525,18 @@ impl Plugin for ApiLogger {
             if done.recv_timeout(Duration::from_secs(6)).is_ok() {
                 let _ = handle.join();
             }
-        } else if let Ok(guard) = self.shared.journal.lock() {
-            if let Some(j) = guard.as_ref() {
-                let _ = j.sync();
+        }
+        // Release the journals (and their locks): a delivered one is removed, one with events
+        // left is adopted by the next session.
+        if let Some(own) = self.shared.journal.lock().ok().and_then(|mut j| j.take()) {
+            if own.backlog_bytes() == 0 {
+                own.delete();
+            } else {
+                let _ = own.sync();
             }
+        }
+        if let Ok(mut adopted) = self.shared.adopted.lock() {
+            adopted.clear();
         }
         Ok(())
     }
