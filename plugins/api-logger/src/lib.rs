@@ -5,7 +5,8 @@
 //! - Every event has an id (`<session id>:<seq>`), so the API stores a retried batch once.
 //! - Events are written to an append-only journal in the plugin's data directory before they
 //!   are sent, and leave it only when the API acknowledges them: nothing is lost while the API is
-//!   down or km is stopped; the backlog is sent at the next start (see [`journal`]).
+//!   down or km is stopped; the backlog is sent at the next start. Each session has its own
+//!   journal, so that several km monitors can run side by side (see [`journal`]).
 //! - Failed sends back off exponentially (1 s doubling to 60 s). The backlog on disk is capped
 //!   at 256 MiB: beyond it, new events are dropped with one warning.
 //! - Without a valid Pro subscription it sends nothing and keeps nothing: it checks its
