@@ -54,21 +54,86 @@ pub(crate) enum IdKey {
 impl IdKey {
     /// The key of the raw id text `raw`.
     pub(crate) fn from_raw(raw: &[u8]) -> Self {
-        let is_int = !raw.is_empty()
-            && raw.len() <= 20
-            && raw
-                .iter()
-                .enumerate()
-                .all(|(i, b)| b.is_ascii_digit() || (i == 0 && *b == b'-'));
-        if is_int {
-            if let Some(n) = std::str::from_utf8(raw)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
-            {
-                return IdKey::Int(n);
-            }
+        parse_int(raw).map_or_else(|| IdKey::Raw(raw.into()), IdKey::Int)
+    }
+}
+
+/// `raw` as an `i64` when it is a plain JSON integer (no fraction, exponent or leading zeros).
+fn parse_int(raw: &[u8]) -> Option<i64> {
+    let (negative, digits) = match raw.split_first()? {
+        (b'-', rest) => (true, rest),
+        _ => (false, raw),
+    };
+    if digits.is_empty() || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
         }
-        IdKey::Raw(raw.into())
+        let d = i64::from(d - b'0');
+        n = n.checked_mul(10)?;
+        n = if negative {
+            n.checked_sub(d)?
+        } else {
+            n.checked_add(d)?
+        };
+    }
+    Some(n)
+}
+
+/// A fast keyed hash for ids (the standard SipHash costs more than the rest of correlation).
+/// Seeded per process from the standard library's random keys, so ids chosen to collide in one
+/// run do not collide in another.
+#[derive(Clone)]
+struct IdHashState(u64);
+
+impl IdHashState {
+    fn new() -> Self {
+        use std::hash::BuildHasher;
+        IdHashState(std::collections::hash_map::RandomState::new().hash_one(0x6b6du64) | 1)
+    }
+}
+
+impl std::hash::BuildHasher for IdHashState {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.0)
+    }
+}
+
+/// The hasher of [`IdHashState`]: multiply-rotate over 8-byte words, finished by a mix.
+struct IdHasher(u64);
+
+const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+        let mut word = [0u8; 8];
+        let rest = chunks.remainder();
+        word[..rest.len()].copy_from_slice(rest);
+        self.write_u64(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(MULTIPLIER);
+    }
+
+    fn write_i64(&mut self, word: i64) {
+        self.write_u64(word as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        let h = self.0 ^ (self.0 >> 31);
+        h.wrapping_mul(MULTIPLIER) ^ (h >> 29)
     }
 }
 
@@ -83,7 +148,7 @@ struct Pending {
 /// The pending requests of one session.
 #[derive(Debug)]
 pub(crate) struct Correlator {
-    pending: HashMap<Key, Pending>,
+    pending: HashMap<Key, Pending, IdHashState>,
     /// Keys in the order their requests arrived, for expiry and eviction. Entries whose request
     /// is gone (answered, replaced) are skipped lazily and compacted away.
     order: VecDeque<(u64, Key)>,
@@ -107,7 +172,7 @@ impl Correlator {
     /// A correlator with its own cap and timeout.
     pub(crate) fn with_limits(cap: usize, timeout: Duration) -> Self {
         Correlator {
-            pending: HashMap::new(),
+            pending: HashMap::with_hasher(IdHashState::new()),
             order: VecDeque::new(),
             cap: cap.max(1),
             timeout,
@@ -264,6 +329,15 @@ mod tests {
             IdKey::Raw(_)
         ));
         assert!(matches!(IdKey::from_raw(b"1.0"), IdKey::Raw(_)));
+        assert!(matches!(IdKey::from_raw(b"01"), IdKey::Raw(_)));
+        assert!(matches!(IdKey::from_raw(b"-"), IdKey::Raw(_)));
+        assert_eq!(IdKey::from_raw(b"0"), int(0));
+        assert_eq!(IdKey::from_raw(b"-9223372036854775808"), int(i64::MIN));
+        assert_eq!(IdKey::from_raw(b"9223372036854775807"), int(i64::MAX));
+        assert!(matches!(
+            IdKey::from_raw(b"9223372036854775808"),
+            IdKey::Raw(_)
+        ));
     }
 
     #[test]

@@ -33,6 +33,10 @@ use super::relay::{PumpEnd, PumpReport};
 /// hold the pipe open; km does not wait for it longer than this).
 const OUTPUT_TAIL: Duration = Duration::from_millis(500);
 
+/// The size asked for the child's pipes.
+#[cfg(target_os = "linux")]
+const PIPE_SIZE: usize = 1024 * 1024;
+
 /// A started child with its pipes as blocking files for the pumps.
 pub(crate) struct Spawned {
     pub(crate) child: tokio::process::Child,
@@ -105,6 +109,12 @@ pub(crate) fn spawn(command: &[OsString]) -> Result<Spawned, SpawnError> {
     };
     let stdin = File::from(stdin.into_owned_fd().map_err(fail)?);
     let stdout = File::from(stdout.into_owned_fd().map_err(fail)?);
+    // Larger pipes mean fewer wake-ups per megabyte relayed. Best effort: the system's limit
+    // (fs.pipe-max-size) may be lower, and then the default stays.
+    #[cfg(target_os = "linux")]
+    for pipe in [&stdin, &stdout] {
+        let _ = rustix::pipe::fcntl_setpipe_size(pipe, PIPE_SIZE);
+    }
     Ok(Spawned {
         child,
         pid,

@@ -5,7 +5,9 @@
 //! then lets the framer and classifier look at it. Nothing waits for a line end before forwarding,
 //! so a 50 MB line streams through in chunks, and the bytes that come out are exactly the bytes
 //! that went in (non-JSON, CRLF, invalid UTF-8, a last line without newline). Without plugins a
-//! pump does not frame at all: it is a plain copy loop.
+//! pump does not frame at all: on Linux it moves the bytes with `splice(2)`, pipe to pipe inside
+//! the kernel, and falls back to a plain copy loop where splice does not apply (a terminal, a
+//! regular file as output).
 //!
 //! Pumps are plain threads doing blocking I/O: the cheapest way to move bytes between pipes, and
 //! a pump blocked on a read that never ends (a client that never closes stdin) simply stays
@@ -69,8 +71,13 @@ pub(crate) fn pump(
 }
 
 fn plain(input: &mut File, output: &mut File) -> (PumpEnd, u64) {
-    let mut buf = vec![0u8; CHUNK];
     let mut total = 0u64;
+    #[cfg(target_os = "linux")]
+    match spliced(input, output, &mut total) {
+        Some(end) => return (end, total),
+        None => {} // splice does not apply to these files: copy instead
+    }
+    let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match read(input, &mut buf) {
             Ok(0) => return (PumpEnd::Eof, total),
@@ -81,6 +88,26 @@ fn plain(input: &mut File, output: &mut File) -> (PumpEnd, u64) {
             return (end, total);
         }
         total += n as u64;
+    }
+}
+
+/// Moves bytes with `splice(2)` until the stream ends; `None` when splice cannot be used for
+/// these files (it says so with EINVAL before moving anything; nothing is lost).
+#[cfg(target_os = "linux")]
+fn spliced(input: &File, output: &File, total: &mut u64) -> Option<PumpEnd> {
+    use rustix::io::Errno;
+    use rustix::pipe::{splice, SpliceFlags};
+    loop {
+        match splice(input, None, output, None, 1 << 20, SpliceFlags::MOVE) {
+            Ok(0) => return Some(PumpEnd::Eof),
+            Ok(n) => *total += n as u64,
+            Err(Errno::INTR) => continue,
+            Err(Errno::INVAL) if *total == 0 => return None,
+            Err(Errno::PIPE) => return Some(PumpEnd::OutputClosed),
+            // Which side failed is not told apart by splice; report it as the read side unless
+            // the output is the one that is gone (EPIPE, above).
+            Err(e) => return Some(PumpEnd::ReadFailed(e.into())),
+        }
     }
 }
 

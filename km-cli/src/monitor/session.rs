@@ -15,7 +15,7 @@ use bytes::Bytes;
 use km_abi::{Direction, ErrorKind, MessageKind, PluginError, StreamEvent, StreamEventKind};
 
 use super::correlate::{CorrelationId, Correlator, IdKey};
-use super::dispatch::{Dispatcher, Envelope, Item};
+use super::dispatch::{Batch, Dispatcher, Envelope, Item};
 use super::jsonrpc::Scan;
 
 /// A line a pump has framed and classified, waiting to be numbered.
@@ -75,6 +75,7 @@ impl Session {
     ) {
         let mut guard = self.lock();
         let state = &mut *guard;
+        let mut envelopes = Vec::with_capacity(batch.len());
         for Observed { line, scan } in batch.drain(..) {
             let seq = state.next_seq;
             state.next_seq += 1;
@@ -82,9 +83,9 @@ impl Session {
                 Direction::Request => state.counts.client_to_server += 1,
                 Direction::Response => state.counts.server_to_client += 1,
             }
-            let Some(dispatcher) = &state.dispatcher else {
+            if state.dispatcher.is_none() {
                 continue;
-            };
+            }
             let key = |range: &Option<std::ops::Range<usize>>| {
                 range.clone().and_then(|r| line.get(r)).map(IdKey::from_raw)
             };
@@ -122,7 +123,13 @@ impl Session {
                 timestamp_us,
                 latency_us,
             };
-            dispatcher.send(&Item::Message(envelope), &self.closing);
+            envelopes.push(envelope);
+        }
+        if let (Some(dispatcher), false) = (&state.dispatcher, envelopes.is_empty()) {
+            dispatcher.send(
+                &Item::Messages(Arc::new(Batch::new(envelopes))),
+                &self.closing,
+            );
         }
     }
 
@@ -294,10 +301,12 @@ mod throughput {
     #[ignore = "a measurement, not a check; run in release"]
     fn dispatch_throughput() {
         const N: usize = 2_000_000;
-        let mut input = Vec::with_capacity(N * 100);
+        // Requests from the client, and the server's responses to them.
+        let mut requests = Vec::with_capacity(N * 50);
+        let mut responses = Vec::with_capacity(N * 50);
         for i in 0..N / 2 {
-            input.extend_from_slice(format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\"}}}}\n").as_bytes());
-            input.extend_from_slice(
+            requests.extend_from_slice(format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\"}}}}\n").as_bytes());
+            responses.extend_from_slice(
                 format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"result\":{{\"content\":[]}}}}\n")
                     .as_bytes(),
             );
@@ -312,20 +321,30 @@ mod throughput {
         let states = workers.states_for_tests();
         let session = Session::new(dispatcher);
         let started = Instant::now();
-        let mut framer = Framer::new();
         let mut batch = Vec::new();
-        for (n, chunk) in input.chunks(CHUNK).enumerate() {
-            framer.push(chunk);
-            let direction = if n % 2 == 0 {
-                Direction::Request
-            } else {
-                Direction::Response
-            };
-            while let Some(Frame::Line(line)) = framer.next_frame() {
-                let scan = jsonrpc::scan(&line);
-                batch.push(Observed { line, scan });
+        let mut framers = [Framer::new(), Framer::new()];
+        let mut requests = requests.chunks(CHUNK);
+        let mut responses = responses.chunks(CHUNK);
+        loop {
+            let next = [requests.next(), responses.next()];
+            if next.iter().all(Option::is_none) {
+                break;
             }
-            session.observe(direction, &mut batch, Instant::now(), now_us());
+            for (side, chunk) in next.into_iter().enumerate() {
+                let Some(chunk) = chunk else { continue };
+                let framer = &mut framers[side];
+                framer.push(chunk);
+                while let Some(Frame::Line(line)) = framer.next_frame() {
+                    let scan = jsonrpc::scan(&line);
+                    batch.push(Observed { line, scan });
+                }
+                let direction = if side == 0 {
+                    Direction::Request
+                } else {
+                    Direction::Response
+                };
+                session.observe(direction, &mut batch, Instant::now(), now_us());
+            }
         }
         while states[0].handled.load(Ordering::Relaxed) < N as u64 {
             std::thread::sleep(Duration::from_micros(100));

@@ -1,10 +1,14 @@
 //! Handing messages to plugins without letting any plugin slow the relay.
 //!
 //! Every plugin gets one bounded queue and one worker thread, and is only ever called from that
-//! thread. The relay puts an [`Item`] into each queue with `try_send`: when a plugin's queue is
+//! thread. The relay puts an [`Item`] into each queue without waiting: when a plugin's queue is
 //! full (a slow or hung plugin) that plugin's copy is dropped and counted, and the relay moves
-//! on. With `--lossless` the relay waits for room instead (back-pressure, for audit use). A
-//! message's bytes are a [`Bytes`] shared by all queues, never copied per plugin.
+//! on. With `--lossless` the relay waits for room instead (back-pressure, for audit use).
+//!
+//! The lines of one read travel together as one [`Batch`], shared by all queues (`Arc`): one
+//! queue operation and at most one thread wake-up per read and plugin, not per message, and a
+//! line's bytes are never copied per plugin. The queue is bounded in messages and in bytes
+//! (counted in atomics beside the channel), since lines can be of any size.
 //!
 //! A plugin that panics (the SDK turns the panic into a `PANICKED` error) is disabled for the rest
 //! of the session; other errors are reported, rate-limited, and the plugin carries on. At the end,
@@ -51,11 +55,27 @@ pub(crate) struct Envelope {
     pub(crate) latency_us: Option<u64>,
 }
 
+/// The lines of one read, in order.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) envelopes: Vec<Envelope>,
+    /// The bytes of all lines, for the queue's byte budget.
+    pub(crate) bytes: usize,
+}
+
+impl Batch {
+    /// A batch of `envelopes`.
+    pub(crate) fn new(envelopes: Vec<Envelope>) -> Self {
+        let bytes = envelopes.iter().map(|e| e.line.len()).sum();
+        Batch { envelopes, bytes }
+    }
+}
+
 /// What goes through a plugin's queue.
 #[derive(Debug, Clone)]
 pub(crate) enum Item {
-    /// A line of the stream.
-    Message(Envelope),
+    /// Lines of the stream.
+    Messages(Arc<Batch>),
     /// A lifecycle event (start, error).
     Event(Arc<StreamEvent>),
     /// A relay error, for `handle_error`.
@@ -77,7 +97,9 @@ pub(crate) struct LaneState {
     pub(crate) drops: AtomicU64,
     pub(crate) handled: AtomicU64,
     pub(crate) disabled: AtomicBool,
-    /// Bytes of lines in the queue (added before a send, subtracted once handled or skipped).
+    /// Messages and bytes of lines in the queue (added before a send, subtracted once handled or
+    /// skipped).
+    queued_messages: AtomicUsize,
     queued_bytes: AtomicUsize,
     /// Set when the drain deadline passed: skip what is left in the queue.
     abort: AtomicBool,
@@ -88,10 +110,32 @@ struct Lane {
     state: Arc<LaneState>,
 }
 
+impl LaneState {
+    /// Reserves room for `messages` messages of `bytes` bytes; `false` when the queue is full.
+    /// An empty queue always takes an item, however large, so that nothing is refused forever.
+    fn reserve(&self, messages: usize, bytes: usize, capacity: usize) -> bool {
+        let queued_messages = self.queued_messages.fetch_add(messages, Ordering::Relaxed);
+        let queued_bytes = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let full = (queued_messages > 0 && queued_messages.saturating_add(messages) > capacity)
+            || (queued_bytes > 0 && queued_bytes.saturating_add(bytes) > QUEUE_BYTES);
+        if full {
+            self.release(messages, bytes);
+        }
+        !full
+    }
+
+    fn release(&self, messages: usize, bytes: usize) {
+        self.queued_messages.fetch_sub(messages, Ordering::Relaxed);
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
 /// The sending side: owned by the session and used under its lock. Dropping it closes the queues.
 pub(crate) struct Dispatcher {
     lanes: Vec<Lane>,
     lossless: bool,
+    /// Room in each queue, in messages.
+    capacity: usize,
 }
 
 /// The receiving side: waits for the workers at the end.
@@ -121,12 +165,14 @@ pub(crate) fn start(
     let mut lanes = Vec::with_capacity(plugins.len());
     let mut states = Vec::with_capacity(plugins.len());
     for (index, plugin) in plugins.into_iter().enumerate() {
+        // The channel's own bound is a backstop: the message and byte budgets decide.
         let (tx, rx) = mpsc::sync_channel(capacity.max(1));
         let state = Arc::new(LaneState {
             name: plugin.name().to_owned(),
             drops: AtomicU64::new(0),
             handled: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
+            queued_messages: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             abort: AtomicBool::new(false),
         });
@@ -152,7 +198,11 @@ pub(crate) fn start(
         lanes.push(Lane { tx, state });
     }
     (
-        Dispatcher { lanes, lossless },
+        Dispatcher {
+            lanes,
+            lossless,
+            capacity: capacity.max(1),
+        },
         Workers {
             states,
             progress,
@@ -167,34 +217,34 @@ impl Dispatcher {
     /// Queues `item` for every plugin that is still enabled. Never blocks unless lossless; then
     /// it waits for room until `closing` is set.
     pub(crate) fn send(&self, item: &Item, closing: &AtomicBool) {
+        let (messages, bytes) = item.weight();
         for lane in &self.lanes {
             if lane.state.disabled.load(Ordering::Relaxed) {
                 continue;
             }
-            let size = item.size();
-            let mut item = item.clone();
             let mut pause = Duration::from_micros(50);
             loop {
-                let queued = lane.state.queued_bytes.fetch_add(size, Ordering::Relaxed);
-                let result = if queued > 0 && queued.saturating_add(size) > QUEUE_BYTES {
-                    Err(TrySendError::Full(item))
-                } else {
-                    lane.tx.try_send(item)
-                };
-                let back = match result {
-                    Ok(()) => break,
-                    Err(TrySendError::Full(back)) => back,
-                    Err(TrySendError::Disconnected(_)) => {
-                        lane.state.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-                        break;
-                    }
-                };
-                lane.state.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-                if !self.lossless || closing.load(Ordering::Relaxed) {
-                    lane.state.drops.fetch_add(1, Ordering::Relaxed);
+                let sent = lane.state.reserve(messages, bytes, self.capacity)
+                    && match lane.tx.try_send(item.clone()) {
+                        Ok(()) => true,
+                        Err(TrySendError::Disconnected(_)) => {
+                            lane.state.release(messages, bytes);
+                            break;
+                        }
+                        Err(TrySendError::Full(_)) => {
+                            lane.state.release(messages, bytes);
+                            false
+                        }
+                    };
+                if sent {
                     break;
                 }
-                item = back;
+                if !self.lossless || closing.load(Ordering::Relaxed) {
+                    lane.state
+                        .drops
+                        .fetch_add(messages.max(1) as u64, Ordering::Relaxed);
+                    break;
+                }
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(5));
             }
@@ -203,11 +253,11 @@ impl Dispatcher {
 }
 
 impl Item {
-    /// The bytes of line this item holds, for the queue's byte budget.
-    fn size(&self) -> usize {
+    /// The messages and bytes of line this item holds, for the queue's budgets.
+    fn weight(&self) -> (usize, usize) {
         match self {
-            Item::Message(envelope) => envelope.line.len(),
-            Item::Event(_) | Item::Error(_) => 0,
+            Item::Messages(batch) => (batch.envelopes.len(), batch.bytes),
+            Item::Event(_) | Item::Error(_) => (0, 0),
         }
     }
 }
@@ -325,14 +375,9 @@ impl Worker {
         let mut correlation = String::new();
         let mut limiter = ErrorLimiter::default();
         while let Ok(item) = rx.recv() {
-            let skip = self.state.disabled.load(Ordering::Relaxed)
-                || self.state.abort.load(Ordering::Relaxed);
-            if !skip {
-                self.handle(&item, &mut correlation, &mut limiter);
-            }
-            self.state
-                .queued_bytes
-                .fetch_sub(item.size(), Ordering::Relaxed);
+            self.handle(&item, &mut correlation, &mut limiter);
+            let (messages, bytes) = item.weight();
+            self.state.release(messages, bytes);
         }
         let _ = progress.send((self.index, Phase::Drained));
         if !self.state.disabled.load(Ordering::Relaxed) {
@@ -361,12 +406,25 @@ impl Worker {
     }
 
     fn handle(&self, item: &Item, correlation: &mut String, limiter: &mut ErrorLimiter) {
+        let skip = || {
+            self.state.disabled.load(Ordering::Relaxed) || self.state.abort.load(Ordering::Relaxed)
+        };
         let result = match item {
-            Item::Message(envelope) => {
-                let result = self.deliver(envelope, correlation);
-                self.state.handled.fetch_add(1, Ordering::Relaxed);
-                result
+            Item::Messages(batch) => {
+                let mut handled = 0;
+                for envelope in &batch.envelopes {
+                    if skip() {
+                        break;
+                    }
+                    handled += 1;
+                    if let Err(failure) = self.deliver(envelope, correlation) {
+                        self.failed(&failure, limiter);
+                    }
+                }
+                self.state.handled.fetch_add(handled, Ordering::Relaxed);
+                Ok(())
             }
+            _ if skip() => Ok(()),
             Item::Event(event) => self.plugin.handle_stream_event(event),
             Item::Error(error) => self.plugin.handle_error(error),
         };

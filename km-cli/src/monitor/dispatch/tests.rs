@@ -12,7 +12,15 @@ use super::*;
 use crate::monitor::testing::{lines, probe, Mode};
 
 fn envelope(seq: u64) -> Item {
-    Item::Message(Envelope {
+    batch(vec![one(seq)])
+}
+
+fn batch(envelopes: Vec<Envelope>) -> Item {
+    Item::Messages(Arc::new(Batch::new(envelopes)))
+}
+
+fn one(seq: u64) -> Envelope {
+    Envelope {
         seq,
         direction: Direction::Request,
         kind: MessageKind::NON_JSON,
@@ -23,7 +31,7 @@ fn envelope(seq: u64) -> Item {
         correlation: None,
         timestamp_us: 0,
         latency_us: None,
-    })
+    }
 }
 
 fn end(workers: &Workers) {
@@ -62,8 +70,8 @@ fn a_hung_plugin_never_blocks_the_sender_and_its_drops_are_counted() {
         .iter()
         .map(|s| s.drops.load(Ordering::Relaxed))
         .collect();
-    // The hung plugin holds one message in its call and 64 in its queue.
-    assert_eq!(drops[0], 1000 - 65);
+    // The hung plugin holds 64 messages: one in its call, the rest in its queue.
+    assert_eq!(drops[0], 1000 - 64);
     assert_eq!(drops[1], 0, "the healthy plugin kept up");
     end(&workers);
     drop(dispatcher);
@@ -108,13 +116,25 @@ fn lossless_waits_for_a_slow_plugin_instead_of_dropping() {
 fn lossless_stops_waiting_when_the_session_closes() {
     let (hung, _) = probe(Mode::Hang);
     let (dispatcher, workers) = start(vec![hung], 1, true, QUIET);
-    let closing = AtomicBool::new(false);
+    let closing = Arc::new(AtomicBool::new(false));
     dispatcher.send(&envelope(1), &closing);
-    dispatcher.send(&envelope(2), &closing);
-    closing.store(true, Ordering::Relaxed);
+    let closer = {
+        let closing = closing.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            closing.store(true, Ordering::Relaxed);
+        })
+    };
     let started = Instant::now();
-    dispatcher.send(&envelope(3), &closing);
-    assert!(started.elapsed() < Duration::from_secs(1));
+    // The queue is full (the hung call holds its one message): this waits until closing.
+    dispatcher.send(&envelope(2), &closing);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(150) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    assert_eq!(workers.states[0].drops.load(Ordering::Relaxed), 1);
+    closer.join().expect("closer");
     drop(dispatcher);
     workers.finish(SHORT, SHORT);
 }
@@ -210,11 +230,9 @@ fn a_byte_budget_bounds_what_a_hung_plugin_holds() {
     let closing = AtomicBool::new(false);
     let big = Bytes::from(vec![b'x'; 64 * 1024 * 1024]);
     for seq in 1..=10 {
-        let Item::Message(mut envelope) = envelope(seq) else {
-            unreachable!()
-        };
+        let mut envelope = one(seq);
         envelope.line = big.clone();
-        dispatcher.send(&Item::Message(envelope), &closing);
+        dispatcher.send(&batch(vec![envelope]), &closing);
     }
     // One line in the hung call, QUEUE_BYTES / 64 MiB = 4 in the queue, the rest dropped.
     std::thread::sleep(Duration::from_millis(50));
@@ -248,4 +266,33 @@ fn lossless_drains_past_the_deadline_while_the_plugin_makes_progress() {
             .count(),
         50
     );
+}
+
+#[test]
+fn a_batch_is_delivered_in_order_and_dropped_whole_when_it_does_not_fit() {
+    let (hung, _) = probe(Mode::Hang);
+    let (healthy, log) = probe(Mode::Record);
+    let (dispatcher, workers) = start(vec![hung, healthy], 10, false, QUIET);
+    let closing = AtomicBool::new(false);
+    dispatcher.send(&batch((1..=8).map(one).collect()), &closing);
+    std::thread::sleep(Duration::from_millis(50)); // the healthy plugin catches up
+    dispatcher.send(&batch((9..=12).map(one).collect()), &closing);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        workers.states[0].drops.load(Ordering::Relaxed),
+        4,
+        "8 + 4 > 10: the second batch is dropped"
+    );
+    end(&workers);
+    drop(dispatcher);
+    workers.finish(SHORT, SHORT);
+    let seen: Vec<String> = lines(&log)
+        .into_iter()
+        .filter(|l| l.contains("non-json"))
+        .collect();
+    let seqs: Vec<u64> = seen
+        .iter()
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(seqs, (1..=12).collect::<Vec<_>>());
 }
