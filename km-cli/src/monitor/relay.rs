@@ -72,10 +72,10 @@ pub(crate) fn pump(
 
 fn plain(input: &mut File, output: &mut File) -> (PumpEnd, u64) {
     let mut total = 0u64;
+    // Where splice does not apply to these files, it says so at once: copy instead.
     #[cfg(target_os = "linux")]
-    match spliced(input, output, &mut total) {
-        Some(end) => return (end, total),
-        None => {} // splice does not apply to these files: copy instead
+    if let Some(end) = spliced(input, output, &mut total) {
+        return (end, total);
     }
     let mut buf = vec![0u8; CHUNK];
     loop {
