@@ -1,7 +1,10 @@
 //! `km monitor` end to end: the real `km` binary relaying between a test client (this process)
-//! and a real child process. Topics: the relay's bytes ([`relay`]) and the child's lifetime
-//! ([`process`]).
+//! and a real child process. Topics: the relay's bytes ([`relay`]), the child's lifetime
+//! ([`process`]), real signed plugins watching and misbehaving ([`plugins`]), and `km demo`
+//! ([`demo`]).
 
+mod demo;
+mod plugins;
 mod process;
 mod relay;
 
@@ -14,9 +17,14 @@ use std::time::{Duration, Instant};
 /// `km monitor` with a throw-away `KM_HOME` under `home`, stdio piped, and a short grace period.
 fn monitor(home: &Path, km_args: &[&str], child: &[&str]) -> Command {
     let mut cmd = km_tests::command(&km_tests::km_bin(), home);
-    cmd.args(km_args).arg("monitor").args(["--no-plugins", "--"]).args(child);
+    cmd.args(km_args)
+        .arg("monitor")
+        .args(["--no-plugins", "--"])
+        .args(child);
     cmd.env("KM_GRACE_MS", "300");
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     cmd
 }
 
@@ -30,7 +38,12 @@ fn exchange(mut child: Child, input: Vec<u8>) -> (ExitStatus, Vec<u8>, Vec<u8>) 
     });
     let stderr = read_all_async(child.stderr.take().expect("stderr is piped"));
     let mut stdout = Vec::new();
-    child.stdout.take().expect("stdout is piped").read_to_end(&mut stdout).expect("reading km's stdout");
+    child
+        .stdout
+        .take()
+        .expect("stdout is piped")
+        .read_to_end(&mut stdout)
+        .expect("reading km's stdout");
     writer.join().expect("the writer thread");
     let status = wait_within(&mut child, Duration::from_secs(60)).expect("km exits");
     (status, stdout, stderr.join().expect("the stderr reader"))
@@ -63,8 +76,15 @@ fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
     if got == want {
         return;
     }
-    let at = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
-    let window = |s: &[u8]| String::from_utf8_lossy(&s[at.saturating_sub(40).min(s.len())..(at + 40).min(s.len())]).into_owned();
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let window = |s: &[u8]| {
+        String::from_utf8_lossy(&s[at.saturating_sub(40).min(s.len())..(at + 40).min(s.len())])
+            .into_owned()
+    };
     panic!(
         "{what}: {} bytes came out, {} went in; first difference at byte {at}\n got: {:?}\nwant: {:?}",
         got.len(),
@@ -78,7 +98,9 @@ fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state is the field after the parenthesised command name.
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }
@@ -97,6 +119,10 @@ fn gone_within(pid: u32, limit: Duration) -> bool {
 
 /// Sends `signal` (e.g. `TERM`) to `pid` with the system's `kill`.
 fn send_signal(pid: u32, signal: &str) {
-    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("running kill");
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("running kill");
     assert!(status.success(), "kill -{signal} {pid} failed");
 }

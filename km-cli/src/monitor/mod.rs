@@ -32,10 +32,15 @@ use km_abi::{Direction, ErrorKind, PluginConfig, StreamEventKind};
 use self::banner::{Notices, Refused};
 use self::relay::{PumpEnd, PumpReport};
 use self::session::Session;
+use crate::api::ApiClient;
 use crate::cli::MonitorArgs;
 use crate::commands::Globals;
+use crate::config::Config;
 use crate::gateway::LoadedPlugin;
 use crate::home::KmHome;
+use crate::host::{ApiTransport, Verbosity};
+use crate::loader::{load_plugins, LoadOptions, Refusal, SIGNATURE_SUFFIX};
+use crate::subscription;
 
 /// How long the server may run on after its stdin closed, and after TERM, unless `KM_GRACE_MS`
 /// says otherwise.
@@ -66,17 +71,47 @@ pub fn run_command(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
         grace: grace_from_env()?,
         queue_capacity: dispatch::QUEUE_CAPACITY,
     };
-    let (plugins, refused) = if args.no_plugins {
-        (Vec::new(), Vec::new())
-    } else {
-        let dir = args
-            .plugins_dir
-            .clone()
-            .unwrap_or_else(|| globals.home.plugins_dir());
-        load(&dir, &globals.home, args.allow_downgrade)?
+    if args.no_plugins {
+        return run(&config, Vec::new(), notices);
+    }
+    let settings = Config::load(&globals.home)?;
+    let api: Option<Arc<dyn ApiTransport>> = match &settings.api_url {
+        Some(url) => Some(Arc::new(ApiClient::new(url)?)),
+        None => None,
     };
-    let plugins = initialize(plugins, &refused, globals, notices, !args.no_plugins);
+    let mut options = LoadOptions::new(
+        args.plugins_dir
+            .clone()
+            .unwrap_or_else(|| globals.home.plugins_dir()),
+        globals.home.clone(),
+    );
+    options.allow_downgrade = args.allow_downgrade;
+    options.verbosity = Verbosity::from_flags(globals.quiet, globals.verbose);
+    options.api = api;
+    let report = load_plugins(&options)?;
+    let refused: Vec<Refused> = report.refused.iter().map(refused).collect();
+    let plugins = initialize(report.loaded, refused, globals, &settings, notices);
+    // Subscriptions are checked and refreshed in the background for the whole session (a plugin
+    // degrades on its own until it is authorized); dropping the handle stops the refreshers.
+    let _refresher = (!plugins.is_empty())
+        .then(|| subscription::start_refresher(&globals.home, &settings, plugins.clone()));
     run(&config, plugins, notices)
+}
+
+/// A loader refusal as the banner shows it.
+fn refused(refusal: &Refusal) -> Refused {
+    let file = refusal
+        .path
+        .file_name()
+        .unwrap_or(refusal.path.as_os_str())
+        .to_string_lossy();
+    // A refusal about a signature file is about its library: name the library.
+    let file = file.strip_suffix(SIGNATURE_SUFFIX).unwrap_or(&file);
+    Refused {
+        file: file.to_owned(),
+        check: refusal.check.to_owned(),
+        reason: refusal.reason.clone(),
+    }
 }
 
 /// `KM_GRACE_MS`, for tests and impatient users; [`DEFAULT_GRACE`] when unset.
@@ -93,25 +128,15 @@ fn grace_from_env() -> Result<Duration> {
     }
 }
 
-/// Loads the plugins in `dir`. (Until the loader lands, km loads none.)
-fn load(
-    _dir: &std::path::Path,
-    _home: &KmHome,
-    _allow_downgrade: bool,
-) -> Result<(Vec<Arc<LoadedPlugin>>, Vec<Refused>)> {
-    Ok((Vec::new(), Vec::new()))
-}
-
 /// Calls `initialize` on each plugin, prints the banner, and returns the plugins that are ready.
 fn initialize(
     plugins: Vec<Arc<LoadedPlugin>>,
-    refused: &[Refused],
+    mut refused: Vec<Refused>,
     globals: &Globals,
+    settings: &Config,
     notices: Notices,
-    show_banner: bool,
 ) -> Vec<Arc<LoadedPlugin>> {
     let mut ready = Vec::with_capacity(plugins.len());
-    let mut refused = refused.to_vec();
     for plugin in plugins {
         let data_dir = globals.home.plugin_data_dir(plugin.name());
         let result = KmHome::ensure_private_dir(&data_dir)
@@ -119,8 +144,8 @@ fn initialize(
             .and_then(|()| {
                 let config = PluginConfig {
                     data_dir: data_dir.to_string_lossy().into_owned().into(),
-                    api_url: "".into(),
-                    settings_json: "{}".into(),
+                    api_url: settings.api_url.clone().unwrap_or_default().into(),
+                    settings_json: settings.plugin_settings_json(plugin.name()).into(),
                     host_version: env!("CARGO_PKG_VERSION").into(),
                     verbose: globals.verbose > 0,
                 };
@@ -137,9 +162,7 @@ fn initialize(
             }),
         }
     }
-    if show_banner {
-        notices.info(&banner::banner(&ready, &refused, notices.verbose()));
-    }
+    notices.info(&banner::banner(&ready, &refused, notices.verbose()));
     ready
 }
 

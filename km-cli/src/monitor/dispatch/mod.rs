@@ -411,17 +411,16 @@ impl Worker {
         };
         let result = match item {
             Item::Messages(batch) => {
-                let mut handled = 0;
                 for envelope in &batch.envelopes {
                     if skip() {
                         break;
                     }
-                    handled += 1;
                     if let Err(failure) = self.deliver(envelope, correlation) {
                         self.failed(&failure, limiter);
                     }
+                    // Per message, not per batch: the lossless drain watches this for progress.
+                    self.state.handled.fetch_add(1, Ordering::Relaxed);
                 }
-                self.state.handled.fetch_add(handled, Ordering::Relaxed);
                 Ok(())
             }
             _ if skip() => Ok(()),
