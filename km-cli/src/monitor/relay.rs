@@ -132,6 +132,8 @@ fn framed(
             Ok(n) => n,
             Err(e) => break PumpEnd::ReadFailed(e),
         };
+        // Announced before writing: the peer may answer before `write` even returns.
+        session.forwarding(direction, total + n as u64);
         if let Err(end) = forward(output, framer.fresh()) {
             break end;
         }
@@ -144,12 +146,15 @@ fn framed(
         if !batch.is_empty() {
             session.observe(direction, &mut batch, now, timestamp);
         }
+        session.caught_up(direction, total);
     };
     // Whatever was forwarded is a line for the plugins, even without a final newline.
     if let Some(frame) = framer.finish() {
         collect(frame, &mut batch, session);
         session.observe(direction, &mut batch, Instant::now(), now_us());
     }
+    // Nothing more will come from this side: nobody needs to wait for it.
+    session.caught_up(direction, u64::MAX);
     (end, total)
 }
 

@@ -7,9 +7,9 @@
 //! the other pump registered. The lock is held only for that bookkeeping: queueing never blocks
 //! (except with `--lossless`, where blocking is the point).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use km_abi::{Direction, ErrorKind, MessageKind, PluginError, StreamEvent, StreamEventKind};
@@ -39,9 +39,38 @@ struct State {
     counts: Counts,
 }
 
+/// How long a response waits for the other pump to register its request (see `observe`).
+const CATCH_UP: Duration = Duration::from_millis(2);
+
+fn side(direction: Direction) -> usize {
+    match direction {
+        Direction::Request => 0,
+        Direction::Response => 1,
+    }
+}
+
+fn opposite(direction: Direction) -> Direction {
+    match direction {
+        Direction::Request => Direction::Response,
+        Direction::Response => Direction::Request,
+    }
+}
+
+fn count(state: &mut State, direction: Direction) {
+    match direction {
+        Direction::Request => state.counts.client_to_server += 1,
+        Direction::Response => state.counts.server_to_client += 1,
+    }
+}
+
 /// Shared by the pumps and the supervisor.
 pub(crate) struct Session {
     state: Mutex<State>,
+    /// Per pump (client to server, server to client): bytes handed to `write` so far, and bytes
+    /// whose lines are numbered and queued. A response can only follow its request's forwarding,
+    /// so a pump that is "behind" may hold the request a response is looking for.
+    forwarded: [AtomicU64; 2],
+    observed: [AtomicU64; 2],
     /// Set when the session ends: a lossless send stops waiting.
     closing: AtomicBool,
 }
@@ -57,6 +86,8 @@ impl Session {
                 counts: Counts::default(),
             }),
             closing: AtomicBool::new(false),
+            forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
+            observed: [AtomicU64::new(0), AtomicU64::new(0)],
         })
     }
 
@@ -73,22 +104,22 @@ impl Session {
         now: Instant,
         timestamp_us: u64,
     ) {
+        let other = side(opposite(direction));
+        let mut waited = false;
         let mut guard = self.lock();
-        let state = &mut *guard;
         let mut envelopes = Vec::with_capacity(batch.len());
-        for Observed { line, scan } in batch.drain(..) {
-            let seq = state.next_seq;
-            state.next_seq += 1;
-            match direction {
-                Direction::Request => state.counts.client_to_server += 1,
-                Direction::Response => state.counts.server_to_client += 1,
-            }
+        let mut lines = batch.drain(..).peekable();
+        while let Some(Observed { line, scan }) = lines.peek() {
+            let state = &mut *guard;
             if state.dispatcher.is_none() {
+                count(state, direction);
+                lines.next();
                 continue;
             }
             let key = |range: &Option<std::ops::Range<usize>>| {
                 range.clone().and_then(|r| line.get(r)).map(IdKey::from_raw)
             };
+            let seq = state.next_seq;
             let mut correlation: Option<CorrelationId> = None;
             let mut latency_us = None;
             match scan.kind {
@@ -98,11 +129,26 @@ impl Session {
                     }
                 }
                 MessageKind::RESPONSE => {
-                    if let Some((id, latency)) =
-                        key(&scan.id).and_then(|id| state.correlator.response(direction, id, now))
+                    match key(&scan.id).and_then(|id| state.correlator.response(direction, id, now))
                     {
-                        correlation = Some(id);
-                        latency_us = Some(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+                        Some((id, latency)) => {
+                            correlation = Some(id);
+                            latency_us =
+                                Some(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+                        }
+                        None if !waited && self.behind(other) => {
+                            // The request may have been forwarded by the other pump but not yet
+                            // registered (forwarding comes first). Let it catch up, once per
+                            // chunk, then look again; what is queued so far goes first, to keep
+                            // the plugins' view in sequence order.
+                            waited = true;
+                            self.flush(state, &mut envelopes);
+                            drop(guard);
+                            self.wait_for(other, CATCH_UP);
+                            guard = self.lock();
+                            continue;
+                        }
+                        None => {}
                     }
                 }
                 MessageKind::NOTIFICATION => {
@@ -111,7 +157,12 @@ impl Session {
                 }
                 _ => {}
             }
-            let envelope = Envelope {
+            let Some(Observed { line, scan }) = lines.next() else {
+                break;
+            };
+            state.next_seq += 1;
+            count(state, direction);
+            envelopes.push(Envelope {
                 seq,
                 direction,
                 kind: scan.kind,
@@ -122,14 +173,40 @@ impl Session {
                 correlation,
                 timestamp_us,
                 latency_us,
-            };
-            envelopes.push(envelope);
+            });
         }
+        self.flush(&mut guard, &mut envelopes);
+    }
+
+    /// Queues `envelopes` (leaving the vector empty) as one batch.
+    fn flush(&self, state: &mut State, envelopes: &mut Vec<Envelope>) {
         if let (Some(dispatcher), false) = (&state.dispatcher, envelopes.is_empty()) {
-            dispatcher.send(
-                &Item::Messages(Arc::new(Batch::new(envelopes))),
-                &self.closing,
-            );
+            let batch = Batch::new(std::mem::take(envelopes));
+            dispatcher.send(&Item::Messages(Arc::new(batch)), &self.closing);
+        }
+    }
+
+    /// The pump of `direction` is about to forward everything up to byte `upto` of its stream.
+    pub(crate) fn forwarding(&self, direction: Direction, upto: u64) {
+        self.forwarded[side(direction)].store(upto, Ordering::Release);
+    }
+
+    /// The pump of `direction` has queued every complete line up to byte `upto`.
+    pub(crate) fn caught_up(&self, direction: Direction, upto: u64) {
+        self.observed[side(direction)].store(upto, Ordering::Release);
+    }
+
+    /// Whether the pump at index `side` has forwarded bytes it has not yet observed.
+    fn behind(&self, side: usize) -> bool {
+        self.observed[side].load(Ordering::Acquire) < self.forwarded[side].load(Ordering::Acquire)
+    }
+
+    /// Waits (briefly) until the pump at index `side` has observed what it had forwarded.
+    fn wait_for(&self, side: usize, limit: Duration) {
+        let target = self.forwarded[side].load(Ordering::Acquire);
+        let deadline = Instant::now() + limit;
+        while self.observed[side].load(Ordering::Acquire) < target && Instant::now() < deadline {
+            std::thread::yield_now();
         }
     }
 
@@ -280,6 +357,56 @@ mod tests {
         }
         assert!(seen[2].ends_with(" latency") && seen[3].ends_with(" latency"));
         assert!(seen[8].starts_with("event end"), "{seen:?}");
+    }
+}
+
+#[cfg(test)]
+mod race {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::monitor::banner::Notices;
+    use crate::monitor::testing::{lines, probe, Mode};
+    use crate::monitor::{dispatch, jsonrpc};
+
+    fn observed(line: &str) -> Vec<Observed> {
+        let line = Bytes::copy_from_slice(line.as_bytes());
+        let scan = jsonrpc::scan(&line);
+        vec![Observed { line, scan }]
+    }
+
+    /// Forwarding comes before registering: a fast server's response can reach the other pump
+    /// before the request is registered. The response waits for the client pump to catch up.
+    #[test]
+    fn a_response_that_overtakes_its_request_still_pairs() {
+        let (plugin, log) = probe(Mode::Record);
+        let (dispatcher, workers) = dispatch::start(vec![plugin], 64, false, Notices::new(true, 0));
+        let session = Session::new(dispatcher);
+        // The client pump has forwarded the request but not yet observed it.
+        session.forwarding(Direction::Request, 100);
+        let client = {
+            let session = session.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_micros(300));
+                let mut batch = observed(r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#);
+                session.observe(Direction::Request, &mut batch, Instant::now(), now_us());
+                session.caught_up(Direction::Request, 100);
+            })
+        };
+        let mut batch = observed(r#"{"jsonrpc":"2.0","id":9,"result":{}}"#);
+        session.observe(Direction::Response, &mut batch, Instant::now(), now_us());
+        client.join().expect("the client pump");
+        session.close();
+        workers.finish(Duration::from_secs(2), Duration::from_secs(2));
+        let seen = lines(&log);
+        assert!(
+            seen[0].starts_with("1 request request id=9 method=ping corr=c1"),
+            "{seen:?}"
+        );
+        assert!(
+            seen[1].starts_with("2 response response id=9 method= corr=c1"),
+            "{seen:?}"
+        );
     }
 }
 
