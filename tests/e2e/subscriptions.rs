@@ -760,3 +760,193 @@ mod delivery {
         assert_eq!(journal_bytes(&env), 0);
     }
 }
+
+// --- a real `km monitor` session ---
+
+mod monitor_session {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{ChildStdin, ChildStdout};
+    use std::time::Instant;
+
+    use super::*;
+
+    fn write_settings(env: &KmEnv) {
+        let path = env.home.join("config.toml");
+        let mut text = std::fs::read_to_string(&path).expect("config.toml");
+        text.push_str("\n[plugins.api-logger]\nflush_interval_ms = 200\nretry_base_ms = 100\nretry_max_ms = 400\n");
+        std::fs::write(&path, text).expect("config.toml");
+        chmod(&path, 0o600);
+    }
+
+    struct Session {
+        child: Child,
+        stdin: Option<ChildStdin>,
+        stdout: BufReader<ChildStdout>,
+    }
+
+    fn start(env: &KmEnv) -> Session {
+        let mut child = env
+            .km()
+            .args(["monitor", "--", "cat"])
+            .env("KM_REFRESH_INTERVAL_SECS", "1")
+            .env("KM_GRACE_MS", "300")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(env.dir.path().join("km-monitor.log")).expect("log"),
+            ))
+            .spawn()
+            .expect("km monitor starts");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Session {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    impl Session {
+        /// Sends requests `seqs` and reads each echo back (cat answers every line).
+        fn exchange(&mut self, ids: std::ops::Range<u64>) {
+            for id in ids {
+                let line =
+                    format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/list\"}}\n");
+                let stdin = self.stdin.as_mut().expect("open");
+                stdin.write_all(line.as_bytes()).expect("write");
+                stdin.flush().expect("flush");
+                let mut echo = String::new();
+                self.stdout.read_line(&mut echo).expect("read");
+                assert_eq!(echo, line, "the relay changed a line");
+            }
+        }
+
+        fn finish(mut self) {
+            drop(self.stdin.take());
+            let status = self.child.wait().expect("km exits");
+            assert!(status.success(), "{status:?}");
+        }
+    }
+
+    fn stored(dir: &Path) -> Vec<Value> {
+        std::fs::read_to_string(dir.join("events.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect()
+    }
+
+    fn wait_for(dir: &Path, count: usize) -> Vec<Value> {
+        let started = Instant::now();
+        loop {
+            let events = stored(dir);
+            if events.len() >= count || started.elapsed() > Duration::from_secs(30) {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn assert_each_once(events: &[Value], expected: usize) {
+        let mut ids: Vec<&str> = events
+            .iter()
+            .map(|e| e["id"].as_str().expect("id"))
+            .collect();
+        let total = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), total, "an event was stored twice");
+        assert_eq!(total, expected);
+    }
+
+    #[test]
+    fn every_message_of_a_session_arrives_once_even_when_km_is_killed() {
+        let env = KmEnv::new();
+        let dir = env.dir.path();
+        let server = ApiServer::start(dir, &[(&ALICE, "pro")]);
+        install_api_logger(&env, &server, Some(&ALICE));
+        init(&env, &server, ALICE.api_key);
+        write_settings(&env);
+
+        let mut session = start(&env);
+        session.exchange(0..20);
+        // Each line is two messages: the request and cat's echo as the response.
+        assert_each_once(&wait_for(dir, 40), 40);
+
+        server.control("down");
+        session.exchange(20..30);
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(stored(dir).len(), 40);
+        session.child.kill().expect("kill km");
+        let _ = session.child.wait();
+
+        server.control("up");
+        let mut session = start(&env);
+        session.exchange(30..31);
+        assert_each_once(&wait_for(dir, 62), 62);
+        session.finish();
+    }
+
+    #[test]
+    fn a_downgrade_during_a_session_stops_logging_without_disturbing_the_relay() {
+        let env = KmEnv::new();
+        let dir = env.dir.path();
+        let server = ApiServer::start(dir, &[(&ALICE, "pro")]);
+        install_api_logger(&env, &server, Some(&ALICE));
+        init(&env, &server, ALICE.api_key);
+        write_settings(&env);
+        let mut session = start(&env);
+        session.exchange(0..5);
+        assert_each_once(&wait_for(dir, 10), 10);
+        server.set_customers(&[(&ALICE, "free")]);
+        // Within one refresh interval (1 s here) the plugin degrades.
+        std::thread::sleep(Duration::from_millis(2500));
+        session.exchange(5..15);
+        std::thread::sleep(Duration::from_millis(800));
+        assert_eq!(stored(dir).len(), 10, "a degraded api-logger sent events");
+        session.finish();
+        let status = status_json(&env);
+        assert_eq!(status["authorized"], false);
+        assert!(
+            status["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("needs Pro"),
+            "{status:#}"
+        );
+    }
+
+    #[test]
+    fn a_restart_while_the_api_is_down_runs_on_the_cached_token() {
+        let env = KmEnv::new();
+        let dir = env.dir.path();
+        let server = ApiServer::start(dir, &[(&ALICE, "pro")]);
+        install_api_logger(&env, &server, Some(&ALICE));
+        init(&env, &server, ALICE.api_key);
+        write_settings(&env);
+        let mut session = start(&env);
+        session.exchange(0..3);
+        assert_each_once(&wait_for(dir, 6), 6);
+        session.finish();
+
+        server.control("down");
+        let mut session = start(&env);
+        session.exchange(3..6);
+        let started = Instant::now();
+        let status = loop {
+            let status = status_json(&env);
+            let cached = status["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("cached");
+            if cached || started.elapsed() > Duration::from_secs(10) {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert_eq!(status["authorized"], true, "{status:#}");
+        server.control("up");
+        assert_each_once(&wait_for(dir, 12), 12);
+        session.finish();
+    }
+}
