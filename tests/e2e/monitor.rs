@@ -4,6 +4,7 @@
 //! ([`demo`]).
 
 mod demo;
+mod interop;
 mod plugins;
 mod process;
 mod relay;
