@@ -21,14 +21,12 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use abi_stable::std_types::{ROption, RSlice, RStr};
 use bytes::Bytes;
-use km_abi::{Direction, Message, MessageKind, PluginError, StreamEvent, StreamEventKind};
+use km_abi::{Direction, MessageKind, PluginError, StreamEvent};
 
 use super::banner::Notices;
 use super::correlate::CorrelationId;
-use super::jsonrpc::{string_text, Text};
-use crate::gateway::{LoadedPlugin, PluginFailure};
+use crate::gateway::LoadedPlugin;
 
 /// Room in each plugin's queue, in messages.
 pub(crate) const QUEUE_CAPACITY: usize = 8192;
@@ -362,165 +360,11 @@ impl Workers {
     }
 }
 
-struct Worker {
-    index: usize,
-    plugin: Arc<LoadedPlugin>,
-    state: Arc<LaneState>,
-    end: Arc<OnceLock<EndOfStream>>,
-    notices: Notices,
-}
+mod worker;
 
-impl Worker {
-    fn run(self, rx: Receiver<Item>, progress: mpsc::Sender<(usize, Phase)>) {
-        let mut correlation = String::new();
-        let mut limiter = ErrorLimiter::default();
-        while let Ok(item) = rx.recv() {
-            self.handle(&item, &mut correlation, &mut limiter);
-            let (messages, bytes) = item.weight();
-            self.state.release(messages, bytes);
-        }
-        let _ = progress.send((self.index, Phase::Drained));
-        if !self.state.disabled.load(Ordering::Relaxed) {
-            if let Some(end) = self.end.get() {
-                let mut data = end.data.clone();
-                data.insert(
-                    "drops".into(),
-                    self.state.drops.load(Ordering::Relaxed).into(),
-                );
-                let event = StreamEvent {
-                    kind: StreamEventKind::END,
-                    timestamp_ms: end.timestamp_ms,
-                    data: serde_json::Value::Object(data).to_string().into(),
-                };
-                if let Err(failure) = self.plugin.handle_stream_event(&event) {
-                    self.failed(&failure, &mut limiter);
-                }
-            }
-        }
-        if !self.state.disabled.load(Ordering::Relaxed) {
-            if let Err(failure) = self.plugin.shutdown() {
-                self.failed(&failure, &mut limiter);
-            }
-        }
-        let _ = progress.send((self.index, Phase::Finished));
-    }
-
-    fn handle(&self, item: &Item, correlation: &mut String, limiter: &mut ErrorLimiter) {
-        let skip = || {
-            self.state.disabled.load(Ordering::Relaxed) || self.state.abort.load(Ordering::Relaxed)
-        };
-        let result = match item {
-            Item::Messages(batch) => {
-                for envelope in &batch.envelopes {
-                    if skip() {
-                        break;
-                    }
-                    if let Err(failure) = self.deliver(envelope, correlation) {
-                        self.failed(&failure, limiter);
-                    }
-                    // Per message, not per batch: the lossless drain watches this for progress.
-                    self.state.handled.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(())
-            }
-            _ if skip() => Ok(()),
-            Item::Event(event) => self.plugin.handle_stream_event(event),
-            Item::Error(error) => self.plugin.handle_error(error),
-        };
-        if let Err(failure) = result {
-            self.failed(&failure, limiter);
-        }
-    }
-
-    fn deliver(&self, envelope: &Envelope, correlation: &mut String) -> Result<(), PluginFailure> {
-        use std::fmt::Write;
-        let line = &envelope.line[..];
-        correlation.clear();
-        if let Some(id) = envelope.correlation {
-            let _ = write!(correlation, "{id}");
-        }
-        let id = envelope
-            .id
-            .clone()
-            .and_then(|r| line.get(r))
-            .and_then(|raw| std::str::from_utf8(raw).ok())
-            .unwrap_or("");
-        let method = envelope
-            .method
-            .clone()
-            .and_then(|r| line.get(r))
-            .and_then(string_text);
-        let method = match &method {
-            Some(Text::Borrowed(s)) => s,
-            Some(Text::Owned(s)) => s.as_str(),
-            None => "",
-        };
-        let message = Message {
-            seq: envelope.seq,
-            direction: envelope.direction,
-            kind: envelope.kind,
-            is_error: envelope.is_error,
-            data: RSlice::from_slice(line),
-            correlation_id: RStr::from_str(correlation),
-            id: RStr::from_str(id),
-            method: RStr::from_str(method),
-            timestamp_us: envelope.timestamp_us,
-            latency_us: match envelope.latency_us {
-                Some(us) => ROption::RSome(us),
-                None => ROption::RNone,
-            },
-        };
-        self.plugin.handle_message(&message)
-    }
-
-    fn failed(&self, failure: &PluginFailure, limiter: &mut ErrorLimiter) {
-        if failure.is_panic() {
-            self.state.disabled.store(true, Ordering::Relaxed);
-            self.notices.error(&format!(
-                "{failure}; plugin {} is disabled for this session",
-                self.state.name
-            ));
-            return;
-        }
-        if let Some(suppressed) = limiter.admit(Instant::now()) {
-            let more = if suppressed > 0 {
-                format!(" ({suppressed} similar errors not shown)")
-            } else {
-                String::new()
-            };
-            self.notices.error(&format!("{failure}{more}"));
-        }
-    }
-}
-
-/// Lets the first few errors of a plugin through, then at most one per interval, counting the
-/// ones it held back, so that a plugin failing on every message cannot flood stderr.
-#[derive(Debug, Default)]
-struct ErrorLimiter {
-    shown: u32,
-    suppressed: u64,
-    last: Option<Instant>,
-}
-
-impl ErrorLimiter {
-    const BURST: u32 = 5;
-    const INTERVAL: Duration = Duration::from_secs(10);
-
-    /// `Some(suppressed since the last one shown)` when this error should be shown.
-    fn admit(&mut self, now: Instant) -> Option<u64> {
-        let due = self.shown < Self::BURST
-            || self
-                .last
-                .map_or(true, |last| now.duration_since(last) >= Self::INTERVAL);
-        if !due {
-            self.suppressed += 1;
-            return None;
-        }
-        self.shown = self.shown.saturating_add(1);
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
+#[cfg(test)]
+use self::worker::ErrorLimiter;
+use self::worker::Worker;
 
 #[cfg(test)]
 mod tests;
