@@ -4,7 +4,6 @@
 //! ([`demo`]).
 
 mod demo;
-mod interop;
 mod plugins;
 mod process;
 mod relay;
