@@ -6,6 +6,13 @@
 //! queued for the plugins ([`dispatch`]), whose calls all pass through the gateway. The child's
 //! lifetime, signals and exit status are handled in [`process`]; what km says goes to stderr
 //! ([`banner`]). stdout carries only the server's bytes.
+//!
+//! Plugins come from the loader (verified and loaded before the server starts), are initialized
+//! here with their data directory and settings, and keep their subscriptions refreshed in the
+//! background for the session. `km demo` ([`demo`]) runs all of it against `km-demo-server`.
+//!
+//! Exit status: the server's (128+N when signal N ended it); 127 when the command is not found,
+//! 126 when it cannot be executed; 2 for km's own errors.
 
 mod banner;
 mod correlate;
