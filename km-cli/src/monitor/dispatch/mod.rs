@@ -32,8 +32,9 @@ use crate::gateway::LoadedPlugin;
 pub(crate) const QUEUE_CAPACITY: usize = 8192;
 
 /// Room in each plugin's queue, in bytes of lines: with lines of any size, a count alone would not
-/// bound memory. A single line larger than this still goes into an empty queue.
-pub(crate) const QUEUE_BYTES: usize = 256 * 1024 * 1024;
+/// bound memory. A single line larger than this still goes into an empty queue. Lines may share
+/// read buffers a few times their size (see `frame`), so the memory held is a small multiple.
+pub(crate) const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// One line, ready for the plugins. Cheap to clone: the bytes are shared.
 #[derive(Debug, Clone)]
