@@ -71,6 +71,7 @@ pub(crate) struct Session {
     /// so a pump that is "behind" may hold the request a response is looking for.
     forwarded: [AtomicU64; 2],
     observed: [AtomicU64; 2],
+    catch_up: Duration,
     /// Set when the session ends: a lossless send stops waiting.
     closing: AtomicBool,
 }
@@ -78,7 +79,14 @@ pub(crate) struct Session {
 impl Session {
     /// A session feeding `dispatcher`.
     pub(crate) fn new(dispatcher: Dispatcher) -> Arc<Self> {
+        Self::with_catch_up(dispatcher, CATCH_UP)
+    }
+
+    /// A session whose responses wait up to `catch_up` for the other pump (tests use a long one,
+    /// so that a busy machine cannot make them flaky).
+    pub(crate) fn with_catch_up(dispatcher: Dispatcher, catch_up: Duration) -> Arc<Self> {
         Arc::new(Session {
+            catch_up,
             state: Mutex::new(State {
                 next_seq: 1,
                 correlator: Correlator::new(),
@@ -144,7 +152,7 @@ impl Session {
                             waited = true;
                             self.flush(state, &mut envelopes);
                             drop(guard);
-                            self.wait_for(other, CATCH_UP);
+                            self.wait_for(other, self.catch_up);
                             guard = self.lock();
                             continue;
                         }
@@ -381,7 +389,7 @@ mod race {
     fn a_response_that_overtakes_its_request_still_pairs() {
         let (plugin, log) = probe(Mode::Record);
         let (dispatcher, workers) = dispatch::start(vec![plugin], 64, false, Notices::new(true, 0));
-        let session = Session::new(dispatcher);
+        let session = Session::with_catch_up(dispatcher, Duration::from_secs(5));
         // The client pump has forwarded the request but not yet observed it.
         session.forwarding(Direction::Request, 100);
         let client = {
