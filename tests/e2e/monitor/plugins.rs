@@ -172,3 +172,44 @@ fn lossless_delivers_every_message_to_a_slow_plugin() {
     );
     assert!(!stderr.contains("missed"), "{stderr}");
 }
+
+#[test]
+fn plugins_see_start_end_and_error_events() {
+    let env = KmEnv::new();
+    env.install("console-logger", "console-logger");
+    let child = monitor(&env, &[], &[], &["sh", "-c", "exit 3"])
+        .spawn()
+        .expect("km starts");
+    let (status, _, stderr) = exchange(child, Vec::new());
+    let stderr = text(&stderr);
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("session start: {\"command\":[\"sh\",\"-c\",\"exit 3\"],\"pid\":"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("session end: {") && stderr.contains("\"exit_code\":3"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\"drops\":0") && stderr.contains("\"messages\":{"),
+        "{stderr}"
+    );
+
+    // A server that cannot start is reported to the plugins too, then km exits 127.
+    let child = monitor(&env, &[], &[], &["no-such-command-km-test"])
+        .spawn()
+        .expect("km starts");
+    let (status, _, stderr) = exchange(child, Vec::new());
+    let stderr = text(&stderr);
+    assert_eq!(status.code(), Some(127), "{stderr}");
+    assert!(
+        stderr.contains("session error: {") && stderr.contains("\"context\":\"spawn\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("relay error: spawn: cannot start"),
+        "handle_error too: {stderr}"
+    );
+    assert!(stderr.contains("\"exit_code\":127"), "{stderr}");
+}
