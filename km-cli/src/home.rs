@@ -20,12 +20,16 @@ impl KmHome {
             if dir.as_os_str().is_empty() {
                 bail!("KM_HOME is set but empty");
             }
-            return Ok(KmHome { root: dir.to_path_buf() });
+            return Ok(KmHome {
+                root: dir.to_path_buf(),
+            });
         }
         let home = std::env::var_os("HOME")
             .filter(|h| !h.is_empty())
             .context("cannot find km's home: neither KM_HOME nor HOME is set")?;
-        Ok(KmHome { root: PathBuf::from(home).join(".km") })
+        Ok(KmHome {
+            root: PathBuf::from(home).join(".km"),
+        })
     }
 
     /// The home directory itself.

@@ -37,7 +37,11 @@ pub fn main() -> ExitCode {
         Err(e) => {
             // clap prints help/version to stdout and errors to stderr; keep its exit codes for
             // help and version (0), and use ours (2) for usage errors.
-            let code = if e.use_stderr() { exit::ERROR } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::ERROR
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }
