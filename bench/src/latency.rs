@@ -1,0 +1,146 @@
+//! Added round-trip latency: one small request at a time, written and its echo read back, through
+//! four paths at once: the echo server directly (`cat`), a plain byte relay (one `cat` per
+//! direction: `sh -c 'cat | cat | cat'`), and `km monitor -- cat` without and with the bundled
+//! plugins. The paths take turns round by round, so the machine's noise falls on all of them
+//! alike. Added latency is a path's percentile minus the direct path's. The first round trip of
+//! each freshly started process is also reported: start-up to first answer.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, ChildStdout, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::env::{percentile, spawn_piped, BenchEnv, Watchdog};
+use crate::report::{Report, Row};
+use crate::Options;
+
+struct Probe {
+    label: &'static str,
+    child: Child,
+    _watchdog: Watchdog,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    request: Vec<u8>,
+    first: f64,
+    samples: Vec<f64>,
+}
+
+const REQUEST: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"q":"where is the nearest kilometre marker"}}}"#;
+
+impl Probe {
+    fn start(label: &'static str, mut cmd: Command, log: &Path) -> Result<Self> {
+        let started = Instant::now();
+        let mut child = spawn_piped(&mut cmd, log)?;
+        let watchdog = Watchdog::arm(&child, Duration::from_secs(120));
+        let stdin = child.stdin.take().context("no stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("no stdout")?);
+        let mut path = Probe {
+            label,
+            child,
+            _watchdog: watchdog,
+            stdin,
+            stdout,
+            request: [REQUEST, b"\n"].concat(),
+            first: 0.0,
+            samples: Vec::new(),
+        };
+        let mut line = Vec::new();
+        path.round_trip(&mut line)?;
+        path.first = started.elapsed().as_secs_f64();
+        Ok(path)
+    }
+
+    fn round_trip(&mut self, line: &mut Vec<u8>) -> Result<f64> {
+        line.clear();
+        let t = Instant::now();
+        // One message per write, as clients do.
+        self.stdin.write_all(&self.request)?;
+        self.stdout.read_until(b'\n', line)?;
+        let dt = t.elapsed().as_secs_f64();
+        if line.len() != REQUEST.len() + 1 {
+            bail!("{}: the echo came back as {} bytes", self.label, line.len());
+        }
+        Ok(dt)
+    }
+}
+
+/// Runs the latency section.
+pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Result<()> {
+    let (rounds, warmup) = if options.quick {
+        (1500, 100)
+    } else {
+        (10_000, 500)
+    };
+    eprintln!("latency: {rounds} round trips per path, interleaved");
+    let log = |name: &str| env.dir.path().join(format!("latency-{name}.log"));
+    let mut direct = env.command(Path::new("cat"));
+    direct.arg("-u");
+    let mut relay = env.command(Path::new("sh"));
+    relay.args(["-c", "cat | cat | cat"]);
+    let mut paths = vec![
+        Probe::start("direct", direct, &log("direct"))?,
+        Probe::start("relay", relay, &log("relay"))?,
+        Probe::start("km", env.km_monitor(false, &["cat"]), &log("km"))?,
+        Probe::start(
+            "km+plugins",
+            env.km_monitor(true, &["cat"]),
+            &log("km-plugins"),
+        )?,
+    ];
+    let mut line = Vec::with_capacity(256);
+    for round in 0..rounds + warmup {
+        for path in &mut paths {
+            let dt = path.round_trip(&mut line)?;
+            if round >= warmup {
+                path.samples.push(dt);
+            }
+        }
+    }
+    for path in &mut paths {
+        path.samples.sort_by(f64::total_cmp);
+    }
+    let us = |s: f64| s * 1e6;
+    let p = |i: usize, q: f64| percentile(&paths[i].samples, q);
+    for (q, target) in [(50.0, 1.5), (99.0, 2.0)] {
+        let relay_added = p(1, q) - p(0, q);
+        for (i, label) in [(2, "no plugins"), (3, "bundled plugins")] {
+            let added = p(i, q) - p(0, q);
+            let ratio = added / relay_added;
+            report.add(Row {
+                section: "latency",
+                figure: format!("added round trip p{q:.0}, {label}"),
+                value: format!("{:.1} us (total {:.1})", us(added), us(p(i, q))),
+                baseline: format!(
+                    "cat relay {:.1} us (direct {:.1})",
+                    us(relay_added),
+                    us(p(0, q))
+                ),
+                ratio: Some(ratio),
+                target: Some((format!("<= {target}x"), ratio <= target)),
+            });
+        }
+    }
+    report.add(Row {
+        section: "startup",
+        figure: "process start to first echo: km, bundled plugins".to_owned(),
+        value: format!(
+            "{:.1} ms (no plugins {:.1} ms)",
+            paths[3].first * 1e3,
+            paths[2].first * 1e3
+        ),
+        baseline: format!(
+            "cat {:.1} ms, cat relay {:.1} ms",
+            paths[0].first * 1e3,
+            paths[1].first * 1e3
+        ),
+        ratio: None,
+        target: None,
+    });
+    for mut path in paths {
+        drop(path.stdin);
+        let _ = path.child.wait();
+    }
+    Ok(())
+}
