@@ -82,9 +82,11 @@ mod error;
 mod fsutil;
 pub mod keys;
 pub mod manifest;
+pub mod package;
 mod pem;
 pub mod rollback;
 pub mod sigfile;
+pub mod stamp;
 pub mod trust;
 pub mod verify;
 
@@ -94,7 +96,9 @@ pub use manifest::{
     check_name, format_timestamp, parse_date, parse_timestamp, sha256_hex, target_triple, Manifest,
     MANIFEST_KIND,
 };
+pub use package::{read_package, write_package, Limits, Package, PackageError, PACKAGE_SUFFIX};
 pub use rollback::SeenVersions;
 pub use sigfile::SignatureFile;
+pub use stamp::{customer_build_file_name, stamp_library};
 pub use trust::{Revocation, TrustStore, TrustedKey};
 pub use verify::{verify_library, Policy, Verified};

@@ -82,6 +82,16 @@ pub(crate) enum Command {
         /// The library.
         lib: PathBuf,
     },
+    /// Pack a signed LIB, LIB.kmsig and a readable manifest.json into a .kmpkg.
+    Pack {
+        /// The package to write [default: LIB without its suffix, plus .kmpkg].
+        #[arg(long, value_name = "PKG")]
+        out: Option<PathBuf>,
+        /// The signed library.
+        lib: PathBuf,
+    },
+    /// Stamp a customer's credentials into LIB, sign the stamped copy, and pack it.
+    BuildPlugin(crate::build::BuildArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

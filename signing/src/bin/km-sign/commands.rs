@@ -86,6 +86,8 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
             public,
             lib,
         } => attach(&manifest, &signature, &public, &lib),
+        Command::Pack { out, lib } => crate::pack::pack(&lib, out.as_deref()).map(drop),
+        Command::BuildPlugin(args) => crate::build::run(&args),
     }?;
     Ok(ExitCode::SUCCESS)
 }
@@ -200,7 +202,7 @@ fn build_manifest(args: &ManifestArgs, key_id: &KeyId, lib: &[u8]) -> Result<Man
     Ok(manifest)
 }
 
-fn sign(key_path: &Path, args: &ManifestArgs, lib_path: &Path) -> Result<()> {
+pub(crate) fn sign(key_path: &Path, args: &ManifestArgs, lib_path: &Path) -> Result<()> {
     let key = read_private_key(key_path)?;
     let lib = read_lib(lib_path)?;
     let public = key.public_key();

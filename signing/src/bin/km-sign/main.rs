@@ -8,7 +8,9 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod build;
 mod commands;
+mod pack;
 
 use std::process::ExitCode;
 
