@@ -51,6 +51,58 @@ pub enum Command {
     PluginStatus(PluginStatusArgs),
     /// Re-authenticate plugins with the Kilometers API now.
     PluginRefresh(PluginRefreshArgs),
+    /// Install a plugin package (.kmpkg) from a file, an http(s) URL, or by name from the API:
+    /// verified before anything is installed, installed atomically.
+    InstallPlugin(InstallPluginArgs),
+    /// Remove a plugin: its library, signature, data directory and auth record.
+    UninstallPlugin(UninstallPluginArgs),
+    /// Ask the API for newer versions of installed plugins and install them (verified first).
+    UpdatePlugin(UpdatePluginArgs),
+}
+
+/// `km install-plugin`.
+#[derive(Debug, Args)]
+pub struct InstallPluginArgs {
+    /// A .kmpkg file, an http(s) URL, or a plugin name (downloaded from the API).
+    #[arg(value_name = "PKG|URL|NAME")]
+    pub source: String,
+
+    /// The customer token to send when downloading a customer build by name.
+    #[arg(
+        long,
+        env = "KM_CUSTOMER_TOKEN",
+        hide_env_values = true,
+        value_name = "T"
+    )]
+    pub customer_token: Option<String>,
+
+    /// Install even if older than a version already seen.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+}
+
+/// `km uninstall-plugin`.
+#[derive(Debug, Args)]
+pub struct UninstallPluginArgs {
+    /// The plugin's name (or its library's file name).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// `km update-plugin`.
+#[derive(Debug, Args)]
+pub struct UpdatePluginArgs {
+    /// The plugin to update.
+    #[arg(value_name = "NAME", conflicts_with = "all")]
+    pub name: Option<String>,
+
+    /// Update every installed plugin.
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// `km init`.

@@ -12,6 +12,7 @@ pub mod config;
 pub mod gateway;
 pub mod home;
 pub mod host;
+pub mod install;
 pub mod loader;
 pub mod monitor;
 pub mod subscription;

@@ -3,9 +3,12 @@
 
 mod config;
 mod init;
+mod install;
 mod list;
 mod status;
 mod trust;
+mod uninstall;
+mod update;
 mod verify;
 
 use std::process::ExitCode;
@@ -43,5 +46,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Config(cmd) => config::run(&globals, cmd),
         Command::PluginStatus(args) => status::run_status(&globals, args),
         Command::PluginRefresh(args) => status::run_refresh(&globals, args),
+        Command::InstallPlugin(args) => install::run(&globals, args),
+        Command::UninstallPlugin(args) => uninstall::run(&globals, args),
+        Command::UpdatePlugin(args) => update::run(&globals, args),
     }
 }
