@@ -31,6 +31,8 @@
 //!   `{accepted, duplicates}`; events are deduplicated by `id` and appended to `--events` as JSON
 //!   lines (existing lines are read at start, so dedupe survives a restart).
 //! - `GET /api/plugins/download/<file>`: a file from `--plugins-dir`.
+//! - `GET /api/plugins/latest?name=NAME`: `{name, version, sha256, url}` for the package
+//!   `--plugins-dir/NAME` (a `.kmpkg`; `sha256` of the package, `url` relative to the API).
 //! - `GET /api/public-key`: `{"public_key": "<base64>"}`.
 //!
 //! Test controls (no authentication; loopback only like everything else):
@@ -476,6 +478,7 @@ fn api(
             200,
             &serde_json::json!({"public_key": STANDARD.encode(&state.public_key)}),
         ),
+        (Method::Get, "/api/plugins/latest") => latest(state, request),
         (Method::Get, p) if p.starts_with("/api/plugins/download/") => {
             download(state, &p["/api/plugins/download/".len()..])
         }
@@ -675,6 +678,40 @@ fn download(state: &State, name: &str) -> Response<std::io::Cursor<Vec<u8>>> {
         Ok(bytes) => Response::from_data(bytes),
         Err(_) => error(404, "no such plugin file"),
     }
+}
+
+/// `GET /api/plugins/latest?name=NAME`: what the package `--plugins-dir/NAME` holds.
+fn latest(state: &State, request: &Request) -> Response<std::io::Cursor<Vec<u8>>> {
+    let Some(dir) = &state.plugins_dir else {
+        return error(404, "no --plugins-dir");
+    };
+    let name = request
+        .url()
+        .split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("name="))
+        .unwrap_or("");
+    if km_signing::check_name(name).is_err() {
+        return error(400, "bad plugin name");
+    }
+    let Ok(bytes) = std::fs::read(dir.join(name)) else {
+        return error(404, "no such plugin");
+    };
+    let limits = km_signing::Limits::for_library(256 * 1024 * 1024);
+    let Ok(pkg) = km_signing::read_package(&bytes[..], limits) else {
+        return error(500, "the stored package does not read");
+    };
+    json_response(
+        200,
+        &serde_json::json!({
+            "name": pkg.manifest.name,
+            "version": pkg.manifest.version,
+            "sha256": km_signing::sha256_hex(&bytes),
+            "url": format!("/api/plugins/download/{name}"),
+        }),
+    )
 }
 
 fn random_hex(n: usize) -> String {
