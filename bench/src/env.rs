@@ -75,6 +75,13 @@ impl BenchEnv {
             let file = lib_file_name(krate);
             env.install(krate, &plugins.join(&file), name, tier)?;
         }
+        // One directory per plugin (and the no-op test plugin), to tell their costs apart.
+        for (krate, name, tier) in BUNDLED.iter().chain(&[("test-noop", "test-noop", "free")]) {
+            let dir = env.single_plugin_dir(krate);
+            std::fs::create_dir_all(&dir)?;
+            chmod(&dir, 0o700)?;
+            env.install(krate, &dir.join(lib_file_name(krate)), name, tier)?;
+        }
         Ok(env)
     }
 
@@ -93,13 +100,44 @@ impl BenchEnv {
         cmd
     }
 
-    /// `km monitor [--no-plugins] -- cat`.
+    /// A plugin directory holding only `krate`'s library.
+    pub(crate) fn single_plugin_dir(&self, krate: &str) -> PathBuf {
+        self.dir.path().join(format!("only-{krate}"))
+    }
+
+    /// `km monitor [--no-plugins] -- SERVER`: with `plugins`, every bundled plugin.
+    ///
+    /// `KM_BENCH_KM_PREFIX` (e.g. `perf record -g -o /tmp/km.perf --`) runs km under a profiler;
+    /// the peak RSS read is then the profiler's, not km's.
     pub(crate) fn km_monitor(&self, plugins: bool, server: &[&str]) -> Command {
-        let mut cmd = self.command(&self.bin_dir.join("km"));
+        self.km_monitor_in(
+            if plugins {
+                Some(self.home.join("plugins"))
+            } else {
+                None
+            },
+            server,
+        )
+    }
+
+    /// `km monitor` loading plugins from `plugins_dir`, or none.
+    pub(crate) fn km_monitor_in(&self, plugins_dir: Option<PathBuf>, server: &[&str]) -> Command {
+        let km = self.bin_dir.join("km");
+        let prefix = std::env::var("KM_BENCH_KM_PREFIX").unwrap_or_default();
+        let mut words = prefix.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(first) => {
+                let mut cmd = self.command(Path::new(first));
+                cmd.args(words).arg(&km);
+                cmd
+            }
+            None => self.command(&km),
+        };
         cmd.arg("monitor");
-        if !plugins {
-            cmd.arg("--no-plugins");
-        }
+        match plugins_dir {
+            Some(dir) => cmd.arg("--plugins-dir").arg(dir),
+            None => cmd.arg("--no-plugins"),
+        };
         cmd.arg("--").args(server);
         cmd
     }

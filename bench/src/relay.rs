@@ -174,6 +174,17 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
         times[2].push(p.seconds);
         rss = rss.max(p.peak_rss_kb.unwrap_or(0));
     }
+    // Each plugin alone, and the no-op test plugin: what the framing, parsing and queueing cost
+    // by themselves, and what each plugin adds.
+    let mut single = Vec::new();
+    for krate in ["test-noop", "console-logger", "api-logger"] {
+        let mut ts = Vec::new();
+        for _ in 0..reps.min(3) {
+            let mut cmd = env.km_monitor_in(Some(env.single_plugin_dir(krate)), &["cat"]);
+            ts.push(pass(&mut cmd, &msgs, &expected, &log)?.seconds);
+        }
+        single.push((krate, median(&mut ts)));
+    }
     let plugins_log =
         std::fs::read_to_string(env.dir.path().join("relay-plugins.log")).unwrap_or_default();
     if !plugins_log.contains("console-logger") {
@@ -192,6 +203,16 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
             baseline: format!("cat|cat {}", rate(base)),
             ratio: Some(t / base),
             target: Some((format!("time <= {target}x"), t / base <= target)),
+        });
+    }
+    for (krate, t) in single {
+        report.add(Row {
+            section: "relay",
+            figure: format!("throughput, {krate} alone"),
+            value: rate(t),
+            baseline: format!("cat|cat {}", rate(base)),
+            ratio: Some(t / base),
+            target: None,
         });
     }
     report.add(Row {
