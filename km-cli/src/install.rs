@@ -172,6 +172,13 @@ pub fn download(
         } else {
             None
         };
+        let stderr_is_tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        if bar.is_some() && !stderr_is_tty {
+            eprintln!(
+                "km: downloading {url} ({})",
+                expected.map_or_else(|| "size unknown".to_owned(), |n| format!("{n} bytes"))
+            );
+        }
         let mut bytes = Vec::new();
         while let Some(chunk) = response
             .chunk()
@@ -188,6 +195,10 @@ pub fn download(
         }
         if let Some(bar) = bar {
             bar.finish_with_message(format!("downloaded {url}"));
+            if !stderr_is_tty {
+                // indicatif draws nothing when stderr is not a terminal: say it in one line.
+                eprintln!("km: downloaded {} bytes from {url}", bytes.len());
+            }
         }
         if let Some(len) = expected {
             if bytes.len() as u64 != len {

@@ -1,0 +1,557 @@
+//! Distribution, end to end (issue 5): customer builds made by the real `km-sign build-plugin`,
+//! `.kmpkg` packages made by `km-sign pack`, installed, updated and removed by the real `km`
+//! from files and from the reference `km-api-server` on loopback. Every refused package leaves
+//! the plugin installed before exactly as it was.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use km_tests::{bin_dir, chmod, describe, plugin_lib, run_ok, KmEnv};
+use serde_json::{json, Value};
+
+struct Customer {
+    id: &'static str,
+    api_key: &'static str,
+}
+
+const ALICE: Customer = Customer {
+    id: "cust_alice",
+    api_key: "km_live_alice_dist_0123456789",
+};
+const BOB: Customer = Customer {
+    id: "cust_bob",
+    api_key: "km_live_bob_dist_0123456789",
+};
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+/// A running `km-api-server` with a plugin directory, killed on drop.
+struct ApiServer {
+    child: Child,
+    url: String,
+    public_key_file: PathBuf,
+    public_key: Vec<u8>,
+    packages: PathBuf,
+}
+
+impl ApiServer {
+    fn start(dir: &Path) -> ApiServer {
+        let exe = bin_dir().join("km-api-server");
+        assert!(
+            exe.exists(),
+            "{} is missing: cargo build --workspace",
+            exe.display()
+        );
+        let key = dir.join("api-server.key");
+        let out = Command::new(&exe)
+            .arg("--gen-key")
+            .arg(&key)
+            .output()
+            .expect("runs");
+        assert!(out.status.success(), "{}", describe(&out));
+        let b64 = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let public_key = STANDARD.decode(&b64).expect("base64 public key");
+        let public_key_file = dir.join("api.pub");
+        std::fs::write(&public_key_file, &b64).expect("api.pub");
+        let customers: Vec<Value> = [&ALICE, &BOB]
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c.id,
+                    "api_key_sha256": sha256_hex(c.api_key.as_bytes()),
+                    "tier": "pro",
+                    "features": ["api_logging"],
+                    "subscription_end": now() + 30 * 24 * 3600,
+                    "customer_token": format!("ct-{}", c.id),
+                })
+            })
+            .collect();
+        let customers_file = dir.join("customers.json");
+        std::fs::write(
+            &customers_file,
+            json!({ "customers": customers }).to_string(),
+        )
+        .expect("customers");
+        let packages = dir.join("served");
+        std::fs::create_dir_all(&packages).expect("served dir");
+        let log = std::fs::File::create(dir.join("api-server.log")).expect("log");
+        let mut child = Command::new(&exe)
+            .arg("--signing-key")
+            .arg(&key)
+            .arg("--customers")
+            .arg(&customers_file)
+            .arg("--plugins-dir")
+            .arg(&packages)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("km-api-server starts");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("address");
+        let url = first.trim().to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url:?}");
+        ApiServer {
+            child,
+            url,
+            public_key_file,
+            public_key,
+            packages,
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lib_file(stem: &str) -> String {
+    format!(
+        "{}{stem}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+/// Signs a copy of console-logger as `version` with `key` and packs it; returns the package.
+fn package(env: &KmEnv, key: &Path, version: &str) -> PathBuf {
+    let work = env
+        .dir
+        .path()
+        .join(format!("pkg-{version}-{}", key.display().to_string().len()));
+    std::fs::create_dir_all(&work).expect("work dir");
+    let lib = work.join(lib_file("console_logger"));
+    std::fs::copy(plugin_lib("console-logger"), &lib).expect("copy");
+    chmod(&lib, 0o644);
+    env.sign_with(&lib, key, "console-logger", version, "free", &[]);
+    let pkg = work.join(format!("console-logger-{version}.kmpkg"));
+    run_ok(env.km_sign().args(["pack", "--out"]).arg(&pkg).arg(&lib));
+    pkg
+}
+
+fn installed_lib(env: &KmEnv) -> PathBuf {
+    env.plugins.join(lib_file("console_logger"))
+}
+
+/// The plugin directory's listing, and the installed library's bytes.
+fn snapshot(env: &KmEnv) -> (Vec<String>, Vec<u8>, Vec<u8>) {
+    let mut names: Vec<String> = std::fs::read_dir(&env.plugins)
+        .expect("plugins dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let lib = installed_lib(env);
+    let bytes = std::fs::read(&lib).unwrap_or_default();
+    let sig = std::fs::read(km_signing::SignatureFile::path_for(&lib)).unwrap_or_default();
+    (names, bytes, sig)
+}
+
+fn install(env: &KmEnv, what: &str) -> Output {
+    env.km()
+        .args(["install-plugin", what])
+        .stdin(Stdio::null())
+        .output()
+        .expect("km runs")
+}
+
+/// `km verify-plugin --json LIB`: (exit code, report).
+fn verify(env: &KmEnv, lib: &Path) -> (i32, Value) {
+    let out = env
+        .km()
+        .args(["verify-plugin", "--json"])
+        .arg(lib)
+        .output()
+        .expect("km runs");
+    let reports: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e})\n{}", describe(&out)));
+    (out.status.code().unwrap_or(-1), reports[0].clone())
+}
+
+fn assert_still_installed(env: &KmEnv, before: &(Vec<String>, Vec<u8>, Vec<u8>), version: &str) {
+    assert_eq!(&snapshot(env), before, "the plugin directory changed");
+    let (code, report) = verify(env, &installed_lib(env));
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["version"], version, "{report:#}");
+}
+
+/// Writes a tar.gz with the given raw entry names (bypassing the tar crate's own path checks).
+fn evil_package(path: &Path, entries: &[(&str, &[u8])]) {
+    let file = std::fs::File::create(path).expect("create");
+    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    {
+        let mut tar = tar::Builder::new(&mut gz);
+        for (name, bytes) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_size(bytes.len() as u64);
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append(&header, *bytes).expect("append");
+        }
+        tar.finish().expect("finish");
+    }
+    gz.finish().expect("gz");
+}
+
+fn build_for(env: &KmEnv, server: &ApiServer, customer: &Customer, out_dir: &Path) -> Output {
+    let mut cmd = env.km_sign();
+    cmd.args([
+        "build-plugin",
+        "--plugin",
+        "api-logger",
+        "--customer",
+        customer.id,
+    ])
+    .args([
+        "--api-key",
+        customer.api_key,
+        "--tier",
+        "pro",
+        "--version",
+        "1.0.0",
+    ])
+    .arg("--customer-token")
+    .arg(format!("ct-{}", customer.id))
+    .arg("--key")
+    .arg(env.key.with_extension("key"))
+    .arg("--api-public-key")
+    .arg(&server.public_key_file)
+    .arg("--out-dir")
+    .arg(out_dir)
+    .arg(plugin_lib("api-logger"));
+    run_ok(&mut cmd)
+}
+
+fn built_files(out_dir: &Path) -> (PathBuf, PathBuf) {
+    let mut lib = None;
+    let mut pkg = None;
+    for entry in std::fs::read_dir(out_dir).expect("out dir") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if name.ends_with(".kmpkg") {
+            pkg = Some(path);
+        } else if name.ends_with(std::env::consts::DLL_SUFFIX) {
+            lib = Some(path);
+        }
+    }
+    (lib.expect("a built library"), pkg.expect("a built package"))
+}
+
+fn refresh_record(env: &KmEnv) -> (Value, Output) {
+    let output = env
+        .km()
+        .args(["plugin-refresh", "--json"])
+        .output()
+        .expect("km runs");
+    let records: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("no JSON ({e})\n{}", describe(&output)));
+    let record = records
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["plugin"] == "api-logger").cloned())
+        .unwrap_or_else(|| panic!("no api-logger\n{}", describe(&output)));
+    (record, output)
+}
+
+fn init(env: &KmEnv, server: &ApiServer, api_key: &str) {
+    run_ok(
+        env.km()
+            .args(["init", "--api-key", api_key, "--api-url", &server.url])
+            .stdin(Stdio::null()),
+    );
+}
+
+#[test]
+fn a_customer_build_authenticates_for_its_customer_and_degrades_for_another() {
+    let env = KmEnv::new();
+    let server = ApiServer::start(env.dir.path());
+    let out_dir = env.dir.path().join("build-alice");
+    let output = build_for(&env, &server, &ALICE, &out_dir);
+    let (lib, pkg) = built_files(&out_dir);
+    let lib_name = lib
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        lib_name.starts_with(&format!(
+            "{}km-plugin-api-logger-",
+            std::env::consts::DLL_PREFIX
+        )),
+        "{lib_name}"
+    );
+    assert!(!lib_name.contains(ALICE.id));
+    assert!(km_signing::SignatureFile::path_for(&lib).exists());
+    // Nothing in clear text: not in the files, not on stderr.
+    let stamped = std::fs::read(&lib).expect("built lib");
+    for secret in [ALICE.api_key, "ct-cust_alice", ALICE.id] {
+        let hay = String::from_utf8_lossy(&stamped);
+        assert!(!hay.contains(secret), "{secret} in clear in the library");
+        assert!(!String::from_utf8_lossy(&std::fs::read(&pkg).expect("pkg")).contains(secret));
+        if secret != ALICE.id {
+            assert!(
+                !String::from_utf8_lossy(&output.stderr).contains(secret),
+                "{}",
+                describe(&output)
+            );
+        }
+    }
+    // At the credentials level, with the real stamped bytes.
+    let offset = km_abi::credentials::find_region(&stamped).expect("one region");
+    let region = &stamped[offset..offset + km_abi::credentials::REGION_SIZE];
+    let creds = km_abi::credentials::open(region, ALICE.api_key).expect("opens for Alice");
+    assert_eq!(creds.customer_id, ALICE.id);
+    assert_eq!(
+        km_abi::credentials::open(region, BOB.api_key),
+        Err(km_abi::credentials::CredentialsError::WrongKeyOrTampered)
+    );
+    assert_eq!(
+        km_abi::credentials::region_info(region)
+            .expect("info")
+            .api_public_key
+            .to_vec(),
+        server.public_key
+    );
+
+    // Installed from its package, the full round trip through the reference API.
+    let out = install(&env, &pkg.display().to_string());
+    assert!(out.status.success(), "{}", describe(&out));
+    init(&env, &server, ALICE.api_key);
+    let (record, output) = refresh_record(&env);
+    assert_eq!(
+        record["authorized"],
+        true,
+        "{record:#}\n{}",
+        describe(&output)
+    );
+    init(&env, &server, BOB.api_key);
+    let (record, output) = refresh_record(&env);
+    assert_eq!(
+        record["authorized"],
+        false,
+        "{record:#}\n{}",
+        describe(&output)
+    );
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("another customer"),
+        "{record:#}"
+    );
+}
+
+#[test]
+fn a_stamped_library_changed_after_signing_is_refused() {
+    let env = KmEnv::new();
+    let server = ApiServer::start(env.dir.path());
+    let out_dir = env.dir.path().join("build");
+    build_for(&env, &server, &ALICE, &out_dir);
+    let (lib, _) = built_files(&out_dir);
+    let (code, report) = verify(&env, &lib);
+    assert_eq!(code, 0, "{report:#}");
+    let mut bytes = std::fs::read(&lib).expect("lib");
+    let offset = km_abi::credentials::find_region(&bytes).expect("region");
+    bytes[offset + 100] ^= 0x55;
+    std::fs::write(&lib, &bytes).expect("tamper");
+    let (code, report) = verify(&env, &lib);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["check"], "digest", "{report:#}");
+    // Packed as it is now, km install-plugin refuses it too.
+    let pkg = env.dir.path().join("tampered.kmpkg");
+    run_ok(env.km_sign().args(["pack", "--out"]).arg(&pkg).arg(&lib));
+    let out = install(&env, &pkg.display().to_string());
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(std::fs::read_dir(&env.plugins)
+        .expect("dir")
+        .next()
+        .is_none());
+}
+
+#[test]
+fn bad_packages_are_refused_and_the_installed_plugin_still_verifies() {
+    let env = KmEnv::new();
+    let good = package(&env, &env.key, "1.0.0");
+    let out = install(&env, &good.display().to_string());
+    assert!(out.status.success(), "{}", describe(&out));
+    let before = snapshot(&env);
+    assert_eq!(before.0.len(), 2, "{:?}", before.0);
+
+    // A bad signature: signed by a key nobody trusts.
+    let rogue = env.dir.path().join("keys").join("rogue");
+    env.keygen(&rogue);
+    let bad = package(&env, &rogue, "2.0.0");
+    let out = install(&env, &bad.display().to_string());
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("trust"),
+        "{}",
+        describe(&out)
+    );
+    assert_still_installed(&env, &before, "1.0.0");
+
+    // A truncated download (file).
+    let newer = package(&env, &env.key, "2.0.0");
+    let bytes = std::fs::read(&newer).expect("pkg");
+    let cut = env.dir.path().join("cut.kmpkg");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).expect("cut");
+    let out = install(&env, &cut.display().to_string());
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_still_installed(&env, &before, "1.0.0");
+
+    // A tar entry escaping the target directory, and an absolute one.
+    for name in ["../escaped.so", "/tmp/km-dist-escaped.so"] {
+        let evil = env.dir.path().join("evil.kmpkg");
+        evil_package(&evil, &[(name, b"\x7fELF not really")]);
+        let out = install(&env, &evil.display().to_string());
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("unsafe path"),
+            "{}",
+            describe(&out)
+        );
+        assert_still_installed(&env, &before, "1.0.0");
+    }
+    assert!(!env.home.join("escaped.so").exists());
+    assert!(!Path::new("/tmp/km-dist-escaped.so").exists());
+
+    // A downgrade is refused unless asked for.
+    run_ok(&mut {
+        let mut c = env.km();
+        c.args(["install-plugin"]).arg(&newer).stdin(Stdio::null());
+        c
+    });
+    let older = package(&env, &env.key, "0.9.0");
+    let out = install(&env, &older.display().to_string());
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rollback"),
+        "{}",
+        describe(&out)
+    );
+    let out = env
+        .km()
+        .args(["install-plugin", "--allow-downgrade"])
+        .arg(&older)
+        .output()
+        .expect("km runs");
+    assert!(out.status.success(), "{}", describe(&out));
+}
+
+#[test]
+fn install_by_url_and_name_update_and_uninstall_through_the_reference_api() {
+    let env = KmEnv::new();
+    let server = ApiServer::start(env.dir.path());
+    let v1 = package(&env, &env.key, "1.0.0");
+    std::fs::copy(&v1, server.packages.join("console-logger-1.0.0.kmpkg")).expect("serve");
+
+    // By URL, with progress on stderr.
+    let url = format!(
+        "{}/api/plugins/download/console-logger-1.0.0.kmpkg",
+        server.url
+    );
+    let out = install(&env, &url);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("downloading") && stderr.contains("bytes"),
+        "{stderr}"
+    );
+    assert_eq!(verify(&env, &installed_lib(&env)).1["version"], "1.0.0");
+
+    // A truncated download by URL is refused; 1.0.0 stays.
+    let before = snapshot(&env);
+    let v2 = package(&env, &env.key, "2.0.0");
+    let bytes = std::fs::read(&v2).expect("v2");
+    std::fs::write(server.packages.join("cut.kmpkg"), &bytes[..bytes.len() / 2]).expect("cut");
+    let out = install(
+        &env,
+        &format!("{}/api/plugins/download/cut.kmpkg", server.url),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_still_installed(&env, &before, "1.0.0");
+
+    // Update: the API offers a package signed by an untrusted key: refused, 1.0.0 stays.
+    init(&env, &server, ALICE.api_key);
+    let rogue = env.dir.path().join("keys").join("rogue");
+    env.keygen(&rogue);
+    let rogue_pkg = package(&env, &rogue, "3.0.0");
+    std::fs::copy(&rogue_pkg, server.packages.join("console-logger")).expect("serve");
+    let out = env
+        .km()
+        .args(["update-plugin", "console-logger"])
+        .output()
+        .expect("km");
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_still_installed(&env, &before, "1.0.0");
+
+    // Update to a good 2.0.0: replaced, verified.
+    std::fs::copy(&v2, server.packages.join("console-logger")).expect("serve");
+    let out = env
+        .km()
+        .args(["update-plugin", "--all"])
+        .output()
+        .expect("km");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(verify(&env, &installed_lib(&env)).1["version"], "2.0.0");
+    let out = env
+        .km()
+        .args(["update-plugin", "console-logger"])
+        .output()
+        .expect("km");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("up to date"),
+        "{}",
+        describe(&out)
+    );
+
+    // Uninstall leaves nothing behind.
+    let data = env
+        .home
+        .join("state")
+        .join("plugins")
+        .join("console-logger");
+    let _ = std::fs::create_dir_all(&data);
+    let out = env
+        .km()
+        .args(["uninstall-plugin", "console-logger", "--yes"])
+        .output()
+        .expect("km");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(std::fs::read_dir(&env.plugins)
+        .expect("dir")
+        .next()
+        .is_none());
+    let out = env
+        .km()
+        .args(["uninstall-plugin", "console-logger", "--yes"])
+        .output()
+        .expect("km");
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+
+    // By name, from the API's download endpoint.
+    let out = install(&env, "console-logger");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(verify(&env, &installed_lib(&env)).1["version"], "2.0.0");
+}
