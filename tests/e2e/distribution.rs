@@ -359,6 +359,56 @@ fn a_customer_build_authenticates_for_its_customer_and_degrades_for_another() {
             .contains("another customer"),
         "{record:#}"
     );
+
+    // Uninstalling removes the library, its signature and the auth record.
+    let auth = env.home.join("state").join("auth").join("api-logger.json");
+    assert!(auth.exists(), "plugin-refresh records the outcome");
+    run_ok(env.km().args(["uninstall-plugin", "api-logger", "--yes"]));
+    assert!(!auth.exists());
+    assert!(std::fs::read_dir(&env.plugins)
+        .expect("dir")
+        .next()
+        .is_none());
+}
+
+#[test]
+fn build_plugin_refuses_a_library_without_a_credentials_region() {
+    let env = KmEnv::new();
+    let server = ApiServer::start(env.dir.path());
+    let out_dir = env.dir.path().join("build");
+    let output = env
+        .km_sign()
+        .args([
+            "build-plugin",
+            "--plugin",
+            "console-logger",
+            "--customer",
+            ALICE.id,
+        ])
+        .args([
+            "--api-key",
+            ALICE.api_key,
+            "--tier",
+            "pro",
+            "--customer-token",
+            "t",
+        ])
+        .arg("--key")
+        .arg(env.key.with_extension("key"))
+        .arg("--api-public-key")
+        .arg(&server.public_key_file)
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .arg(plugin_lib("console-logger"))
+        .output()
+        .expect("km-sign runs");
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no credentials region"),
+        "{}",
+        describe(&output)
+    );
+    assert!(!out_dir.exists() || std::fs::read_dir(&out_dir).expect("dir").next().is_none());
 }
 
 #[test]
