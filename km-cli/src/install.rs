@@ -21,6 +21,9 @@
 //! 5. Only then are other files of the same plugin (an older build under another file name)
 //!    removed: the library first, then its signature.
 //!
+//! Installs and removals hold an exclusive lock (`KM_HOME/state/plugins.lock`), and an install
+//! first removes temporary files an interrupted install left behind.
+//!
 //! Uninstalling removes the library (first), its signature, the plugin's data directory and its
 //! auth record. The rollback record (seen versions) is kept on purpose: uninstalling must not be
 //! a way to reinstall an older, perhaps vulnerable, version without `--allow-downgrade`.
@@ -323,10 +326,55 @@ pub fn installed_files(dir: &Path, name: &str) -> Result<Vec<(PathBuf, Option<Ma
     Ok(found)
 }
 
+/// An exclusive lock on `KM_HOME/state/plugins.lock`, held while plugins are installed or
+/// removed, so that two km processes never interleave their renames. Released on drop.
+#[derive(Debug)]
+pub struct PluginsLock {
+    _file: std::fs::File,
+}
+
+/// Takes [`PluginsLock`], waiting for another km that holds it.
+pub fn lock_plugins(home: &KmHome) -> Result<PluginsLock> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let state = home.state_dir();
+    KmHome::ensure_private_dir(&state)?;
+    let path = state.join("plugins.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(PluginsLock { _file: file })
+}
+
+/// Removes temporary files an interrupted install left in `dir` (`.km-install-*`; the loader
+/// never looks at them, this only reclaims space). Called with [`PluginsLock`] held, so no
+/// other km is using them.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(".km-install-")
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Installs a verified package into `KM_HOME/plugins` (see the module docs for the order).
 pub fn install(home: &KmHome, pkg: &Package, verified: &Verified) -> Result<Installed> {
     let dir = home.plugins_dir();
     KmHome::ensure_private_dir(&dir)?;
+    let _lock = lock_plugins(home)?;
+    remove_stale_temporaries(&dir);
     // StrictModes on the directory, as the loader will apply.
     let dir_fd = loader::open_checked_dir(&dir).map_err(|r| anyhow::anyhow!("{r}"))?;
     let name = &verified.manifest().name;
@@ -437,6 +485,7 @@ pub fn auth_record(home: &KmHome, name: &str) -> PathBuf {
 /// Errors if nothing of it is installed.
 pub fn uninstall(home: &KmHome, name: &str) -> Result<Removed> {
     let dir = home.plugins_dir();
+    let _lock = lock_plugins(home)?;
     let files = installed_files(&dir, name)?;
     if files.is_empty() {
         bail!("no plugin {name:?} is installed in {}", dir.display());

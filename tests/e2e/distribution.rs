@@ -485,6 +485,31 @@ fn bad_packages_are_refused_and_the_installed_plugin_still_verifies() {
     assert!(!env.home.join("escaped.so").exists());
     assert!(!Path::new("/tmp/km-dist-escaped.so").exists());
 
+    // An install that fails while writing (the directory is read-only) changes nothing. Root
+    // ignores the mode, so this part only runs where the mode is enforced.
+    chmod(&env.plugins, 0o500);
+    let probe = env.plugins.join(".probe");
+    if std::fs::write(&probe, b"").is_err() {
+        let out = install(&env, &newer.display().to_string());
+        chmod(&env.plugins, 0o700);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert_still_installed(&env, &before, "1.0.0");
+    } else {
+        chmod(&env.plugins, 0o700);
+        std::fs::remove_file(&probe).expect("probe");
+    }
+
+    // What an install killed before its renames leaves (a temporary file) is never loaded,
+    // and the next install clears it away.
+    std::fs::write(env.plugins.join(".km-install-interrupted"), b"partial").expect("partial");
+    let out = env
+        .km()
+        .args(["list-plugins", "--json"])
+        .output()
+        .expect("km");
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("interrupted"));
+
     // A downgrade is refused unless asked for.
     run_ok(&mut {
         let mut c = env.km();
@@ -506,6 +531,8 @@ fn bad_packages_are_refused_and_the_installed_plugin_still_verifies() {
         .output()
         .expect("km runs");
     assert!(out.status.success(), "{}", describe(&out));
+    assert!(!env.plugins.join(".km-install-interrupted").exists());
+    assert_eq!(snapshot(&env).0.len(), 2);
 }
 
 #[test]
