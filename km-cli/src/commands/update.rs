@@ -105,10 +105,13 @@ fn update_one(
     let pkg_url = base
         .join(&latest.url)
         .with_context(|| format!("{url}: package URL {:?}", latest.url))?;
+    // The API key goes only to the API itself, never to another host the answer names.
+    let same_origin = pkg_url.origin() == base.origin();
+    let pkg_headers: &[(&str, String)] = if same_origin { &headers } else { &[] };
     let bytes = install::download(
         &pkg_url,
         install::max_package_bytes(),
-        &headers,
+        pkg_headers,
         !globals.quiet,
     )?;
     let actual = sha256_hex(&bytes);
