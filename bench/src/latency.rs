@@ -84,6 +84,11 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
         Probe::start("relay", relay, &log("relay"))?,
         Probe::start("km", env.km_monitor(false, &["cat"]), &log("km"))?,
         Probe::start(
+            "km+test-noop",
+            env.km_monitor_in(Some(env.single_plugin_dir("test-noop")), &["cat"]),
+            &log("km-noop"),
+        )?,
+        Probe::start(
             "km+plugins",
             env.km_monitor(true, &["cat"]),
             &log("km-plugins"),
@@ -105,7 +110,11 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
     let p = |i: usize, q: f64| percentile(&paths[i].samples, q);
     for (q, target) in [(50.0, 1.5), (99.0, 2.0)] {
         let relay_added = p(1, q) - p(0, q);
-        for (i, label) in [(2, "no plugins"), (3, "bundled plugins")] {
+        for (i, label) in [
+            (2, "no plugins"),
+            (3, "test-noop alone"),
+            (4, "bundled plugins"),
+        ] {
             let added = p(i, q) - p(0, q);
             let ratio = added / relay_added;
             report.add(Row {
@@ -127,7 +136,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
         figure: "process start to first echo: km, bundled plugins".to_owned(),
         value: format!(
             "{:.1} ms (no plugins {:.1} ms)",
-            paths[3].first * 1e3,
+            paths[4].first * 1e3,
             paths[2].first * 1e3
         ),
         baseline: format!(
