@@ -10,14 +10,14 @@ use crate::gateway::LoadedPlugin;
 
 /// km's voice on stderr, honouring `-q` and `-v`.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Notices {
+pub struct Notices {
     quiet: bool,
     verbose: u8,
 }
 
 impl Notices {
     /// Notices for `-q` / `-v` (a count).
-    pub(crate) const fn new(quiet: bool, verbose: u8) -> Self {
+    pub const fn new(quiet: bool, verbose: u8) -> Self {
         Notices { quiet, verbose }
     }
 

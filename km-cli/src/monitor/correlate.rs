@@ -27,7 +27,7 @@ pub(crate) const PENDING_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// The correlation id of one request: who sent it and its sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct CorrelationId {
+pub struct CorrelationId {
     /// The side that sent the request.
     pub(crate) sender: Direction,
     /// The request's sequence number in the session.

@@ -14,10 +14,14 @@
 //! Exit status: the server's (128+N when signal N ended it); 127 when the command is not found,
 //! 126 when it cannot be executed; 2 for km's own errors.
 
-mod banner;
-mod correlate;
+// banner, correlate and dispatch are public only so that km-bench can drive the dispatcher.
+#[doc(hidden)]
+pub mod banner;
+#[doc(hidden)]
+pub mod correlate;
 pub mod demo;
-mod dispatch;
+#[doc(hidden)]
+pub mod dispatch;
 mod frame;
 mod jsonrpc;
 mod process;

@@ -29,7 +29,7 @@ use super::correlate::CorrelationId;
 use crate::gateway::LoadedPlugin;
 
 /// Room in each plugin's queue, in messages.
-pub(crate) const QUEUE_CAPACITY: usize = 8192;
+pub const QUEUE_CAPACITY: usize = 8192;
 
 /// Room in each plugin's queue, in bytes of lines: with lines of any size, a count alone would not
 /// bound memory. A single line larger than this still goes into an empty queue. Lines may share
@@ -38,25 +38,25 @@ pub(crate) const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
 /// One line, ready for the plugins. Cheap to clone: the bytes are shared.
 #[derive(Debug, Clone)]
-pub(crate) struct Envelope {
-    pub(crate) seq: u64,
-    pub(crate) direction: Direction,
-    pub(crate) kind: MessageKind,
-    pub(crate) is_error: bool,
+pub struct Envelope {
+    pub seq: u64,
+    pub direction: Direction,
+    pub kind: MessageKind,
+    pub is_error: bool,
     /// The line without its terminator.
-    pub(crate) line: Bytes,
+    pub line: Bytes,
     /// Where the raw `id` is in `line`.
-    pub(crate) id: Option<Range<usize>>,
+    pub id: Option<Range<usize>>,
     /// Where the raw `method` (a JSON string) is in `line`.
-    pub(crate) method: Option<Range<usize>>,
-    pub(crate) correlation: Option<CorrelationId>,
-    pub(crate) timestamp_us: u64,
-    pub(crate) latency_us: Option<u64>,
+    pub method: Option<Range<usize>>,
+    pub correlation: Option<CorrelationId>,
+    pub timestamp_us: u64,
+    pub latency_us: Option<u64>,
 }
 
 /// The lines of one read, in order.
 #[derive(Debug)]
-pub(crate) struct Batch {
+pub struct Batch {
     pub(crate) envelopes: Vec<Envelope>,
     /// The bytes of all lines, for the queue's byte budget.
     pub(crate) bytes: usize,
@@ -64,7 +64,7 @@ pub(crate) struct Batch {
 
 impl Batch {
     /// A batch of `envelopes`.
-    pub(crate) fn new(envelopes: Vec<Envelope>) -> Self {
+    pub fn new(envelopes: Vec<Envelope>) -> Self {
         let bytes = envelopes.iter().map(|e| e.line.len()).sum();
         Batch { envelopes, bytes }
     }
@@ -72,7 +72,7 @@ impl Batch {
 
 /// What goes through a plugin's queue.
 #[derive(Debug, Clone)]
-pub(crate) enum Item {
+pub enum Item {
     /// Lines of the stream.
     Messages(Arc<Batch>),
     /// A lifecycle event (start, error).
@@ -130,7 +130,7 @@ impl LaneState {
 }
 
 /// The sending side: owned by the session and used under its lock. Dropping it closes the queues.
-pub(crate) struct Dispatcher {
+pub struct Dispatcher {
     lanes: Vec<Lane>,
     lossless: bool,
     /// Room in each queue, in messages.
@@ -138,7 +138,7 @@ pub(crate) struct Dispatcher {
 }
 
 /// The receiving side: waits for the workers at the end.
-pub(crate) struct Workers {
+pub struct Workers {
     states: Vec<Arc<LaneState>>,
     progress: Receiver<(usize, Phase)>,
     end: Arc<OnceLock<EndOfStream>>,
@@ -153,7 +153,7 @@ enum Phase {
 }
 
 /// Starts one worker thread per plugin.
-pub(crate) fn start(
+pub fn start(
     plugins: Vec<Arc<LoadedPlugin>>,
     capacity: usize,
     lossless: bool,
@@ -215,7 +215,7 @@ pub(crate) fn start(
 impl Dispatcher {
     /// Queues `item` for every plugin that is still enabled. Never blocks unless lossless; then
     /// it waits for room until `closing` is set.
-    pub(crate) fn send(&self, item: &Item, closing: &AtomicBool) {
+    pub fn send(&self, item: &Item, closing: &AtomicBool) {
         let (messages, bytes) = item.weight();
         for lane in &self.lanes {
             if lane.state.disabled.load(Ordering::Relaxed) {
@@ -276,7 +276,7 @@ impl Workers {
     }
 
     /// Waits for the workers (the [`Dispatcher`] must be dropped by now); see [`Workers::set_end`].
-    pub(crate) fn finish(self, drain: Duration, shutdown: Duration) {
+    pub fn finish(self, drain: Duration, shutdown: Duration) {
         let n = self.states.len();
         let mut drained = vec![false; n];
         let mut finished = vec![false; n];
