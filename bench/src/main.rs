@@ -6,6 +6,7 @@
 //! benchmarks are not tests, so nothing here asserts a timing. Run it as
 //! `cargo build --release --workspace && target/release/km-bench` (see BENCHMARKS.md).
 
+mod dispatch;
 mod env;
 mod latency;
 mod relay;
@@ -45,11 +46,11 @@ impl Options {
                     Some(v) => options
                         .only
                         .extend(v.split(',').map(|s| s.trim().to_owned())),
-                    None => bail!("--only needs a section: relay, latency, startup"),
+                    None => bail!("--only needs a section: relay, latency, startup, dispatch"),
                 },
                 "-h" | "--help" => {
                     println!(
-                        "usage: km-bench [--quick] [--json] [--only relay,latency,startup]\n\
+                        "usage: km-bench [--quick] [--json] [--only relay,latency,startup,dispatch]\n\
                          Run after `cargo build --release --workspace`; km, km-sign and the \
                          plugin libraries are taken from the directory of this binary."
                     );
@@ -59,8 +60,8 @@ impl Options {
             }
         }
         for section in &options.only {
-            if !["relay", "latency", "startup"].contains(&section.as_str()) {
-                bail!("unknown section {section:?}: relay, latency, startup");
+            if !["relay", "latency", "startup", "dispatch"].contains(&section.as_str()) {
+                bail!("unknown section {section:?}: relay, latency, startup, dispatch");
             }
         }
         Ok(options)
@@ -84,6 +85,9 @@ fn run() -> Result<()> {
     }
     if options.wants("startup") {
         startup::run(&env, &options, &mut report)?;
+    }
+    if options.wants("dispatch") {
+        dispatch::run(&env, &options, &mut report)?;
     }
     report.print(options.json)?;
     Ok(())
