@@ -52,7 +52,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
                 phases.bytes as f64 / 1e6
             ),
             value: format!(
-                "{:.2} ms = read {:.2} + hash {:.2} + verify {:.2} + check rest {:.2} + load {:.2}",
+                "{:.2} ms = read {:.2} + hash {:.2} + signature+manifest {:.2} + rest of check {:.2} + load {:.2}",
                 (phases.check + phases.load) * 1e3,
                 phases.read * 1e3,
                 phases.hash * 1e3,
