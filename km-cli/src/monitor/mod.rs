@@ -83,7 +83,7 @@ pub fn run_command(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
         queue_capacity: dispatch::QUEUE_CAPACITY,
     };
     if args.no_plugins {
-        return run(&config, Vec::new(), notices);
+        return run(&config, Vec::new(), notices, None);
     }
     let settings = Config::load(&globals.home)?;
     let api: Option<Arc<dyn ApiTransport>> = match &settings.api_url {
@@ -106,7 +106,7 @@ pub fn run_command(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
     // degrades on its own until it is authorized); dropping the handle stops the refreshers.
     let _refresher = (!plugins.is_empty())
         .then(|| subscription::start_refresher(&globals.home, &settings, plugins.clone()));
-    run(&config, plugins, notices)
+    run(&config, plugins, notices, Some(&globals.home))
 }
 
 /// A loader refusal as the banner shows it.
@@ -177,11 +177,13 @@ fn initialize(
     ready
 }
 
-/// Runs the session: starts the server, relays until it ends, and returns km's exit code.
+/// Runs the session: starts the server, relays until it ends, and returns km's exit code. With
+/// `home`, what each plugin handled and missed is recorded for `km plugin-status`.
 pub(crate) fn run(
     config: &MonitorConfig,
     plugins: Vec<Arc<LoadedPlugin>>,
     notices: Notices,
+    home: Option<&KmHome>,
 ) -> Result<ExitCode> {
     let (session, workers) = if plugins.is_empty() {
         (None, None)
@@ -233,9 +235,31 @@ pub(crate) fn run(
             timestamp_ms: session::now_ms(),
         });
         session.close();
-        workers.finish(PLUGIN_DEADLINE, PLUGIN_DEADLINE);
+        let totals = workers.finish(PLUGIN_DEADLINE, PLUGIN_DEADLINE);
+        if let Some(home) = home {
+            record_totals(home, &totals, notices);
+        }
     }
     Ok(ExitCode::from(code))
+}
+
+/// Saves each plugin's counts of this session; a failure is reported, never fatal.
+fn record_totals(home: &KmHome, totals: &[dispatch::LaneTotals], notices: Notices) {
+    let ended_at = session::now_ms() / 1000;
+    for lane in totals {
+        let stats = subscription::SessionStats {
+            plugin: lane.plugin.clone(),
+            handled: lane.handled,
+            dropped: lane.dropped,
+            ended_at,
+        };
+        if let Err(e) = subscription::save_session_stats(home, &stats) {
+            notices.warn(&format!(
+                "cannot record the session of plugin {}: {e:#}",
+                lane.plugin
+            ));
+        }
+    }
 }
 
 enum Outcome {

@@ -149,6 +149,23 @@ fn misbehaving_plugins_do_not_disturb_the_session() {
     );
     // Relaying is fast; the end waits at most for the drain and shutdown deadlines (2 s each).
     assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+    // km plugin-status shows what each plugin handled and missed in the last session.
+    let slow = last_session(&env, "test-slow");
+    assert!(slow["dropped"].as_u64() > Some(0), "{slow}");
+    let noop = last_session(&env, "test-noop");
+    assert_eq!(noop["handled"].as_u64(), Some(40_000), "{noop}");
+    assert_eq!(noop["dropped"].as_u64(), Some(0), "{noop}");
+}
+
+/// The `last_session` record `km plugin-status --json` shows for `plugin`.
+fn last_session(env: &KmEnv, plugin: &str) -> serde_json::Value {
+    let output = km_tests::run_ok(env.km().args(["plugin-status", "--json"]));
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    status
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["plugin"] == plugin))
+        .map(|i| i["last_session"].clone())
+        .unwrap_or_else(|| panic!("{plugin} is not in plugin-status: {status:#}"))
 }
 
 #[test]
@@ -171,6 +188,9 @@ fn lossless_delivers_every_message_to_a_slow_plugin() {
         "{stderr}"
     );
     assert!(!stderr.contains("missed"), "{stderr}");
+    let recorded = last_session(&env, "test-slow");
+    assert_eq!(recorded["handled"].as_u64(), Some(200), "{recorded}");
+    assert_eq!(recorded["dropped"].as_u64(), Some(0), "{recorded}");
 }
 
 #[test]

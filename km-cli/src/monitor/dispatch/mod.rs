@@ -89,6 +89,17 @@ pub(crate) struct EndOfStream {
     pub(crate) timestamp_ms: i64,
 }
 
+/// What one plugin did in a session, reported when the session ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneTotals {
+    /// The plugin's name.
+    pub plugin: String,
+    /// Messages it handled.
+    pub handled: u64,
+    /// Messages dropped for it (its queue was full).
+    pub dropped: u64,
+}
+
 /// Counters of one plugin's lane, shared between the relay, its worker and the report.
 #[derive(Debug)]
 pub(crate) struct LaneState {
@@ -276,7 +287,8 @@ impl Workers {
     }
 
     /// Waits for the workers (the [`Dispatcher`] must be dropped by now); see [`Workers::set_end`].
-    pub fn finish(self, drain: Duration, shutdown: Duration) {
+    /// Returns what each plugin handled and missed, for `km plugin-status`.
+    pub fn finish(self, drain: Duration, shutdown: Duration) -> Vec<LaneTotals> {
         let n = self.states.len();
         let mut drained = vec![false; n];
         let mut finished = vec![false; n];
@@ -314,6 +326,14 @@ impl Workers {
                 state.handled.load(Ordering::Relaxed)
             ));
         }
+        self.states
+            .iter()
+            .map(|state| LaneTotals {
+                plugin: state.name.clone(),
+                handled: state.handled.load(Ordering::Relaxed),
+                dropped: state.drops.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     /// Waits until every lane reached `phase` or `deadline` passed. With `--lossless`, while
