@@ -37,11 +37,21 @@ fn hundred_thousand_mixed_messages_pass_byte_identical_both_ways() {
     let input = mixed_messages(100_000);
     // `cat` echoes: the client->server stream comes back as the server->client stream while it is
     // still being written, so both pumps run at once.
-    let child = monitor(home.path(), &["-q"], &["cat"]).spawn().expect("km starts");
+    let child = monitor(home.path(), &["-q"], &["cat"])
+        .spawn()
+        .expect("km starts");
     let (status, stdout, stderr) = exchange(child, input.clone());
-    assert!(status.success(), "km failed: {status:?}\n{}", String::from_utf8_lossy(&stderr));
+    assert!(
+        status.success(),
+        "km failed: {status:?}\n{}",
+        String::from_utf8_lossy(&stderr)
+    );
     assert_same_bytes(&stdout, &input, "the echoed stream");
-    assert!(stderr.is_empty(), "-q: stderr should be empty: {}", String::from_utf8_lossy(&stderr));
+    assert!(
+        stderr.is_empty(),
+        "-q: stderr should be empty: {}",
+        String::from_utf8_lossy(&stderr)
+    );
 }
 
 #[test]
@@ -52,11 +62,20 @@ fn both_directions_carry_different_streams_at_once() {
     // as a checksum-like byte count and the bytes themselves go to a file we compare.
     let dir = tempfile::tempdir().expect("a temp dir");
     let received = dir.path().join("received");
-    let script = format!("printf 'server line 1\\r\\n\\377\\nno newline'; cat > '{}'", received.display());
-    let child = monitor(home.path(), &["-q"], &["sh", "-c", &script]).spawn().expect("km starts");
+    let script = format!(
+        "printf 'server line 1\\r\\n\\377\\nno newline'; cat > '{}'",
+        received.display()
+    );
+    let child = monitor(home.path(), &["-q"], &["sh", "-c", &script])
+        .spawn()
+        .expect("km starts");
     let (status, stdout, _) = exchange(child, input.clone());
     assert!(status.success(), "{status:?}");
-    assert_same_bytes(&stdout, b"server line 1\r\n\xff\nno newline", "server -> client");
+    assert_same_bytes(
+        &stdout,
+        b"server line 1\r\n\xff\nno newline",
+        "server -> client",
+    );
     let got = std::fs::read(&received).expect("the server's copy");
     assert_same_bytes(&got, &input, "client -> server");
 }
@@ -68,7 +87,9 @@ fn a_fifty_megabyte_line_passes() {
     input.extend_from_slice(br#"{"jsonrpc":"2.0","id":1,"result":{"blob":""#);
     input.extend((0..50 * 1024 * 1024).map(|i| b'a' + (i % 26) as u8));
     input.extend_from_slice(b"\"}}\n{\"jsonrpc\":\"2.0\",\"method\":\"after\"}\n");
-    let child = monitor(home.path(), &["-q"], &["cat"]).spawn().expect("km starts");
+    let child = monitor(home.path(), &["-q"], &["cat"])
+        .spawn()
+        .expect("km starts");
     let (status, stdout, _) = exchange(child, input.clone());
     assert!(status.success(), "{status:?}");
     assert_same_bytes(&stdout, &input, "the 50 MB line");
@@ -78,16 +99,33 @@ fn a_fifty_megabyte_line_passes() {
 fn nothing_but_the_childs_bytes_reaches_stdout_even_verbose() {
     let home = tempfile::tempdir().expect("a temp dir");
     for flags in [&[][..], &["-v"], &["-vv"]] {
-        let child = monitor(home.path(), flags, &["sh", "-c", "printf 'only this'; echo 'to stderr' >&2; cat >/dev/null"])
-            .spawn()
-            .expect("km starts");
-        let (status, stdout, stderr) = exchange(child, b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\"}\n".to_vec());
+        let child = monitor(
+            home.path(),
+            flags,
+            &[
+                "sh",
+                "-c",
+                "printf 'only this'; echo 'to stderr' >&2; cat >/dev/null",
+            ],
+        )
+        .spawn()
+        .expect("km starts");
+        let (status, stdout, stderr) = exchange(
+            child,
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"x\"}\n".to_vec(),
+        );
         assert!(status.success(), "{flags:?}: {status:?}");
         assert_same_bytes(&stdout, b"only this", "stdout");
         let stderr = String::from_utf8_lossy(&stderr);
-        assert!(stderr.contains("to stderr"), "the child's stderr passes through: {stderr}");
+        assert!(
+            stderr.contains("to stderr"),
+            "the child's stderr passes through: {stderr}"
+        );
         if !flags.is_empty() {
-            assert!(stderr.contains("km: "), "-v says something on stderr: {stderr}");
+            assert!(
+                stderr.contains("km: "),
+                "-v says something on stderr: {stderr}"
+            );
         }
     }
 }
@@ -96,15 +134,20 @@ fn nothing_but_the_childs_bytes_reaches_stdout_even_verbose() {
 fn the_first_bytes_are_forwarded_before_the_line_ends() {
     use std::io::{Read, Write};
     let home = tempfile::tempdir().expect("a temp dir");
-    let mut child = monitor(home.path(), &["-q"], &["cat"]).spawn().expect("km starts");
+    let mut child = monitor(home.path(), &["-q"], &["cat"])
+        .spawn()
+        .expect("km starts");
     let mut stdin = child.stdin.take().expect("stdin");
     let mut stdout = child.stdout.take().expect("stdout");
     stdin.write_all(b"{\"partial\":").expect("write");
     stdin.flush().expect("flush");
     let mut got = [0u8; 11];
-    stdout.read_exact(&mut got).expect("the partial line comes through without a newline");
+    stdout
+        .read_exact(&mut got)
+        .expect("the partial line comes through without a newline");
     assert_eq!(&got, b"{\"partial\":");
     drop(stdin);
-    let status = super::wait_within(&mut child, std::time::Duration::from_secs(10)).expect("km exits");
+    let status =
+        super::wait_within(&mut child, std::time::Duration::from_secs(10)).expect("km exits");
     assert!(status.success());
 }
