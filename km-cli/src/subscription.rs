@@ -64,6 +64,24 @@ pub struct AuthRecord {
 }
 
 impl AuthRecord {
+    /// A record of `plugin` that is not authorized (yet): Free tier, no token, `reason` and
+    /// `outcome` as given, never refreshed.
+    fn unauthorized(plugin: &LoadedPlugin, reason: String, outcome: String) -> Self {
+        AuthRecord {
+            plugin: plugin.name().to_owned(),
+            version: plugin.version().to_owned(),
+            required_tier: plugin.tier().as_str().to_owned(),
+            authorized: false,
+            tier: Tier::Free.as_str().to_owned(),
+            features: Vec::new(),
+            expires_at: 0,
+            token: String::new(),
+            reason,
+            outcome,
+            last_refresh: 0,
+        }
+    }
+
     /// The required tier, parsed.
     pub fn required(&self) -> Option<Tier> {
         self.required_tier.parse().ok()
@@ -151,19 +169,7 @@ pub fn load_session_stats(home: &KmHome, name: &str) -> Option<SessionStats> {
 
 /// Calls `plugin.authenticate(api_key)` and turns the answer into a record (not saved).
 pub fn authenticate(plugin: &LoadedPlugin, api_key: &str) -> AuthRecord {
-    let mut record = AuthRecord {
-        plugin: plugin.name().to_owned(),
-        version: plugin.version().to_owned(),
-        required_tier: plugin.tier().as_str().to_owned(),
-        authorized: false,
-        tier: Tier::Free.as_str().to_owned(),
-        features: Vec::new(),
-        expires_at: 0,
-        token: String::new(),
-        reason: String::new(),
-        outcome: String::new(),
-        last_refresh: 0,
-    };
+    let mut record = AuthRecord::unauthorized(plugin, String::new(), String::new());
     match plugin.authenticate(api_key) {
         Ok(answer) => {
             record.authorized = answer.authorized;
@@ -237,22 +243,15 @@ pub fn refresh_all(
         .zip(plugins)
         .map(|(record, plugin)| {
             record.unwrap_or_else(|| {
-                let record = AuthRecord {
-                    plugin: plugin.name().to_owned(),
-                    version: plugin.version().to_owned(),
-                    required_tier: plugin.tier().as_str().to_owned(),
-                    authorized: false,
-                    tier: Tier::Free.as_str().to_owned(),
-                    features: Vec::new(),
-                    expires_at: 0,
-                    token: String::new(),
-                    reason: format!(
+                let mut record = AuthRecord::unauthorized(
+                    plugin,
+                    format!(
                         "the plugin did not answer within {} s",
                         deadline.as_secs_f32()
                     ),
-                    outcome: "timeout".to_owned(),
-                    last_refresh: now_unix(),
-                };
+                    "timeout".to_owned(),
+                );
+                record.last_refresh = now_unix();
                 let _ = save_record(home, &record);
                 record
             })
