@@ -122,7 +122,7 @@ fn framed(
     let mut total = 0u64;
     let end = loop {
         let n = loop {
-            match framer.fill(input) {
+            match framer.fill(&*input) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => break other,
             }
