@@ -1,7 +1,8 @@
 //! Dispatch: messages per second delivered to a no-op plugin (test-noop, verified and loaded for
 //! real) through km's dispatcher: one bounded queue and one worker thread per plugin, batches of
-//! lines shared by `Arc`, every call through the gateway. The sender builds each batch as the
-//! relay does (one per read) and sends it `--lossless`, so every message is delivered; the clock
+//! lines shared by `Arc` (a single line travels alone, without allocation), every call through
+//! the gateway. The sender builds each item as the session does (one per read) and sends it
+//! `--lossless`, so every message is delivered; the clock
 //! stops when the worker has drained its queue and shut the plugin down. Measured for one message
 //! per batch (an interactive session: one message per read) and 64 per batch (a busy stream).
 
@@ -65,25 +66,33 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
             let closing = AtomicBool::new(false);
             let start = Instant::now();
             let mut seq = 0u64;
+            let envelope = |seq| Envelope {
+                seq,
+                direction: Direction::Request,
+                kind: MessageKind::REQUEST,
+                is_error: false,
+                line: line.clone(),
+                id: Some(25..26),
+                method: method.clone(),
+                correlation: None,
+                timestamp_us: 0,
+                latency_us: None,
+            };
             while seq < n as u64 {
-                let envelopes = (0..per_batch)
-                    .map(|_| {
-                        seq += 1;
-                        Envelope {
-                            seq,
-                            direction: Direction::Request,
-                            kind: MessageKind::REQUEST,
-                            is_error: false,
-                            line: line.clone(),
-                            id: Some(25..26),
-                            method: method.clone(),
-                            correlation: None,
-                            timestamp_us: 0,
-                            latency_us: None,
-                        }
-                    })
-                    .collect();
-                dispatcher.send(&Item::Messages(Arc::new(Batch::new(envelopes))), &closing);
+                // As the session queues a read: one line alone, several as a shared batch.
+                let item = if per_batch == 1 {
+                    seq += 1;
+                    Item::One(envelope(seq))
+                } else {
+                    let envelopes = (0..per_batch)
+                        .map(|_| {
+                            seq += 1;
+                            envelope(seq)
+                        })
+                        .collect();
+                    Item::Messages(Arc::new(Batch::new(envelopes)))
+                };
+                dispatcher.send(item, &closing);
             }
             drop(dispatcher);
             workers.finish(Duration::from_secs(60), Duration::from_secs(5));

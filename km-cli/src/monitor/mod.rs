@@ -217,7 +217,7 @@ pub(crate) fn run(
         }
     };
     if let (Some(session), Some(workers)) = (session, workers) {
-        let counts = session.counts();
+        let counts = session.finish_pairing();
         let mut data = serde_json::Map::new();
         use std::os::unix::process::ExitStatusExt;
         data.insert("exit_code".into(), code.into());
@@ -309,6 +309,11 @@ async fn relay_session(
             StreamEventKind::START,
             serde_json::json!({ "command": command, "pid": pid.as_raw_nonzero().get() }),
         );
+    }
+    if let Some(session) = &session {
+        // Releases held responses when both pumps are idle; ends with the runtime.
+        let session = session.clone();
+        tokio::spawn(async move { session.expire_holds().await });
     }
     let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
     let pumps = [

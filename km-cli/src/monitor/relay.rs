@@ -143,18 +143,15 @@ fn framed(
         while let Some(frame) = framer.next_frame() {
             collect(frame, &mut batch, session);
         }
-        if !batch.is_empty() {
-            session.observe(direction, &mut batch, now, timestamp);
-        }
-        session.caught_up(direction, total);
+        // Even without a complete line: the other side may be holding a response for this one.
+        session.observe(direction, &mut batch, now, timestamp, total);
     };
     // Whatever was forwarded is a line for the plugins, even without a final newline.
     if let Some(frame) = framer.finish() {
         collect(frame, &mut batch, session);
-        session.observe(direction, &mut batch, Instant::now(), now_us());
     }
     // Nothing more will come from this side: nobody needs to wait for it.
-    session.caught_up(direction, u64::MAX);
+    session.observe(direction, &mut batch, Instant::now(), now_us(), u64::MAX);
     (end, total)
 }
 

@@ -6,7 +6,16 @@
 //! sequence numbers in the order the plugins receive them and lets a response find the request
 //! the other pump registered. The lock is held only for that bookkeeping: queueing never blocks
 //! (except with `--lossless`, where blocking is the point).
+//!
+//! A pump forwards a chunk before it registers the requests in it, so a fast peer's response can
+//! reach the other pump before its request is registered. Neither pump ever waits for the other:
+//! a response that finds no request while the other pump is still busy with a chunk it forwarded
+//! is *held*, with every line of its side behind it (the plugins see each side in order), and
+//! the other pump pairs it as soon as it has registered that chunk. A held response whose request
+//! never comes is released unpaired once the other side has caught up, or after [`HOLD_LIMIT`]
+//! (the supervisor's timer, [`Session::expire_holds`], sees to that when both pumps are idle).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,15 +41,123 @@ pub(crate) struct Counts {
     pub(crate) server_to_client: u64,
 }
 
+/// The longest a response is held for its request (see the module documentation). A response
+/// overtakes its request's registration by microseconds; this bound only matters when the
+/// other pump is stuck in the middle of a chunk (writing to a peer that does not read).
+pub(crate) const HOLD_LIMIT: Duration = Duration::from_millis(50);
+
+/// A line with the time it was read.
+#[derive(Debug)]
+struct Pending {
+    line: Bytes,
+    scan: Scan,
+    read_at: Instant,
+    timestamp_us: u64,
+}
+
+/// How many lines, and bytes of lines, one side may hold; past either, the first held response
+/// stops waiting. Holds are short-lived; this bounds memory whatever the peers send.
+const HOLD_LINES: usize = 4096;
+const HOLD_BYTES: usize = super::dispatch::QUEUE_BYTES;
+
+/// The lines of one side held back: the first is a response waiting for its request.
+#[derive(Debug)]
+struct Hold {
+    lines: VecDeque<Pending>,
+    /// The bytes of `lines`.
+    bytes: usize,
+    /// When the first line started waiting.
+    since: Instant,
+}
+
+impl Hold {
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    fn is_full(&self) -> bool {
+        self.lines.len() >= HOLD_LINES || self.bytes >= HOLD_BYTES
+    }
+
+    fn push_back(&mut self, pending: Pending) {
+        self.bytes += pending.line.len();
+        self.lines.push_back(pending);
+    }
+
+    fn push_front(&mut self, pending: Pending) {
+        self.bytes += pending.line.len();
+        self.lines.push_front(pending);
+    }
+
+    fn pop_front(&mut self) -> Option<Pending> {
+        let pending = self.lines.pop_front()?;
+        self.bytes -= pending.line.len();
+        Some(pending)
+    }
+
+    /// Whether a request with `id` is among the held lines.
+    fn has_request(&self, id: &IdKey) -> bool {
+        self.lines.iter().any(|pending| {
+            pending.scan.kind == MessageKind::REQUEST && pending.id().as_ref() == Some(id)
+        })
+    }
+}
+
+impl Pending {
+    fn key(&self, range: &Option<std::ops::Range<usize>>) -> Option<IdKey> {
+        range
+            .clone()
+            .and_then(|r| self.line.get(r))
+            .map(IdKey::from_raw)
+    }
+
+    fn id(&self) -> Option<IdKey> {
+        self.key(&self.scan.id)
+    }
+}
+
 struct State {
     next_seq: u64,
     correlator: Correlator,
     dispatcher: Option<Dispatcher>,
     counts: Counts,
+    /// Per side (client to server, server to client): bytes whose complete lines are numbered,
+    /// queued or held.
+    observed: [u64; 2],
+    held: [Hold; 2],
+    /// Whether the timer of [`Session::expire_holds`] is watching the holds.
+    timer_armed: bool,
 }
 
-/// How long a response waits for the other pump to register its request (see `observe`).
-const CATCH_UP: Duration = Duration::from_millis(2);
+/// The messages of one observation, on their way to the plugins: one line needs no allocation.
+enum Outbox {
+    Empty,
+    One(Envelope),
+    Many(Vec<Envelope>),
+}
+
+impl Outbox {
+    fn push(&mut self, envelope: Envelope) {
+        *self = match std::mem::replace(self, Outbox::Empty) {
+            Outbox::Empty => Outbox::One(envelope),
+            Outbox::One(first) => Outbox::Many(vec![first, envelope]),
+            Outbox::Many(mut all) => {
+                all.push(envelope);
+                Outbox::Many(all)
+            }
+        };
+    }
+
+    fn into_item(self) -> Option<Item> {
+        match self {
+            Outbox::Empty => None,
+            Outbox::One(envelope) => Some(Item::One(envelope)),
+            Outbox::Many(all) => Some(Item::Messages(Arc::new(Batch::new(all)))),
+        }
+    }
+}
+
+const SIDES: [Direction; 2] = [Direction::Request, Direction::Response];
 
 fn side(direction: Direction) -> usize {
     match direction {
@@ -49,53 +166,48 @@ fn side(direction: Direction) -> usize {
     }
 }
 
-fn opposite(direction: Direction) -> Direction {
-    match direction {
-        Direction::Request => Direction::Response,
-        Direction::Response => Direction::Request,
-    }
-}
-
-fn count(state: &mut State, direction: Direction) {
-    match direction {
-        Direction::Request => state.counts.client_to_server += 1,
-        Direction::Response => state.counts.server_to_client += 1,
-    }
-}
-
 /// Shared by the pumps and the supervisor.
 pub(crate) struct Session {
     state: Mutex<State>,
-    /// Per pump (client to server, server to client): bytes handed to `write` so far, and bytes
-    /// whose lines are numbered and queued. A response can only follow its request's forwarding,
-    /// so a pump that is "behind" may hold the request a response is looking for.
+    /// Per pump: bytes handed to `write` so far. A response can only follow its request's
+    /// forwarding, so a pump whose `observed` is behind this may hold the request a response is
+    /// looking for. Stored without the lock, before the write.
     forwarded: [AtomicU64; 2],
-    observed: [AtomicU64; 2],
-    catch_up: Duration,
+    hold_limit: Duration,
     /// Set when the session ends: a lossless send stops waiting.
     closing: AtomicBool,
+    /// Wakes the timer of [`Session::expire_holds`] when a hold begins.
+    holding: tokio::sync::Notify,
 }
 
 impl Session {
     /// A session feeding `dispatcher`.
     pub(crate) fn new(dispatcher: Dispatcher) -> Arc<Self> {
-        Self::with_catch_up(dispatcher, CATCH_UP)
+        Self::with_hold_limit(dispatcher, HOLD_LIMIT)
     }
 
-    /// A session whose responses wait up to `catch_up` for the other pump (tests use a long one,
-    /// so that a busy machine cannot make them flaky).
-    pub(crate) fn with_catch_up(dispatcher: Dispatcher, catch_up: Duration) -> Arc<Self> {
+    /// A session whose responses are held for their requests up to `hold_limit`.
+    pub(crate) fn with_hold_limit(dispatcher: Dispatcher, hold_limit: Duration) -> Arc<Self> {
+        let now = Instant::now();
+        let hold = || Hold {
+            lines: VecDeque::new(),
+            bytes: 0,
+            since: now,
+        };
         Arc::new(Session {
-            catch_up,
+            hold_limit,
             state: Mutex::new(State {
                 next_seq: 1,
                 correlator: Correlator::new(),
                 dispatcher: Some(dispatcher),
                 counts: Counts::default(),
+                observed: [0, 0],
+                held: [hold(), hold()],
+                timer_armed: false,
             }),
             closing: AtomicBool::new(false),
             forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
-            observed: [AtomicU64::new(0), AtomicU64::new(0)],
+            holding: tokio::sync::Notify::new(),
         })
     }
 
@@ -104,118 +216,220 @@ impl Session {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Numbers, correlates and queues the lines of one chunk (all read at `now`).
-    pub(crate) fn observe(
-        &self,
-        direction: Direction,
-        batch: &mut Vec<Observed>,
-        now: Instant,
-        timestamp_us: u64,
-    ) {
-        let other = side(opposite(direction));
-        let mut waited = false;
-        let mut guard = self.lock();
-        let mut envelopes = Vec::with_capacity(batch.len());
-        let mut lines = batch.drain(..).peekable();
-        while let Some(Observed { line, scan }) = lines.peek() {
-            let state = &mut *guard;
-            if state.dispatcher.is_none() {
-                count(state, direction);
-                lines.next();
-                continue;
-            }
-            let key = |range: &Option<std::ops::Range<usize>>| {
-                range.clone().and_then(|r| line.get(r)).map(IdKey::from_raw)
-            };
-            let seq = state.next_seq;
-            let mut correlation: Option<CorrelationId> = None;
-            let mut latency_us = None;
-            match scan.kind {
-                MessageKind::REQUEST => {
-                    if let Some(id) = key(&scan.id) {
-                        correlation = Some(state.correlator.request(direction, id, seq, now));
-                    }
-                }
-                MessageKind::RESPONSE => {
-                    match key(&scan.id).and_then(|id| state.correlator.response(direction, id, now))
-                    {
-                        Some((id, latency)) => {
-                            correlation = Some(id);
-                            latency_us =
-                                Some(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
-                        }
-                        None if !waited && self.behind(other) => {
-                            // The request may have been forwarded by the other pump but not yet
-                            // registered (forwarding comes first). Let it catch up, once per
-                            // chunk, then look again; what is queued so far goes first, to keep
-                            // the plugins' view in sequence order.
-                            waited = true;
-                            self.flush(state, &mut envelopes);
-                            drop(guard);
-                            self.wait_for(other, self.catch_up);
-                            guard = self.lock();
-                            continue;
-                        }
-                        None => {}
-                    }
-                }
-                MessageKind::NOTIFICATION => {
-                    correlation =
-                        key(&scan.cancels).and_then(|id| state.correlator.cancel(direction, id));
-                }
-                _ => {}
-            }
-            let Some(Observed { line, scan }) = lines.next() else {
-                break;
-            };
-            state.next_seq += 1;
-            count(state, direction);
-            envelopes.push(Envelope {
-                seq,
-                direction,
-                kind: scan.kind,
-                is_error: scan.is_error,
-                line,
-                id: scan.id,
-                method: scan.method,
-                correlation,
-                timestamp_us,
-                latency_us,
-            });
-        }
-        self.flush(&mut guard, &mut envelopes);
-    }
-
-    /// Queues `envelopes` (leaving the vector empty) as one batch.
-    fn flush(&self, state: &mut State, envelopes: &mut Vec<Envelope>) {
-        if let (Some(dispatcher), false) = (&state.dispatcher, envelopes.is_empty()) {
-            let batch = Batch::new(std::mem::take(envelopes));
-            dispatcher.send(&Item::Messages(Arc::new(batch)), &self.closing);
-        }
-    }
-
     /// The pump of `direction` is about to forward everything up to byte `upto` of its stream.
     pub(crate) fn forwarding(&self, direction: Direction, upto: u64) {
         self.forwarded[side(direction)].store(upto, Ordering::Release);
     }
 
-    /// The pump of `direction` has queued every complete line up to byte `upto`.
-    pub(crate) fn caught_up(&self, direction: Direction, upto: u64) {
-        self.observed[side(direction)].store(upto, Ordering::Release);
-    }
-
-    /// Whether the pump at index `side` has forwarded bytes it has not yet observed.
-    fn behind(&self, side: usize) -> bool {
-        self.observed[side].load(Ordering::Acquire) < self.forwarded[side].load(Ordering::Acquire)
-    }
-
-    /// Waits (briefly) until the pump at index `side` has observed what it had forwarded.
-    fn wait_for(&self, side: usize, limit: Duration) {
-        let target = self.forwarded[side].load(Ordering::Acquire);
-        let deadline = Instant::now() + limit;
-        while self.observed[side].load(Ordering::Acquire) < target && Instant::now() < deadline {
-            std::thread::yield_now();
+    /// Numbers, correlates and queues the lines of one chunk of `direction` (all read at
+    /// `read_at`); the pump has now framed its stream up to byte `upto` (`u64::MAX` once it
+    /// ended). Called after every chunk, even one without a complete line.
+    pub(crate) fn observe(
+        &self,
+        direction: Direction,
+        batch: &mut Vec<Observed>,
+        read_at: Instant,
+        timestamp_us: u64,
+        upto: u64,
+    ) {
+        let this = side(direction);
+        let mut out = Outbox::Empty;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        for Observed { line, scan } in batch.drain(..) {
+            let pending = Pending {
+                line,
+                scan,
+                read_at,
+                timestamp_us,
+            };
+            if state.dispatcher.is_none() {
+                count(state, direction);
+            } else if !state.held[this].is_empty() {
+                state.held[this].push_back(pending);
+                if state.held[this].is_full() {
+                    self.release(state, this, read_at, Duration::ZERO, &mut out);
+                }
+            } else if let Some(pending) = self.admit(state, this, pending, true, &mut out) {
+                state.held[this].push_back(pending);
+                state.held[this].since = read_at;
+            }
         }
+        state.observed[this] = upto;
+        self.settle(state, Instant::now(), self.hold_limit, &mut out);
+        let wake_timer = self.flush(state, out);
+        drop(guard);
+        if wake_timer {
+            self.holding.notify_one();
+        }
+    }
+
+    /// Numbers `pending`, pairs it and puts it in `out`; or gives it back when it is a response
+    /// whose request is not registered but may still be by the other side (and `may_wait`).
+    fn admit(
+        &self,
+        state: &mut State,
+        this: usize,
+        pending: Pending,
+        may_wait: bool,
+        out: &mut Outbox,
+    ) -> Option<Pending> {
+        let direction = SIDES[this];
+        let seq = state.next_seq;
+        let mut correlation: Option<CorrelationId> = None;
+        let mut latency_us = None;
+        match pending.scan.kind {
+            MessageKind::REQUEST => {
+                if let Some(id) = pending.id() {
+                    correlation = Some(state.correlator.request(
+                        direction,
+                        id,
+                        seq,
+                        pending.read_at,
+                    ));
+                }
+            }
+            MessageKind::RESPONSE => {
+                if let Some(id) = pending.id() {
+                    match state.correlator.response(direction, id, pending.read_at) {
+                        Some((id, latency)) => {
+                            correlation = Some(id);
+                            latency_us =
+                                Some(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+                        }
+                        None if may_wait && self.may_register(state, 1 - this, &pending) => {
+                            return Some(pending);
+                        }
+                        None => {}
+                    }
+                }
+            }
+            MessageKind::NOTIFICATION => {
+                correlation = pending
+                    .key(&pending.scan.cancels)
+                    .and_then(|id| state.correlator.cancel(direction, id));
+            }
+            _ => {}
+        }
+        state.next_seq += 1;
+        count(state, direction);
+        let Pending {
+            line,
+            scan,
+            timestamp_us,
+            ..
+        } = pending;
+        out.push(Envelope {
+            seq,
+            direction,
+            kind: scan.kind,
+            is_error: scan.is_error,
+            line,
+            id: scan.id,
+            method: scan.method,
+            correlation,
+            timestamp_us,
+            latency_us,
+        });
+        None
+    }
+
+    /// Whether the side at index `side` may still register the request `response` answers: it
+    /// is in the middle of a chunk it forwarded, or holds such a request back itself.
+    fn may_register(&self, state: &State, side: usize, response: &Pending) -> bool {
+        state.observed[side] < self.forwarded[side].load(Ordering::Acquire)
+            || response
+                .id()
+                .is_some_and(|id| state.held[side].has_request(&id))
+    }
+
+    /// Releases what can go of both sides' held lines (those held longer than `limit` go
+    /// unpaired), until nothing moves.
+    fn settle(&self, state: &mut State, now: Instant, limit: Duration, out: &mut Outbox) {
+        loop {
+            let mut moved = false;
+            for this in 0..2 {
+                moved |= self.release(state, this, now, limit, out);
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Releases the held lines of side `this` in order, up to the first response that still has
+    /// to wait; returns whether any line went.
+    fn release(
+        &self,
+        state: &mut State,
+        this: usize,
+        now: Instant,
+        limit: Duration,
+        out: &mut Outbox,
+    ) -> bool {
+        let mut moved = false;
+        let mut since = state.held[this].since;
+        while let Some(pending) = state.held[this].pop_front() {
+            let may_wait = now.saturating_duration_since(since) < limit;
+            if let Some(pending) = self.admit(state, this, pending, may_wait, out) {
+                state.held[this].push_front(pending);
+                state.held[this].since = since;
+                break;
+            }
+            moved = true;
+            // A response further back that has to wait starts its own wait now.
+            since = now;
+        }
+        moved
+    }
+
+    /// Queues what `out` holds; returns whether the timer must be woken for a new hold.
+    fn flush(&self, state: &mut State, out: Outbox) -> bool {
+        if let (Some(dispatcher), Some(item)) = (&state.dispatcher, out.into_item()) {
+            dispatcher.send(item, &self.closing);
+        }
+        let holding = state.held.iter().any(|hold| !hold.is_empty());
+        let wake = holding && !state.timer_armed;
+        state.timer_armed |= holding;
+        wake
+    }
+
+    /// Releases the responses held longer than the limit; returns when the next one would be due,
+    /// or `None` (and disarms the timer) when nothing is held any more.
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut out = Outbox::Empty;
+        let mut state = self.lock();
+        self.settle(&mut state, now, self.hold_limit, &mut out);
+        self.flush(&mut state, out);
+        let due = state
+            .held
+            .iter()
+            .filter(|hold| !hold.is_empty())
+            .map(|hold| hold.since + self.hold_limit)
+            .min();
+        state.timer_armed = due.is_some();
+        due
+    }
+
+    /// Releases held responses whose limit passed while both pumps are idle: run for the whole
+    /// session on the supervisor's runtime. It sleeps until a hold begins.
+    pub(crate) async fn expire_holds(&self) {
+        loop {
+            self.holding.notified().await;
+            while let Some(due) = self.expire(Instant::now()) {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+    }
+
+    /// The stream is over: every held line goes to the plugins now, unpaired if its request
+    /// never came. Returns the line counts.
+    pub(crate) fn finish_pairing(&self) -> Counts {
+        let mut out = Outbox::Empty;
+        let mut state = self.lock();
+        self.settle(&mut state, Instant::now(), Duration::ZERO, &mut out);
+        self.flush(&mut state, out);
+        state.counts
     }
 
     /// Sends a stream event to every plugin.
@@ -243,13 +457,15 @@ impl Session {
     fn send(&self, item: Item) {
         let state = self.lock();
         if let Some(dispatcher) = &state.dispatcher {
-            dispatcher.send(&item, &self.closing);
+            dispatcher.send(item, &self.closing);
         }
     }
 
-    /// Ends the session: no more messages reach the plugins, pending requests are forgotten, and
-    /// the queues close (the workers then drain them). Returns the line counts.
+    /// Ends the session: what is still held goes to the plugins, then no more messages reach
+    /// them, pending requests are forgotten, and the queues close (the workers then drain them).
+    /// Returns the line counts.
     pub(crate) fn close(&self) -> Counts {
+        self.finish_pairing();
         self.closing.store(true, Ordering::Relaxed);
         let mut state = self.lock();
         state.correlator.clear();
@@ -258,8 +474,16 @@ impl Session {
     }
 
     /// The line counts so far.
+    #[cfg(test)]
     pub(crate) fn counts(&self) -> Counts {
         self.lock().counts
+    }
+}
+
+fn count(state: &mut State, direction: Direction) {
+    match direction {
+        Direction::Request => state.counts.client_to_server += 1,
+        Direction::Response => state.counts.server_to_client += 1,
     }
 }
 
@@ -295,6 +519,7 @@ mod tests {
             &mut vec![Observed { line, scan }],
             Instant::now(),
             now_us(),
+            0,
         );
     }
 
@@ -369,52 +594,340 @@ mod tests {
 }
 
 #[cfg(test)]
-mod race {
+mod holds {
     use std::time::Duration;
 
     use super::*;
     use crate::monitor::banner::Notices;
-    use crate::monitor::testing::{lines, probe, Mode};
+    use crate::monitor::dispatch::Workers;
+    use crate::monitor::testing::{lines, probe, Log, Mode};
     use crate::monitor::{dispatch, jsonrpc};
 
-    fn observed(line: &str) -> Vec<Observed> {
-        let line = Bytes::copy_from_slice(line.as_bytes());
-        let scan = jsonrpc::scan(&line);
-        vec![Observed { line, scan }]
+    use Direction::{Request as C2S, Response as S2C};
+
+    struct Harness {
+        session: Arc<Session>,
+        workers: Workers,
+        log: Log,
     }
 
-    /// Forwarding comes before registering: a fast server's response can reach the other pump
-    /// before the request is registered. The response waits for the client pump to catch up.
-    #[test]
-    fn a_response_that_overtakes_its_request_still_pairs() {
+    fn harness(hold_limit: Duration) -> Harness {
         let (plugin, log) = probe(Mode::Record);
         let (dispatcher, workers) = dispatch::start(vec![plugin], 64, false, Notices::new(true, 0));
-        let session = Session::with_catch_up(dispatcher, Duration::from_secs(5));
-        // The client pump has forwarded the request but not yet observed it.
-        session.forwarding(Direction::Request, 100);
+        Harness {
+            session: Session::with_hold_limit(dispatcher, hold_limit),
+            workers,
+            log,
+        }
+    }
+
+    fn batch(lines: &[&str]) -> Vec<Observed> {
+        lines
+            .iter()
+            .map(|line| {
+                let line = Bytes::copy_from_slice(line.as_bytes());
+                let scan = jsonrpc::scan(&line);
+                Observed { line, scan }
+            })
+            .collect()
+    }
+
+    /// Lines of one chunk of `direction`, after which its pump has framed up to byte `upto`.
+    fn chunk(session: &Session, direction: Direction, lines: &[&str], upto: u64) {
+        let mut lines = batch(lines);
+        session.observe(direction, &mut lines, Instant::now(), now_us(), upto);
+    }
+
+    impl Harness {
+        /// What the plugin saw, without the end of the session.
+        fn seen(self) -> Vec<String> {
+            self.session.close();
+            self.workers
+                .finish(Duration::from_secs(5), Duration::from_secs(5));
+            lines(&self.log)
+                .into_iter()
+                .filter(|l| l != "shutdown")
+                .collect()
+        }
+    }
+
+    fn expect(seen: &[String], want: &[&str]) {
+        assert_eq!(seen.len(), want.len(), "{seen:#?}");
+        for (got, want) in seen.iter().zip(want) {
+            assert!(
+                got.starts_with(want),
+                "got {got:?}, want {want:?}; all: {seen:#?}"
+            );
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_response_that_overtakes_its_request_is_held_then_paired() {
+        let h = harness(LONG);
+        // The client pump has forwarded a request but not yet framed it; the server answers.
+        h.session.forwarding(C2S, 100);
+        chunk(
+            &h.session,
+            S2C,
+            &[
+                r#"{"jsonrpc":"2.0","id":9,"result":{}}"#,
+                r#"{"jsonrpc":"2.0","method":"notifications/message"}"#,
+            ],
+            80,
+        );
+        assert_eq!(h.session.counts().server_to_client, 0, "held, not dropped");
+        chunk(
+            &h.session,
+            C2S,
+            &[r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#],
+            100,
+        );
+        expect(
+            &h.seen(),
+            &[
+                "1 request request id=9 method=ping corr=c1 ",
+                "2 response response id=9 method= corr=c1 ",
+                "3 response notification ",
+            ],
+        );
+    }
+
+    #[test]
+    fn the_race_between_real_threads_pairs() {
+        let h = harness(LONG);
+        h.session.forwarding(C2S, 100);
         let client = {
-            let session = session.clone();
+            let session = h.session.clone();
             std::thread::spawn(move || {
                 std::thread::sleep(Duration::from_micros(300));
-                let mut batch = observed(r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#);
-                session.observe(Direction::Request, &mut batch, Instant::now(), now_us());
-                session.caught_up(Direction::Request, 100);
+                chunk(
+                    &session,
+                    C2S,
+                    &[r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#],
+                    100,
+                );
             })
         };
-        let mut batch = observed(r#"{"jsonrpc":"2.0","id":9,"result":{}}"#);
-        session.observe(Direction::Response, &mut batch, Instant::now(), now_us());
+        chunk(
+            &h.session,
+            S2C,
+            &[r#"{"jsonrpc":"2.0","id":9,"result":{}}"#],
+            40,
+        );
         client.join().expect("the client pump");
-        session.close();
-        workers.finish(Duration::from_secs(2), Duration::from_secs(2));
-        let seen = lines(&log);
-        assert!(
-            seen[0].starts_with("1 request request id=9 method=ping corr=c1"),
-            "{seen:?}"
+        let seen = h.seen();
+        expect(
+            &seen,
+            &[
+                "1 request request id=9 method=ping corr=c1",
+                "2 response response id=9 method= corr=c1",
+            ],
         );
-        assert!(
-            seen[1].starts_with("2 response response id=9 method= corr=c1"),
-            "{seen:?}"
+        assert!(seen[1].ends_with(" latency"), "{seen:?}");
+    }
+
+    #[test]
+    fn a_response_nobody_asked_for_goes_unpaired_once_the_other_side_caught_up() {
+        let h = harness(LONG);
+        h.session.forwarding(C2S, 100);
+        chunk(
+            &h.session,
+            S2C,
+            &[r#"{"jsonrpc":"2.0","id":5,"result":{}}"#, "x"],
+            50,
         );
+        // The client's chunk holds no request 5.
+        chunk(
+            &h.session,
+            C2S,
+            &[r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#],
+            100,
+        );
+        expect(
+            &h.seen(),
+            &[
+                "1 request notification ",
+                "2 response response id=5 method= corr= ",
+                "3 response non-json ",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_chunk_without_a_complete_line_still_releases() {
+        let h = harness(LONG);
+        h.session.forwarding(C2S, 10);
+        chunk(
+            &h.session,
+            S2C,
+            &[r#"{"jsonrpc":"2.0","id":5,"result":{}}"#],
+            50,
+        );
+        assert_eq!(h.session.counts().server_to_client, 0);
+        chunk(&h.session, C2S, &[], 10);
+        assert_eq!(h.session.counts().server_to_client, 1);
+    }
+
+    /// Each side answers a request of the other while its own request is held: the held lines
+    /// come out in the only order that is possible (each response after its request).
+    #[test]
+    fn crossing_holds_resolve_in_causal_order() {
+        let h = harness(LONG);
+        h.session.forwarding(S2C, 200);
+        // The client answers the server's request "s" (not framed yet), then asks request 2.
+        chunk(
+            &h.session,
+            C2S,
+            &[
+                r#"{"jsonrpc":"2.0","id":"s","result":{}}"#,
+                r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+            ],
+            100,
+        );
+        // The server's chunk: its request "s", then its answer to request 2 (held by the client).
+        chunk(
+            &h.session,
+            S2C,
+            &[
+                r#"{"jsonrpc":"2.0","id":"s","method":"roots/list"}"#,
+                r#"{"jsonrpc":"2.0","id":2,"result":{}}"#,
+            ],
+            200,
+        );
+        expect(
+            &h.seen(),
+            &[
+                "1 response request id=\"s\" method=roots/list corr=s1 ",
+                "2 request response id=\"s\" method= corr=s1 ",
+                "3 request request id=2 method=tools/list corr=c3 ",
+                "4 response response id=2 method= corr=c3 ",
+            ],
+        );
+    }
+
+    /// Both sides hold a response nobody asked for: neither waits for the other.
+    #[test]
+    fn unanswerable_holds_on_both_sides_do_not_wait_for_each_other() {
+        let h = harness(LONG);
+        h.session.forwarding(S2C, 100);
+        h.session.forwarding(C2S, 100);
+        chunk(
+            &h.session,
+            C2S,
+            &[r#"{"jsonrpc":"2.0","id":77,"result":{}}"#],
+            100,
+        );
+        chunk(
+            &h.session,
+            S2C,
+            &[r#"{"jsonrpc":"2.0","id":88,"result":{}}"#],
+            100,
+        );
+        assert_eq!(
+            h.session.counts(),
+            Counts {
+                client_to_server: 1,
+                server_to_client: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_hold_ends_at_its_limit_even_if_the_other_side_never_catches_up() {
+        let h = harness(Duration::from_millis(10));
+        h.session.forwarding(C2S, 100);
+        chunk(
+            &h.session,
+            S2C,
+            &[r#"{"jsonrpc":"2.0","id":1,"result":{}}"#],
+            50,
+        );
+        let soon = Instant::now();
+        assert!(h.session.expire(soon).is_some(), "still held");
+        assert_eq!(h.session.counts().server_to_client, 0);
+        assert_eq!(h.session.expire(soon + Duration::from_millis(11)), None);
+        assert_eq!(h.session.counts().server_to_client, 1);
+        chunk(
+            &h.session,
+            C2S,
+            &[r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#],
+            100,
+        );
+        expect(
+            &h.seen(),
+            &[
+                "1 response response id=1 method= corr= ",
+                "2 request request id=1 method=ping corr=c2 ",
+            ],
+        );
+    }
+
+    #[test]
+    fn the_timer_releases_a_hold_while_both_pumps_are_idle() {
+        let h = harness(Duration::from_millis(20));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a runtime");
+        let session = h.session.clone();
+        let timer = std::thread::spawn(move || {
+            runtime.block_on(async {
+                tokio::select! {
+                    () = session.expire_holds() => {}
+                    () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+            });
+        });
+        for round in 0..2 {
+            h.session.forwarding(C2S, 100);
+            chunk(
+                &h.session,
+                S2C,
+                &[r#"{"jsonrpc":"2.0","id":1,"result":{}}"#],
+                50,
+            );
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while h.session.counts().server_to_client <= round && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert_eq!(
+                h.session.counts().server_to_client,
+                round + 1,
+                "round {round}"
+            );
+        }
+        drop(timer);
+        let _ = h.seen();
+    }
+
+    #[test]
+    fn a_hold_is_bounded() {
+        let h = harness(LONG);
+        h.session.forwarding(C2S, 100);
+        let mut lines = vec![r#"{"jsonrpc":"2.0","id":1,"result":{}}"#];
+        lines.extend(std::iter::repeat("x").take(HOLD_LINES));
+        chunk(&h.session, S2C, &lines, 50);
+        assert_eq!(
+            h.session.counts().server_to_client,
+            HOLD_LINES as u64 + 1,
+            "past the bound, the hold is given up"
+        );
+    }
+
+    #[test]
+    fn the_end_of_the_stream_releases_what_is_held() {
+        let h = harness(LONG);
+        h.session.forwarding(C2S, 100);
+        chunk(
+            &h.session,
+            S2C,
+            &[r#"{"jsonrpc":"2.0","id":1,"result":{}}"#],
+            50,
+        );
+        assert_eq!(h.session.finish_pairing().server_to_client, 1);
+        expect(&h.seen(), &["1 response response id=1 method= corr= "]);
     }
 }
 
@@ -478,7 +991,7 @@ mod throughput {
                 } else {
                     Direction::Response
                 };
-                session.observe(direction, &mut batch, Instant::now(), now_us());
+                session.observe(direction, &mut batch, Instant::now(), now_us(), 0);
             }
         }
         while states[0].handled.load(Ordering::Relaxed) < N as u64 {

@@ -6,9 +6,15 @@
 //! on. With `--lossless` the relay waits for room instead (back-pressure, for audit use).
 //!
 //! The lines of one read travel together as one [`Batch`], shared by all queues (`Arc`): one
-//! queue operation and at most one thread wake-up per read and plugin, not per message, and a
-//! line's bytes are never copied per plugin. The queue is bounded in messages and in bytes
-//! (counted in atomics beside the channel), since lines can be of any size.
+//! queue operation per read and plugin, not per message, and a line's bytes are never copied per
+//! plugin. A read of a single line (an interactive session) goes as [`Item::One`], without any
+//! allocation. The queue is bounded in messages and in bytes (counted in atomics beside the
+//! channel), since lines can be of any size.
+//!
+//! A worker that finds its queue empty does not block on it at once: it looks again every
+//! millisecond for a while ([`worker`]), so that while messages flow the relay never has to wake
+//! it (a futex call and a context switch per message, on the path of every round trip); plugins
+//! see a message at most about a millisecond late. An idle worker then blocks, and costs nothing.
 //!
 //! A plugin that panics (the SDK turns the panic into a `PANICKED` error) is disabled for the rest
 //! of the session; other errors are reported, rate-limited, and the plugin carries on. At the end,
@@ -73,6 +79,8 @@ impl Batch {
 /// What goes through a plugin's queue.
 #[derive(Debug, Clone)]
 pub enum Item {
+    /// One line of the stream (a read that held one line; no allocation).
+    One(Envelope),
     /// Lines of the stream.
     Messages(Arc<Batch>),
     /// A lifecycle event (start, error).
@@ -226,38 +234,59 @@ pub fn start(
 impl Dispatcher {
     /// Queues `item` for every plugin that is still enabled. Never blocks unless lossless; then
     /// it waits for room until `closing` is set.
-    pub fn send(&self, item: &Item, closing: &AtomicBool) {
+    pub fn send(&self, item: Item, closing: &AtomicBool) {
         let (messages, bytes) = item.weight();
-        for lane in &self.lanes {
-            if lane.state.disabled.load(Ordering::Relaxed) {
+        let enabled = |lane: &Lane| !lane.state.disabled.load(Ordering::Relaxed);
+        // The last enabled lane takes the item itself: with one plugin nothing is cloned.
+        let last = self.lanes.iter().rposition(enabled);
+        let mut item = Some(item);
+        for (i, lane) in self.lanes.iter().enumerate() {
+            if !enabled(lane) {
                 continue;
             }
-            let mut pause = Duration::from_micros(50);
-            loop {
-                let sent = lane.state.reserve(messages, bytes, self.capacity)
-                    && match lane.tx.try_send(item.clone()) {
-                        Ok(()) => true,
-                        Err(TrySendError::Disconnected(_)) => {
-                            lane.state.release(messages, bytes);
-                            break;
-                        }
-                        Err(TrySendError::Full(_)) => {
-                            lane.state.release(messages, bytes);
-                            false
-                        }
-                    };
-                if sent {
-                    break;
-                }
-                if !self.lossless || closing.load(Ordering::Relaxed) {
-                    lane.state
-                        .drops
-                        .fetch_add(messages.max(1) as u64, Ordering::Relaxed);
-                    break;
-                }
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(5));
+            let copy = if Some(i) == last {
+                item.take()
+            } else {
+                item.clone()
+            };
+            if let Some(copy) = copy {
+                self.send_to(lane, copy, messages, bytes, closing);
             }
+        }
+    }
+
+    fn send_to(
+        &self,
+        lane: &Lane,
+        item: Item,
+        messages: usize,
+        bytes: usize,
+        closing: &AtomicBool,
+    ) {
+        let mut item = item;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            if lane.state.reserve(messages, bytes, self.capacity) {
+                match lane.tx.try_send(item) {
+                    Ok(()) => return,
+                    Err(TrySendError::Disconnected(_)) => {
+                        lane.state.release(messages, bytes);
+                        return;
+                    }
+                    Err(TrySendError::Full(back)) => {
+                        lane.state.release(messages, bytes);
+                        item = back;
+                    }
+                }
+            }
+            if !self.lossless || closing.load(Ordering::Relaxed) {
+                lane.state
+                    .drops
+                    .fetch_add(messages.max(1) as u64, Ordering::Relaxed);
+                return;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
         }
     }
 }
@@ -266,6 +295,7 @@ impl Item {
     /// The messages and bytes of line this item holds, for the queue's budgets.
     fn weight(&self) -> (usize, usize) {
         match self {
+            Item::One(envelope) => (1, envelope.line.len()),
             Item::Messages(batch) => (batch.envelopes.len(), batch.bytes),
             Item::Event(_) | Item::Error(_) => (0, 0),
         }

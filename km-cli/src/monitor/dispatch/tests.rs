@@ -11,8 +11,9 @@ use km_abi::{Direction, MessageKind};
 use super::*;
 use crate::monitor::testing::{lines, probe, Mode};
 
+/// One line, as a single-line read sends it.
 fn envelope(seq: u64) -> Item {
-    batch(vec![one(seq)])
+    Item::One(one(seq))
 }
 
 fn batch(envelopes: Vec<Envelope>) -> Item {
@@ -54,7 +55,7 @@ fn a_hung_plugin_never_blocks_the_sender_and_its_drops_are_counted() {
     let closing = AtomicBool::new(false);
     let started = Instant::now();
     for seq in 1..=1000 {
-        dispatcher.send(&envelope(seq), &closing);
+        dispatcher.send(envelope(seq), &closing);
         if seq % 32 == 0 {
             // Give the healthy plugin time to keep up; the hung one cannot.
             std::thread::sleep(Duration::from_millis(20));
@@ -97,7 +98,7 @@ fn lossless_waits_for_a_slow_plugin_instead_of_dropping() {
     let (dispatcher, workers) = start(vec![slow], 4, true, QUIET);
     let closing = AtomicBool::new(false);
     for seq in 1..=200 {
-        dispatcher.send(&envelope(seq), &closing);
+        dispatcher.send(envelope(seq), &closing);
     }
     assert_eq!(workers.states[0].drops.load(Ordering::Relaxed), 0);
     end(&workers);
@@ -117,7 +118,7 @@ fn lossless_stops_waiting_when_the_session_closes() {
     let (hung, _) = probe(Mode::Hang);
     let (dispatcher, workers) = start(vec![hung], 1, true, QUIET);
     let closing = Arc::new(AtomicBool::new(false));
-    dispatcher.send(&envelope(1), &closing);
+    dispatcher.send(envelope(1), &closing);
     let closer = {
         let closing = closing.clone();
         std::thread::spawn(move || {
@@ -127,7 +128,7 @@ fn lossless_stops_waiting_when_the_session_closes() {
     };
     let started = Instant::now();
     // The queue is full (the hung call holds its one message): this waits until closing.
-    dispatcher.send(&envelope(2), &closing);
+    dispatcher.send(envelope(2), &closing);
     let waited = started.elapsed();
     assert!(
         waited >= Duration::from_millis(150) && waited < Duration::from_secs(2),
@@ -146,7 +147,7 @@ fn a_panicking_plugin_is_disabled_and_the_others_carry_on() {
     let (dispatcher, workers) = start(vec![panicky, healthy], 64, false, QUIET);
     let closing = AtomicBool::new(false);
     for seq in 1..=10 {
-        dispatcher.send(&envelope(seq), &closing);
+        dispatcher.send(envelope(seq), &closing);
     }
     end(&workers);
     drop(dispatcher);
@@ -174,7 +175,7 @@ fn ordinary_errors_do_not_disable_a_plugin() {
     let (dispatcher, workers) = start(vec![failing], 64, false, QUIET);
     let closing = AtomicBool::new(false);
     for seq in 1..=10 {
-        dispatcher.send(&envelope(seq), &closing);
+        dispatcher.send(envelope(seq), &closing);
     }
     end(&workers);
     drop(dispatcher);
@@ -190,7 +191,7 @@ fn a_slow_queue_is_cut_short_at_the_drain_deadline() {
     let (dispatcher, workers) = start(vec![slow], 1000, false, QUIET);
     let closing = AtomicBool::new(false);
     for seq in 1..=1000 {
-        dispatcher.send(&envelope(seq), &closing);
+        dispatcher.send(envelope(seq), &closing);
     }
     end(&workers);
     drop(dispatcher);
@@ -232,7 +233,7 @@ fn a_byte_budget_bounds_what_a_hung_plugin_holds() {
     for seq in 1..=10 {
         let mut envelope = one(seq);
         envelope.line = big.clone();
-        dispatcher.send(&batch(vec![envelope]), &closing);
+        dispatcher.send(batch(vec![envelope]), &closing);
     }
     // Four lines fit the budget (one of them in the hung call), the other six are dropped.
     std::thread::sleep(Duration::from_millis(50));
@@ -249,7 +250,7 @@ fn lossless_drains_past_the_deadline_while_the_plugin_makes_progress() {
     let (dispatcher, workers) = start(vec![slow], 1000, true, QUIET);
     let closing = AtomicBool::new(false);
     for seq in 1..=50 {
-        dispatcher.send(&envelope(seq), &closing);
+        dispatcher.send(envelope(seq), &closing);
     }
     end(&workers);
     drop(dispatcher);
@@ -270,9 +271,9 @@ fn a_batch_is_delivered_in_order_and_dropped_whole_when_it_does_not_fit() {
     let (healthy, log) = probe(Mode::Record);
     let (dispatcher, workers) = start(vec![hung, healthy], 10, false, QUIET);
     let closing = AtomicBool::new(false);
-    dispatcher.send(&batch((1..=8).map(one).collect()), &closing);
+    dispatcher.send(batch((1..=8).map(one).collect()), &closing);
     std::thread::sleep(Duration::from_millis(50)); // the healthy plugin catches up
-    dispatcher.send(&batch((9..=12).map(one).collect()), &closing);
+    dispatcher.send(batch((9..=12).map(one).collect()), &closing);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(
         workers.states[0].drops.load(Ordering::Relaxed),
