@@ -23,7 +23,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -124,7 +124,7 @@ pub(crate) struct LaneState {
 }
 
 struct Lane {
-    tx: SyncSender<Item>,
+    tx: Sender<Item>,
     state: Arc<LaneState>,
 }
 
@@ -183,8 +183,9 @@ pub fn start(
     let mut lanes = Vec::with_capacity(plugins.len());
     let mut states = Vec::with_capacity(plugins.len());
     for (index, plugin) in plugins.into_iter().enumerate() {
-        // The channel's own bound is a backstop: the message and byte budgets decide.
-        let (tx, rx) = mpsc::sync_channel(capacity.max(1));
+        // Bounded by the message and byte budgets, not by the channel: a bounded channel would
+        // allocate (and touch) room for `capacity` items up front, per plugin, used or not.
+        let (tx, rx) = mpsc::channel();
         let state = Arc::new(LaneState {
             name: plugin.name().to_owned(),
             drops: AtomicU64::new(0),
@@ -263,21 +264,14 @@ impl Dispatcher {
         bytes: usize,
         closing: &AtomicBool,
     ) {
-        let mut item = item;
         let mut pause = Duration::from_micros(50);
         loop {
             if lane.state.reserve(messages, bytes, self.capacity) {
-                match lane.tx.try_send(item) {
-                    Ok(()) => return,
-                    Err(TrySendError::Disconnected(_)) => {
-                        lane.state.release(messages, bytes);
-                        return;
-                    }
-                    Err(TrySendError::Full(back)) => {
-                        lane.state.release(messages, bytes);
-                        item = back;
-                    }
+                if let Err(mpsc::SendError(_)) = lane.tx.send(item) {
+                    // The worker's thread has ended: nobody will release this reservation.
+                    lane.state.release(messages, bytes);
                 }
+                return;
             }
             if !self.lossless || closing.load(Ordering::Relaxed) {
                 lane.state
