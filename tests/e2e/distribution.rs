@@ -3,19 +3,11 @@
 //! from files and from the reference `km-api-server` on loopback. Every refused package leaves
 //! the plugin installed before exactly as it was.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
-use km_tests::{bin_dir, chmod, describe, plugin_lib, run_ok, KmEnv};
-use serde_json::{json, Value};
-
-struct Customer {
-    id: &'static str,
-    api_key: &'static str,
-}
+use km_tests::{chmod, describe, plugin_lib, run_ok, ApiServer, Customer, KmEnv};
+use serde_json::Value;
 
 const ALICE: Customer = Customer {
     id: "cust_alice",
@@ -26,99 +18,12 @@ const BOB: Customer = Customer {
     api_key: "km_live_bob_dist_0123456789",
 };
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
-}
-
-/// A running `km-api-server` with a plugin directory, killed on drop.
-struct ApiServer {
-    child: Child,
-    url: String,
-    public_key_file: PathBuf,
-    public_key: Vec<u8>,
-    packages: PathBuf,
-}
-
-impl ApiServer {
-    fn start(dir: &Path) -> ApiServer {
-        let exe = bin_dir().join("km-api-server");
-        assert!(
-            exe.exists(),
-            "{} is missing: cargo build --workspace",
-            exe.display()
-        );
-        let key = dir.join("api-server.key");
-        let out = Command::new(&exe)
-            .arg("--gen-key")
-            .arg(&key)
-            .output()
-            .expect("runs");
-        assert!(out.status.success(), "{}", describe(&out));
-        let b64 = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let public_key = STANDARD.decode(&b64).expect("base64 public key");
-        let public_key_file = dir.join("api.pub");
-        std::fs::write(&public_key_file, &b64).expect("api.pub");
-        let customers: Vec<Value> = [&ALICE, &BOB]
-            .iter()
-            .map(|c| {
-                json!({
-                    "id": c.id,
-                    "api_key_sha256": sha256_hex(c.api_key.as_bytes()),
-                    "tier": "pro",
-                    "features": ["api_logging"],
-                    "subscription_end": now() + 30 * 24 * 3600,
-                    "customer_token": format!("ct-{}", c.id),
-                })
-            })
-            .collect();
-        let customers_file = dir.join("customers.json");
-        std::fs::write(
-            &customers_file,
-            json!({ "customers": customers }).to_string(),
-        )
-        .expect("customers");
-        let packages = dir.join("served");
-        std::fs::create_dir_all(&packages).expect("served dir");
-        let log = std::fs::File::create(dir.join("api-server.log")).expect("log");
-        let mut child = Command::new(&exe)
-            .arg("--signing-key")
-            .arg(&key)
-            .arg("--customers")
-            .arg(&customers_file)
-            .arg("--plugins-dir")
-            .arg(&packages)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("km-api-server starts");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first)
-            .expect("address");
-        let url = first.trim().to_owned();
-        assert!(url.starts_with("http://127.0.0.1:"), "{url:?}");
-        ApiServer {
-            child,
-            url,
-            public_key_file,
-            public_key,
-            packages,
-        }
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The reference API with Alice and Bob on Pro, serving the packages in `dir/served`.
+fn start_api(dir: &Path) -> ApiServer {
+    ApiServer::builder(dir)
+        .customers(&[(&ALICE, "pro"), (&BOB, "pro")])
+        .plugins_dir(&dir.join("served"))
+        .start()
 }
 
 fn lib_file(stem: &str) -> String {
@@ -228,7 +133,7 @@ fn build_for(env: &KmEnv, server: &ApiServer, customer: &Customer, out_dir: &Pat
         "1.0.0",
     ])
     .arg("--customer-token")
-    .arg(format!("ct-{}", customer.id))
+    .arg(customer.customer_token())
     .arg("--key")
     .arg(env.key.with_extension("key"))
     .arg("--api-public-key")
@@ -284,7 +189,7 @@ fn init(env: &KmEnv, server: &ApiServer, api_key: &str) {
 #[test]
 fn a_customer_build_authenticates_for_its_customer_and_degrades_for_another() {
     let env = KmEnv::new();
-    let server = ApiServer::start(env.dir.path());
+    let server = start_api(env.dir.path());
     let out_dir = env.dir.path().join("build-alice");
     let output = build_for(&env, &server, &ALICE, &out_dir);
     let (lib, pkg) = built_files(&out_dir);
@@ -374,7 +279,7 @@ fn a_customer_build_authenticates_for_its_customer_and_degrades_for_another() {
 #[test]
 fn build_plugin_refuses_a_library_without_a_credentials_region() {
     let env = KmEnv::new();
-    let server = ApiServer::start(env.dir.path());
+    let server = start_api(env.dir.path());
     let out_dir = env.dir.path().join("build");
     let output = env
         .km_sign()
@@ -414,7 +319,7 @@ fn build_plugin_refuses_a_library_without_a_credentials_region() {
 #[test]
 fn a_stamped_library_changed_after_signing_is_refused() {
     let env = KmEnv::new();
-    let server = ApiServer::start(env.dir.path());
+    let server = start_api(env.dir.path());
     let out_dir = env.dir.path().join("build");
     build_for(&env, &server, &ALICE, &out_dir);
     let (lib, _) = built_files(&out_dir);
@@ -538,9 +443,10 @@ fn bad_packages_are_refused_and_the_installed_plugin_still_verifies() {
 #[test]
 fn install_by_url_and_name_update_and_uninstall_through_the_reference_api() {
     let env = KmEnv::new();
-    let server = ApiServer::start(env.dir.path());
+    let server = start_api(env.dir.path());
+    let served = server.plugins_dir();
     let v1 = package(&env, &env.key, "1.0.0");
-    std::fs::copy(&v1, server.packages.join("console-logger-1.0.0.kmpkg")).expect("serve");
+    std::fs::copy(&v1, served.join("console-logger-1.0.0.kmpkg")).expect("serve");
 
     // By URL, with progress on stderr.
     let url = format!(
@@ -560,7 +466,7 @@ fn install_by_url_and_name_update_and_uninstall_through_the_reference_api() {
     let before = snapshot(&env);
     let v2 = package(&env, &env.key, "2.0.0");
     let bytes = std::fs::read(&v2).expect("v2");
-    std::fs::write(server.packages.join("cut.kmpkg"), &bytes[..bytes.len() / 2]).expect("cut");
+    std::fs::write(served.join("cut.kmpkg"), &bytes[..bytes.len() / 2]).expect("cut");
     let out = install(
         &env,
         &format!("{}/api/plugins/download/cut.kmpkg", server.url),
@@ -573,7 +479,7 @@ fn install_by_url_and_name_update_and_uninstall_through_the_reference_api() {
     let rogue = env.dir.path().join("keys").join("rogue");
     env.keygen(&rogue);
     let rogue_pkg = package(&env, &rogue, "3.0.0");
-    std::fs::copy(&rogue_pkg, server.packages.join("console-logger")).expect("serve");
+    std::fs::copy(&rogue_pkg, served.join("console-logger")).expect("serve");
     let out = env
         .km()
         .args(["update-plugin", "console-logger"])
@@ -583,7 +489,7 @@ fn install_by_url_and_name_update_and_uninstall_through_the_reference_api() {
     assert_still_installed(&env, &before, "1.0.0");
 
     // Update to a good 2.0.0: replaced, verified.
-    std::fs::copy(&v2, server.packages.join("console-logger")).expect("serve");
+    std::fs::copy(&v2, served.join("console-logger")).expect("serve");
     let out = env
         .km()
         .args(["update-plugin", "--all"])

@@ -2,160 +2,31 @@
 //! credentials of a customer and the public key of a real `km-api-server` on loopback, signed,
 //! then authenticated by the real `km plugin-refresh` and reported by `km plugin-status`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
 use km_abi::credentials::{stamp, StampInput};
 use km_abi::{Credentials, Tier};
-use km_tests::{bin_dir, chmod, describe, plugin_lib, run_ok, KmEnv};
+use km_tests::{chmod, describe, plugin_lib, run_ok, unix_now, ApiServer, Customer, KmEnv};
 use serde_json::{json, Value};
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
-}
-
-/// A customer of the reference API.
-struct Customer {
-    id: &'static str,
-    api_key: &'static str,
-    tier: &'static str,
-}
 
 const ALICE: Customer = Customer {
     id: "cust_alice",
     api_key: "km_live_alice_0123456789",
-    tier: "pro",
 };
 const BOB: Customer = Customer {
     id: "cust_bob",
     api_key: "km_live_bob_0123456789",
-    tier: "pro",
 };
 
-/// A running `km-api-server`, killed on drop.
-struct ApiServer {
-    child: Child,
-    url: String,
-    public_key: Vec<u8>,
-    customers_file: PathBuf,
-}
-
-impl ApiServer {
-    fn start(dir: &Path, customers: &[(&Customer, &str)]) -> ApiServer {
-        let exe = bin_dir().join("km-api-server");
-        assert!(
-            exe.exists(),
-            "{} is missing: run `cargo build --workspace` first",
-            exe.display()
-        );
-        let key = dir.join("api-server.key");
-        let out = Command::new(&exe)
-            .arg("--gen-key")
-            .arg(&key)
-            .output()
-            .expect("km-api-server runs");
-        assert!(out.status.success(), "{}", describe(&out));
-        let public_key = STANDARD
-            .decode(String::from_utf8_lossy(&out.stdout).trim())
-            .expect("the public key is printed in base64");
-        let customers_file = dir.join("customers.json");
-        write_customers(&customers_file, customers);
-        let log = std::fs::File::create(dir.join("api-server.log")).expect("log file");
-        let mut child = Command::new(&exe)
-            .arg("--signing-key")
-            .arg(&key)
-            .arg("--customers")
-            .arg(&customers_file)
-            .arg("--events")
-            .arg(dir.join("events.jsonl"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("km-api-server starts");
-        let mut first = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first)
-            .expect("reading the address");
-        let url = first.trim().to_owned();
-        assert!(
-            url.starts_with("http://127.0.0.1:"),
-            "unexpected first line {url:?}"
-        );
-        ApiServer {
-            child,
-            url,
-            public_key,
-            customers_file,
-        }
-    }
-
-    /// Rewrites the customers file (the server re-reads it on change).
-    fn set_customers(&self, customers: &[(&Customer, &str)]) {
-        // Make sure the modification time moves even on coarse clocks.
-        std::thread::sleep(Duration::from_millis(20));
-        write_customers(&self.customers_file, customers);
-    }
-
-    /// `POST /control/...`.
-    fn control(&self, path_and_query: &str) {
-        let (status, body) = http(&self.url, "POST", &format!("/control/{path_and_query}"));
-        assert_eq!(status, 200, "control {path_and_query}: {body}");
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn write_customers(path: &Path, customers: &[(&Customer, &str)]) {
-    let list: Vec<Value> = customers
-        .iter()
-        .map(|(c, tier)| {
-            json!({
-                "id": c.id,
-                "api_key_sha256": sha256_hex(c.api_key.as_bytes()),
-                "tier": tier,
-                "features": ["api_logging"],
-                "subscription_end": now() + 30 * 24 * 3600,
-                "customer_token": format!("ct-{}", c.id),
-            })
-        })
-        .collect();
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json!({ "customers": list }).to_string()).expect("customers file");
-    std::fs::rename(&tmp, path).expect("customers file");
-}
-
-/// A minimal HTTP/1.1 client for the server's controls.
-fn http(base: &str, method: &str, path: &str) -> (u16, String) {
-    let addr = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).expect("connect to km-api-server");
-    write!(stream, "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-        .expect("request");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("response");
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
+/// The reference API with `customers` (and their tiers), storing events in
+/// `dir/events.jsonl`.
+fn start_api(dir: &Path, customers: &[(&Customer, &str)]) -> ApiServer {
+    ApiServer::builder(dir)
+        .customers(customers)
+        .events(&dir.join("events.jsonl"))
+        .start()
 }
 
 /// Installs api-logger stamped for `customer` (or unstamped) and signed with the trusted key.
@@ -164,9 +35,9 @@ fn install_api_logger(env: &KmEnv, server: &ApiServer, customer: Option<&Custome
     if let Some(c) = customer {
         let credentials = Credentials {
             customer_id: c.id.to_owned(),
-            customer_token: format!("ct-{}", c.id),
+            customer_token: c.customer_token(),
             tier: Tier::Pro,
-            build_time: now(),
+            build_time: unix_now(),
         };
         stamp(
             &mut bytes,
@@ -240,7 +111,9 @@ fn assert_authorized(record: &Value, output: &Output) {
     assert_eq!(record["tier"], "pro", "{record:#}");
     assert_eq!(record["required_tier"], "pro", "{record:#}");
     assert!(
-        record["expires_at"].as_i64().is_some_and(|e| e > now()),
+        record["expires_at"]
+            .as_i64()
+            .is_some_and(|e| e > unix_now()),
         "{record:#}"
     );
 }
@@ -337,7 +210,7 @@ fn init_writes_a_private_config_and_show_masks_the_key() {
 #[test]
 fn a_pro_subscription_authorizes_and_a_downgrade_degrades_with_the_reason_shown() {
     let env = KmEnv::new();
-    let server = ApiServer::start(env.dir.path(), &[(&ALICE, ALICE.tier)]);
+    let server = start_api(env.dir.path(), &[(&ALICE, "pro")]);
     let lib = install_api_logger(&env, &server, Some(&ALICE));
     init(&env, &server, ALICE.api_key);
     let before = status_json(&env);
@@ -384,7 +257,7 @@ fn a_pro_subscription_authorizes_and_a_downgrade_degrades_with_the_reason_shown(
 #[test]
 fn a_build_stamped_for_another_customer_runs_degraded() {
     let env = KmEnv::new();
-    let server = ApiServer::start(env.dir.path(), &[(&ALICE, "pro"), (&BOB, "pro")]);
+    let server = start_api(env.dir.path(), &[(&ALICE, "pro"), (&BOB, "pro")]);
     install_api_logger(&env, &server, Some(&ALICE));
     init(&env, &server, BOB.api_key);
     let (code, record, output) = refresh(&env);
@@ -395,7 +268,7 @@ fn a_build_stamped_for_another_customer_runs_degraded() {
 #[test]
 fn unstamped_builds_and_missing_keys_degrade() {
     let env = KmEnv::new();
-    let server = ApiServer::start(env.dir.path(), &[(&ALICE, "pro")]);
+    let server = start_api(env.dir.path(), &[(&ALICE, "pro")]);
     install_api_logger(&env, &server, None);
     init(&env, &server, ALICE.api_key);
     let (_, record, output) = refresh(&env);
@@ -410,7 +283,7 @@ fn unstamped_builds_and_missing_keys_degrade() {
 #[test]
 fn forged_altered_malformed_and_oversized_answers_are_rejected() {
     let env = KmEnv::new();
-    let server = ApiServer::start(env.dir.path(), &[(&ALICE, "pro")]);
+    let server = start_api(env.dir.path(), &[(&ALICE, "pro")]);
     install_api_logger(&env, &server, Some(&ALICE));
     init(&env, &server, ALICE.api_key);
     for (mode, reason) in [
@@ -433,7 +306,7 @@ fn forged_altered_malformed_and_oversized_answers_are_rejected() {
 #[test]
 fn api_down_keeps_a_valid_cached_token_degrades_without_one_and_recovers() {
     let env = KmEnv::new();
-    let server = ApiServer::start(env.dir.path(), &[(&ALICE, "pro")]);
+    let server = start_api(env.dir.path(), &[(&ALICE, "pro")]);
     install_api_logger(&env, &server, Some(&ALICE));
     init(&env, &server, ALICE.api_key);
     let (_, record, output) = refresh(&env);
@@ -469,7 +342,7 @@ fn api_down_keeps_a_valid_cached_token_degrades_without_one_and_recovers() {
 #[test]
 fn a_response_slower_than_the_timeout_is_rejected() {
     let env = KmEnv::new();
-    let server = ApiServer::start(env.dir.path(), &[(&ALICE, "pro")]);
+    let server = start_api(env.dir.path(), &[(&ALICE, "pro")]);
     install_api_logger(&env, &server, Some(&ALICE));
     init(&env, &server, ALICE.api_key);
     // km's default deadline for a call is 10 s, retries included.
@@ -617,7 +490,7 @@ mod delivery {
     fn every_message_is_delivered_once_across_an_outage_and_a_restart() {
         let env = KmEnv::new();
         let dir = env.dir.path();
-        let server = ApiServer::start(dir, &[(&ALICE, "pro")]);
+        let server = start_api(dir, &[(&ALICE, "pro")]);
         install_api_logger(&env, &server, Some(&ALICE));
 
         let plugin = load(&env, &server);
@@ -658,7 +531,7 @@ mod delivery {
     fn without_a_pro_subscription_nothing_is_sent_or_kept() {
         let env = KmEnv::new();
         let dir = env.dir.path();
-        let server = ApiServer::start(dir, &[(&ALICE, "free")]);
+        let server = start_api(dir, &[(&ALICE, "free")]);
         install_api_logger(&env, &server, Some(&ALICE));
         let plugin = load(&env, &server);
         send(&plugin, 0..3);
@@ -682,7 +555,7 @@ mod delivery {
     fn the_refresher_applies_a_downgrade_within_one_interval_and_recovers() {
         let env = KmEnv::new();
         let dir = env.dir.path();
-        let server = ApiServer::start(dir, &[(&ALICE, "pro")]);
+        let server = start_api(dir, &[(&ALICE, "pro")]);
         install_api_logger(&env, &server, Some(&ALICE));
         let plugin = load(&env, &server);
         let home = KmHome::resolve(Some(&env.home)).expect("home");
@@ -730,7 +603,7 @@ mod delivery {
     fn two_sessions_side_by_side_each_deliver_everything() {
         let env = KmEnv::new();
         let dir = env.dir.path();
-        let server = ApiServer::start(dir, &[(&ALICE, "pro")]);
+        let server = start_api(dir, &[(&ALICE, "pro")]);
         install_api_logger(&env, &server, Some(&ALICE));
         // Two km monitors share the plugin's data directory, each with its own journal.
         let first = load(&env, &server);
@@ -863,7 +736,7 @@ mod monitor_session {
     fn every_message_of_a_session_arrives_once_even_when_km_is_killed() {
         let env = KmEnv::new();
         let dir = env.dir.path();
-        let server = ApiServer::start(dir, &[(&ALICE, "pro")]);
+        let server = start_api(dir, &[(&ALICE, "pro")]);
         install_api_logger(&env, &server, Some(&ALICE));
         init(&env, &server, ALICE.api_key);
         write_settings(&env);
@@ -891,7 +764,7 @@ mod monitor_session {
     fn a_downgrade_during_a_session_stops_logging_without_disturbing_the_relay() {
         let env = KmEnv::new();
         let dir = env.dir.path();
-        let server = ApiServer::start(dir, &[(&ALICE, "pro")]);
+        let server = start_api(dir, &[(&ALICE, "pro")]);
         install_api_logger(&env, &server, Some(&ALICE));
         init(&env, &server, ALICE.api_key);
         write_settings(&env);
@@ -920,7 +793,7 @@ mod monitor_session {
     fn a_restart_while_the_api_is_down_runs_on_the_cached_token() {
         let env = KmEnv::new();
         let dir = env.dir.path();
-        let server = ApiServer::start(dir, &[(&ALICE, "pro")]);
+        let server = start_api(dir, &[(&ALICE, "pro")]);
         install_api_logger(&env, &server, Some(&ALICE));
         init(&env, &server, ALICE.api_key);
         write_settings(&env);

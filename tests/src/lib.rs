@@ -1,14 +1,22 @@
 //! The harness of km's end-to-end tests: finds the real binaries and plugin libraries that
 //! `cargo build --workspace` produced, makes throw-away `KM_HOME`s, and signs libraries with keys
-//! the test makes, using the real `km-sign`.
+//! the test makes, using the real `km-sign`, and starts the reference API server
+//! (`km-api-server`) on loopback.
 //!
 //! The test binaries cannot build cdylibs themselves (cargo holds the build lock while tests
 //! run), so the README's test command builds the workspace first.
 
 #![forbid(unsafe_code)]
 
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::{json, Value};
 
 /// The cargo target directory's profile folder (`target/debug`) holding `km`, `km-sign` and the
 /// plugin libraries.
@@ -209,4 +217,217 @@ impl Default for KmEnv {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A customer of the reference API (`km-api-server`): who they are and the API key they use.
+pub struct Customer {
+    /// The customer id, stamped into their builds.
+    pub id: &'static str,
+    /// The API key (the server keeps only its SHA-256).
+    pub api_key: &'static str,
+}
+
+impl Customer {
+    /// The customer token the reference API holds for this customer, and that tests stamp into
+    /// the customer's builds.
+    pub fn customer_token(&self) -> String {
+        format!("ct-{}", self.id)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the clock is after 1970")
+        .as_secs() as i64
+}
+
+/// Writes the reference API's customers file: each customer with its tier, the `api_logging`
+/// feature and a subscription that ends in 30 days. Written aside and renamed, so that the
+/// server, which re-reads the file when it changes, never reads half of it.
+fn write_customers(path: &Path, customers: &[(&Customer, &str)]) {
+    let list: Vec<Value> = customers
+        .iter()
+        .map(|(c, tier)| {
+            let api_key_sha256 = hex::encode(ring::digest::digest(
+                &ring::digest::SHA256,
+                c.api_key.as_bytes(),
+            ));
+            json!({
+                "id": c.id,
+                "api_key_sha256": api_key_sha256,
+                "tier": tier,
+                "features": ["api_logging"],
+                "subscription_end": unix_now() + 30 * 24 * 3600,
+                "customer_token": c.customer_token(),
+            })
+        })
+        .collect();
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json!({ "customers": list }).to_string())
+        .unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("renaming to {}: {e}", path.display()));
+}
+
+/// A running reference API (`km-api-server`) on loopback, with a signing key of its own; killed
+/// on drop. Made by [`ApiServer::builder`].
+pub struct ApiServer {
+    child: Child,
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The public key of the server's token-signing key (raw Ed25519).
+    pub public_key: Vec<u8>,
+    /// The same key in base64 in a file, as `km-sign build-plugin --api-public-key` takes it.
+    pub public_key_file: PathBuf,
+    customers_file: PathBuf,
+    plugins_dir: Option<PathBuf>,
+}
+
+/// What an [`ApiServer`] starts with: its customers, and optionally a package directory
+/// (`--plugins-dir`) and an events file (`--events`).
+pub struct ApiServerBuilder<'a> {
+    dir: PathBuf,
+    customers: Vec<(&'a Customer, &'a str)>,
+    plugins_dir: Option<PathBuf>,
+    events: Option<PathBuf>,
+}
+
+impl<'a> ApiServerBuilder<'a> {
+    /// The customers and their tiers (`"free"`, `"pro"`, ...). None by default.
+    pub fn customers(mut self, customers: &[(&'a Customer, &'a str)]) -> Self {
+        self.customers = customers.to_vec();
+        self
+    }
+
+    /// Serves the packages in `dir` (created if missing) for downloads and updates.
+    pub fn plugins_dir(mut self, dir: &Path) -> Self {
+        self.plugins_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Appends the events it accepts to `file`, as JSON lines.
+    pub fn events(mut self, file: &Path) -> Self {
+        self.events = Some(file.to_path_buf());
+        self
+    }
+
+    /// Makes the server's key, writes its files into the builder's directory (key, `api.pub`,
+    /// `customers.json`, `api-server.log` with what it prints on stderr), starts it and waits
+    /// for the address it listens on.
+    pub fn start(self) -> ApiServer {
+        let exe = built("km-api-server");
+        let key = self.dir.join("api-server.key");
+        let out = Command::new(&exe)
+            .arg("--gen-key")
+            .arg(&key)
+            .output()
+            .expect("km-api-server runs");
+        assert!(out.status.success(), "{}", describe(&out));
+        let b64 = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let public_key = STANDARD
+            .decode(&b64)
+            .expect("the public key is printed in base64");
+        let public_key_file = self.dir.join("api.pub");
+        std::fs::write(&public_key_file, &b64).expect("writing api.pub");
+        let customers_file = self.dir.join("customers.json");
+        write_customers(&customers_file, &self.customers);
+        let log = std::fs::File::create(self.dir.join("api-server.log")).expect("log file");
+
+        let mut cmd = Command::new(&exe);
+        cmd.arg("--signing-key")
+            .arg(&key)
+            .arg("--customers")
+            .arg(&customers_file);
+        if let Some(dir) = &self.plugins_dir {
+            std::fs::create_dir_all(dir)
+                .unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+            cmd.arg("--plugins-dir").arg(dir);
+        }
+        if let Some(events) = &self.events {
+            cmd.arg("--events").arg(events);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("km-api-server starts");
+        // Owned before anything can panic, so that the server is killed whatever happens next.
+        let stdout = child.stdout.take().expect("stdout");
+        let mut server = ApiServer {
+            child,
+            url: String::new(),
+            public_key,
+            public_key_file,
+            customers_file,
+            plugins_dir: self.plugins_dir,
+        };
+        let mut first = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("reading the address");
+        server.url = first.trim().to_owned();
+        assert!(
+            server.url.starts_with("http://127.0.0.1:"),
+            "unexpected first line {first:?}"
+        );
+        server
+    }
+}
+
+impl ApiServer {
+    /// A server whose files go into `dir`, without customers until told.
+    pub fn builder<'a>(dir: &Path) -> ApiServerBuilder<'a> {
+        ApiServerBuilder {
+            dir: dir.to_path_buf(),
+            customers: Vec::new(),
+            plugins_dir: None,
+            events: None,
+        }
+    }
+
+    /// The directory it serves packages from.
+    pub fn plugins_dir(&self) -> &Path {
+        self.plugins_dir
+            .as_deref()
+            .expect("the server was started with a plugins dir")
+    }
+
+    /// Rewrites the customers file; the server re-reads it on change.
+    pub fn set_customers(&self, customers: &[(&Customer, &str)]) {
+        // Make sure the modification time moves even on coarse clocks.
+        std::thread::sleep(Duration::from_millis(20));
+        write_customers(&self.customers_file, customers);
+    }
+
+    /// `POST /control/{path_and_query}` (`down`, `up`, `delay?ms=N`, `tamper?mode=M`),
+    /// asserting that the server accepts it.
+    pub fn control(&self, path_and_query: &str) {
+        let (status, body) = http(&self.url, "POST", &format!("/control/{path_and_query}"));
+        assert_eq!(status, 200, "control {path_and_query}: {body}");
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 client, enough for the reference API's controls: (status, body).
+fn http(base: &str, method: &str, path: &str) -> (u16, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).expect("connect to km-api-server");
+    write!(stream, "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).expect("response");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
 }
