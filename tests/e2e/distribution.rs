@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-use km_tests::{chmod, describe, plugin_lib, run_ok, ApiServer, Customer, KmEnv};
+use km_tests::{chmod, command, describe, km_bin, plugin_lib, run_ok, ApiServer, Customer, KmEnv};
 use serde_json::Value;
 
 const ALICE: Customer = Customer {
@@ -73,6 +73,24 @@ fn install(env: &KmEnv, what: &str) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("km runs")
+}
+
+/// `km install-plugin PKG` with a file size limit (RLIMIT_FSIZE) of `limit` bytes and SIGXFSZ
+/// ignored, so that a write past the limit fails with EFBIG instead of killing km. The limit is
+/// set by `sh`, which then execs km (an ignored signal stays ignored across exec): this crate
+/// has no unsafe code for a `pre_exec`.
+fn install_with_file_size_limit(env: &KmEnv, pkg: &Path, limit: u64) -> Output {
+    // `ulimit -f` counts 512-byte blocks in POSIX shells (dash; bash when run as sh).
+    let script = format!(r#"trap "" XFSZ; ulimit -f {}; exec "$0" "$@""#, limit / 512);
+    command(Path::new("/bin/sh"), &env.home)
+        .arg("-c")
+        .arg(script)
+        .arg(km_bin())
+        .arg("install-plugin")
+        .arg(pkg)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh runs")
 }
 
 /// `km verify-plugin --json LIB`: (exit code, report).
@@ -390,19 +408,42 @@ fn bad_packages_are_refused_and_the_installed_plugin_still_verifies() {
     assert!(!env.home.join("escaped.so").exists());
     assert!(!Path::new("/tmp/km-dist-escaped.so").exists());
 
-    // An install that fails while writing (the directory is read-only) changes nothing. Root
-    // ignores the mode, so this part only runs where the mode is enforced.
-    chmod(&env.plugins, 0o500);
-    let probe = env.plugins.join(".probe");
-    if std::fs::write(&probe, b"").is_err() {
-        let out = install(&env, &newer.display().to_string());
-        chmod(&env.plugins, 0o700);
-        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
-        assert_still_installed(&env, &before, "1.0.0");
-    } else {
-        chmod(&env.plugins, 0o700);
-        std::fs::remove_file(&probe).expect("probe");
-    }
+    // An install that fails while writing changes nothing and leaves no temporary file
+    // behind: the write of the new library stops with EFBIG partway, the file size limit being
+    // far below its size. (A read-only plugin directory would fail earlier, at creating the
+    // temporary file, and not at all for root, as CI runs.)
+    let limit = 64 * 1024;
+    let size = std::fs::metadata(plugin_lib("console-logger"))
+        .expect("the built library")
+        .len();
+    assert!(size > 4 * limit, "the library ({size} bytes) is too small");
+    let out = install_with_file_size_limit(&env, &newer, limit);
+    // 2: an error, not a refusal (1).
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "writing a temporary file in {}",
+            env.plugins.display()
+        )) && stderr.contains("File too large"),
+        "{}",
+        describe(&out)
+    );
+    // The snapshot lists every file of the directory, dot files included.
+    assert_still_installed(&env, &before, "1.0.0");
+    let out = run_ok(env.km().args(["list-plugins", "--json"]));
+    let listed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let paths: Vec<&str> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|r| r["path"].as_str())
+        .collect();
+    assert_eq!(
+        paths,
+        [installed_lib(&env).display().to_string()],
+        "{listed:#}"
+    );
 
     // What an install killed before its renames leaves (a temporary file) is never loaded,
     // and the next install clears it away.
