@@ -127,8 +127,11 @@ fn save_record(home: &KmHome, record: &AuthRecord) -> Result<()> {
     write_private_atomically(&path, &text)
 }
 
-fn now_unix() -> i64 {
-    km_abi::auth::now_unix()
+/// Now, in seconds since the Unix epoch (the unit of token expiries).
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// What a monitor session did with one plugin, for `km plugin-status`: written by `km monitor`

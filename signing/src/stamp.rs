@@ -1,13 +1,13 @@
 //! Customer-specific builds: stamp a customer's credentials into the region a compiled plugin
-//! reserves (`km_abi::credentials`), without recompiling, and name the result.
+//! reserves (`km_plugin_sdk::credentials`), without recompiling, and name the result.
 //!
 //! The encryption itself (AES-256-GCM under a key derived by HKDF from the customer's API key)
-//! lives in `km_abi::credentials`, beside the code in the plugin that opens it, so the two cannot
+//! lives in `km_plugin_sdk::credentials`, beside the code in the plugin that opens it, so the two cannot
 //! drift apart. This module is the build side's glue: it works on a copy of the library in
 //! memory, so the pristine library is never modified and the clear-text credentials never touch
 //! a disk. The stamped bytes are what gets signed.
 
-use km_abi::credentials::{self, Credentials, CredentialsError, StampInput};
+use km_plugin_sdk::credentials::{self, Credentials, CredentialsError, StampInput};
 
 /// How many hex digits of the customer hash name a customer build.
 pub const CUSTOMER_HASH_DIGITS: usize = 8;

@@ -240,16 +240,16 @@ fn a_customer_build_authenticates_for_its_customer_and_degrades_for_another() {
         }
     }
     // At the credentials level, with the real stamped bytes.
-    let offset = km_abi::credentials::find_region(&stamped).expect("one region");
-    let region = &stamped[offset..offset + km_abi::credentials::REGION_SIZE];
-    let creds = km_abi::credentials::open(region, ALICE.api_key).expect("opens for Alice");
+    let offset = km_plugin_sdk::credentials::find_region(&stamped).expect("one region");
+    let region = &stamped[offset..offset + km_plugin_sdk::credentials::REGION_SIZE];
+    let creds = km_plugin_sdk::credentials::open(region, ALICE.api_key).expect("opens for Alice");
     assert_eq!(creds.customer_id, ALICE.id);
     assert_eq!(
-        km_abi::credentials::open(region, BOB.api_key),
-        Err(km_abi::credentials::CredentialsError::WrongKeyOrTampered)
+        km_plugin_sdk::credentials::open(region, BOB.api_key),
+        Err(km_plugin_sdk::credentials::CredentialsError::WrongKeyOrTampered)
     );
     assert_eq!(
-        km_abi::credentials::region_info(region)
+        km_plugin_sdk::credentials::region_info(region)
             .expect("info")
             .api_public_key
             .to_vec(),
@@ -344,7 +344,7 @@ fn a_stamped_library_changed_after_signing_is_refused() {
     let (code, report) = verify(&env, &lib);
     assert_eq!(code, 0, "{report:#}");
     let mut bytes = std::fs::read(&lib).expect("lib");
-    let offset = km_abi::credentials::find_region(&bytes).expect("region");
+    let offset = km_plugin_sdk::credentials::find_region(&bytes).expect("region");
     bytes[offset + 100] ^= 0x55;
     std::fs::write(&lib, &bytes).expect("tamper");
     let (code, report) = verify(&env, &lib);

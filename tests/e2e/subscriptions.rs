@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
-use km_abi::credentials::{stamp, StampInput};
-use km_abi::{Credentials, Tier};
+use km_abi::Tier;
+use km_plugin_sdk::credentials::{stamp, StampInput};
+use km_plugin_sdk::Credentials;
 use km_tests::{chmod, describe, plugin_lib, run_ok, unix_now, ApiServer, Customer, KmEnv};
 use serde_json::{json, Value};
 

@@ -74,7 +74,7 @@ pub(crate) fn run_status(globals: &Globals, args: PluginStatusArgs) -> Result<Ex
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let now = km_abi::auth::now_unix();
+    let now = crate::subscription::now_unix();
     for record in &records {
         print!("{}", describe(record, now));
         if let Some(stats) = subscription::load_session_stats(&globals.home, &record.plugin) {
@@ -167,7 +167,7 @@ pub(crate) fn run_refresh(globals: &Globals, args: PluginRefreshArgs) -> Result<
     if args.json {
         println!("{}", serde_json::to_string_pretty(&records_json(&records))?);
     } else {
-        let now = km_abi::auth::now_unix();
+        let now = crate::subscription::now_unix();
         for record in &records {
             print!("{}", describe(record, now));
         }

@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use km_abi::auth::now_unix;
-use km_abi::{
+use km_plugin_sdk::auth::now_unix;
+use km_plugin_sdk::{
     AuthResponse, Host, HttpRequest, Message, Plugin, PluginConfig, PluginError, Subscription,
     SubscriptionState, Tier,
 };
@@ -42,7 +42,7 @@ use serde_json::{json, Value};
 
 use crate::journal::Journal;
 
-km_abi::credentials_region!();
+km_plugin_sdk::credentials_region!();
 
 const NAME: &str = "api-logger";
 const BATCH_PATH: &str = "/api/events/batch";
@@ -370,11 +370,11 @@ impl Shared {
 fn abi_stable_tuple(
     k: &str,
     v: &str,
-) -> km_abi::abi_stable::std_types::Tuple2<
-    km_abi::abi_stable::std_types::RString,
-    km_abi::abi_stable::std_types::RString,
+) -> km_plugin_sdk::abi_stable::std_types::Tuple2<
+    km_plugin_sdk::abi_stable::std_types::RString,
+    km_plugin_sdk::abi_stable::std_types::RString,
 > {
-    km_abi::abi_stable::std_types::Tuple2(k.into(), v.into())
+    km_plugin_sdk::abi_stable::std_types::Tuple2(k.into(), v.into())
 }
 
 impl ApiLogger {
@@ -543,12 +543,12 @@ impl Plugin for ApiLogger {
     }
 }
 
-km_abi::export_plugin!(ApiLogger);
+km_plugin_sdk::export_plugin!(ApiLogger);
 
 #[cfg(test)]
 mod tests {
-    use km_abi::abi_stable::std_types::{ROption, RSlice, RStr};
-    use km_abi::{Direction, MessageKind};
+    use km_plugin_sdk::abi_stable::std_types::{ROption, RSlice, RStr};
+    use km_plugin_sdk::{Direction, MessageKind};
 
     use super::*;
 

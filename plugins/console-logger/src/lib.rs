@@ -20,7 +20,7 @@ use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::sync::Mutex;
 
-use km_abi::{
+use km_plugin_sdk::{
     Host, Message, MessageKind, Plugin, PluginConfig, PluginError, StreamEvent, StreamEventKind,
     Tier,
 };
@@ -148,10 +148,9 @@ impl Plugin for ConsoleLogger {
             Format::Pretty => pretty_line(message, request_method.as_deref()),
             Format::Json => json_line(message, request_method.as_deref()),
         };
-        state
-            .sink
-            .write_line(&line)
-            .map_err(|e| PluginError::new(km_abi::ErrorKind::IO, format!("console-logger: {e}")))
+        state.sink.write_line(&line).map_err(|e| {
+            PluginError::new(km_plugin_sdk::ErrorKind::IO, format!("console-logger: {e}"))
+        })
     }
 
     fn handle_error(&self, error: &PluginError) -> Result<(), PluginError> {
@@ -325,7 +324,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-km_abi::export_plugin!(ConsoleLogger);
+km_plugin_sdk::export_plugin!(ConsoleLogger);
 
 #[cfg(test)]
 mod tests {

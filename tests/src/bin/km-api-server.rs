@@ -56,8 +56,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use km_abi::auth::{encode_token, verify_token, AuthAnswerBody, AuthRequestBody, TokenPayload};
 use km_abi::Tier;
+use km_plugin_sdk::auth::{
+    encode_token, verify_token, AuthAnswerBody, AuthRequestBody, TokenPayload,
+};
 use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::Deserialize;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use km_abi::{Host, Message, Plugin, PluginError, Tier};
+use km_plugin_sdk::{Host, Message, Plugin, PluginError, Tier};
 
 /// Hangs on the first message.
 pub struct Hang;
@@ -26,4 +26,4 @@ impl Plugin for Hang {
     }
 }
 
-km_abi::export_plugin!(Hang);
+km_plugin_sdk::export_plugin!(Hang);

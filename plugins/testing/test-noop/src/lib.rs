@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use km_abi::{Host, Message, Plugin, PluginError, StreamEvent, StreamEventKind, Tier};
+use km_plugin_sdk::{Host, Message, Plugin, PluginError, StreamEvent, StreamEventKind, Tier};
 
 /// Counts messages; logs the count when the session ends.
 pub struct Noop {
@@ -39,4 +39,4 @@ impl Plugin for Noop {
     }
 }
 
-km_abi::export_plugin!(Noop);
+km_plugin_sdk::export_plugin!(Noop);

@@ -3,7 +3,7 @@
 
 #![deny(unsafe_code)]
 
-use km_abi::{Host, Message, Plugin, PluginError, Tier};
+use km_plugin_sdk::{Host, Message, Plugin, PluginError, Tier};
 
 /// Never gets created.
 pub struct PanicOnNew;
@@ -22,4 +22,4 @@ impl Plugin for PanicOnNew {
     }
 }
 
-km_abi::export_plugin!(PanicOnNew);
+km_plugin_sdk::export_plugin!(PanicOnNew);

@@ -3,7 +3,7 @@
 
 #![deny(unsafe_code)]
 
-use km_abi::{Host, Message, Plugin, PluginError, Tier};
+use km_plugin_sdk::{Host, Message, Plugin, PluginError, Tier};
 
 /// Panics on every message.
 pub struct Panicky;
@@ -22,4 +22,4 @@ impl Plugin for Panicky {
     }
 }
 
-km_abi::export_plugin!(Panicky);
+km_plugin_sdk::export_plugin!(Panicky);

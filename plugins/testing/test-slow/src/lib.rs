@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use km_abi::{Host, Message, Plugin, PluginError, StreamEvent, StreamEventKind, Tier};
+use km_plugin_sdk::{Host, Message, Plugin, PluginError, StreamEvent, StreamEventKind, Tier};
 
 /// Sleeps 20 ms per message and reports how many it handled at the end.
 pub struct Slow {
@@ -42,4 +42,4 @@ impl Plugin for Slow {
     }
 }
 
-km_abi::export_plugin!(Slow);
+km_plugin_sdk::export_plugin!(Slow);

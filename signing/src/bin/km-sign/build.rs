@@ -16,8 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use clap::Args;
-use km_abi::credentials::Credentials;
 use km_abi::Tier;
+use km_plugin_sdk::credentials::Credentials;
 use km_signing::{customer_build_file_name, stamp_library, SignatureFile};
 use ring::rand::SecureRandom as _;
 

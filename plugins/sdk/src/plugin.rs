@@ -15,11 +15,11 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString};
 
-use crate::interface::{HostBox, KmPlugin, KmPlugin_TO, PluginBox, PluginMod, PluginModRef};
-use crate::types::{
+use km_abi::{
     AuthResponse, ErrorKind, HttpRequest, HttpResponse, LogLevel, Message, PluginConfig,
     PluginError, StreamEvent, Tier,
 };
+use km_abi::{HostBox, KmPlugin, KmPlugin_TO, PluginBox, PluginMod, PluginModRef};
 
 /// A plugin, as its author writes it. Implement this and call [`export_plugin!`].
 ///
@@ -230,19 +230,22 @@ const _: fn() = || {
 /// `cdylib` crate:
 ///
 /// ```ignore
-/// km_abi::export_plugin!(MyPlugin);
+/// km_plugin_sdk::export_plugin!(MyPlugin);
 /// ```
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
         const _: () = {
             extern "C" fn __km_new(
-                host: $crate::HostBox,
-            ) -> $crate::__private::RResult<$crate::PluginBox, $crate::PluginError> {
+                host: $crate::__private::HostBox,
+            ) -> $crate::__private::RResult<
+                $crate::__private::PluginBox,
+                $crate::__private::PluginError,
+            > {
                 $crate::__private::new_plugin::<$plugin>(host)
             }
 
-            fn __km_root() -> $crate::PluginModRef {
+            fn __km_root() -> $crate::__private::PluginModRef {
                 $crate::__private::root_module(__km_new)
             }
 

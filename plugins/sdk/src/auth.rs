@@ -47,8 +47,8 @@ use ring::signature::{UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::{self, Credentials, CredentialsError};
-use crate::sdk::Host;
-use crate::types::{AuthResponse, ErrorKind, HttpRequest, Tier};
+use crate::plugin::Host;
+use km_abi::{AuthResponse, ErrorKind, HttpRequest, Tier};
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -446,7 +446,7 @@ impl Subscription {
     /// [`Self::authenticate`] with the HTTP call and the clock passed in (for tests).
     fn authenticate_at(
         &self,
-        http: impl FnOnce(HttpRequest) -> Result<crate::types::HttpResponse, crate::types::PluginError>,
+        http: impl FnOnce(HttpRequest) -> Result<km_abi::HttpResponse, km_abi::PluginError>,
         api_key: &str,
         now: i64,
     ) -> AuthResponse {
@@ -459,7 +459,7 @@ impl Subscription {
 
     fn decide(
         &self,
-        http: impl FnOnce(HttpRequest) -> Result<crate::types::HttpResponse, crate::types::PluginError>,
+        http: impl FnOnce(HttpRequest) -> Result<km_abi::HttpResponse, km_abi::PluginError>,
         api_key: &str,
         now: i64,
     ) -> AuthResponse {
@@ -522,7 +522,7 @@ impl Subscription {
 
     fn ask_api(
         &self,
-        http: impl FnOnce(HttpRequest) -> Result<crate::types::HttpResponse, crate::types::PluginError>,
+        http: impl FnOnce(HttpRequest) -> Result<km_abi::HttpResponse, km_abi::PluginError>,
         api_key: &str,
         creds: &Credentials,
         api_public_key: &[u8],
@@ -659,7 +659,7 @@ impl Subscription {
 mod tests {
     use super::*;
     use crate::credentials::{StampInput, EMPTY_REGION, REGION_SIZE};
-    use crate::types::{HttpResponse, PluginError};
+    use km_abi::{HttpResponse, PluginError};
     use ring::signature::{Ed25519KeyPair, KeyPair};
 
     const NOW: i64 = 1_800_000_000;

@@ -41,7 +41,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-use crate::types::Tier;
+use km_abi::Tier;
 
 /// The size of the region a plugin reserves.
 pub const REGION_SIZE: usize = 4096;
@@ -113,13 +113,13 @@ fn marker() -> [u8; MARKER_LEN] {
 /// [`Subscription::new`](crate::Subscription::new):
 ///
 /// ```ignore
-/// km_abi::credentials_region!();
-/// let subscription = km_abi::Subscription::new("api-logger", "1.0.0", Tier::Pro, km_credentials_region());
+/// km_plugin_sdk::credentials_region!();
+/// let subscription = km_plugin_sdk::Subscription::new("api-logger", "1.0.0", Tier::Pro, km_credentials_region());
 /// ```
 #[macro_export]
 macro_rules! credentials_region {
     () => {
-        /// The credentials region `km-sign build-plugin` stamps (see `km_abi::credentials`).
+        /// The credentials region `km-sign build-plugin` stamps (see `km_plugin_sdk::credentials`).
         fn km_credentials_region() -> &'static [u8] {
             #[used]
             static KM_CREDENTIALS_REGION: [u8; $crate::credentials::REGION_SIZE] =
@@ -212,7 +212,7 @@ pub struct Credentials {
 pub(crate) mod tier_serde {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::types::Tier;
+    use km_abi::Tier;
 
     pub(crate) fn serialize<S: Serializer>(tier: &Tier, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(tier.as_str())
