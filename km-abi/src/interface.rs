@@ -3,10 +3,16 @@
 //! Growth rules (what keeps plugins built against an older km-abi loading):
 //! - the km-abi crate version is the ABI version; abi_stable refuses a library whose major
 //!   version differs from km's;
-//! - new methods are appended after the ones marked `#[sabi(last_prefix_field)]`, always with a
-//!   default body, which is what an older plugin's object answers (for example a later
-//!   `intercept(&Message) -> Verdict` hook defaults to "pass");
+//! - new methods are appended after the ones marked `#[sabi(last_prefix_field)]` (the marker
+//!   never moves within a major version), always with a default body, which is what an older
+//!   plugin's object answers;
 //! - new root-module fields are appended after `new`, and read as `Option` by the host.
+//!
+//! ABI 1.1 appended, to the plugin: `interest`, `begin_session`, `intercept`, `command_help` and
+//! `run_command`; to the host services: `emit`, `read_stdin`, `read_policy` and `write_policy`.
+//! Their default bodies are what the other side gets from a 1.0 peer: a 1.0 plugin observes and
+//! never intercepts, has no commands; a 1.0 host answers the new services with
+//! [`ErrorKind::UNSUPPORTED`](crate::ErrorKind::UNSUPPORTED).
 
 // abi_stable's `StableAbi` derive and `#[sabi_trait]` expand to `unsafe impl`s and `unsafe`
 // blocks of their own; this module writes none by hand.
@@ -15,12 +21,13 @@
 use abi_stable::library::RootModule;
 use abi_stable::sabi_trait;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RArc, RBox, RResult, RStr, RString};
+use abi_stable::std_types::{RArc, RBox, RErr, ROk, ROption, RResult, RSlice, RStr, RString, RVec};
 use abi_stable::{declare_root_module_statics, package_version_strings, StableAbi};
 
+use crate::intercept::{CommandOutput, InterceptContext, InterestRef, Verdict};
 use crate::types::{
-    AuthResponse, HttpRequest, HttpResponse, LogLevel, Message, PluginConfig, PluginError,
-    StreamEvent, Tier,
+    AuthResponse, ErrorKind, HttpRequest, HttpResponse, LogLevel, Message, PluginConfig,
+    PluginError, StreamEvent, Tier,
 };
 
 /// The plugin instance as km sees it. Plugin authors do not implement this directly: they
@@ -56,9 +63,53 @@ pub trait KmPlugin: Send + Sync {
     /// An error of the relay (I/O failure, child spawn failure).
     fn handle_error(&self, error: &PluginError) -> RResult<(), PluginError>;
 
-    /// A lifecycle event: start, end, error.
+    /// A lifecycle event: start, end, error (and, from ABI 1.1, events of other plugins,
+    /// verdicts, host events and gaps).
     #[sabi(last_prefix_field)]
     fn handle_stream_event(&self, event: &StreamEvent) -> RResult<(), PluginError>;
+
+    /// ABI 1.1: what the plugin wants to intercept and how it wants to be fed. Asked once, after
+    /// `initialize`.
+    fn interest(&self) -> InterestRef {
+        InterestRef::OBSERVER
+    }
+
+    /// ABI 1.1: a `km monitor` session begins; called after `interest` and before any line, on
+    /// the thread that starts the session. `info` is a JSON object: `session_id` (unique per
+    /// session), `command` (the server's argv), `cwd`, `km_version`.
+    fn begin_session(&self, info: RStr<'_>) -> RResult<(), PluginError> {
+        let _ = info;
+        ROk(())
+    }
+
+    /// ABI 1.1: decides about one line the plugin asked to intercept, before it is forwarded.
+    /// Called on the relay's threads (both directions may call at once), within the plugin's
+    /// time budget; an error, a panic or an overrun blocks the line and disables the plugin for
+    /// the session.
+    fn intercept(
+        &self,
+        message: &Message<'_>,
+        context: &InterceptContext<'_>,
+    ) -> RResult<Verdict, PluginError> {
+        let _ = (message, context);
+        ROk(Verdict::pass())
+    }
+
+    /// ABI 1.1: the usage of the plugin's commands (`km plugin NAME --help`); empty when it has
+    /// none.
+    fn command_help(&self) -> RString {
+        RString::new()
+    }
+
+    /// ABI 1.1: runs `km plugin NAME ARGS...` with `args` (not including NAME). Standard input is
+    /// available through the host's `read_stdin`.
+    fn run_command(&self, args: RSlice<'_, RString>) -> RResult<CommandOutput, PluginError> {
+        let _ = args;
+        RErr(PluginError::new(
+            ErrorKind::UNSUPPORTED,
+            "this plugin has no commands",
+        ))
+    }
 }
 
 /// What a plugin library hands km: the plugin object, boxed.
@@ -79,6 +130,44 @@ pub trait HostServices: Send + Sync + Clone {
     /// retries. Errors: no API configured, an absolute URL, network failure, timeout.
     #[sabi(last_prefix_field)]
     fn http(&self, request: HttpRequest) -> RResult<HttpResponse, PluginError>;
+
+    /// ABI 1.1: emits an event: `kind` names it (`[a-z0-9_.-]{1,64}`, e.g. `finding`), `data`
+    /// is a JSON object (at most 64 KiB). km hands it to every other plugin as a
+    /// [`StreamEventKind::PLUGIN`](crate::StreamEventKind::PLUGIN) event and to its telemetry.
+    /// Never put matched secrets in an event.
+    fn emit(&self, kind: RStr<'_>, data: RStr<'_>) -> RResult<(), PluginError> {
+        let _ = (kind, data);
+        RErr(unsupported("emitting events"))
+    }
+
+    /// ABI 1.1: the whole standard input of a `km plugin` command, read on first use (later
+    /// calls return what is left: nothing). Unsupported during `km monitor`, whose standard
+    /// input is the MCP stream.
+    fn read_stdin(&self) -> RResult<RVec<u8>, PluginError> {
+        RErr(unsupported("reading standard input"))
+    }
+
+    /// ABI 1.1: the text of the policy file `name` under `KM_HOME/policies/` (a relative path
+    /// such as `advanced-filters.toml` or `team/tool-guard.toml`), checked by km like every file
+    /// that decides trust (owner, mode, no links, size); `None` when it does not exist.
+    fn read_policy(&self, name: RStr<'_>) -> RResult<ROption<RString>, PluginError> {
+        let _ = name;
+        RErr(unsupported("reading policies"))
+    }
+
+    /// ABI 1.1: replaces the policy file `name` under `KM_HOME/policies/` with `text`,
+    /// atomically, private to the user.
+    fn write_policy(&self, name: RStr<'_>, text: RStr<'_>) -> RResult<(), PluginError> {
+        let _ = (name, text);
+        RErr(unsupported("writing policies"))
+    }
+}
+
+fn unsupported(what: &str) -> PluginError {
+    PluginError::new(
+        ErrorKind::UNSUPPORTED,
+        format!("{what} needs a km with plugin ABI 1.1 or later"),
+    )
 }
 
 /// The host services as passed to a plugin.

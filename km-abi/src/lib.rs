@@ -26,9 +26,14 @@
 //! What is NOT checked here: abi_stable's layout check catches build mistakes, not attacks. The
 //! security of loading is the signature check km performs before mapping a library.
 
+mod intercept;
 mod interface;
 mod types;
 
+pub use intercept::{
+    CommandOutput, Directions, InterceptContext, Interest, InterestPrefix, InterestRef, KindSet,
+    Verdict, VerdictAction,
+};
 pub use interface::{
     HostBox, HostServices, HostServices_TO, KmPlugin, KmPlugin_TO, PluginBox, PluginMod,
     PluginModRef, ABI_VERSION,

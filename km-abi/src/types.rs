@@ -351,12 +351,27 @@ pub struct PluginConfig {
 pub struct StreamEventKind(pub u32);
 
 impl StreamEventKind {
-    /// The server was started. `data`: `{"command": [...], "pid": N}`.
+    /// The server was started. `data`: `{"command": [...], "pid": N}` (from ABI 1.1 also
+    /// `"session_id"`).
     pub const START: StreamEventKind = StreamEventKind(0);
     /// The session ended. `data`: `{"exit_code": N, "signal": N|null, "messages": {...}, "drops": N}`.
     pub const END: StreamEventKind = StreamEventKind(1);
     /// Something went wrong in the relay. `data`: `{"error": "...", "context": "..."}`.
     pub const ERROR: StreamEventKind = StreamEventKind(2);
+    /// ABI 1.1: an event another plugin emitted (its host's `emit`). `data`:
+    /// `{"plugin": "...", "kind": "...", "data": {...}}`.
+    pub const PLUGIN: StreamEventKind = StreamEventKind(3);
+    /// ABI 1.1: an interceptor did not let a line pass unchanged. `data`: `{"plugin", "action"
+    /// (replace, block), "rules": [...], "reason", "direction", "kind", "method", "target",
+    /// "id", "correlation_id"}`; never the line or what matched.
+    pub const VERDICT: StreamEventKind = StreamEventKind(4);
+    /// ABI 1.1: something km did with plugins. `data`: `{"event": "refused" | "disabled" |
+    /// "installed" | "updated" | "uninstalled", "plugin", ...}` (installs and updates happened
+    /// since the previous session and carry their own `time` and `id`).
+    pub const HOST: StreamEventKind = StreamEventKind(5);
+    /// ABI 1.1: messages a lossless plugin did not receive because back-pressure is refused by
+    /// configuration. `data`: `{"missed": N}`.
+    pub const GAP: StreamEventKind = StreamEventKind(6);
 
     /// A lower-case name for logs.
     pub const fn as_str(self) -> &'static str {
@@ -364,6 +379,10 @@ impl StreamEventKind {
             0 => "start",
             1 => "end",
             2 => "error",
+            3 => "plugin",
+            4 => "verdict",
+            5 => "host",
+            6 => "gap",
             _ => "unknown",
         }
     }

@@ -82,10 +82,12 @@
 
 pub mod auth;
 pub mod credentials;
+mod interest;
 mod plugin;
 
 pub use auth::{verify_token, Subscription, SubscriptionState, TokenClaims, TokenError};
 pub use credentials::{Credentials, CredentialsError};
+pub use interest::{Interest, SessionInfo};
 pub use plugin::{Host, Plugin};
 
 /// The ABI this SDK builds plugins for, re-exported whole for what the SDK does not wrap.
@@ -93,8 +95,9 @@ pub use km_abi as abi;
 /// The abi_stable the ABI is built with (its FFI-safe `RString`, `RVec`, ...).
 pub use km_abi::abi_stable;
 pub use km_abi::{
-    AuthResponse, Direction, ErrorKind, HttpRequest, HttpResponse, LogLevel, Message, MessageKind,
-    PluginConfig, PluginError, StreamEvent, StreamEventKind, Tier, UnknownTier, ABI_VERSION,
+    AuthResponse, CommandOutput, Direction, Directions, ErrorKind, HttpRequest, HttpResponse,
+    InterceptContext, KindSet, LogLevel, Message, MessageKind, PluginConfig, PluginError,
+    StreamEvent, StreamEventKind, Tier, UnknownTier, Verdict, VerdictAction, ABI_VERSION,
 };
 
 /// Items the macros expand to. Not part of the API.

@@ -7,19 +7,22 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use abi_stable::library::{
     __call_root_module_loader, CheckTypeLayout, LibHeader, RootModule, RootModuleResult,
 };
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString};
+use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RStr, RString};
 
 use km_abi::{
-    AuthResponse, ErrorKind, HttpRequest, HttpResponse, LogLevel, Message, PluginConfig,
-    PluginError, StreamEvent, Tier,
+    AuthResponse, CommandOutput, ErrorKind, HttpRequest, HttpResponse, InterceptContext,
+    InterestRef, LogLevel, Message, PluginConfig, PluginError, StreamEvent, Tier, Verdict,
 };
 use km_abi::{HostBox, KmPlugin, KmPlugin_TO, PluginBox, PluginMod, PluginModRef};
+
+use crate::interest::{Interest, SessionInfo};
 
 /// A plugin, as its author writes it. Implement this and call [`export_plugin!`].
 ///
@@ -52,17 +55,61 @@ pub trait Plugin: Send + Sync + Sized + 'static {
         Ok(())
     }
 
-    /// One line of the MCP stream.
-    fn handle_message(&self, message: &Message<'_>) -> Result<(), PluginError>;
+    /// One line of the MCP stream, as km forwarded it (for plugins whose [`Interest`] observes).
+    fn handle_message(&self, _message: &Message<'_>) -> Result<(), PluginError> {
+        Ok(())
+    }
 
     /// An error of the relay.
     fn handle_error(&self, _error: &PluginError) -> Result<(), PluginError> {
         Ok(())
     }
 
-    /// A lifecycle event of the session.
+    /// A lifecycle event of the session; from ABI 1.1 also other plugins' events, verdicts, host
+    /// events and gaps (see [`StreamEventKind`](crate::StreamEventKind)). Ignore kinds you do
+    /// not know.
     fn handle_stream_event(&self, _event: &StreamEvent) -> Result<(), PluginError> {
         Ok(())
+    }
+
+    /// What the plugin wants to intercept and how it is fed; asked once, after `initialize`.
+    /// The default observes everything and intercepts nothing. Intercepting also needs the
+    /// `intercept` capability in the plugin's signed manifest (`km-sign sign --capability
+    /// intercept`).
+    fn interest(&self) -> Interest {
+        Interest::observer()
+    }
+
+    /// A `km monitor` session begins (after `interest`, before any line).
+    fn begin_session(&self, _session: &SessionInfo) -> Result<(), PluginError> {
+        Ok(())
+    }
+
+    /// Decides about a line the plugin intercepts, before km forwards it. Runs on the relay's
+    /// threads, possibly on both directions at once, within the plugin's time budget: keep it
+    /// fast. An error or a panic blocks the line and disables the plugin for the session (fail
+    /// closed). Never put what you matched in the verdict's reason or rules.
+    fn intercept(
+        &self,
+        _message: &Message<'_>,
+        _context: &InterceptContext<'_>,
+    ) -> Result<Verdict, PluginError> {
+        Ok(Verdict::pass())
+    }
+
+    /// The usage text of `km plugin NAME` (shown for `--help`); `None` when the plugin has no
+    /// commands.
+    fn command_help(&self) -> Option<String> {
+        None
+    }
+
+    /// Runs `km plugin NAME ARGS...` (`args` without NAME). Read standard input, if the command
+    /// takes any, with [`Host::read_stdin`].
+    fn run_command(&self, _args: &[String]) -> Result<CommandOutput, PluginError> {
+        Err(PluginError::new(
+            ErrorKind::UNSUPPORTED,
+            format!("plugin {} has no commands", Self::NAME),
+        ))
     }
 }
 
@@ -111,6 +158,37 @@ impl Host {
     pub fn http(&self, request: HttpRequest) -> Result<HttpResponse, PluginError> {
         self.0.http(request).into_result()
     }
+
+    /// Emits an event (`kind` such as `finding`, `anomaly`, `drift`; `data` a JSON object) to
+    /// the other plugins and km's telemetry. Never put matched secrets in it. Fails with
+    /// [`ErrorKind::UNSUPPORTED`] on a km older than ABI 1.1.
+    pub fn emit(&self, kind: &str, data: &serde_json::Value) -> Result<(), PluginError> {
+        let data = data.to_string();
+        self.0
+            .emit(RStr::from_str(kind), RStr::from_str(&data))
+            .into_result()
+    }
+
+    /// The standard input of a `km plugin` command, read whole on first use.
+    pub fn read_stdin(&self) -> Result<Vec<u8>, PluginError> {
+        self.0.read_stdin().into_result().map(Into::into)
+    }
+
+    /// The policy file `name` under `KM_HOME/policies/` (`advanced-filters.toml`,
+    /// `team/tool-guard.toml`), checked by km; `None` when there is none.
+    pub fn read_policy(&self, name: &str) -> Result<Option<String>, PluginError> {
+        self.0
+            .read_policy(RStr::from_str(name))
+            .into_result()
+            .map(|text| text.into_option().map(RString::into_string))
+    }
+
+    /// Replaces the policy file `name` under `KM_HOME/policies/`, atomically.
+    pub fn write_policy(&self, name: &str, text: &str) -> Result<(), PluginError> {
+        self.0
+            .write_policy(RStr::from_str(name), RStr::from_str(text))
+            .into_result()
+    }
 }
 
 /// Runs `f`, turning a panic into an error value. Used by the glue around every entry point.
@@ -138,8 +216,11 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// The author's plugin behind the ABI trait.
-struct Adapter<P: Plugin>(P);
+/// The author's plugin behind the ABI trait, with its interest in the ABI's form once asked.
+struct Adapter<P: Plugin> {
+    plugin: P,
+    interest: OnceLock<InterestRef>,
+}
 
 impl<P: Plugin> KmPlugin for Adapter<P> {
     fn name(&self) -> RString {
@@ -155,27 +236,72 @@ impl<P: Plugin> KmPlugin for Adapter<P> {
     }
 
     fn authenticate(&self, api_key: RStr<'_>) -> RResult<AuthResponse, PluginError> {
-        guard("authenticate", || self.0.authenticate(api_key.as_str()))
+        guard("authenticate", || {
+            self.plugin.authenticate(api_key.as_str())
+        })
     }
 
     fn initialize(&self, config: &PluginConfig) -> RResult<(), PluginError> {
-        guard("initialize", || self.0.initialize(config))
+        guard("initialize", || self.plugin.initialize(config))
     }
 
     fn shutdown(&self) -> RResult<(), PluginError> {
-        guard("shutdown", || self.0.shutdown())
+        guard("shutdown", || self.plugin.shutdown())
     }
 
     fn handle_message(&self, message: &Message<'_>) -> RResult<(), PluginError> {
-        guard("handle_message", || self.0.handle_message(message))
+        guard("handle_message", || self.plugin.handle_message(message))
     }
 
     fn handle_error(&self, error: &PluginError) -> RResult<(), PluginError> {
-        guard("handle_error", || self.0.handle_error(error))
+        guard("handle_error", || self.plugin.handle_error(error))
     }
 
     fn handle_stream_event(&self, event: &StreamEvent) -> RResult<(), PluginError> {
-        guard("handle_stream_event", || self.0.handle_stream_event(event))
+        guard("handle_stream_event", || {
+            self.plugin.handle_stream_event(event)
+        })
+    }
+
+    fn interest(&self) -> InterestRef {
+        *self.interest.get_or_init(|| {
+            // A panic here must not cross the boundary either; a plugin that cannot say what it
+            // wants is treated as an observer.
+            catch_unwind(AssertUnwindSafe(|| self.plugin.interest()))
+                .map_or(InterestRef::OBSERVER, |interest| {
+                    interest.into_abi().into_ref()
+                })
+        })
+    }
+
+    fn begin_session(&self, info: RStr<'_>) -> RResult<(), PluginError> {
+        guard("begin_session", || {
+            self.plugin
+                .begin_session(&SessionInfo::parse(info.as_str()))
+        })
+    }
+
+    fn intercept(
+        &self,
+        message: &Message<'_>,
+        context: &InterceptContext<'_>,
+    ) -> RResult<Verdict, PluginError> {
+        guard("intercept", || self.plugin.intercept(message, context))
+    }
+
+    fn command_help(&self) -> RString {
+        catch_unwind(AssertUnwindSafe(|| self.plugin.command_help()))
+            .ok()
+            .flatten()
+            .map(RString::from)
+            .unwrap_or_default()
+    }
+
+    fn run_command(&self, args: RSlice<'_, RString>) -> RResult<CommandOutput, PluginError> {
+        guard("run_command", || {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            self.plugin.run_command(&args)
+        })
     }
 }
 
@@ -184,7 +310,11 @@ impl<P: Plugin> KmPlugin for Adapter<P> {
 pub fn __new_plugin<P: Plugin>(host: HostBox) -> RResult<PluginBox, PluginError> {
     guard("new", || {
         let plugin = P::new(Host::from_raw(host))?;
-        Ok(KmPlugin_TO::from_value(Adapter(plugin), TD_Opaque))
+        let adapter = Adapter {
+            plugin,
+            interest: OnceLock::new(),
+        };
+        Ok(KmPlugin_TO::from_value(adapter, TD_Opaque))
     })
 }
 
