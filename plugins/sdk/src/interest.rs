@@ -171,6 +171,51 @@ impl SessionInfo {
     pub(crate) fn parse(json: &str) -> Self {
         serde_json::from_str(json).unwrap_or_default()
     }
+
+    /// A stable id of the MCP server: the first 16 hex digits of the SHA-256 of its command
+    /// line (arguments joined by NUL). The same command is the same server across sessions and
+    /// plugins, so every plugin keys its per-server state (pins, statistics, audit records) by it.
+    pub fn server_id(&self) -> String {
+        server_id(&self.command)
+    }
+
+    /// A short name of the server for people: the program's file name and its first argument
+    /// that is not an option (as a file name when it is a path), e.g. `npx server-github` or
+    /// `node index.js`. Later arguments are left out: command lines can carry tokens.
+    pub fn server_label(&self) -> String {
+        server_label(&self.command)
+    }
+}
+
+/// [`SessionInfo::server_id`] of a command line.
+pub fn server_id(command: &[String]) -> String {
+    let joined = command.join("\0");
+    let digest = ring::digest::digest(&ring::digest::SHA256, joined.as_bytes());
+    hex::encode(&digest.as_ref()[..8])
+}
+
+/// [`SessionInfo::server_label`] of a command line.
+pub fn server_label(command: &[String]) -> String {
+    let base = |arg: &str| -> String {
+        let trimmed = arg.trim_end_matches('/');
+        trimmed.rsplit('/').next().unwrap_or(trimmed).to_owned()
+    };
+    let mut words = Vec::new();
+    if let Some(program) = command.first() {
+        words.push(base(program));
+    }
+    if let Some(first) = command
+        .iter()
+        .skip(1)
+        .find(|a| !a.starts_with('-') && !a.contains('='))
+    {
+        words.push(base(first));
+    }
+    if words.is_empty() {
+        "unknown".to_owned()
+    } else {
+        words.join(" ")
+    }
 }
 
 #[cfg(test)]
@@ -199,5 +244,27 @@ mod tests {
         assert_eq!(info.session_id, "s1");
         assert_eq!(info.command, ["srv", "--x"]);
         assert_eq!(SessionInfo::parse("garbage"), SessionInfo::default());
+    }
+
+    #[test]
+    fn servers_are_named_by_their_command_without_its_secrets() {
+        let info = SessionInfo {
+            command: [
+                "/usr/bin/node",
+                "--inspect",
+                "/srv/mcp/index.js",
+                "--token",
+                "s3cr3t",
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..SessionInfo::default()
+        };
+        assert_eq!(info.server_label(), "node index.js");
+        assert_eq!(info.server_id().len(), 16);
+        assert_eq!(info.server_id(), server_id(&info.command));
+        assert_ne!(info.server_id(), server_id(&["node".to_owned()]));
+        assert!(!info.server_label().contains("s3cr3t"));
+        assert_eq!(server_label(&[]), "unknown");
     }
 }

@@ -87,7 +87,7 @@ mod plugin;
 
 pub use auth::{verify_token, Subscription, SubscriptionState, TokenClaims, TokenError};
 pub use credentials::{Credentials, CredentialsError};
-pub use interest::{Interest, SessionInfo};
+pub use interest::{server_id, server_label, Interest, SessionInfo};
 pub use plugin::{Host, Plugin};
 
 /// The ABI this SDK builds plugins for, re-exported whole for what the SDK does not wrap.
