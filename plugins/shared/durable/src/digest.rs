@@ -1,0 +1,42 @@
+//! SHA-256 digests in lower-case hex, and the hex encoder itself: the one place in the
+//! workspace that spells bytes as hex, so that every digest km prints, signs or compares is
+//! written the same way.
+//!
+//! The hash is ring's (already in every crate that needs a digest: km, the signing library and
+//! the plugin SDK); the encoding is the `hex` crate's.
+
+/// The SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// The SHA-256 of `bytes` in lower-case hex (64 characters), as manifests, packages and
+/// `sha256sum` spell it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&sha256(bytes))
+}
+
+/// `bytes` in lower-case hex, two characters a byte.
+pub fn hex(bytes: &[u8]) -> String {
+    ::hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_answers() {
+        // FIPS 180-2, appendix B.1.
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(sha256(b"abc")[..2], [0xba, 0x78]);
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        assert_eq!(hex(&[]), "");
+    }
+}
