@@ -11,13 +11,12 @@
 //! ```
 //!
 //! The file holds a secret, so km writes it with mode 0600 (atomically: a private temporary file
-//! in the same directory, fsync, rename) and refuses to use an API key from a copy that group or
+//! in the same directory, fsync, rename, directory fsync) and refuses to use an API key from a copy that group or
 //! others can read, as ssh does with private keys. `KM_API_KEY` and `KM_API_URL` override the
 //! file, so that a key can come from a secret store instead.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -199,36 +198,12 @@ pub fn write_settings(home: &KmHome, api_key: Option<&str>, api_url: Option<&str
     write_private_atomically(&path, text.as_bytes())
 }
 
-/// Writes `bytes` to `path` with mode 0600 via a temporary file in the same directory, fsync and
-/// rename: readers see the old file or the new one, never a half-written or world-readable one.
+/// Writes `bytes` to `path` with mode 0600 through `km_durable`'s atomic write (a private
+/// temporary file in the same directory, fsync, rename, directory fsync): readers see the old
+/// file or the new one, never a half-written or world-readable one.
 pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("the file has no directory")?;
-    let file_name = path
-        .file_name()
-        .context("the path has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
-        // The mode given to open() is filtered by the umask; make sure it is exactly 0600.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("writing {}", path.display()))
+    km_durable::write_atomic(path, bytes, km_durable::PRIVATE)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -8,10 +8,10 @@
 //! 2. The library is verified against the user's trust store, revocations, target, ABI, expiry
 //!    and the rollback record (unless `--allow-downgrade`): the loader's checks. A refusal stops
 //!    here, before the plugin directory is touched.
-//! 3. The library and its signature are written to temporary files in the plugin directory
-//!    (so the renames do not cross file systems), fsynced, then renamed: the signature first,
-//!    the library last. The library's rename is the commit point. A crash between the two
-//!    renames leaves, for a fresh install, an orphan `.kmsig` that the loader ignores (it only
+//! 3. The library and its signature are staged by km-durable: temporary files in the plugin
+//!    directory (so the renames do not cross file systems), mode 0644, fsynced. Then they are
+//!    renamed: the signature first, the library last. The library's rename is the commit
+//!    point. A crash between the two renames leaves, for a fresh install, an orphan `.kmsig` that the loader ignores (it only
 //!    looks at library names); for a replacement, the old library beside the new signature,
 //!    which the loader refuses (digest mismatch) rather than loads. If the library's rename
 //!    fails, the old signature is put back, so a failed install leaves the previous state as it
@@ -30,7 +30,6 @@
 
 use std::ffi::OsStr;
 use std::fmt;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -277,25 +276,14 @@ pub struct Installed {
     pub replaced: Vec<PathBuf>,
 }
 
-/// A temporary file in `dir` holding `bytes`, 0644, fsynced.
-fn staged(dir: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let tmp = tempfile::Builder::new()
-        .prefix(".km-install-")
-        .permissions(std::fs::Permissions::from_mode(0o644))
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let mut file = tmp.as_file();
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing a temporary file in {}", dir.display()))?;
-    Ok(tmp)
+/// `bytes` staged for `target` in the plugin directory `dir` (mode 0644, fsynced), by km-durable.
+fn staged(dir: &Path, target: &Path, bytes: &[u8]) -> Result<km_durable::Staged> {
+    km_durable::stage(target, bytes, km_durable::PUBLIC)
+        .with_context(|| format!("writing a temporary file in {}", dir.display()))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
+    Ok(km_durable::sync_dir(dir)?)
 }
 
 /// The installed libraries in `dir` (by file name) whose signature claims plugin `name`, or
@@ -330,40 +318,28 @@ pub fn installed_files(dir: &Path, name: &str) -> Result<Vec<(PathBuf, Option<Ma
 /// removed, so that two km processes never interleave their renames. Released on drop.
 #[derive(Debug)]
 pub struct PluginsLock {
-    _file: std::fs::File,
+    _lock: km_durable::Lock,
 }
 
 /// Takes [`PluginsLock`], waiting for another km that holds it.
 pub fn lock_plugins(home: &KmHome) -> Result<PluginsLock> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     let state = home.state_dir();
     KmHome::ensure_private_dir(&state)?;
-    let path = state.join("plugins.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-        .with_context(|| format!("locking {}", path.display()))?;
-    Ok(PluginsLock { _file: file })
+    let lock = km_durable::Lock::acquire(&state.join("plugins.lock"), None)?;
+    Ok(PluginsLock { _lock: lock })
 }
 
-/// Removes temporary files an interrupted install left in `dir` (`.km-install-*`; the loader
-/// never looks at them, this only reclaims space). Called with [`PluginsLock`] held, so no
-/// other km is using them.
+/// Removes temporary files an interrupted install left in `dir` (km-durable's temporaries, and
+/// `.km-install-*`: the backup of a replaced signature, and what km versions before km-durable
+/// staged). The loader never looks at them; this only reclaims space. Called with
+/// [`PluginsLock`] held, so no other km is using them.
 fn remove_stale_temporaries(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with(".km-install-")
-        {
+        let name = entry.file_name();
+        if km_durable::is_temporary(&name) || name.to_string_lossy().starts_with(".km-install-") {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -386,8 +362,8 @@ pub fn install(home: &KmHome, pkg: &Package, verified: &Verified) -> Result<Inst
 
     let lib_path = dir.join(&pkg.lib_name);
     let sig_path = SignatureFile::path_for(&lib_path);
-    let lib_tmp = staged(&dir, &pkg.library)?;
-    let sig_tmp = staged(&dir, &pkg.signature_bytes)?;
+    let lib_tmp = staged(&dir, &lib_path, &pkg.library)?;
+    let sig_tmp = staged(&dir, &sig_path, &pkg.signature_bytes)?;
 
     // Keep the old signature reachable until the library is in place.
     let backup = if sig_path.exists() {
@@ -399,20 +375,17 @@ pub fn install(home: &KmHome, pkg: &Package, verified: &Verified) -> Result<Inst
     } else {
         None
     };
-    sig_tmp
-        .persist(&sig_path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("renaming into {}", sig_path.display()))?;
-    if let Err(e) = lib_tmp.persist(&lib_path) {
+    sig_tmp.commit()?;
+    if let Err(e) = lib_tmp.commit() {
         // Put the previous state back: the old signature, or none.
         let restored = match &backup {
             Some(old) => std::fs::rename(old.path(), &sig_path),
             None => std::fs::remove_file(&sig_path),
         };
         let _ = sync_dir(&dir);
-        return Err(e.error).with_context(|| {
+        return Err(e).with_context(|| {
             format!(
-                "renaming into {} (previous state restored: {})",
+                "installing {} (previous state restored: {})",
                 lib_path.display(),
                 restored.is_ok()
             )

@@ -74,7 +74,7 @@ impl Setup {
             tier: km_abi::Tier::Free,
             target: km_signing::target_triple().to_owned(),
             abi_version: km_abi::ABI_VERSION.to_owned(),
-            sha256: hex(&ring_sha256(bytes)),
+            sha256: km_signing::sha256_hex(bytes),
             size: bytes.len() as u64,
             issued_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             expires_at: None,
@@ -108,16 +108,6 @@ impl Setup {
         KmHome::ensure_private_dir(&data).expect("data dir");
         PluginHost::new(name, data, Verbosity::Quiet, None)
     }
-}
-
-fn ring_sha256(bytes: &[u8]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn message(data: &[u8]) -> Message<'_> {

@@ -240,6 +240,17 @@ impl Error {
     }
 }
 
+/// A failed write keeps its path and its OS error (kind and number), as every other I/O error
+/// of this crate.
+impl From<km_durable::Error> for Error {
+    fn from(e: km_durable::Error) -> Error {
+        Error::Io {
+            path: e.path().to_path_buf(),
+            source: e.into_os_error(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,17 +1,16 @@
-//! Atomic, permission-aware file writes and capped reads.
+//! File writes and capped reads of the signing library.
 //!
 //! Every file this crate writes (signature files, trust store entries, key files, the rollback
-//! record) is written to a fresh temporary file in the same directory, created with its final
-//! mode (never briefly readable by others), fsynced, then renamed over the target (or hard-linked
-//! when the target must not be replaced), and the directory is fsynced. A crash leaves either the
-//! old or the new file, never a torn one.
+//! record) is written by `km_durable`, the workspace's one atomic write: a fresh temporary file
+//! in the same directory with exactly its final mode (never briefly readable by others),
+//! fsynced, then renamed over the target (or hard-linked when the target must not be replaced),
+//! and the directory fsynced. A crash leaves either the old or the new file, never a torn one.
+//! This module only maps its errors to [`Error::Io`].
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-
-use ring::rand::SecureRandom;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::Path;
 
 use crate::Error;
 
@@ -22,65 +21,18 @@ pub(crate) enum Replace {
     No,
 }
 
-/// Writes `bytes` to `path` atomically with permission bits `mode` (subject to umask).
+/// Writes `bytes` to `path` atomically with exactly the permission bits `mode`.
 pub(crate) fn write_atomic(
     path: &Path,
     bytes: &[u8],
     mode: u32,
     replace: Replace,
 ) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::io(path, std::io::Error::other("not a file name")))?;
-    let (tmp, mut file) = create_temp(&dir, &name.to_string_lossy(), mode)?;
-    let result = (|| {
-        file.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        drop(file);
-        match replace {
-            Replace::Yes => fs::rename(&tmp, path).map_err(|e| Error::io(path, e)),
-            // A hard link fails if the target exists, so no existing file is ever replaced,
-            // even by a racing writer.
-            Replace::No => fs::hard_link(&tmp, path).map_err(|e| Error::io(path, e)),
-        }
-    })();
-    // After a rename the temporary name is gone; after a link or a failure it is removed.
-    let _ = fs::remove_file(&tmp);
-    result?;
-    if let Ok(d) = File::open(&dir) {
-        // Best effort: some file systems refuse fsync on directories.
-        let _ = d.sync_all();
+    match replace {
+        Replace::Yes => km_durable::write_atomic(path, bytes, mode),
+        Replace::No => km_durable::write_new(path, bytes, mode),
     }
-    Ok(())
-}
-
-fn create_temp(dir: &Path, name: &str, mode: u32) -> Result<(PathBuf, File), Error> {
-    let rng = ring::rand::SystemRandom::new();
-    let mut last = None;
-    for _ in 0..8 {
-        let mut nonce = [0u8; 8];
-        rng.fill(&mut nonce)
-            .map_err(|_| Error::io(dir, std::io::Error::other("no system randomness")))?;
-        let tmp = dir.join(format!(".{name}.tmp-{}", hex::encode(nonce)));
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-        {
-            Ok(file) => return Ok((tmp, file)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-            Err(e) => return Err(Error::io(&tmp, e)),
-        }
-    }
-    Err(Error::io(
-        dir,
-        last.unwrap_or_else(|| std::io::Error::other("cannot create a temporary file")),
-    ))
+    .map_err(Error::from)
 }
 
 /// Reads at most `cap + 1` bytes of `path` (so that the caller can tell "larger than `cap`"

@@ -80,8 +80,9 @@ impl KeyId {
     }
 
     fn of_spki(spki: &[u8]) -> KeyId {
-        let digest = ring::digest::digest(&ring::digest::SHA256, spki);
-        KeyId(hex::encode(&digest.as_ref()[..16]))
+        KeyId(km_durable::digest::hex(
+            &km_durable::digest::sha256(spki)[..16],
+        ))
     }
 }
 
@@ -398,7 +399,7 @@ fn check_rsa_bits(bits: usize) -> Result<(), Error> {
 fn unsupported_key(oid: &[u8]) -> Error {
     Error::bad_key(format!(
         "unsupported key type (algorithm OID bytes {}); km accepts Ed25519 and RSA keys",
-        hex::encode(oid)
+        km_durable::digest::hex(oid)
     ))
 }
 

@@ -258,10 +258,9 @@ pub fn format_timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Lower-case hex SHA-256 of `bytes` (ring).
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
-}
+/// Lower-case hex SHA-256 of `bytes`: the workspace's one digest helper, re-exported so that
+/// users of this crate need no other.
+pub use km_durable::digest::sha256_hex;
 
 /// The target triple this crate (and so the km that links it) was compiled for.
 pub fn target_triple() -> &'static str {

@@ -17,7 +17,7 @@
 //! written to the plugin directory. Nothing is ever extracted to disk by this module.
 
 use std::collections::HashSet;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Component, Path};
 
 use flate2::read::GzDecoder;
@@ -138,7 +138,7 @@ pub fn is_package_library_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
-/// Writes a package to `out` (through a temporary file in the same directory, then renamed).
+/// Writes a package to `out` atomically, mode 0644 (see `km_durable::write_atomic`).
 pub fn write_package(
     out: &Path,
     lib_name: &str,
@@ -156,16 +156,11 @@ pub fn write_package(
     }
     let signature = SignatureFile::parse(signature_bytes)
         .map_err(|e| PackageError::Invalid(format!("the signature file: {e}")))?;
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".km-pack-")
-        .tempfile_in(dir)
-        .map_err(write_err)?;
+    // The package is built in memory (the library is there already) and then written by the
+    // workspace's one atomic write.
+    let mut packed = Vec::with_capacity(library.len() / 2 + 4096);
     {
-        let gz = GzEncoder::new(tmp.as_file(), flate2::Compression::default());
+        let gz = GzEncoder::new(&mut packed, flate2::Compression::default());
         let mut tar = tar::Builder::new(gz);
         let sig_name = format!("{lib_name}{SIGFILE_SUFFIX}");
         for (name, bytes, mode) in [
@@ -182,12 +177,10 @@ pub fn write_package(
                 .map_err(write_err)?;
         }
         let gz = tar.into_inner().map_err(write_err)?;
-        let mut file = gz.finish().map_err(write_err)?;
-        file.flush().map_err(write_err)?;
-        file.sync_all().map_err(write_err)?;
+        gz.finish().map_err(write_err)?;
     }
-    tmp.persist(out).map_err(|e| write_err(e.error))?;
-    Ok(())
+    km_durable::write_atomic(out, &packed, km_durable::PUBLIC)
+        .map_err(|e| write_err(e.into_os_error()))
 }
 
 /// A reader that fails once more than `cap` bytes have come through.

@@ -244,8 +244,8 @@ pub fn unix_now() -> i64 {
 }
 
 /// Writes the reference API's customers file: each customer with its tier, the `api_logging`
-/// feature and a subscription that ends in 30 days. Written aside and renamed, so that the
-/// server, which re-reads the file when it changes, never reads half of it.
+/// feature and a subscription that ends in 30 days. Written atomically, so that the server,
+/// which re-reads the file when it changes, never reads half of it.
 fn write_customers(path: &Path, customers: &[(&Customer, &str)]) {
     let list: Vec<Value> = customers
         .iter()
@@ -264,10 +264,9 @@ fn write_customers(path: &Path, customers: &[(&Customer, &str)]) {
             })
         })
         .collect();
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json!({ "customers": list }).to_string())
-        .unwrap_or_else(|e| panic!("writing {}: {e}", tmp.display()));
-    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("renaming to {}: {e}", path.display()));
+    let text = json!({ "customers": list }).to_string();
+    km_durable::write_atomic(path, text.as_bytes(), km_durable::PRIVATE)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// A running reference API (`km-api-server`) on loopback, with a signing key of its own; killed

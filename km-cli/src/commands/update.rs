@@ -63,18 +63,6 @@ fn installed_versions(globals: &Globals) -> Result<BTreeMap<String, semver::Vers
     Ok(out)
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex_encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
 /// Updates one plugin; `Ok(true)` when it was replaced.
 fn update_one(
     globals: &Globals,
@@ -114,7 +102,7 @@ fn update_one(
         pkg_headers,
         !globals.quiet,
     )?;
-    let actual = sha256_hex(&bytes);
+    let actual = km_durable::digest::sha256_hex(&bytes);
     if !actual.eq_ignore_ascii_case(&latest.sha256) {
         return Err(InstallRefused {
             what: pkg_url.to_string(),

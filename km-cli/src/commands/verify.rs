@@ -61,7 +61,7 @@ impl Report {
             .and_then(|sig| km_signing::Manifest::parse(&sig.manifest_bytes).ok());
         let sha256 = std::fs::read(&refusal.path)
             .ok()
-            .map(|bytes| sha256_hex(&bytes));
+            .map(|bytes| km_durable::digest::sha256_hex(&bytes));
         Report {
             path: refusal.path.clone(),
             verified: false,
@@ -101,18 +101,6 @@ impl Report {
             _ => eprintln!("  verdict:  OK"),
         }
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    digest
-        .as_ref()
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// Checks one file as the loader would (its directory, the file, the signature).

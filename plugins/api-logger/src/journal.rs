@@ -1,12 +1,13 @@
 //! The on-disk queue of events not yet acknowledged by the API: per session, an append-only
 //! journal of JSON lines plus the byte offset up to which the API has acknowledged them.
 //!
-//! - `events-<session>.journal`: one event per line, appended with a single `write` per event,
-//!   so that a killed km leaves at worst a torn last line, which is cut off when the journal is
-//!   adopted.
-//! - `events-<session>.acked`: the acknowledged offset, replaced atomically (temporary file,
-//!   fsync, rename) after every acknowledged batch.
+//! - `events-<session>.journal`: one event per line, appended by km-durable's `AppendFile` (a
+//!   single `write` per event, a partly written one cut off at once), so that a killed km leaves
+//!   at worst a torn last line, which is cut off when the journal is adopted.
+//! - `events-<session>.acked`: the acknowledged offset, replaced by km-durable's atomic write
+//!   (temporary file, fsync, rename, directory fsync) after every acknowledged batch.
 //!
+//! Both are private to the user (mode 0600): events carry what the MCP client and server said.
 //! Several km sessions run side by side (one per MCP server), so each writes its own journal and
 //! holds an exclusive `flock` on it for its lifetime. A journal whose lock can be taken belongs
 //! to a session that ended (normally, or killed: the kernel drops the lock with the process); a
@@ -17,21 +18,19 @@
 //! has. An event that was sent but not yet acknowledged when km stopped is sent again later; its
 //! id makes the second delivery a no-op on the server.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{flock, FlockOperation};
+use km_durable::{AppendFile, PRIVATE};
 
 const PREFIX: &str = "events-";
 const SUFFIX: &str = ".journal";
 
 /// One session's journal, locked by this process.
 pub(crate) struct Journal {
-    path: PathBuf,
     acked_path: PathBuf,
-    file: File,
-    len: u64,
+    file: AppendFile,
     acked: u64,
     /// This session's own journal (emptied when delivered) rather than an adopted one (deleted
     /// when delivered).
@@ -46,17 +45,16 @@ impl Journal {
     /// Creates and locks the journal of a new session in `dir`.
     pub(crate) fn create(dir: &Path, session: &str) -> io::Result<Journal> {
         let path = dir.join(format!("{PREFIX}{session}{SUFFIX}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create_new(true)
-            .open(&path)?;
-        flock(&file, FlockOperation::NonBlockingLockExclusive)?;
+        let file = AppendFile::create_new(&path, PRIVATE)?;
+        if !file.try_lock()? {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked by another session", path.display()),
+            ));
+        }
         Ok(Journal {
             acked_path: acked_path_for(&path),
-            path,
             file,
-            len: 0,
             acked: 0,
             own: true,
         })
@@ -90,19 +88,16 @@ impl Journal {
     /// Takes over the journal at `path` if its session has ended (its lock is free); `None`
     /// while another session holds it.
     pub(crate) fn adopt(path: &Path) -> io::Result<Option<Journal>> {
-        let mut file = OpenOptions::new().read(true).append(true).open(path)?;
-        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
-            Err(e) => return Err(e.into()),
+        let mut file = AppendFile::open_existing(path)?;
+        if !file.try_lock()? {
+            return Ok(None);
         }
-        let mut len = file.metadata()?.len();
+        let len = file.len();
         if len > 0 {
             // Cut a torn last line (km killed mid-write).
-            let keep = last_newline_end(&mut file, len)?;
+            let keep = last_newline_end(file.file(), len)?;
             if keep != len {
-                file.set_len(keep)?;
-                len = keep;
+                file.truncate(keep)?;
             }
         }
         let acked_path = acked_path_for(path);
@@ -110,12 +105,10 @@ impl Journal {
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())
             .unwrap_or(0)
-            .min(len);
+            .min(file.len());
         Ok(Some(Journal {
-            path: path.to_path_buf(),
             acked_path,
             file,
-            len,
             acked,
             own: false,
         }))
@@ -123,7 +116,7 @@ impl Journal {
 
     /// Where the journal is.
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Appends one event (a JSON line without its newline).
@@ -131,26 +124,24 @@ impl Journal {
         let mut record = Vec::with_capacity(line.len() + 1);
         record.extend_from_slice(line);
         record.push(b'\n');
-        self.file.write_all(&record)?;
-        self.len += record.len() as u64;
-        Ok(())
+        Ok(self.file.append(&record)?)
     }
 
     /// Flushes appended events to stable storage.
     pub(crate) fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+        Ok(self.file.sync()?)
     }
 
     /// Bytes not yet acknowledged.
     pub(crate) fn backlog_bytes(&self) -> u64 {
-        self.len - self.acked
+        self.file.len() - self.acked
     }
 
     /// Up to `max` unacknowledged events, oldest first, and the offset that acknowledges them.
     pub(crate) fn peek(&self, max: usize) -> io::Result<(Vec<String>, u64)> {
-        let mut reader = File::open(&self.path)?;
+        let mut reader = File::open(self.file.path())?;
         reader.seek(SeekFrom::Start(self.acked))?;
-        let mut reader = BufReader::new(reader.take(self.len - self.acked));
+        let mut reader = BufReader::new(reader.take(self.file.len() - self.acked));
         let mut lines = Vec::new();
         let mut end = self.acked;
         let mut line = String::new();
@@ -172,34 +163,34 @@ impl Journal {
     /// Records that everything before `offset` was acknowledged. When nothing is left, the own
     /// journal is emptied; an adopted one reports `true` and should be [`Self::delete`]d.
     pub(crate) fn ack(&mut self, offset: u64) -> io::Result<bool> {
-        let offset = offset.min(self.len);
+        let len = self.file.len();
+        let offset = offset.min(len);
         if offset <= self.acked {
-            return Ok(self.acked == self.len && !self.own);
+            return Ok(self.acked == len && !self.own);
         }
-        if offset == self.len && self.own {
+        if offset == len && self.own {
             // Everything is delivered: start afresh. The offset is reset first, so a crash
             // between the two steps leaves an offset of 0 over a journal of delivered events,
             // which are then re-sent and deduplicated by the API (never lost).
-            write_atomically(&self.acked_path, b"0\n")?;
-            self.file.set_len(0)?;
-            self.file.sync_data()?;
-            self.len = 0;
+            km_durable::write_atomic(&self.acked_path, b"0\n", PRIVATE)?;
+            self.file.truncate(0)?;
+            self.file.sync()?;
             self.acked = 0;
             return Ok(false);
         }
-        write_atomically(&self.acked_path, format!("{offset}\n").as_bytes())?;
+        km_durable::write_atomic(&self.acked_path, format!("{offset}\n").as_bytes(), PRIVATE)?;
         self.acked = offset;
-        Ok(offset == self.len && !self.own)
+        Ok(offset == len && !self.own)
     }
 
     /// Removes a delivered journal (the lock goes with the file).
     pub(crate) fn delete(self) {
         let _ = std::fs::remove_file(&self.acked_path);
-        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.file.path());
     }
 }
 
-fn last_newline_end(file: &mut File, len: u64) -> io::Result<u64> {
+fn last_newline_end(mut file: &File, len: u64) -> io::Result<u64> {
     let mut pos = len;
     let mut buf = [0u8; 4096];
     while pos > 0 {
@@ -212,16 +203,6 @@ fn last_newline_end(file: &mut File, len: u64) -> io::Result<u64> {
         }
     }
     Ok(0)
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -270,7 +251,13 @@ mod tests {
         let (_, end) = j.peek(10).expect("peek");
         assert!(!j.ack(end).expect("ack"));
         assert_eq!(j.backlog_bytes(), 0);
-        assert_eq!(std::fs::metadata(&j.path).expect("meta").len(), 0);
+        assert_eq!(std::fs::metadata(j.path()).expect("meta").len(), 0);
+        // Events carry what client and server said: private to the user.
+        use std::os::unix::fs::PermissionsExt;
+        for path in [j.path(), j.acked_path.as_path()] {
+            let mode = std::fs::metadata(path).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
         let _ = std::fs::remove_dir_all(&d);
     }
 

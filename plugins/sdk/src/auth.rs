@@ -641,11 +641,9 @@ impl Subscription {
         let Some(path) = self.cache_path() else {
             return;
         };
-        // Write a sibling and rename, so that a crash never leaves half a token.
-        let tmp = path.with_extension("tmp");
-        if std::fs::write(&tmp, token).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
+        // Atomically and private to the user, so that a crash never leaves half a token. A
+        // failure only costs a fresh authentication at the next start: nothing to report.
+        let _ = km_durable::write_atomic(&path, token.as_bytes(), km_durable::PRIVATE);
     }
 
     fn forget_cache(&self) {

@@ -249,7 +249,7 @@ pub struct RegionInfo {
 /// SHA-256 of `"km-customer-id\0" || customer_id`, in hex: names a customer build
 /// (`km-plugin-NAME-<hash prefix>`) without spelling the customer id.
 pub fn customer_hash(customer_id: &str) -> String {
-    hex_lower(&customer_hash_bytes(customer_id))
+    km_durable::digest::hex(&customer_hash_bytes(customer_id))
 }
 
 fn customer_hash_bytes(customer_id: &str) -> [u8; 32] {
@@ -259,16 +259,6 @@ fn customer_hash_bytes(customer_id: &str) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
-}
-
-fn hex_lower(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    s
 }
 
 /// Finds the offset of the one credentials region in a library.
@@ -400,7 +390,7 @@ fn stamp_with(
     region[tag_at..tag_at + TAG_LEN].copy_from_slice(tag.as_ref());
     Ok(Stamped {
         offset,
-        customer_hash: hex_lower(&hash),
+        customer_hash: km_durable::digest::hex(&hash),
     })
 }
 
@@ -535,7 +525,10 @@ mod tests {
         );
         let info = region_info(region).expect("info");
         assert_eq!(info.api_public_key, PK);
-        assert_eq!(hex_lower(&info.customer_hash), customer_hash("cust_a"));
+        assert_eq!(
+            km_durable::digest::hex(&info.customer_hash),
+            customer_hash("cust_a")
+        );
         // The bytes outside the region are untouched.
         assert!(lib[..1000].iter().all(|&b| b == 0x7f));
         assert!(lib[1000 + REGION_SIZE..].iter().all(|&b| b == 0x90));

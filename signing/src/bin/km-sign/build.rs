@@ -9,7 +9,6 @@
 //! The pristine library is only read. The credentials exist in clear only in this process's
 //! memory: nothing but the encrypted region is written.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -98,31 +97,7 @@ fn random_token() -> Result<String> {
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| anyhow::anyhow!("no system randomness for the customer token"))?;
-    Ok(hex::encode(bytes))
-}
-
-/// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename), 0644.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".km-build-")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let mut file = tmp.as_file();
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming into {}", path.display()))?;
-    // The directory entry too.
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
-    Ok(())
+    Ok(km_durable::digest::hex(&bytes))
 }
 
 /// Runs `km-sign build-plugin`.
@@ -161,7 +136,8 @@ pub(crate) fn run(args: &BuildArgs) -> Result<()> {
     let out_lib = args
         .out_dir
         .join(customer_build_file_name(&args.plugin, &args.customer));
-    write_atomically(&out_lib, &stamped)?;
+    km_durable::write_atomic(&out_lib, &stamped, km_durable::PUBLIC)
+        .with_context(|| format!("writing the customer build {}", out_lib.display()))?;
     let manifest = ManifestArgs {
         name: args.plugin.clone(),
         version: args.version.clone(),
