@@ -1,5 +1,6 @@
 //! Signed plugin manifests, signing keys, the trust store and the rollback record of km; the
-//! `km-sign` tool is built on top of this crate.
+//! `km-sign` tool (its own crate, `signing/km-sign/`, so that this library needs neither clap nor
+//! anyhow) is built on top of this crate.
 //!
 //! km loads plugins as native libraries into its own process, so a library must be proven to come
 //! from a trusted signer *before* it is mapped. The proof is a `.kmsig` file beside the library

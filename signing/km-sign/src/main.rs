@@ -1,9 +1,10 @@
 //! `km-sign`: make signing keys, sign plugin libraries, verify them, and take signatures made
 //! elsewhere (openssl, an HSM) through `manifest` + `attach`.
 //!
-//! Thin: parse the arguments, run the command, map the outcome to an exit code. Exit codes:
-//! 0 ok, 1 verification said no (bad or missing signature, wrong hash, expired, ...), 2 usage or
-//! I/O error (clap's own usage errors exit 2 too). Errors go to stderr as `km-sign: error: ...`.
+//! Its own crate over `km-signing`, so that the library keeps one thiserror enum and does not
+//! depend on clap or anyhow. Thin: parse the arguments, run the command, map the outcome to an
+//! exit code. Exit codes: 0 ok, 1 verification said no (bad or missing signature, wrong hash,
+//! expired, ...), 2 usage or I/O error (clap's own usage errors exit 2 too). Errors go to stderr as `km-sign: error: ...`.
 
 #![forbid(unsafe_code)]
 
