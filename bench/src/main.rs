@@ -1,5 +1,6 @@
 //! `km-bench`: measures km's costs on the machine it runs on, each beside its baseline in the
-//! same run, and prints a table (or JSON with `--json`).
+//! same run, and prints a table (or JSON with `--json`). Arguments are parsed by clap, like the
+//! other binaries'.
 //!
 //! Why a binary and not `cargo bench`: the figures need the real release `km` binary, signed real
 //! plugin libraries and child processes (`cat`, `sh`), which a bench harness does not give; and
@@ -15,86 +16,95 @@ mod startup;
 
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
+use clap::{Parser, ValueEnum};
 
 use crate::report::Report;
+
+/// km-bench's command line (clap); [`Options`] is what the sections see.
+#[derive(Debug, Parser)]
+#[command(
+    name = "km-bench",
+    version,
+    about = "Measures km's costs on this machine, each beside its baseline in the same run",
+    after_help = "Run after `cargo build --release --workspace`; km, km-sign and the plugin \
+                  libraries are taken from the directory of this binary."
+)]
+struct Cli {
+    /// Smaller runs (a few seconds in all).
+    #[arg(long)]
+    quick: bool,
+    /// Only these sections, comma-separated or repeated (default: all).
+    #[arg(long, value_name = "SECTION", value_enum, value_delimiter = ',')]
+    only: Vec<Section>,
+    /// Print the rows as JSON on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A section of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Section {
+    /// Relay throughput and peak memory, against a plain pipe relay.
+    Relay,
+    /// Added round-trip latency, against the echo server directly and a plain relay.
+    Latency,
+    /// Start-up cost of signed plugins: read, hash, verify, check, load.
+    Startup,
+    /// Messages per second through the dispatcher to a no-op plugin.
+    Dispatch,
+}
 
 /// Validated command-line options.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
-    /// Smaller runs (< 30 s in all).
+    /// Smaller runs (a few seconds in all).
     pub(crate) quick: bool,
     /// Only these sections (empty: all).
-    pub(crate) only: Vec<String>,
+    pub(crate) only: Vec<Section>,
     /// Print JSON instead of the table.
     pub(crate) json: bool,
 }
 
-impl Options {
-    fn parse() -> Result<Self> {
-        let mut options = Options {
-            quick: false,
-            only: Vec::new(),
-            json: false,
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--quick" => options.quick = true,
-                "--json" => options.json = true,
-                "--only" => match args.next() {
-                    Some(v) => options
-                        .only
-                        .extend(v.split(',').map(|s| s.trim().to_owned())),
-                    None => bail!("--only needs a section: relay, latency, startup, dispatch"),
-                },
-                "-h" | "--help" => {
-                    println!(
-                        "usage: km-bench [--quick] [--json] [--only relay,latency,startup,dispatch]\n\
-                         Run after `cargo build --release --workspace`; km, km-sign and the \
-                         plugin libraries are taken from the directory of this binary."
-                    );
-                    std::process::exit(0);
-                }
-                other => bail!("unknown argument {other:?} (try --help)"),
-            }
+impl From<Cli> for Options {
+    fn from(cli: Cli) -> Options {
+        Options {
+            quick: cli.quick,
+            only: cli.only,
+            json: cli.json,
         }
-        for section in &options.only {
-            if !["relay", "latency", "startup", "dispatch"].contains(&section.as_str()) {
-                bail!("unknown section {section:?}: relay, latency, startup, dispatch");
-            }
-        }
-        Ok(options)
-    }
-
-    /// Whether `section` is to run.
-    pub(crate) fn wants(&self, section: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|s| s == section)
     }
 }
 
-fn run() -> Result<()> {
-    let options = Options::parse()?;
+impl Options {
+    /// Whether `section` is to run.
+    pub(crate) fn wants(&self, section: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
+    }
+}
+
+fn run(options: &Options) -> Result<()> {
     let env = env::BenchEnv::new()?;
     let mut report = Report::default();
-    if options.wants("relay") {
-        relay::run(&env, &options, &mut report)?;
+    if options.wants(Section::Relay) {
+        relay::run(&env, options, &mut report)?;
     }
-    if options.wants("latency") {
-        latency::run(&env, &options, &mut report)?;
+    if options.wants(Section::Latency) {
+        latency::run(&env, options, &mut report)?;
     }
-    if options.wants("startup") {
-        startup::run(&env, &options, &mut report)?;
+    if options.wants(Section::Startup) {
+        startup::run(&env, options, &mut report)?;
     }
-    if options.wants("dispatch") {
-        dispatch::run(&env, &options, &mut report)?;
+    if options.wants(Section::Dispatch) {
+        dispatch::run(&env, options, &mut report)?;
     }
     report.print(options.json)?;
     Ok(())
 }
 
 fn main() -> ExitCode {
-    match run() {
+    let options = Options::from(Cli::parse());
+    match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("km-bench: error: {e:#}");
