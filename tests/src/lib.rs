@@ -1,10 +1,11 @@
 //! The harness of km's end-to-end tests: finds the real binaries and plugin libraries that
 //! `cargo build --workspace` produced, makes throw-away `KM_HOME`s, and signs libraries with keys
 //! the test makes, using the real `km-sign`, and starts the reference API server
-//! (`km-api-server`) on loopback.
+//! (`km-api-server`, the crate in `tests/api-server/`) on loopback.
 //!
-//! The test binaries cannot build cdylibs themselves (cargo holds the build lock while tests
-//! run), so the README's test command builds the workspace first.
+//! The test binaries cannot build cdylibs or other packages' binaries themselves (cargo holds the
+//! build lock while tests run, and `km-api-server` is not this package's binary), so the README's
+//! test command builds the workspace first.
 
 #![forbid(unsafe_code)]
 

@@ -1,0 +1,60 @@
+//! The API's endpoints, one module per area; [`router`] puts them together.
+//!
+//! Endpoints:
+//! - [`auth`]: `POST /api/plugins/authenticate` (a subscription token for a plugin) and
+//!   `GET /api/public-key` (the token-signing key).
+//! - [`events`]: `POST /api/events/batch` (api-logger's events, deduplicated by id).
+//! - [`plugins`]: `GET /api/plugins/latest?name=NAME` and `GET /api/plugins/download/{file}`
+//!   (packages from `--plugins-dir`).
+//! - [`control`]: the test controls under `/control/` (down, up, delay, tamper, stats), and the
+//!   guard that makes every `/api/` request obey them.
+//!
+//! Every `/api/` request, known or not, first passes the control guard (counted for
+//! `--fail-after`, delayed, or answered 503 while down). An unknown path is 404, a known path
+//! with another method 405, a body over [`MAX_REQUEST_BODY`] 413. Errors are
+//! `{"error": "..."}` with the status that says what happened.
+//!
+//! A new area (seats, teams, audit checkpoints) is a module here with a
+//! `pub(super) fn register(router: &mut Router<AppState>)`, called from [`router`]; its data is
+//! a migration in `store::migrations` and a `store::<area>` module of `impl Store` methods.
+
+pub(crate) mod auth;
+pub(crate) mod control;
+pub(crate) mod events;
+pub(crate) mod plugins;
+
+use crate::http::{Request, Response};
+use crate::router::Router;
+use crate::state::AppState;
+
+/// The largest request body accepted (event batches are the largest requests).
+pub(crate) const MAX_REQUEST_BODY: u64 = 8 * 1024 * 1024;
+
+/// Every endpoint of the API.
+pub(crate) fn router() -> Router<AppState> {
+    let mut router = Router::new(MAX_REQUEST_BODY);
+    control::register(&mut router);
+    auth::register(&mut router);
+    events::register(&mut router);
+    plugins::register(&mut router);
+    router
+}
+
+/// The body parsed as JSON of type `T`, or a 400 answer saying what was expected.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    request: &Request,
+    expected: &str,
+) -> Result<T, Response> {
+    serde_json::from_slice(&request.body)
+        .map_err(|e| Response::error(400, &format!("expected {expected} ({e})")))
+}
+
+/// A 500 answer for an internal failure, which is also logged (the client sees only that the
+/// server failed, not how).
+pub(crate) fn internal(what: &str, error: &dyn std::fmt::Display) -> Response {
+    eprintln!("km-api-server: {what}: {error:#}");
+    Response::error(500, &format!("{what} failed"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! The schema, as forward migrations applied in order.
+//!
+//! A later area adds its tables by appending a [`Migration`] with the next version; a migration
+//! that has shipped is never edited (the SHA-256 of its SQL is recorded when it runs, and a
+//! database whose record differs is refused), and none is ever removed. Migrations run inside
+//! the opening transaction, so a failed one leaves the database as it was. SQL that cannot run in
+//! a transaction (`VACUUM`, `PRAGMA journal_mode`) does not belong here; a table rebuild follows
+//! SQLite's twelve-step `ALTER TABLE` procedure and ends with `PRAGMA foreign_key_check`.
+//!
+//! Hand-written rather than `rusqlite_migration`: that crate keeps the version in
+//! `PRAGMA user_version` only, while this runner records each migration's name, digest and time
+//! in a table, which is what lets it refuse a database it does not understand; the runner is
+//! forty lines.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::Error;
+
+/// One step of the schema.
+pub(super) struct Migration {
+    /// 1, 2, 3, ... without gaps.
+    pub(super) version: u32,
+    /// What it adds, for people reading `schema_version`.
+    pub(super) name: &'static str,
+    pub(super) sql: &'static str,
+}
+
+impl Migration {
+    fn digest(&self) -> String {
+        km_signing::sha256_hex(self.sql.as_bytes())
+    }
+}
+
+/// Every migration, oldest first.
+pub(super) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "customers and events",
+    sql: r#"
+        -- Customers: imported from the customers file (file_entry_sha256 is the digest of the
+        -- entry last applied; NULL for customers the file does not manage). A customer is never
+        -- deleted, so that rows referring to it stay valid: one the file no longer lists is
+        -- made inactive, and an inactive customer's API key authenticates nothing.
+        CREATE TABLE customers (
+            id                TEXT PRIMARY KEY NOT NULL,
+            api_key_sha256    TEXT NOT NULL CHECK (length(api_key_sha256) = 64),
+            tier              TEXT NOT NULL CHECK (tier IN ('free', 'pro', 'enterprise')),
+            features          TEXT NOT NULL CHECK (json_type(features) = 'array'),
+            subscription_end  INTEGER NOT NULL,
+            customer_token    TEXT,
+            active            INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
+            file_entry_sha256 TEXT,
+            updated_at        INTEGER NOT NULL
+        ) STRICT;
+        CREATE UNIQUE INDEX customers_active_api_key ON customers (api_key_sha256)
+            WHERE active = 1;
+
+        -- Events accepted from api-logger, deduplicated by id. customer_id is the customer the
+        -- event was accepted for, as history: no foreign key, so that an export file of an
+        -- earlier run imports whatever customers the customers file lists now.
+        CREATE TABLE events (
+            id          TEXT PRIMARY KEY NOT NULL,
+            customer_id TEXT,
+            received_at INTEGER NOT NULL,
+            event       TEXT NOT NULL CHECK (json_valid(event))
+        ) STRICT;
+        CREATE INDEX events_by_customer ON events (customer_id, received_at);
+    "#,
+}];
+
+/// The version the newest migration brings a database to.
+pub(super) fn latest() -> u32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// Brings the database to [`latest`], in one transaction. Returns the version it is at.
+pub(super) fn migrate(conn: &mut Connection) -> Result<u32, Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_version (
+             version    INTEGER PRIMARY KEY NOT NULL,
+             name       TEXT NOT NULL,
+             sql_sha256 TEXT NOT NULL,
+             applied_at INTEGER NOT NULL
+         ) STRICT;",
+    )?;
+    let applied: Vec<(u32, String, String)> = {
+        let mut statement =
+            tx.prepare("SELECT version, name, sql_sha256 FROM schema_version ORDER BY version")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (i, (version, name, digest)) in applied.iter().enumerate() {
+        let Some(known) = MIGRATIONS.iter().find(|m| m.version == *version) else {
+            return Err(Error::SchemaTooNew {
+                found: applied.last().map_or(*version, |a| a.0),
+                known: latest(),
+            });
+        };
+        let why = if u32::try_from(i + 1).ok() != Some(*version) {
+            Some("the versions before it are missing")
+        } else if known.digest() != *digest {
+            Some("its SQL differs from what ran (a shipped migration was edited)")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(Error::SchemaMismatch {
+                version: *version,
+                name: name.clone(),
+                why,
+            });
+        }
+    }
+    let current = applied.last().map_or(0, |a| a.0);
+    for migration in MIGRATIONS.iter().filter(|m| m.version > current) {
+        tx.execute_batch(migration.sql)?;
+        tx.execute(
+            "INSERT INTO schema_version (version, name, sql_sha256, applied_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            (
+                migration.version,
+                migration.name,
+                migration.digest(),
+                super::now(),
+            ),
+        )?;
+    }
+    tx.commit()?;
+    Ok(latest())
+}
+
+#[cfg(test)]
+pub(super) fn versions_are_contiguous() -> bool {
+    MIGRATIONS
+        .iter()
+        .enumerate()
+        .all(|(i, m)| u32::try_from(i + 1).ok() == Some(m.version))
+}

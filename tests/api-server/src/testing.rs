@@ -1,0 +1,82 @@
+//! What the unit tests share: a directory with a signing key and a customers file, and the
+//! configuration that serves them, built by the same code as the real start-up.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::config::{DbLocation, ServeConfig};
+use crate::state::AppState;
+
+/// A customer for the customers file: `(id, api_key, tier)`, ending in 30 days.
+pub(crate) fn customer(id: &str, api_key: &str, tier: &str) -> Value {
+    json!({
+        "id": id,
+        "api_key_sha256": km_signing::sha256_hex(api_key.as_bytes()),
+        "tier": tier,
+        "features": ["api_logging"],
+        "subscription_end": crate::store::now() + 30 * 24 * 3600,
+        "customer_token": format!("ct-{id}"),
+    })
+}
+
+/// Writes `{"customers": [...]}` aside and renames it over `path`, as the e2e harness does.
+pub(crate) fn write_customers(path: &Path, customers: &[Value]) {
+    write_file(path, &json!({ "customers": customers }).to_string());
+}
+
+/// Writes `text` aside and renames it over `path`.
+pub(crate) fn write_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("writing the file aside");
+    std::fs::rename(&tmp, path).expect("renaming it into place");
+}
+
+/// A directory with `server.key` and `customers.json` (alice: pro, bob: free).
+pub(crate) struct Fixture {
+    pub(crate) dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::keys::generate(&dir.path().join("server.key")).expect("signing key");
+        let fixture = Fixture { dir };
+        write_customers(
+            &fixture.customers(),
+            &[
+                customer("alice", "key-alice", "pro"),
+                customer("bob", "key-bob", "free"),
+            ],
+        );
+        fixture
+    }
+
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub(crate) fn customers(&self) -> PathBuf {
+        self.path("customers.json")
+    }
+
+    /// The configuration `--signing-key server.key --customers customers.json`, in memory.
+    pub(crate) fn config(&self) -> ServeConfig {
+        ServeConfig {
+            signing_key: self.path("server.key"),
+            customers: Some(self.customers()),
+            db: DbLocation::Memory,
+            listen: "127.0.0.1:0".parse().expect("address"),
+            events: None,
+            plugins_dir: None,
+            token_ttl: 900,
+            delay_ms: 0,
+            fail_after: None,
+        }
+    }
+
+    /// The state the server starts with for `config`.
+    pub(crate) fn state(&self, config: &ServeConfig) -> AppState {
+        crate::server::build_state(config).expect("the server state builds")
+    }
+}
