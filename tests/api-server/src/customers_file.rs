@@ -107,7 +107,7 @@ pub(crate) fn parse(text: &str, toml: bool) -> anyhow::Result<Vec<FileCustomer>>
         }
         // The digest of the entry as parsed (not as spelt), so that reformatting the file
         // changes nothing.
-        let entry_sha256 = km_signing::sha256_hex(
+        let entry_sha256 = km_durable::digest::sha256_hex(
             serde_json::to_string(&entry)
                 .context("serialising an entry")?
                 .as_bytes(),

@@ -45,8 +45,11 @@ pub(crate) fn generate(out: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("writing {}", out.display()))?;
     let public = signer.public_key_base64();
     let pub_path = PathBuf::from(format!("{}.pub", out.display()));
-    std::fs::write(&pub_path, format!("{public}\n"))
-        .with_context(|| format!("writing {}", pub_path.display()))?;
+    km_durable::write_atomic(
+        &pub_path,
+        format!("{public}\n").as_bytes(),
+        km_durable::PUBLIC,
+    )?;
     Ok(public)
 }
 
@@ -121,7 +124,7 @@ pub(crate) fn random_hex(n: usize) -> anyhow::Result<String> {
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| anyhow::anyhow!("no system randomness"))?;
-    Ok(hex::encode(bytes))
+    Ok(km_durable::digest::hex(&bytes))
 }
 
 #[cfg(test)]

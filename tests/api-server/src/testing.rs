@@ -12,7 +12,7 @@ use crate::state::AppState;
 pub(crate) fn customer(id: &str, api_key: &str, tier: &str) -> Value {
     json!({
         "id": id,
-        "api_key_sha256": km_signing::sha256_hex(api_key.as_bytes()),
+        "api_key_sha256": km_durable::digest::sha256_hex(api_key.as_bytes()),
         "tier": tier,
         "features": ["api_logging"],
         "subscription_end": crate::store::now() + 30 * 24 * 3600,

@@ -42,7 +42,7 @@ fn authenticate(state: &AppState, request: &Request, _: &Params) -> Response {
         Err(answer) => return answer,
     };
     state.refresh_customers();
-    let hash = km_signing::sha256_hex(req.api_key.as_bytes());
+    let hash = km_durable::digest::sha256_hex(req.api_key.as_bytes());
     let customer = match state.store.customer_by_api_key(&hash) {
         Ok(Some(c)) => c,
         Ok(None) => return Response::error(401, "unknown API key"),

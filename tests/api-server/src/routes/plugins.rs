@@ -62,7 +62,7 @@ fn latest(state: &AppState, request: &Request, _: &Params) -> Response {
         &json!({
             "name": package.manifest.name,
             "version": package.manifest.version,
-            "sha256": km_signing::sha256_hex(&bytes),
+            "sha256": km_durable::digest::sha256_hex(&bytes),
             "url": format!("/api/plugins/download/{name}"),
         }),
     )

@@ -2,19 +2,23 @@
 //!
 //! The database is the store; the export is a copy for people and tests to read: every accepted
 //! event is appended to it as one JSON line (with the `customer_id` it was accepted for) inside
-//! the transaction that stores it, fsynced before the commit, so the file never lacks an event the
-//! database has accepted since the file was attached. At start the lines already in the file are
-//! imported (ids already stored are skipped), which keeps what the original server did without a
-//! database: with `--events FILE` alone, deduplication survives a restart. Lines that are not
-//! JSON objects with a string `id` (a torn last line after a crash, say) are skipped and counted.
+//! the transaction that stores it, synced before the commit, so the file never lacks an event the
+//! database has accepted since the file was attached. It is a [`km_durable::AppendFile`]: a batch
+//! goes in as one record, and a batch the kernel took only part of is cut off again, so the file
+//! always ends on a whole line. At start the lines already in the file are imported (ids already
+//! stored are skipped), which keeps what the original server did without a database: with
+//! `--events FILE` alone, deduplication survives a restart. Lines that are not JSON objects with
+//! a string `id` (a torn last line after a crash, say) are skipped and counted; a last line
+//! without its newline gets one, so that no event is ever glued onto it.
 //!
 //! If a commit fails after its lines were written, those lines are in the file but not in the
 //! database; the client gets an error and retries, and the retried events are appended again.
 //! The file can so hold a line twice in that one case; the database never holds an id twice.
 
-use std::fs::File;
-use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::io::Read as _;
+use std::path::Path;
+
+use km_durable::AppendFile;
 
 use serde_json::Value;
 
@@ -22,11 +26,7 @@ use super::{now, Error, Store};
 
 /// The open export file.
 pub(crate) struct Export {
-    file: File,
-    path: PathBuf,
-    /// The file does not end with a newline (a torn line, or a failed write): the next append
-    /// starts with one, so that no event is glued onto a broken line.
-    needs_newline: bool,
+    file: AppendFile,
 }
 
 /// What importing an export file found.
@@ -47,13 +47,6 @@ pub(crate) struct IngestReport {
     pub(crate) duplicates: u64,
 }
 
-fn events_file_error(path: &Path, source: std::io::Error) -> Error {
-    Error::EventsFile {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
 /// The id of an event: a string `id` member.
 pub(crate) fn event_id(event: &Value) -> Option<&str> {
     event.get("id").and_then(Value::as_str)
@@ -63,14 +56,22 @@ impl Store {
     /// Imports the events already in `path` (if it exists) and appends accepted events to it
     /// from now on.
     pub(crate) fn export_events_to(&self, path: &Path) -> Result<ImportReport, Error> {
-        let mut existing = Vec::new();
-        match File::open(path) {
-            Ok(mut f) => {
-                f.read_to_end(&mut existing)
-                    .map_err(|e| events_file_error(path, e))?;
+        // Private: events carry the messages of MCP sessions.
+        let mut file = match AppendFile::create_new(path, km_durable::PRIVATE) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                AppendFile::open_existing(path)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(events_file_error(path, e)),
+            created => created,
+        }?;
+        let mut existing = Vec::new();
+        file.file()
+            .read_to_end(&mut existing)
+            .map_err(|source| Error::EventsRead {
+                path: path.display().to_string(),
+                source,
+            })?;
+        if existing.last().is_some_and(|b| *b != b'\n') {
+            file.append_durable(b"\n")?;
         }
         let report = self.write(|tx| {
             let mut report = ImportReport::default();
@@ -99,16 +100,7 @@ impl Store {
             }
             Ok(report)
         })?;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| events_file_error(path, e))?;
-        self.lock().export = Some(Export {
-            file,
-            path: path.to_path_buf(),
-            needs_newline: existing.last().is_some_and(|b| *b != b'\n'),
-        });
+        self.lock().export = Some(Export { file });
         Ok(report)
     }
 
@@ -148,7 +140,7 @@ impl Store {
         }
         if let Some(export) = export.as_mut() {
             if !lines.is_empty() {
-                export.append(&lines)?;
+                export.file.append_durable(lines.as_bytes())?;
             }
         }
         tx.commit()?;
@@ -170,22 +162,5 @@ impl Store {
                 .optional()?)
         })?;
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
-    }
-}
-
-impl Export {
-    fn append(&mut self, lines: &str) -> Result<(), Error> {
-        let mut bytes = Vec::with_capacity(lines.len() + 1);
-        if self.needs_newline {
-            bytes.push(b'\n');
-        }
-        bytes.extend_from_slice(lines.as_bytes());
-        let written = self
-            .file
-            .write_all(&bytes)
-            .and_then(|()| self.file.sync_data());
-        // After a failure the file may end in a partial line, whatever was written before.
-        self.needs_newline = written.is_err();
-        written.map_err(|e| events_file_error(&self.path, e))
     }
 }

@@ -27,7 +27,7 @@ pub(super) struct Migration {
 
 impl Migration {
     fn digest(&self) -> String {
-        km_signing::sha256_hex(self.sql.as_bytes())
+        km_durable::digest::sha256_hex(self.sql.as_bytes())
     }
 }
 

@@ -61,9 +61,12 @@ pub(crate) enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The events export file could not be read or written.
-    #[error("events file {path}: {source}")]
-    EventsFile {
+    /// The events export file could not be opened or written (the error names it).
+    #[error("events file: {0}")]
+    EventsFile(#[from] km_durable::Error),
+    /// The events export file could not be read.
+    #[error("reading the events file {path}: {source}")]
+    EventsRead {
         path: String,
         #[source]
         source: std::io::Error,

@@ -41,7 +41,7 @@ fn events(ids: &[&str]) -> Vec<Value> {
 
 fn lookup(store: &Store, api_key: &str) -> Option<customers::Customer> {
     store
-        .customer_by_api_key(&km_signing::sha256_hex(api_key.as_bytes()))
+        .customer_by_api_key(&km_durable::digest::sha256_hex(api_key.as_bytes()))
         .expect("lookup")
 }
 
@@ -262,7 +262,7 @@ fn an_unchanged_entry_leaves_its_row_alone_when_others_change() {
         .write(|tx| {
             tx.execute(
                 "UPDATE customers SET api_key_sha256 = ?1 WHERE id = 'alice'",
-                [km_signing::sha256_hex(b"key-a2")],
+                [km_durable::digest::sha256_hex(b"key-a2")],
             )?;
             Ok(())
         })
@@ -301,7 +301,7 @@ fn the_customers_file_reads_as_toml_and_bad_entries_are_named() {
     assert!(listed[0].customer.features.is_empty());
     assert_eq!(
         listed[0].customer.api_key_sha256,
-        km_signing::sha256_hex(b"foo"),
+        km_durable::digest::sha256_hex(b"foo"),
         "digests are kept in lowercase"
     );
 
