@@ -25,6 +25,9 @@ pub(crate) enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A durable-file operation failed (it names the file).
+    #[error(transparent)]
+    Durable(#[from] km_durable::Error),
     /// A command-line argument is wrong.
     #[error("{0}")]
     Usage(String),

@@ -1,57 +1,29 @@
-//! The two file primitives the store needs: an advisory lock file and an atomic replace.
+//! The file primitives of the store, on the workspace's `km-durable`: its lock file, atomic
+//! replace and durable append, plus the private directories the store lives in.
 //!
-//! Hand-written because the workspace's shared durable-file crate (`km-durable`) has not landed
-//! yet; both are the textbook sequences and small. When it lands, these two functions are what
-//! it replaces.
-//!
-//! - [`Lock`]: `flock(2)` on a lock file beside the data. Exclusive for writers (the flush of a
-//!   `km monitor` session, compaction), shared for readers (reports), so that two sessions never
-//!   merge into the same file at once and a report never sees half of a compaction. The kernel
-//!   drops the lock when its process dies, so a killed km never leaves the store locked.
-//! - [`write_atomic`]: a temporary file in the same directory (created with `O_EXCL`, mode 0600),
-//!   written, fsynced, renamed over the target, then the directory fsynced: readers see the old
-//!   file or the new one, never half of one, even across a crash.
+//! - [`lock`]: km-durable's exclusive `flock` on `store.lock`, waited for at most
+//!   [`LOCK_WAIT`]. Writers (a session's flush, retention) and readers (reports) alike take it:
+//!   a merge is a read-modify-write of a few small files that takes milliseconds, so readers
+//!   waiting for it cost nothing noticeable, and a report never sees half of a compaction. The
+//!   kernel drops the lock when its holder dies, so a killed km never leaves the store locked.
+//! - [`write_atomic`]: temporary beside the target, fsync, rename, directory fsync (mode 0600):
+//!   readers see the old file or the new one, never half of one, even across a crash.
+//! - [`append_line`]: whole records on an `O_APPEND` file, undone if not written whole, synced.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::time::Duration;
 
-use rustix::fs::{flock, FlockOperation};
+use km_durable::{AppendFile, Lock, PRIVATE};
 
 use crate::error::{Error, Result};
 
-/// A held `flock`; released on drop (and by the kernel if the process dies).
-#[derive(Debug)]
-pub(crate) struct Lock {
-    _file: File,
-}
+/// The longest a flush or a report waits for the store's lock.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(10);
 
-impl Lock {
-    /// Waits for the exclusive lock on `path` (created 0600 if missing).
-    pub(crate) fn exclusive(path: &Path) -> Result<Lock> {
-        Self::take(path, FlockOperation::LockExclusive)
-    }
-
-    /// Waits for a shared lock on `path` (created 0600 if missing).
-    pub(crate) fn shared(path: &Path) -> Result<Lock> {
-        Self::take(path, FlockOperation::LockShared)
-    }
-
-    fn take(path: &Path, operation: FlockOperation) -> Result<Lock> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-            .open(path)
-            .map_err(|e| Error::io("opening the lock file", path, e))?;
-        flock(&file, operation).map_err(|e| Error::io("locking", path, e.into()))?;
-        Ok(Lock { _file: file })
-    }
+/// Takes the store's lock at `path`.
+pub(crate) fn lock(path: &Path) -> Result<Lock> {
+    Ok(Lock::acquire(path, Some(LOCK_WAIT))?)
 }
 
 /// Creates `dir` (and its parents) private to the user, if missing.
@@ -64,62 +36,25 @@ pub(crate) fn ensure_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io("creating", dir, e))
 }
 
-/// Distinguishes the temporary files of one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// Replaces `path` with `bytes` atomically (mode 0600).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp: PathBuf = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|e| Error::io("creating", &temp, e))?;
-        file.write_all(bytes)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| Error::io("writing", &temp, e))?;
-        std::fs::rename(&temp, path).map_err(|e| Error::io("replacing", path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-        return result;
-    }
-    // The new name must survive a crash too; a failure here leaves the new content in place.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io("syncing the directory", dir, e))
+    Ok(km_durable::write_atomic(path, bytes, PRIVATE)?)
 }
 
-/// Whether `name` is a temporary left by [`write_atomic`] (a crash between create and rename).
+/// Whether `name` is a temporary left by [`write_atomic`] (a crash between write and rename).
 pub(crate) fn is_temporary(name: &str) -> bool {
-    name.starts_with('.') && name.contains(".tmp-")
+    km_durable::is_temporary(OsStr::new(name))
 }
 
-/// Appends `record` to `path` (created 0600) in one `write` on an `O_APPEND` file, then syncs:
-/// records of concurrent writers never interleave, and a crash leaves at worst a torn last line,
-/// which readers skip.
-pub(crate) fn append_line(path: &Path, record: &[u8]) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
-        .open(path)
-        .map_err(|e| Error::io("opening", path, e))?;
-    file.write_all(record)
-        .and_then(|()| file.sync_data())
-        .map_err(|e| Error::io("appending to", path, e))
+/// Appends `records` (whole lines) to `path`, created 0600 if missing, and syncs. The caller
+/// holds the store's lock: one writer at a time.
+pub(crate) fn append_line(path: &Path, records: &[u8]) -> Result<()> {
+    let mut file = if path.exists() {
+        AppendFile::open_existing(path)?
+    } else {
+        AppendFile::create_new(path, PRIVATE)?
+    };
+    Ok(file.append_durable(records)?)
 }
 
 #[cfg(test)]
@@ -138,7 +73,6 @@ mod tests {
             .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["a.json"]);
-        assert!(is_temporary(".a.json.tmp-12-0"));
         assert!(!is_temporary("a.json"));
     }
 
@@ -151,13 +85,14 @@ mod tests {
     }
 
     #[test]
-    fn exclusive_locks_exclude_each_other() {
+    fn appends_add_whole_lines() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("lock");
-        let held = Lock::exclusive(&path).expect("first lock");
-        let file = File::open(&path).expect("open");
-        assert!(flock(&file, FlockOperation::NonBlockingLockExclusive).is_err());
-        drop(held);
-        assert!(flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok());
+        let path = dir.path().join("a.jsonl");
+        append_line(&path, b"{\"a\":1}\n").expect("first");
+        append_line(&path, b"{\"a\":2}\n").expect("second");
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            b"{\"a\":1}\n{\"a\":2}\n"
+        );
     }
 }

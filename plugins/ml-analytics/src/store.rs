@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! <data dir>/
-//!   store.lock                     flock: exclusive to write, shared to read
+//!   store.lock                     the lock every writer and reader takes (km-durable)
 //!   stats/minute/2026-11-01T10.json  the minute buckets of one hour
 //!   stats/day/2026-11-01.json        the hour buckets of one day (later: its day bucket)
 //!   model.json                     what the anomaly model learned, per server and series
@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::anomaly::Anomaly;
 use crate::clock::{self, DAY, HOUR, MINUTE};
 use crate::error::{Error, Result};
-use crate::files::{self, Lock};
+use crate::files;
 use crate::model::SeriesModel;
 use crate::settings::Retention;
 use crate::stats::{SeriesKey, SeriesStats, StoredSeries};
@@ -410,7 +410,7 @@ impl Store {
     /// what is still to be written, for the next flush, so nothing is lost or counted twice.
     pub(crate) fn flush(&self, batch: &mut FlushBatch, now_secs: i64) -> Result<Vec<String>> {
         files::ensure_dir(&self.dir)?;
-        let _lock = Lock::exclusive(&self.lock_path())?;
+        let _lock = files::lock(&self.lock_path())?;
         let mut warnings = Vec::new();
         let labels: BTreeMap<String, String> = batch
             .servers
@@ -606,7 +606,7 @@ impl Store {
         if !self.dir.join("store.lock").exists() {
             return Ok(Models::default());
         }
-        let _lock = Lock::shared(&self.lock_path())?;
+        let _lock = files::lock(&self.lock_path())?;
         self.read_models_file()
     }
 
@@ -615,7 +615,7 @@ impl Store {
         if !self.dir.join("store.lock").exists() {
             return Ok(Vec::new());
         }
-        let _lock = Lock::exclusive(&self.lock_path())?;
+        let _lock = files::lock(&self.lock_path())?;
         let mut warnings = Vec::new();
         let r = &self.retention;
 
@@ -752,7 +752,7 @@ impl Store {
         if !self.dir.join("store.lock").exists() {
             return Ok(loaded);
         }
-        let _lock = Lock::shared(&self.lock_path())?;
+        let _lock = files::lock(&self.lock_path())?;
         let mut periods = Vec::new();
         for (start, path) in list(&self.day_dir(), clock::parse_day) {
             if start + DAY > since && start < until {
@@ -808,7 +808,7 @@ impl Store {
         if !self.dir.join("store.lock").exists() {
             return Ok((found, warnings));
         }
-        let _lock = Lock::shared(&self.lock_path())?;
+        let _lock = files::lock(&self.lock_path())?;
         let months = list(&self.anomaly_dir(), |name| {
             name.strip_suffix(".jsonl").and_then(clock::parse_month)
         });
