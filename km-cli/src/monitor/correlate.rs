@@ -9,10 +9,16 @@
 //! Pending requests expire when they are answered, cancelled, older than the timeout, evicted
 //! (oldest first) when the map is full, or when the stream ends, so memory stays bounded whatever
 //! the peers send.
+//!
+//! A request that asks for progress (`params._meta.progressToken`) also registers its token, so
+//! that the `notifications/progress` the other side sends for it carry its correlation id; the
+//! token goes when the request does. When interceptors need it, a request also keeps what it was
+//! ([`RequestInfo`]: method and target), so that its response can be judged knowing them.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use km_abi::Direction;
@@ -142,16 +148,46 @@ impl std::hash::Hasher for IdHasher {
 
 type Key = (Direction, IdKey);
 
+/// What a request was, kept for its response: its method and what it acts on (a tool name, a
+/// prompt name, a resource URI; empty when none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RequestInfo {
+    pub(crate) method: Box<str>,
+    pub(crate) target: Box<str>,
+}
+
+/// What a response learns of its request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Answered {
+    pub(crate) correlation: CorrelationId,
+    /// Since the request was seen.
+    pub(crate) latency: Duration,
+    /// The request's method and target, when they were kept.
+    pub(crate) info: Option<Arc<RequestInfo>>,
+}
+
+/// A request as registered.
+#[derive(Debug, Default)]
+pub(crate) struct NewRequest {
+    /// The raw progress token it asked progress for, if any.
+    pub(crate) progress_token: Option<IdKey>,
+    pub(crate) info: Option<Arc<RequestInfo>>,
+}
+
 #[derive(Debug)]
 struct Pending {
     seq: u64,
     since: Instant,
+    progress_token: Option<IdKey>,
+    info: Option<Arc<RequestInfo>>,
 }
 
 /// The pending requests of one session.
 #[derive(Debug)]
 pub(crate) struct Correlator {
     pending: HashMap<Key, Pending, IdHashState>,
+    /// Progress tokens of pending requests: (the side that sent the request, token) to its seq.
+    progress: HashMap<Key, u64, IdHashState>,
     /// Keys in the order their requests arrived, for expiry and eviction. Entries whose request
     /// is gone (answered, replaced) are skipped lazily and compacted away.
     order: VecDeque<(u64, Key, Instant)>,
@@ -176,6 +212,7 @@ impl Correlator {
     pub(crate) fn with_limits(cap: usize, timeout: Duration) -> Self {
         Correlator {
             pending: HashMap::with_hasher(IdHashState::new()),
+            progress: HashMap::with_hasher(IdHashState::new()),
             order: VecDeque::new(),
             cap: cap.max(1),
             timeout,
@@ -189,6 +226,7 @@ impl Correlator {
         id: IdKey,
         seq: u64,
         now: Instant,
+        new: NewRequest,
     ) -> CorrelationId {
         self.expire(now);
         while self.pending.len() >= self.cap {
@@ -198,7 +236,21 @@ impl Correlator {
         }
         let key = (direction, id);
         self.order.push_back((seq, key.clone(), now));
-        self.pending.insert(key, Pending { seq, since: now });
+        if let Some(token) = &new.progress_token {
+            self.progress.insert((direction, token.clone()), seq);
+        }
+        let replaced = self.pending.insert(
+            key,
+            Pending {
+                seq,
+                since: now,
+                progress_token: new.progress_token,
+                info: new.info,
+            },
+        );
+        if let Some(old) = replaced {
+            self.forget_token(direction, old);
+        }
         if self.order.len() > 2 * self.pending.len() + 64 {
             let pending = &self.pending;
             self.order
@@ -211,37 +263,66 @@ impl Correlator {
     }
 
     /// A response with `id` travelling in `direction`: the request it answers (sent the other
-    /// way) and how long it took, if it was pending.
+    /// way), if it was pending.
     pub(crate) fn response(
         &mut self,
         direction: Direction,
         id: IdKey,
         now: Instant,
-    ) -> Option<(CorrelationId, Duration)> {
+    ) -> Option<Answered> {
         let sender = opposite(direction);
         let pending = self.pending.remove(&(sender, id))?;
-        Some((
-            CorrelationId {
+        let answered = Answered {
+            correlation: CorrelationId {
                 sender,
                 seq: pending.seq,
             },
-            now.saturating_duration_since(pending.since),
-        ))
+            latency: now.saturating_duration_since(pending.since),
+            info: pending.info.clone(),
+        };
+        self.forget_token(sender, pending);
+        Some(answered)
+    }
+
+    /// Whether a response with `id` travelling in `direction` answers a pending request.
+    pub(crate) fn answers(&self, direction: Direction, id: &IdKey) -> bool {
+        self.pending
+            .contains_key(&(opposite(direction), id.clone()))
     }
 
     /// A `notifications/cancelled` travelling in `direction` names request `id` (which the same
     /// side sent): that request expires; returns its correlation id if it was pending.
     pub(crate) fn cancel(&mut self, direction: Direction, id: IdKey) -> Option<CorrelationId> {
         let pending = self.pending.remove(&(direction, id))?;
+        let seq = pending.seq;
+        self.forget_token(direction, pending);
         Some(CorrelationId {
             sender: direction,
-            seq: pending.seq,
+            seq,
         })
+    }
+
+    /// A `notifications/progress` travelling in `direction` with progress `token`: the pending
+    /// request (sent the other way) that asked for progress with that token.
+    pub(crate) fn progress(&self, direction: Direction, token: IdKey) -> Option<CorrelationId> {
+        let sender = opposite(direction);
+        let seq = *self.progress.get(&(sender, token))?;
+        Some(CorrelationId { sender, seq })
+    }
+
+    fn forget_token(&mut self, sender: Direction, pending: Pending) {
+        if let Some(token) = pending.progress_token {
+            let key = (sender, token);
+            if self.progress.get(&key) == Some(&pending.seq) {
+                self.progress.remove(&key);
+            }
+        }
     }
 
     /// The stream ended: nothing is pending any more.
     pub(crate) fn clear(&mut self) {
         self.pending.clear();
+        self.progress.clear();
         self.order.clear();
     }
 
@@ -253,9 +334,11 @@ impl Correlator {
 
     /// Forgets the request `key` if it is still the one seen as message `seq`; whether it was.
     fn forget(&mut self, seq: u64, key: Key) -> bool {
+        let sender = key.0;
         match self.pending.entry(key) {
             Entry::Occupied(entry) if entry.get().seq == seq => {
-                entry.remove();
+                let pending = entry.remove();
+                self.forget_token(sender, pending);
                 true
             }
             _ => false,
@@ -299,12 +382,15 @@ mod tests {
     fn response_pairs_with_request_of_the_other_side() {
         let mut c = Correlator::new();
         let t0 = Instant::now();
-        let id = c.request(C2S, int(1), 5, t0);
+        let id = c.request(C2S, int(1), 5, t0, NewRequest::default());
         assert_eq!(id.to_string(), "c5");
-        let (got, latency) = c
+        let answered = c
             .response(S2C, int(1), t0 + Duration::from_millis(3))
             .expect("pending");
-        assert_eq!((got, latency), (id, Duration::from_millis(3)));
+        assert_eq!(
+            (answered.correlation, answered.latency),
+            (id, Duration::from_millis(3))
+        );
         assert!(c.response(S2C, int(1), t0).is_none(), "answered once");
     }
 
@@ -312,19 +398,31 @@ mod tests {
     fn both_sides_number_their_own_requests() {
         let mut c = Correlator::new();
         let now = Instant::now();
-        let client = c.request(C2S, int(1), 1, now);
-        let server = c.request(S2C, int(1), 2, now);
+        let client = c.request(C2S, int(1), 1, now, NewRequest::default());
+        let server = c.request(S2C, int(1), 2, now, NewRequest::default());
         assert_eq!(server.to_string(), "s2");
         // The client answers the server's sampling request: travels client -> server.
-        assert_eq!(c.response(C2S, int(1), now).map(|r| r.0), Some(server));
-        assert_eq!(c.response(S2C, int(1), now).map(|r| r.0), Some(client));
+        assert_eq!(
+            c.response(C2S, int(1), now).map(|r| r.correlation),
+            Some(server)
+        );
+        assert_eq!(
+            c.response(S2C, int(1), now).map(|r| r.correlation),
+            Some(client)
+        );
     }
 
     #[test]
     fn string_and_number_ids_differ() {
         let mut c = Correlator::new();
         let now = Instant::now();
-        c.request(C2S, IdKey::from_raw(b"\"1\""), 1, now);
+        c.request(
+            C2S,
+            IdKey::from_raw(b"\"1\""),
+            1,
+            now,
+            NewRequest::default(),
+        );
         assert!(c.response(S2C, IdKey::from_raw(b"1"), now).is_none());
         assert!(c.response(S2C, IdKey::from_raw(b"\"1\""), now).is_some());
         assert_eq!(IdKey::from_raw(b"-12"), int(-12));
@@ -348,7 +446,7 @@ mod tests {
     fn cancellation_names_and_expires_the_request() {
         let mut c = Correlator::new();
         let now = Instant::now();
-        let id = c.request(C2S, int(4), 9, now);
+        let id = c.request(C2S, int(4), 9, now, NewRequest::default());
         assert_eq!(
             c.cancel(S2C, int(4)),
             None,
@@ -363,9 +461,21 @@ mod tests {
     fn requests_time_out() {
         let mut c = Correlator::with_limits(100, Duration::from_secs(10));
         let t0 = Instant::now();
-        c.request(C2S, int(1), 1, t0);
-        c.request(C2S, int(2), 2, t0 + Duration::from_secs(5));
-        c.request(C2S, int(3), 3, t0 + Duration::from_secs(11));
+        c.request(C2S, int(1), 1, t0, NewRequest::default());
+        c.request(
+            C2S,
+            int(2),
+            2,
+            t0 + Duration::from_secs(5),
+            NewRequest::default(),
+        );
+        c.request(
+            C2S,
+            int(3),
+            3,
+            t0 + Duration::from_secs(11),
+            NewRequest::default(),
+        );
         assert_eq!(c.len(), 2);
         assert!(c.response(S2C, int(1), t0).is_none());
         assert!(c.response(S2C, int(2), t0).is_some());
@@ -376,7 +486,7 @@ mod tests {
         let mut c = Correlator::with_limits(3, PENDING_TIMEOUT);
         let now = Instant::now();
         for i in 0..10 {
-            c.request(C2S, int(i), i as u64, now);
+            c.request(C2S, int(i), i as u64, now, NewRequest::default());
         }
         assert_eq!(c.len(), 3);
         assert!(c.response(S2C, int(6), now).is_none());
@@ -387,9 +497,9 @@ mod tests {
     fn bookkeeping_stays_bounded_when_responses_come_out_of_order() {
         let mut c = Correlator::new();
         let now = Instant::now();
-        c.request(C2S, int(-1), 0, now); // never answered: stays at the front
+        c.request(C2S, int(-1), 0, now, NewRequest::default()); // never answered: stays at the front
         for i in 0..100_000 {
-            c.request(C2S, int(i), i as u64 + 1, now);
+            c.request(C2S, int(i), i as u64 + 1, now, NewRequest::default());
             c.response(S2C, int(i), now);
         }
         assert_eq!(c.len(), 1);
@@ -399,12 +509,61 @@ mod tests {
     }
 
     #[test]
+    fn progress_names_the_request_until_it_is_answered() {
+        let mut c = Correlator::new();
+        let now = Instant::now();
+        let token = || Some(IdKey::from_raw(b"\"p1\""));
+        let info = Arc::new(RequestInfo {
+            method: "tools/call".into(),
+            target: "slow".into(),
+        });
+        let id = c.request(
+            C2S,
+            int(7),
+            3,
+            now,
+            NewRequest {
+                progress_token: token(),
+                info: Some(info.clone()),
+            },
+        );
+        assert_eq!(c.progress(S2C, IdKey::from_raw(b"\"p1\"")), Some(id));
+        assert_eq!(
+            c.progress(C2S, IdKey::from_raw(b"\"p1\"")),
+            None,
+            "wrong side"
+        );
+        assert!(c.answers(S2C, &int(7)) && !c.answers(C2S, &int(7)));
+        let answered = c.response(S2C, int(7), now).expect("pending");
+        assert_eq!(answered.info, Some(info));
+        assert_eq!(c.progress(S2C, IdKey::from_raw(b"\"p1\"")), None);
+        // Evicted requests take their tokens with them.
+        let mut c = Correlator::with_limits(1, PENDING_TIMEOUT);
+        c.request(
+            C2S,
+            int(1),
+            1,
+            now,
+            NewRequest {
+                progress_token: token(),
+                info: None,
+            },
+        );
+        c.request(C2S, int(2), 2, now, NewRequest::default());
+        assert_eq!(c.progress(S2C, IdKey::from_raw(b"\"p1\"")), None);
+        assert!(c.progress.is_empty());
+    }
+
+    #[test]
     fn a_reused_id_replaces_the_old_request() {
         let mut c = Correlator::new();
         let now = Instant::now();
-        c.request(C2S, int(1), 1, now);
-        let second = c.request(C2S, int(1), 2, now);
-        assert_eq!(c.response(S2C, int(1), now).map(|r| r.0), Some(second));
+        c.request(C2S, int(1), 1, now, NewRequest::default());
+        let second = c.request(C2S, int(1), 2, now, NewRequest::default());
+        assert_eq!(
+            c.response(S2C, int(1), now).map(|r| r.correlation),
+            Some(second)
+        );
         assert_eq!(c.len(), 0);
     }
 }

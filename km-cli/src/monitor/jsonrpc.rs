@@ -25,6 +25,11 @@ pub(crate) struct Scan {
     pub(crate) method: Option<Range<usize>>,
     /// For `notifications/cancelled`: the raw JSON text of `params.requestId`.
     pub(crate) cancels: Option<Range<usize>>,
+    /// The raw JSON text of `params` (any JSON value).
+    pub(crate) params: Option<Range<usize>>,
+    /// The raw JSON text of a progress token: a request's `params._meta.progressToken`, or a
+    /// `notifications/progress`'s `params.progressToken` (a string or a number).
+    pub(crate) progress: Option<Range<usize>>,
 }
 
 impl Scan {
@@ -35,12 +40,17 @@ impl Scan {
             id: None,
             method: None,
             cancels: None,
+            params: None,
+            progress: None,
         }
     }
 }
 
 /// The method whose notification cancels a request (MCP).
 const CANCELLED: &[u8] = b"\"notifications/cancelled\"";
+
+/// The method whose notification reports a request's progress (MCP).
+const PROGRESS: &[u8] = b"\"notifications/progress\"";
 
 /// Classifies one line (without its terminator).
 pub(crate) fn scan(line: &[u8]) -> Scan {
@@ -100,19 +110,40 @@ fn scan_message(line: &[u8], start: usize) -> Option<Scan> {
         return None;
     };
     let mut cancels = None;
-    if kind == MessageKind::NOTIFICATION {
-        if let (Some(m), Some(p)) = (&method, &params) {
-            if &line[m.clone()] == CANCELLED && line[p.start] == b'{' {
+    let mut progress = None;
+    let is_id = |first: u8| first == b'"' || first == b'-' || first.is_ascii_digit();
+    match (kind, &method, &params) {
+        (MessageKind::NOTIFICATION, Some(m), Some(p)) if line[p.start] == b'{' => {
+            let (wanted, slot) = match &line[m.clone()] {
+                CANCELLED => (&b"requestId"[..], &mut cancels),
+                PROGRESS => (&b"progressToken"[..], &mut progress),
+                _ => (&b""[..], &mut None),
+            };
+            if !wanted.is_empty() {
                 let _ = walk_object(line, p.start, |key, value| {
-                    let first = line[value.start];
-                    if key == b"requestId"
-                        && (first == b'"' || first == b'-' || first.is_ascii_digit())
-                    {
-                        cancels = Some(value);
+                    if key == wanted && is_id(line[value.start]) {
+                        *slot = Some(value);
                     }
                 });
             }
         }
+        // A request asks for progress in `params._meta.progressToken`; look only when `_meta`
+        // is there at all, so that other requests are not walked twice.
+        (MessageKind::REQUEST, _, Some(p))
+            if line[p.start] == b'{'
+                && memchr::memmem::find(&line[p.clone()], b"\"_meta\"").is_some() =>
+        {
+            let _ = walk_object(line, p.start, |key, value| {
+                if key == b"_meta" && line[value.start] == b'{' {
+                    let _ = walk_object(line, value.start, |key, value| {
+                        if key == b"progressToken" && is_id(line[value.start]) {
+                            progress = Some(value);
+                        }
+                    });
+                }
+            });
+        }
+        _ => {}
     }
     Some(Scan {
         kind,
@@ -124,7 +155,116 @@ fn scan_message(line: &[u8], start: usize) -> Option<Scan> {
         },
         method,
         cancels,
+        params,
+        progress,
     })
+}
+
+/// The raw JSON string of what a request acts on, inside its `params` (`params_range`): `name`
+/// for `tools/call` and `prompts/get`, `uri` for `resources/read`, `resources/subscribe` and
+/// `resources/unsubscribe`. `None` for other methods or when it is missing.
+pub(crate) fn request_target(
+    line: &[u8],
+    method: &str,
+    params_range: &Option<Range<usize>>,
+) -> Option<Range<usize>> {
+    let key: &[u8] = match method {
+        "tools/call" | "prompts/get" => b"name",
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => b"uri",
+        _ => return None,
+    };
+    let params = params_range.clone()?;
+    if line.get(params.start) != Some(&b'{') {
+        return None;
+    }
+    let mut found = None;
+    walk_object(line, params.start, |k, value| {
+        if k == key && line[value.start] == b'"' {
+            found = Some(value);
+        }
+    })?;
+    found
+}
+
+/// The elements of a JSON array line (a JSON-RPC batch), as ranges into the line; `None` when
+/// the line is not one array.
+pub(crate) fn batch_elements(line: &[u8]) -> Option<Vec<Range<usize>>> {
+    let start = skip_ws(line, 0);
+    if line.get(start) != Some(&b'[') {
+        return None;
+    }
+    let mut elements = Vec::new();
+    let mut i = skip_ws(line, start + 1);
+    if line.get(i) == Some(&b']') {
+        return (skip_ws(line, i + 1) == line.len()).then_some(elements);
+    }
+    loop {
+        let end = skip_value(line, i)?;
+        elements.push(i..end);
+        i = skip_ws(line, end);
+        match line.get(i) {
+            Some(b',') => i = skip_ws(line, i + 1),
+            Some(b']') => break,
+            _ => return None,
+        }
+    }
+    (skip_ws(line, i + 1) == line.len()).then_some(elements)
+}
+
+/// What can be told of a line from its first bytes only (a line too long to inspect): its kind
+/// when the members that decide it came first, its `id` and `method`. Members after the prefix
+/// are unknown, so a request whose `method` comes late is reported as unknown (`None`).
+pub(crate) fn scan_prefix(prefix: &[u8]) -> (Option<MessageKind>, Scan) {
+    let mut scan = Scan::non_json();
+    let start = skip_ws(prefix, 0);
+    if prefix.get(start) != Some(&b'{') {
+        return (None, scan);
+    }
+    let (mut has_result, mut has_error) = (false, false);
+    // Like `walk_object`, but a member whose value is cut off still counts by its key.
+    let mut i = skip_ws(prefix, start + 1);
+    while prefix.get(i) == Some(&b'"') {
+        let Some(key_end) = skip_string(prefix, i) else {
+            break;
+        };
+        let key = &prefix[i + 1..key_end - 1];
+        let colon = skip_ws(prefix, key_end);
+        if prefix.get(colon) != Some(&b':') {
+            break;
+        }
+        let value_start = skip_ws(prefix, colon + 1);
+        match key {
+            b"result" => has_result = true,
+            b"error" => has_error = true,
+            _ => {}
+        }
+        let Some(value_end) = skip_value(prefix, value_start) else {
+            break;
+        };
+        let first = prefix[value_start];
+        match key {
+            b"id" if first == b'"' || first == b'-' || first.is_ascii_digit() => {
+                scan.id = Some(value_start..value_end)
+            }
+            b"method" if first == b'"' => scan.method = Some(value_start..value_end),
+            _ => {}
+        }
+        i = skip_ws(prefix, value_end);
+        if prefix.get(i) != Some(&b',') {
+            break;
+        }
+        i = skip_ws(prefix, i + 1);
+    }
+    let kind = match (&scan.method, &scan.id) {
+        (Some(_), Some(_)) => Some(MessageKind::REQUEST),
+        (None, Some(_)) if has_result || has_error => Some(MessageKind::RESPONSE),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        scan.kind = kind;
+        scan.is_error = has_error;
+    }
+    (kind, scan)
 }
 
 /// Walks the object starting at `line[start] == b'{'`, calling `visit(raw key, value range)` for
@@ -324,6 +464,71 @@ mod tests {
             Some(Text::Borrowed("plain"))
         ));
         assert!(string_text(b"\"").is_none());
+    }
+
+    #[test]
+    fn progress_tokens_of_requests_and_progress_notifications() {
+        let line = r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"slow","_meta":{"progressToken":"tok-1"}}}"#;
+        let s = scan(line.as_bytes());
+        assert_eq!(text(line, &s.progress), Some("\"tok-1\""));
+        let line = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":5,"progressToken":17}}"#;
+        let s = scan(line.as_bytes());
+        assert_eq!(s.kind, MessageKind::NOTIFICATION);
+        assert_eq!(text(line, &s.progress), Some("17"));
+        let line = r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"x","arguments":{"_meta":"not it"}}}"#;
+        assert_eq!(scan(line.as_bytes()).progress, None);
+    }
+
+    #[test]
+    fn targets_of_requests() {
+        let line = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"name":"inner"},"name":"get-sum"}}"#;
+        let s = scan(line.as_bytes());
+        assert_eq!(
+            text(
+                line,
+                &request_target(line.as_bytes(), "tools/call", &s.params)
+            ),
+            Some("\"get-sum\"")
+        );
+        let line =
+            r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///a"}}"#;
+        let s = scan(line.as_bytes());
+        assert_eq!(
+            text(
+                line,
+                &request_target(line.as_bytes(), "resources/read", &s.params)
+            ),
+            Some("\"file:///a\"")
+        );
+        assert_eq!(request_target(line.as_bytes(), "ping", &s.params), None);
+    }
+
+    #[test]
+    fn batch_elements_and_prefixes() {
+        let line = br#" [ {"id":1,"method":"a"} , {"id":2,"method":"b","params":[1,2]} ] "#;
+        let elements = batch_elements(line).expect("an array");
+        let texts: Vec<&[u8]> = elements.iter().map(|r| &line[r.clone()]).collect();
+        assert_eq!(
+            texts,
+            [
+                &br#"{"id":1,"method":"a"}"#[..],
+                br#"{"id":2,"method":"b","params":[1,2]}"#
+            ]
+        );
+        assert_eq!(batch_elements(b"[]"), Some(vec![]));
+        for bad in [&b"[1,"[..], b"[1] x", b"{}", b"[1 2]"] {
+            assert_eq!(batch_elements(bad), None);
+        }
+        let (kind, s) = scan_prefix(
+            br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"arguments":{"data":"AAAA"#,
+        );
+        assert_eq!(kind, Some(MessageKind::REQUEST));
+        assert!(s.id.is_some() && s.method.is_some());
+        let (kind, _) = scan_prefix(br#"{"jsonrpc":"2.0","params":{"x":"AAAA"#);
+        assert_eq!(kind, None, "the method may come later: unknown");
+        let (kind, s) =
+            scan_prefix(br#"{"jsonrpc":"2.0","id":"r","result":{"content":[{"text":"AA"#);
+        assert_eq!((kind, s.is_error), (Some(MessageKind::RESPONSE), false));
     }
 
     #[test]

@@ -23,15 +23,44 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use km_abi::{Direction, ErrorKind, MessageKind, PluginError, StreamEvent, StreamEventKind};
 
-use super::correlate::{CorrelationId, Correlator, IdKey};
+use super::correlate::{CorrelationId, Correlator, IdKey, NewRequest, RequestInfo};
 use super::dispatch::{Batch, Dispatcher, Envelope, Item};
-use super::jsonrpc::Scan;
+use super::jsonrpc::{self, Scan, Text};
 
 /// A line a pump has framed and classified, waiting to be numbered.
 #[derive(Debug)]
 pub(crate) struct Observed {
     pub(crate) line: Bytes,
     pub(crate) scan: Scan,
+}
+
+/// The number and correlation a line gets on admission.
+#[derive(Debug, Clone)]
+pub(crate) struct Numbered {
+    pub(crate) seq: u64,
+    pub(crate) correlation: Option<CorrelationId>,
+    /// For a response: microseconds since its request.
+    pub(crate) latency_us: Option<u64>,
+    /// For a request or a notification: its method and target; for a response: its request's
+    /// (kept only when the session keeps requests).
+    pub(crate) info: Option<Arc<RequestInfo>>,
+}
+
+/// The method and target of a request or notification line.
+fn request_info(line: &[u8], scan: &Scan) -> RequestInfo {
+    let text = |range: Option<std::ops::Range<usize>>| -> Box<str> {
+        match range
+            .and_then(|r| line.get(r))
+            .and_then(jsonrpc::string_text)
+        {
+            Some(Text::Borrowed(s)) => s.into(),
+            Some(Text::Owned(s)) => s.into(),
+            None => "".into(),
+        }
+    };
+    let method = text(scan.method.clone());
+    let target = text(jsonrpc::request_target(line, &method, &scan.params));
+    RequestInfo { method, target }
 }
 
 /// How many lines went each way.
@@ -178,6 +207,9 @@ pub(crate) struct Session {
     closing: AtomicBool,
     /// Wakes the timer of [`Session::expire_holds`] when a hold begins.
     holding: tokio::sync::Notify,
+    /// Whether requests keep their method and target for their responses (interceptors need
+    /// them).
+    keep_requests: bool,
 }
 
 impl Session {
@@ -208,6 +240,7 @@ impl Session {
             closing: AtomicBool::new(false),
             forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
             holding: tokio::sync::Notify::new(),
+            keep_requests: false,
         })
     }
 
@@ -275,44 +308,22 @@ impl Session {
         out: &mut Outbox,
     ) -> Option<Pending> {
         let direction = SIDES[this];
-        let seq = state.next_seq;
-        let mut correlation: Option<CorrelationId> = None;
-        let mut latency_us = None;
-        match pending.scan.kind {
-            MessageKind::REQUEST => {
-                if let Some(id) = pending.id() {
-                    correlation = Some(state.correlator.request(
-                        direction,
-                        id,
-                        seq,
-                        pending.read_at,
-                    ));
+        if may_wait && pending.scan.kind == MessageKind::RESPONSE {
+            if let Some(id) = pending.id() {
+                if !state.correlator.answers(direction, &id)
+                    && self.may_register(state, 1 - this, &pending)
+                {
+                    return Some(pending);
                 }
             }
-            MessageKind::RESPONSE => {
-                if let Some(id) = pending.id() {
-                    match state.correlator.response(direction, id, pending.read_at) {
-                        Some((id, latency)) => {
-                            correlation = Some(id);
-                            latency_us =
-                                Some(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
-                        }
-                        None if may_wait && self.may_register(state, 1 - this, &pending) => {
-                            return Some(pending);
-                        }
-                        None => {}
-                    }
-                }
-            }
-            MessageKind::NOTIFICATION => {
-                correlation = pending
-                    .key(&pending.scan.cancels)
-                    .and_then(|id| state.correlator.cancel(direction, id));
-            }
-            _ => {}
         }
-        state.next_seq += 1;
-        count(state, direction);
+        let numbered = self.number(
+            state,
+            direction,
+            &pending.line,
+            &pending.scan,
+            pending.read_at,
+        );
         let Pending {
             line,
             scan,
@@ -320,18 +331,102 @@ impl Session {
             ..
         } = pending;
         out.push(Envelope {
-            seq,
+            seq: numbered.seq,
             direction,
             kind: scan.kind,
             is_error: scan.is_error,
             line,
             id: scan.id,
             method: scan.method,
-            correlation,
+            correlation: numbered.correlation,
             timestamp_us,
-            latency_us,
+            latency_us: numbered.latency_us,
         });
         None
+    }
+
+    /// Gives `line` its sequence number and correlation, registering a request and pairing a
+    /// response.
+    fn number(
+        &self,
+        state: &mut State,
+        direction: Direction,
+        line: &[u8],
+        scan: &Scan,
+        read_at: Instant,
+    ) -> Numbered {
+        let seq = state.next_seq;
+        let key = |range: &Option<std::ops::Range<usize>>| {
+            range.clone().and_then(|r| line.get(r)).map(IdKey::from_raw)
+        };
+        let mut numbered = Numbered {
+            seq,
+            correlation: None,
+            latency_us: None,
+            info: None,
+        };
+        match scan.kind {
+            MessageKind::REQUEST => {
+                if let Some(id) = key(&scan.id) {
+                    let info = self
+                        .keep_requests
+                        .then(|| Arc::new(request_info(line, scan)));
+                    numbered.info = info.clone();
+                    let new = NewRequest {
+                        progress_token: key(&scan.progress),
+                        info,
+                    };
+                    numbered.correlation =
+                        Some(state.correlator.request(direction, id, seq, read_at, new));
+                }
+            }
+            MessageKind::RESPONSE => {
+                if let Some(id) = key(&scan.id) {
+                    if let Some(answered) = state.correlator.response(direction, id, read_at) {
+                        numbered.correlation = Some(answered.correlation);
+                        numbered.latency_us =
+                            Some(u64::try_from(answered.latency.as_micros()).unwrap_or(u64::MAX));
+                        numbered.info = answered.info;
+                    }
+                }
+            }
+            MessageKind::NOTIFICATION => {
+                numbered.correlation = match (key(&scan.cancels), key(&scan.progress)) {
+                    (Some(id), _) => state.correlator.cancel(direction, id),
+                    (None, Some(token)) => state.correlator.progress(direction, token),
+                    (None, None) => None,
+                };
+                if self.keep_requests {
+                    numbered.info = Some(Arc::new(request_info(line, scan)));
+                }
+            }
+            _ => {}
+        }
+        state.next_seq += 1;
+        count(state, direction);
+        numbered
+    }
+
+    /// Numbers and correlates one line of an intercepted direction before it is forwarded: its
+    /// requests are registered before the peer can answer them, so nothing is ever held. Hand
+    /// what was forwarded to the observers with [`Session::deliver`].
+    pub(crate) fn admit_now(
+        &self,
+        direction: Direction,
+        line: &[u8],
+        scan: &Scan,
+        read_at: Instant,
+    ) -> Numbered {
+        let mut state = self.lock();
+        self.number(&mut state, direction, line, scan, read_at)
+    }
+
+    /// Hands the observers an already numbered line (see [`Session::admit_now`]).
+    pub(crate) fn deliver(&self, envelope: Envelope) {
+        let state = self.lock();
+        if let Some(dispatcher) = &state.dispatcher {
+            dispatcher.send(Item::One(envelope), &self.closing);
+        }
     }
 
     /// Whether the side at index `side` may still register the request `response` answers: it
