@@ -6,9 +6,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use abi_stable::std_types::RStr;
+use abi_stable::std_types::{RStr, RString};
 use km_abi::{
-    AuthResponse, ErrorKind, Message, PluginBox, PluginConfig, PluginError, StreamEvent, Tier,
+    AuthResponse, CommandOutput, ErrorKind, InterceptContext, Interest, Message, PluginBox,
+    PluginConfig, PluginError, StreamEvent, Tier, Verdict,
 };
 
 /// Who signed a loaded plugin, as the verified manifest says.
@@ -28,7 +29,17 @@ pub struct LoadedPlugin {
     path: PathBuf,
     sha256: String,
     signer: Signer,
+    grants: Grants,
     object: PluginBox,
+}
+
+/// What a plugin's signed manifest grants beyond observing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// It may intercept lines (the `intercept` capability).
+    pub intercept: bool,
+    /// When it fails while intercepting, its lines pass instead of being blocked.
+    pub fail_open: bool,
 }
 
 impl fmt::Debug for LoadedPlugin {
@@ -74,7 +85,13 @@ impl std::error::Error for PluginFailure {}
 
 impl LoadedPlugin {
     /// Wraps a plugin object whose name and version the loader has checked against its manifest.
-    pub(crate) fn new(object: PluginBox, path: &Path, sha256: String, signer: Signer) -> Self {
+    pub(crate) fn new(
+        object: PluginBox,
+        path: &Path,
+        sha256: String,
+        signer: Signer,
+        grants: Grants,
+    ) -> Self {
         let name = object.name().into_string();
         let version = object.version().into_string();
         let tier = object.required_tier();
@@ -85,8 +102,19 @@ impl LoadedPlugin {
             path: path.to_path_buf(),
             sha256,
             signer,
+            grants,
             object,
         }
+    }
+
+    /// What its signed manifest grants.
+    pub fn grants(&self) -> Grants {
+        self.grants
+    }
+
+    /// Whether it fails open when intercepting (its manifest says so).
+    pub fn fail_open(&self) -> bool {
+        self.grants.fail_open
     }
 
     /// The plugin's name.
@@ -173,5 +201,49 @@ impl LoadedPlugin {
     /// `shutdown`.
     pub fn shutdown(&self) -> Result<(), PluginFailure> {
         self.wrap("shutdown", self.object.shutdown().into_result())
+    }
+
+    /// `interest` (ABI 1.1; a 1.0 plugin answers as an observer), as a plain value.
+    pub fn interest(&self) -> Interest {
+        self.object.interest().get()
+    }
+
+    /// `begin_session` (ABI 1.1), with the session's description as JSON.
+    pub fn begin_session(&self, info: &str) -> Result<(), PluginFailure> {
+        self.wrap(
+            "begin_session",
+            self.object
+                .begin_session(RStr::from_str(info))
+                .into_result(),
+        )
+    }
+
+    /// `intercept` (ABI 1.1).
+    pub fn intercept(
+        &self,
+        message: &Message<'_>,
+        context: &InterceptContext<'_>,
+    ) -> Result<Verdict, PluginFailure> {
+        self.wrap(
+            "intercept",
+            self.object.intercept(message, context).into_result(),
+        )
+    }
+
+    /// `command_help` (ABI 1.1): `None` when the plugin has no commands.
+    pub fn command_help(&self) -> Option<String> {
+        let help = self.object.command_help().into_string();
+        (!help.trim().is_empty()).then_some(help)
+    }
+
+    /// `run_command` (ABI 1.1).
+    pub fn run_command(&self, args: &[String]) -> Result<CommandOutput, PluginFailure> {
+        let args: Vec<RString> = args.iter().map(|a| RString::from(a.as_str())).collect();
+        self.wrap(
+            "run_command",
+            self.object
+                .run_command(args.as_slice().into())
+                .into_result(),
+        )
     }
 }

@@ -67,6 +67,11 @@ impl KmHome {
         self.root.join("config.toml")
     }
 
+    /// Policy files: one per plugin that takes a policy, and `team/` for team policy.
+    pub fn policies_dir(&self) -> PathBuf {
+        self.root.join("policies")
+    }
+
     /// km's log files.
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")

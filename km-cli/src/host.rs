@@ -1,18 +1,29 @@
 //! The services km offers each plugin (the `HostServices` object of the ABI): logging into km's
-//! log, the plugin's own data directory, and HTTP to the configured Kilometers API.
+//! log, the plugin's own data directory, HTTP to the configured Kilometers API, and from ABI 1.1
+//! events to the other plugins ([`crate::events`]), standard input for plugin commands, and the
+//! policy files under `KM_HOME/policies/`, read and written by km with the checks of every file
+//! that decides trust.
 //!
 //! Logging goes to stderr, never stdout: stdout carries the MCP stream.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RErr, RResult, RStr, RString};
+use abi_stable::std_types::{RErr, ROk, ROption, RResult, RStr, RString, RVec};
 use km_abi::{
     ErrorKind, HostBox, HostServices, HostServices_TO, HttpRequest, HttpResponse, LogLevel,
     PluginError,
 };
+
+use crate::events::EventBus;
+
+/// The largest policy file km reads.
+pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
+
+/// The largest standard input a plugin command is given.
+pub const MAX_STDIN_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The way km reaches the Kilometers API on a plugin's behalf.
 pub trait ApiTransport: Send + Sync {
@@ -59,6 +70,44 @@ pub struct PluginHost {
     data_dir: PathBuf,
     verbosity: Verbosity,
     api: Option<Arc<dyn ApiTransport>>,
+    events: Option<Arc<EventBus>>,
+    /// `KM_HOME/policies`.
+    policies: Option<PathBuf>,
+    /// Standard input, for a plugin command.
+    stdin: Option<Arc<StdinOnce>>,
+}
+
+/// Standard input, read whole the first time a plugin asks for it.
+#[derive(Debug, Default)]
+pub struct StdinOnce {
+    taken: Mutex<bool>,
+}
+
+impl StdinOnce {
+    /// Standard input as a plugin command's input.
+    pub fn new() -> Arc<Self> {
+        Arc::new(StdinOnce::default())
+    }
+
+    fn take(&self) -> Result<Vec<u8>, PluginError> {
+        let mut taken = self.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        if std::mem::replace(&mut *taken, true) {
+            return Ok(Vec::new());
+        }
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .lock()
+            .take(MAX_STDIN_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| PluginError::new(ErrorKind::IO, format!("reading standard input: {e}")))?;
+        if bytes.len() as u64 > MAX_STDIN_BYTES {
+            return Err(PluginError::new(
+                ErrorKind::FAILED,
+                format!("standard input is larger than {MAX_STDIN_BYTES} bytes"),
+            ));
+        }
+        Ok(bytes)
+    }
 }
 
 impl PluginHost {
@@ -75,7 +124,38 @@ impl PluginHost {
             data_dir,
             verbosity,
             api,
+            events: None,
+            policies: None,
+            stdin: None,
         }
+    }
+
+    /// Lets the plugin emit events on `events`.
+    pub fn with_events(mut self, events: Arc<EventBus>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Lets the plugin read and write the policy files under `dir` (`KM_HOME/policies`).
+    pub fn with_policies(mut self, dir: PathBuf) -> Self {
+        self.policies = Some(dir);
+        self
+    }
+
+    /// Lets the plugin read `stdin` (a plugin command).
+    pub fn with_stdin(mut self, stdin: Arc<StdinOnce>) -> Self {
+        self.stdin = Some(stdin);
+        self
+    }
+
+    fn policy_path(&self, name: &str) -> Result<(&Path, PathBuf), PluginError> {
+        let dir = self.policies.as_deref().ok_or_else(|| {
+            PluginError::new(
+                ErrorKind::UNSUPPORTED,
+                "no policy directory in this context",
+            )
+        })?;
+        Ok((dir, dir.join(check_policy_name(name)?)))
     }
 
     /// The object handed to the plugin.
@@ -112,5 +192,78 @@ impl HostServices for PluginHost {
                 "no Kilometers API is configured (run `km init`)",
             )),
         }
+    }
+
+    fn emit(&self, kind: RStr<'_>, data: RStr<'_>) -> RResult<(), PluginError> {
+        match &self.events {
+            Some(bus) => bus.emit(&self.plugin, kind.as_str(), data.as_str()).into(),
+            None => RErr(PluginError::new(
+                ErrorKind::UNSUPPORTED,
+                "events are not delivered in this context",
+            )),
+        }
+    }
+
+    fn read_stdin(&self) -> RResult<RVec<u8>, PluginError> {
+        match &self.stdin {
+            Some(stdin) => stdin.take().map(RVec::from).into(),
+            None => RErr(PluginError::new(
+                ErrorKind::UNSUPPORTED,
+                "standard input is the MCP stream during km monitor; only plugin commands read it",
+            )),
+        }
+    }
+
+    fn read_policy(&self, name: RStr<'_>) -> RResult<ROption<RString>, PluginError> {
+        let (dir, path) = match self.policy_path(name.as_str()) {
+            Ok(paths) => paths,
+            Err(e) => return RErr(e),
+        };
+        match crate::policy_files::read(dir, &path, MAX_POLICY_BYTES) {
+            Ok(Some(text)) => ROk(ROption::RSome(RString::from(text))),
+            Ok(None) => ROk(ROption::RNone),
+            Err(e) => RErr(PluginError::new(ErrorKind::DENIED, format!("{e:#}"))),
+        }
+    }
+
+    fn write_policy(&self, name: RStr<'_>, text: RStr<'_>) -> RResult<(), PluginError> {
+        let (dir, path) = match self.policy_path(name.as_str()) {
+            Ok(paths) => paths,
+            Err(e) => return RErr(e),
+        };
+        if text.len() as u64 > MAX_POLICY_BYTES {
+            return RErr(PluginError::new(
+                ErrorKind::FAILED,
+                format!("a policy is at most {MAX_POLICY_BYTES} bytes"),
+            ));
+        }
+        match crate::policy_files::write(dir, &path, text.as_str()) {
+            Ok(()) => ROk(()),
+            Err(e) => RErr(PluginError::new(ErrorKind::IO, format!("{e:#}"))),
+        }
+    }
+}
+
+/// A policy file's name as a plugin gives it: one or two path segments (`NAME.toml`,
+/// `team/NAME.toml`) of `[a-z0-9._-]`, none of them `.` or `..` or hidden.
+fn check_policy_name(name: &str) -> Result<&Path, PluginError> {
+    let segments: Vec<&str> = name.split('/').collect();
+    let ok = (1..=2).contains(&segments.len())
+        && segments.iter().all(|segment| {
+            !segment.is_empty()
+                && !segment.starts_with('.')
+                && segment
+                    .bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+        });
+    if ok {
+        Ok(Path::new(name))
+    } else {
+        Err(PluginError::new(
+            ErrorKind::DENIED,
+            format!(
+                "policy name {name:?} must be NAME or DIR/NAME of a-z, 0-9, '.', '_', '-' under KM_HOME/policies"
+            ),
+        ))
     }
 }

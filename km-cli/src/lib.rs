@@ -9,12 +9,14 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod events;
 pub mod gateway;
 pub mod home;
 pub mod host;
 pub mod install;
 pub mod loader;
 pub mod monitor;
+pub mod policy_files;
 pub mod subscription;
 
 use std::process::ExitCode;

@@ -35,7 +35,7 @@ use km_abi::{PluginModRef, ABI_VERSION};
 use km_signing::{target_triple, Policy, SeenVersions, SignatureFile, TrustStore, Verified};
 use rustix::fs::{FileType, Mode, OFlags};
 
-use crate::gateway::{LoadedPlugin, Signer};
+use crate::gateway::{Grants, LoadedPlugin, Signer};
 use crate::home::KmHome;
 use crate::host::{ApiTransport, PluginHost, Verbosity};
 
@@ -261,6 +261,18 @@ fn check_owner_and_mode(path: &Path, uid: u32, mode: u32, what: &str) -> Result<
     Ok(())
 }
 
+/// Opens `name` in `dir` without following links and reads it whole, after the file checks
+/// (for files besides plugins that decide trust, such as policies).
+pub(crate) fn read_checked_file(
+    dir_fd: &OwnedFd,
+    dir: &Path,
+    name: &OsStr,
+    cap: u64,
+    what: &str,
+) -> Result<Vec<u8>, Refusal> {
+    read_checked(dir_fd, dir, name, cap, what)
+}
+
 /// Opens `name` in `dir` without following links and reads it whole, after the file checks.
 fn read_checked(
     dir_fd: &OwnedFd,
@@ -283,6 +295,9 @@ fn read_checked(
                 "symlink",
                 format!("the {what} is a symbolic link; km loads only regular files"),
             ))
+        }
+        Err(rustix::io::Errno::NOENT) if what == "policy file" => {
+            return Err(Refusal::new(&path, "missing", "no such policy file"))
         }
         Err(rustix::io::Errno::NOENT) if what == "signature file" => {
             return Err(Refusal::new(
@@ -541,6 +556,7 @@ pub fn load(checked: Checked, host: PluginHost) -> Result<LoadedPlugin, Refusal>
             key_id: verified.key_id().to_string(),
             label: verified.key_label().to_owned(),
         },
+        grants(manifest),
     );
     if plugin.name() != manifest.name || plugin.version() != manifest.version {
         return Err(Refusal::new(
@@ -556,6 +572,11 @@ pub fn load(checked: Checked, host: PluginHost) -> Result<LoadedPlugin, Refusal>
         ));
     }
     Ok(plugin)
+}
+
+/// What the verified manifest grants the plugin beyond observing.
+fn grants(_manifest: &km_signing::Manifest) -> Grants {
+    Grants::default()
 }
 
 fn keep_alive(image: Image) {

@@ -28,10 +28,38 @@ pub(crate) const SHARE_FROM: usize = 16 * 1024;
 /// What the framer found.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Frame {
-    /// One line, without its `\n` or `\r\n`.
+    /// One line, without its `\n` or `\r\n` (see [`Framer::ending`]).
     Line(Bytes),
     /// A line longer than the cap, with its length in bytes (terminator excluded).
     Oversize(usize),
+    /// With [`Framer::keep_oversize`]: the first bytes of a line longer than the cap (the cap's
+    /// worth, or more), then [`Frame::OversizePart`]s with the rest of it as it arrives, the last
+    /// one ending with the line's terminator.
+    OversizeStart(Bytes),
+    /// The next bytes of a long line; `true` when they end it (terminator included).
+    OversizePart(Bytes, bool),
+}
+
+/// How a line ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// `\n`.
+    Lf,
+    /// `\r\n`.
+    CrLf,
+    /// The stream ended without a newline.
+    None,
+}
+
+impl Ending {
+    /// The terminator's bytes.
+    pub(crate) fn bytes(self) -> &'static [u8] {
+        match self {
+            Ending::Lf => b"\n",
+            Ending::CrLf => b"\r\n",
+            Ending::None => b"",
+        }
+    }
 }
 
 /// Cuts a stream into lines. Feed it with [`Framer::fill`] (or [`Framer::push`]), then take
@@ -49,6 +77,13 @@ pub(crate) struct Framer {
     max_line: usize,
     /// Whether the last read was large enough for its lines to share the buffer.
     share: bool,
+    /// Hand out long lines in parts instead of skipping them (an intercepting pump must forward
+    /// or drop every byte itself).
+    keep_oversize: bool,
+    /// While handing out a long line in parts.
+    in_oversize: bool,
+    /// How the last line handed out ended.
+    ending: Ending,
 }
 
 impl Framer {
@@ -66,7 +101,24 @@ impl Framer {
             skipped: None,
             max_line,
             share: false,
+            keep_oversize: false,
+            in_oversize: false,
+            ending: Ending::Lf,
         }
+    }
+
+    /// A framer that hands out lines longer than `max_line` in parts (see
+    /// [`Frame::OversizeStart`]) instead of skipping them.
+    pub(crate) fn keeping_oversize(max_line: usize) -> Self {
+        Framer {
+            keep_oversize: true,
+            ..Self::with_max_line(max_line)
+        }
+    }
+
+    /// How the last [`Frame::Line`] ended.
+    pub(crate) fn ending(&self) -> Ending {
+        self.ending
     }
 
     /// Reads once from `input` into the buffer; returns how many bytes came (0 at end of stream).
@@ -104,9 +156,24 @@ impl Framer {
     /// The next complete line, or `None` when the buffer holds no newline any more.
     pub(crate) fn next_frame(&mut self) -> Option<Frame> {
         let found = memchr::memchr(b'\n', &self.buf[self.scanned..]).map(|i| self.scanned + i);
+        if self.in_oversize {
+            return self.oversize_part(found);
+        }
         match found {
             Some(newline) => {
                 let content = strip_terminator_len(&self.buf[..=newline]);
+                self.ending = if content == newline {
+                    Ending::Lf
+                } else {
+                    Ending::CrLf
+                };
+                if self.keep_oversize && content > self.max_line {
+                    // The whole line is here: start and end it at once.
+                    self.in_oversize = true;
+                    self.scanned = 0;
+                    self.fresh = 0;
+                    return Some(Frame::OversizeStart(self.buf.split_to(content).freeze()));
+                }
                 self.scanned = 0;
                 self.fresh = 0;
                 if let Some(skipped) = self.skipped.take() {
@@ -130,6 +197,12 @@ impl Framer {
             }
             None => {
                 self.scanned = self.buf.len();
+                if self.keep_oversize && self.buf.len() > self.max_line {
+                    self.in_oversize = true;
+                    self.scanned = 0;
+                    self.fresh = 0;
+                    return Some(Frame::OversizeStart(self.buf.split().freeze()));
+                }
                 let pending = self.skipped.unwrap_or(0) + self.buf.len();
                 if pending > self.max_line {
                     // Too long to keep: forget what we have and count the rest as it goes by.
@@ -143,11 +216,35 @@ impl Framer {
         }
     }
 
+    /// The next part of a long line being handed out.
+    fn oversize_part(&mut self, newline: Option<usize>) -> Option<Frame> {
+        self.scanned = 0;
+        self.fresh = 0;
+        match newline {
+            Some(newline) => {
+                self.in_oversize = false;
+                Some(Frame::OversizePart(
+                    self.buf.split_to(newline + 1).freeze(),
+                    true,
+                ))
+            }
+            None if self.buf.is_empty() => None,
+            None => Some(Frame::OversizePart(self.buf.split().freeze(), false)),
+        }
+    }
+
     /// At the end of the stream: the last line if it had no newline.
     pub(crate) fn finish(&mut self) -> Option<Frame> {
         let rest = self.buf.split();
         self.scanned = 0;
         self.fresh = 0;
+        self.ending = Ending::None;
+        if std::mem::take(&mut self.in_oversize) {
+            return Some(Frame::OversizePart(rest.freeze(), true));
+        }
+        if self.keep_oversize && rest.len() > self.max_line {
+            return Some(Frame::OversizeStart(rest.freeze()));
+        }
         match self.skipped.take() {
             Some(skipped) => Some(Frame::Oversize(skipped + rest.len())),
             None if rest.is_empty() => None,
@@ -271,6 +368,52 @@ mod tests {
             lines(&mut framer),
             vec![Frame::Oversize(16), line(b"small")]
         );
+    }
+
+    #[test]
+    fn long_lines_can_be_handed_out_in_parts() {
+        let mut framer = Framer::keeping_oversize(4);
+        framer.push(b"ok\r\n0123456");
+        assert_eq!(framer.next_frame(), Some(line(b"ok")));
+        assert_eq!(framer.ending(), Ending::CrLf);
+        assert_eq!(
+            lines(&mut framer),
+            vec![Frame::OversizeStart(Bytes::from_static(b"0123456"))]
+        );
+        framer.push(b"78");
+        assert_eq!(
+            lines(&mut framer),
+            vec![Frame::OversizePart(Bytes::from_static(b"78"), false)]
+        );
+        framer.push(b"9\r\nok2\n");
+        assert_eq!(
+            lines(&mut framer),
+            vec![
+                Frame::OversizePart(Bytes::from_static(b"9\r\n"), true),
+                line(b"ok2")
+            ]
+        );
+        assert_eq!(framer.ending(), Ending::Lf);
+        // A long line that arrives whole, and one the stream ends in.
+        framer.push(b"abcdefgh\nxyz123");
+        assert_eq!(
+            lines(&mut framer),
+            vec![
+                Frame::OversizeStart(Bytes::from_static(b"abcdefgh")),
+                Frame::OversizePart(Bytes::from_static(b"\n"), true),
+                Frame::OversizeStart(Bytes::from_static(b"xyz123")),
+            ]
+        );
+        framer.push(b"4");
+        assert_eq!(
+            lines(&mut framer),
+            vec![Frame::OversizePart(Bytes::from_static(b"4"), false)]
+        );
+        assert_eq!(
+            framer.finish(),
+            Some(Frame::OversizePart(Bytes::new(), true))
+        );
+        assert_eq!(framer.ending(), Ending::None);
     }
 
     #[test]

@@ -23,7 +23,9 @@ pub mod demo;
 #[doc(hidden)]
 pub mod dispatch;
 mod frame;
+pub(crate) mod intercept;
 mod jsonrpc;
+mod output;
 mod process;
 mod relay;
 mod session;
@@ -39,6 +41,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use km_abi::{Direction, ErrorKind, PluginConfig, StreamEventKind};
+
+pub(crate) use self::session::now_ms;
 
 use self::banner::{Notices, Refused};
 use self::relay::{PumpEnd, PumpReport};

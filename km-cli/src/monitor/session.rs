@@ -218,8 +218,17 @@ impl Session {
         Self::with_hold_limit(dispatcher, HOLD_LIMIT)
     }
 
+    /// A session for interceptors: requests keep their method and target for their responses.
+    pub(crate) fn intercepting(dispatcher: Dispatcher) -> Arc<Self> {
+        Self::build(dispatcher, HOLD_LIMIT, true)
+    }
+
     /// A session whose responses are held for their requests up to `hold_limit`.
     pub(crate) fn with_hold_limit(dispatcher: Dispatcher, hold_limit: Duration) -> Arc<Self> {
+        Self::build(dispatcher, hold_limit, false)
+    }
+
+    fn build(dispatcher: Dispatcher, hold_limit: Duration, keep_requests: bool) -> Arc<Self> {
         let now = Instant::now();
         let hold = || Hold {
             lines: VecDeque::new(),
@@ -240,7 +249,7 @@ impl Session {
             closing: AtomicBool::new(false),
             forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
             holding: tokio::sync::Notify::new(),
-            keep_requests: false,
+            keep_requests,
         })
     }
 
@@ -537,6 +546,11 @@ impl Session {
         self.send(Item::Event(Arc::new(event)));
     }
 
+    /// Sends a host event (`data` has its `event`: refused, disabled, installed, ...).
+    pub(crate) fn host_event(&self, data: serde_json::Value) {
+        self.event(StreamEventKind::HOST, data);
+    }
+
     /// Reports a relay error: a stream `error` event and `handle_error`.
     pub(crate) fn error(&self, kind: ErrorKind, context: &str, error: &str) {
         self.event(
@@ -572,6 +586,29 @@ impl Session {
     #[cfg(test)]
     pub(crate) fn counts(&self) -> Counts {
         self.lock().counts
+    }
+}
+
+impl crate::events::EventSink for Session {
+    fn plugin_event(&self, event: crate::events::PluginEvent) {
+        let data = serde_json::json!({
+            "plugin": &*event.plugin,
+            "kind": event.kind,
+            "data": event.data,
+        });
+        let event_out = StreamEvent {
+            kind: StreamEventKind::PLUGIN,
+            timestamp_ms: event.timestamp_ms,
+            data: data.to_string().into(),
+        };
+        let state = self.lock();
+        if let Some(dispatcher) = &state.dispatcher {
+            dispatcher.send_except(
+                Item::Event(Arc::new(event_out)),
+                Some(&event.plugin),
+                &self.closing,
+            );
+        }
     }
 }
 

@@ -137,6 +137,7 @@ pub(crate) fn probe(mode: Mode) -> (Arc<LoadedPlugin>, Log) {
             Path::new("libprobe.so"),
             "0".repeat(64),
             signer,
+            crate::gateway::Grants::default(),
         )),
         log,
     )

@@ -16,6 +16,12 @@
 //! it (a futex call and a context switch per message, on the path of every round trip); plugins
 //! see a message at most about a millisecond late. An idle worker then blocks, and costs nothing.
 //!
+//! Each lane has its own delivery (ABI 1.1's interest): a plugin that does not observe gets no
+//! messages, only events; a plugin that asked for lossless delivery (an audit trail) gets
+//! back-pressure on its own queue instead of drops, or, where configuration refuses back-pressure,
+//! a `gap` event saying how many messages it missed, placed where they would have been. Events a
+//! plugin emits reach every lane but its own.
+//!
 //! A plugin that panics (the SDK turns the panic into a `PANICKED` error) is disabled for the rest
 //! of the session; other errors are reported, rate-limited, and the plugin carries on. At the end,
 //! queues drain under a deadline, each plugin gets the end-of-stream event and `shutdown`, under a
@@ -28,7 +34,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use km_abi::{Direction, MessageKind, PluginError, StreamEvent};
+use km_abi::{Direction, MessageKind, PluginError, StreamEvent, StreamEventKind};
 
 use super::banner::Notices;
 use super::correlate::CorrelationId;
@@ -108,11 +114,24 @@ pub struct LaneTotals {
     pub dropped: u64,
 }
 
+/// How one plugin wants to be fed.
+#[derive(Debug, Clone)]
+pub struct LaneSpec {
+    /// The plugin.
+    pub plugin: Arc<LoadedPlugin>,
+    /// Whether it gets messages (`handle_message`); events reach every lane.
+    pub observe: bool,
+    /// Whether its messages may not be dropped.
+    pub lossless: bool,
+}
+
 /// Counters of one plugin's lane, shared between the relay, its worker and the report.
 #[derive(Debug)]
 pub(crate) struct LaneState {
     pub(crate) name: String,
     pub(crate) drops: AtomicU64,
+    /// Messages a lossless lane missed (back-pressure refused) and not yet reported in a gap event.
+    gap: AtomicU64,
     pub(crate) handled: AtomicU64,
     pub(crate) disabled: AtomicBool,
     /// Messages and bytes of lines in the queue (added before a send, subtracted once handled or
@@ -126,6 +145,8 @@ pub(crate) struct LaneState {
 struct Lane {
     tx: Sender<Item>,
     state: Arc<LaneState>,
+    observe: bool,
+    lossless: bool,
 }
 
 impl LaneState {
@@ -151,7 +172,8 @@ impl LaneState {
 /// The sending side: owned by the session and used under its lock. Dropping it closes the queues.
 pub struct Dispatcher {
     lanes: Vec<Lane>,
-    lossless: bool,
+    /// Whether a lossless lane may hold the relay back; if not, it gets gap events.
+    backpressure: bool,
     /// Room in each queue, in messages.
     capacity: usize,
 }
@@ -171,24 +193,50 @@ enum Phase {
     Finished,
 }
 
-/// Starts one worker thread per plugin.
+/// Starts one worker thread per plugin, every plugin observing, all lossless or none.
 pub fn start(
     plugins: Vec<Arc<LoadedPlugin>>,
     capacity: usize,
     lossless: bool,
     notices: Notices,
 ) -> (Dispatcher, Workers) {
+    let specs = plugins
+        .into_iter()
+        .map(|plugin| LaneSpec {
+            plugin,
+            observe: true,
+            lossless,
+        })
+        .collect();
+    start_lanes(specs, capacity, true, notices)
+}
+
+/// Starts one worker thread per plugin, each fed as its spec says; `backpressure` false turns
+/// lossless lanes' waits into gap events.
+pub fn start_lanes(
+    specs: Vec<LaneSpec>,
+    capacity: usize,
+    backpressure: bool,
+    notices: Notices,
+) -> (Dispatcher, Workers) {
+    let lossless = specs.iter().any(|spec| spec.lossless);
     let (progress_tx, progress) = mpsc::channel();
     let end = Arc::new(OnceLock::new());
-    let mut lanes = Vec::with_capacity(plugins.len());
-    let mut states = Vec::with_capacity(plugins.len());
-    for (index, plugin) in plugins.into_iter().enumerate() {
+    let mut lanes = Vec::with_capacity(specs.len());
+    let mut states = Vec::with_capacity(specs.len());
+    for (index, spec) in specs.into_iter().enumerate() {
+        let LaneSpec {
+            plugin,
+            observe,
+            lossless,
+        } = spec;
         // Bounded by the message and byte budgets, not by the channel: a bounded channel would
         // allocate (and touch) room for `capacity` items up front, per plugin, used or not.
         let (tx, rx) = mpsc::channel();
         let state = Arc::new(LaneState {
             name: plugin.name().to_owned(),
             drops: AtomicU64::new(0),
+            gap: AtomicU64::new(0),
             handled: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
             queued_messages: AtomicUsize::new(0),
@@ -214,12 +262,17 @@ pub fn start(
             continue;
         }
         states.push(state.clone());
-        lanes.push(Lane { tx, state });
+        lanes.push(Lane {
+            tx,
+            state,
+            observe,
+            lossless,
+        });
     }
     (
         Dispatcher {
             lanes,
-            lossless,
+            backpressure,
             capacity: capacity.max(1),
         },
         Workers {
@@ -233,16 +286,28 @@ pub fn start(
 }
 
 impl Dispatcher {
-    /// Queues `item` for every plugin that is still enabled. Never blocks unless lossless; then
-    /// it waits for room until `closing` is set.
+    /// Queues `item` for every plugin that is still enabled (a message only for those that
+    /// observe). Never blocks unless a lane is lossless; then it waits for room until `closing`
+    /// is set.
     pub fn send(&self, item: Item, closing: &AtomicBool) {
+        self.send_except(item, None, closing);
+    }
+
+    /// Like [`Dispatcher::send`], skipping the lane of the plugin named `except` (the emitter of
+    /// a plugin event).
+    pub fn send_except(&self, item: Item, except: Option<&str>, closing: &AtomicBool) {
         let (messages, bytes) = item.weight();
-        let enabled = |lane: &Lane| !lane.state.disabled.load(Ordering::Relaxed);
-        // The last enabled lane takes the item itself: with one plugin nothing is cloned.
-        let last = self.lanes.iter().rposition(enabled);
+        let is_message = messages > 0;
+        let wanted = |lane: &Lane| {
+            !lane.state.disabled.load(Ordering::Relaxed)
+                && (lane.observe || !is_message)
+                && except != Some(lane.state.name.as_str())
+        };
+        // The last lane that wants it takes the item itself: with one plugin nothing is cloned.
+        let last = self.lanes.iter().rposition(wanted);
         let mut item = Some(item);
         for (i, lane) in self.lanes.iter().enumerate() {
-            if !enabled(lane) {
+            if !wanted(lane) {
                 continue;
             }
             let copy = if Some(i) == last {
@@ -267,16 +332,29 @@ impl Dispatcher {
         let mut pause = Duration::from_micros(50);
         loop {
             if lane.state.reserve(messages, bytes, self.capacity) {
+                let missed = lane.state.gap.swap(0, Ordering::Relaxed);
+                if missed > 0 {
+                    // Where the missed messages would have been, before what comes next.
+                    let gap = StreamEvent {
+                        kind: StreamEventKind::GAP,
+                        timestamp_ms: super::session::now_ms(),
+                        data: format!("{{\"missed\":{missed}}}").into(),
+                    };
+                    let _ = lane.tx.send(Item::Event(Arc::new(gap)));
+                }
                 if let Err(mpsc::SendError(_)) = lane.tx.send(item) {
                     // The worker's thread has ended: nobody will release this reservation.
                     lane.state.release(messages, bytes);
                 }
                 return;
             }
-            if !self.lossless || closing.load(Ordering::Relaxed) {
-                lane.state
-                    .drops
-                    .fetch_add(messages.max(1) as u64, Ordering::Relaxed);
+            let wait = lane.lossless && self.backpressure;
+            if !wait || closing.load(Ordering::Relaxed) {
+                let missed = messages.max(1) as u64;
+                lane.state.drops.fetch_add(missed, Ordering::Relaxed);
+                if lane.lossless && !self.backpressure {
+                    lane.state.gap.fetch_add(missed, Ordering::Relaxed);
+                }
                 return;
             }
             std::thread::sleep(pause);
