@@ -5,11 +5,9 @@
 //! trust, with the loader's own StrictModes checks: each directory from `policies/` down is opened
 //! without following links and must be owned by the user or root and not writable by group or
 //! others, and so must the file, which must be a regular file under a size cap. Writes are atomic
-//! (a private temporary file in the same directory, fsynced, renamed, the directory fsynced).
+//! (`km_durable::write_atomic`, mode 0600).
 
 use std::ffi::OsStr;
-use std::fs::File;
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
@@ -71,16 +69,6 @@ pub fn write(dir: &Path, path: &Path, text: &str) -> Result<()> {
     // The directories must pass the same checks as for reading.
     let rel = path.strip_prefix(dir).unwrap_or(path);
     open_parent(dir, rel)?.with_context(|| format!("opening {}", parent.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".policy-")
-        .tempfile_in(parent)
-        .with_context(|| format!("creating a temporary file in {}", parent.display()))?;
-    tmp.write_all(text.as_bytes())
-        .and_then(|()| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| anyhow!("replacing {}: {}", path.display(), e.error))?;
-    File::open(parent)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", parent.display()))
+    km_durable::write_atomic(path, text.as_bytes(), km_durable::PRIVATE)
+        .with_context(|| format!("writing {}", path.display()))
 }

@@ -5,8 +5,8 @@
 //!
 //! Nobody holds the lock while writing: the lock only guards who may write now and what waits.
 //! A line put in while the owner is writing, or while the owner has forwarded part of a line
-//! whose end has not arrived yet, waits and is written by the owner right after the next byte
-//! that ends a line. At the end of the stream whatever waits is written anyway (after a newline,
+//! whose end has not arrived yet, waits and is written by the owner right after its next write
+//! that ends at a line boundary. At the end of the stream whatever waits is written anyway (after a newline,
 //! when the stream ended inside a line), so an answer is not lost.
 
 use std::fs::File;
@@ -185,7 +185,8 @@ mod tests {
         out.write(b"\n{\"b\":2}\n").expect("write");
         assert_eq!(
             read_all(out, reader),
-            b"{\"a\":1}\n{\"long\":\"partial\"}\n{\"error\":1}\n{\"b\":2}\n"
+            // After the write that ended the long line (it also carried the next line whole).
+            b"{\"a\":1}\n{\"long\":\"partial\"}\n{\"b\":2}\n{\"error\":1}\n"
         );
     }
 
