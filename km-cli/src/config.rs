@@ -23,6 +23,81 @@ use anyhow::{bail, Context, Result};
 
 use crate::home::KmHome;
 
+fn table_of<'a>(value: Option<&'a toml::Value>, what: &str) -> Result<Option<&'a toml::Table>> {
+    match value {
+        None => Ok(None),
+        Some(toml::Value::Table(t)) => Ok(Some(t)),
+        Some(other) => bail!("`{what}` must be a table, not {}", other.type_str()),
+    }
+}
+
+fn unknown_keys(table: &toml::Table, what: &str, known: &[&str]) -> Result<()> {
+    match table.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(key) => bail!(
+            "unknown setting `{what}.{key}` (known: {})",
+            known.join(", ")
+        ),
+        None => Ok(()),
+    }
+}
+
+fn positive(table: &toml::Table, key: &str, what: &str) -> Result<Option<u64>> {
+    match table.get(key) {
+        None => Ok(None),
+        Some(toml::Value::Integer(n)) if *n > 0 => Ok(Some(*n as u64)),
+        Some(other) => bail!("`{what}.{key}` must be a positive integer, not {other}"),
+    }
+}
+
+fn boolean(table: &toml::Table, key: &str, what: &str) -> Result<Option<bool>> {
+    match table.get(key) {
+        None => Ok(None),
+        Some(toml::Value::Boolean(b)) => Ok(Some(*b)),
+        Some(other) => bail!("`{what}.{key}` must be true or false, not {other}"),
+    }
+}
+
+fn monitor_settings(value: Option<&toml::Value>) -> Result<MonitorSettings> {
+    let Some(table) = table_of(value, "monitor")? else {
+        return Ok(MonitorSettings::default());
+    };
+    unknown_keys(table, "monitor", &["inspect_limit", "backpressure"])?;
+    Ok(MonitorSettings {
+        inspect_limit: positive(table, "inspect_limit", "monitor")?,
+        backpressure: boolean(table, "backpressure", "monitor")?,
+    })
+}
+
+fn intercept_settings(value: Option<&toml::Value>) -> Result<BTreeMap<String, InterceptSettings>> {
+    let mut all = BTreeMap::new();
+    let Some(table) = table_of(value, "intercept")? else {
+        return Ok(all);
+    };
+    for (name, value) in table {
+        let what = format!("intercept.{name}");
+        let Some(settings) = table_of(Some(value), &what)? else {
+            continue;
+        };
+        unknown_keys(settings, &what, &["priority", "budget_ms", "fail_open"])?;
+        let priority = match settings.get("priority") {
+            None => None,
+            Some(toml::Value::Integer(n)) => Some(i32::try_from(*n).with_context(|| {
+                format!("`{what}.priority` = {n} is out of range")
+            })?),
+            Some(other) => bail!("`{what}.priority` must be an integer, not {other}"),
+        };
+        all.insert(
+            name.clone(),
+            InterceptSettings {
+                priority,
+                budget_ms: positive(settings, "budget_ms", &what)?,
+                fail_open: boolean(settings, "fail_open", &what)?,
+            },
+        );
+    }
+    Ok(all)
+}
+
 /// The endpoint `km init` suggests.
 pub const DEFAULT_API_URL: &str = "https://api.kilometers.ai";
 
@@ -45,6 +120,32 @@ pub struct Config {
     pub plugins: BTreeMap<String, toml::Table>,
     /// How often subscriptions are refreshed (default: 5 minutes, 3 for Enterprise plugins).
     pub refresh_interval_secs: Option<u64>,
+    /// `[monitor]`: how `km monitor` relays.
+    pub monitor: MonitorSettings,
+    /// `[intercept.NAME]`: km's overrides of what an intercepting plugin asked for.
+    pub intercept: BTreeMap<String, InterceptSettings>,
+}
+
+/// `[monitor]` in `config.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MonitorSettings {
+    /// `inspect_limit`: the longest line interceptors inspect, in bytes (longer lines get their
+    /// `oversize` action, blocked by default).
+    pub inspect_limit: Option<u64>,
+    /// `backpressure = false`: a plugin that asked for lossless delivery gets gap events instead
+    /// of holding the relay back.
+    pub backpressure: Option<bool>,
+}
+
+/// `[intercept.NAME]` in `config.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterceptSettings {
+    /// `priority`: its place in the chain (lower first).
+    pub priority: Option<i32>,
+    /// `budget_ms`: how long one call may take.
+    pub budget_ms: Option<u64>,
+    /// `fail_open = true`: when it fails, its lines pass instead of being blocked.
+    pub fail_open: Option<bool>,
 }
 
 impl Config {
@@ -121,7 +222,14 @@ impl Config {
             api_url: string("api_url")?,
             plugins,
             refresh_interval_secs,
+            monitor: monitor_settings(table.get("monitor"))?,
+            intercept: intercept_settings(table.get("intercept"))?,
         })
+    }
+
+    /// The overrides of plugin `name`'s interception.
+    pub fn intercept_settings(&self, name: &str) -> InterceptSettings {
+        self.intercept.get(name).cloned().unwrap_or_default()
     }
 
     /// The settings of plugin `name` as a JSON object (`{}` when there are none).

@@ -37,6 +37,7 @@ use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::gateway::{Grants, LoadedPlugin, Signer};
 use crate::home::KmHome;
+use crate::events::EventBus;
 use crate::host::{ApiTransport, PluginHost, Verbosity};
 
 /// The largest plugin library km reads (override with `KM_MAX_PLUGIN_BYTES`).
@@ -61,6 +62,8 @@ pub struct LoadOptions {
     pub verbosity: Verbosity,
     /// The API transport handed to plugins (None: no API configured).
     pub api: Option<Arc<dyn ApiTransport>>,
+    /// Where plugins' events go (None: they cannot emit).
+    pub events: Option<Arc<EventBus>>,
 }
 
 impl fmt::Debug for LoadOptions {
@@ -83,6 +86,7 @@ impl LoadOptions {
             allow_downgrade: false,
             verbosity: Verbosity::Normal,
             api: None,
+            events: None,
         }
     }
 }
@@ -643,12 +647,16 @@ pub fn load_plugins(options: &LoadOptions) -> Result<LoadReport> {
                 .push(Refusal::new(&path, "io", format!("{e:#}")));
             continue;
         }
-        let host = PluginHost::new(
+        let mut host = PluginHost::new(
             &manifest.name,
             data_dir,
             options.verbosity,
             options.api.clone(),
-        );
+        )
+        .with_policies(options.home.policies_dir());
+        if let Some(events) = &options.events {
+            host = host.with_events(events.clone());
+        }
         match load(checked, host) {
             Ok(plugin) => {
                 if let Ok(version) = semver::Version::parse(&manifest.version) {

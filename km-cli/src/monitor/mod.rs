@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use km_abi::{Direction, ErrorKind, PluginConfig, StreamEventKind};
+use km_abi::{Direction, ErrorKind, Interest, PluginConfig, StreamEventKind};
 
 pub(crate) use self::session::now_ms;
 
@@ -51,6 +51,7 @@ use crate::api::ApiClient;
 use crate::cli::MonitorArgs;
 use crate::commands::Globals;
 use crate::config::Config;
+use crate::events::EventBus;
 use crate::gateway::LoadedPlugin;
 use crate::home::KmHome;
 use crate::host::{ApiTransport, Verbosity};
@@ -75,25 +76,36 @@ pub(crate) struct MonitorConfig {
     pub(crate) grace: Duration,
     /// Room in each plugin's queue.
     pub(crate) queue_capacity: usize,
+    /// The longest line interceptors inspect.
+    pub(crate) inspect_limit: usize,
+    /// Whether lossless plugins may hold the relay back (else they get gap events).
+    pub(crate) backpressure: bool,
 }
 
 /// Runs `km monitor`.
 pub fn run_command(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
     let notices = Notices::new(globals.quiet, globals.verbose);
-    let config = MonitorConfig {
+    let mut config = MonitorConfig {
         command: args.command,
         lossless: args.lossless,
         grace: grace_from_env()?,
         queue_capacity: dispatch::QUEUE_CAPACITY,
+        inspect_limit: intercept::DEFAULT_INSPECT_LIMIT,
+        backpressure: true,
     };
     if args.no_plugins {
-        return run(&config, Vec::new(), notices, None);
+        return run(&config, Prepared::default(), notices, None);
     }
     let settings = Config::load(&globals.home)?;
+    if let Some(limit) = settings.monitor.inspect_limit {
+        config.inspect_limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    }
+    config.backpressure = settings.monitor.backpressure.unwrap_or(true);
     let api: Option<Arc<dyn ApiTransport>> = match &settings.api_url {
         Some(url) => Some(Arc::new(ApiClient::new(url)?)),
         None => None,
     };
+    let events = EventBus::new();
     let mut options = LoadOptions::new(
         args.plugins_dir
             .clone()
@@ -103,14 +115,68 @@ pub fn run_command(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
     options.allow_downgrade = args.allow_downgrade;
     options.verbosity = Verbosity::from_flags(globals.quiet, globals.verbose);
     options.api = api;
+    options.events = Some(events.clone());
     let report = load_plugins(&options)?;
     let refused: Vec<Refused> = report.refused.iter().map(refused).collect();
-    let plugins = initialize(report.loaded, refused, globals, &settings, notices);
+    let session = SessionInfo::new(&config.command);
+    let mut prepared = prepare(report.loaded, refused, globals, &settings, &session, notices);
+    prepared.events = Some(events);
+    prepared.session = session;
     // Subscriptions are checked and refreshed in the background for the whole session (a plugin
     // degrades on its own until it is authorized); dropping the handle stops the refreshers.
+    let plugins: Vec<Arc<LoadedPlugin>> = prepared.plugins.iter().map(|p| p.plugin.clone()).collect();
     let _refresher = (!plugins.is_empty())
-        .then(|| subscription::start_refresher(&globals.home, &settings, plugins.clone()));
-    run(&config, plugins, notices, Some(&globals.home))
+        .then(|| subscription::start_refresher(&globals.home, &settings, plugins));
+    run(&config, prepared, notices, Some(&globals.home))
+}
+
+/// What identifies a session to the plugins (`begin_session`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SessionInfo {
+    pub(crate) id: String,
+    json: String,
+}
+
+impl SessionInfo {
+    fn new(command: &[OsString]) -> Self {
+        let mut random = [0u8; 8];
+        // An id only needs to be unique, not secret: without randomness, time and pid do.
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).is_err() {
+            random = (session::now_us() ^ u64::from(std::process::id())).to_le_bytes();
+        }
+        let id = km_durable::digest::hex(&random);
+        let command: Vec<String> = command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let cwd = std::env::current_dir()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let json = serde_json::json!({
+            "session_id": id,
+            "command": command,
+            "cwd": cwd,
+            "km_version": env!("CARGO_PKG_VERSION"),
+        })
+        .to_string();
+        SessionInfo { id, json }
+    }
+}
+
+/// A plugin ready for the session, with what it asked for.
+#[derive(Debug, Clone)]
+pub(crate) struct Ready {
+    pub(crate) plugin: Arc<LoadedPlugin>,
+    pub(crate) interest: Interest,
+    pub(crate) overrides: intercept::Overrides,
+}
+
+/// The plugins of a session, initialized and told it began.
+#[derive(Debug, Default)]
+pub(crate) struct Prepared {
+    pub(crate) plugins: Vec<Ready>,
+    pub(crate) events: Option<Arc<EventBus>>,
+    pub(crate) session: SessionInfo,
 }
 
 /// A loader refusal as the banner shows it.
@@ -143,19 +209,22 @@ fn grace_from_env() -> Result<Duration> {
     }
 }
 
-/// Calls `initialize` on each plugin, prints the banner, and returns the plugins that are ready.
-fn initialize(
+/// Calls `initialize`, asks each plugin what it wants (intercepting only where its signed
+/// manifest grants it), calls `begin_session`, prints the banner, and returns the plugins that
+/// are ready.
+fn prepare(
     plugins: Vec<Arc<LoadedPlugin>>,
     mut refused: Vec<Refused>,
     globals: &Globals,
     settings: &Config,
+    session: &SessionInfo,
     notices: Notices,
-) -> Vec<Arc<LoadedPlugin>> {
+) -> Prepared {
     let mut ready = Vec::with_capacity(plugins.len());
     for plugin in plugins {
         let data_dir = globals.home.plugin_data_dir(plugin.name());
-        let result = KmHome::ensure_private_dir(&data_dir)
-            .map_err(|e| format!("{e:#}"))
+        let initialized = KmHome::ensure_private_dir(&data_dir)
+            .map_err(|e| ("initialize", format!("{e:#}")))
             .and_then(|()| {
                 let config = PluginConfig {
                     data_dir: data_dir.to_string_lossy().into_owned().into(),
@@ -166,41 +235,103 @@ fn initialize(
                 };
                 plugin
                     .initialize(&config)
-                    .map_err(|failure| failure.error.to_string())
+                    .map_err(|failure| ("initialize", format!("initialize failed: {}", failure.error)))
             });
-        match result {
-            Ok(()) => ready.push(plugin),
-            Err(reason) => refused.push(Refused {
+        let begun = initialized.and_then(|()| {
+            plugin
+                .begin_session(&session.json)
+                .map_err(|failure| ("begin_session", format!("begin_session failed: {}", failure.error)))
+        });
+        if let Err((check, reason)) = begun {
+            refused.push(Refused {
                 file: plugin.name().to_owned(),
-                check: "initialize".into(),
-                reason: format!("initialize failed: {reason}"),
-            }),
+                check: check.into(),
+                reason,
+            });
+            continue;
         }
+        let mut interest = plugin.interest();
+        if !interest.intercept.is_empty() && !plugin.grants().intercept {
+            notices.warn(&format!(
+                "plugin {} asks to intercept, but its signature does not grant the intercept capability; it only observes",
+                plugin.name()
+            ));
+            interest.intercept = km_abi::Directions::NONE;
+        }
+        let configured = settings.intercept_settings(plugin.name());
+        let overrides = intercept::Overrides {
+            priority: configured.priority,
+            budget: configured.budget_ms.map(Duration::from_millis),
+            fail_open: configured.fail_open,
+        };
+        ready.push(Ready {
+            plugin,
+            interest,
+            overrides,
+        });
     }
-    notices.info(&banner::banner(&ready, &refused, notices.verbose()));
-    ready
+    let loaded: Vec<Arc<LoadedPlugin>> = ready.iter().map(|r| r.plugin.clone()).collect();
+    notices.info(&banner::banner(&loaded, &refused, notices.verbose()));
+    Prepared {
+        plugins: ready,
+        events: None,
+        session: SessionInfo::default(),
+    }
 }
 
 /// Runs the session: starts the server, relays until it ends, and returns km's exit code. With
 /// `home`, what each plugin handled and missed is recorded for `km plugin-status`.
 pub(crate) fn run(
     config: &MonitorConfig,
-    plugins: Vec<Arc<LoadedPlugin>>,
+    prepared: Prepared,
     notices: Notices,
     home: Option<&KmHome>,
 ) -> Result<ExitCode> {
-    let (session, workers) = if plugins.is_empty() {
+    let chain = Arc::new(intercept::Chain::new(
+        prepared
+            .plugins
+            .iter()
+            .map(|r| (r.plugin.clone(), r.interest, r.overrides.clone()))
+            .collect(),
+        config.inspect_limit,
+    ));
+    let (session, workers) = if prepared.plugins.is_empty() {
         (None, None)
     } else {
+        let lanes = prepared
+            .plugins
+            .iter()
+            .map(|r| dispatch::LaneSpec {
+                plugin: r.plugin.clone(),
+                observe: r.interest.observe,
+                lossless: r.interest.lossless || config.lossless,
+            })
+            .collect();
         let (dispatcher, workers) =
-            dispatch::start(plugins, config.queue_capacity, config.lossless, notices);
-        (Some(Session::new(dispatcher)), Some(workers))
+            dispatch::start_lanes(lanes, config.queue_capacity, config.backpressure, notices);
+        let session = if chain.is_empty() {
+            Session::new(dispatcher)
+        } else {
+            Session::intercepting(dispatcher)
+        };
+        if let Some(events) = &prepared.events {
+            events.attach(session.clone());
+        }
+        (Some(session), Some(workers))
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let outcome = runtime.block_on(relay_session(config, session.clone(), notices));
+    let relay = Relay {
+        session: session.clone(),
+        chain,
+        session_id: Arc::from(prepared.session.id.as_str()),
+    };
+    let outcome = runtime.block_on(relay_session(config, relay, notices));
+    if let Some(events) = &prepared.events {
+        events.detach_all();
+    }
     // A pump may still be blocked reading a stdin that never closes; it is left behind.
     runtime.shutdown_background();
     let (code, status) = match outcome {
@@ -271,11 +402,19 @@ enum Outcome {
     NotStarted(process::SpawnError),
 }
 
-async fn relay_session(
-    config: &MonitorConfig,
+/// What the relay of a session works with.
+struct Relay {
     session: Option<Arc<Session>>,
-    notices: Notices,
-) -> Result<Outcome> {
+    chain: Arc<intercept::Chain>,
+    session_id: Arc<str>,
+}
+
+async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -> Result<Outcome> {
+    let Relay {
+        session,
+        chain,
+        session_id,
+    } = relay;
     let stdin = File::from(
         std::io::stdin()
             .as_fd()
@@ -320,20 +459,37 @@ async fn relay_session(
         tokio::spawn(async move { session.expire_holds().await });
     }
     let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let pumps = [
-        (Direction::Request, stdin, child_stdin, "km-relay-c2s"),
-        (Direction::Response, child_stdout, stdout, "km-relay-s2c"),
-    ];
-    for (direction, input, output, name) in pumps {
-        let tx = tx.clone();
-        let session = session.clone();
-        std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                let report = relay::pump(direction, input, output, session);
-                let _ = tx.send(report);
-            })
-            .context("starting a relay thread")?;
+    // Kept for the session: the watchdog of interceptors' time budgets stops when dropped.
+    let mut _watchdog = None;
+    match session.clone().filter(|_| !chain.is_empty()) {
+        None => {
+            let pumps = [
+                (Direction::Request, stdin, child_stdin, "km-relay-c2s"),
+                (Direction::Response, child_stdout, stdout, "km-relay-s2c"),
+            ];
+            for (direction, input, output, name) in pumps {
+                let tx = tx.clone();
+                let session = session.clone();
+                std::thread::Builder::new()
+                    .name(name.into())
+                    .spawn(move || {
+                        let report = relay::pump(direction, input, output, session);
+                        let _ = tx.send(report);
+                    })
+                    .context("starting a relay thread")?;
+            }
+        }
+        Some(session) => {
+            _watchdog = Some(start_intercepting(
+                session,
+                chain,
+                session_id,
+                [stdin, child_stdout],
+                [child_stdin, stdout],
+                &tx,
+                notices,
+            )?);
+        }
     }
     drop(tx);
     let on_report = |report: &PumpReport| report_pump(report, session.as_deref(), notices);
@@ -349,6 +505,61 @@ async fn relay_session(
     .context("waiting for the server")?;
     notices.detail(&format!("the server exited: {status}"));
     Ok(Outcome::Exited(status))
+}
+
+/// Starts the pumps of a session with interceptors: an intercepting pump for each direction an
+/// interceptor asked for, a registering one for the other, and the watchdog of their budgets.
+fn start_intercepting(
+    session: Arc<Session>,
+    chain: Arc<intercept::Chain>,
+    session_id: Arc<str>,
+    [client_in, server_in]: [File; 2],
+    [server_out, client_out]: [File; 2],
+    tx: &tokio::sync::mpsc::UnboundedSender<PumpReport>,
+    notices: Notices,
+) -> Result<intercept::baton::Watchdog> {
+    use intercept::baton::{Baton, Watchdog, Watched};
+    let to_server = Arc::new(output::Output::new(server_out));
+    let to_client = Arc::new(output::Output::new(client_out));
+    let pumps = [
+        (Direction::Request, client_in, to_server.clone(), to_client.clone(), "km-relay-c2s"),
+        (Direction::Response, server_in, to_client, to_server, "km-relay-s2c"),
+    ];
+    let mut watched = Vec::new();
+    for (direction, input, output, peer, name) in pumps {
+        let tx = tx.clone();
+        let session = session.clone();
+        let spawned = if chain.intercepts(direction) {
+            let baton = Baton::new();
+            watched.push(Watched {
+                baton: baton.clone(),
+                resume: intercept::pump::resume,
+            });
+            let parts = intercept::pump::Parts {
+                direction,
+                input,
+                output,
+                peer,
+                chain: chain.clone(),
+                session,
+                baton,
+                notices,
+                session_id: session_id.clone(),
+                report: tx,
+            };
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || intercept::pump::start(parts))
+        } else {
+            std::thread::Builder::new().name(name.into()).spawn(move || {
+                let report = relay::pump_shared(direction, input, output, session);
+                let _ = tx.send(report);
+            })
+        };
+        spawned.context("starting a relay thread")?;
+    }
+    let tick = Watchdog::tick_for(chain.shortest_budget().unwrap_or(intercept::DEFAULT_BUDGET));
+    Watchdog::start(watched, tick).context("starting the interceptors' watchdog")
 }
 
 fn report_pump(report: &PumpReport, session: Option<&Session>, notices: Notices) {

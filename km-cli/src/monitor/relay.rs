@@ -22,6 +22,7 @@ use km_abi::Direction;
 
 use super::frame::{Frame, Framer, CHUNK};
 use super::jsonrpc;
+use super::output::Output;
 use super::session::{now_us, Observed, Session};
 
 /// How a pump ended.
@@ -59,7 +60,13 @@ pub(crate) fn pump(
 ) -> PumpReport {
     let mut output = output;
     let (end, bytes) = match session {
-        Some(session) => framed(direction, &mut input, &mut output, &session),
+        Some(session) => framed(
+            direction,
+            &mut input,
+            &mut Sink::File(&mut output),
+            &session,
+            false,
+        ),
         None => plain(&mut input, &mut output),
     };
     drop(output);
@@ -111,15 +118,37 @@ fn spliced(input: &File, output: &File, total: &mut u64) -> Option<PumpEnd> {
     }
 }
 
+/// Where a framed pump writes.
+enum Sink<'a> {
+    /// Its own output.
+    File(&'a mut File),
+    /// An output the other pump may answer blocked requests into (a session that intercepts).
+    Shared(&'a Output),
+}
+
+impl Sink<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), PumpEnd> {
+        match self {
+            Sink::File(file) => forward(file, bytes),
+            Sink::Shared(output) => output.write(bytes).map_err(write_end),
+        }
+    }
+}
+
 fn framed(
     direction: Direction,
     input: &mut File,
-    output: &mut File,
+    output: &mut Sink<'_>,
     session: &Session,
+    register_first: bool,
 ) -> (PumpEnd, u64) {
     let mut framer = Framer::new();
     let mut batch = Vec::new();
     let mut total = 0u64;
+    // With `register_first`, a chunk is framed and its requests registered before it is
+    // forwarded (the other direction's interceptors judge responses by their request's method),
+    // so it is kept aside meanwhile.
+    let mut chunk = Vec::new();
     let end = loop {
         let n = loop {
             match framer.fill(&*input) {
@@ -132,14 +161,27 @@ fn framed(
             Ok(n) => n,
             Err(e) => break PumpEnd::ReadFailed(e),
         };
+        let now = Instant::now();
+        let timestamp = now_us();
+        if register_first {
+            chunk.clear();
+            chunk.extend_from_slice(framer.fresh());
+            while let Some(frame) = framer.next_frame() {
+                collect(frame, &mut batch, session);
+            }
+            session.observe(direction, &mut batch, now, timestamp, total + n as u64);
+            if let Err(end) = output.put(&chunk) {
+                break end;
+            }
+            total += n as u64;
+            continue;
+        }
         // Announced before writing: the peer may answer before `write` even returns.
         session.forwarding(direction, total + n as u64);
-        if let Err(end) = forward(output, framer.fresh()) {
+        if let Err(end) = output.put(framer.fresh()) {
             break end;
         }
         total += n as u64;
-        let now = Instant::now();
-        let timestamp = now_us();
         while let Some(frame) = framer.next_frame() {
             collect(frame, &mut batch, session);
         }
@@ -153,6 +195,32 @@ fn framed(
     // Nothing more will come from this side: nobody needs to wait for it.
     session.observe(direction, &mut batch, Instant::now(), now_us(), u64::MAX);
     (end, total)
+}
+
+/// Copies `input` to the shared `output` for a session that intercepts the other direction:
+/// lines are registered before they are forwarded; `output` is closed before this returns.
+pub(crate) fn pump_shared(
+    direction: Direction,
+    mut input: File,
+    output: Arc<Output>,
+    session: Arc<Session>,
+) -> PumpReport {
+    let (end, bytes) = framed(
+        direction,
+        &mut input,
+        &mut Sink::Shared(&output),
+        &session,
+        true,
+    );
+    let end = match output.close() {
+        Err(e) if matches!(end, PumpEnd::Eof) => write_end(e),
+        _ => end,
+    };
+    PumpReport {
+        direction,
+        end,
+        bytes,
+    }
 }
 
 fn collect(frame: Frame, batch: &mut Vec<Observed>, session: &Session) {
@@ -181,10 +249,14 @@ fn read(input: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 fn forward(output: &mut File, bytes: &[u8]) -> Result<(), PumpEnd> {
-    output.write_all(bytes).map_err(|e| match e.kind() {
+    output.write_all(bytes).map_err(write_end)
+}
+
+fn write_end(e: io::Error) -> PumpEnd {
+    match e.kind() {
         io::ErrorKind::BrokenPipe => PumpEnd::OutputClosed,
         _ => PumpEnd::WriteFailed(e),
-    })
+    }
 }
 
 #[cfg(test)]
