@@ -81,9 +81,10 @@ fn intercept_settings(value: Option<&toml::Value>) -> Result<BTreeMap<String, In
         unknown_keys(settings, &what, &["priority", "budget_ms", "fail_open"])?;
         let priority = match settings.get("priority") {
             None => None,
-            Some(toml::Value::Integer(n)) => Some(i32::try_from(*n).with_context(|| {
-                format!("`{what}.priority` = {n} is out of range")
-            })?),
+            Some(toml::Value::Integer(n)) => Some(
+                i32::try_from(*n)
+                    .with_context(|| format!("`{what}.priority` = {n} is out of range"))?,
+            ),
             Some(other) => bail!("`{what}.priority` must be an integer, not {other}"),
         };
         all.insert(

@@ -35,9 +35,9 @@ use km_abi::{PluginModRef, ABI_VERSION};
 use km_signing::{target_triple, Policy, SeenVersions, SignatureFile, TrustStore, Verified};
 use rustix::fs::{FileType, Mode, OFlags};
 
+use crate::events::EventBus;
 use crate::gateway::{Grants, LoadedPlugin, Signer};
 use crate::home::KmHome;
-use crate::events::EventBus;
 use crate::host::{ApiTransport, PluginHost, Verbosity};
 
 /// The largest plugin library km reads (override with `KM_MAX_PLUGIN_BYTES`).
@@ -579,8 +579,11 @@ pub fn load(checked: Checked, host: PluginHost) -> Result<LoadedPlugin, Refusal>
 }
 
 /// What the verified manifest grants the plugin beyond observing.
-fn grants(_manifest: &km_signing::Manifest) -> Grants {
-    Grants::default()
+fn grants(manifest: &km_signing::Manifest) -> Grants {
+    Grants {
+        intercept: manifest.grants(km_signing::CAPABILITY_INTERCEPT),
+        fail_open: manifest.fail_open,
+    }
 }
 
 fn keep_alive(image: Image) {

@@ -79,6 +79,8 @@ impl Setup {
             issued_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             expires_at: None,
             customer: None,
+            capabilities: Vec::new(),
+            fail_open: false,
             key_id: self.key.public_key().key_id().to_string(),
         };
         let manifest_bytes = manifest.to_bytes();

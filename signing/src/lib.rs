@@ -37,6 +37,8 @@
 //!     issued_at: format_timestamp(SystemTime::now()),
 //!     expires_at: None,
 //!     customer: None,
+//!     capabilities: Vec::new(),
+//!     fail_open: false,
 //!     key_id: key.public_key().key_id().to_string(),
 //! };
 //! let manifest_bytes = manifest.to_bytes();
@@ -95,7 +97,7 @@ pub use error::Error;
 pub use keys::{Algorithm, KeyId, PrivateKey, PublicKey};
 pub use manifest::{
     check_name, format_timestamp, parse_date, parse_timestamp, sha256_hex, target_triple, Manifest,
-    MANIFEST_KIND,
+    CAPABILITY_INTERCEPT, KNOWN_CAPABILITIES, MANIFEST_KIND, MANIFEST_KIND_V2,
 };
 pub use package::{read_package, write_package, Limits, Package, PackageError, PACKAGE_SUFFIX};
 pub use rollback::SeenVersions;

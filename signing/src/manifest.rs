@@ -18,6 +18,22 @@ use crate::Error;
 /// The `kind` of every version-1 manifest.
 pub const MANIFEST_KIND: &str = "km-plugin-manifest/v1";
 
+/// The `kind` of a manifest that grants capabilities (and may ask to fail open). A km that knows
+/// only v1 refuses it, so an intercepting plugin is never loaded as a silent observer by a km
+/// that cannot enforce what it was granted.
+pub const MANIFEST_KIND_V2: &str = "km-plugin-manifest/v2";
+
+/// The capability to intercept lines (ABI 1.1): pass, replace or block them before they are
+/// forwarded.
+pub const CAPABILITY_INTERCEPT: &str = "intercept";
+
+/// The capabilities this version knows; others in a v2 manifest are carried, shown, and grant
+/// nothing.
+pub const KNOWN_CAPABILITIES: &[&str] = &[CAPABILITY_INTERCEPT];
+
+/// At most this many capabilities in one manifest.
+const MAX_CAPABILITIES: usize = 16;
+
 /// The largest manifest accepted, in bytes (real ones are well under 1 KiB).
 pub const MAX_MANIFEST_BYTES: usize = 16 * 1024;
 
@@ -48,6 +64,12 @@ pub struct Manifest {
     pub expires_at: Option<String>,
     /// Customer binding of a customer-specific build (checked by the plugin, not here).
     pub customer: Option<String>,
+    /// v2: what the plugin may do beyond observing ([`CAPABILITY_INTERCEPT`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<String>,
+    /// v2: when the plugin fails while intercepting, its lines pass instead of being blocked.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_open: bool,
     /// Id of the signing key.
     pub key_id: String,
 }
@@ -97,13 +119,37 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Checks every field's form: kind, name, semver versions, hash, timestamps, key id.
+    /// The kind a manifest with these grants must have: v2 when it grants anything, else v1.
+    pub fn kind_for(capabilities: &[String], fail_open: bool) -> &'static str {
+        if capabilities.is_empty() && !fail_open {
+            MANIFEST_KIND
+        } else {
+            MANIFEST_KIND_V2
+        }
+    }
+
+    /// Whether the manifest grants `capability`.
+    pub fn grants(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
+    }
+
+    /// Checks every field's form: kind, name, semver versions, hash, timestamps, capabilities,
+    /// key id.
     pub fn validate(&self) -> Result<(), Error> {
-        if self.kind != MANIFEST_KIND {
-            return Err(malformed(format!(
-                "kind is {:?}, expected {MANIFEST_KIND:?}",
-                self.kind
-            )));
+        match self.kind.as_str() {
+            MANIFEST_KIND => {
+                if !self.capabilities.is_empty() || self.fail_open {
+                    return Err(malformed(format!(
+                        "capabilities and fail_open need kind {MANIFEST_KIND_V2:?}"
+                    )));
+                }
+            }
+            MANIFEST_KIND_V2 => check_capabilities(&self.capabilities)?,
+            other => {
+                return Err(malformed(format!(
+                    "kind is {other:?}, expected {MANIFEST_KIND:?} or {MANIFEST_KIND_V2:?}"
+                )))
+            }
         }
         check_name(&self.name).map_err(|e| malformed(e.to_string()))?;
         semver::Version::parse(&self.version)
@@ -171,6 +217,34 @@ impl Manifest {
 
 fn malformed(reason: String) -> Error {
     Error::MalformedManifest { reason }
+}
+
+/// Capability names: `[a-z][a-z0-9-]{0,31}`, each once, at most [`MAX_CAPABILITIES`].
+fn check_capabilities(capabilities: &[String]) -> Result<(), Error> {
+    if capabilities.len() > MAX_CAPABILITIES {
+        return Err(malformed(format!(
+            "{} capabilities, more than {MAX_CAPABILITIES}",
+            capabilities.len()
+        )));
+    }
+    for (i, capability) in capabilities.iter().enumerate() {
+        let ok = capability.len() <= 32
+            && capability.starts_with(|c: char| c.is_ascii_lowercase())
+            && capability
+                .bytes()
+                .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-'));
+        if !ok {
+            return Err(malformed(format!(
+                "capability {capability:?} is not a capability name"
+            )));
+        }
+        if capabilities[..i].contains(capability) {
+            return Err(malformed(format!(
+                "capability {capability:?} is listed twice"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a plugin name: `[a-z0-9][a-z0-9-]{0,63}`.
@@ -284,8 +358,44 @@ pub(crate) mod tests {
             issued_at: "2026-11-25T06:21:20Z".to_owned(),
             expires_at: Some("2027-01-01T00:00:00Z".to_owned()),
             customer: None,
+            capabilities: Vec::new(),
+            fail_open: false,
             key_id: "0123456789abcdef0123456789abcdef".to_owned(),
         }
+    }
+
+    #[test]
+    fn capabilities_need_v2_and_v1_bytes_do_not_change() {
+        let v1 = sample();
+        let text = String::from_utf8(v1.to_bytes()).expect("utf-8");
+        assert!(!text.contains("capabilities") && !text.contains("fail_open"));
+        let mut v2 = sample();
+        v2.capabilities = vec![CAPABILITY_INTERCEPT.to_owned(), "future-thing".to_owned()];
+        assert!(
+            matches!(
+                Manifest::parse(&v2.to_bytes()),
+                Err(Error::MalformedManifest { .. })
+            ),
+            "capabilities in a v1 manifest"
+        );
+        v2.kind = Manifest::kind_for(&v2.capabilities, false).to_owned();
+        assert_eq!(v2.kind, MANIFEST_KIND_V2);
+        let parsed = Manifest::parse(&v2.to_bytes()).expect("a v2 manifest");
+        assert!(parsed.grants(CAPABILITY_INTERCEPT) && !parsed.grants("network"));
+        for bad in [vec!["Intercept"], vec!["intercept", "intercept"], vec![""]] {
+            let mut m = v2.clone();
+            m.capabilities = bad.iter().map(|s| s.to_string()).collect();
+            assert!(Manifest::parse(&m.to_bytes()).is_err(), "{bad:?}");
+        }
+        let mut fail_open = sample();
+        fail_open.fail_open = true;
+        assert!(Manifest::parse(&fail_open.to_bytes()).is_err());
+        fail_open.kind = MANIFEST_KIND_V2.to_owned();
+        assert!(
+            Manifest::parse(&fail_open.to_bytes())
+                .expect("v2")
+                .fail_open
+        );
     }
 
     #[test]

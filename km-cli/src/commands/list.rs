@@ -60,8 +60,13 @@ pub(super) fn run(globals: &Globals, args: ListPluginsArgs) -> Result<ExitCode> 
             (None, _) => "-".to_owned(),
         };
         if r.verified {
+            let grants = if r.capabilities.is_empty() && !r.fail_open {
+                String::new()
+            } else {
+                format!("  can: {}", r.grants())
+            };
             println!(
-                "  ✓ {} v{} ({} tier)  signer {}  [{}]  verified",
+                "  ✓ {} v{} ({} tier)  signer {}  [{}]  verified{grants}",
                 r.name.as_deref().unwrap_or("-"),
                 r.version.as_deref().unwrap_or("-"),
                 r.tier.as_deref().unwrap_or("-"),

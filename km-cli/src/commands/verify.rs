@@ -28,6 +28,10 @@ pub(crate) struct Report {
     pub(crate) key_id: Option<String>,
     pub(crate) key_label: Option<String>,
     pub(crate) sha256: Option<String>,
+    /// What the manifest grants beyond observing (`intercept`, ...).
+    pub(crate) capabilities: Vec<String>,
+    /// Whether it fails open when intercepting.
+    pub(crate) fail_open: bool,
     /// The failing check, when refused.
     pub(crate) check: Option<&'static str>,
     /// Why, when refused.
@@ -46,6 +50,8 @@ impl Report {
             key_id: Some(verified.key_id().to_string()),
             key_label: Some(verified.key_label().to_owned()),
             sha256: Some(verified.sha256().to_owned()),
+            capabilities: manifest.capabilities.clone(),
+            fail_open: manifest.fail_open,
             check: None,
             reason: None,
         }
@@ -71,9 +77,31 @@ impl Report {
             key_id: claimed.as_ref().map(|m| m.key_id.clone()),
             key_label: None,
             sha256,
+            capabilities: claimed
+                .as_ref()
+                .map(|m| m.capabilities.clone())
+                .unwrap_or_default(),
+            fail_open: claimed.as_ref().is_some_and(|m| m.fail_open),
             check: Some(refusal.check),
             reason: Some(refusal.reason.clone()),
         }
+    }
+
+    /// What it may do, for people: `observe`, `observe, intercept`, `... (fails open)`.
+    pub(crate) fn grants(&self) -> String {
+        let mut grants = vec!["observe".to_owned()];
+        for capability in &self.capabilities {
+            if km_signing::KNOWN_CAPABILITIES.contains(&capability.as_str()) {
+                grants.push(capability.clone());
+            } else {
+                grants.push(format!("{capability} (unknown to this km: not granted)"));
+            }
+        }
+        let mut text = grants.join(", ");
+        if self.fail_open {
+            text.push_str(" (fails open)");
+        }
+        text
     }
 
     pub(crate) fn print_human(&self) {
@@ -96,6 +124,7 @@ impl Report {
             (None, _) => eprintln!("  signer:   -"),
         }
         eprintln!("  sha256:   {}", self.sha256.clone().unwrap_or_else(dash));
+        eprintln!("  grants:   {}", self.grants());
         match (self.check, &self.reason) {
             (Some(check), Some(reason)) => eprintln!("  verdict:  REFUSED ({check}): {reason}"),
             _ => eprintln!("  verdict:  OK"),

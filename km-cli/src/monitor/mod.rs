@@ -119,12 +119,20 @@ pub fn run_command(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
     let report = load_plugins(&options)?;
     let refused: Vec<Refused> = report.refused.iter().map(refused).collect();
     let session = SessionInfo::new(&config.command);
-    let mut prepared = prepare(report.loaded, refused, globals, &settings, &session, notices);
+    let mut prepared = prepare(
+        report.loaded,
+        refused,
+        globals,
+        &settings,
+        &session,
+        notices,
+    );
     prepared.events = Some(events);
     prepared.session = session;
     // Subscriptions are checked and refreshed in the background for the whole session (a plugin
     // degrades on its own until it is authorized); dropping the handle stops the refreshers.
-    let plugins: Vec<Arc<LoadedPlugin>> = prepared.plugins.iter().map(|p| p.plugin.clone()).collect();
+    let plugins: Vec<Arc<LoadedPlugin>> =
+        prepared.plugins.iter().map(|p| p.plugin.clone()).collect();
     let _refresher = (!plugins.is_empty())
         .then(|| subscription::start_refresher(&globals.home, &settings, plugins));
     run(&config, prepared, notices, Some(&globals.home))
@@ -233,14 +241,20 @@ fn prepare(
                     host_version: env!("CARGO_PKG_VERSION").into(),
                     verbose: globals.verbose > 0,
                 };
-                plugin
-                    .initialize(&config)
-                    .map_err(|failure| ("initialize", format!("initialize failed: {}", failure.error)))
+                plugin.initialize(&config).map_err(|failure| {
+                    (
+                        "initialize",
+                        format!("initialize failed: {}", failure.error),
+                    )
+                })
             });
         let begun = initialized.and_then(|()| {
-            plugin
-                .begin_session(&session.json)
-                .map_err(|failure| ("begin_session", format!("begin_session failed: {}", failure.error)))
+            plugin.begin_session(&session.json).map_err(|failure| {
+                (
+                    "begin_session",
+                    format!("begin_session failed: {}", failure.error),
+                )
+            })
         });
         if let Err((check, reason)) = begun {
             refused.push(Refused {
@@ -522,8 +536,20 @@ fn start_intercepting(
     let to_server = Arc::new(output::Output::new(server_out));
     let to_client = Arc::new(output::Output::new(client_out));
     let pumps = [
-        (Direction::Request, client_in, to_server.clone(), to_client.clone(), "km-relay-c2s"),
-        (Direction::Response, server_in, to_client, to_server, "km-relay-s2c"),
+        (
+            Direction::Request,
+            client_in,
+            to_server.clone(),
+            to_client.clone(),
+            "km-relay-c2s",
+        ),
+        (
+            Direction::Response,
+            server_in,
+            to_client,
+            to_server,
+            "km-relay-s2c",
+        ),
     ];
     let mut watched = Vec::new();
     for (direction, input, output, peer, name) in pumps {
@@ -551,10 +577,12 @@ fn start_intercepting(
                 .name(name.into())
                 .spawn(move || intercept::pump::start(parts))
         } else {
-            std::thread::Builder::new().name(name.into()).spawn(move || {
-                let report = relay::pump_shared(direction, input, output, session);
-                let _ = tx.send(report);
-            })
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || {
+                    let report = relay::pump_shared(direction, input, output, session);
+                    let _ = tx.send(report);
+                })
         };
         spawned.context("starting a relay thread")?;
     }

@@ -126,6 +126,21 @@ pub(crate) struct ManifestArgs {
     /// Plugin ABI version the library was built against [default: this build's km-abi].
     #[arg(long, value_name = "V")]
     pub(crate) abi_version: Option<String>,
+    #[command(flatten)]
+    pub(crate) grants: GrantArgs,
+}
+
+/// What a manifest grants beyond observing (a manifest that grants anything is a v2 manifest,
+/// which a km without plugin ABI 1.1 refuses).
+#[derive(Debug, Args, Default, Clone)]
+pub(crate) struct GrantArgs {
+    /// Grant a capability (repeatable): `intercept` lets the plugin pass, replace or block lines
+    /// before they are forwarded.
+    #[arg(long = "capability", value_name = "NAME")]
+    pub(crate) capabilities: Vec<String>,
+    /// When the plugin fails while intercepting, let its lines pass instead of blocking them.
+    #[arg(long)]
+    pub(crate) fail_open: bool,
 }
 
 /// Which key will sign: its id, or its public key file.

@@ -20,7 +20,7 @@ use km_plugin_sdk::credentials::Credentials;
 use km_signing::{customer_build_file_name, stamp_library, SignatureFile};
 use ring::rand::SecureRandom as _;
 
-use crate::args::ManifestArgs;
+use crate::args::{GrantArgs, ManifestArgs};
 
 /// `km-sign build-plugin` arguments.
 #[derive(Debug, Args)]
@@ -68,6 +68,8 @@ pub(crate) struct BuildArgs {
     /// Where to write the build [default: the current directory].
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub(crate) out_dir: PathBuf,
+    #[command(flatten)]
+    pub(crate) grants: GrantArgs,
     /// The pristine compiled plugin library.
     pub(crate) lib: PathBuf,
 }
@@ -146,6 +148,7 @@ pub(crate) fn run(args: &BuildArgs) -> Result<()> {
         customer: Some(args.customer.clone()),
         target: None,
         abi_version: None,
+        grants: args.grants.clone(),
     };
     crate::commands::sign(&args.key, &manifest, &out_lib)?;
     let pkg = crate::pack::pack(&out_lib, None)?;

@@ -14,7 +14,7 @@ use km_abi::Tier;
 use km_signing::{
     check_name, format_timestamp, parse_date, sha256_hex, target_triple, verify_library, Algorithm,
     KeyId, Manifest, Policy, PrivateKey, PublicKey, SignatureFile, TrustStore, Verified,
-    MANIFEST_KIND,
+    KNOWN_CAPABILITIES,
 };
 
 use crate::args::{Cli, Command, KeyAlg, KeyRef, ManifestArgs};
@@ -178,8 +178,18 @@ fn build_manifest(args: &ManifestArgs, key_id: &KeyId, lib: &[u8]) -> Result<Man
             Some(format_timestamp(when))
         }
     };
+    let capabilities = args.grants.capabilities.clone();
+    for unknown in capabilities
+        .iter()
+        .filter(|c| !KNOWN_CAPABILITIES.contains(&c.as_str()))
+    {
+        eprintln!(
+            "km-sign: warning: capability {unknown:?} is not one this km knows (known: {}); it grants nothing here",
+            KNOWN_CAPABILITIES.join(", ")
+        );
+    }
     let manifest = Manifest {
-        kind: MANIFEST_KIND.to_owned(),
+        kind: Manifest::kind_for(&capabilities, args.grants.fail_open).to_owned(),
         name: args.name.clone(),
         version: args.version.clone(),
         tier,
@@ -196,6 +206,8 @@ fn build_manifest(args: &ManifestArgs, key_id: &KeyId, lib: &[u8]) -> Result<Man
         issued_at: format_timestamp(now),
         expires_at,
         customer: args.customer.clone(),
+        capabilities,
+        fail_open: args.grants.fail_open,
         key_id: key_id.to_string(),
     };
     manifest.validate().context("invalid manifest values")?;

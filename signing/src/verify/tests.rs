@@ -6,7 +6,7 @@ use km_abi::Tier;
 
 use super::*;
 use crate::keys::{Algorithm, PrivateKey};
-use crate::manifest::{format_timestamp, parse_date};
+use crate::manifest::{format_timestamp, parse_date, MANIFEST_KIND};
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 const LIB: &[u8] = b"\x7fELF pretend this is a plugin library";
@@ -66,6 +66,8 @@ fn manifest_for(key: &PrivateKey, lib: &[u8]) -> Manifest {
         issued_at: "2026-11-25T06:21:20Z".to_owned(),
         expires_at: Some("2027-01-01T00:00:00Z".to_owned()),
         customer: None,
+        capabilities: Vec::new(),
+        fail_open: false,
         key_id: key.public_key().key_id().to_string(),
     }
 }

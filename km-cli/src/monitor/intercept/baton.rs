@@ -197,6 +197,7 @@ mod tests {
         value: u32,
     }
 
+    #[allow(clippy::boxed_local)] // the signature is the watchdog's `Resume`
     fn resume(state: Box<State>, index: usize) {
         let _ = state.done.send((state.value, index));
     }
