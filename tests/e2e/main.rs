@@ -2,6 +2,7 @@
 //! One binary, a module per topic. Run `cargo build --workspace` first (see README).
 
 mod distribution;
+mod intercept;
 mod interop;
 mod loader;
 mod monitor;

@@ -8,6 +8,8 @@ mod plugins;
 mod process;
 mod relay;
 
+pub(crate) use relay::mixed_messages;
+
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -30,7 +32,7 @@ fn monitor(home: &Path, km_args: &[&str], child: &[&str]) -> Command {
 
 /// Writes `input` to the child's stdin on a thread (then closes it) while reading its stdout and
 /// stderr, so that neither direction can block the other. Returns (status, stdout, stderr).
-fn exchange(mut child: Child, input: Vec<u8>) -> (ExitStatus, Vec<u8>, Vec<u8>) {
+pub(crate) fn exchange(mut child: Child, input: Vec<u8>) -> (ExitStatus, Vec<u8>, Vec<u8>) {
     let mut stdin = child.stdin.take().expect("stdin is piped");
     let writer = std::thread::spawn(move || {
         // The child may exit before reading everything; that is for the caller to judge.
@@ -72,7 +74,7 @@ fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 }
 
 /// Asserts two byte streams are identical without dumping megabytes on failure.
-fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+pub(crate) fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
     if got == want {
         return;
     }

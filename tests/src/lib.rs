@@ -204,13 +204,35 @@ impl KmEnv {
 
     /// Installs a workspace plugin under its usual file name, signed as `name` 1.0.0, tier free.
     pub fn install(&self, crate_name: &str, name: &str) -> PathBuf {
+        self.install_signed(crate_name, name, &[])
+    }
+
+    /// Like [`KmEnv::install`], with `extra` arguments to `km-sign sign` (for example
+    /// `--capability intercept`).
+    pub fn install_signed(&self, crate_name: &str, name: &str, extra: &[&str]) -> PathBuf {
         let file = format!(
             "{}{}{}",
             std::env::consts::DLL_PREFIX,
             crate_name.replace('-', "_"),
             std::env::consts::DLL_SUFFIX
         );
-        self.install_as(crate_name, &file, name, "1.0.0", "free")
+        let dest = self.plugins.join(file);
+        std::fs::copy(plugin_lib(crate_name), &dest).expect("copying the plugin library");
+        chmod(&dest, 0o644);
+        self.sign_with(&dest, &self.key, name, "1.0.0", "free", extra);
+        dest
+    }
+
+    /// Writes `KM_HOME/config.toml` (mode 0600, as km wants a file that may hold a key).
+    pub fn write_config(&self, text: &str) {
+        let path = self.home.join("config.toml");
+        km_durable::write_atomic(&path, text.as_bytes(), km_durable::PRIVATE)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A plugin's data directory in this `KM_HOME`.
+    pub fn data_dir(&self, plugin: &str) -> PathBuf {
+        self.home.join("state").join("plugins").join(plugin)
     }
 }
 

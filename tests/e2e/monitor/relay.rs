@@ -5,7 +5,7 @@
 use super::{assert_same_bytes, exchange, monitor};
 
 /// `count` lines of every kind the relay must pass untouched, ending without a newline.
-pub(super) fn mixed_messages(count: usize) -> Vec<u8> {
+pub(crate) fn mixed_messages(count: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(count * 80);
     for i in 0..count {
         let line: Vec<u8> = match i % 12 {

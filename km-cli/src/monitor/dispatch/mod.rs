@@ -131,7 +131,9 @@ pub(crate) struct LaneState {
     pub(crate) name: String,
     pub(crate) drops: AtomicU64,
     /// Messages a lossless lane missed (back-pressure refused) and not yet reported in a gap event.
-    gap: AtomicU64,
+    pub(crate) gap: AtomicU64,
+    /// Whether the plugin asked for every message.
+    lossless: bool,
     pub(crate) handled: AtomicU64,
     pub(crate) disabled: AtomicBool,
     /// Messages and bytes of lines in the queue (added before a send, subtracted once handled or
@@ -184,7 +186,6 @@ pub struct Workers {
     progress: Receiver<(usize, Phase)>,
     end: Arc<OnceLock<EndOfStream>>,
     notices: Notices,
-    lossless: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,7 +220,6 @@ pub fn start_lanes(
     backpressure: bool,
     notices: Notices,
 ) -> (Dispatcher, Workers) {
-    let lossless = specs.iter().any(|spec| spec.lossless);
     let (progress_tx, progress) = mpsc::channel();
     let end = Arc::new(OnceLock::new());
     let mut lanes = Vec::with_capacity(specs.len());
@@ -237,6 +237,7 @@ pub fn start_lanes(
             name: plugin.name().to_owned(),
             drops: AtomicU64::new(0),
             gap: AtomicU64::new(0),
+            lossless,
             handled: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
             queued_messages: AtomicUsize::new(0),
@@ -280,7 +281,6 @@ pub fn start_lanes(
             progress,
             end,
             notices,
-            lossless,
         },
     )
 }
@@ -395,18 +395,33 @@ impl Workers {
         let mut drained = vec![false; n];
         let mut finished = vec![false; n];
         let deadline = Instant::now() + drain;
-        self.wait(&mut drained, &mut finished, Phase::Drained, deadline);
+        self.wait(&mut drained, &mut finished, Phase::Drained, deadline, false);
+        // A plugin that may lose messages is cut short now; one that asked for every message
+        // gets more time as long as it makes progress (a hung one still cannot keep km).
+        let mut lossless_behind = false;
         for (state, done) in self.states.iter().zip(&drained) {
-            if !done {
-                self.notices.warn(&format!(
-                    "plugin {} did not catch up within {drain:?}; skipping the rest of its queue",
-                    state.name
-                ));
-                state.abort.store(true, Ordering::Relaxed);
+            if !done && !state.lossless {
+                self.skip_rest(state, drain);
+            }
+            lossless_behind |= !done && state.lossless;
+        }
+        if lossless_behind {
+            let deadline = Instant::now() + drain;
+            self.wait(&mut drained, &mut finished, Phase::Drained, deadline, true);
+        }
+        for (state, done) in self.states.iter().zip(&drained) {
+            if !done && state.lossless {
+                self.skip_rest(state, drain);
             }
         }
         let deadline = Instant::now() + shutdown;
-        self.wait(&mut drained, &mut finished, Phase::Finished, deadline);
+        self.wait(
+            &mut drained,
+            &mut finished,
+            Phase::Finished,
+            deadline,
+            false,
+        );
         for (state, done) in self.states.iter().zip(&finished) {
             if !done {
                 self.notices.warn(&format!(
@@ -438,10 +453,27 @@ impl Workers {
             .collect()
     }
 
-    /// Waits until every lane reached `phase` or `deadline` passed. With `--lossless`, while
-    /// draining, the deadline moves on as long as some lane still makes progress: every message
-    /// is delivered to a plugin that is slow but alive, and a hung one still cannot keep km.
-    fn wait(&self, drained: &mut [bool], finished: &mut [bool], phase: Phase, deadline: Instant) {
+    fn skip_rest(&self, state: &LaneState, drain: Duration) {
+        if state.abort.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.notices.warn(&format!(
+            "plugin {} did not catch up within {drain:?}; skipping the rest of its queue",
+            state.name
+        ));
+    }
+
+    /// Waits until every lane reached `phase` or `deadline` passed. With `extend`, the deadline
+    /// moves on as long as a lossless lane still makes progress: every message is delivered to
+    /// a plugin that asked for all of them and is slow but alive.
+    fn wait(
+        &self,
+        drained: &mut [bool],
+        finished: &mut [bool],
+        phase: Phase,
+        deadline: Instant,
+        extend: bool,
+    ) {
         let target = |drained: &[bool], finished: &[bool]| match phase {
             Phase::Drained => drained.iter().all(|d| *d),
             Phase::Finished => finished.iter().all(|d| *d),
@@ -462,7 +494,7 @@ impl Workers {
                     finished[index] = true;
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.lossless && phase == Phase::Drained {
+                    if extend {
                         let now_handled = self.handled();
                         if now_handled != handled {
                             handled = now_handled;
@@ -475,9 +507,11 @@ impl Workers {
         }
     }
 
+    /// Messages handled so far by the lossless lanes.
     fn handled(&self) -> u64 {
         self.states
             .iter()
+            .filter(|s| s.lossless)
             .map(|s| s.handled.load(Ordering::Relaxed))
             .sum()
     }

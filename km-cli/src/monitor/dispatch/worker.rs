@@ -60,6 +60,18 @@ impl Worker {
             self.state.release(messages, bytes);
         }
         let _ = progress.send((self.index, Phase::Drained));
+        // Messages missed since the last gap event: said before the end.
+        let missed = self.state.gap.swap(0, Ordering::Relaxed);
+        if missed > 0 && !self.state.disabled.load(Ordering::Relaxed) {
+            let gap = StreamEvent {
+                kind: StreamEventKind::GAP,
+                timestamp_ms: crate::monitor::now_ms(),
+                data: format!("{{\"missed\":{missed}}}").into(),
+            };
+            if let Err(failure) = self.plugin.handle_stream_event(&gap) {
+                self.failed(&failure, &mut limiter);
+            }
+        }
         if !self.state.disabled.load(Ordering::Relaxed) {
             if let Some(end) = self.end.get() {
                 let mut data = end.data.clone();
