@@ -18,10 +18,11 @@ use ring::signature::{self, Ed25519KeyPair, KeyPair as _, RsaKeyPair};
 
 use std::path::Path;
 
-use crate::der;
 use crate::fsutil::{self, Replace};
 use crate::pem;
 use crate::Error;
+
+mod asn1;
 
 /// The smallest RSA modulus accepted.
 pub const MIN_RSA_BITS: usize = 2048;
@@ -117,6 +118,8 @@ pub struct PublicKey {
     spki: Vec<u8>,
     /// What ring verifies with: 32 raw bytes (Ed25519) or the PKCS#1 `RSAPublicKey` DER.
     raw: Vec<u8>,
+    /// The SPKI as `BEGIN PUBLIC KEY` PEM, encoded once when the key is made.
+    pem: String,
 }
 
 impl fmt::Debug for PublicKey {
@@ -146,10 +149,10 @@ impl PublicKey {
 
     /// Reads a SubjectPublicKeyInfo DER.
     pub fn from_spki_der(der_bytes: &[u8]) -> Result<Self, Error> {
-        let (oid, key) = der::parse_spki(der_bytes).map_err(Error::bad_key)?;
-        if oid == der::OID_ED25519 {
+        let (oid, key) = asn1::parse_spki(der_bytes).map_err(Error::bad_key)?;
+        if oid == asn1::ED25519 {
             Self::from_ed25519_raw(key)
-        } else if oid == der::OID_RSA {
+        } else if oid == asn1::RSA {
             Self::from_rsa_pkcs1(key)
         } else {
             Err(unsupported_key(oid))
@@ -163,26 +166,33 @@ impl PublicKey {
                 raw.len()
             )));
         }
-        Ok(PublicKey {
-            algorithm: Algorithm::Ed25519,
-            spki: der::spki_ed25519(raw),
-            raw: raw.to_vec(),
-        })
+        Self::new(Algorithm::Ed25519, raw)
     }
 
     fn from_rsa_pkcs1(pkcs1: &[u8]) -> Result<Self, Error> {
-        let bits = der::rsa_modulus_bits(pkcs1, false).map_err(Error::bad_key)?;
-        check_rsa_bits(bits)?;
+        check_rsa_bits(asn1::rsa_public_bits(pkcs1).map_err(Error::bad_key)?)?;
+        Self::new(Algorithm::RsaPkcs1Sha256, pkcs1)
+    }
+
+    /// The key from what ring verifies with (checked by the caller), its canonical SPKI and PEM.
+    fn new(algorithm: Algorithm, raw: &[u8]) -> Result<Self, Error> {
+        let oid = match algorithm {
+            Algorithm::Ed25519 => asn1::ED25519,
+            Algorithm::RsaPkcs1Sha256 => asn1::RSA,
+        };
+        let spki = asn1::spki(oid, raw).map_err(Error::bad_key)?;
+        let pem = pem::encode("PUBLIC KEY", &spki).map_err(Error::bad_key)?;
         Ok(PublicKey {
-            algorithm: Algorithm::RsaPkcs1Sha256,
-            spki: der::spki_rsa(pkcs1),
-            raw: pkcs1.to_vec(),
+            algorithm,
+            spki,
+            raw: raw.to_vec(),
+            pem,
         })
     }
 
     /// The key as `BEGIN PUBLIC KEY` PEM.
     pub fn to_pem(&self) -> String {
-        pem::encode("PUBLIC KEY", &self.spki)
+        self.pem.clone()
     }
 
     /// Writes the PEM to `path` atomically, mode 0644; an existing file is replaced only when
@@ -228,15 +238,18 @@ enum PrivateInner {
 /// A private key that can sign. Its `Debug` never shows key material.
 pub struct PrivateKey {
     inner: PrivateInner,
-    /// PKCS#8 DER, kept for [`PrivateKey::to_pem`].
-    pkcs8: Vec<u8>,
+    /// The PKCS#8 DER (v1 for Ed25519) as `BEGIN PRIVATE KEY` PEM, encoded once when the key is
+    /// read, so that writing it cannot fail.
+    pem: String,
+    /// The matching public key, made once when the key is read.
+    public: PublicKey,
 }
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PrivateKey")
             .field("algorithm", &self.algorithm())
-            .field("key_id", &self.public_key().key_id().0)
+            .field("key_id", &self.public.key_id().0)
             .finish_non_exhaustive()
     }
 }
@@ -293,43 +306,54 @@ impl PrivateKey {
 
     /// Reads a PKCS#8 DER private key (v1 or v2).
     pub fn from_pkcs8(der_bytes: &[u8]) -> Result<Self, Error> {
-        let (oid, key) = der::parse_pkcs8(der_bytes).map_err(Error::bad_key)?;
-        if oid == der::OID_ED25519 {
+        let (oid, key) = asn1::parse_pkcs8(der_bytes).map_err(Error::bad_key)?;
+        if oid == asn1::ED25519 {
             // openssl writes PKCS#8 v1 (no public key inside), which `from_pkcs8` refuses.
             let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der_bytes)
                 .map_err(|e| Error::bad_key(format!("unusable Ed25519 private key ({e})")))?;
             // Kept as v1 whatever was read: OpenSSL 3.0 cannot read ring's v2 documents.
-            let v1 = der::pkcs8_ed25519_v1(key);
-            Ok(PrivateKey {
-                inner: PrivateInner::Ed25519(pair),
-                pkcs8: v1,
-            })
-        } else if oid == der::OID_RSA {
-            check_rsa_bits(der::rsa_modulus_bits(key, true).map_err(Error::bad_key)?)?;
+            let v1 = asn1::pkcs8_v1(asn1::ED25519, key).map_err(Error::bad_key)?;
+            let public = PublicKey::new(Algorithm::Ed25519, pair.public_key().as_ref())?;
+            Self::with_parts(PrivateInner::Ed25519(pair), v1, public)
+        } else if oid == asn1::RSA {
+            check_rsa_bits(asn1::rsa_private_bits(key).map_err(Error::bad_key)?)?;
             let pair = RsaKeyPair::from_pkcs8(der_bytes)
                 .map_err(|e| Error::bad_key(format!("unusable RSA private key ({e})")))?;
-            Ok(PrivateKey {
-                inner: PrivateInner::Rsa(pair),
-                pkcs8: der_bytes.to_vec(),
-            })
+            Self::rsa(pair, der_bytes.to_vec())
         } else {
             Err(unsupported_key(oid))
         }
     }
 
     fn from_rsa_pkcs1(pkcs1: &[u8]) -> Result<Self, Error> {
-        check_rsa_bits(der::rsa_modulus_bits(pkcs1, true).map_err(Error::bad_key)?)?;
+        check_rsa_bits(asn1::rsa_private_bits(pkcs1).map_err(Error::bad_key)?)?;
         let pair = RsaKeyPair::from_der(pkcs1)
             .map_err(|e| Error::bad_key(format!("unusable RSA private key ({e})")))?;
-        Ok(PrivateKey {
-            inner: PrivateInner::Rsa(pair),
-            pkcs8: der::pkcs8_rsa(pkcs1),
-        })
+        Self::rsa(
+            pair,
+            asn1::pkcs8_v1(asn1::RSA, pkcs1).map_err(Error::bad_key)?,
+        )
+    }
+
+    fn rsa(pair: RsaKeyPair, pkcs8: Vec<u8>) -> Result<Self, Error> {
+        let public = PublicKey::new(Algorithm::RsaPkcs1Sha256, pair.public_key().as_ref())?;
+        Self::with_parts(PrivateInner::Rsa(pair), pkcs8, public)
+    }
+
+    fn with_parts(inner: PrivateInner, pkcs8: Vec<u8>, public: PublicKey) -> Result<Self, Error> {
+        let pem = pem::encode("PRIVATE KEY", &pkcs8).map_err(Error::bad_key)?;
+        Ok(PrivateKey { inner, pem, public })
     }
 
     /// The key as PKCS#8 `BEGIN PRIVATE KEY` PEM, which openssl reads too.
     pub fn to_pem(&self) -> String {
-        pem::encode("PRIVATE KEY", &self.pkcs8)
+        self.pem.clone()
+    }
+
+    /// The PKCS#8 DER, for tests.
+    #[cfg(test)]
+    pub(crate) fn pkcs8(&self) -> Vec<u8> {
+        pem::decode(&self.pem).expect("km's own PEM").1
     }
 
     /// Writes the PEM to `path` atomically, created with mode 0600 (never briefly readable by
@@ -341,24 +365,7 @@ impl PrivateKey {
 
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
-        match &self.inner {
-            PrivateInner::Ed25519(pair) => {
-                let raw = pair.public_key().as_ref();
-                PublicKey {
-                    algorithm: Algorithm::Ed25519,
-                    spki: der::spki_ed25519(raw),
-                    raw: raw.to_vec(),
-                }
-            }
-            PrivateInner::Rsa(pair) => {
-                let raw = pair.public_key().as_ref();
-                PublicKey {
-                    algorithm: Algorithm::RsaPkcs1Sha256,
-                    spki: der::spki_rsa(raw),
-                    raw: raw.to_vec(),
-                }
-            }
-        }
+        self.public.clone()
     }
 
     /// The key's algorithm.
@@ -396,10 +403,9 @@ fn check_rsa_bits(bits: usize) -> Result<(), Error> {
     Ok(())
 }
 
-fn unsupported_key(oid: &[u8]) -> Error {
+fn unsupported_key(oid: spki::ObjectIdentifier) -> Error {
     Error::bad_key(format!(
-        "unsupported key type (algorithm OID bytes {}); km accepts Ed25519 and RSA keys",
-        km_durable::digest::hex(oid)
+        "unsupported key type (algorithm {oid}); km accepts Ed25519 and RSA keys"
     ))
 }
 

@@ -80,7 +80,6 @@
 
 #![forbid(unsafe_code)]
 
-mod der;
 mod error;
 mod fsutil;
 pub mod keys;

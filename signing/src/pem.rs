@@ -1,25 +1,31 @@
-//! PEM armour (RFC 7468): the text form of keys that openssl reads and writes.
+//! PEM armour (RFC 7468) of keys, by pem-rfc7468 (through `der`'s `pem` feature).
 //!
-//! Only what keys need: the first `-----BEGIN LABEL-----` block of a text (explanatory text
-//! before it is allowed, as openssl may write it), base64 body, matching END line. Headers
-//! (`Proc-Type:`, which marks legacy encrypted keys) are refused.
+//! Encoding is pem-rfc7468's as it is: 64-character lines, LF, a final newline, what openssl
+//! writes. Decoding is pem-rfc7468's too, after one step of km's own, kept for a measured
+//! reason: pem-rfc7468 accepts only base64 lines of exactly 64 characters, and nothing after the
+//! END line. km has always read, and openssl reads, PEM wrapped at other widths (76-column MIME
+//! wrapping, one long line), lines with surrounding blanks, and a key followed by other text;
+//! the key id test pins that (`keys::tests::key_id_is_stable_and_canonical`). So km finds the
+//! first `-----BEGIN LABEL-----` block (explanatory text before it is allowed, as openssl may
+//! write it), refuses headers (`Proc-Type:` marks legacy encrypted keys), re-wraps the body at
+//! 64 columns, and hands that block to pem-rfc7468, which checks the label, the matching END
+//! line and the base64 (constant-time, as befits private keys).
 
-use base64::Engine as _;
+use der::pem::{self, LineEnding};
+
+/// The base64 line width of RFC 7468 (and openssl).
+const WIDTH: usize = 64;
 
 /// The label and DER contents of the first PEM block in `text`.
 pub(crate) fn decode(text: &str) -> Result<(String, Vec<u8>), String> {
     let mut lines = text.lines().map(str::trim);
-    let label = loop {
-        let line = lines
-            .next()
-            .ok_or("no PEM block (-----BEGIN ...-----) found")?;
-        if let Some(rest) = line.strip_prefix("-----BEGIN ") {
-            let label = rest
-                .strip_suffix("-----")
-                .ok_or("malformed PEM BEGIN line")?;
-            break label.to_owned();
-        }
-    };
+    let begin = lines
+        .find(|line| line.starts_with("-----BEGIN "))
+        .ok_or("no PEM block (-----BEGIN ...-----) found")?;
+    let label = begin
+        .strip_prefix("-----BEGIN ")
+        .and_then(|rest| rest.strip_suffix("-----"))
+        .ok_or("malformed PEM BEGIN line")?;
     let end = format!("-----END {label}-----");
     let mut body = String::new();
     loop {
@@ -36,26 +42,27 @@ pub(crate) fn decode(text: &str) -> Result<(String, Vec<u8>), String> {
         }
         body.push_str(line);
     }
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(body.as_bytes())
-        .map_err(|e| format!("PEM block {label} is not valid base64: {e}"))?;
-    if der.is_empty() {
+    if body.is_empty() {
         return Err(format!("PEM block {label} is empty"));
     }
-    Ok((label, der))
+    let mut block = format!("{begin}\n");
+    // Base64 is ASCII, so splitting by bytes keeps it whole; a body that is not ASCII may be
+    // garbled by the split, and pem-rfc7468 refuses it either way.
+    for chunk in body.as_bytes().chunks(WIDTH) {
+        block.push_str(&String::from_utf8_lossy(chunk));
+        block.push('\n');
+    }
+    block.push_str(&end);
+    block.push('\n');
+    let (decoded_label, der) = pem::decode_vec(block.as_bytes())
+        .map_err(|e| format!("PEM block {label} is not valid: {e}"))?;
+    Ok((decoded_label.to_owned(), der))
 }
 
 /// PEM text with 64-character lines and a final newline.
-pub(crate) fn encode(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    // base64 output is ASCII, so splitting by bytes keeps character boundaries.
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(chunk));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+pub(crate) fn encode(label: &'static str, der: &[u8]) -> Result<String, String> {
+    pem::encode_string(label, LineEnding::LF, der)
+        .map_err(|e| format!("cannot encode a {label} PEM block: {e}"))
 }
 
 #[cfg(test)]
@@ -63,13 +70,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_with_leading_text() {
+    fn round_trip_with_leading_text_and_other_widths() {
         let der: Vec<u8> = (0..=255).collect();
-        let text = format!("some comment\n{}", encode("PUBLIC KEY", &der));
+        let pem_text = encode("PUBLIC KEY", &der).expect("encodes");
+        let text = format!("some comment\n{pem_text}");
+        assert_eq!(
+            decode(&text).expect("decodes"),
+            ("PUBLIC KEY".to_owned(), der.clone())
+        );
+        // The same base64 in 76-column lines, CRLF, blanks around lines, text after the block.
+        let b64: String = pem_text
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let wrapped: Vec<&str> = b64
+            .as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).expect("ascii"))
+            .collect();
+        let text = format!(
+            "-----BEGIN PUBLIC KEY-----\r\n  {}  \r\n-----END PUBLIC KEY-----\r\nmore text\n",
+            wrapped.join("\r\n")
+        );
         assert_eq!(
             decode(&text).expect("decodes"),
             ("PUBLIC KEY".to_owned(), der)
         );
+    }
+
+    #[test]
+    fn encoding_is_what_openssl_writes() {
+        let text = encode("PUBLIC KEY", &[0u8; 60]).expect("encodes");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "-----BEGIN PUBLIC KEY-----");
+        assert_eq!(lines[1].len(), 64);
+        assert_eq!(lines[2], "AAAAAAAAAAAAAAAA");
+        assert_eq!(lines[3], "-----END PUBLIC KEY-----");
+        assert!(text.ends_with("-----\n"));
     }
 
     #[test]
@@ -81,6 +118,8 @@ mod tests {
             "-----BEGIN X-----\n!!!!\n-----END X-----\n",
             "-----BEGIN X-----\n-----END X-----\n",
             "-----BEGIN X-----\nProc-Type: 4,ENCRYPTED\nAAAA\n-----END X-----\n",
+            "-----BEGIN X-----\nAAA\n-----END X-----\n",
+            "-----BEGIN X-----\nAA==AA==\n-----END X-----\n",
         ] {
             assert!(decode(text).is_err(), "{text:?}");
         }

@@ -56,9 +56,9 @@ fn rsa_pkcs1_private_key_is_accepted() {
     use rsa::pkcs8::DecodePrivateKey as _;
     let key = rsa_key();
     let parsed =
-        rsa::RsaPrivateKey::from_pkcs8_der(&key.pkcs8).expect("rsa crate reads ring's key");
+        rsa::RsaPrivateKey::from_pkcs8_der(&key.pkcs8()).expect("rsa crate reads ring's key");
     let pkcs1 = parsed.to_pkcs1_der().expect("pkcs1");
-    let pem_text = crate::pem::encode("RSA PRIVATE KEY", pkcs1.as_bytes());
+    let pem_text = crate::pem::encode("RSA PRIVATE KEY", pkcs1.as_bytes()).expect("pem");
     let from_pkcs1 = PrivateKey::from_pem(&pem_text).expect("reads PKCS#1");
     assert_eq!(from_pkcs1.public_key(), key.public_key());
     // Re-exported as PKCS#8, it reads back to the same key.
@@ -73,7 +73,7 @@ fn rsa_pkcs1_private_key_is_accepted() {
 #[test]
 fn key_id_is_stable_and_canonical() {
     // A fixed Ed25519 public key: its id must never change, or every trust store breaks.
-    let spki = der::spki_ed25519(&[0x11; 32]);
+    let spki = asn1::spki(asn1::ED25519, &[0x11; 32]).expect("spki");
     let public = PublicKey::from_spki_der(&spki).expect("parses");
     let expected = hex::encode(&ring::digest::digest(&ring::digest::SHA256, &spki).as_ref()[..16]);
     assert_eq!(public.key_id().as_str(), expected);
@@ -112,13 +112,14 @@ fn rsa_1024_is_refused_as_weak() {
     use rsa::pkcs8::EncodePrivateKey as _;
     let small = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 1024).expect("1024-bit key");
     let pkcs8 = small.to_pkcs8_der().expect("pkcs8");
-    let pem_text = crate::pem::encode("PRIVATE KEY", pkcs8.as_bytes());
+    let pem_text = crate::pem::encode("PRIVATE KEY", pkcs8.as_bytes()).expect("pem");
     assert!(matches!(
         PrivateKey::from_pem(&pem_text),
         Err(Error::WeakKey { bits: 1024 })
     ));
     let pkcs1 = small.to_public_key().to_pkcs1_der().expect("pkcs1");
-    let pub_pem = crate::pem::encode("PUBLIC KEY", &der::spki_rsa(pkcs1.as_bytes()));
+    let spki = asn1::spki(asn1::RSA, pkcs1.as_bytes()).expect("spki");
+    let pub_pem = crate::pem::encode("PUBLIC KEY", &spki).expect("pem");
     assert!(matches!(
         PublicKey::from_pem(&pub_pem),
         Err(Error::WeakKey { bits: 1024 })
@@ -222,13 +223,13 @@ fn key_files_are_private_and_not_overwritten_by_default() {
 fn ed25519_keys_are_written_as_pkcs8_v1_for_openssl() {
     let key = PrivateKey::generate(Algorithm::Ed25519).expect("generates");
     // PKCS#8 v1 Ed25519: a fixed 16-byte header, then the 32-byte seed.
-    assert_eq!(key.pkcs8.len(), 48);
+    assert_eq!(key.pkcs8().len(), 48);
     assert_eq!(
-        hex::encode(&key.pkcs8[..16]),
+        hex::encode(&key.pkcs8()[..16]),
         "302e020100300506032b657004220420"
     );
     assert_eq!(
-        PrivateKey::from_pkcs8(&key.pkcs8)
+        PrivateKey::from_pkcs8(&key.pkcs8())
             .expect("reads")
             .public_key(),
         key.public_key()
