@@ -414,10 +414,7 @@ fn a_batch_is_judged_element_by_element() {
     assert!(ok, "{stderr}");
     assert_eq!(json(&lines(&stdout)[0])["id"], 2);
     let got = std::fs::read_to_string(&record).expect("record");
-    assert_eq!(
-        got,
-        format!("[{},{initialized}]\n", tool_call(1, "fine"))
-    );
+    assert_eq!(got, format!("[{},{initialized}]\n", tool_call(1, "fine")));
 }
 
 #[test]
