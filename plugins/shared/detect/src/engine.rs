@@ -1,0 +1,324 @@
+//! The detector: one Aho-Corasick automaton over every rule's prefixes, anchors and keywords,
+//! then per-rule validation only at the candidate positions it reports, plus one byte pass for
+//! personal data. Each decoded string is scanned once, whatever the number of rules.
+//!
+//! Why Aho-Corasick rather than a `RegexSet`: a `RegexSet` says which rules match but not where,
+//! so each matching rule would rescan the string to find its match; the automaton reports every
+//! anchor with its position in one pass, and the anchors are literals anyway. The automaton is
+//! ASCII case-insensitive (keywords are); token rules re-check their prefix's exact case.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use ring::hmac;
+
+use crate::finding::{Fingerprint, Incomplete};
+use crate::rules::{self, generic, injection, pii, secrets, Hit, RuleInfo};
+
+/// How much work one line may cost. Every bound is per line; past one, the line is reported
+/// [`Incomplete`] (or the bounded extra work is skipped, as documented per field).
+///
+/// The scan is linear in the line: each byte is decoded at most once per nesting level and
+/// each decoded byte passes the automaton once, so the work per line is at most about
+/// `max_line_bytes * (1 + max_nested_depth)` bytes of scanning plus `max_fragment_bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Longest line that is scanned at all (default 8 MiB). Longer lines are not scanned and
+    /// are reported [`Incomplete::LineTooLarge`]: the plugin blocks or passes them by policy.
+    pub max_line_bytes: usize,
+    /// Deepest container nesting followed (default 64, at most 512). Deeper lines are reported
+    /// [`Incomplete::TooDeep`].
+    pub max_depth: usize,
+    /// How many levels of JSON inside strings are parsed and scanned as JSON (default 2; the
+    /// text of every string is scanned regardless).
+    pub max_nested_depth: usize,
+    /// Total bytes of nested JSON documents parsed per line (default 1 MiB); past it, strings
+    /// are scanned as text only.
+    pub max_nested_bytes: usize,
+    /// Total bytes of sibling-fragment concatenations scanned per line (default 64 KiB).
+    pub max_fragment_bytes: usize,
+    /// Most findings reported per line (default 256); then [`Incomplete::TooManyFindings`].
+    pub max_findings: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line_bytes: 8 << 20,
+            max_depth: 64,
+            max_nested_depth: 2,
+            max_nested_bytes: 1 << 20,
+            max_fragment_bytes: 64 << 10,
+            max_findings: 256,
+        }
+    }
+}
+
+impl Limits {
+    /// Sets [`Limits::max_line_bytes`].
+    pub fn max_line_bytes(mut self, n: usize) -> Self {
+        self.max_line_bytes = n;
+        self
+    }
+    /// Sets [`Limits::max_depth`] (capped at 512 so recursion stays within the stack).
+    pub fn max_depth(mut self, n: usize) -> Self {
+        self.max_depth = n.min(512);
+        self
+    }
+    /// Sets [`Limits::max_nested_depth`].
+    pub fn max_nested_depth(mut self, n: usize) -> Self {
+        self.max_nested_depth = n;
+        self
+    }
+    /// Sets [`Limits::max_findings`].
+    pub fn max_findings(mut self, n: usize) -> Self {
+        self.max_findings = n;
+        self
+    }
+}
+
+/// Computes [`Fingerprint`]s: HMAC-SHA256 under a caller-supplied key, truncated to 4 bytes.
+/// Use one key per installation (or per team) so fingerprints correlate within it and nowhere
+/// else.
+#[derive(Clone)]
+pub struct Fingerprinter {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for Fingerprinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fingerprinter(..)")
+    }
+}
+
+impl Fingerprinter {
+    /// A fingerprinter keyed with `key` (at least 16 bytes).
+    pub fn new(key: &[u8]) -> Result<Self, crate::Error> {
+        if key.len() < 16 {
+            return Err(crate::Error::FingerprintKeyTooShort { len: key.len() });
+        }
+        Ok(Fingerprinter { key: hmac::Key::new(hmac::HMAC_SHA256, key) })
+    }
+
+    /// The fingerprint of `value`.
+    pub fn fingerprint(&self, value: &[u8]) -> Fingerprint {
+        let tag = hmac::sign(&self.key, value);
+        let mut out = [0u8; 4];
+        out.copy_from_slice(&tag.as_ref()[..4]);
+        Fingerprint(out)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Trigger {
+    Token(usize),
+    Custom(&'static str),
+    Keyword,
+    Injection(injection::Kind),
+}
+
+/// How a string is to be scanned.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct StrCtx<'a> {
+    /// Lower-cased object key of this value, and `parent.key` for provider keywords.
+    pub(crate) key: Option<(&'a [u8], &'a [u8])>,
+    pub(crate) inj: injection::Ctx<'a>,
+    /// Only secret rules (fragment concatenations).
+    pub(crate) secrets_only: bool,
+}
+
+/// The detector. Build once (it compiles the prefilter) and share: it is `Send + Sync` and
+/// every scan method takes `&self`.
+#[derive(Clone)]
+pub struct Detector {
+    ac: AhoCorasick,
+    triggers: Vec<Vec<Trigger>>,
+    pub(crate) limits: Limits,
+    pub(crate) fingerprinter: Option<Fingerprinter>,
+    catalogue: Vec<RuleInfo>,
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detector")
+            .field("rules", &self.catalogue.len())
+            .field("patterns", &self.triggers.len())
+            .field("limits", &self.limits)
+            .field("fingerprints", &self.fingerprinter.is_some())
+            .finish()
+    }
+}
+
+impl Default for Detector {
+    fn default() -> Self {
+        Detector::new()
+    }
+}
+
+/// Builds a [`Detector`] with non-default limits or a fingerprint key.
+#[derive(Debug, Default)]
+pub struct DetectorBuilder {
+    limits: Limits,
+    fingerprinter: Option<Fingerprinter>,
+}
+
+impl DetectorBuilder {
+    /// Uses these limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+    /// Fills [`crate::Finding::fingerprint`] with keyed hashes.
+    pub fn fingerprints(mut self, f: Fingerprinter) -> Self {
+        self.fingerprinter = Some(f);
+        self
+    }
+    /// Compiles the detector.
+    pub fn build(self) -> Detector {
+        let mut d = Detector::compile();
+        d.limits = self.limits;
+        d.limits.max_depth = d.limits.max_depth.min(512);
+        d.fingerprinter = self.fingerprinter;
+        d
+    }
+}
+
+impl Detector {
+    /// A detector with the default [`Limits`] and no fingerprints.
+    pub fn new() -> Detector {
+        Detector::compile()
+    }
+
+    /// A builder for non-default settings.
+    pub fn builder() -> DetectorBuilder {
+        DetectorBuilder::default()
+    }
+
+    fn compile() -> Detector {
+        let mut patterns: Vec<Vec<u8>> = Vec::new();
+        let mut triggers: Vec<Vec<Trigger>> = Vec::new();
+        let mut add = |p: &[u8], t: Trigger| {
+            let lower: Vec<u8> = p.iter().map(|c| c.to_ascii_lowercase()).collect();
+            match patterns.iter().position(|x| *x == lower) {
+                Some(i) => {
+                    // One Keyword trigger per pattern is enough.
+                    if !(matches!(t, Trigger::Keyword) && triggers[i].iter().any(|x| matches!(x, Trigger::Keyword))) {
+                        triggers[i].push(t);
+                    }
+                }
+                None => {
+                    patterns.push(lower);
+                    triggers.push(vec![t]);
+                }
+            }
+        };
+        for (i, r) in secrets::TOKEN_RULES.iter().enumerate() {
+            for p in r.prefixes {
+                add(p.as_bytes(), Trigger::Token(i));
+            }
+        }
+        for a in secrets::CUSTOM_ANCHORS {
+            add(a.as_bytes(), Trigger::Custom(a));
+        }
+        for k in generic::KEYWORDS.iter().copied().chain(secrets::context_keywords()) {
+            add(k.as_bytes(), Trigger::Keyword);
+        }
+        for (p, kind) in injection::ANCHORS {
+            add(p, Trigger::Injection(*kind));
+        }
+        let ac = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(&patterns)
+            .expect("the rule patterns are a fixed, valid set of literals");
+        Detector { ac, triggers, limits: Limits::default(), fingerprinter: None, catalogue: rules::catalogue() }
+    }
+
+    /// Every rule, each id once, in catalogue order.
+    pub fn rules(&self) -> &[RuleInfo] {
+        &self.catalogue
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether a line of `len` bytes is over the inspection limit (the plugin can decide before
+    /// buffering or scanning it). `None` means it will be scanned.
+    pub fn check_size(&self, len: usize) -> Option<Incomplete> {
+        (len > self.limits.max_line_bytes).then_some(Incomplete::LineTooLarge { len, limit: self.limits.max_line_bytes })
+    }
+
+    pub(crate) fn fingerprint(&self, v: &[u8]) -> Option<Fingerprint> {
+        self.fingerprinter.as_ref().map(|f| f.fingerprint(v))
+    }
+
+    /// Scans one decoded string; appends deduplicated hits to `out`.
+    pub(crate) fn scan_str(&self, s: &[u8], ctx: &StrCtx<'_>, out: &mut Vec<Hit>) {
+        let first = out.len();
+        let mut kw_done = 0usize;
+        for m in self.ac.find_overlapping_iter(s) {
+            for t in &self.triggers[m.pattern().as_usize()] {
+                match *t {
+                    Trigger::Token(i) => {
+                        if let Some(h) = secrets::token_match(&secrets::TOKEN_RULES[i], s, m.start()) {
+                            out.push(h);
+                        }
+                    }
+                    Trigger::Custom(a) => secrets::custom_match(a, s, m.start(), out),
+                    Trigger::Keyword => generic::text_assignment(s, m.start(), m.end(), &mut kw_done, out),
+                    Trigger::Injection(kind) => {
+                        if !ctx.secrets_only {
+                            injection::anchor(kind, s, m.start(), m.end(), ctx.inj, out);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some((key, window)) = ctx.key {
+            generic::json_member(window, key, s, out);
+        }
+        if !ctx.secrets_only {
+            pii::scan(s, out);
+            if let Some(p) = ctx.inj.param {
+                injection::param_description(p, s, out);
+            }
+        }
+        dedupe(&mut out[first..]);
+        let mut k = first;
+        for i in first..out.len() {
+            if out[i].end > out[i].start {
+                out.swap(k, i);
+                k += 1;
+            }
+        }
+        out.truncate(k);
+    }
+}
+
+/// Overlapping hits of one category: the more specific (lower priority value) wins, then the
+/// longer. Emptied hits are dropped by the caller.
+fn dedupe(hits: &mut [Hit]) {
+    hits.sort_by_key(|h| (h.start, std::cmp::Reverse(h.end)));
+    for i in 0..hits.len() {
+        if hits[i].end == hits[i].start {
+            continue;
+        }
+        for j in i + 1..hits.len() {
+            if hits[j].start >= hits[i].end {
+                break;
+            }
+            if hits[j].end == hits[j].start || hits[j].category != hits[i].category {
+                continue;
+            }
+            let (a, b) = (hits[i], hits[j]);
+            let keep_i = (a.priority, std::cmp::Reverse(a.end - a.start)) <= (b.priority, std::cmp::Reverse(b.end - b.start));
+            if keep_i {
+                hits[j].end = hits[j].start;
+            } else {
+                hits[i].end = hits[i].start;
+                break;
+            }
+        }
+    }
+}
