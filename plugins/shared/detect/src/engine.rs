@@ -96,7 +96,9 @@ impl Fingerprinter {
         if key.len() < 16 {
             return Err(crate::Error::FingerprintKeyTooShort { len: key.len() });
         }
-        Ok(Fingerprinter { key: hmac::Key::new(hmac::HMAC_SHA256, key) })
+        Ok(Fingerprinter {
+            key: hmac::Key::new(hmac::HMAC_SHA256, key),
+        })
     }
 
     /// The fingerprint of `value`.
@@ -201,7 +203,9 @@ impl Detector {
             match patterns.iter().position(|x| *x == lower) {
                 Some(i) => {
                     // One Keyword trigger per pattern is enough.
-                    if !(matches!(t, Trigger::Keyword) && triggers[i].iter().any(|x| matches!(x, Trigger::Keyword))) {
+                    if !(matches!(t, Trigger::Keyword)
+                        && triggers[i].iter().any(|x| matches!(x, Trigger::Keyword)))
+                    {
                         triggers[i].push(t);
                     }
                 }
@@ -219,7 +223,11 @@ impl Detector {
         for a in secrets::CUSTOM_ANCHORS {
             add(a.as_bytes(), Trigger::Custom(a));
         }
-        for k in generic::KEYWORDS.iter().copied().chain(secrets::context_keywords()) {
+        for k in generic::KEYWORDS
+            .iter()
+            .copied()
+            .chain(secrets::context_keywords())
+        {
             add(k.as_bytes(), Trigger::Keyword);
         }
         for (p, kind) in injection::ANCHORS {
@@ -230,7 +238,13 @@ impl Detector {
             .match_kind(MatchKind::Standard)
             .build(&patterns)
             .expect("the rule patterns are a fixed, valid set of literals");
-        Detector { ac, triggers, limits: Limits::default(), fingerprinter: None, catalogue: rules::catalogue() }
+        Detector {
+            ac,
+            triggers,
+            limits: Limits::default(),
+            fingerprinter: None,
+            catalogue: rules::catalogue(),
+        }
     }
 
     /// Every rule, each id once, in catalogue order.
@@ -246,7 +260,10 @@ impl Detector {
     /// Whether a line of `len` bytes is over the inspection limit (the plugin can decide before
     /// buffering or scanning it). `None` means it will be scanned.
     pub fn check_size(&self, len: usize) -> Option<Incomplete> {
-        (len > self.limits.max_line_bytes).then_some(Incomplete::LineTooLarge { len, limit: self.limits.max_line_bytes })
+        (len > self.limits.max_line_bytes).then_some(Incomplete::LineTooLarge {
+            len,
+            limit: self.limits.max_line_bytes,
+        })
     }
 
     pub(crate) fn fingerprint(&self, v: &[u8]) -> Option<Fingerprint> {
@@ -261,12 +278,20 @@ impl Detector {
             for t in &self.triggers[m.pattern().as_usize()] {
                 match *t {
                     Trigger::Token(i) => {
-                        if let Some(h) = secrets::token_match(&secrets::TOKEN_RULES[i], s, m.start()) {
+                        if let Some(h) =
+                            secrets::token_match(&secrets::TOKEN_RULES[i], s, m.start())
+                        {
                             out.push(h);
                         }
                     }
                     Trigger::Custom(a) => secrets::custom_match(a, s, m.start(), out),
-                    Trigger::Keyword => generic::text_assignment(s, m.start(), m.end(), &mut kw_done, out),
+                    Trigger::Keyword => {
+                        // Fragment concatenations look for split token formats only: an
+                        // assignment stitched from unrelated fields means nothing.
+                        if !ctx.secrets_only {
+                            generic::text_assignment(s, m.start(), m.end(), &mut kw_done, out);
+                        }
+                    }
                     Trigger::Injection(kind) => {
                         if !ctx.secrets_only {
                             injection::anchor(kind, s, m.start(), m.end(), ctx.inj, out);
@@ -312,7 +337,8 @@ fn dedupe(hits: &mut [Hit]) {
                 continue;
             }
             let (a, b) = (hits[i], hits[j]);
-            let keep_i = (a.priority, std::cmp::Reverse(a.end - a.start)) <= (b.priority, std::cmp::Reverse(b.end - b.start));
+            let keep_i = (a.priority, std::cmp::Reverse(a.end - a.start))
+                <= (b.priority, std::cmp::Reverse(b.end - b.start));
             if keep_i {
                 hits[j].end = hits[j].start;
             } else {

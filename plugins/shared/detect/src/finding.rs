@@ -198,7 +198,11 @@ impl fmt::Display for Finding {
             self.category,
             self.severity.as_str(),
             self.confidence.as_str(),
-            if self.path.is_empty() { "$" } else { &self.path }
+            if self.path.is_empty() {
+                "$"
+            } else {
+                &self.path
+            }
         )?;
         if self.example {
             f.write_str(" (documentation example)")?;
@@ -240,10 +244,16 @@ impl fmt::Display for Incomplete {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Incomplete::LineTooLarge { len, limit } => {
-                write!(f, "line of {len} bytes is over the inspection limit of {limit} bytes")
+                write!(
+                    f,
+                    "line of {len} bytes is over the inspection limit of {limit} bytes"
+                )
             }
             Incomplete::TooDeep { limit } => {
-                write!(f, "JSON nests deeper than the inspection limit of {limit} levels")
+                write!(
+                    f,
+                    "JSON nests deeper than the inspection limit of {limit} levels"
+                )
             }
             Incomplete::TooManyFindings { limit } => {
                 write!(f, "more than {limit} findings; the rest were not reported")

@@ -35,7 +35,11 @@ const FRAGMENT_MAX: usize = 192;
 enum PathSeg {
     /// Content range of the key in the source, whether it has escapes, and whether the key
     /// itself was a finding (then it is written as `*`).
-    Key { content: Range<usize>, escaped: bool, masked: bool },
+    Key {
+        content: Range<usize>,
+        escaped: bool,
+        masked: bool,
+    },
     Index(usize),
 }
 
@@ -74,7 +78,34 @@ struct Run {
 #[derive(Clone, Copy, Default)]
 struct Scope {
     in_schema: bool,
+    /// For a `value` member: the string token of its sibling `name`/`key` (env var lists,
+    /// `[{"name": "API_TOKEN", "value": "..."}]`), which then names the value.
+    name_hint: Option<(usize, usize)>,
 }
+
+/// Keys whose string value names a sibling `value`.
+const NAME_KEYS: &[&[u8]] = &[
+    b"name",
+    b"key",
+    b"variable",
+    b"var",
+    b"env",
+    b"field",
+    b"label",
+    b"param",
+    b"parameter",
+    b"secret_name",
+    b"secretname",
+];
+/// Keys whose value is named by a sibling from [`NAME_KEYS`].
+const VALUE_KEYS: &[&[u8]] = &[
+    b"value",
+    b"val",
+    b"default",
+    b"defaultvalue",
+    b"secret_value",
+    b"secretvalue",
+];
 
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
@@ -127,7 +158,9 @@ impl<'d, 's> Walker<'d, 's> {
         match b {
             b'{' | b'[' => {
                 if depth >= self.det.limits.max_depth {
-                    self.incomplete = Some(Incomplete::TooDeep { limit: self.det.limits.max_depth });
+                    self.incomplete = Some(Incomplete::TooDeep {
+                        limit: self.det.limits.max_depth,
+                    });
                     self.stop = true;
                     return Ok(Parsed::Other);
                 }
@@ -240,6 +273,7 @@ impl<'d, 's> Walker<'d, 's> {
         self.pos += 1;
         self.skip_ws();
         let mut run = Run::default();
+        let mut hint: Option<(usize, usize)> = None;
         if self.src.get(self.pos) == Some(&b'}') {
             self.pos += 1;
             return Ok(());
@@ -252,17 +286,35 @@ impl<'d, 's> Walker<'d, 's> {
             let (raw, escaped) = self.string_token()?;
             let content = raw.start + 1..raw.end - 1;
             let masked = self.scan_key(raw.clone(), escaped);
-            let key_is_schema = !escaped && matches!(&self.src[content.clone()], b"inputSchema" | b"outputSchema");
-            self.path.push(PathSeg::Key { content, escaped, masked });
+            let key_is_schema =
+                !escaped && matches!(&self.src[content.clone()], b"inputSchema" | b"outputSchema");
+            let key_l = self.src[content.clone()].to_ascii_lowercase();
+            let names = !escaped && NAME_KEYS.contains(&key_l.as_slice());
+            let valued = !escaped && VALUE_KEYS.contains(&key_l.as_slice());
+            self.path.push(PathSeg::Key {
+                content,
+                escaped,
+                masked,
+            });
             self.skip_ws();
             if self.src.get(self.pos) != Some(&b':') {
                 return Err(self.pos);
             }
             self.pos += 1;
             self.skip_ws();
-            let child_scope = Scope { in_schema: scope.in_schema || key_is_schema };
+            let child_scope = Scope {
+                in_schema: scope.in_schema || key_is_schema,
+                name_hint: if valued { hint } else { None },
+            };
             let parsed = self.value(depth + 1, child_scope, budget)?;
             self.path.pop();
+            if names {
+                if let Parsed::Str { raw } = &parsed {
+                    if raw.len() <= 98 {
+                        hint = Some((raw.start, raw.end));
+                    }
+                }
+            }
             if self.stop {
                 return Ok(());
             }
@@ -314,7 +366,9 @@ impl<'d, 's> Walker<'d, 's> {
 
     fn note_fragment(&mut self, run: &mut Run, parsed: Parsed, budget: &mut Budget) {
         match parsed {
-            Parsed::Str { raw } if raw.len() - 2 <= FRAGMENT_MAX && raw.len() > 2 => run.items.push(raw),
+            Parsed::Str { raw } if raw.len() - 2 <= FRAGMENT_MAX && raw.len() > 2 => {
+                run.items.push(raw)
+            }
             _ => self.flush_run(run, budget),
         }
     }
@@ -333,8 +387,16 @@ impl<'d, 's> Walker<'d, 's> {
 
     fn key_bytes(&self, seg: &PathSeg) -> Option<Cow<'s, [u8]>> {
         match seg {
-            PathSeg::Key { content, escaped: false, .. } => Some(Cow::Borrowed(&self.src[content.clone()])),
-            PathSeg::Key { content, escaped: true, .. } => {
+            PathSeg::Key {
+                content,
+                escaped: false,
+                ..
+            } => Some(Cow::Borrowed(&self.src[content.clone()])),
+            PathSeg::Key {
+                content,
+                escaped: true,
+                ..
+            } => {
                 let mut v = Vec::new();
                 decode_into(&self.src[content.clone()], &mut v).ok()?;
                 Some(Cow::Owned(v))
@@ -372,7 +434,9 @@ impl<'d, 's> Walker<'d, 's> {
 
     fn push_finding(&mut self, f: Finding) {
         if self.full() {
-            self.incomplete.get_or_insert(Incomplete::TooManyFindings { limit: self.det.limits.max_findings });
+            self.incomplete.get_or_insert(Incomplete::TooManyFindings {
+                limit: self.det.limits.max_findings,
+            });
             return;
         }
         self.findings.push(f);
@@ -402,7 +466,14 @@ impl<'d, 's> Walker<'d, 's> {
         any
     }
 
-    fn finding(&self, h: &Hit, path: String, location: Location, raw: Range<usize>, decoded: &[u8]) -> Finding {
+    fn finding(
+        &self,
+        h: &Hit,
+        path: String,
+        location: Location,
+        raw: Range<usize>,
+        decoded: &[u8],
+    ) -> Finding {
         Finding {
             rule: h.rule,
             category: h.category,
@@ -411,14 +482,26 @@ impl<'d, 's> Walker<'d, 's> {
             example: h.example,
             location,
             path,
-            spans: vec![Span { raw, decoded: h.start..h.end, encoding: Encoding::JsonString }],
+            spans: vec![Span {
+                raw,
+                decoded: h.start..h.end,
+                encoding: Encoding::JsonString,
+            }],
             fingerprint: self.det.fingerprint(&decoded[h.start..h.end]),
         }
     }
 
-    fn scan_value_string(&mut self, raw: Range<usize>, escaped: bool, scope: Scope, budget: &mut Budget) {
+    fn scan_value_string(
+        &mut self,
+        raw: Range<usize>,
+        escaped: bool,
+        scope: Scope,
+        budget: &mut Budget,
+    ) {
         if self.full() {
-            self.incomplete.get_or_insert(Incomplete::TooManyFindings { limit: self.det.limits.max_findings });
+            self.incomplete.get_or_insert(Incomplete::TooManyFindings {
+                limit: self.det.limits.max_findings,
+            });
             return;
         }
         let mut buf = std::mem::take(&mut self.scratch);
@@ -428,9 +511,29 @@ impl<'d, 's> Walker<'d, 's> {
         }
         // Context from the path: the key, its parent, description-ness, schema parameter.
         let n = self.path.len();
-        let key = self.path.last().and_then(|k| self.key_bytes(k)).map(|k| k.to_ascii_lowercase());
-        let parent = if n >= 2 { self.key_bytes(&self.path[n - 2]).map(|k| k.to_ascii_lowercase()) } else { None };
-        let window = match (&parent, &key) {
+        let key_orig: Option<Vec<u8>> = self
+            .path
+            .last()
+            .and_then(|k| self.key_bytes(k))
+            .map(|k| k.into_owned());
+        let key = key_orig.as_ref().map(|k| k.to_ascii_lowercase());
+        let parent = if n >= 2 {
+            self.key_bytes(&self.path[n - 2]).map(|k| k.into_owned())
+        } else {
+            None
+        };
+        // `{"name": "API_TOKEN", "value": "..."}`: the sibling name stands in for the key.
+        let hinted: Option<Vec<u8>> = scope.name_hint.and_then(|(a, b)| {
+            let mut v = Vec::new();
+            let esc = self.src[a + 1..b - 1].contains(&b'\\');
+            (self.decoded(&(a..b), esc, &mut v) && !v.iter().any(|c| c.is_ascii_whitespace()))
+                .then_some(v)
+        });
+        let (key, key_orig) = match hinted {
+            Some(h) => (Some(h.to_ascii_lowercase()), Some(h)),
+            None => (key, key_orig),
+        };
+        let window = match (&parent, &key_orig) {
             (Some(p), Some(k)) => {
                 let mut w = p.clone();
                 w.push(b'.');
@@ -440,23 +543,30 @@ impl<'d, 's> Walker<'d, 's> {
             (None, Some(k)) => Some(k.clone()),
             _ => None,
         };
-        let description = scope.in_schema || matches!(key.as_deref(), Some(b"description" | b"instructions"));
-        let param: Option<Vec<u8>> = if scope.in_schema && key.as_deref() == Some(b"description") && n >= 3 {
-            match &self.path[n - 3] {
-                PathSeg::Key { .. } if self.key_bytes(&self.path[n - 3]).as_deref() == Some(b"properties") => {
-                    self.key_bytes(&self.path[n - 2]).map(|k| k.into_owned())
+        let description =
+            scope.in_schema || matches!(key.as_deref(), Some(b"description" | b"instructions"));
+        let param: Option<Vec<u8>> =
+            if scope.in_schema && key.as_deref() == Some(b"description") && n >= 3 {
+                match &self.path[n - 3] {
+                    PathSeg::Key { .. }
+                        if self.key_bytes(&self.path[n - 3]).as_deref() == Some(b"properties") =>
+                    {
+                        self.key_bytes(&self.path[n - 2]).map(|k| k.into_owned())
+                    }
+                    _ => None,
                 }
-                _ => None,
-            }
-        } else {
-            None
-        };
+            } else {
+                None
+            };
         let ctx = StrCtx {
             key: match (&key, &window) {
                 (Some(k), Some(w)) => Some((k.as_slice(), w.as_slice())),
                 _ => None,
             },
-            inj: injection::Ctx { description, param: param.as_deref() },
+            inj: injection::Ctx {
+                description,
+                param: param.as_deref(),
+            },
             secrets_only: false,
         };
         let mut hits = std::mem::take(&mut self.hits);
@@ -466,7 +576,10 @@ impl<'d, 's> Walker<'d, 's> {
         // JSON inside the string.
         let mut nested: Vec<Finding> = Vec::new();
         let trimmed = buf.iter().position(|c| !is_ws(*c)).map(|p| buf[p]);
-        if matches!(trimmed, Some(b'{' | b'[')) && self.level < self.det.limits.max_nested_depth && buf.len() <= budget.nested_bytes {
+        if matches!(trimmed, Some(b'{' | b'['))
+            && self.level < self.det.limits.max_nested_depth
+            && buf.len() <= budget.nested_bytes
+        {
             budget.nested_bytes -= buf.len();
             let prefix = format!("{}#", self.path_string(false));
             let mut inner = Walker::new(self.det, &buf, prefix, self.level + 1);
@@ -476,10 +589,17 @@ impl<'d, 's> Walker<'d, 's> {
                     // Map every inner span (relative to this decoded string) onto this string.
                     for sp in &mut f.spans {
                         let inner_content = &buf[sp.raw.start + 1..sp.raw.end - 1];
-                        let a = sp.raw.start + 1 + decoded_to_raw(inner_content, sp.decoded.start, false);
-                        let b = sp.raw.start + 1 + decoded_to_raw(inner_content, sp.decoded.end, true);
+                        let a = sp.raw.start
+                            + 1
+                            + decoded_to_raw(inner_content, sp.decoded.start, false);
+                        let b =
+                            sp.raw.start + 1 + decoded_to_raw(inner_content, sp.decoded.end, true);
                         let _ = content;
-                        *sp = Span { raw: raw.clone(), decoded: a..b, encoding: Encoding::JsonString };
+                        *sp = Span {
+                            raw: raw.clone(),
+                            decoded: a..b,
+                            encoding: Encoding::JsonString,
+                        };
                     }
                     f.location = Location::Nested;
                     nested.push(f);
@@ -495,7 +615,10 @@ impl<'d, 's> Walker<'d, 's> {
             for h in &hits {
                 // A nested finding of the same category over the same bytes is more precise.
                 let covered = nested.iter().any(|f| {
-                    f.category == h.category && f.spans.iter().any(|s| s.decoded.start < h.end && h.start < s.decoded.end)
+                    f.category == h.category
+                        && f.spans
+                            .iter()
+                            .any(|s| s.decoded.start < h.end && h.start < s.decoded.end)
                 });
                 if covered {
                     continue;
@@ -534,14 +657,19 @@ impl<'d, 's> Walker<'d, 's> {
             bounds.push(st..concat.len());
         }
         let mut hits = Vec::new();
-        let ctx = StrCtx { secrets_only: true, ..StrCtx::default() };
+        let ctx = StrCtx {
+            secrets_only: true,
+            ..StrCtx::default()
+        };
         self.det.scan_str(&concat, &ctx, &mut hits);
         if hits.is_empty() {
             return;
         }
         let path = self.path_string(false);
         for h in hits {
-            let covered: Vec<usize> = (0..bounds.len()).filter(|&i| bounds[i].start < h.end && h.start < bounds[i].end).collect();
+            let covered: Vec<usize> = (0..bounds.len())
+                .filter(|&i| bounds[i].start < h.end && h.start < bounds[i].end)
+                .collect();
             if covered.len() < 2 {
                 continue;
             }
@@ -551,7 +679,11 @@ impl<'d, 's> Walker<'d, 's> {
                     let b = &bounds[i];
                     let ds = h.start.max(b.start) - b.start;
                     let de = h.end.min(b.end) - b.start;
-                    Span { raw: items[i].clone(), decoded: ds..de, encoding: Encoding::JsonString }
+                    Span {
+                        raw: items[i].clone(),
+                        decoded: ds..de,
+                        encoding: Encoding::JsonString,
+                    }
                 })
                 .collect();
             let f = Finding {
@@ -571,7 +703,11 @@ impl<'d, 's> Walker<'d, 's> {
 }
 
 fn push_key(out: &mut String, name: &[u8], raw_star: bool) {
-    let simple = !name.is_empty() && name.len() <= 64 && name.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'$' | b'@'));
+    let simple = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'$' | b'@'));
     if raw_star || simple {
         if !out.is_empty() && !out.ends_with('#') {
             out.push('.');
@@ -600,21 +736,38 @@ impl Detector {
     /// text and reported with [`crate::Report::malformed_at`].
     pub fn scan_line(&self, line: &[u8]) -> crate::Report {
         if let Some(inc) = self.check_size(line.len()) {
-            return crate::Report { findings: Vec::new(), incomplete: Some(inc), malformed_at: None };
+            return crate::Report {
+                findings: Vec::new(),
+                incomplete: Some(inc),
+                malformed_at: None,
+            };
         }
-        let mut budget = Budget { nested_bytes: self.limits.max_nested_bytes, fragment_bytes: self.limits.max_fragment_bytes };
+        let mut budget = Budget {
+            nested_bytes: self.limits.max_nested_bytes,
+            fragment_bytes: self.limits.max_fragment_bytes,
+        };
         let mut w = Walker::new(self, line, String::new(), 0);
         match w.run(&mut budget) {
-            Ok(()) => crate::Report { findings: w.findings, incomplete: w.incomplete, malformed_at: None },
+            Ok(()) => crate::Report {
+                findings: w.findings,
+                incomplete: w.incomplete,
+                malformed_at: None,
+            },
             Err(at) => {
                 let mut findings = self.scan_text(line);
                 let incomplete = if findings.len() > self.limits.max_findings {
                     findings.truncate(self.limits.max_findings);
-                    Some(Incomplete::TooManyFindings { limit: self.limits.max_findings })
+                    Some(Incomplete::TooManyFindings {
+                        limit: self.limits.max_findings,
+                    })
                 } else {
                     None
                 };
-                crate::Report { findings, incomplete, malformed_at: Some(at.min(line.len())) }
+                crate::Report {
+                    findings,
+                    incomplete,
+                    malformed_at: Some(at.min(line.len())),
+                }
             }
         }
     }
@@ -633,7 +786,11 @@ impl Detector {
                 example: h.example,
                 location: Location::Text,
                 path: String::new(),
-                spans: vec![Span { raw: 0..text.len(), decoded: h.start..h.end, encoding: Encoding::Raw }],
+                spans: vec![Span {
+                    raw: 0..text.len(),
+                    decoded: h.start..h.end,
+                    encoding: Encoding::Raw,
+                }],
                 fingerprint: self.fingerprint(&text[h.start..h.end]),
             })
             .collect()

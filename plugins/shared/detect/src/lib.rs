@@ -39,6 +39,7 @@
 
 mod decode;
 mod engine;
+pub mod eval;
 mod finding;
 mod json;
 mod redact;
@@ -49,7 +50,10 @@ mod validate;
 
 pub use decode::encode_json_string_content;
 pub use engine::{Detector, DetectorBuilder, Fingerprinter, Limits};
-pub use finding::{Category, Confidence, Encoding, Finding, Fingerprint, Incomplete, Location, Report, Severity, Span};
+pub use finding::{
+    Category, Confidence, Encoding, Finding, Fingerprint, Incomplete, Location, Report, Severity,
+    Span,
+};
 pub use redact::{redact, Marker};
 pub use rules::RuleInfo;
 pub use tool::ToolDefinition;
@@ -61,7 +65,11 @@ pub mod synth {
 
     /// GitHub/npm token checksum: base62 of CRC32 of `random`, 6 characters.
     pub fn crc32_base62(random: &[u8]) -> String {
-        String::from_utf8(crate::validate::base62_fixed(u64::from(crc32fast::hash(random)), 6)).unwrap_or_default()
+        String::from_utf8(crate::validate::base62_fixed(
+            u64::from(crc32fast::hash(random)),
+            6,
+        ))
+        .unwrap_or_default()
     }
 }
 

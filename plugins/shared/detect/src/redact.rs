@@ -36,7 +36,11 @@ struct Edit {
 ///
 /// Errors when a finding does not fit the line (a span out of range, or a `JsonString` span
 /// that does not point at a string token): findings must come from scanning this very line.
-pub fn redact<'l>(line: &'l [u8], findings: &[Finding], marker: Marker<'_>) -> Result<Cow<'l, [u8]>, Error> {
+pub fn redact<'l>(
+    line: &'l [u8],
+    findings: &[Finding],
+    marker: Marker<'_>,
+) -> Result<Cow<'l, [u8]>, Error> {
     if findings.is_empty() {
         return Ok(Cow::Borrowed(line));
     }
@@ -58,7 +62,10 @@ pub fn redact<'l>(line: &'l [u8], findings: &[Finding], marker: Marker<'_>) -> R
         for sp in &f.spans {
             let raw = encoded_range(line, sp)?;
             if raw.start < raw.end {
-                edits.push(Edit { raw, marker: text.clone() });
+                edits.push(Edit {
+                    raw,
+                    marker: text.clone(),
+                });
             }
         }
     }
@@ -86,14 +93,20 @@ pub fn redact<'l>(line: &'l [u8], findings: &[Finding], marker: Marker<'_>) -> R
 }
 
 fn check_span(line: &[u8], sp: &crate::Span) -> Result<(), Error> {
-    let bad = || Error::SpanOutOfRange { start: sp.raw.start, end: sp.raw.end, len: line.len() };
+    let bad = || Error::SpanOutOfRange {
+        start: sp.raw.start,
+        end: sp.raw.end,
+        len: line.len(),
+    };
     if sp.raw.start > sp.raw.end || sp.raw.end > line.len() {
         return Err(bad());
     }
     if sp.encoding == Encoding::JsonString
         && (sp.raw.len() < 2 || line[sp.raw.start] != b'"' || line[sp.raw.end - 1] != b'"')
     {
-        return Err(Error::NotAJsonString { offset: sp.raw.start });
+        return Err(Error::NotAJsonString {
+            offset: sp.raw.start,
+        });
     }
     if sp.decoded.start > sp.decoded.end {
         return Err(bad());
@@ -109,7 +122,11 @@ fn encoded_range(line: &[u8], sp: &crate::Span) -> Result<Range<usize>, Error> {
             let base = sp.raw.start;
             let (a, b) = (base + sp.decoded.start, base + sp.decoded.end);
             if b > sp.raw.end {
-                return Err(Error::SpanOutOfRange { start: a, end: b, len: line.len() });
+                return Err(Error::SpanOutOfRange {
+                    start: a,
+                    end: b,
+                    len: line.len(),
+                });
             }
             let (a, b) = widen_to_chars(line, a, b);
             Ok(a..b)
@@ -125,12 +142,20 @@ fn encoded_range(line: &[u8], sp: &crate::Span) -> Result<Range<usize>, Error> {
     }
 }
 
-fn decoded_slice<'b>(line: &'b [u8], sp: &crate::Span, buf: &'b mut Vec<u8>) -> Result<&'b [u8], Error> {
+fn decoded_slice<'b>(
+    line: &'b [u8],
+    sp: &crate::Span,
+    buf: &'b mut Vec<u8>,
+) -> Result<&'b [u8], Error> {
     check_span(line, sp)?;
     let bytes: &[u8] = match sp.encoding {
         Encoding::Raw => &line[sp.raw.clone()],
         _ => {
-            decode_into(&line[sp.raw.start + 1..sp.raw.end - 1], buf).map_err(|_| Error::NotAJsonString { offset: sp.raw.start })?;
+            decode_into(&line[sp.raw.start + 1..sp.raw.end - 1], buf).map_err(|_| {
+                Error::NotAJsonString {
+                    offset: sp.raw.start,
+                }
+            })?;
             buf.as_slice()
         }
     };

@@ -87,7 +87,13 @@ pub(crate) fn iban_mod97_ok(iban: &[u8]) -> bool {
 const BECH32_CHARSET: &[u8; 32] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
 
 fn bech32_polymod(values: &[u8]) -> u32 {
-    const GEN: [u32; 5] = [0x3b6a_57b2, 0x2650_8e6d, 0x1ea1_19fa, 0x3d42_33dd, 0x2a14_62b3];
+    const GEN: [u32; 5] = [
+        0x3b6a_57b2,
+        0x2650_8e6d,
+        0x1ea1_19fa,
+        0x3d42_33dd,
+        0x2a14_62b3,
+    ];
     let mut chk: u32 = 1;
     for &v in values {
         let b = chk >> 25;
@@ -197,7 +203,7 @@ pub(crate) fn is_placeholder(v: &[u8]) -> bool {
     const WORDS: &[&[u8]] = &[
         b"xxxx",
         b"****",
-        b"....",
+        b"...",
         b"\xe2\x80\xa6",
         b"your_",
         b"your-",
@@ -229,7 +235,10 @@ pub(crate) fn is_placeholder(v: &[u8]) -> bool {
         b"qwerty",
         b"1234567890abcdef",
     ];
-    if WORDS.iter().any(|w| memchr::memmem::find(&lower, w).is_some()) {
+    if WORDS
+        .iter()
+        .any(|w| memchr::memmem::find(&lower, w).is_some())
+    {
         return true;
     }
     // Very few distinct characters for the length: `abababab...`, `00000000000001`.
@@ -283,7 +292,10 @@ mod tests {
         let data: Vec<u8> = (0..52u32).map(|i| ((i * 7) % 32) as u8).collect();
         let cs = bech32_checksum(b"age-secret-key-", &data);
         let mut s = b"AGE-SECRET-KEY-1".to_vec();
-        s.extend(data.iter().map(|&d| BECH32_CHARSET[d as usize].to_ascii_uppercase()));
+        s.extend(
+            data.iter()
+                .map(|&d| BECH32_CHARSET[d as usize].to_ascii_uppercase()),
+        );
         s.extend(cs.iter().map(|c| c.to_ascii_uppercase()));
         assert!(bech32_ok(&s));
         let last = s.len() - 1;

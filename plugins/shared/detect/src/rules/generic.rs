@@ -8,7 +8,7 @@
 //! generic rules, which need a secret-like identifier and a value that is random-looking
 //! (entropy, a digit, no placeholder, not a code expression or a file path).
 
-use super::secrets::context_match;
+use super::secrets::{context_match, ContextVerdict};
 use super::{Hit, RuleInfo};
 use crate::finding::{Category, Confidence, Severity};
 use crate::validate::{entropy, is_documented_example, is_placeholder};
@@ -43,7 +43,16 @@ pub(crate) const RULES: &[RuleInfo] = &[
 
 /// Prefilter keywords that start an assignment check (lower case; matched case-insensitively).
 pub(crate) const KEYWORDS: &[&str] = &[
-    "key", "token", "secret", "passw", "pwd", "passphrase", "auth", "credential", "--user", "-u ",
+    "key",
+    "token",
+    "secret",
+    "passw",
+    "pwd",
+    "passphrase",
+    "auth",
+    "credential",
+    "--user",
+    "-u ",
 ];
 
 const IDENT_MAX: usize = 96;
@@ -66,38 +75,143 @@ fn name_kind(ident_lower: &[u8]) -> NameKind {
     let has = |w: &[u8]| memchr::memmem::find(ident_lower, w).is_some();
     let ends = |w: &[u8]| ident_lower.ends_with(w);
     const EXCLUDE_END: &[&[u8]] = &[
-        b"id", b"ids", b"name", b"names", b"type", b"url", b"uri", b"path", b"file", b"dir", b"len", b"length",
-        b"size", b"count", b"format", b"version", b"prefix", b"suffix", b"field", b"kind", b"mode", b"alg",
-        b"algorithm", b"enabled", b"policy", b"expires", b"expiry", b"ttl", b"index", b"hash", b"digest",
-        b"checksum", b"sha", b"fingerprint", b"endpoint", b"host", b"location", b"label", b"description",
-        b"hint", b"env", b"var", b"variable", b"ref", b"arn", b"region", b"issuer", b"scope", b"scopes",
-        b"status", b"usage", b"limit", b"timeout", b"at", b"time", b"date", b"tokens",
+        b"id",
+        b"ids",
+        b"name",
+        b"names",
+        b"type",
+        b"url",
+        b"uri",
+        b"path",
+        b"file",
+        b"dir",
+        b"len",
+        b"length",
+        b"size",
+        b"count",
+        b"format",
+        b"version",
+        b"prefix",
+        b"suffix",
+        b"field",
+        b"kind",
+        b"mode",
+        b"alg",
+        b"algorithm",
+        b"enabled",
+        b"policy",
+        b"expires",
+        b"expiry",
+        b"ttl",
+        b"index",
+        b"hash",
+        b"digest",
+        b"checksum",
+        b"sha",
+        b"fingerprint",
+        b"endpoint",
+        b"host",
+        b"location",
+        b"label",
+        b"description",
+        b"hint",
+        b"env",
+        b"var",
+        b"variable",
+        b"ref",
+        b"arn",
+        b"region",
+        b"issuer",
+        b"scope",
+        b"scopes",
+        b"status",
+        b"usage",
+        b"limit",
+        b"timeout",
+        b"at",
+        b"time",
+        b"date",
+        b"tokens",
     ];
     const EXCLUDE_ANY: &[&[u8]] = &[
-        b"public", b"pubkey", b"pub_key", b"author", b"tokeniz", b"keyboard", b"keyword", b"monkey", b"turkey",
-        b"hockey", b"donkey", b"jockey", b"keyframe", b"keystroke", b"keycode", b"keypress", b"keydown",
-        b"keyup", b"token_type", b"tokentype", b"max_token", b"maxtoken", b"sort_key", b"sortkey",
-        b"primary_key", b"primarykey", b"foreign_key", b"partition_key", b"cache_key", b"cachekey",
-        b"idempotency", b"dedup", b"i18n", b"translation", b"lookup_key", b"group_key", b"row_key",
-        b"map_key", b"object_key", b"objectkey", b"s3_key", b"hotkey", b"shortcut", b"passthrough",
-        b"keyspace", b"keyset", b"keychain_path", b"next_page_token", b"page_token", b"pagetoken",
-        b"cursor", b"csrf_token_name", b"token_count", b"input_token", b"output_token", b"prompt_token",
+        b"public",
+        b"pubkey",
+        b"pub_key",
+        b"tokeniz",
+        b"keyboard",
+        b"keyword",
+        b"monkey",
+        b"turkey",
+        b"hockey",
+        b"donkey",
+        b"jockey",
+        b"keyframe",
+        b"keystroke",
+        b"keycode",
+        b"keypress",
+        b"keydown",
+        b"keyup",
+        b"token_type",
+        b"tokentype",
+        b"max_token",
+        b"maxtoken",
+        b"sort_key",
+        b"sortkey",
+        b"primary_key",
+        b"primarykey",
+        b"foreign_key",
+        b"partition_key",
+        b"cache_key",
+        b"cachekey",
+        b"idempotency",
+        b"dedup",
+        b"i18n",
+        b"translation",
+        b"lookup_key",
+        b"group_key",
+        b"row_key",
+        b"map_key",
+        b"object_key",
+        b"objectkey",
+        b"s3_key",
+        b"hotkey",
+        b"shortcut",
+        b"passthrough",
+        b"keyspace",
+        b"keyset",
+        b"keychain_path",
+        b"next_page_token",
+        b"page_token",
+        b"pagetoken",
+        b"cursor",
+        b"csrf_token_name",
+        b"token_count",
+        b"input_token",
+        b"output_token",
+        b"prompt_token",
         b"completion_token",
     ];
     if ident_lower.is_empty() || ident_lower.len() > IDENT_MAX {
         return NameKind::None;
     }
-    if EXCLUDE_ANY.iter().any(|w| has(w)) {
+    if has(b"authorization")
+        || ends(b"x-api-key")
+        || ends(b"x-auth-token")
+        || ends(b"x-access-token")
+    {
+        return NameKind::Authorization;
+    }
+    // `author` is not `auth`, but `authorize`/`authority` tokens are.
+    let author = has(b"author") && !has(b"authori");
+    if author || EXCLUDE_ANY.iter().any(|w| has(w)) {
         return NameKind::None;
     }
     let base_excluded = EXCLUDE_END.iter().any(|w| ends(w));
-    if has(b"authorization") || ends(b"x-api-key") || ends(b"x-auth-token") || ends(b"x-access-token") {
-        return NameKind::Authorization;
-    }
     if base_excluded {
         return NameKind::None;
     }
-    if has(b"passw") || has(b"passphrase") || ends(b"pwd") || has(b"_pwd") || ident_lower == b"pass" {
+    if has(b"passw") || has(b"passphrase") || ends(b"pwd") || has(b"_pwd") || ident_lower == b"pass"
+    {
         return NameKind::Password;
     }
     if has(b"secret")
@@ -121,9 +235,30 @@ fn name_kind(ident_lower: &[u8]) -> NameKind {
 /// A value that is a reference in code or configuration rather than a literal secret.
 fn is_code_like(v: &[u8]) -> bool {
     const REFS: &[&[u8]] = &[
-        b"process.env", b"os.environ", b"os.getenv", b"getenv", b"system.getenv", b"env[", b"env.", b"environ[",
-        b"secrets.", b"vault:", b"ssm:", b"arn:aws", b"import ", b"require(", b"config.", b"settings.",
-        b"self.", b"this.", b"null", b"none", b"undefined", b"true", b"false", b"nil",
+        b"process.env",
+        b"os.environ",
+        b"os.getenv",
+        b"getenv",
+        b"system.getenv",
+        b"env[",
+        b"env.",
+        b"environ[",
+        b"secrets.",
+        b"vault:",
+        b"ssm:",
+        b"arn:aws",
+        b"import ",
+        b"require(",
+        b"config.",
+        b"settings.",
+        b"self.",
+        b"this.",
+        b"null",
+        b"none",
+        b"undefined",
+        b"true",
+        b"false",
+        b"nil",
     ];
     let lower: Vec<u8> = v.iter().map(|c| c.to_ascii_lowercase()).collect();
     if REFS.iter().any(|r| lower.starts_with(r)) {
@@ -134,18 +269,32 @@ fn is_code_like(v: &[u8]) -> bool {
     // member access chains: Foo.bar, X25519.secret_length, os.path
     let segs: Vec<&[u8]> = v.split(|&c| c == b'.').collect();
     if segs.len() >= 2
-        && segs.iter().all(|s| !s.is_empty() && (s[0].is_ascii_alphabetic() || s[0] == b'_') && s.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_'))
+        && segs.iter().all(|s| {
+            !s.is_empty()
+                && (s[0].is_ascii_alphabetic() || s[0] == b'_')
+                && s.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_')
+        })
         && low_digits
     {
         return true;
     }
     // UPPER_SNAKE constants and env var names: K8S_CRED, MY_API_TOKEN
-    if v.iter().all(|&c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_') && v.contains(&b'_') && low_digits {
+    if v.iter()
+        .all(|&c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
+        && v.contains(&b'_')
+        && low_digits
+    {
         return true;
     }
     // snake_case or kebab words: secret_length, my-secret-name
-    let words = v.split(|&c| c == b'_' || c == b'-').filter(|w| !w.is_empty()).count();
-    if words >= 2 && v.iter().all(|&c| c.is_ascii_lowercase() || c == b'_' || c == b'-') {
+    let words = v
+        .split(|&c| c == b'_' || c == b'-')
+        .filter(|w| !w.is_empty())
+        .count();
+    if words >= 2
+        && v.iter()
+            .all(|&c| c.is_ascii_lowercase() || c == b'_' || c == b'-')
+    {
         return true;
     }
     // function calls
@@ -170,8 +319,21 @@ fn entropy_floor(len: usize) -> f32 {
     }
 }
 
+/// `api.example.com`, `5h.ca.iphmx.com`: dot-separated labels ending in an alphabetic TLD.
+fn is_hostname(v: &[u8]) -> bool {
+    let labels: Vec<&[u8]> = v.split(|&c| c == b'.').collect();
+    labels.len() >= 2
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-'))
+        && labels
+            .last()
+            .is_some_and(|t| (2..=24).contains(&t.len()) && t.iter().all(u8::is_ascii_alphabetic))
+}
+
 fn looks_like_non_secret(v: &[u8]) -> bool {
     v.iter().any(|c| c.is_ascii_whitespace())
+        || is_hostname(v)
         || memchr::memmem::find(v, b"://").is_some()
         || v.starts_with(b"/")
         || v.starts_with(b"./")
@@ -190,6 +352,14 @@ fn generic_secret_ok(v: &[u8]) -> bool {
     if !digit {
         return false;
     }
+    // Slugs and identifiers are mostly separators; random tokens rarely are.
+    let seps = v
+        .iter()
+        .filter(|&&c| matches!(c, b'-' | b'_' | b'.'))
+        .count();
+    if seps * 4 > v.len() {
+        return false;
+    }
     if !letters && (v.len() < 20 || entropy(v) < 3.0) {
         return false;
     }
@@ -201,7 +371,10 @@ fn password_ok(v: &[u8]) -> bool {
         return false;
     }
     let lower: Vec<u8> = v.iter().map(|c| c.to_ascii_lowercase()).collect();
-    if memchr::memmem::find(&lower, b"password").is_some() || lower.starts_with(b"<") || lower.starts_with(b"$") {
+    if memchr::memmem::find(&lower, b"password").is_some()
+        || lower.starts_with(b"<")
+        || lower.starts_with(b"$")
+    {
         return false;
     }
     let (l, u, d, o) = classes(v);
@@ -212,8 +385,18 @@ fn password_ok(v: &[u8]) -> bool {
 /// Strips an HTTP auth scheme (`Bearer x`, `Basic x`, `Token x`...) from a header value.
 fn strip_scheme(v: &[u8]) -> (usize, bool) {
     const SCHEMES: &[&[u8]] = &[
-        b"bearer ", b"basic ", b"token ", b"bot ", b"ssws ", b"api-token ", b"apikey ", b"api-key ", b"digest ",
-        b"key ", b"dsn ", b"sso-key ",
+        b"bearer ",
+        b"basic ",
+        b"token ",
+        b"bot ",
+        b"ssws ",
+        b"api-token ",
+        b"apikey ",
+        b"api-key ",
+        b"digest ",
+        b"key ",
+        b"dsn ",
+        b"sso-key ",
     ];
     let lower: Vec<u8> = v.iter().take(16).map(|c| c.to_ascii_lowercase()).collect();
     for s in SCHEMES {
@@ -231,14 +414,27 @@ fn strip_scheme(v: &[u8]) -> (usize, bool) {
 fn basic_ok(v: &[u8]) -> bool {
     match crate::validate::b64_decode(v) {
         Some(d) => match d.iter().position(|&c| c == b':') {
-            Some(p) => p > 0 && p + 1 < d.len() && !is_placeholder(&d[p + 1..]) && d.iter().all(|c| !c.is_ascii_control()),
+            Some(p) => {
+                p > 0
+                    && p + 1 < d.len()
+                    && !is_placeholder(&d[p + 1..])
+                    && d.iter().all(|c| !c.is_ascii_control())
+            }
             None => false,
         },
         None => false,
     }
 }
 
-fn secret_hit(rule: &'static str, severity: Severity, confidence: Confidence, start: usize, end: usize, s: &[u8], priority: u8) -> Hit {
+fn secret_hit(
+    rule: &'static str,
+    severity: Severity,
+    confidence: Confidence,
+    start: usize,
+    end: usize,
+    s: &[u8],
+    priority: u8,
+) -> Hit {
     let example = is_documented_example(&s[start..end]);
     Hit {
         rule,
@@ -252,10 +448,17 @@ fn secret_hit(rule: &'static str, severity: Severity, confidence: Confidence, st
     }
 }
 
-/// Judges `value` (at `s[start..end]`) assigned to an identifier. `window_lower` is the
-/// identifier with up to 48 bytes of preceding context, lower-cased; `ident_lower` is the
-/// identifier alone.
-fn classify(window_lower: &[u8], ident_lower: &[u8], s: &[u8], start: usize, end: usize, out: &mut Vec<Hit>) {
+/// Judges `value` (at `s[start..end]`) assigned to an identifier. `window` is the identifier
+/// with up to 48 bytes of preceding context (original case, for word boundaries);
+/// `ident_lower` is the identifier alone, lower-cased.
+fn classify(
+    window: &[u8],
+    ident_lower: &[u8],
+    s: &[u8],
+    start: usize,
+    end: usize,
+    out: &mut Vec<Hit>,
+) {
     let mut start = start;
     let kind = name_kind(ident_lower);
     let (skip, basic) = strip_scheme(&s[start..end]);
@@ -264,24 +467,66 @@ fn classify(window_lower: &[u8], ident_lower: &[u8], s: &[u8], start: usize, end
     if v.is_empty() {
         return;
     }
-    if let Some((rule, _example)) = context_match(window_lower, v) {
-        out.push(secret_hit(rule.id, rule.severity, Confidence::Medium, start, end, s, 1));
-        return;
+    match context_match(window, v) {
+        ContextVerdict::Match(rule) => {
+            out.push(secret_hit(
+                rule.id,
+                rule.severity,
+                Confidence::Medium,
+                start,
+                end,
+                s,
+                1,
+            ));
+            return;
+        }
+        ContextVerdict::NotCredential => return,
+        ContextVerdict::None => {}
     }
     match kind {
         NameKind::Authorization => {
-            if (basic && basic_ok(v)) || generic_secret_ok(v) || (v.len() >= 16 && !looks_like_non_secret(v) && !is_placeholder(v) && entropy(v) >= 3.5) {
-                out.push(secret_hit("http-authorization-credentials", Severity::High, Confidence::Medium, start, end, s, 2));
+            if (basic && basic_ok(v))
+                || generic_secret_ok(v)
+                || (v.len() >= 16
+                    && !looks_like_non_secret(v)
+                    && !is_placeholder(v)
+                    && entropy(v) >= 3.5)
+            {
+                out.push(secret_hit(
+                    "http-authorization-credentials",
+                    Severity::High,
+                    Confidence::Medium,
+                    start,
+                    end,
+                    s,
+                    2,
+                ));
             }
         }
         NameKind::Password => {
             if password_ok(v) {
-                out.push(secret_hit("generic-password-assignment", Severity::High, Confidence::Low, start, end, s, 2));
+                out.push(secret_hit(
+                    "generic-password-assignment",
+                    Severity::High,
+                    Confidence::Low,
+                    start,
+                    end,
+                    s,
+                    2,
+                ));
             }
         }
         NameKind::Secret => {
             if generic_secret_ok(v) {
-                out.push(secret_hit("generic-secret-assignment", Severity::High, Confidence::Low, start, end, s, 2));
+                out.push(secret_hit(
+                    "generic-secret-assignment",
+                    Severity::High,
+                    Confidence::Low,
+                    start,
+                    end,
+                    s,
+                    2,
+                ));
             }
         }
         NameKind::None => {}
@@ -290,7 +535,13 @@ fn classify(window_lower: &[u8], ident_lower: &[u8], s: &[u8], start: usize, end
 
 /// Parses an assignment around the keyword at `s[kw_start..kw_end]`. `done` is the end of the
 /// last identifier examined, so that one identifier with several keywords is judged once.
-pub(crate) fn text_assignment(s: &[u8], kw_start: usize, kw_end: usize, done: &mut usize, out: &mut Vec<Hit>) {
+pub(crate) fn text_assignment(
+    s: &[u8],
+    kw_start: usize,
+    kw_end: usize,
+    done: &mut usize,
+    out: &mut Vec<Hit>,
+) {
     let kw = &s[kw_start..kw_end];
     if kw.eq_ignore_ascii_case(b"--user") || kw.eq_ignore_ascii_case(b"-u ") {
         curl_user(s, kw_start, kw_end, out);
@@ -324,16 +575,44 @@ pub(crate) fn text_assignment(s: &[u8], kw_start: usize, kw_end: usize, done: &m
     while p < s.len() && matches!(s[p], b' ' | b'\t') && p - ident_end < 8 {
         p += 1;
     }
+    // A type between the name and the operator: `var token string = "..."`, `token: str = ...`.
+    if p > ident_end && p < s.len() && s[p].is_ascii_alphabetic() {
+        let mut q = p;
+        while q < s.len()
+            && (s[q].is_ascii_alphanumeric() || matches!(s[q], b'[' | b']' | b'<' | b'>'))
+            && q - p < 24
+        {
+            q += 1;
+        }
+        let mut r = q;
+        while r < s.len() && s[r] == b' ' {
+            r += 1;
+        }
+        if r > q && r < s.len() && s[r] == b'=' && s.get(r + 1) != Some(&b'=') {
+            p = r;
+        }
+    }
     let rest = &s[p..];
     let op_len = if xml {
-        if rest.starts_with(b">") { 1 } else { 0 }
+        if rest.starts_with(b">") {
+            1
+        } else {
+            0
+        }
     } else if rest.starts_with(b":::=") {
         4
     } else if rest.starts_with(b"::=") {
         3
     } else if rest.starts_with(b"::") {
         0
-    } else if rest.starts_with(b":=") || rest.starts_with(b"?=") || rest.starts_with(b"=>") || rest.starts_with(b"==") || rest.starts_with(b"!=") {
+    } else if rest.starts_with(b":=")
+        || rest.starts_with(b"?=")
+        || rest.starts_with(b"=>")
+        || rest.starts_with(b"==")
+        || rest.starts_with(b"!=")
+        || rest.starts_with(b".=")
+        || rest.starts_with(b"+=")
+    {
         2
     } else if rest.starts_with(b"=") || rest.starts_with(b":") {
         1
@@ -351,6 +630,10 @@ pub(crate) fn text_assignment(s: &[u8], kw_start: usize, kw_end: usize, done: &m
     let ws_start = p;
     while p < s.len() && s[p].is_ascii_whitespace() && p - ws_start < 24 {
         p += 1;
+        // A diff or quote marker at the start of a continuation line: `+    value`.
+        if s[p - 1] == b'\n' && p < s.len() && matches!(s[p], b'+' | b'>') {
+            p += 1;
+        }
     }
     // Optional constructor-ish wrappers: `new Secret("...")`, `[]byte("...")` are left alone.
     if p >= s.len() {
@@ -372,16 +655,37 @@ pub(crate) fn text_assignment(s: &[u8], kw_start: usize, kw_end: usize, done: &m
         let mut ve = vs;
         while ve < s.len()
             && !s[ve].is_ascii_whitespace()
-            && !matches!(s[ve], b'"' | b'\'' | b'`' | b',' | b';' | b')' | b']' | b'}' | b'<' | b'>' | b'&')
+            && !matches!(
+                s[ve],
+                b'"' | b'\'' | b'`' | b',' | b';' | b')' | b']' | b'}' | b'<' | b'>' | b'&'
+            )
             && ve - vs < VALUE_MAX
         {
             ve += 1;
         }
         // An auth scheme word: take the credential after it.
         let word: Vec<u8> = s[vs..ve].iter().map(|c| c.to_ascii_lowercase()).collect();
-        if matches!(word.as_slice(), b"bearer" | b"basic" | b"token" | b"bot" | b"ssws" | b"api-token" | b"apikey" | b"api-key") && ve < s.len() && s[ve] == b' ' {
+        if matches!(
+            word.as_slice(),
+            b"bearer"
+                | b"basic"
+                | b"token"
+                | b"bot"
+                | b"ssws"
+                | b"api-token"
+                | b"apikey"
+                | b"api-key"
+        ) && ve < s.len()
+            && s[ve] == b' '
+        {
             let mut ve2 = ve + 1;
-            while ve2 < s.len() && !s[ve2].is_ascii_whitespace() && !matches!(s[ve2], b'"' | b'\'' | b'`' | b',' | b';' | b')' | b']' | b'}' | b'<' | b'>') {
+            while ve2 < s.len()
+                && !s[ve2].is_ascii_whitespace()
+                && !matches!(
+                    s[ve2],
+                    b'"' | b'\'' | b'`' | b',' | b';' | b')' | b']' | b'}' | b'<' | b'>'
+                )
+            {
                 ve2 += 1;
             }
             ve = ve2;
@@ -392,9 +696,8 @@ pub(crate) fn text_assignment(s: &[u8], kw_start: usize, kw_end: usize, done: &m
         return;
     }
     let wstart = a.saturating_sub(48);
-    let window: Vec<u8> = s[wstart..ident_end].iter().map(|c| c.to_ascii_lowercase()).collect();
     let ident_lower: Vec<u8> = ident.iter().map(|c| c.to_ascii_lowercase()).collect();
-    classify(&window, &ident_lower, s, vs, ve, out);
+    classify(&s[wstart..ident_end], &ident_lower, s, vs, ve, out);
 }
 
 fn curl_user(s: &[u8], kw_start: usize, kw_end: usize, out: &mut Vec<Hit>) {
@@ -428,18 +731,32 @@ fn curl_user(s: &[u8], kw_start: usize, kw_end: usize, out: &mut Vec<Hit>) {
         return;
     };
     let (user, pass) = (&v[..colon], &v[colon + 1..]);
-    if user.is_empty() || pass.len() < 4 || pass.starts_with(b"$") || user.starts_with(b"$") || is_placeholder(v) || pass.contains(&b'{') {
+    if user.is_empty()
+        || pass.len() < 4
+        || pass.starts_with(b"$")
+        || user.starts_with(b"$")
+        || is_placeholder(v)
+        || pass.contains(&b'{')
+    {
         return;
     }
     if entropy(pass) < 2.5 {
         return;
     }
-    out.push(secret_hit("curl-user-credentials", Severity::High, Confidence::Medium, vs, ve, s, 1));
+    out.push(secret_hit(
+        "curl-user-credentials",
+        Severity::High,
+        Confidence::Medium,
+        vs,
+        ve,
+        s,
+        1,
+    ));
 }
 
-/// Judges a JSON string value by its object key: `key_window_lower` is the parent key and the
-/// key joined by `.`, lower-cased; `key_lower` the key alone.
-pub(crate) fn json_member(key_window_lower: &[u8], key_lower: &[u8], s: &[u8], out: &mut Vec<Hit>) {
+/// Judges a JSON string value by its object key: `key_window` is the parent key and the key
+/// joined by `.` (original case); `key_lower` the key alone, lower-cased.
+pub(crate) fn json_member(key_window: &[u8], key_lower: &[u8], s: &[u8], out: &mut Vec<Hit>) {
     // Trim surrounding whitespace; a value with inner whitespace is prose unless it is a
     // header value with a scheme (handled by classify).
     let mut a = 0;
@@ -457,7 +774,7 @@ pub(crate) fn json_member(key_window_lower: &[u8], key_lower: &[u8], s: &[u8], o
     if s[a + skip..b].iter().any(|c| c.is_ascii_whitespace()) {
         return;
     }
-    classify(key_window_lower, key_lower, s, a, b, out);
+    classify(key_window, key_lower, s, a, b, out);
 }
 
 #[cfg(test)]
@@ -485,9 +802,18 @@ mod tests {
 
     #[test]
     fn assignments_of_random_values_are_found() {
-        assert_eq!(text("API_KEY=q8Zr2LmV0xPw7TnB4kYc"), ["generic-secret-assignment"]);
-        assert_eq!(text("const secretToken = \"p3Xk9vQm2Lr7Tb4Wz8Yh\";"), ["generic-secret-assignment"]);
-        assert_eq!(text("db_password: Tr0ub4dor&3x"), ["generic-password-assignment"]);
+        assert_eq!(
+            text("API_KEY=q8Zr2LmV0xPw7TnB4kYc"),
+            ["generic-secret-assignment"]
+        );
+        assert_eq!(
+            text("const secretToken = \"p3Xk9vQm2Lr7Tb4Wz8Yh\";"),
+            ["generic-secret-assignment"]
+        );
+        assert_eq!(
+            text("db_password: Tr0ub4dor&3x"),
+            ["generic-password-assignment"]
+        );
     }
 
     #[test]

@@ -38,11 +38,31 @@ pub(crate) const RULES: &[RuleInfo] = &[
 ];
 
 const fn info(id: &'static str, description: &'static str, severity: Severity) -> RuleInfo {
-    RuleInfo { id, category: Category::INJECTION, description, severity }
+    RuleInfo {
+        id,
+        category: Category::INJECTION,
+        description,
+        severity,
+    }
 }
 
-fn hit(rule: &'static str, severity: Severity, confidence: Confidence, start: usize, end: usize) -> Hit {
-    Hit { rule, category: Category::INJECTION, severity, confidence, start, end, example: false, priority: 0 }
+fn hit(
+    rule: &'static str,
+    severity: Severity,
+    confidence: Confidence,
+    start: usize,
+    end: usize,
+) -> Hit {
+    Hit {
+        rule,
+        category: Category::INJECTION,
+        severity,
+        confidence,
+        start,
+        end,
+        example: false,
+        priority: 0,
+    }
 }
 
 /// Where a string sits, as far as injection rules care.
@@ -137,7 +157,6 @@ pub(crate) const ANCHORS: &[(&[u8], Kind)] = &[
     (b".zsh_history", Kind::CredFile),
     (b".gnupg", Kind::CredFile),
     (b"wallet.dat", Kind::CredFile),
-    (b"keychain", Kind::CredFile),
 ];
 
 /// What an anchor starts.
@@ -202,24 +221,80 @@ fn sentence(s: &[u8], at: usize) -> (usize, usize) {
 }
 
 const DATA_VERBS: &[&[u8]] = &[
-    b"read", b"cat ", b"open", b"send", b"upload", b"include", b"attach", b"copy", b"paste", b"provide", b"pass ",
-    b"exfiltrat", b"contents of", b"content of", b"print", b"output", b"leak", b"share", b"forward", b"post ",
-    b"fetch", b"load", b"extract", b"collect", b"append",
+    b"read",
+    b"cat ",
+    b"open",
+    b"send",
+    b"upload",
+    b"include",
+    b"attach",
+    b"copy",
+    b"paste",
+    b"provide",
+    b"pass ",
+    b"exfiltrat",
+    b"contents of",
+    b"content of",
+    b"print",
+    b"output",
+    b"leak",
+    b"share",
+    b"forward",
+    b"post ",
+    b"fetch",
+    b"load",
+    b"extract",
+    b"collect",
+    b"append",
 ];
 
 const SENSITIVE: &[&[u8]] = &[
-    b"ssh", b"id_rsa", b"private key", b"api key", b"api_key", b"apikey", b"token", b"password", b"secret",
-    b"credential", b".env", b"env var", b"environment variable", b"mcp.json", b"config file", b"conversation",
-    b"chat history", b"previous messages", b"system prompt", b"cookie", b"session", b"~/", b"/etc/", b"keychain",
-    b"wallet", b"seed phrase", b"mnemonic", b".aws", b"claude_desktop_config",
+    b"ssh",
+    b"id_rsa",
+    b"private key",
+    b"api key",
+    b"api_key",
+    b"apikey",
+    b"token",
+    b"password",
+    b"secret",
+    b"credential",
+    b".env",
+    b"env var",
+    b"environment variable",
+    b"mcp.json",
+    b"config file",
+    b"conversation",
+    b"chat history",
+    b"previous messages",
+    b"system prompt",
+    b"cookie",
+    b"session",
+    b"~/",
+    b"/etc/",
+    b"keychain",
+    b"wallet",
+    b"seed phrase",
+    b"mnemonic",
+    b".aws",
+    b"claude_desktop_config",
 ];
 
 fn has_any(hay: &[u8], needles: &[&[u8]]) -> bool {
-    needles.iter().any(|n| memchr::memmem::find(hay, n).is_some())
+    needles
+        .iter()
+        .any(|n| memchr::memmem::find(hay, n).is_some())
 }
 
 /// Handles an anchor of `kind` found at `s[at..end]`.
-pub(crate) fn anchor(kind: Kind, s: &[u8], at: usize, end: usize, ctx: Ctx<'_>, out: &mut Vec<Hit>) {
+pub(crate) fn anchor(
+    kind: Kind,
+    s: &[u8],
+    at: usize,
+    end: usize,
+    ctx: Ctx<'_>,
+    out: &mut Vec<Hit>,
+) {
     match kind {
         Kind::Tags => unicode_run(s, at, "hidden-unicode-tags", Severity::Critical, out),
         Kind::Bidi => unicode_run(s, at, "bidi-control-characters", Severity::High, out),
@@ -228,7 +303,13 @@ pub(crate) fn anchor(kind: Kind, s: &[u8], at: usize, end: usize, ctx: Ctx<'_>, 
         Kind::NewInstructions => {
             if word_start(s, at) {
                 let (_, b) = sentence(s, at);
-                out.push(hit("model-instruction-override", Severity::High, Confidence::Medium, at, b.max(end)));
+                out.push(hit(
+                    "model-instruction-override",
+                    Severity::High,
+                    Confidence::Medium,
+                    at,
+                    b.max(end),
+                ));
             }
         }
         Kind::Conceal => conceal(s, at, end, out),
@@ -236,20 +317,38 @@ pub(crate) fn anchor(kind: Kind, s: &[u8], at: usize, end: usize, ctx: Ctx<'_>, 
             let tag = lower(&s[at..end]);
             // `<system>` is also an XML element name; count it only where text is aimed at a
             // model (descriptions) or when an instruction follows it.
-            if (tag == b"<system>" || tag == b"</system>" || tag == b"<admin>") && !ctx.description {
+            if (tag == b"<system>" || tag == b"</system>" || tag == b"<admin>") && !ctx.description
+            {
                 let (_, b) = sentence(s, end);
                 let l = lower(&s[end..b]);
-                if !has_any(&l, DATA_VERBS) && !has_any(&l, &[b"ignore", b"must", b"always", b"never"]) {
+                if !has_any(&l, DATA_VERBS)
+                    && !has_any(&l, &[b"ignore", b"must", b"always", b"never"])
+                {
                     return;
                 }
             }
-            out.push(hit("model-directive-tag", Severity::High, Confidence::High, at, end));
+            out.push(hit(
+                "model-directive-tag",
+                Severity::High,
+                Confidence::High,
+                at,
+                end,
+            ));
         }
         Kind::PreTool => {
             let (a, b) = sentence(s, at);
             let l = lower(&s[a..b]);
-            if memchr::memmem::find(&l, b"tool").is_some() && has_any(&l, DATA_VERBS) && has_any(&l, SENSITIVE) {
-                out.push(hit("pre-tool-instruction", Severity::High, Confidence::Medium, at, b));
+            if memchr::memmem::find(&l, b"tool").is_some()
+                && has_any(&l, DATA_VERBS)
+                && has_any(&l, SENSITIVE)
+            {
+                out.push(hit(
+                    "pre-tool-instruction",
+                    Severity::High,
+                    Confidence::Medium,
+                    at,
+                    b,
+                ));
             }
         }
         Kind::Shadow => {
@@ -258,9 +357,33 @@ pub(crate) fn anchor(kind: Kind, s: &[u8], at: usize, end: usize, ctx: Ctx<'_>, 
             }
             let (a, b) = sentence(s, at);
             let l = lower(&s[a..b]);
-            let redirect = has_any(&l, &[b"always use this", b"must use this", b"use this tool", b"call this tool", b"instead", b"do not use", b"never use"]);
-            if memchr::memmem::find(&l, b"tool").is_some() && redirect && has_any(&l, &[b"other tool", b"instead of", b"rather than"]) && has_any(&l, &[b"must", b"always", b"never", b"do not", b"don't", b"only"]) {
-                out.push(hit("tool-shadowing", Severity::Medium, Confidence::Low, at, b));
+            let redirect = has_any(
+                &l,
+                &[
+                    b"always use this",
+                    b"must use this",
+                    b"use this tool",
+                    b"call this tool",
+                    b"instead",
+                    b"do not use",
+                    b"never use",
+                ],
+            );
+            if memchr::memmem::find(&l, b"tool").is_some()
+                && redirect
+                && has_any(&l, &[b"other tool", b"instead of", b"rather than"])
+                && has_any(
+                    &l,
+                    &[b"must", b"always", b"never", b"do not", b"don't", b"only"],
+                )
+            {
+                out.push(hit(
+                    "tool-shadowing",
+                    Severity::Medium,
+                    Confidence::Low,
+                    at,
+                    b,
+                ));
             }
         }
         Kind::CredFile => cred_file(s, at, end, ctx, out),
@@ -268,7 +391,10 @@ pub(crate) fn anchor(kind: Kind, s: &[u8], at: usize, end: usize, ctx: Ctx<'_>, 
 }
 
 fn unicode_run(s: &[u8], at: usize, rule: &'static str, sev: Severity, out: &mut Vec<Hit>) {
-    if out.iter().any(|h| h.rule == rule && h.start <= at && at < h.end) {
+    if out
+        .iter()
+        .any(|h| h.rule == rule && h.start <= at && at < h.end)
+    {
         return;
     }
     let mut end = at;
@@ -276,9 +402,17 @@ fn unicode_run(s: &[u8], at: usize, rule: &'static str, sev: Severity, out: &mut
     loop {
         let rest = &s[end..];
         let step = if rule == "hidden-unicode-tags" {
-            (rest.len() >= 4 && rest[0] == 0xF3 && rest[1] == 0xA0 && (rest[2] == 0x80 || rest[2] == 0x81)).then_some(4)
+            (rest.len() >= 4
+                && rest[0] == 0xF3
+                && rest[1] == 0xA0
+                && (rest[2] == 0x80 || rest[2] == 0x81))
+                .then_some(4)
         } else {
-            (rest.len() >= 3 && rest[0] == 0xE2 && ((rest[1] == 0x80 && (0xAA..=0xAE).contains(&rest[2])) || (rest[1] == 0x81 && (0xA6..=0xA9).contains(&rest[2])))).then_some(3)
+            (rest.len() >= 3
+                && rest[0] == 0xE2
+                && ((rest[1] == 0x80 && (0xAA..=0xAE).contains(&rest[2]))
+                    || (rest[1] == 0x81 && (0xA6..=0xA9).contains(&rest[2]))))
+            .then_some(3)
         };
         match step {
             Some(n) => end += n,
@@ -291,12 +425,17 @@ fn unicode_run(s: &[u8], at: usize, rule: &'static str, sev: Severity, out: &mut
 }
 
 fn zero_width(s: &[u8], at: usize, end: usize, out: &mut Vec<Hit>) {
-    if out.iter().any(|h| h.rule == "zero-width-characters" && h.start <= at && at < h.end) {
+    if out
+        .iter()
+        .any(|h| h.rule == "zero-width-characters" && h.start <= at && at < h.end)
+    {
         return;
     }
     let ch = &s[at..end];
     let is_zw = |r: &[u8]| -> usize {
-        for z in ["\u{200B}", "\u{200C}", "\u{200D}", "\u{2060}", "\u{FEFF}", "\u{180E}"] {
+        for z in [
+            "\u{200B}", "\u{200C}", "\u{200D}", "\u{2060}", "\u{FEFF}", "\u{180E}",
+        ] {
             if r.starts_with(z.as_bytes()) {
                 return z.len();
             }
@@ -326,7 +465,13 @@ fn zero_width(s: &[u8], at: usize, end: usize, out: &mut Vec<Hit>) {
             return;
         }
     }
-    out.push(hit("zero-width-characters", Severity::Medium, Confidence::High, at, e));
+    out.push(hit(
+        "zero-width-characters",
+        Severity::Medium,
+        Confidence::High,
+        at,
+        e,
+    ));
 }
 
 fn override_(s: &[u8], at: usize, end: usize, out: &mut Vec<Hit>) {
@@ -334,15 +479,58 @@ fn override_(s: &[u8], at: usize, end: usize, out: &mut Vec<Hit>) {
         return;
     }
     const QUAL: &[&[u8]] = &[
-        b"previous", b"prior", b"above", b"earlier", b"preceding", b"all", b"any", b"system", b"original", b"your",
-        b"these", b"those", b"the", b"other", b"every", b"existing", b"initial", b"developer", b"safety",
+        b"previous",
+        b"prior",
+        b"above",
+        b"earlier",
+        b"preceding",
+        b"all",
+        b"any",
+        b"system",
+        b"original",
+        b"your",
+        b"these",
+        b"those",
+        b"the",
+        b"other",
+        b"every",
+        b"existing",
+        b"initial",
+        b"developer",
+        b"safety",
     ];
     const OBJ: &[&[u8]] = &[
-        b"instructions", b"instruction", b"prompt", b"prompts", b"rules", b"directions", b"guidelines",
-        b"guidance", b"directives", b"constraints", b"restrictions", b"policies", b"commands", b"orders",
-        b"programming", b"messages",
+        b"instructions",
+        b"instruction",
+        b"prompt",
+        b"prompts",
+        b"rules",
+        b"directions",
+        b"guidelines",
+        b"guidance",
+        b"directives",
+        b"constraints",
+        b"restrictions",
+        b"policies",
+        b"commands",
+        b"orders",
+        b"programming",
+        b"messages",
     ];
-    const STRONG: &[&[u8]] = &[b"previous", b"prior", b"above", b"earlier", b"preceding", b"all", b"system", b"original", b"your", b"safety", b"developer", b"initial"];
+    const STRONG: &[&[u8]] = &[
+        b"previous",
+        b"prior",
+        b"above",
+        b"earlier",
+        b"preceding",
+        b"all",
+        b"system",
+        b"original",
+        b"your",
+        b"safety",
+        b"developer",
+        b"initial",
+    ];
     let words = words_after(s, end, 6);
     let mut strong = false;
     let mut qual = false;
@@ -356,11 +544,31 @@ fn override_(s: &[u8], at: usize, end: usize, out: &mut Vec<Hit>) {
         }
         if OBJ.contains(&w.as_slice()) {
             if qual && strong {
-                out.push(hit("model-instruction-override", Severity::High, Confidence::High, at, *wend));
+                out.push(hit(
+                    "model-instruction-override",
+                    Severity::High,
+                    Confidence::High,
+                    at,
+                    *wend,
+                ));
             }
             return;
         }
-        if matches!(w.as_slice(), b"of" | b"and" | b"or" | b"my" | b"our" | b"that" | b"you" | b"were" | b"given" | b"received" | b"have" | b"been") {
+        if matches!(
+            w.as_slice(),
+            b"of"
+                | b"and"
+                | b"or"
+                | b"my"
+                | b"our"
+                | b"that"
+                | b"you"
+                | b"were"
+                | b"given"
+                | b"received"
+                | b"have"
+                | b"been"
+        ) {
             continue;
         }
         if !qual {
@@ -376,31 +584,80 @@ fn conceal(s: &[u8], at: usize, end: usize, out: &mut Vec<Hit>) {
     let first = lower(&s[at..end]);
     let words = words_after(s, end, 7);
     let ws: Vec<&[u8]> = words.iter().map(|(w, _)| w.as_slice()).collect();
-    let who = |w: &[u8]| matches!(w, b"user" | b"users" | b"human" | b"humans" | b"anyone" | b"operator" | b"client");
+    let who = |w: &[u8]| {
+        matches!(
+            w,
+            b"user" | b"users" | b"human" | b"humans" | b"anyone" | b"operator" | b"client"
+        )
+    };
     const TELL: &[&[u8]] = &[
-        b"tell", b"inform", b"mention", b"reveal", b"notify", b"alert", b"show", b"disclose", b"let", b"warn",
-        b"telling", b"informing", b"mentioning", b"revealing", b"notifying", b"alerting", b"showing", b"asking",
-        b"disclosing", b"warning", b"letting", b"knowing",
+        b"tell",
+        b"inform",
+        b"mention",
+        b"reveal",
+        b"notify",
+        b"alert",
+        b"show",
+        b"disclose",
+        b"let",
+        b"warn",
+        b"telling",
+        b"informing",
+        b"mentioning",
+        b"revealing",
+        b"notifying",
+        b"alerting",
+        b"showing",
+        b"asking",
+        b"disclosing",
+        b"warning",
+        b"letting",
+        b"knowing",
     ];
     let Some(pos_who) = ws.iter().position(|w| who(w)) else {
         // "keep this secret", "hide this from ..." without naming the user
-        if (first.starts_with(b"hide this") || first.starts_with(b"keep this")) && ws.iter().take(3).any(|w| matches!(*w, b"secret" | b"hidden" | b"private" | b"confidential" | b"from")) {
+        if (first.starts_with(b"hide this") || first.starts_with(b"keep this"))
+            && ws.iter().take(3).any(|w| {
+                matches!(
+                    *w,
+                    b"secret" | b"hidden" | b"private" | b"confidential" | b"from"
+                )
+            })
+        {
             let e = words.get(2).map_or(end, |w| w.1);
-            out.push(hit("conceal-from-user", Severity::High, Confidence::Medium, at, e));
+            out.push(hit(
+                "conceal-from-user",
+                Severity::High,
+                Confidence::Medium,
+                at,
+                e,
+            ));
         }
         return;
     };
     let before = &ws[..pos_who];
     let ok = if first.starts_with(b"without") {
-        before.first().is_some_and(|w| TELL.contains(w)) || (before.first() == Some(&&b"the"[..]) && ws.get(pos_who + 1).is_some_and(|w| matches!(*w, b"knowing" | b"noticing" | b"seeing")))
+        before.first().is_some_and(|w| TELL.contains(w))
+            || (before.first() == Some(&&b"the"[..])
+                && ws
+                    .get(pos_who + 1)
+                    .is_some_and(|w| matches!(*w, b"knowing" | b"noticing" | b"seeing")))
     } else if first.starts_with(b"hide") || first.starts_with(b"keep") {
-        before.iter().any(|w| matches!(*w, b"from" | b"secret" | b"hidden"))
+        before
+            .iter()
+            .any(|w| matches!(*w, b"from" | b"secret" | b"hidden"))
     } else {
         before.first().is_some_and(|w| TELL.contains(w))
     };
     if ok && pos_who <= 4 {
         let e = words[pos_who].1;
-        out.push(hit("conceal-from-user", Severity::High, Confidence::High, at, e));
+        out.push(hit(
+            "conceal-from-user",
+            Severity::High,
+            Confidence::High,
+            at,
+            e,
+        ));
     }
 }
 
@@ -408,35 +665,70 @@ fn cred_file(s: &[u8], at: usize, end: usize, ctx: Ctx<'_>, out: &mut Vec<Hit>) 
     let pat = lower(&s[at..end]);
     // Boundaries: `.env` must be a file name (not process.env, not .environment).
     if pat == b".env" {
-        let before_ok = at == 0 || matches!(s[at - 1], b'/' | b' ' | b'~' | b'"' | b'\'' | b'`' | b'(' | b'\n' | b'\t' | b':');
+        let tail = lower(&s[end..s.len().min(end + 9)]);
+        if [
+            &b".example"[..],
+            b".sample",
+            b".template",
+            b".dist",
+            b".tmpl",
+        ]
+        .iter()
+        .any(|t| tail.starts_with(t))
+        {
+            return;
+        }
+        let before_ok = at == 0
+            || matches!(
+                s[at - 1],
+                b'/' | b' ' | b'~' | b'"' | b'\'' | b'`' | b'(' | b'\n' | b'\t' | b':'
+            );
         let after_ok = end == s.len() || !s[end].is_ascii_alphanumeric();
         if !before_ok || !after_ok {
             return;
         }
-    }
-    if pat == b"keychain" && !ctx.description {
-        return;
     }
     if pat == b"credentials.json" && at > 0 && s[at - 1] == b'_' {
         return; // application_default_credentials.json has its own anchor
     }
     // Extend to the whole path token.
     let mut a = at;
-    while a > 0 && !matches!(s[a - 1], b' ' | b'\n' | b'\t' | b'"' | b'\'' | b'`' | b'(' | b'<' | b'>' | b',') && at - a < 128 {
+    while a > 0
+        && !matches!(
+            s[a - 1],
+            b' ' | b'\n' | b'\t' | b'"' | b'\'' | b'`' | b'(' | b'<' | b'>' | b','
+        )
+        && at - a < 128
+    {
         a -= 1;
     }
     let mut b = end;
-    while b < s.len() && !matches!(s[b], b' ' | b'\n' | b'\t' | b'"' | b'\'' | b'`' | b')' | b'<' | b'>' | b',') && b - end < 128 {
+    while b < s.len()
+        && !matches!(
+            s[b],
+            b' ' | b'\n' | b'\t' | b'"' | b'\'' | b'`' | b')' | b'<' | b'>' | b','
+        )
+        && b - end < 128
+    {
         b += 1;
     }
     while b > end && matches!(s[b - 1], b'.' | b':' | b';') {
         b -= 1;
     }
-    if out.iter().any(|h| h.rule == "credential-file-reference" && h.start <= a && b <= h.end) {
+    if out
+        .iter()
+        .any(|h| h.rule == "credential-file-reference" && h.start <= a && b <= h.end)
+    {
         return;
     }
     if ctx.description {
-        out.push(hit("credential-file-reference", Severity::High, Confidence::Medium, a, b));
+        out.push(hit(
+            "credential-file-reference",
+            Severity::High,
+            Confidence::Medium,
+            a,
+            b,
+        ));
         return;
     }
     // Outside descriptions: only inside an instruction, on the same line, before the path.
@@ -446,11 +738,42 @@ fn cred_file(s: &[u8], at: usize, end: usize, ctx: Ctx<'_>, out: &mut Vec<Hit>) 
     }
     let l = lower(&s[ls..a]);
     const IMPERATIVE: &[&[u8]] = &[
-        b"read ", b"cat ", b"send ", b"upload ", b"include ", b"attach ", b"copy ", b"paste ", b"provide ",
-        b"pass ", b"exfiltrat", b"contents of", b"content of", b"leak", b"share ", b"forward ", b"post ", b"print ",
+        b"read ",
+        b"cat ",
+        b"send ",
+        b"upload ",
+        b"include ",
+        b"attach ",
+        b"exfiltrat",
+        b"contents of",
+        b"content of",
+        b"leak ",
+        b"forward ",
+        b"post ",
+        b"print ",
+        b"output ",
     ];
-    if has_any(&l, IMPERATIVE) {
-        out.push(hit("credential-file-reference", Severity::High, Confidence::Medium, a, b));
+    // The verb must govern the path: at most a few words between them.
+    let near = IMPERATIVE
+        .iter()
+        .any(|v| match memchr::memmem::rfind(&l, v) {
+            Some(p) => {
+                l[p + v.len()..]
+                    .split(|c| *c == b' ')
+                    .filter(|w| !w.is_empty())
+                    .count()
+                    <= 3
+            }
+            None => false,
+        });
+    if near {
+        out.push(hit(
+            "credential-file-reference",
+            Severity::High,
+            Confidence::Medium,
+            a,
+            b,
+        ));
     }
 }
 
@@ -462,15 +785,34 @@ pub(crate) fn param_description(name: &[u8], s: &[u8], out: &mut Vec<Hit>) {
     let l = lower(s);
     let name_l = lower(name);
     const ASK: &[&[u8]] = &[
-        b"pass ", b"provide", b"include", b"put ", b"add ", b"paste", b"insert", b"copy", b"read", b"send",
-        b"contents", b"content of", b"full text", b"entire", b"fill", b"must contain", b"should contain",
-        b"value of", b"append",
+        b"pass ",
+        b"provide",
+        b"include",
+        b"put ",
+        b"add ",
+        b"paste",
+        b"insert",
+        b"copy",
+        b"read",
+        b"send",
+        b"contents",
+        b"content of",
+        b"full text",
+        b"entire",
+        b"fill",
+        b"must contain",
+        b"should contain",
+        b"value of",
+        b"append",
     ];
     if !has_any(&l, ASK) {
         return;
     }
     // Sensitive objects the parameter asks for, minus those its own name announces.
-    let asked: Vec<&&[u8]> = SENSITIVE.iter().filter(|w| memchr::memmem::find(&l, w).is_some()).collect();
+    let asked: Vec<&&[u8]> = SENSITIVE
+        .iter()
+        .filter(|w| memchr::memmem::find(&l, w).is_some())
+        .collect();
     if asked.is_empty() {
         return;
     }
@@ -489,5 +831,11 @@ pub(crate) fn param_description(name: &[u8], s: &[u8], out: &mut Vec<Hit>) {
     if related {
         return;
     }
-    out.push(hit("exfiltration-parameter", Severity::High, Confidence::Medium, 0, s.len()));
+    out.push(hit(
+        "exfiltration-parameter",
+        Severity::High,
+        Confidence::Medium,
+        0,
+        s.len(),
+    ));
 }

@@ -110,6 +110,9 @@ pub(crate) struct ContextRule {
     /// The whole value must match this.
     pub(crate) value: &'static [Seg],
     pub(crate) min_entropy: f32,
+    /// The provider has no other credential format: a value named after it that does not match
+    /// is not a credential, and the generic rules leave it alone.
+    pub(crate) exclusive: bool,
 }
 
 /// A match found by a rule inside one decoded string, before it becomes a [`crate::Finding`].

@@ -28,19 +28,51 @@ use crate::validate::{iban_mod97_ok, luhn_ok};
 /// The personal-data rules.
 pub(crate) const RULES: &[RuleInfo] = &[
     info("email-address", "E-mail address", Severity::Low),
-    info("phone-number", "Phone number (E.164, NANP, or national format next to a phone keyword)", Severity::Medium),
-    info("payment-card-number", "Payment card number (issuer range + Luhn)", Severity::High),
-    info("iban", "International Bank Account Number (country length + mod-97)", Severity::High),
-    info("us-ssn", "US Social Security number (valid area/group/serial)", Severity::High),
+    info(
+        "phone-number",
+        "Phone number (E.164, NANP, or national format next to a phone keyword)",
+        Severity::Medium,
+    ),
+    info(
+        "payment-card-number",
+        "Payment card number (issuer range + Luhn)",
+        Severity::High,
+    ),
+    info(
+        "iban",
+        "International Bank Account Number (country length + mod-97)",
+        Severity::High,
+    ),
+    info(
+        "us-ssn",
+        "US Social Security number (valid area/group/serial)",
+        Severity::High,
+    ),
     info("ipv4-address", "Public IPv4 address", Severity::Low),
-    info("ipv6-address", "Public (global unicast) IPv6 address", Severity::Low),
+    info(
+        "ipv6-address",
+        "Public (global unicast) IPv6 address",
+        Severity::Low,
+    ),
 ];
 
 const fn info(id: &'static str, description: &'static str, severity: Severity) -> RuleInfo {
-    RuleInfo { id, category: Category::PII, description, severity }
+    RuleInfo {
+        id,
+        category: Category::PII,
+        description,
+        severity,
+    }
 }
 
-fn hit(rule: &'static str, severity: Severity, confidence: Confidence, start: usize, end: usize, example: bool) -> Hit {
+fn hit(
+    rule: &'static str,
+    severity: Severity,
+    confidence: Confidence,
+    start: usize,
+    end: usize,
+    example: bool,
+) -> Hit {
     Hit {
         rule,
         category: Category::PII,
@@ -68,7 +100,11 @@ pub(crate) fn scan(s: &[u8], out: &mut Vec<Hit>) {
                 if !prev.is_ascii_alphabetic() || prev.is_ascii_uppercase() {
                     iban(s, i, out);
                 }
-                if out.len() == before && !prev.is_ascii_alphanumeric() && prev != b'.' && prev != b'+' {
+                if out.len() == before
+                    && !prev.is_ascii_alphanumeric()
+                    && prev != b'.'
+                    && prev != b'+'
+                {
                     digits_candidate(s, i, prev, out);
                 }
                 if let Some(h) = out.get(before..).and_then(|h| h.last()) {
@@ -118,7 +154,12 @@ pub(crate) fn scan(s: &[u8], out: &mut Vec<Hit>) {
 
 /// Collects digits from `start` allowing single separators from `seps`; returns (digits,
 /// end, group lengths, separator used).
-fn digit_groups(s: &[u8], start: usize, seps: &[u8], max_digits: usize) -> (Vec<u8>, usize, Vec<usize>, Option<u8>) {
+fn digit_groups(
+    s: &[u8],
+    start: usize,
+    seps: &[u8],
+    max_digits: usize,
+) -> (Vec<u8>, usize, Vec<usize>, Option<u8>) {
     let mut digits = Vec::new();
     let mut groups = Vec::new();
     let mut sep: Option<u8> = None;
@@ -130,7 +171,12 @@ fn digit_groups(s: &[u8], start: usize, seps: &[u8], max_digits: usize) -> (Vec<
             digits.push(c);
             cur += 1;
             i += 1;
-        } else if seps.contains(&c) && cur > 0 && i + 1 < s.len() && s[i + 1].is_ascii_digit() && sep.map_or(true, |x| x == c) {
+        } else if seps.contains(&c)
+            && cur > 0
+            && i + 1 < s.len()
+            && s[i + 1].is_ascii_digit()
+            && sep.map_or(true, |x| x == c)
+        {
             sep = Some(c);
             groups.push(cur);
             cur = 0;
@@ -158,7 +204,11 @@ fn digits_candidate(s: &[u8], i: usize, prev: u8, out: &mut Vec<Hit>) {
 
 fn issuer_ok(d: &[u8]) -> bool {
     let len = d.len();
-    let p = |k: usize| -> u32 { d[..k.min(len)].iter().fold(0u32, |a, &c| a * 10 + u32::from(c - b'0')) };
+    let p = |k: usize| -> u32 {
+        d[..k.min(len)]
+            .iter()
+            .fold(0u32, |a, &c| a * 10 + u32::from(c - b'0'))
+    };
     let (p1, p2, p3, p4, p6) = (p(1), p(2), p(3), p(4), p(6));
     match p1 {
         4 => matches!(len, 13 | 16 | 19),
@@ -169,12 +219,23 @@ fn issuer_ok(d: &[u8]) -> bool {
         3 => {
             ((p2 == 34 || p2 == 37) && len == 15)
                 || ((3528..=3589).contains(&p4) && (16..=19).contains(&len))
-                || (((300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39) && (14..=19).contains(&len))
+                || (((300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39)
+                    && (14..=19).contains(&len))
         }
         6 => {
-            (p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 || (622_126..=622_925).contains(&p6)) && (16..=19).contains(&len)
+            (p4 == 6011
+                || (644..=649).contains(&p3)
+                || p2 == 65
+                || (622_126..=622_925).contains(&p6))
+                && (16..=19).contains(&len)
                 || (p2 == 62 && (16..=19).contains(&len))
-                || ((p4 == 6304 || p4 == 6759 || p4 == 6761 || p4 == 6762 || p4 == 6763 || p2 == 67) && (12..=19).contains(&len))
+                || ((p4 == 6304
+                    || p4 == 6759
+                    || p4 == 6761
+                    || p4 == 6762
+                    || p4 == 6763
+                    || p2 == 67)
+                    && (12..=19).contains(&len))
         }
         _ => false,
     }
@@ -182,15 +243,34 @@ fn issuer_ok(d: &[u8]) -> bool {
 
 /// Published test card numbers (networks' and payment processors' documentation).
 const TEST_CARDS: &[&[u8]] = &[
-    b"4111111111111111", b"4242424242424242", b"4012888888881881", b"4000056655665556", b"5555555555554444",
-    b"5105105105105100", b"2223003122003222", b"378282246310005", b"371449635398431", b"6011111111111117",
-    b"6011000990139424", b"3530111333300000", b"3566002020360505", b"30569309025904", b"38520000023237",
-    b"6200000000000005", b"4000000000000002", b"4000000000009995", b"5200828282828210", b"4222222222222",
+    b"4111111111111111",
+    b"4242424242424242",
+    b"4012888888881881",
+    b"4000056655665556",
+    b"5555555555554444",
+    b"5105105105105100",
+    b"2223003122003222",
+    b"378282246310005",
+    b"371449635398431",
+    b"6011111111111117",
+    b"6011000990139424",
+    b"3530111333300000",
+    b"3566002020360505",
+    b"30569309025904",
+    b"38520000023237",
+    b"6200000000000005",
+    b"4000000000000002",
+    b"4000000000009995",
+    b"5200828282828210",
+    b"4222222222222",
 ];
 
 fn card(s: &[u8], i: usize, out: &mut Vec<Hit>) -> bool {
     let (d, end, groups, sep) = digit_groups(s, i, b" -", 19);
-    if !(12..=19).contains(&d.len()) || next_is_word(s, end) || (end < s.len() && s[end] == b'.' && end + 1 < s.len() && s[end + 1].is_ascii_digit()) {
+    if !(12..=19).contains(&d.len())
+        || next_is_word(s, end)
+        || (end < s.len() && s[end] == b'.' && end + 1 < s.len() && s[end + 1].is_ascii_digit())
+    {
         return false;
     }
     if sep.is_some() && (groups.len() < 3 || groups.iter().any(|&g| !(3..=6).contains(&g))) {
@@ -208,7 +288,14 @@ fn card(s: &[u8], i: usize, out: &mut Vec<Hit>) -> bool {
         return false;
     }
     let example = TEST_CARDS.contains(&d.as_slice());
-    out.push(hit("payment-card-number", Severity::High, Confidence::High, i, end, example));
+    out.push(hit(
+        "payment-card-number",
+        Severity::High,
+        Confidence::High,
+        i,
+        end,
+        example,
+    ));
     true
 }
 
@@ -218,14 +305,18 @@ fn ssn_parts_ok(area: u32, group: u32, serial: u32) -> bool {
 
 fn ssn(s: &[u8], i: usize, out: &mut Vec<Hit>) -> bool {
     let (d, end, groups, sep) = digit_groups(s, i, b"- ", 9);
-    if d.len() != 9 || next_is_word(s, end) || (end < s.len() && s[end] == b'-' && end + 1 < s.len() && s[end + 1].is_ascii_digit()) {
+    if d.len() != 9
+        || next_is_word(s, end)
+        || (end < s.len() && s[end] == b'-' && end + 1 < s.len() && s[end + 1].is_ascii_digit())
+    {
         return false;
     }
     let dashed = sep == Some(b'-') && groups == [3, 2, 4];
     let keyword = {
         let w = &s[i.saturating_sub(32)..i];
         let l: Vec<u8> = w.iter().map(|c| c.to_ascii_lowercase()).collect();
-        memchr::memmem::find(&l, b"ssn").is_some() || memchr::memmem::find(&l, b"social security").is_some()
+        memchr::memmem::find(&l, b"ssn").is_some()
+            || memchr::memmem::find(&l, b"social security").is_some()
     };
     let shaped = dashed || (keyword && (groups == [3, 2, 4] || groups == [9]));
     if !shaped {
@@ -238,23 +329,100 @@ fn ssn(s: &[u8], i: usize, out: &mut Vec<Hit>) -> bool {
     }
     // Numbers printed on advertising and in documentation (Woolworth's wallet card, the
     // Social Security Administration's own examples).
-    let example = matches!(d.as_slice(), b"078051120" | b"219099999" | b"457555462" | b"123456789");
-    out.push(hit("us-ssn", Severity::High, Confidence::High, i, end, example));
+    let example = matches!(
+        d.as_slice(),
+        b"078051120" | b"219099999" | b"457555462" | b"123456789"
+    );
+    out.push(hit(
+        "us-ssn",
+        Severity::High,
+        Confidence::High,
+        i,
+        end,
+        example,
+    ));
     true
 }
 
 fn iban_len(cc: &[u8]) -> Option<usize> {
     Some(match cc {
-        b"AD" => 24, b"AE" => 23, b"AL" => 28, b"AT" => 20, b"AZ" => 28, b"BA" => 20, b"BE" => 16, b"BG" => 22,
-        b"BH" => 22, b"BR" => 29, b"BY" => 28, b"CH" => 21, b"CR" => 22, b"CY" => 28, b"CZ" => 24, b"DE" => 22,
-        b"DK" => 18, b"DO" => 28, b"EE" => 20, b"EG" => 29, b"ES" => 24, b"FI" => 18, b"FO" => 18, b"FR" => 27,
-        b"GB" => 22, b"GE" => 22, b"GI" => 23, b"GL" => 18, b"GR" => 27, b"GT" => 28, b"HR" => 21, b"HU" => 28,
-        b"IE" => 22, b"IL" => 23, b"IQ" => 23, b"IS" => 26, b"IT" => 27, b"JO" => 30, b"KW" => 30, b"KZ" => 20,
-        b"LB" => 28, b"LC" => 32, b"LI" => 21, b"LT" => 20, b"LU" => 20, b"LV" => 21, b"MC" => 27, b"MD" => 24,
-        b"ME" => 22, b"MK" => 19, b"MR" => 27, b"MT" => 31, b"MU" => 30, b"NL" => 18, b"NO" => 15, b"PK" => 24,
-        b"PL" => 28, b"PS" => 29, b"PT" => 25, b"QA" => 29, b"RO" => 24, b"RS" => 22, b"SA" => 24, b"SC" => 31,
-        b"SE" => 24, b"SI" => 19, b"SK" => 24, b"SM" => 27, b"ST" => 25, b"SV" => 28, b"TL" => 23, b"TN" => 24,
-        b"TR" => 26, b"UA" => 29, b"VA" => 22, b"VG" => 24, b"XK" => 20,
+        b"AD" => 24,
+        b"AE" => 23,
+        b"AL" => 28,
+        b"AT" => 20,
+        b"AZ" => 28,
+        b"BA" => 20,
+        b"BE" => 16,
+        b"BG" => 22,
+        b"BH" => 22,
+        b"BR" => 29,
+        b"BY" => 28,
+        b"CH" => 21,
+        b"CR" => 22,
+        b"CY" => 28,
+        b"CZ" => 24,
+        b"DE" => 22,
+        b"DK" => 18,
+        b"DO" => 28,
+        b"EE" => 20,
+        b"EG" => 29,
+        b"ES" => 24,
+        b"FI" => 18,
+        b"FO" => 18,
+        b"FR" => 27,
+        b"GB" => 22,
+        b"GE" => 22,
+        b"GI" => 23,
+        b"GL" => 18,
+        b"GR" => 27,
+        b"GT" => 28,
+        b"HR" => 21,
+        b"HU" => 28,
+        b"IE" => 22,
+        b"IL" => 23,
+        b"IQ" => 23,
+        b"IS" => 26,
+        b"IT" => 27,
+        b"JO" => 30,
+        b"KW" => 30,
+        b"KZ" => 20,
+        b"LB" => 28,
+        b"LC" => 32,
+        b"LI" => 21,
+        b"LT" => 20,
+        b"LU" => 20,
+        b"LV" => 21,
+        b"MC" => 27,
+        b"MD" => 24,
+        b"ME" => 22,
+        b"MK" => 19,
+        b"MR" => 27,
+        b"MT" => 31,
+        b"MU" => 30,
+        b"NL" => 18,
+        b"NO" => 15,
+        b"PK" => 24,
+        b"PL" => 28,
+        b"PS" => 29,
+        b"PT" => 25,
+        b"QA" => 29,
+        b"RO" => 24,
+        b"RS" => 22,
+        b"SA" => 24,
+        b"SC" => 31,
+        b"SE" => 24,
+        b"SI" => 19,
+        b"SK" => 24,
+        b"SM" => 27,
+        b"ST" => 25,
+        b"SV" => 28,
+        b"TL" => 23,
+        b"TN" => 24,
+        b"TR" => 26,
+        b"UA" => 29,
+        b"VA" => 22,
+        b"VG" => 24,
+        b"XK" => 20,
         _ => return None,
     })
 }
@@ -280,22 +448,37 @@ fn iban(s: &[u8], i: usize, out: &mut Vec<Hit>) {
             compact.push(c);
             j += 1;
             end = j;
-        } else if c == b' ' && compact.len() % 4 == 0 && j + 1 < s.len() && s[j + 1].is_ascii_alphanumeric() {
+        } else if c == b' '
+            && compact.len() % 4 == 0
+            && j + 1 < s.len()
+            && s[j + 1].is_ascii_alphanumeric()
+        {
             j += 1;
         } else {
             break;
         }
     }
-    if compact.len() != want || next_is_word(s, end) || !compact[2..4].iter().all(u8::is_ascii_digit) {
+    if compact.len() != want
+        || next_is_word(s, end)
+        || !compact[2..4].iter().all(u8::is_ascii_digit)
+    {
         return;
     }
     if iban_mod97_ok(&compact) {
-        out.push(hit("iban", Severity::High, Confidence::High, start, end, false));
+        out.push(hit(
+            "iban",
+            Severity::High,
+            Confidence::High,
+            start,
+            end,
+            false,
+        ));
     }
 }
 
 fn email(s: &[u8], at: usize, out: &mut Vec<Hit>) {
-    let local_ok = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-');
+    let local_ok =
+        |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'%' | b'+' | b'-');
     let mut a = at;
     while a > 0 && local_ok(s[a - 1]) && at - a < 64 {
         a -= 1;
@@ -309,7 +492,10 @@ fn email(s: &[u8], at: usize, out: &mut Vec<Hit>) {
     let local = &s[a..at];
     let mut b = at + 1;
     let mut last_dot = None;
-    while b < s.len() && (s[b].is_ascii_alphanumeric() || s[b] == b'-' || s[b] == b'.') && b - at < 255 {
+    while b < s.len()
+        && (s[b].is_ascii_alphanumeric() || s[b] == b'-' || s[b] == b'.')
+        && b - at < 255
+    {
         if s[b] == b'.' {
             if b + 1 >= s.len() || !s[b + 1].is_ascii_alphanumeric() {
                 break;
@@ -327,28 +513,45 @@ fn email(s: &[u8], at: usize, out: &mut Vec<Hit>) {
     }
     let tld_l: Vec<u8> = tld.iter().map(|c| c.to_ascii_lowercase()).collect();
     const FILE_EXT: &[&[u8]] = &[
-        b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"js", b"ts", b"css", b"map", b"json", b"lock", b"md",
-        b"txt", b"py", b"rs", b"go", b"tgz", b"gz", b"zip", b"ico", b"bmp", b"mjs", b"cjs", b"tsx", b"jsx",
+        b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"js", b"ts", b"css", b"map", b"json",
+        b"lock", b"md", b"txt", b"py", b"rs", b"go", b"tgz", b"gz", b"zip", b"ico", b"bmp", b"mjs",
+        b"cjs", b"tsx", b"jsx",
     ];
     if FILE_EXT.contains(&tld_l.as_slice()) {
         return;
     }
-    let domain: Vec<u8> = s[at + 1..b].iter().map(|c| c.to_ascii_lowercase()).collect();
+    let domain: Vec<u8> = s[at + 1..b]
+        .iter()
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
     // git@github.com:owner/repo — an SSH remote, not a person.
     if local == b"git" && b < s.len() && s[b] == b':' {
         return;
     }
-    let example = [&b"example.com"[..], b"example.org", b"example.net"].iter().any(|d| domain.ends_with(d))
+    let example = [&b"example.com"[..], b"example.org", b"example.net"]
+        .iter()
+        .any(|d| domain.ends_with(d))
         || tld_l == b"test"
         || tld_l == b"example"
         || tld_l == b"invalid"
         || tld_l == b"localhost";
-    out.push(hit("email-address", Severity::Low, Confidence::High, a, b, example));
+    out.push(hit(
+        "email-address",
+        Severity::Low,
+        Confidence::High,
+        a,
+        b,
+        example,
+    ));
 }
 
 /// ITU-T E.164 country codes (1-3 digits) in use.
 fn country_code_len(d: &[u8]) -> Option<usize> {
-    let n = |k: usize| d[..k].iter().fold(0u32, |a, &c| a * 10 + u32::from(c - b'0'));
+    let n = |k: usize| {
+        d[..k]
+            .iter()
+            .fold(0u32, |a, &c| a * 10 + u32::from(c - b'0'))
+    };
     if d.is_empty() {
         return None;
     }
@@ -359,8 +562,8 @@ fn country_code_len(d: &[u8]) -> Option<usize> {
         return None;
     }
     const TWO: &[u32] = &[
-        20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55, 56, 57, 58, 60,
-        61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
+        20, 27, 30, 31, 32, 33, 34, 36, 39, 40, 41, 43, 44, 45, 46, 47, 48, 49, 51, 52, 53, 54, 55,
+        56, 57, 58, 60, 61, 62, 63, 64, 65, 66, 81, 82, 84, 86, 90, 91, 92, 93, 94, 95, 98,
     ];
     if TWO.contains(&n(2)) {
         return Some(2);
@@ -377,7 +580,10 @@ fn country_code_len(d: &[u8]) -> Option<usize> {
 }
 
 fn phone_e164(s: &[u8], plus: usize, out: &mut Vec<Hit>) {
-    if plus > 0 && (s[plus - 1].is_ascii_alphanumeric() || matches!(s[plus - 1], b'+' | b'=' | b'*' | b'/' | b')' | b'.')) {
+    if plus > 0
+        && (s[plus - 1].is_ascii_alphanumeric()
+            || matches!(s[plus - 1], b'+' | b'=' | b'*' | b'/' | b')' | b'.'))
+    {
         return;
     }
     let start = plus + 1;
@@ -400,7 +606,14 @@ fn phone_e164(s: &[u8], plus: usize, out: &mut Vec<Hit>) {
     if d[cc..].iter().all(|&c| c == d[cc]) {
         return;
     }
-    out.push(hit("phone-number", Severity::Medium, Confidence::High, plus, end, false));
+    out.push(hit(
+        "phone-number",
+        Severity::Medium,
+        Confidence::High,
+        plus,
+        end,
+        false,
+    ));
 }
 
 /// Digits with phone separators: single spaces, dashes, dots, and a parenthesised area code.
@@ -416,7 +629,11 @@ fn digit_groups_phone(s: &[u8], start: usize) -> (Vec<u8>, usize, Vec<usize>, u8
             digits.push(c);
             cur += 1;
             i += 1;
-        } else if matches!(c, b' ' | b'-' | b'.') && cur > 0 && i + 1 < s.len() && (s[i + 1].is_ascii_digit() || s[i + 1] == b'(') {
+        } else if matches!(c, b' ' | b'-' | b'.')
+            && cur > 0
+            && i + 1 < s.len()
+            && (s[i + 1].is_ascii_digit() || s[i + 1] == b'(')
+        {
             groups.push(cur);
             cur = 0;
             seps += 1;
@@ -427,7 +644,11 @@ fn digit_groups_phone(s: &[u8], start: usize) -> (Vec<u8>, usize, Vec<usize>, u8
                 cur = 0;
             }
             i += 1;
-        } else if c == b')' && cur > 0 && i + 1 < s.len() && (s[i + 1] == b' ' || s[i + 1].is_ascii_digit()) {
+        } else if c == b')'
+            && cur > 0
+            && i + 1 < s.len()
+            && (s[i + 1] == b' ' || s[i + 1].is_ascii_digit())
+        {
             groups.push(cur);
             cur = 0;
             i += 1;
@@ -449,7 +670,10 @@ fn digit_groups_phone(s: &[u8], start: usize) -> (Vec<u8>, usize, Vec<usize>, u8
 }
 
 fn nanp_ok(d: &[u8]) -> bool {
-    d.len() == 10 && (b'2'..=b'9').contains(&d[0]) && (b'2'..=b'9').contains(&d[3]) && !(d[1] == b'1' && d[2] == b'1')
+    d.len() == 10
+        && (b'2'..=b'9').contains(&d[0])
+        && (b'2'..=b'9').contains(&d[3])
+        && !(d[1] == b'1' && d[2] == b'1')
 }
 
 fn phone_nanp(s: &[u8], open: usize, out: &mut Vec<Hit>) {
@@ -459,33 +683,75 @@ fn phone_nanp(s: &[u8], open: usize, out: &mut Vec<Hit>) {
     }
     let (d, end, groups, _) = digit_groups_phone(s, open);
     if groups == [3, 3, 4] && nanp_ok(&d) && !next_is_word(s, end) && s[open + 4] == b')' {
-        out.push(hit("phone-number", Severity::Medium, Confidence::High, open, end, false));
+        out.push(hit(
+            "phone-number",
+            Severity::Medium,
+            Confidence::High,
+            open,
+            end,
+            false,
+        ));
     }
 }
 
 fn phone_keyword_before(s: &[u8], i: usize) -> bool {
-    let w: Vec<u8> = s[i.saturating_sub(40)..i].iter().map(|c| c.to_ascii_lowercase()).collect();
+    let w: Vec<u8> = s[i.saturating_sub(40)..i]
+        .iter()
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
     const KW: &[&[u8]] = &[
-        b"phone", b"tel", b"mobile", b"cell", b"fax", b"call ", b"sms", b"whatsapp", b"contact", b"telefon",
-        b"t\xc3\xa9l", b"handy", b"number:",
+        b"phone",
+        b"tel",
+        b"mobile",
+        b"cell",
+        b"fax",
+        b"call ",
+        b"sms",
+        b"whatsapp",
+        b"contact",
+        b"telefon",
+        b"t\xc3\xa9l",
+        b"handy",
+        b"number:",
     ];
     KW.iter().any(|k| memchr::memmem::find(&w, k).is_some())
 }
 
 fn phone_national(s: &[u8], i: usize, out: &mut Vec<Hit>) {
     let (d, end, groups, seps) = digit_groups_phone(s, i);
-    if next_is_word(s, end) || (end < s.len() && matches!(s[end], b'.' | b':' | b'/') && end + 1 < s.len() && s[end + 1].is_ascii_digit()) {
+    if next_is_word(s, end)
+        || (end < s.len()
+            && matches!(s[end], b'.' | b':' | b'/')
+            && end + 1 < s.len()
+            && s[end + 1].is_ascii_digit())
+    {
         return;
     }
     let text = &s[i..end];
     // Dates and versions: 2024-01-15, 1.2.3, 10.0.19041
-    if text.contains(&b'.') && groups.len() >= 3 && groups.iter().all(|&g| g <= 4) && !phone_keyword_before(s, i) {
+    if text.contains(&b'.')
+        && groups.len() >= 3
+        && groups.iter().all(|&g| g <= 4)
+        && !phone_keyword_before(s, i)
+    {
         return;
     }
     let nanp = nanp_ok(&d) && groups == [3, 3, 4] && (text.contains(&b'-') || text.contains(&b'.'));
-    let national = phone_keyword_before(s, i) && (9..=12).contains(&d.len()) && d[0] == b'0' || phone_keyword_before(s, i) && nanp_ok(&d);
+    let national = phone_keyword_before(s, i) && (9..=12).contains(&d.len()) && d[0] == b'0'
+        || phone_keyword_before(s, i) && nanp_ok(&d);
     if nanp && seps == 2 || national && (seps >= 1 || groups.len() == 1) {
-        out.push(hit("phone-number", Severity::Medium, if nanp { Confidence::Medium } else { Confidence::Low }, i, end, false));
+        out.push(hit(
+            "phone-number",
+            Severity::Medium,
+            if nanp {
+                Confidence::Medium
+            } else {
+                Confidence::Low
+            },
+            i,
+            end,
+            false,
+        ));
     }
 }
 
@@ -520,7 +786,9 @@ fn ipv4(s: &[u8], i: usize, prev: u8, out: &mut Vec<Hit>) -> bool {
         if len == 0 || len > 3 || (len > 1 && s[st] == b'0') {
             return false;
         }
-        *slot = s[st..j].iter().fold(0, |a, &c| a * 10 + u32::from(c - b'0'));
+        *slot = s[st..j]
+            .iter()
+            .fold(0, |a, &c| a * 10 + u32::from(c - b'0'));
         if *slot > 255 {
             return false;
         }
@@ -531,17 +799,40 @@ fn ipv4(s: &[u8], i: usize, prev: u8, out: &mut Vec<Hit>) -> bool {
             j += 1;
         }
     }
-    if next_is_word(s, j) || (j < s.len() && s[j] == b'.' && j + 1 < s.len() && s[j + 1].is_ascii_digit()) {
+    if next_is_word(s, j)
+        || (j < s.len() && s[j] == b'.' && j + 1 < s.len() && s[j + 1].is_ascii_digit())
+    {
         return false;
     }
-    let w: Vec<u8> = s[i.saturating_sub(24)..i].iter().map(|c| c.to_ascii_lowercase()).collect();
-    if [&b"version"[..], b"ver ", b"ver.", b"build", b"release", b"oid", b"v="].iter().any(|k| memchr::memmem::find(&w, k).is_some()) {
+    let w: Vec<u8> = s[i.saturating_sub(24)..i]
+        .iter()
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if [
+        &b"version"[..],
+        b"ver ",
+        b"ver.",
+        b"build",
+        b"release",
+        b"oid",
+        b"v=",
+    ]
+    .iter()
+    .any(|k| memchr::memmem::find(&w, k).is_some())
+    {
         return false;
     }
     if !ipv4_public(o) {
         return true; // an address, but not personal data: consumed, not reported
     }
-    out.push(hit("ipv4-address", Severity::Low, Confidence::Medium, i, j, false));
+    out.push(hit(
+        "ipv4-address",
+        Severity::Low,
+        Confidence::Medium,
+        i,
+        j,
+        false,
+    ));
     true
 }
 
@@ -551,7 +842,9 @@ fn ipv6(s: &[u8], colon: usize, out: &mut Vec<Hit>) {
     while st > 0 && s[st - 1].is_ascii_hexdigit() && colon - st < 5 {
         st -= 1;
     }
-    if colon - st != 4 || (st > 0 && (s[st - 1].is_ascii_alphanumeric() || s[st - 1] == b':' || s[st - 1] == b'.')) {
+    if colon - st != 4
+        || (st > 0 && (s[st - 1].is_ascii_alphanumeric() || s[st - 1] == b':' || s[st - 1] == b'.'))
+    {
         return;
     }
     if !matches!(s[st], b'2' | b'3') {
@@ -599,10 +892,20 @@ fn ipv6(s: &[u8], colon: usize, out: &mut Vec<Hit>) {
         return;
     }
     let text: Vec<u8> = s[st..end].iter().map(|c| c.to_ascii_lowercase()).collect();
-    if text.starts_with(b"2001:db8:") || text.starts_with(b"2001:0db8:") || text.starts_with(b"2001:db8::") {
+    if text.starts_with(b"2001:db8:")
+        || text.starts_with(b"2001:0db8:")
+        || text.starts_with(b"2001:db8::")
+    {
         return;
     }
-    out.push(hit("ipv6-address", Severity::Low, Confidence::Medium, st, end, false));
+    out.push(hit(
+        "ipv6-address",
+        Severity::Low,
+        Confidence::Medium,
+        st,
+        end,
+        false,
+    ));
 }
 
 #[cfg(test)]
@@ -617,7 +920,10 @@ mod tests {
 
     #[test]
     fn cards_need_luhn_and_an_issuer() {
-        assert_eq!(rules("card 4539 5787 6362 1486 ok"), ["payment-card-number"]);
+        assert_eq!(
+            rules("card 4539 5787 6362 1486 ok"),
+            ["payment-card-number"]
+        );
         assert!(rules("card 4539 5787 6362 1487 ok").is_empty());
         assert!(rules("id 9539578763621486").is_empty());
     }
@@ -641,7 +947,10 @@ mod tests {
     fn phones_and_emails() {
         assert_eq!(rules("call +44 20 7946 0958 now"), ["phone-number"]);
         assert_eq!(rules("(415) 555-2671"), ["phone-number"]);
-        assert_eq!(rules("mail jane.doe@acme-corp.io please"), ["email-address"]);
+        assert_eq!(
+            rules("mail jane.doe@acme-corp.io please"),
+            ["email-address"]
+        );
         assert!(rules("git@github.com:org/repo.git").is_empty());
         assert!(rules("logo@2x.png").is_empty());
     }

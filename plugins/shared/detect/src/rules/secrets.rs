@@ -12,8 +12,8 @@
 use super::{Check, ContextRule, Hit, RuleInfo, TokenRule};
 use crate::finding::{Category, Confidence, Severity};
 use crate::spec::{
-    class, in_class, match_at, Seg, ALNUM, B64, B64URL, DIGIT, HEX, HEX_LOWER, LOWER_ALNUM, UPPER_ALNUM,
-    ALPHA,
+    class, in_class, match_at, Seg, ALNUM, ALPHA, B64, B64URL, DIGIT, HEX, HEX_LOWER, LOWER_ALNUM,
+    UPPER_ALNUM,
 };
 use crate::validate::{b64_decode, is_documented_example, is_placeholder};
 
@@ -349,7 +349,12 @@ pub(crate) const CUSTOM_RULES: &[RuleInfo] = &[
 ];
 
 const fn info(id: &'static str, description: &'static str, severity: Severity) -> RuleInfo {
-    RuleInfo { id, category: Category::SECRET, description, severity }
+    RuleInfo {
+        id,
+        category: Category::SECRET,
+        description,
+        severity,
+    }
 }
 
 /// Prefilter anchors of the custom rules. Matched case-insensitively; each function decides.
@@ -366,57 +371,241 @@ pub(crate) const CUSTOM_ANCHORS: &[&str] = &[
     "-us",
     "NRAL",
     ":AA",
+    "|",
 ];
 
 /// Provider formats without a prefix, recognised next to a keyword.
 pub(crate) const CONTEXT_RULES: &[ContextRule] = &[
-    ctx("aws-secret-access-key", "AWS secret access key (40 base64 next to an AWS secret keyword)", Critical,
-        &["aws_secret", "secret_access_key", "secretaccesskey", "aws-secret", "awssecret", "aws secret", "secret-access-key"],
-        &[Run(B64, 40, 40)], 3.5),
-    ctx("aws-session-token", "AWS session token (next to aws_session_token)", High,
-        &["session_token", "sessiontoken", "security_token", "session-token"], &[Run(B64_PAD, 100, 4096)], 4.0),
-    ctx("gcp-service-account-key-id", "Google service account private_key_id", Medium,
-        &["private_key_id"], &[Run(HEX_LOWER, 40, 40)], 3.0),
-    ctx("twilio-auth-token", "Twilio auth token (32 hex next to twilio)", High,
-        &["twilio"], &[Run(HEX_LOWER, 32, 32)], 3.0),
-    ctx("datadog-api-key", "Datadog API key (32 hex next to datadog / DD_API_KEY)", High,
-        &["datadog", "dd_api_key", "dd-api-key", "dd_apikey", "dd-api"], &[Run(HEX_LOWER, 32, 32)], 3.0),
-    ctx("datadog-app-key", "Datadog application key (40 next to DD_APP_KEY)", High,
-        &["dd_app_key", "dd_application_key", "dd-application-key", "datadog_app", "dd-app-key", "datadog"], &[Run(LOWER_ALNUM, 40, 40)], 3.2),
-    ctx("cohere-api-key", "Cohere API key (40 next to cohere)", High,
-        &["cohere", "co_api_key"], &[Run(ALNUM, 40, 40)], 3.5),
-    ctx("mistral-api-key", "Mistral AI API key (32 next to mistral)", High,
-        &["mistral"], &[Run(ALNUM, 32, 32)], 3.5),
-    ctx("cloudflare-api-token", "Cloudflare API token (40 next to cloudflare / CF_API_TOKEN)", High,
-        &["cloudflare", "cf_api_token", "cf_token", "cf-api-token", "cf_api"], &[Run(B64URL, 40, 40)], 3.5),
-    ctx("cloudflare-global-api-key", "Cloudflare global API key (37 hex next to cloudflare / X-Auth-Key)", Critical,
-        &["cloudflare", "cf_api_key", "x-auth-key", "cf_key"], &[Run(HEX_LOWER, 37, 37)], 3.2),
-    ctx("heroku-api-key", "Heroku legacy API key (UUID next to heroku)", High,
-        &["heroku"], UUID, 3.0),
-    ctx("vercel-token", "Vercel access token (24 next to vercel)", High,
-        &["vercel"], &[Run(ALNUM, 24, 24)], 3.5),
-    ctx("netlify-token", "Netlify access token (next to netlify)", High,
-        &["netlify"], &[Run(B64URL, 40, 46)], 3.5),
-    ctx("okta-api-token", "Okta API token (00 + 40 next to okta / SSWS)", High,
-        &["okta", "ssws"], &[Lit(b"00"), Run(B64URL, 40, 40)], 3.5),
-    ctx("auth0-client-secret", "Auth0 client secret (64 next to auth0)", High,
-        &["auth0"], &[Run(B64URL, 64, 64)], 3.8),
-    ctx("asana-personal-access-token", "Asana personal access token (1/... or 2/...:32 hex next to asana)", High,
-        &["asana"], &[Run(class(b"12"), 1, 1), Lit(b"/"), Run(class(b"0-9/"), 10, 40), Lit(b":"), Run(HEX_LOWER, 32, 32)], 3.0),
-    ctx("discord-bot-token", "Discord bot token (next to discord)", High,
-        &["discord"], &[Run(class(b"MNO"), 1, 1), Run(B64URL, 23, 27), Lit(b"."), Run(B64URL, 6, 7), Lit(b"."), Run(B64URL, 27, 40)], 3.5),
-    ctx("discord-client-secret", "Discord OAuth client secret (32 next to discord)", High,
-        &["discord"], &[Run(B64URL, 32, 32)], 3.0),
-    ctx("telegram-bot-token", "Telegram bot token (id:secret next to telegram)", High,
-        &["telegram", "tg_bot", "tg-bot", "bot_token"], &[Run(DIGIT, 8, 10), Lit(b":"), Run(B64URL, 35, 35)], 3.0),
-    ctx("atlassian-api-token", "Atlassian API token (ATATT3)", High,
-        &["atlassian", "jira", "confluence"], &[Run(ALNUM, 24, 24)], 3.5),
-    ctx("mailgun-api-key", "Mailgun API key (32 hex-8-8 next to mailgun)", High,
-        &["mailgun"], &[Run(HEX_LOWER, 32, 32), Lit(b"-"), Run(HEX_LOWER, 8, 8), Lit(b"-"), Run(HEX_LOWER, 8, 8)], 3.0),
-    ctx("algolia-api-key", "Algolia admin or search API key (32 hex next to algolia)", Medium,
-        &["algolia"], &[Run(HEX_LOWER, 32, 32)], 3.0),
-    ctx("paypal-client-secret", "PayPal REST client secret (80 next to paypal)", High,
-        &["paypal"], &[Run(B64URL, 80, 80)], 3.8),
+    ctx(
+        "aws-secret-access-key",
+        "AWS secret access key (40 base64 next to an AWS secret keyword)",
+        Critical,
+        &[
+            "aws_secret",
+            "secret_access_key",
+            "secretaccesskey",
+            "aws-secret",
+            "awssecret",
+            "aws secret",
+            "secret-access-key",
+        ],
+        &[Run(B64, 40, 40)],
+        3.5,
+    ),
+    ctx(
+        "aws-session-token",
+        "AWS session token (next to aws_session_token)",
+        High,
+        &[
+            "session_token",
+            "sessiontoken",
+            "security_token",
+            "session-token",
+        ],
+        &[Run(B64_PAD, 100, 4096)],
+        4.0,
+    ),
+    ctx(
+        "gcp-service-account-key-id",
+        "Google service account private_key_id",
+        Medium,
+        &["private_key_id"],
+        &[Run(HEX_LOWER, 40, 40)],
+        3.0,
+    ),
+    ctx(
+        "twilio-auth-token",
+        "Twilio auth token (32 hex next to twilio)",
+        High,
+        &["twilio"],
+        &[Run(HEX_LOWER, 32, 32)],
+        3.0,
+    ),
+    ctx(
+        "datadog-api-key",
+        "Datadog API key (32 hex next to datadog / DD_API_KEY)",
+        High,
+        &["datadog", "dd_api_key", "dd-api-key", "dd_apikey", "dd-api"],
+        &[Run(HEX_LOWER, 32, 32)],
+        3.0,
+    ),
+    ctx(
+        "datadog-app-key",
+        "Datadog application key (40 next to DD_APP_KEY)",
+        High,
+        &[
+            "dd_app_key",
+            "dd_application_key",
+            "dd-application-key",
+            "datadog_app",
+            "dd-app-key",
+            "datadog",
+        ],
+        &[Run(LOWER_ALNUM, 40, 40)],
+        3.2,
+    ),
+    ctx(
+        "cohere-api-key",
+        "Cohere API key (40 next to cohere)",
+        High,
+        &["cohere", "co_api_key"],
+        &[Run(ALNUM, 40, 40)],
+        3.5,
+    ),
+    ctx(
+        "mistral-api-key",
+        "Mistral AI API key (32 next to mistral)",
+        High,
+        &["mistral"],
+        &[Run(ALNUM, 32, 32)],
+        3.5,
+    ),
+    ctx(
+        "cloudflare-api-token",
+        "Cloudflare API token (40 next to cloudflare / CF_API_TOKEN)",
+        High,
+        &[
+            "cloudflare",
+            "cf_api_token",
+            "cf_token",
+            "cf-api-token",
+            "cf_api",
+        ],
+        &[Run(B64URL, 40, 40)],
+        3.5,
+    ),
+    ctx(
+        "cloudflare-global-api-key",
+        "Cloudflare global API key (37 hex next to cloudflare / X-Auth-Key)",
+        Critical,
+        &["cloudflare", "cf_api_key", "x-auth-key", "cf_key"],
+        &[Run(HEX_LOWER, 37, 37)],
+        3.2,
+    ),
+    ctx(
+        "heroku-api-key",
+        "Heroku legacy API key (UUID next to heroku)",
+        High,
+        &["heroku"],
+        UUID,
+        3.0,
+    ),
+    ctx(
+        "vercel-token",
+        "Vercel access token (24 next to vercel)",
+        High,
+        &["vercel"],
+        &[Run(ALNUM, 24, 24)],
+        3.5,
+    ),
+    ctx(
+        "netlify-token",
+        "Netlify access token (next to netlify)",
+        High,
+        &["netlify"],
+        &[Run(B64URL, 40, 46)],
+        3.5,
+    ),
+    ctx(
+        "okta-api-token",
+        "Okta API token (00 + 40 next to okta / SSWS)",
+        High,
+        &["okta", "ssws"],
+        &[Lit(b"00"), Run(B64URL, 40, 40)],
+        3.5,
+    ),
+    ctx(
+        "auth0-client-secret",
+        "Auth0 client secret (64 next to auth0)",
+        High,
+        &["auth0"],
+        &[Run(B64URL, 64, 64)],
+        3.8,
+    ),
+    ctx(
+        "asana-personal-access-token",
+        "Asana personal access token (1/... or 2/...:32 hex next to asana)",
+        High,
+        &["asana"],
+        &[
+            Run(class(b"12"), 1, 1),
+            Lit(b"/"),
+            Run(class(b"0-9/"), 10, 40),
+            Lit(b":"),
+            Run(HEX_LOWER, 32, 32),
+        ],
+        3.0,
+    ),
+    ctx(
+        "discord-bot-token",
+        "Discord bot token (next to discord)",
+        High,
+        &["discord"],
+        &[
+            Run(class(b"MNO"), 1, 1),
+            Run(B64URL, 23, 27),
+            Lit(b"."),
+            Run(B64URL, 6, 7),
+            Lit(b"."),
+            Run(B64URL, 27, 40),
+        ],
+        3.5,
+    ),
+    ctx(
+        "discord-client-secret",
+        "Discord OAuth client secret (32 next to discord)",
+        High,
+        &["discord"],
+        &[Run(B64URL, 32, 32)],
+        3.0,
+    ),
+    // Telegram's Bot API has one credential, the bot token.
+    exclusive(ctx(
+        "telegram-bot-token",
+        "Telegram bot token (id:secret next to telegram)",
+        High,
+        &["telegram", "tg_bot", "tg-bot"],
+        &[Run(DIGIT, 8, 10), Lit(b":"), Run(B64URL, 35, 35)],
+        3.0,
+    )),
+    ctx(
+        "atlassian-api-token",
+        "Atlassian API token (ATATT3)",
+        High,
+        &["atlassian", "jira", "confluence"],
+        &[Run(ALNUM, 24, 24)],
+        3.5,
+    ),
+    ctx(
+        "mailgun-api-key",
+        "Mailgun API key (32 hex-8-8 next to mailgun)",
+        High,
+        &["mailgun"],
+        &[
+            Run(HEX_LOWER, 32, 32),
+            Lit(b"-"),
+            Run(HEX_LOWER, 8, 8),
+            Lit(b"-"),
+            Run(HEX_LOWER, 8, 8),
+        ],
+        3.0,
+    ),
+    ctx(
+        "algolia-api-key",
+        "Algolia admin or search API key (32 hex next to algolia)",
+        Medium,
+        &["algolia"],
+        &[Run(HEX_LOWER, 32, 32)],
+        3.0,
+    ),
+    ctx(
+        "paypal-client-secret",
+        "PayPal REST client secret (80 next to paypal)",
+        High,
+        &["paypal"],
+        &[Run(B64URL, 80, 80)],
+        3.8,
+    ),
 ];
 
 #[allow(clippy::too_many_arguments)]
@@ -428,10 +617,30 @@ const fn ctx(
     value: &'static [Seg],
     min_entropy: f32,
 ) -> ContextRule {
-    ContextRule { id, description, severity, keywords, value, min_entropy }
+    ContextRule {
+        id,
+        description,
+        severity,
+        keywords,
+        value,
+        min_entropy,
+        exclusive: false,
+    }
 }
 
-fn hit(rule: &'static str, severity: Severity, confidence: Confidence, start: usize, end: usize, s: &[u8]) -> Hit {
+const fn exclusive(mut r: ContextRule) -> ContextRule {
+    r.exclusive = true;
+    r
+}
+
+fn hit(
+    rule: &'static str,
+    severity: Severity,
+    confidence: Confidence,
+    start: usize,
+    end: usize,
+    s: &[u8],
+) -> Hit {
     let example = is_documented_example(&s[start..end]);
     Hit {
         rule,
@@ -447,7 +656,10 @@ fn hit(rule: &'static str, severity: Severity, confidence: Confidence, start: us
 
 /// Runs a token rule whose prefix the prefilter found at `at`.
 pub(crate) fn token_match(rule: &TokenRule, s: &[u8], at: usize) -> Option<Hit> {
-    let prefix = rule.prefixes.iter().find(|p| s[at..].starts_with(p.as_bytes()))?;
+    let prefix = rule
+        .prefixes
+        .iter()
+        .find(|p| s[at..].starts_with(p.as_bytes()))?;
     if rule.left_stop != 0 && at > 0 && in_class(rule.left_stop, s[at - 1]) {
         return None;
     }
@@ -531,6 +743,7 @@ pub(crate) fn custom_match(anchor: &str, s: &[u8], at: usize, out: &mut Vec<Hit>
         "-us" => mailchimp(s, at),
         "NRAL" => newrelic_license(s, at),
         ":AA" => telegram_structural(s, at),
+        "|" => facebook_app_token(s, at),
         _ => None,
     };
     if let Some(h) = h {
@@ -550,7 +763,9 @@ fn pem_block(s: &[u8], at: usize) -> Option<Hit> {
     let label_end = after + memchr::memmem::find(&s[after..s.len().min(after + 64)], b"-----")?;
     let label = &s[after..label_end];
     let kind = match label {
-        b"PRIVATE KEY" | b"RSA PRIVATE KEY" | b"EC PRIVATE KEY" | b"DSA PRIVATE KEY" => "private-key",
+        b"PRIVATE KEY" | b"RSA PRIVATE KEY" | b"EC PRIVATE KEY" | b"DSA PRIVATE KEY" => {
+            "private-key"
+        }
         b"ENCRYPTED PRIVATE KEY" => "encrypted-private-key",
         b"OPENSSH PRIVATE KEY" => "openssh-private-key",
         b"PGP PRIVATE KEY BLOCK" => "pgp-private-key-block",
@@ -560,7 +775,9 @@ fn pem_block(s: &[u8], at: usize) -> Option<Hit> {
     let (body_end, end) = match memchr::memmem::find(&s[body_start..], b"-----END ") {
         Some(p) => {
             let e = body_start + p;
-            let close = memchr::memmem::find(&s[e + 9..], b"-----").map(|q| e + 9 + q + 5).unwrap_or(s.len());
+            let close = memchr::memmem::find(&s[e + 9..], b"-----")
+                .map(|q| e + 9 + q + 5)
+                .unwrap_or(s.len());
             (e, close)
         }
         None => (s.len(), s.len()),
@@ -581,8 +798,16 @@ fn pem_block(s: &[u8], at: usize) -> Option<Hit> {
     if material < 40 || crate::validate::entropy(body) < 3.5 {
         return None;
     }
-    let rule = if encrypted && kind == "private-key" { "encrypted-private-key" } else { kind };
-    let sev = if rule == "encrypted-private-key" { High } else { Critical };
+    let rule = if encrypted && kind == "private-key" {
+        "encrypted-private-key"
+    } else {
+        kind
+    };
+    let sev = if rule == "encrypted-private-key" {
+        High
+    } else {
+        Critical
+    };
     Some(hit(rule, sev, Confidence::High, at, end, s))
 }
 
@@ -597,11 +822,20 @@ fn putty(s: &[u8], at: usize) -> Option<Hit> {
     end = match memchr::memmem::find(&s[end..], b"Private-MAC:") {
         Some(q) => {
             let m = end + q;
-            memchr::memchr(b'\n', &s[m..]).map(|n| m + n).unwrap_or(s.len())
+            memchr::memchr(b'\n', &s[m..])
+                .map(|n| m + n)
+                .unwrap_or(s.len())
         }
         None => s.len(),
     };
-    Some(hit("putty-private-key", Critical, Confidence::High, at, end, s))
+    Some(hit(
+        "putty-private-key",
+        Critical,
+        Confidence::High,
+        at,
+        end,
+        s,
+    ))
 }
 
 fn jwt(s: &[u8], at: usize) -> Option<Hit> {
@@ -640,22 +874,73 @@ fn jwt(s: &[u8], at: usize) -> Option<Hit> {
 }
 
 const DB_SCHEMES: &[&[u8]] = &[
-    b"postgres", b"postgresql", b"mysql", b"mariadb", b"mongodb", b"mongodb+srv", b"mssql", b"sqlserver",
-    b"oracle", b"snowflake", b"clickhouse", b"cockroachdb", b"redshift", b"db2", b"couchdb", b"neo4j",
-    b"neo4j+s", b"cassandra", b"jdbc:postgresql", b"jdbc:mysql", b"jdbc:sqlserver", b"jdbc:oracle",
+    b"postgres",
+    b"postgresql",
+    b"mysql",
+    b"mariadb",
+    b"mongodb",
+    b"mongodb+srv",
+    b"mssql",
+    b"sqlserver",
+    b"oracle",
+    b"snowflake",
+    b"clickhouse",
+    b"cockroachdb",
+    b"redshift",
+    b"db2",
+    b"couchdb",
+    b"neo4j",
+    b"neo4j+s",
+    b"cassandra",
+    b"jdbc:postgresql",
+    b"jdbc:mysql",
+    b"jdbc:sqlserver",
+    b"jdbc:oracle",
 ];
 const BROKER_SCHEMES: &[&[u8]] = &[
-    b"redis", b"rediss", b"amqp", b"amqps", b"nats", b"mqtt", b"mqtts", b"kafka", b"memcached", b"stomp",
+    b"redis",
+    b"rediss",
+    b"amqp",
+    b"amqps",
+    b"nats",
+    b"mqtt",
+    b"mqtts",
+    b"kafka",
+    b"memcached",
+    b"stomp",
 ];
-const WEB_SCHEMES: &[&[u8]] = &[b"http", b"https", b"ftp", b"ftps", b"sftp", b"ssh", b"git", b"svn", b"ldap", b"ldaps", b"smtp", b"smtps", b"imap", b"imaps"];
+const WEB_SCHEMES: &[&[u8]] = &[
+    b"http", b"https", b"ftp", b"ftps", b"sftp", b"ssh", b"git", b"svn", b"ldap", b"ldaps",
+    b"smtp", b"smtps", b"imap", b"imaps",
+];
 
 /// Passwords that are placeholders in connection-string examples.
 fn is_placeholder_password(p: &[u8]) -> bool {
     let l: Vec<u8> = p.iter().map(|c| c.to_ascii_lowercase()).collect();
     const WORDS: &[&[u8]] = &[
-        b"password", b"pass", b"passwd", b"pwd", b"secret", b"pw", b"changeme", b"user", b"username", b"admin",
-        b"root", b"postgres", b"mysql", b"example", b"test", b"guest", b"redis", b"rabbitmq", b"mypassword",
-        b"yourpassword", b"your_password", b"dbpassword", b"db_password",
+        b"password",
+        b"pass",
+        b"passwd",
+        b"pwd",
+        b"secret",
+        b"pw",
+        b"changeme",
+        b"user",
+        b"username",
+        b"admin",
+        b"root",
+        b"postgres",
+        b"mysql",
+        b"example",
+        b"test",
+        b"guest",
+        b"redis",
+        b"rabbitmq",
+        b"mypassword",
+        b"yourpassword",
+        b"your_password",
+        b"dbpassword",
+        b"db_password",
     ];
     WORDS.contains(&l.as_slice())
         || p.starts_with(b"$")
@@ -685,7 +970,23 @@ fn url_credentials(s: &[u8], at: usize) -> Option<Hit> {
     let ui_start = at + 3;
     // The authority ends at the first '/', '?', '#', whitespace or quote.
     let mut auth_end = ui_start;
-    while auth_end < s.len() && !matches!(s[auth_end], b'/' | b'?' | b'#' | b' ' | b'\t' | b'\n' | b'\r' | b'"' | b'\'' | b'`' | b'>' | b'<' | b'\\') {
+    while auth_end < s.len()
+        && !matches!(
+            s[auth_end],
+            b'/' | b'?'
+                | b'#'
+                | b' '
+                | b'\t'
+                | b'\n'
+                | b'\r'
+                | b'"'
+                | b'\''
+                | b'`'
+                | b'>'
+                | b'<'
+                | b'\\'
+        )
+    {
         auth_end += 1;
     }
     let authority = &s[ui_start..auth_end];
@@ -696,10 +997,18 @@ fn url_credentials(s: &[u8], at: usize) -> Option<Hit> {
     if password.is_empty() || is_placeholder_password(password) || at_pos + 1 >= authority.len() {
         return None;
     }
-    if rule == "url-credentials" && (password.len() < 6 || crate::validate::entropy(password) < 2.5) {
+    if rule == "url-credentials" && (password.len() < 6 || crate::validate::entropy(password) < 2.5)
+    {
         return None;
     }
-    Some(hit(rule, sev, Confidence::High, ui_start, ui_start + at_pos, s))
+    Some(hit(
+        rule,
+        sev,
+        Confidence::High,
+        ui_start,
+        ui_start + at_pos,
+        s,
+    ))
 }
 
 fn azure_account_key(s: &[u8], at: usize) -> Option<Hit> {
@@ -708,7 +1017,14 @@ fn azure_account_key(s: &[u8], at: usize) -> Option<Hit> {
         return None;
     }
     let end = match_at(&[Run(B64, 86, 86), Lit(b"==")], s, start, B64_PAD)?;
-    Some(hit("azure-storage-account-key", Critical, Confidence::High, start, end, s))
+    Some(hit(
+        "azure-storage-account-key",
+        Critical,
+        Confidence::High,
+        start,
+        end,
+        s,
+    ))
 }
 
 fn azure_sas(s: &[u8], at: usize) -> Option<Hit> {
@@ -728,7 +1044,14 @@ fn azure_sas(s: &[u8], at: usize) -> Option<Hit> {
     if !(30..=120).contains(&v.len()) || crate::validate::entropy(v) < 3.5 {
         return None;
     }
-    Some(hit("azure-sas-token", High, Confidence::Medium, start, end, s))
+    Some(hit(
+        "azure-sas-token",
+        High,
+        Confidence::Medium,
+        start,
+        end,
+        s,
+    ))
 }
 
 fn azure_ad_secret(s: &[u8], at: usize) -> Option<Hit> {
@@ -744,11 +1067,23 @@ fn azure_ad_secret(s: &[u8], at: usize) -> Option<Hit> {
     if start > 0 && in_class(class(b"A-Za-z0-9_~.-"), s[start - 1]) {
         return None;
     }
-    let end = match_at(&[Run(class(b"A-Za-z0-9_~.-"), 31, 34)], s, at + 2, class(b"A-Za-z0-9_~.-"))?;
+    let end = match_at(
+        &[Run(class(b"A-Za-z0-9_~.-"), 31, 34)],
+        s,
+        at + 2,
+        class(b"A-Za-z0-9_~.-"),
+    )?;
     if crate::validate::entropy(&s[at + 2..end]) < 3.5 {
         return None;
     }
-    Some(hit("azure-ad-client-secret", Critical, Confidence::High, start, end, s))
+    Some(hit(
+        "azure-ad-client-secret",
+        Critical,
+        Confidence::High,
+        start,
+        end,
+        s,
+    ))
 }
 
 fn azure_devops(s: &[u8], at: usize) -> Option<Hit> {
@@ -765,7 +1100,14 @@ fn azure_devops(s: &[u8], at: usize) -> Option<Hit> {
     if (start > 0 && in_class(ALNUM, s[start - 1])) || (end < s.len() && in_class(ALNUM, s[end])) {
         return None;
     }
-    Some(hit("azure-devops-pat", High, Confidence::High, start, end, s))
+    Some(hit(
+        "azure-devops-pat",
+        High,
+        Confidence::High,
+        start,
+        end,
+        s,
+    ))
 }
 
 fn openai_legacy(s: &[u8], at: usize) -> Option<Hit> {
@@ -791,7 +1133,14 @@ fn openai_legacy(s: &[u8], at: usize) -> Option<Hit> {
     if end - (at + 8) < 20 {
         return None;
     }
-    Some(hit("openai-api-key", Critical, Confidence::High, sk, end, s))
+    Some(hit(
+        "openai-api-key",
+        Critical,
+        Confidence::High,
+        sk,
+        end,
+        s,
+    ))
 }
 
 fn mailchimp(s: &[u8], at: usize) -> Option<Hit> {
@@ -799,14 +1148,23 @@ fn mailchimp(s: &[u8], at: usize) -> Option<Hit> {
         return None;
     }
     let start = at - 32;
-    if !s[start..at].iter().all(|&b| in_class(HEX_LOWER, b)) || (start > 0 && in_class(ALNUM, s[start - 1])) {
+    if !s[start..at].iter().all(|&b| in_class(HEX_LOWER, b))
+        || (start > 0 && in_class(ALNUM, s[start - 1]))
+    {
         return None;
     }
     let end = match_at(&[Run(DIGIT, 1, 2)], s, at + 3, ALNUM)?;
     if crate::validate::entropy(&s[start..at]) < 3.0 {
         return None;
     }
-    Some(hit("mailchimp-api-key", High, Confidence::Medium, start, end, s))
+    Some(hit(
+        "mailchimp-api-key",
+        High,
+        Confidence::Medium,
+        start,
+        end,
+        s,
+    ))
 }
 
 fn newrelic_license(s: &[u8], at: usize) -> Option<Hit> {
@@ -814,14 +1172,46 @@ fn newrelic_license(s: &[u8], at: usize) -> Option<Hit> {
         return None;
     }
     let start = at - 36;
-    if !s[start..at].iter().all(|&b| in_class(HEX_LOWER, b)) || (start > 0 && in_class(ALNUM, s[start - 1])) {
+    if !s[start..at].iter().all(|&b| in_class(HEX_LOWER, b))
+        || (start > 0 && in_class(ALNUM, s[start - 1]))
+    {
         return None;
     }
     let end = at + 4;
     if end < s.len() && in_class(ALNUM, s[end]) {
         return None;
     }
-    Some(hit("newrelic-license-key", High, Confidence::High, start, end, s))
+    Some(hit(
+        "newrelic-license-key",
+        High,
+        Confidence::High,
+        start,
+        end,
+        s,
+    ))
+}
+
+fn facebook_app_token(s: &[u8], at: usize) -> Option<Hit> {
+    // App access tokens are `{app-id}|{app-secret or token}` (Graph API documentation).
+    let mut st = at;
+    while st > 0 && s[st - 1].is_ascii_digit() {
+        st -= 1;
+    }
+    if !(15..=16).contains(&(at - st)) || (st > 0 && in_class(ALNUM, s[st - 1])) {
+        return None;
+    }
+    let end = match_at(&[Run(B64URL, 27, 32)], s, at + 1, B64URL)?;
+    if crate::validate::entropy(&s[at + 1..end]) < 3.5 || is_placeholder(&s[at + 1..end]) {
+        return None;
+    }
+    Some(hit(
+        "facebook-access-token",
+        High,
+        Confidence::Medium,
+        st,
+        end,
+        s,
+    ))
 }
 
 fn telegram_structural(s: &[u8], at: usize) -> Option<Hit> {
@@ -840,17 +1230,41 @@ fn telegram_structural(s: &[u8], at: usize) -> Option<Hit> {
     if crate::validate::entropy(&s[at + 1..end]) < 3.5 {
         return None;
     }
-    Some(hit("telegram-bot-token", High, Confidence::Medium, st, end, s))
+    Some(hit(
+        "telegram-bot-token",
+        High,
+        Confidence::Medium,
+        st,
+        end,
+        s,
+    ))
 }
 
 /// Tries the provider context rules for an assignment `ident = value`, where `window` is the
 /// identifier plus what precedes it (lower-cased). Returns the first rule whose keyword is in
 /// the window and whose format the whole value matches.
-pub(crate) fn context_match(window_lower: &[u8], value: &[u8]) -> Option<(&'static ContextRule, bool)> {
+/// What the provider rules say about an assignment.
+pub(crate) enum ContextVerdict {
+    /// A provider format matched.
+    Match(&'static ContextRule),
+    /// An exclusive provider is named and its format did not match: not a credential.
+    NotCredential,
+    /// No provider rule applies.
+    None,
+}
+
+pub(crate) fn context_match(window: &[u8], value: &[u8]) -> ContextVerdict {
+    let lower: Vec<u8> = window.iter().map(|c| c.to_ascii_lowercase()).collect();
+    let mut named_exclusive = false;
     for r in CONTEXT_RULES {
-        if !r.keywords.iter().any(|k| memchr::memmem::find(window_lower, k.as_bytes()).is_some()) {
+        if !r
+            .keywords
+            .iter()
+            .any(|k| keyword_at_word_start(window, &lower, k.as_bytes()))
+        {
             continue;
         }
+        named_exclusive |= r.exclusive;
         if match_at(r.value, value, 0, 0) != Some(value.len()) {
             continue;
         }
@@ -858,12 +1272,36 @@ pub(crate) fn context_match(window_lower: &[u8], value: &[u8]) -> Option<(&'stat
         if !example && (is_placeholder(value) || crate::validate::entropy(value) < r.min_entropy) {
             continue;
         }
-        return Some((r, example));
+        return ContextVerdict::Match(r);
     }
-    None
+    if named_exclusive {
+        ContextVerdict::NotCredential
+    } else {
+        ContextVerdict::None
+    }
+}
+
+/// Whether `kw` occurs in `window` where a word starts: after a non-letter, or at a camelCase
+/// boundary (`twilioAuthToken`, `TWILIO_AUTH`, `myTwilio`), so that `okta` is not found in
+/// `rookTable`.
+pub(crate) fn keyword_at_word_start(window: &[u8], lower: &[u8], kw: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(p) = memchr::memmem::find(&lower[from..], kw) {
+        let at = from + p;
+        let prev_ok = at == 0
+            || !window[at - 1].is_ascii_alphabetic()
+            || (window[at].is_ascii_uppercase() && window[at - 1].is_ascii_lowercase());
+        if prev_ok {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 /// All lower-case keywords of the context rules (for the prefilter).
 pub(crate) fn context_keywords() -> impl Iterator<Item = &'static str> {
-    CONTEXT_RULES.iter().flat_map(|r| r.keywords.iter().copied())
+    CONTEXT_RULES
+        .iter()
+        .flat_map(|r| r.keywords.iter().copied())
 }
