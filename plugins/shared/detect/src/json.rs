@@ -25,7 +25,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::decode::{decode_into, decoded_to_raw};
-use crate::engine::{Detector, StrCtx};
+use crate::engine::{Detector, JsonKey, StrCtx};
 use crate::finding::{Encoding, Finding, Incomplete, Location, Span};
 use crate::rules::{injection, Hit};
 
@@ -61,6 +61,8 @@ pub(crate) struct Walker<'d, 's> {
     stop: bool,
     hits: Vec<Hit>,
     scratch: Vec<u8>,
+    frags: Vec<Range<usize>>,
+    concat: Vec<u8>,
 }
 
 /// What a parsed value was, for the fragment runs of its container.
@@ -69,9 +71,10 @@ enum Parsed {
     Other,
 }
 
-#[derive(Default)]
+/// A container's run of fragments: where it starts in the walker's shared fragment stack
+/// (one allocation per line instead of one per container).
 struct Run {
-    items: Vec<Range<usize>>,
+    base: usize,
 }
 
 /// Scope flags passed down the recursion.
@@ -125,6 +128,8 @@ impl<'d, 's> Walker<'d, 's> {
             stop: false,
             hits: Vec::new(),
             scratch: Vec::new(),
+            frags: Vec::new(),
+            concat: Vec::new(),
         }
     }
 
@@ -272,7 +277,9 @@ impl<'d, 's> Walker<'d, 's> {
     fn object(&mut self, depth: usize, scope: Scope, budget: &mut Budget) -> Result<(), usize> {
         self.pos += 1;
         self.skip_ws();
-        let mut run = Run::default();
+        let mut run = Run {
+            base: self.frags.len(),
+        };
         let mut hint: Option<(usize, usize)> = None;
         if self.src.get(self.pos) == Some(&b'}') {
             self.pos += 1;
@@ -335,7 +342,9 @@ impl<'d, 's> Walker<'d, 's> {
     fn array(&mut self, depth: usize, scope: Scope, budget: &mut Budget) -> Result<(), usize> {
         self.pos += 1;
         self.skip_ws();
-        let mut run = Run::default();
+        let mut run = Run {
+            base: self.frags.len(),
+        };
         if self.src.get(self.pos) == Some(&b']') {
             self.pos += 1;
             return Ok(());
@@ -366,8 +375,16 @@ impl<'d, 's> Walker<'d, 's> {
 
     fn note_fragment(&mut self, run: &mut Run, parsed: Parsed, budget: &mut Budget) {
         match parsed {
-            Parsed::Str { raw } if raw.len() - 2 <= FRAGMENT_MAX && raw.len() > 2 => {
-                run.items.push(raw)
+            // A fragment of a token has no whitespace or escape; prose breaks the run.
+            Parsed::Str { raw }
+                if raw.len() - 2 <= FRAGMENT_MAX
+                    && raw.len() > 2
+                    && !self.src[raw.start + 1..raw.end - 1]
+                        .iter()
+                        .any(|&c| c == b' ' || c == b'\\') =>
+            {
+                let _ = run;
+                self.frags.push(raw)
             }
             _ => self.flush_run(run, budget),
         }
@@ -444,20 +461,27 @@ impl<'d, 's> Walker<'d, 's> {
 
     /// Scans an object key; returns whether it held a finding.
     fn scan_key(&mut self, raw: Range<usize>, escaped: bool) -> bool {
+        // Borrow the bytes from the line unless the string has escapes.
+        let src = self.src;
         let mut buf = std::mem::take(&mut self.scratch);
-        if !self.decoded(&raw, escaped, &mut buf) {
+        if escaped && decode_into(&src[raw.start + 1..raw.end - 1], &mut buf).is_err() {
             self.scratch = buf;
             return false;
         }
+        let view: &[u8] = if escaped {
+            &buf
+        } else {
+            &src[raw.start + 1..raw.end - 1]
+        };
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
         let ctx = StrCtx::default();
-        self.det.scan_str(&buf, &ctx, &mut hits);
+        self.det.scan_str(view, &ctx, &mut hits);
         let any = !hits.is_empty();
         if any {
             let path = self.path_string(true);
             for h in &hits {
-                let f = self.finding(h, path.clone(), Location::Key, raw.clone(), &buf);
+                let f = self.finding(h, path.clone(), Location::Key, raw.clone(), view);
                 self.push_finding(f);
             }
         }
@@ -504,24 +528,43 @@ impl<'d, 's> Walker<'d, 's> {
             });
             return;
         }
+        // Borrow the bytes from the line unless the string has escapes.
+        let src = self.src;
         let mut buf = std::mem::take(&mut self.scratch);
-        if !self.decoded(&raw, escaped, &mut buf) {
+        if escaped && decode_into(&src[raw.start + 1..raw.end - 1], &mut buf).is_err() {
             self.scratch = buf;
             return;
         }
+        let view: &[u8] = if escaped {
+            &buf
+        } else {
+            &src[raw.start + 1..raw.end - 1]
+        };
         // Context from the path: the key, its parent, description-ness, schema parameter.
+        // Keys are borrowed from the line unless they have escapes (rare), so this costs no
+        // allocation for ordinary strings.
         let n = self.path.len();
-        let key_orig: Option<Vec<u8>> = self
-            .path
-            .last()
-            .and_then(|k| self.key_bytes(k))
-            .map(|k| k.into_owned());
-        let key = key_orig.as_ref().map(|k| k.to_ascii_lowercase());
-        let parent = if n >= 2 {
-            self.key_bytes(&self.path[n - 2]).map(|k| k.into_owned())
+        let key: Option<Cow<'s, [u8]>> = self.path.last().and_then(|k| self.key_bytes(k));
+        let parent: Option<Cow<'s, [u8]>> = if n >= 2 {
+            self.key_bytes(&self.path[n - 2])
         } else {
             None
         };
+        let description =
+            scope.in_schema || matches!(key.as_deref(), Some(b"description" | b"instructions"));
+        let param: Option<Cow<'s, [u8]>> =
+            if scope.in_schema && key.as_deref() == Some(b"description") && n >= 3 {
+                match &self.path[n - 3] {
+                    PathSeg::Key { .. }
+                        if self.key_bytes(&self.path[n - 3]).as_deref() == Some(b"properties") =>
+                    {
+                        self.key_bytes(&self.path[n - 2])
+                    }
+                    _ => None,
+                }
+            } else {
+                None
+            };
         // `{"name": "API_TOKEN", "value": "..."}`: the sibling name stands in for the key.
         let hinted: Option<Vec<u8>> = scope.name_hint.and_then(|(a, b)| {
             let mut v = Vec::new();
@@ -529,40 +572,19 @@ impl<'d, 's> Walker<'d, 's> {
             (self.decoded(&(a..b), esc, &mut v) && !v.iter().any(|c| c.is_ascii_whitespace()))
                 .then_some(v)
         });
-        let (key, key_orig) = match hinted {
-            Some(h) => (Some(h.to_ascii_lowercase()), Some(h)),
-            None => (key, key_orig),
-        };
-        let window = match (&parent, &key_orig) {
-            (Some(p), Some(k)) => {
-                let mut w = p.clone();
-                w.push(b'.');
-                w.extend_from_slice(k);
-                Some(w)
-            }
-            (None, Some(k)) => Some(k.clone()),
+        let member = match (&hinted, &key) {
+            (Some(h), _) => Some(JsonKey {
+                key: h.as_slice(),
+                parent: parent.as_deref(),
+            }),
+            (None, Some(k)) => Some(JsonKey {
+                key: k,
+                parent: parent.as_deref(),
+            }),
             _ => None,
         };
-        let description =
-            scope.in_schema || matches!(key.as_deref(), Some(b"description" | b"instructions"));
-        let param: Option<Vec<u8>> =
-            if scope.in_schema && key.as_deref() == Some(b"description") && n >= 3 {
-                match &self.path[n - 3] {
-                    PathSeg::Key { .. }
-                        if self.key_bytes(&self.path[n - 3]).as_deref() == Some(b"properties") =>
-                    {
-                        self.key_bytes(&self.path[n - 2]).map(|k| k.into_owned())
-                    }
-                    _ => None,
-                }
-            } else {
-                None
-            };
         let ctx = StrCtx {
-            key: match (&key, &window) {
-                (Some(k), Some(w)) => Some((k.as_slice(), w.as_slice())),
-                _ => None,
-            },
+            key: member,
             inj: injection::Ctx {
                 description,
                 param: param.as_deref(),
@@ -571,24 +593,27 @@ impl<'d, 's> Walker<'d, 's> {
         };
         let mut hits = std::mem::take(&mut self.hits);
         hits.clear();
-        self.det.scan_str(&buf, &ctx, &mut hits);
 
-        // JSON inside the string.
+        // JSON inside the string. When it parses completely, its strings and keys (decoded)
+        // are all scanned by the inner walk, so the text of the outer string is not scanned
+        // again; otherwise the outer string is scanned as text.
         let mut nested: Vec<Finding> = Vec::new();
-        let trimmed = buf.iter().position(|c| !is_ws(*c)).map(|p| buf[p]);
+        let mut nested_complete = false;
+        let trimmed = view.iter().position(|c| !is_ws(*c)).map(|p| view[p]);
         if matches!(trimmed, Some(b'{' | b'['))
             && self.level < self.det.limits.max_nested_depth
-            && buf.len() <= budget.nested_bytes
+            && view.len() <= budget.nested_bytes
         {
-            budget.nested_bytes -= buf.len();
+            budget.nested_bytes -= view.len();
             let prefix = format!("{}#", self.path_string(false));
-            let mut inner = Walker::new(self.det, &buf, prefix, self.level + 1);
+            let mut inner = Walker::new(self.det, view, prefix, self.level + 1);
             if inner.run(budget).is_ok() {
+                nested_complete = inner.incomplete.is_none();
                 let content = &self.src[raw.start + 1..raw.end - 1];
                 for mut f in inner.findings {
                     // Map every inner span (relative to this decoded string) onto this string.
                     for sp in &mut f.spans {
-                        let inner_content = &buf[sp.raw.start + 1..sp.raw.end - 1];
+                        let inner_content = &view[sp.raw.start + 1..sp.raw.end - 1];
                         let a = sp.raw.start
                             + 1
                             + decoded_to_raw(inner_content, sp.decoded.start, false);
@@ -610,6 +635,10 @@ impl<'d, 's> Walker<'d, 's> {
             }
         }
 
+        if !nested_complete {
+            self.det.scan_str(view, &ctx, &mut hits);
+        }
+
         if !hits.is_empty() || !nested.is_empty() {
             let path = self.path_string(false);
             for h in &hits {
@@ -623,7 +652,7 @@ impl<'d, 's> Walker<'d, 's> {
                 if covered {
                     continue;
                 }
-                let f = self.finding(h, path.clone(), Location::Value, raw.clone(), &buf);
+                let f = self.finding(h, path.clone(), Location::Value, raw.clone(), view);
                 self.push_finding(f);
             }
             for f in nested {
@@ -635,25 +664,29 @@ impl<'d, 's> Walker<'d, 's> {
     }
 
     fn flush_run(&mut self, run: &mut Run, budget: &mut Budget) {
-        let items = std::mem::take(&mut run.items);
+        let base = run.base.min(self.frags.len());
+        let items: Vec<Range<usize>> = if self.frags.len() - base >= 2 {
+            self.frags[base..].to_vec()
+        } else {
+            Vec::new()
+        };
+        self.frags.truncate(base);
         if items.len() < 2 || self.full() {
             return;
         }
         let total: usize = items.iter().map(|r| r.len()).sum();
-        if total > budget.fragment_bytes {
+        // The shortest token format is 20 characters; a shorter run cannot hold one.
+        if total < 20 + 2 * items.len() || total > budget.fragment_bytes {
             return;
         }
         budget.fragment_bytes -= total;
-        let mut concat = Vec::with_capacity(total);
+        let mut concat = std::mem::take(&mut self.concat);
+        concat.clear();
         let mut bounds = Vec::with_capacity(items.len());
-        let mut buf = Vec::new();
         for r in &items {
-            let escaped = self.src[r.start + 1..r.end - 1].contains(&b'\\');
-            if !self.decoded(r, escaped, &mut buf) {
-                return;
-            }
+            // Fragments have no backslash (see note_fragment): the bytes are the value.
             let st = concat.len();
-            concat.extend_from_slice(&buf);
+            concat.extend_from_slice(&self.src[r.start + 1..r.end - 1]);
             bounds.push(st..concat.len());
         }
         let mut hits = Vec::new();
@@ -663,6 +696,7 @@ impl<'d, 's> Walker<'d, 's> {
         };
         self.det.scan_str(&concat, &ctx, &mut hits);
         if hits.is_empty() {
+            self.concat = concat;
             return;
         }
         let path = self.path_string(false);
@@ -699,6 +733,7 @@ impl<'d, 's> Walker<'d, 's> {
             };
             self.push_finding(f);
         }
+        self.concat = concat;
     }
 }
 

@@ -199,7 +199,12 @@ pub(crate) fn is_placeholder(v: &[u8]) -> bool {
             run = 1;
         }
     }
-    let lower: Vec<u8> = v.iter().map(|c| c.to_ascii_lowercase()).collect();
+    // Long values are judged by their first 512 bytes.
+    let v = &v[..v.len().min(512)];
+    let mut buf = [0u8; 512];
+    let lower = &mut buf[..v.len()];
+    lower.copy_from_slice(v);
+    lower.make_ascii_lowercase();
     const WORDS: &[&[u8]] = &[
         b"xxxx",
         b"****",

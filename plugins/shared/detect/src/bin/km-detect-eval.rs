@@ -70,9 +70,29 @@ fn run() -> anyhow::Result<ExitCode> {
             "--shared" => shared = args.next().context("--shared needs a directory")?.into(),
             "--verbose" | "-v" => verbose = true,
             "--show" => show = Some(args.next().context("--show needs a line id")?),
+            "--rules" => {
+                let det = Detector::new();
+                for cat in [
+                    km_detect::Category::SECRET,
+                    km_detect::Category::PII,
+                    km_detect::Category::INJECTION,
+                ] {
+                    let rules: Vec<_> = det.rules().iter().filter(|r| r.category == cat).collect();
+                    println!("{cat}: {} rules", rules.len());
+                    for r in rules {
+                        println!(
+                            "  {:<38} {:<8} {}",
+                            r.id,
+                            r.severity.as_str(),
+                            r.description
+                        );
+                    }
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
             "--help" | "-h" => {
                 println!(
-                    "usage: km-detect-eval [--corpus FILE] [--shared DIR] [--verbose] [--show ID]"
+                    "usage: km-detect-eval [--corpus FILE] [--shared DIR] [--verbose] [--show ID] [--rules]"
                 );
                 return Ok(ExitCode::SUCCESS);
             }

@@ -194,6 +194,12 @@ fn name_kind(ident_lower: &[u8]) -> NameKind {
     if ident_lower.is_empty() || ident_lower.len() > IDENT_MAX {
         return NameKind::None;
     }
+    const ROOTS: &[&[u8]] = &[
+        b"key", b"token", b"secret", b"pass", b"pwd", b"auth", b"cred",
+    ];
+    if !ROOTS.iter().any(|r| has(r)) {
+        return NameKind::None;
+    }
     if has(b"authorization")
         || ends(b"x-api-key")
         || ends(b"x-auth-token")
@@ -398,9 +404,8 @@ fn strip_scheme(v: &[u8]) -> (usize, bool) {
         b"dsn ",
         b"sso-key ",
     ];
-    let lower: Vec<u8> = v.iter().take(16).map(|c| c.to_ascii_lowercase()).collect();
     for s in SCHEMES {
-        if lower.starts_with(s) {
+        if v.len() >= s.len() && v[..s.len()].eq_ignore_ascii_case(s) {
             let mut off = s.len();
             while off < v.len() && v[off] == b' ' {
                 off += 1;
@@ -467,7 +472,13 @@ fn classify(
     if v.is_empty() {
         return;
     }
-    match context_match(window, v) {
+    // Every provider format without a prefix is at least 24 characters long.
+    let verdict = if v.len() >= 24 {
+        context_match(window, v)
+    } else {
+        ContextVerdict::None
+    };
+    match verdict {
         ContextVerdict::Match(rule) => {
             out.push(secret_hit(
                 rule.id,
@@ -614,9 +625,10 @@ pub(crate) fn text_assignment(
         || rest.starts_with(b"+=")
     {
         2
-    } else if rest.starts_with(b"=") || rest.starts_with(b":") {
-        1
-    } else if rest.starts_with(b",") && quoted_ident {
+    } else if rest.starts_with(b"=")
+        || rest.starts_with(b":")
+        || (rest.starts_with(b",") && quoted_ident)
+    {
         1
     } else if flag && p > ident_end {
         0
@@ -754,9 +766,12 @@ fn curl_user(s: &[u8], kw_start: usize, kw_end: usize, out: &mut Vec<Hit>) {
     ));
 }
 
-/// Judges a JSON string value by its object key: `key_window` is the parent key and the key
-/// joined by `.` (original case); `key_lower` the key alone, lower-cased.
-pub(crate) fn json_member(key_window: &[u8], key_lower: &[u8], s: &[u8], out: &mut Vec<Hit>) {
+/// Judges a JSON string value by its object key `key` (original case) under `parent`.
+pub(crate) fn json_member(key: &[u8], parent: Option<&[u8]>, s: &[u8], out: &mut Vec<Hit>) {
+    // Cheap exits first: this runs for every string value that has a key.
+    if s.len() < 8 || key.is_empty() || key.len() > IDENT_MAX {
+        return;
+    }
     // Trim surrounding whitespace; a value with inner whitespace is prose unless it is a
     // header value with a scheme (handled by classify).
     let mut a = 0;
@@ -767,14 +782,28 @@ pub(crate) fn json_member(key_window: &[u8], key_lower: &[u8], s: &[u8], out: &m
     while b > a && s[b - 1].is_ascii_whitespace() {
         b -= 1;
     }
-    if b - a > VALUE_MAX + 16 || b == a {
+    if b - a > VALUE_MAX + 16 || b - a < 8 {
         return;
     }
     let (skip, _) = strip_scheme(&s[a..b]);
     if s[a + skip..b].iter().any(|c| c.is_ascii_whitespace()) {
         return;
     }
-    classify(key_window, key_lower, s, a, b, out);
+    let mut lower = [0u8; IDENT_MAX];
+    let key_lower = &mut lower[..key.len()];
+    key_lower.copy_from_slice(key);
+    key_lower.make_ascii_lowercase();
+    if name_kind(key_lower) == NameKind::None && b - a - skip < 24 {
+        // Neither a secret-like name nor long enough for a provider format.
+        return;
+    }
+    let mut window = Vec::with_capacity(key.len() + parent.map_or(0, |p| p.len() + 1));
+    if let Some(p) = parent {
+        window.extend_from_slice(p);
+        window.push(b'.');
+    }
+    window.extend_from_slice(key);
+    classify(&window, key_lower, s, a, b, out);
 }
 
 #[cfg(test)]

@@ -85,6 +85,21 @@ fn hit(
     }
 }
 
+/// Bytes that can start a candidate: digits, `@`, `+`, `(`, `:`.
+static TRIGGER: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = b'0';
+    while c <= b'9' {
+        t[c as usize] = true;
+        c += 1;
+    }
+    t[b'@' as usize] = true;
+    t[b'+' as usize] = true;
+    t[b'(' as usize] = true;
+    t[b':' as usize] = true;
+    t
+};
+
 /// Scans one decoded string for personal data.
 pub(crate) fn scan(s: &[u8], out: &mut Vec<Hit>) {
     let mut i = 0;
@@ -92,6 +107,13 @@ pub(crate) fn scan(s: &[u8], out: &mut Vec<Hit>) {
     // Positions before `skip` are inside something already reported.
     let mut skip = 0;
     while i < n {
+        // Skip quickly to the next byte that can start a candidate.
+        while i < n && !TRIGGER[s[i] as usize] {
+            i += 1;
+        }
+        if i >= n {
+            break;
+        }
         let b = s[i];
         if b.is_ascii_digit() {
             let prev = if i > 0 { s[i - 1] } else { b' ' };
@@ -196,6 +218,27 @@ fn next_is_word(s: &[u8], end: usize) -> bool {
 }
 
 fn digits_candidate(s: &[u8], i: usize, prev: u8, out: &mut Vec<Hit>) {
+    // Most digit runs (ids, counts, years, times) are too short for any format here except an
+    // IPv4 address: count the digits of the candidate first, without allocating.
+    let mut n = 0;
+    let mut j = i;
+    while j < s.len()
+        && j - i < 24
+        && (s[j].is_ascii_digit() || matches!(s[j], b' ' | b'-' | b'.' | b'(' | b')'))
+    {
+        n += usize::from(s[j].is_ascii_digit());
+        j += 1;
+    }
+    if n < 9 {
+        let mut k = i;
+        while k < s.len() && s[k].is_ascii_digit() {
+            k += 1;
+        }
+        if k < s.len() && s[k] == b'.' {
+            ipv4(s, i, prev, out);
+        }
+        return;
+    }
     if ssn(s, i, out) || card(s, i, out) || ipv4(s, i, prev, out) {
         return;
     }
@@ -714,10 +757,23 @@ fn phone_keyword_before(s: &[u8], i: usize) -> bool {
         b"handy",
         b"number:",
     ];
-    KW.iter().any(|k| memchr::memmem::find(&w, k).is_some())
+    KW.iter().any(|k| memchr::memmem::find(&w[..], k).is_some())
 }
 
 fn phone_national(s: &[u8], i: usize, out: &mut Vec<Hit>) {
+    // Most digit runs (ids, counts, years) are too short to be a phone number.
+    let mut n = 0;
+    let mut j = i;
+    while j < s.len()
+        && j - i < 24
+        && (s[j].is_ascii_digit() || matches!(s[j], b' ' | b'-' | b'.' | b'(' | b')'))
+    {
+        n += usize::from(s[j].is_ascii_digit());
+        j += 1;
+    }
+    if n < 9 {
+        return;
+    }
     let (d, end, groups, seps) = digit_groups_phone(s, i);
     if next_is_word(s, end)
         || (end < s.len()
@@ -870,10 +926,11 @@ fn ipv6(s: &[u8], colon: usize, out: &mut Vec<Hit>) {
                 }
                 double = true;
             }
-            if j + 1 < s.len() && !(s[j + 1].is_ascii_hexdigit() || s[j + 1] == b':') {
-                if !(j > st && s[j - 1] == b':') {
-                    break;
-                }
+            if j + 1 < s.len()
+                && !(s[j + 1].is_ascii_hexdigit() || s[j + 1] == b':')
+                && !(j > st && s[j - 1] == b':')
+            {
+                break;
             }
             cur = 0;
         } else {
@@ -888,7 +945,7 @@ fn ipv6(s: &[u8], colon: usize, out: &mut Vec<Hit>) {
     while end > st && s[end - 1] == b':' && !(end >= 2 && s[end - 2] == b':') {
         end -= 1;
     }
-    if next_is_word(s, end) || !(groups == 8 || (double && groups >= 2 && groups < 8)) {
+    if next_is_word(s, end) || !(groups == 8 || (double && (2..8).contains(&groups))) {
         return;
     }
     let text: Vec<u8> = s[st..end].iter().map(|c| c.to_ascii_lowercase()).collect();

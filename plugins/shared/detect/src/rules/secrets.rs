@@ -1032,9 +1032,8 @@ fn azure_sas(s: &[u8], at: usize) -> Option<Hit> {
         return None;
     }
     let window = &s[at.saturating_sub(400)..at];
-    if memchr::memmem::find(window, b"sv=").is_none() {
-        return None;
-    }
+    // A signature without the service version is not a SAS token.
+    memchr::memmem::find(window, b"sv=")?;
     let start = at + 4;
     let mut end = start;
     while end < s.len() && in_class(class(b"A-Za-z0-9%+/="), s[end]) {
