@@ -242,7 +242,7 @@ pub(crate) fn is_placeholder(v: &[u8]) -> bool {
     ];
     if WORDS
         .iter()
-        .any(|w| memchr::memmem::find(&lower, w).is_some())
+        .any(|w| memchr::memmem::find(lower, w).is_some())
     {
         return true;
     }
