@@ -295,9 +295,9 @@ impl<'d, 's> Walker<'d, 's> {
             let masked = self.scan_key(raw.clone(), escaped);
             let key_is_schema =
                 !escaped && matches!(&self.src[content.clone()], b"inputSchema" | b"outputSchema");
-            let key_l = self.src[content.clone()].to_ascii_lowercase();
-            let names = !escaped && NAME_KEYS.contains(&key_l.as_slice());
-            let valued = !escaped && VALUE_KEYS.contains(&key_l.as_slice());
+            let kc = &self.src[content.clone()];
+            let names = !escaped && NAME_KEYS.iter().any(|k| kc.eq_ignore_ascii_case(k));
+            let valued = !escaped && VALUE_KEYS.iter().any(|k| kc.eq_ignore_ascii_case(k));
             self.path.push(PathSeg::Key {
                 content,
                 escaped,
@@ -665,15 +665,18 @@ impl<'d, 's> Walker<'d, 's> {
 
     fn flush_run(&mut self, run: &mut Run, budget: &mut Budget) {
         let base = run.base.min(self.frags.len());
-        let items: Vec<Range<usize>> = if self.frags.len() - base >= 2 {
-            self.frags[base..].to_vec()
-        } else {
-            Vec::new()
-        };
-        self.frags.truncate(base);
-        if items.len() < 2 || self.full() {
+        if self.frags.len() - base < 2 || self.full() {
+            self.frags.truncate(base);
             return;
         }
+        // Work on the run in place; the stack is put back (truncated) at the end.
+        let frags = std::mem::take(&mut self.frags);
+        self.scan_run(&frags[base..], budget);
+        self.frags = frags;
+        self.frags.truncate(base);
+    }
+
+    fn scan_run(&mut self, items: &[Range<usize>], budget: &mut Budget) {
         let total: usize = items.iter().map(|r| r.len()).sum();
         // The shortest token format is 20 characters; a shorter run cannot hold one.
         if total < 20 + 2 * items.len() || total > budget.fragment_bytes {
@@ -683,7 +686,7 @@ impl<'d, 's> Walker<'d, 's> {
         let mut concat = std::mem::take(&mut self.concat);
         concat.clear();
         let mut bounds = Vec::with_capacity(items.len());
-        for r in &items {
+        for r in items {
             // Fragments have no backslash (see note_fragment): the bytes are the value.
             let st = concat.len();
             concat.extend_from_slice(&self.src[r.start + 1..r.end - 1]);

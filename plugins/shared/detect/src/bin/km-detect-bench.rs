@@ -146,10 +146,14 @@ fn measure(name: &str, lines: &[Vec<u8>], seconds: f64, f: &dyn Fn(&[u8])) {
 
 fn main() {
     let mut seconds = 5.0f64;
+    let mut only: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--seconds" {
             seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(seconds);
+        } else if a == "--only" {
+            // Profiling aid: time only one kind of clean line (0..6, in the order printed).
+            only = args.next().and_then(|s| s.parse().ok());
         }
     }
     let det = Detector::new();
@@ -164,6 +168,13 @@ fn main() {
         "km-detect-bench: {} rules; clean mix has {with_findings} lines with findings",
         det.rules().len()
     );
+    if let Some(k) = only {
+        let subset: Vec<Vec<u8>> = clean.iter().skip(k).step_by(6).cloned().collect();
+        measure(&format!("only kind {k}"), &subset, seconds, &|l| {
+            black_box(det.scan_line(black_box(l)));
+        });
+        return;
+    }
     measure("scan_line, lines without findings", &clean, seconds, &|l| {
         black_box(det.scan_line(black_box(l)));
     });
