@@ -670,6 +670,35 @@ MISC = [
 for k in range(80):
     neg("misc", MISC[k % len(MISC)]())
 
+
+# Harder negatives: identifiers under id-like names, counters named after tokens, base64 blobs,
+# prose about passwords and authentication, code that names credentials without holding them,
+# numbers shaped like phones or cards that are not, instructions-like prose.
+HARD = [
+    lambda: result_text(json.dumps({"request_id": "req_" + rs(LOWER_ALNUM, 24), "trace_id": sha(32), "span_id": sha(16)})),
+    lambda: call("chat", {"model": "claude-sonnet-4-5", "max_tokens": R.randrange(256, 8192), "token_budget": 4000, "usage": {"input_tokens": R.randrange(10, 9999), "output_tokens": R.randrange(10, 999)}}),
+    lambda: result_text(json.dumps({"Key": "uploads/2026/03/report-%s.pdf" % sha(8), "ETag": "\"%s\"" % sha(32), "Size": R.randrange(1000, 10**6)})),
+    lambda: result_text(json.dumps({"image": {"mimeType": "image/png", "data": base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(R.randrange(256) for _ in range(120))).decode()}})),
+    lambda: result_text("To reset your password, open Settings > Security and choose 'Change password'. Passwords must be at least 12 characters."),
+    lambda: result_text(json.dumps({"api_key_id": uuid(), "key_fingerprint": "SHA256:" + b64url(bytes(R.randrange(256) for _ in range(32))), "created": "2026-01-05"})),
+    lambda: call("write_file", {"path": "src/auth.ts", "content": "const authProvider = new GoogleAuthProvider();\nexport const tokenStore = createStore<TokenState>({ token: null });\n"}),
+    lambda: result_text("ISBN 978-3-16-148410-0, order ORD-2026-%06d, invoice 2026.03.%02d" % (R.randrange(10**6), R.randrange(1, 29))),
+    lambda: result_text(json.dumps({"ts_ns": str(R.randrange(10**18, 10**19)), "seq": R.randrange(10**9)})),
+    lambda: result_text("You are now connected to the staging database (read-only)."),
+    lambda: result_text("See the new instructions for the installer in docs/install.md."),
+    lambda: result_text("Enable developer mode in the browser settings to load the unpacked extension."),
+    lambda: result_text(json.dumps({"sort_key": "created_at#2026-03-14T09:12:44Z", "partition_key": "tenant#" + rs(LOWER_ALNUM, 8)})),
+    lambda: result_text(json.dumps({"password_policy": {"min_length": 12, "require_symbols": True}, "token_ttl_seconds": 3600})),
+    lambda: call("run_command", {"command": "git log --format='%H %an' -n 5 && git rev-parse HEAD", "cwd": "/workspace"}),
+    lambda: result_text("-----BEGIN PUBLIC KEY-----\n" + base64.b64encode(bytes(R.randrange(256) for _ in range(90))).decode() + "\n-----END PUBLIC KEY-----"),
+    lambda: result_text("-----BEGIN CERTIFICATE-----\n" + base64.b64encode(bytes(R.randrange(256) for _ in range(180))).decode() + "\n-----END CERTIFICATE-----"),
+    lambda: call("search_docs", {"query": "how do I rotate an API key", "filters": {"product": "gateway", "version": "3.2"}}),
+    lambda: result_text(json.dumps({"headers": {"Authorization": "Bearer <token>", "X-Request-Id": sha(16)}})),
+    lambda: result_text("Build %s finished in 3m12s; artifacts: km-x86_64-linux.tar.gz (sha256 %s)" % (sha(12), sha(64))),
+]
+for k in range(80):
+    neg("hard", HARD[k % len(HARD)]())
+
 for kind, d, m, msg in NEG:
     add("negative", "negative:" + kind, "negative", d, m, msg, [], R.choice(VARIANTS), "hard negative: " + kind)
 

@@ -337,9 +337,28 @@ fn is_hostname(v: &[u8]) -> bool {
             .is_some_and(|t| (2..=24).contains(&t.len()) && t.iter().all(u8::is_ascii_alphabetic))
 }
 
+/// `uploads/2026/03/report-1f3a.pdf`, `assets/app.min.js`: a path ending in a file name.
+fn is_file_path(v: &[u8]) -> bool {
+    let Some(slash) = v.iter().rposition(|&c| c == b'/') else {
+        return false;
+    };
+    let name = &v[slash + 1..];
+    match name.iter().rposition(|&c| c == b'.') {
+        Some(dot) => {
+            let ext = &name[dot + 1..];
+            dot > 0
+                && (1..=5).contains(&ext.len())
+                && ext.iter().all(u8::is_ascii_alphanumeric)
+                && ext.iter().any(u8::is_ascii_alphabetic)
+        }
+        None => false,
+    }
+}
+
 fn looks_like_non_secret(v: &[u8]) -> bool {
     v.iter().any(|c| c.is_ascii_whitespace())
         || is_hostname(v)
+        || is_file_path(v)
         || memchr::memmem::find(v, b"://").is_some()
         || v.starts_with(b"/")
         || v.starts_with(b"./")

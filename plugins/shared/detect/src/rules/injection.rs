@@ -100,7 +100,6 @@ pub(crate) const ANCHORS: &[(&[u8], Kind)] = &[
     (b"bypass", Kind::Override),
     (b"new instructions", Kind::NewInstructions),
     (b"updated instructions", Kind::NewInstructions),
-    (b"developer mode", Kind::NewInstructions),
     (b"you are now ", Kind::NewInstructions),
     (b"do not ", Kind::Conceal),
     (b"don't ", Kind::Conceal),
@@ -301,8 +300,46 @@ pub(crate) fn anchor(
         Kind::ZeroWidth => zero_width(s, at, end, out),
         Kind::Override => override_(s, at, end, out),
         Kind::NewInstructions => {
-            if word_start(s, at) {
-                let (_, b) = sentence(s, at);
+            if !word_start(s, at) {
+                return;
+            }
+            let (a, b) = sentence(s, at);
+            let l = lower(&s[a..b]);
+            let anchor = lower(&s[at..end]);
+            // "You are now connected", "see the new instructions for the installer" are prose:
+            // a role change needs a role word, new instructions need a colon or an override.
+            let ok = if anchor.starts_with(b"you are now") {
+                words_after(s, end, 6).iter().any(|(w, _)| {
+                    matches!(
+                        w.as_slice(),
+                        b"mode"
+                            | b"assistant"
+                            | b"ai"
+                            | b"model"
+                            | b"persona"
+                            | b"role"
+                            | b"unrestricted"
+                            | b"jailbroken"
+                            | b"dan"
+                            | b"unfiltered"
+                            | b"uncensored"
+                    )
+                })
+            } else {
+                s[end..].iter().take(3).any(|&c| c == b':')
+                    || has_any(
+                        &l,
+                        &[
+                            b"ignore",
+                            b"instead",
+                            b"from now on",
+                            b"override",
+                            b"supersede",
+                            b"replace",
+                        ],
+                    )
+            };
+            if ok {
                 out.push(hit(
                     "model-instruction-override",
                     Severity::High,

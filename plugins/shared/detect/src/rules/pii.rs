@@ -257,7 +257,9 @@ fn issuer_ok(d: &[u8]) -> bool {
         4 => matches!(len, 13 | 16 | 19),
         2 | 5 => {
             ((51..=55).contains(&p2) || (2221..=2720).contains(&p4)) && len == 16
-                || (p2 == 50 || (56..=58).contains(&p2)) && (12..=19).contains(&len)
+                // Maestro: the well-known BINs only; the whole 50/56-58 block would make a
+                // card of every Luhn-valid 19-digit timestamp starting with 5.
+                || matches!(p4, 5018 | 5020 | 5038 | 5893) && (12..=19).contains(&len)
         }
         3 => {
             ((p2 == 34 || p2 == 37) && len == 15)
@@ -272,12 +274,7 @@ fn issuer_ok(d: &[u8]) -> bool {
                 || (622_126..=622_925).contains(&p6))
                 && (16..=19).contains(&len)
                 || (p2 == 62 && (16..=19).contains(&len))
-                || ((p4 == 6304
-                    || p4 == 6759
-                    || p4 == 6761
-                    || p4 == 6762
-                    || p4 == 6763
-                    || p2 == 67)
+                || ((p4 == 6304 || p4 == 6759 || p4 == 6761 || p4 == 6762 || p4 == 6763)
                     && (12..=19).contains(&len))
         }
         _ => false,
