@@ -72,7 +72,7 @@ enum NameKind {
 }
 
 fn name_kind(ident_lower: &[u8]) -> NameKind {
-    let has = |w: &[u8]| memchr::memmem::find(ident_lower, w).is_some();
+    let has = |w: &[u8]| crate::validate::contains(ident_lower, w);
     let ends = |w: &[u8]| ident_lower.ends_with(w);
     const EXCLUDE_END: &[&[u8]] = &[
         b"id",
@@ -359,7 +359,7 @@ fn looks_like_non_secret(v: &[u8]) -> bool {
     v.iter().any(|c| c.is_ascii_whitespace())
         || is_hostname(v)
         || is_file_path(v)
-        || memchr::memmem::find(v, b"://").is_some()
+        || crate::validate::contains(v, b"://")
         || v.starts_with(b"/")
         || v.starts_with(b"./")
         || v.starts_with(b"~/")

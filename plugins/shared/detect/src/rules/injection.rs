@@ -280,9 +280,7 @@ const SENSITIVE: &[&[u8]] = &[
 ];
 
 fn has_any(hay: &[u8], needles: &[&[u8]]) -> bool {
-    needles
-        .iter()
-        .any(|n| memchr::memmem::find(hay, n).is_some())
+    needles.iter().any(|n| crate::validate::contains(hay, n))
 }
 
 /// Handles an anchor of `kind` found at `s[at..end]`.
