@@ -813,8 +813,20 @@ fn cred_file(s: &[u8], at: usize, end: usize, ctx: Ctx<'_>, out: &mut Vec<Hit>) 
 }
 
 /// Judges the description of tool parameter `name`.
+/// One automaton over the sensitive objects, built on first use: parameter descriptions are
+/// many and mostly innocent, and this rejects them in one pass.
+fn sensitive_matcher() -> &'static aho_corasick::AhoCorasick {
+    static M: std::sync::OnceLock<aho_corasick::AhoCorasick> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(SENSITIVE)
+            .expect("a fixed set of literals")
+    })
+}
+
 pub(crate) fn param_description(name: &[u8], s: &[u8], out: &mut Vec<Hit>) {
-    if s.len() > 4096 {
+    if s.len() > 4096 || !sensitive_matcher().is_match(s) {
         return;
     }
     let l = lower(s);
