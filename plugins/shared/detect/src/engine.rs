@@ -262,6 +262,11 @@ impl Detector {
         &self.catalogue
     }
 
+    /// The description of rule `id` (as found in [`crate::Finding::rule`]).
+    pub fn rule(&self, id: &str) -> Option<&RuleInfo> {
+        self.catalogue.iter().find(|r| r.id == id)
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> &Limits {
         &self.limits
