@@ -54,7 +54,18 @@ pub fn redact<'l>(
             Marker::Keyed(fp) => {
                 let mut value = Vec::new();
                 for sp in &f.spans {
-                    value.extend_from_slice(decoded_slice(line, sp, &mut buf)?);
+                    let part = decoded_slice(line, sp, &mut buf)?;
+                    // A nested finding's range holds the inner document's encoding of the
+                    // value: decode it once more so the hash is over the value itself, as
+                    // the finding's own fingerprint is.
+                    let mut inner = Vec::new();
+                    if f.location == crate::Location::Nested
+                        && decode_into(part, &mut inner).is_ok()
+                    {
+                        value.extend_from_slice(&inner);
+                    } else {
+                        value.extend_from_slice(part);
+                    }
                 }
                 format!("[REDACTED:{}:{}]", f.rule, fp.fingerprint(&value))
             }

@@ -115,6 +115,28 @@ fn keyed_markers_are_equal_for_equal_secrets_and_differ_otherwise() {
         "{marker}"
     );
     assert!(Fingerprinter::new(b"short").is_err());
+    // The marker's hash is the finding's fingerprint, also for a value escaped inside JSON
+    // nested in a string.
+    let det = Detector::builder().fingerprints(fp.clone()).build();
+    // The inner document writes the token's first letter as \u0067.
+    let inner = format!(r#"{{"k":"\u0067{}"}}"#, &a[1..]);
+    let nested = serde_json::json!({ "text": inner }).to_string();
+    let r = det.scan_line(nested.as_bytes());
+    let f = r
+        .findings
+        .iter()
+        .find(|f| f.rule == "github-personal-access-token")
+        .expect("found");
+    let out = redact(nested.as_bytes(), &r.findings, Marker::Keyed(&fp)).expect("redacts");
+    let want = format!(
+        "[REDACTED:github-personal-access-token:{}]",
+        f.fingerprint.expect("fingerprint")
+    );
+    assert!(
+        String::from_utf8_lossy(&out).contains(&want),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
 }
 
 #[test]
