@@ -69,11 +69,11 @@ impl Latency {
 
     /// The `q` quantile (0..=1) in milliseconds, `None` when empty.
     pub(crate) fn quantile_ms(&self, q: f64) -> Option<f64> {
-        self.0
-            .quantile(q.clamp(0.0, 1.0))
-            .ok()
-            .flatten()
-            .map(|us| us / 1000.0)
+        let value = self.0.quantile(q.clamp(0.0, 1.0)).ok().flatten()?;
+        // A bin's representative value can lie past the exact extremes the sketch keeps; a
+        // p99 above the maximum would only confuse.
+        let (min, max) = (self.0.min()?, self.0.max()?);
+        Some(value.clamp(min, max) / 1000.0)
     }
 
     /// The mean in milliseconds, `None` when empty.
