@@ -7,6 +7,7 @@
 //! benchmarks are not tests, so nothing here asserts a timing. Run it as
 //! `cargo build --release --workspace && target/release/km-bench` (see BENCHMARKS.md).
 
+mod analytics;
 mod dispatch;
 mod env;
 mod latency;
@@ -53,6 +54,8 @@ pub(crate) enum Section {
     Startup,
     /// Messages per second through the dispatcher to a no-op plugin.
     Dispatch,
+    /// Nanoseconds per line of ml-analytics' handler on a realistic mix.
+    Analytics,
 }
 
 /// Validated command-line options.
@@ -97,6 +100,9 @@ fn run(options: &Options) -> Result<()> {
     }
     if options.wants(Section::Dispatch) {
         dispatch::run(&env, options, &mut report)?;
+    }
+    if options.wants(Section::Analytics) {
+        analytics::run(&env, options, &mut report)?;
     }
     report.print(options.json)?;
     Ok(())

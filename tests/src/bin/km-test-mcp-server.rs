@@ -115,8 +115,15 @@ fn call(id: Value, params: Value, out: Out, in_flight: InFlight) {
             .unwrap_or(5)
             .min(120_000),
     );
-    let progress = args.get("progress").and_then(Value::as_u64).unwrap_or(0).min(1000);
-    let token = params.get("_meta").and_then(|m| m.get("progressToken")).cloned();
+    let progress = args
+        .get("progress")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .min(1000);
+    let token = params
+        .get("_meta")
+        .and_then(|m| m.get("progressToken"))
+        .cloned();
     let answers = name != "hang" && args.get("answer").and_then(Value::as_bool) != Some(false);
     let fail = args.get("fail").and_then(Value::as_str).map(str::to_owned);
     let cancelled = Arc::new(AtomicBool::new(false));
@@ -133,8 +140,10 @@ fn call(id: Value, params: Value, out: Out, in_flight: InFlight) {
                 break;
             }
             if let (Some(token), true) = (&token, step <= progress) {
-                out.send(&json!({"jsonrpc": "2.0", "method": "notifications/progress",
-                    "params": {"progressToken": token, "progress": step, "total": progress}}));
+                out.send(
+                    &json!({"jsonrpc": "2.0", "method": "notifications/progress",
+                    "params": {"progressToken": token, "progress": step, "total": progress}}),
+                );
             }
         }
         in_flight

@@ -1,0 +1,379 @@
+//! ml-analytics: what its `handle_message` costs per line on a realistic MCP mix, beside the
+//! no-op plugin on the same lines, both real signed libraries called through km's gateway.
+//!
+//! ml-analytics does nothing without a valid Pro subscription, so the bench makes it a customer
+//! build (stamped with credentials that open with a bench API key and the public key of an
+//! Ed25519 key the bench makes) and answers its `authenticate` in-process, as the Kilometers API
+//! would, with a token signed by that key: the same checks run as against the real API. No START
+//! event is sent, so its flusher does not run: the figure is the handler alone, which is what km's
+//! worker thread pays per line (the flush, every 10 s, runs on the plugin's own thread).
+//!
+//! The mix is an agent's session: `tools/call` requests over 8 tools (80-400 B), their results
+//! (200 B .. 64 KiB, 1% JSON-RPC errors, 1% `isError`), progress notifications on a tenth of the
+//! calls, and an occasional other request (`tools/list`, `ping`) with its result.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use km_abi::abi_stable::std_types::{ROption, RSlice, RStr};
+use km_abi::{Direction, HttpRequest, HttpResponse, Message, MessageKind, PluginError, Tier};
+use km_cli::home::KmHome;
+use km_cli::host::{ApiTransport, PluginHost, Verbosity};
+use km_cli::loader::{self, CheckContext};
+use km_plugin_sdk::auth::{encode_token, now_unix, TokenPayload};
+use km_plugin_sdk::credentials::{stamp, StampInput};
+use km_plugin_sdk::Credentials;
+use ring::rand::SystemRandom;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde_json::{json, Value};
+
+use crate::env::{lib_file_name, median, BenchEnv, PLUGIN_VERSION};
+use crate::report::{Report, Row};
+use crate::Options;
+
+const CUSTOMER: &str = "cust_bench";
+const API_KEY: &str = "km_live_bench_0123456789";
+
+/// The Kilometers API's `authenticate`, answered in-process with a token the bench signs.
+struct BenchApi {
+    key: Ed25519KeyPair,
+}
+
+impl ApiTransport for BenchApi {
+    fn request(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        let body: Value = serde_json::from_slice(request.body.as_slice())
+            .map_err(|e| PluginError::failed(e.to_string()))?;
+        let now = now_unix();
+        let payload = TokenPayload {
+            v: 1,
+            cus: CUSTOMER.to_owned(),
+            plg: body["plugin_name"].as_str().unwrap_or_default().to_owned(),
+            tier: Tier::Pro,
+            feat: Vec::new(),
+            iat: now,
+            exp: now + 3600,
+            jti: "bench".to_owned(),
+        };
+        let token = encode_token(&payload, |m| self.key.sign(m).as_ref().to_vec());
+        let answer = json!({"token": token, "customer_id": CUSTOMER, "tier": "pro",
+            "features": [], "expires_at": now + 3600});
+        Ok(HttpResponse {
+            status: 200,
+            headers: Vec::new().into(),
+            body: answer.to_string().into_bytes().into(),
+        })
+    }
+}
+
+/// One line of the mix, with what km tells plugins about it.
+struct Line {
+    bytes: Vec<u8>,
+    direction: Direction,
+    kind: MessageKind,
+    is_error: bool,
+    correlation: String,
+    id: String,
+    method: &'static str,
+    latency_us: Option<u64>,
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo) as u64) as usize
+    }
+}
+
+/// The lines of `calls` calls.
+fn mix(calls: usize) -> Vec<Line> {
+    const TOOLS: [&str; 8] = [
+        "search",
+        "read_file",
+        "write_file",
+        "fetch",
+        "list_dir",
+        "run",
+        "echo",
+        "get_issue",
+    ];
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut lines = Vec::with_capacity(calls * 2 + calls / 5);
+    let mut seq = 0u64;
+    let text = |rng: &mut Rng, len: usize| -> String {
+        (0..len)
+            .map(|_| (b'a' + (rng.next() % 26) as u8) as char)
+            .collect()
+    };
+    for i in 0..calls {
+        let id = (i + 1).to_string();
+        seq += 1;
+        let correlation = format!("c{seq}");
+        let other = rng.range(0, 100) < 5;
+        let (method, request) = if other {
+            let method = if rng.range(0, 2) == 0 {
+                "tools/list"
+            } else {
+                "ping"
+            };
+            (
+                method,
+                format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}"}}"#),
+            )
+        } else {
+            let tool = TOOLS[rng.range(0, TOOLS.len())];
+            let len = rng.range(40, 320);
+            let q = text(&mut rng, len);
+            let meta = if i % 10 == 0 {
+                format!(r#","_meta":{{"progressToken":"t{i}"}}"#)
+            } else {
+                String::new()
+            };
+            (
+                "tools/call",
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"q":"{q}"}}{meta}}}}}"#
+                ),
+            )
+        };
+        lines.push(Line {
+            bytes: request.into_bytes(),
+            direction: Direction::Request,
+            kind: MessageKind::REQUEST,
+            is_error: false,
+            correlation: correlation.clone(),
+            id: id.clone(),
+            method,
+            latency_us: None,
+        });
+        if !other && i % 10 == 0 {
+            for step in 1..=3 {
+                seq += 1;
+                lines.push(Line {
+                    bytes: format!(r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":"t{i}","progress":{step},"total":3}}}}"#).into_bytes(),
+                    direction: Direction::Response,
+                    kind: MessageKind::NOTIFICATION,
+                    is_error: false,
+                    correlation: correlation.clone(),
+                    id: String::new(),
+                    method: "notifications/progress",
+                    latency_us: None,
+                });
+            }
+        }
+        seq += 1;
+        let roll = rng.range(0, 100);
+        let size = if rng.range(0, 10) == 0 {
+            rng.range(4096, 64 * 1024)
+        } else {
+            rng.range(200, 2048)
+        };
+        let (is_error, response) = if roll == 0 {
+            (
+                true,
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32603,"message":"failed"}}}}"#
+                ),
+            )
+        } else {
+            let is_tool_error = roll == 1;
+            (
+                false,
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"{}"}}],"isError":{is_tool_error}}}}}"#,
+                    text(&mut rng, size)
+                ),
+            )
+        };
+        lines.push(Line {
+            bytes: response.into_bytes(),
+            direction: Direction::Response,
+            kind: MessageKind::RESPONSE,
+            is_error,
+            correlation,
+            id,
+            method: "",
+            latency_us: Some(rng.range(200, 400_000) as u64),
+        });
+    }
+    lines
+}
+
+/// Installs `krate`'s library into its own directory, stamped for the bench's customer when
+/// `api_public_key` is given, signed as `name`.
+fn install(
+    env: &BenchEnv,
+    krate: &str,
+    name: &str,
+    tier: &str,
+    api_public_key: Option<&[u8]>,
+) -> Result<std::path::PathBuf> {
+    let dir = env.dir.path().join(format!("analytics-{krate}"));
+    std::fs::create_dir_all(&dir)?;
+    set_mode(&dir, 0o700)?;
+    let dest = dir.join(lib_file_name(krate));
+    let mut bytes = std::fs::read(env.plugin_lib(krate)?)?;
+    if let Some(key) = api_public_key {
+        let credentials = Credentials {
+            customer_id: CUSTOMER.to_owned(),
+            customer_token: "ct-bench".to_owned(),
+            tier: Tier::Pro,
+            build_time: now_unix(),
+        };
+        stamp(
+            &mut bytes,
+            &StampInput {
+                api_public_key: key,
+                api_key: API_KEY,
+                credentials: &credentials,
+            },
+        )
+        .map_err(|e| anyhow!("stamping {krate}: {e:?}"))?;
+    }
+    std::fs::write(&dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
+    set_mode(&dest, 0o644)?;
+    let mut sign = env.command(&env.bin_dir.join("km-sign"));
+    sign.arg("sign")
+        .arg("--key")
+        .arg(env.key.with_extension("key"))
+        .args(["--name", name, "--version", PLUGIN_VERSION, "--tier", tier])
+        .arg(&dest);
+    let out = sign.output().context("running km-sign")?;
+    if !out.status.success() {
+        bail!("km-sign failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(dir)
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+/// Nanoseconds per line of `handle_message` of the plugin in `dir`, median of `reps` passes.
+fn ns_per_line(
+    env: &BenchEnv,
+    dir: &std::path::Path,
+    krate: &str,
+    api: Option<Arc<dyn ApiTransport>>,
+    lines: &[Line],
+    reps: usize,
+) -> Result<(f64, bool)> {
+    let home = KmHome::resolve(Some(&env.home))?;
+    let trust = loader::trust_store(&home)?;
+    let seen = loader::seen_versions(&home)?;
+    let dir_fd = loader::open_checked_dir(dir).map_err(|r| anyhow!("{r}"))?;
+    let cx = CheckContext {
+        trust: &trust,
+        seen: &seen,
+        allow_downgrade: true,
+        size_cap: loader::size_cap(),
+    };
+    let checked = loader::check(&dir_fd, dir, lib_file_name(krate).as_ref(), &cx)
+        .map_err(|r| anyhow!("{r}"))?;
+    let data = env
+        .dir
+        .path()
+        .join("plugin-data")
+        .join(format!("analytics-{krate}"));
+    std::fs::create_dir_all(&data)?;
+    let host = PluginHost::new(krate, data, Verbosity::Quiet, api);
+    let plugin = loader::load(checked, host).map_err(|r| anyhow!("{r}"))?;
+    let authorized = plugin
+        .authenticate(API_KEY)
+        .map_err(|e| anyhow!("{e}"))?
+        .authorized;
+    let mut per_line = Vec::new();
+    // Lines are stamped from now on, as km stamps them: the plugin judges its subscription by
+    // the line's time.
+    let mut t_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    for _ in 0..reps {
+        let start = Instant::now();
+        for line in lines {
+            t_us += 10;
+            let message = Message {
+                seq: 0,
+                direction: line.direction,
+                kind: line.kind,
+                is_error: line.is_error,
+                data: RSlice::from_slice(&line.bytes),
+                correlation_id: RStr::from_str(&line.correlation),
+                id: RStr::from_str(&line.id),
+                method: RStr::from_str(line.method),
+                timestamp_us: t_us,
+                latency_us: line.latency_us.map_or(ROption::RNone, ROption::RSome),
+            };
+            plugin
+                .handle_message(&message)
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        per_line.push(start.elapsed().as_nanos() as f64 / lines.len() as f64);
+    }
+    let _ = plugin.shutdown();
+    // Loaded libraries are never unloaded.
+    std::mem::forget(plugin);
+    Ok((median(&mut per_line), authorized))
+}
+
+/// Runs the analytics section.
+pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Result<()> {
+    // A few thousand calls, passed over many times: in km a line reaches the plugin moments
+    // after it was read, still in the cache; a mix of hundreds of megabytes would measure the
+    // memory bus instead.
+    let (calls, reps) = if options.quick {
+        (2_000, 5)
+    } else {
+        (5_000, 25)
+    };
+    let lines = mix(calls);
+    let bytes: usize = lines.iter().map(|l| l.bytes.len()).sum();
+    eprintln!(
+        "analytics: {} lines ({calls} calls, {:.1} MB), median of {reps} passes",
+        lines.len(),
+        bytes as f64 / 1e6
+    );
+    let key = Ed25519KeyPair::from_pkcs8(
+        Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+            .map_err(|_| anyhow!("cannot make a key"))?
+            .as_ref(),
+    )
+    .map_err(|_| anyhow!("cannot read the key it made"))?;
+    let public = key.public_key().as_ref().to_vec();
+    let api: Arc<dyn ApiTransport> = Arc::new(BenchApi { key });
+
+    let noop_dir = install(env, "test-noop", "test-noop", "free", None)?;
+    let (noop, _) = ns_per_line(env, &noop_dir, "test-noop", None, &lines, reps)?;
+    let ml_dir = install(env, "ml-analytics", "ml-analytics", "pro", Some(&public))?;
+    let (ml, authorized) = ns_per_line(env, &ml_dir, "ml-analytics", Some(api), &lines, reps)?;
+    if !authorized {
+        bail!("ml-analytics was not authorized by the bench's API: its figure would be the degraded one");
+    }
+    let plain_dir = install(env, "ml-analytics", "ml-analytics", "pro", None)?;
+    let (degraded, _) = ns_per_line(env, &plain_dir, "ml-analytics", None, &lines, reps)?;
+    for (figure, value) in [
+        ("handle_message, Pro active", ml),
+        ("handle_message, no subscription", degraded),
+    ] {
+        report.add(Row {
+            section: "analytics",
+            figure: format!("ml-analytics {figure}"),
+            value: format!("{value:.0} ns/line ({:.2} M lines/s)", 1e3 / value),
+            baseline: format!("test-noop {noop:.0} ns/line"),
+            ratio: Some(value / noop),
+            target: None,
+        });
+    }
+    Ok(())
+}
