@@ -8,10 +8,17 @@
 //! event is sent, so its flusher does not run: the figure is the handler alone, which is what km's
 //! worker thread pays per line (the flush, every 10 s, runs on the plugin's own thread).
 //!
+//! Then the relay: the stream of the relay section through `km monitor -- cat` with ml-analytics
+//! alone, authorized by the same answer served over HTTP on loopback (km's own API client asks
+//! it), beside `cat | cat`: what the plugin costs the relay on this 2-core machine, where its
+//! worker thread competes with the pumps for the cores.
+//!
 //! The mix is an agent's session: `tools/call` requests over 8 tools (80-400 B), their results
 //! (200 B .. 64 KiB, 1% JSON-RPC errors, 1% `isError`), progress notifications on a tenth of the
 //! calls, and an occasional other request (`tools/list`, `ping`) with its result.
 
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,10 +47,10 @@ struct BenchApi {
     key: Ed25519KeyPair,
 }
 
-impl ApiTransport for BenchApi {
-    fn request(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
-        let body: Value = serde_json::from_slice(request.body.as_slice())
-            .map_err(|e| PluginError::failed(e.to_string()))?;
+impl BenchApi {
+    /// The answer to an authentication request's body.
+    fn answer(&self, body: &[u8]) -> Result<Vec<u8>, String> {
+        let body: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
         let now = now_unix();
         let payload = TokenPayload {
             v: 1,
@@ -58,10 +65,60 @@ impl ApiTransport for BenchApi {
         let token = encode_token(&payload, |m| self.key.sign(m).as_ref().to_vec());
         let answer = json!({"token": token, "customer_id": CUSTOMER, "tier": "pro",
             "features": [], "expires_at": now + 3600});
+        Ok(answer.to_string().into_bytes())
+    }
+
+    /// Serves [`BenchApi::answer`] over HTTP on loopback, for km's own API client; returns the
+    /// base URL. The thread ends with the process.
+    fn serve(self: Arc<Self>) -> Result<String> {
+        let listener = TcpListener::bind("127.0.0.1:0").context("listening on loopback")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(&stream);
+                let mut length = 0usize;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        if name.eq_ignore_ascii_case("content-length") {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0u8; length.min(1 << 20)];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let (status, answer) = match self.answer(&body) {
+                    Ok(a) => ("200 OK", a),
+                    Err(e) => ("400 Bad Request", e.into_bytes()),
+                };
+                let mut out = &stream;
+                let _ = write!(
+                    out,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    answer.len()
+                );
+                let _ = out.write_all(&answer);
+            }
+        });
+        Ok(url)
+    }
+}
+
+impl ApiTransport for BenchApi {
+    fn request(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
+        let body = self
+            .answer(request.body.as_slice())
+            .map_err(PluginError::failed)?;
         Ok(HttpResponse {
             status: 200,
             headers: Vec::new().into(),
-            body: answer.to_string().into_bytes().into(),
+            body: body.into(),
         })
     }
 }
@@ -217,7 +274,12 @@ fn install(
     tier: &str,
     api_public_key: Option<&[u8]>,
 ) -> Result<std::path::PathBuf> {
-    let dir = env.dir.path().join(format!("analytics-{krate}"));
+    let variant = if api_public_key.is_some() {
+        "customer"
+    } else {
+        "plain"
+    };
+    let dir = env.dir.path().join(format!("analytics-{krate}-{variant}"));
     std::fs::create_dir_all(&dir)?;
     set_mode(&dir, 0o700)?;
     let dest = dir.join(lib_file_name(krate));
@@ -281,11 +343,12 @@ fn ns_per_line(
     };
     let checked = loader::check(&dir_fd, dir, lib_file_name(krate).as_ref(), &cx)
         .map_err(|r| anyhow!("{r}"))?;
-    let data = env
-        .dir
-        .path()
-        .join("plugin-data")
-        .join(format!("analytics-{krate}"));
+    let data = env.dir.path().join("plugin-data").join(format!(
+        "analytics-{}",
+        dir.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
     std::fs::create_dir_all(&data)?;
     let host = PluginHost::new(krate, data, Verbosity::Quiet, api);
     let plugin = loader::load(checked, host).map_err(|r| anyhow!("{r}"))?;
@@ -351,7 +414,8 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
     )
     .map_err(|_| anyhow!("cannot read the key it made"))?;
     let public = key.public_key().as_ref().to_vec();
-    let api: Arc<dyn ApiTransport> = Arc::new(BenchApi { key });
+    let bench_api = Arc::new(BenchApi { key });
+    let api: Arc<dyn ApiTransport> = bench_api.clone();
 
     let noop_dir = install(env, "test-noop", "test-noop", "free", None)?;
     let (noop, _) = ns_per_line(env, &noop_dir, "test-noop", None, &lines, reps)?;
@@ -362,6 +426,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
     }
     let plain_dir = install(env, "ml-analytics", "ml-analytics", "pro", None)?;
     let (degraded, _) = ns_per_line(env, &plain_dir, "ml-analytics", None, &lines, reps)?;
+    relay(env, options, report, bench_api, &ml_dir)?;
     for (figure, value) in [
         ("handle_message, Pro active", ml),
         ("handle_message, no subscription", degraded),
@@ -375,5 +440,72 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
             target: None,
         });
     }
+    Ok(())
+}
+
+/// The relay section's stream through km with ml-analytics alone (Pro active), beside cat|cat.
+fn relay(
+    env: &BenchEnv,
+    options: &Options,
+    report: &mut Report,
+    api: Arc<BenchApi>,
+    ml_dir: &std::path::Path,
+) -> Result<()> {
+    let url = api.serve()?;
+    let (n, reps) = if options.quick {
+        (3000, 1)
+    } else {
+        (10_000, 5)
+    };
+    let msgs = crate::relay::messages(n);
+    let expected: Vec<u8> = msgs.concat();
+    let mb = expected.len() as f64 / 1e6;
+    let log = env.dir.path().join("analytics-relay.log");
+    let (mut base, mut noop, mut with) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let mut cat = env.command(std::path::Path::new("sh"));
+        cat.args(["-c", "cat | cat"]);
+        base.push(crate::relay::pass(&mut cat, &msgs, &expected, &log)?.seconds);
+        let mut km = env.km_monitor_in(Some(env.single_plugin_dir("test-noop")), &["cat"]);
+        noop.push(crate::relay::pass(&mut km, &msgs, &expected, &log)?.seconds);
+        let mut km = env.km_monitor_in(Some(ml_dir.to_path_buf()), &["cat"]);
+        km.env("KM_API_KEY", API_KEY).env("KM_API_URL", &url);
+        with.push(crate::relay::pass(&mut km, &msgs, &expected, &log)?.seconds);
+    }
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    if !stderr.contains("ml-analytics") {
+        bail!("km did not load ml-analytics; its log says:\n{stderr}");
+    }
+    // What km recorded of the plugin's last authentication: the figure is worth nothing if the
+    // plugin ran degraded (it then does nothing).
+    let auth = env.home.join("state/auth/ml-analytics.json");
+    let record: Value = serde_json::from_slice(&std::fs::read(&auth).with_context(|| {
+        format!(
+            "reading {} (did km authenticate ml-analytics?)",
+            auth.display()
+        )
+    })?)
+    .with_context(|| format!("parsing {}", auth.display()))?;
+    if record["authorized"] != true {
+        bail!("ml-analytics ran degraded in the relay: {record}");
+    }
+    let (base, noop, with) = (median(&mut base), median(&mut noop), median(&mut with));
+    let rate = |s: f64| format!("{:.0} MB/s, {:.0} msg/s", mb / s, n as f64 / s);
+    report.add(Row {
+        section: "analytics",
+        figure: "relay throughput, test-noop alone (the same run)".to_owned(),
+        value: rate(noop),
+        baseline: format!("cat|cat {}", rate(base)),
+        ratio: Some(noop / base),
+        target: None,
+    });
+    report.add(Row {
+        section: "analytics",
+        figure: "relay throughput, ml-analytics alone (Pro active)".to_owned(),
+        value: rate(with),
+        baseline: format!("cat|cat {}", rate(base)),
+        ratio: Some(with / base),
+        target: Some(("time <= 1.5x".to_owned(), with / base <= 1.5)),
+    });
     Ok(())
 }

@@ -11,7 +11,8 @@
 //! are counted under the tool `(other)`), target names cut to [`MAX_TARGET`] bytes, and the
 //! anomalies of one session capped by `max_anomalies_per_session`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use km_plugin_sdk::{Direction, Message, MessageKind};
 
@@ -19,8 +20,8 @@ use crate::anomaly::{self, Anomaly, Expected, Kind};
 use crate::clock::{self, MINUTE};
 use crate::model::{Judgement, Live, SeriesModel, Thresholds};
 use crate::parse;
-use crate::stats::{CallRecord, Outcome, SeriesKey};
-use crate::store::{Buckets, FlushBatch, Models, ServerDelta};
+use crate::stats::{CallRecord, Outcome, SeriesKey, SeriesStats};
+use crate::store::{FlushBatch, Models, ServerDelta};
 
 /// Requests in flight at once.
 pub(crate) const MAX_PENDING: usize = 4096;
@@ -36,13 +37,40 @@ pub(crate) const UNKNOWN_SERVER: &str = "unknown";
 
 #[derive(Debug)]
 struct Pending {
-    key: SeriesKey,
+    slot: u32,
     direction: Direction,
     start_us: u64,
     request_bytes: u64,
     progress: u64,
     token: Option<String>,
     overdue: bool,
+}
+
+/// Everything the session keeps about one series, in one place, so that a line finds it with
+/// one lookup (by method, then tool: no key is built for it) and a finished call touches it
+/// through its index.
+#[derive(Debug)]
+struct Slot {
+    key: SeriesKey,
+    model: SeriesModel,
+    live: Live,
+    /// Whether the model changed since the last flush.
+    dirty: bool,
+    /// Counts since the last flush, by minute (usually one or two entries).
+    delta: Vec<(i64, SeriesStats)>,
+}
+
+impl Slot {
+    fn stats_at(&mut self, minute: i64) -> &mut SeriesStats {
+        let at = match self.delta.iter().rposition(|(m, _)| *m == minute) {
+            Some(at) => at,
+            None => {
+                self.delta.push((minute, SeriesStats::default()));
+                self.delta.len() - 1
+            }
+        };
+        &mut self.delta[at].1
+    }
 }
 
 /// Counters of the session that belong to no series.
@@ -68,13 +96,15 @@ pub(crate) struct Engine {
     /// What the store knew when the session began: (sessions, calls) of this server.
     server_before: (u64, u64),
     pending: HashMap<String, Pending>,
+    /// The pending keys in the order they came, for evicting the oldest in constant time
+    /// (answered ones are skipped when met, and swept when they outnumber the pending).
+    order: VecDeque<String>,
     tokens: HashMap<(bool, String), String>,
-    delta: Buckets,
-    models: BTreeMap<SeriesKey, SeriesModel>,
-    live: HashMap<SeriesKey, Live>,
-    /// Series touched since the last flush (their models are merged).
-    dirty: BTreeMap<SeriesKey, ()>,
-    series_seen: usize,
+    slots: Vec<Slot>,
+    /// method -> tool -> slot.
+    index: HashMap<String, HashMap<String, u32>>,
+    /// Series this session added (the rest came from the store).
+    new_series: usize,
     server_delta: ServerDelta,
     flushed_once: bool,
     new_anomalies: Vec<Anomaly>,
@@ -94,12 +124,11 @@ impl Engine {
             server_label: UNKNOWN_SERVER.to_owned(),
             server_before: (0, 0),
             pending: HashMap::new(),
+            order: VecDeque::new(),
             tokens: HashMap::new(),
-            delta: Buckets::new(),
-            models: BTreeMap::new(),
-            live: HashMap::new(),
-            dirty: BTreeMap::new(),
-            series_seen: 0,
+            slots: Vec::new(),
+            index: HashMap::new(),
+            new_series: 0,
             server_delta: ServerDelta::default(),
             flushed_once: false,
             new_anomalies: Vec::new(),
@@ -110,6 +139,7 @@ impl Engine {
     }
 
     /// Says which server the session talks to, with what the store learned about it before.
+    /// (Lines seen before, if any, stay counted under the server they were seen with.)
     pub(crate) fn begin(&mut self, server: &str, label: &str, models: Models) {
         self.server = server.to_owned();
         self.server_label = label.to_owned();
@@ -117,12 +147,68 @@ impl Engine {
             .servers
             .get(server)
             .map_or((0, 0), |s| (s.sessions, s.calls));
-        self.models = models
-            .series
-            .into_iter()
-            .filter(|(key, _)| key.server == server)
-            .collect();
+        self.index.clear();
+        for (key, model) in models.series {
+            if key.server == server {
+                self.add_slot(key, model);
+            }
+        }
+        self.new_series = 0;
         self.server_delta.label = label.to_owned();
+    }
+
+    fn add_slot(&mut self, key: SeriesKey, model: SeriesModel) -> u32 {
+        let at = self.slots.len() as u32;
+        self.index
+            .entry(key.method.clone())
+            .or_default()
+            .insert(key.tool.clone(), at);
+        self.slots.push(Slot {
+            key,
+            model,
+            live: Live::default(),
+            dirty: false,
+            delta: Vec::new(),
+        });
+        at
+    }
+
+    fn lookup(&self, method: &str, tool: &str) -> Option<u32> {
+        self.index.get(method)?.get(tool).copied()
+    }
+
+    /// The slot of (method, tool), and whether it is new (not known from the store nor seen in
+    /// this session).
+    fn slot_for(&mut self, method: &str, target: Option<&str>, t_ms: i64) -> (u32, bool) {
+        let mut tool = target.unwrap_or_default();
+        if tool.len() > MAX_TARGET {
+            let mut end = MAX_TARGET;
+            while !tool.is_char_boundary(end) {
+                end -= 1;
+            }
+            tool = &tool[..end];
+        }
+        if let Some(at) = self.lookup(method, tool) {
+            return (at, false);
+        }
+        if self.new_series >= MAX_SERIES {
+            tool = OTHER;
+            if let Some(at) = self.lookup(method, tool) {
+                return (at, false);
+            }
+        } else {
+            self.new_series += 1;
+        }
+        let key = SeriesKey {
+            server: self.server.clone(),
+            method: method.to_owned(),
+            tool: tool.to_owned(),
+        };
+        let model = SeriesModel {
+            first_seen_ms: t_ms,
+            ..SeriesModel::default()
+        };
+        (self.add_slot(key, model), tool != OTHER)
     }
 
     /// The session's counters.
@@ -153,9 +239,9 @@ impl Engine {
     }
 
     /// The key a line is paired by: km's correlation id, or (sender, id) when km gave none.
-    fn pairing_key(message: &Message<'_>, sender: Direction) -> Option<String> {
+    fn pairing_key<'m>(message: &Message<'m>, sender: Direction) -> Option<Cow<'m, str>> {
         if !message.correlation_id.is_empty() {
-            return Some(message.correlation_id.as_str().to_owned());
+            return Some(Cow::Borrowed(message.correlation_id.as_str()));
         }
         if message.id.is_empty() {
             return None;
@@ -164,35 +250,7 @@ impl Engine {
             Direction::Request => 'c',
             Direction::Response => 's',
         };
-        Some(format!("{side}:{}", message.id))
-    }
-
-    fn series_key(&mut self, method: &str, target: Option<&str>) -> SeriesKey {
-        let mut tool = target.unwrap_or_default();
-        if tool.len() > MAX_TARGET {
-            let mut end = MAX_TARGET;
-            while !tool.is_char_boundary(end) {
-                end -= 1;
-            }
-            tool = &tool[..end];
-        }
-        let key = SeriesKey {
-            server: self.server.clone(),
-            method: method.to_owned(),
-            tool: tool.to_owned(),
-        };
-        if self.live.contains_key(&key) {
-            return key;
-        }
-        if self.series_seen >= MAX_SERIES {
-            return SeriesKey {
-                tool: OTHER.to_owned(),
-                ..key
-            };
-        }
-        self.series_seen += 1;
-        self.live.insert(key.clone(), Live::default());
-        key
+        Some(Cow::Owned(format!("{side}:{}", message.id)))
     }
 
     fn request(&mut self, message: &Message<'_>) {
@@ -204,59 +262,58 @@ impl Engine {
             return;
         };
         let fields = parse::request(message.bytes(), method);
-        let key = self.series_key(method, fields.target.as_deref());
         let t_ms = (message.timestamp_us / 1000) as i64;
-        let model_known = self.models.contains_key(&key);
-        let model = self
-            .models
-            .entry(key.clone())
-            .or_insert_with(|| SeriesModel {
-                first_seen_ms: t_ms,
-                ..SeriesModel::default()
-            });
-        model.last_seen_ms = model.last_seen_ms.max(t_ms);
-        if method == "tools/call" && !model_known && key.tool != OTHER {
+        let (slot, is_new) = self.slot_for(method, fields.target.as_deref(), t_ms);
+        let th = &self.th;
+        let s = &mut self.slots[slot as usize];
+        s.model.last_seen_ms = s.model.last_seen_ms.max(t_ms);
+        s.dirty = true;
+        let mut raised = Vec::new();
+        if method == "tools/call" {
             // A new tool on a server known from earlier sessions (a server seen for the first
             // time has only new tools: that is its warm-up).
             let (sessions, calls) = self.server_before;
-            if sessions >= 1 && calls >= self.th.warmup_calls {
-                self.raise(
+            if is_new && sessions >= 1 && calls >= th.warmup_calls {
+                raised.push((
                     Kind::FirstTimeTool,
-                    &key,
-                    t_ms,
                     Judgement {
                         observed: 1.0,
                         low: 0.0,
                         high: 0.0,
                     },
-                );
+                ));
+            }
+            if let Some(j) = s.model.observe_call(&mut s.live, t_ms, th) {
+                raised.push((Kind::CallRate, j));
             }
         }
-        if method == "tools/call" {
-            let live = self.live.entry(key.clone()).or_default();
-            let model = self.models.entry(key.clone()).or_default();
-            if let Some(j) = model.observe_call(live, t_ms, &self.th) {
-                self.raise(Kind::CallRate, &key, t_ms, j);
-            }
+        for (kind, j) in raised {
+            self.raise(kind, slot, t_ms, j);
         }
-        self.dirty.insert(key.clone(), ());
         if self.pending.len() >= MAX_PENDING {
             self.evict_oldest();
         }
-        let sender_is_client = message.direction == Direction::Request;
-        if let Some(token) = &fields.progress_token {
+        let token = fields.progress_token.map(Cow::into_owned);
+        if let Some(token) = &token {
+            let sender_is_client = message.direction == Direction::Request;
             self.tokens
-                .insert((sender_is_client, token.clone()), pairing.clone());
+                .insert((sender_is_client, token.clone()), pairing.to_string());
+        }
+        let pairing = pairing.into_owned();
+        self.order.push_back(pairing.clone());
+        if self.order.len() > 2 * MAX_PENDING.max(self.pending.len()) {
+            let pending = &self.pending;
+            self.order.retain(|k| pending.contains_key(k));
         }
         let replaced = self.pending.insert(
             pairing,
             Pending {
-                key,
+                slot,
                 direction: message.direction,
                 start_us: message.timestamp_us,
                 request_bytes: message.data.len() as u64,
                 progress: 0,
-                token: fields.progress_token,
+                token,
                 overdue: false,
             },
         );
@@ -267,15 +324,11 @@ impl Engine {
     }
 
     fn evict_oldest(&mut self) {
-        let oldest = self
-            .pending
-            .iter()
-            .min_by_key(|(_, p)| p.start_us)
-            .map(|(k, _)| k.clone());
-        if let Some(key) = oldest {
+        while let Some(key) = self.order.pop_front() {
             if let Some(p) = self.pending.remove(&key) {
                 let at = p.start_us;
                 self.finish(p, Outcome::Unanswered, None, None, at);
+                return;
             }
         }
     }
@@ -285,17 +338,16 @@ impl Engine {
             Direction::Request => Direction::Response,
             Direction::Response => Direction::Request,
         };
-        let Some(pairing) = Self::pairing_key(message, request_sender) else {
-            self.counters.unpaired += 1;
-            return;
-        };
-        let Some(pending) = self.pending.remove(&pairing) else {
+        let Some(pending) = Self::pairing_key(message, request_sender)
+            .and_then(|pairing| self.pending.remove(pairing.as_ref()))
+        else {
             self.counters.unpaired += 1;
             return;
         };
         let outcome = if message.is_error {
             Outcome::RpcError(parse::error_code(message.bytes()))
-        } else if pending.key.method == "tools/call" && parse::tool_result_is_error(message.bytes())
+        } else if self.slots[pending.slot as usize].key.method == "tools/call"
+            && parse::tool_result_is_error(message.bytes())
         {
             Outcome::ToolError
         } else {
@@ -317,19 +369,21 @@ impl Engine {
     fn notification(&mut self, message: &Message<'_>) {
         match message.method.as_str() {
             "notifications/progress" => {
-                let by_correlation = (!message.correlation_id.is_empty())
-                    .then(|| message.correlation_id.as_str())
-                    .filter(|c| self.pending.contains_key(*c))
-                    .map(str::to_owned);
-                let pairing = by_correlation.or_else(|| {
-                    let token = parse::progress_token(message.bytes())?;
-                    // Progress travels against its request: a server's progress is for a
-                    // client's request.
-                    let for_client_request = message.direction == Direction::Response;
-                    self.tokens.get(&(for_client_request, token)).cloned()
-                });
-                if let Some(p) = pairing.and_then(|k| self.pending.get_mut(&k)) {
+                let correlation = message.correlation_id.as_str();
+                if let Some(p) = self.pending.get_mut(correlation) {
                     p.progress += 1;
+                    return;
+                }
+                let Some(token) = parse::progress_token(message.bytes()) else {
+                    return;
+                };
+                // Progress travels against its request: a server's progress is for a client's
+                // request.
+                let for_client_request = message.direction == Direction::Response;
+                if let Some(pairing) = self.tokens.get(&(for_client_request, token.into_owned())) {
+                    if let Some(p) = self.pending.get_mut(pairing) {
+                        p.progress += 1;
+                    }
                 }
             }
             "notifications/cancelled" => {
@@ -352,60 +406,57 @@ impl Engine {
         response_bytes: Option<u64>,
         now_us: u64,
     ) {
-        if let Some(token) = &pending.token {
+        if let Some(token) = pending.token {
             self.tokens
-                .remove(&(pending.direction == Direction::Request, token.clone()));
+                .remove(&(pending.direction == Direction::Request, token));
         }
-        let start_secs = (pending.start_us / 1_000_000) as i64;
-        let bucket = clock::floor(start_secs, MINUTE);
-        self.delta
-            .entry(bucket)
-            .or_default()
-            .entry(pending.key.clone())
-            .or_default()
-            .record(&CallRecord {
-                outcome,
-                latency_us,
-                request_bytes: pending.request_bytes,
-                response_bytes,
-                progress: pending.progress,
-            });
+        let minute = clock::floor((pending.start_us / 1_000_000) as i64, MINUTE);
         let now_ms = (now_us / 1000) as i64;
         self.server_delta.calls += 1;
         if self.server_delta.first_seen_ms == 0 {
             self.server_delta.first_seen_ms = (pending.start_us / 1000) as i64;
         }
         self.server_delta.last_seen_ms = self.server_delta.last_seen_ms.max(now_ms);
-        self.dirty.insert(pending.key.clone(), ());
-        let key = pending.key;
-        let model = self.models.entry(key.clone()).or_default();
-        model.last_seen_ms = model.last_seen_ms.max(now_ms);
-        let mut verdicts = Vec::new();
+        let th = &self.th;
+        let s = &mut self.slots[pending.slot as usize];
+        s.stats_at(minute).record(&CallRecord {
+            outcome,
+            latency_us,
+            request_bytes: pending.request_bytes,
+            response_bytes,
+            progress: pending.progress,
+        });
+        s.dirty = true;
+        s.model.last_seen_ms = s.model.last_seen_ms.max(now_ms);
+        let mut raised = Vec::new();
         if let (Outcome::Ok, Some(us)) = (outcome, latency_us) {
-            if let Some(j) = model.observe_latency(us as f64 / 1000.0, &self.th) {
-                verdicts.push((Kind::Latency, j));
+            if let Some(j) = s.model.observe_latency(us as f64 / 1000.0, th) {
+                raised.push((Kind::Latency, j));
             }
         }
         if matches!(
             outcome,
             Outcome::Ok | Outcome::RpcError(_) | Outcome::ToolError
         ) {
-            let live = self.live.entry(key.clone()).or_default();
-            if let Some(j) = model.observe_outcome(live, outcome.is_failure(), &self.th) {
-                verdicts.push((Kind::ErrorRate, j));
+            if let Some(j) = s
+                .model
+                .observe_outcome(&mut s.live, outcome.is_failure(), th)
+            {
+                raised.push((Kind::ErrorRate, j));
             }
         }
-        for (kind, j) in verdicts {
-            self.raise(kind, &key, now_ms, j);
+        for (kind, j) in raised {
+            self.raise(kind, pending.slot, now_ms, j);
         }
     }
 
-    fn raise(&mut self, kind: Kind, key: &SeriesKey, t_ms: i64, j: Judgement) {
+    fn raise(&mut self, kind: Kind, slot: u32, t_ms: i64, j: Judgement) {
         if self.anomaly_count >= self.max_anomalies {
             self.counters.suppressed += 1;
             return;
         }
         self.anomaly_count += 1;
+        let key = &self.slots[slot as usize].key;
         let expected = Expected {
             low: j.low,
             high: j.high,
@@ -441,21 +492,16 @@ impl Engine {
                 continue;
             }
             let waited = now_ms - (p.start_us / 1000) as i64;
-            let limit = self
-                .models
-                .get(&p.key)
-                .map_or(self.th.unanswered_after_ms, |m| {
-                    m.overdue_after_ms(&self.th)
-                });
+            let limit = self.slots[p.slot as usize].model.overdue_after_ms(&self.th);
             if waited as f64 > limit {
                 p.overdue = true;
-                overdue.push((p.key.clone(), waited as f64, limit));
+                overdue.push((p.slot, waited as f64, limit));
             }
         }
-        for (key, waited, limit) in overdue {
+        for (slot, waited, limit) in overdue {
             self.raise(
                 Kind::Unanswered,
-                &key,
+                slot,
                 now_ms,
                 Judgement {
                     observed: waited,
@@ -470,20 +516,21 @@ impl Engine {
     /// session's windows are folded into the model.
     pub(crate) fn end(&mut self, now_us: u64) {
         let pending: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        self.order.clear();
         self.tokens.clear();
-        let mut left: BTreeMap<SeriesKey, (u64, bool)> = BTreeMap::new();
+        let mut left: BTreeMap<u32, (u64, bool)> = BTreeMap::new();
         for p in pending {
-            let entry = left.entry(p.key.clone()).or_default();
+            let entry = left.entry(p.slot).or_default();
             entry.0 += 1;
             entry.1 |= !p.overdue;
             self.finish(p, Outcome::Unanswered, None, None, now_us);
         }
         let now_ms = (now_us / 1000) as i64;
-        for (key, (count, unflagged)) in left {
+        for (slot, (count, unflagged)) in left {
             if unflagged {
                 self.raise(
                     Kind::Unanswered,
-                    &key,
+                    slot,
                     now_ms,
                     Judgement {
                         observed: count as f64,
@@ -493,11 +540,12 @@ impl Engine {
                 );
             }
         }
-        for (key, live) in &mut self.live {
-            if let Some(model) = self.models.get_mut(key) {
-                model.fold_window(live);
-                model.fold_minute(live, &self.th);
-                self.dirty.insert(key.clone(), ());
+        let th = &self.th;
+        for s in &mut self.slots {
+            if s.live.is_active() {
+                s.model.fold_window(&mut s.live);
+                s.model.fold_minute(&mut s.live, th);
+                s.dirty = true;
             }
         }
     }
@@ -506,13 +554,22 @@ impl Engine {
     /// [`Engine::restore`] if the flush fails).
     pub(crate) fn take_flush(&mut self) -> FlushBatch {
         let mut batch = FlushBatch {
-            stats: std::mem::take(&mut self.delta),
             anomalies: std::mem::take(&mut self.unwritten_anomalies),
             ..FlushBatch::default()
         };
-        for key in std::mem::take(&mut self.dirty).into_keys() {
-            if let Some(model) = self.models.get(&key) {
-                batch.models.insert(key, model.clone());
+        for s in &mut self.slots {
+            for (minute, stats) in s.delta.drain(..) {
+                batch
+                    .stats
+                    .entry(minute)
+                    .or_default()
+                    .entry(s.key.clone())
+                    .or_default()
+                    .merge(&stats);
+            }
+            if s.dirty {
+                s.dirty = false;
+                batch.models.insert(s.key.clone(), s.model.clone());
             }
         }
         let mut delta = std::mem::take(&mut self.server_delta);
@@ -528,19 +585,28 @@ impl Engine {
     }
 
     /// Takes back what a failed flush did not write.
-    pub(crate) fn restore(&mut self, mut batch: FlushBatch) {
-        let newer = FlushBatch {
-            stats: std::mem::take(&mut self.delta),
-            anomalies: std::mem::take(&mut self.unwritten_anomalies),
-            ..FlushBatch::default()
-        };
-        batch.absorb(newer);
-        self.delta = batch.stats;
-        self.unwritten_anomalies = batch.anomalies;
-        for (key, _) in batch.models {
-            self.dirty.insert(key, ());
+    pub(crate) fn restore(&mut self, batch: FlushBatch) {
+        for (minute, series) in batch.stats {
+            for (key, stats) in series {
+                let slot = match self.lookup(&key.method, &key.tool) {
+                    Some(at) if self.slots[at as usize].key == key => at,
+                    _ => self.add_slot(key, SeriesModel::default()),
+                };
+                self.slots[slot as usize].stats_at(minute).merge(&stats);
+            }
         }
-        if let Some(delta) = batch.servers.remove(&self.server) {
+        for key in batch.models.into_keys() {
+            if let Some(at) = self.lookup(&key.method, &key.tool) {
+                self.slots[at as usize].dirty = true;
+            }
+        }
+        let mut anomalies = batch.anomalies;
+        anomalies.append(&mut self.unwritten_anomalies);
+        self.unwritten_anomalies = anomalies;
+        for (server, delta) in batch.servers {
+            if server != self.server {
+                continue;
+            }
             self.server_delta.calls += delta.calls;
             if delta.sessions > 0 {
                 // The first flush did not happen after all.

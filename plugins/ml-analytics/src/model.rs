@@ -171,6 +171,13 @@ pub(crate) struct Live {
     in_burst: bool,
 }
 
+impl Live {
+    /// Whether the session saw this series (its window or minute counters hold something).
+    pub(crate) fn is_active(&self) -> bool {
+        self.window_len > 0 || self.this_minute > 0
+    }
+}
+
 impl SeriesModel {
     fn log_sd(&self) -> f64 {
         self.var.max(0.0).sqrt().max(MIN_LOG_SD)

@@ -2,153 +2,18 @@
 //! id, correlation, latency): the tool a request acts on, its progress token, the code of an
 //! error, whether a tool result is an error, and the token of a progress notification.
 //!
-//! Requests, errors and notifications are small: serde_json with borrowed, lenient fields (a
-//! field of an unexpected type counts as absent rather than failing the line; everything else
-//! is skipped without being built, serde's `IgnoredAny`). Results are another matter: a tool's
-//! result can be megabytes of text or base64, and all the plugin needs from it is
-//! `result.isError`. serde_json skips a string byte by byte (about 0.5 GB/s here), which made
-//! the handler cost 4.5 µs per line on the bench's mix; [`tool_result_is_error`] is a
-//! hand-written scanner instead, which walks the structure of the two outer objects and jumps
-//! over every string with memchr (many GB/s), so a large result costs little more than a small
-//! one. It does not validate the line (km classified it already): anything it cannot follow
-//! counts as "not an error". Results are only read for `tools/call` (the only method whose
-//! result says `isError`).
+//! A hand-written [`Scanner`] rather than serde_json, for speed: it follows only the members it
+//! needs (`params.name`, `params._meta.progressToken`, `result.isError`) and jumps over every
+//! other value, strings with memchr (many GB/s; serde_json skips a string byte by byte, about
+//! 0.5 GB/s here, and builds its keys), so a request costs a few hundred instructions and a
+//! megabyte result little more than a small one. With serde the handler cost 9,000 instructions
+//! per line on the bench's mix, most of them here. serde_json still decodes what the scanner
+//! finds escaped (a name with `\u00e9`), and reads error objects, which are small and rare.
+//!
+//! It does not validate lines (km classified them already): anything it cannot follow counts as
+//! absent. A member of an unexpected type (a numeric `name`) is absent too, never an error.
 
 use std::borrow::Cow;
-use std::fmt;
-
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
-
-/// A string that is `None` when the JSON value is anything else (never an error).
-#[derive(Debug, Default, PartialEq, Eq)]
-struct LenientStr<'a>(Option<Cow<'a, str>>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for LenientStr<'a> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = LenientStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(LenientStr(Some(Cow::Borrowed(v))))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(LenientStr(Some(Cow::Owned(v.to_owned()))))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-                Ok(LenientStr(Some(Cow::Owned(v))))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(LenientStr(None))
-            }
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
-                Ok(LenientStr(None))
-            }
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
-                Ok(LenientStr(None))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(LenientStr(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(LenientStr(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(LenientStr(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(LenientStr(None))
-            }
-        }
-        deserializer.deserialize_any(V)
-    }
-}
-
-/// A JSON value kept as its text, for progress tokens (a string or a number, compared as sent).
-#[derive(Debug, Default, PartialEq, Eq)]
-struct TokenText(Option<String>);
-
-impl<'de> Deserialize<'de> for TokenText {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = TokenText;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a progress token")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(TokenText(Some(serde_json::Value::from(v).to_string())))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(TokenText(Some(v.to_string())))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(TokenText(Some(v.to_string())))
-            }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
-                Ok(TokenText(None))
-            }
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
-                Ok(TokenText(None))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-                Ok(TokenText(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(TokenText(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(TokenText(None))
-            }
-        }
-        deserializer.deserialize_any(V)
-    }
-}
-
-/// Anything that is not an object counts as absent.
-#[derive(Debug, Default)]
-struct Lenient<T>(Option<T>);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Lenient<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        // Buffering the value would allocate; objects are what MCP sends, and a line whose
-        // `params` is something else is treated as having none (the whole parse fails, and the
-        // caller falls back to "no fields").
-        T::deserialize(deserializer).map(|v| Lenient(Some(v)))
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Meta {
-    #[serde(rename = "progressToken")]
-    progress_token: TokenText,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RequestParams<'a> {
-    #[serde(borrow)]
-    name: LenientStr<'a>,
-    #[serde(borrow)]
-    uri: LenientStr<'a>,
-    #[serde(rename = "_meta")]
-    meta: Lenient<Meta>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct RequestLine<'a> {
-    #[serde(borrow)]
-    params: Lenient<RequestParams<'a>>,
-}
 
 /// What a request says about itself.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -156,63 +21,110 @@ pub(crate) struct RequestFields<'a> {
     /// The tool (`tools/call`), prompt (`prompts/get`) or resource URI (`resources/read`).
     pub(crate) target: Option<Cow<'a, str>>,
     /// `params._meta.progressToken` as JSON text.
-    pub(crate) progress_token: Option<String>,
+    pub(crate) progress_token: Option<Cow<'a, str>>,
 }
 
 /// Reads a request line of `method`.
 pub(crate) fn request<'a>(line: &'a [u8], method: &str) -> RequestFields<'a> {
-    let Ok(parsed) = serde_json::from_slice::<RequestLine<'_>>(line) else {
-        return RequestFields::default();
-    };
-    let Some(params) = parsed.params.0 else {
-        return RequestFields::default();
-    };
-    let target = match method {
-        "tools/call" | "prompts/get" => params.name.0,
-        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => params.uri.0,
+    let target_key: Option<&[u8]> = match method {
+        "tools/call" | "prompts/get" => Some(b"name"),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some(b"uri"),
         _ => None,
     };
-    RequestFields {
-        target,
-        progress_token: params.meta.0.and_then(|m| m.progress_token.0),
-    }
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ErrorObject {
-    code: Option<i64>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ErrorLine {
-    error: Lenient<ErrorObject>,
+    let mut fields = RequestFields::default();
+    let mut s = Scanner::new(line);
+    let _ = s.members(|s| {
+        if s.key()?.as_ref() != b"params" {
+            s.skip_value()?;
+            return Some(None);
+        }
+        s.members(|p| {
+            let key = p.key()?;
+            if Some(key.as_ref()) == target_key {
+                fields.target = p.string_value();
+            } else if key.as_ref() == b"_meta" {
+                if p.peek()? == b'{' {
+                    fields.progress_token = p.member_text(b"progressToken");
+                } else {
+                    p.skip_value()?;
+                }
+            } else {
+                p.skip_value()?;
+            }
+            Some(None::<()>)
+        });
+        Some(Some(()))
+    });
+    fields
 }
 
 /// The code of a JSON-RPC error response (0 when it has none, or is not readable).
 pub(crate) fn error_code(line: &[u8]) -> i64 {
+    #[derive(serde::Deserialize)]
+    struct ErrorObject {
+        code: Option<i64>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorLine {
+        error: Option<ErrorObject>,
+    }
     serde_json::from_slice::<ErrorLine>(line)
         .ok()
-        .and_then(|l| l.error.0)
+        .and_then(|l| l.error)
         .and_then(|e| e.code)
         .unwrap_or(0)
 }
 
-/// Whether a `tools/call` result says `isError: true` (see the module documentation).
+/// Whether a `tools/call` result says `isError: true`.
 pub(crate) fn tool_result_is_error(line: &[u8]) -> bool {
-    let mut s = Scanner { b: line, i: 0 };
-    s.is_error().unwrap_or(false)
+    let mut s = Scanner::new(line);
+    s.members(|s| {
+        if s.key()?.as_ref() != b"result" {
+            s.skip_value()?;
+            return Some(None);
+        }
+        // The first `result` decides; a result without `isError` is not an error.
+        let found = s.members(|r| {
+            if r.key()?.as_ref() == b"isError" {
+                r.ws();
+                return Some(Some(r.b.get(r.i..)?.starts_with(b"true")));
+            }
+            r.skip_value()?;
+            Some(None)
+        });
+        Some(Some(found.unwrap_or(false)))
+    })
+    .unwrap_or(false)
 }
 
-/// A cursor over a JSON line that follows only what [`tool_result_is_error`] needs. Every method
+/// The token of a `notifications/progress`, as JSON text.
+pub(crate) fn progress_token(line: &[u8]) -> Option<Cow<'_, str>> {
+    let mut s = Scanner::new(line);
+    s.members(|s| {
+        if s.key()?.as_ref() != b"params" {
+            s.skip_value()?;
+            return Some(None);
+        }
+        if s.peek()? != b'{' {
+            return Some(Some(None));
+        }
+        Some(Some(s.member_text(b"progressToken")))
+    })
+    .flatten()
+}
+
+/// A cursor over a JSON line that follows only what the functions above need. Every method
 /// returns `None` where the line stops making sense.
 struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Scanner { b, i: 0 }
+    }
+
     fn ws(&mut self) {
         while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
             self.i += 1;
@@ -229,7 +141,7 @@ impl Scanner<'_> {
     }
 
     /// Skips a string starting at the cursor; returns its raw content (escapes as written).
-    fn string(&mut self) -> Option<&[u8]> {
+    fn string(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let start = self.i;
         loop {
@@ -244,21 +156,53 @@ impl Scanner<'_> {
         }
     }
 
-    /// Whether the key at the cursor is `name` (decoding it if it has escapes); the cursor ends
-    /// after the colon.
-    fn key_is(&mut self, name: &str) -> Option<bool> {
+    /// A member's key (decoded if it has escapes); the cursor ends after the colon.
+    fn key(&mut self) -> Option<Cow<'a, [u8]>> {
         let raw = self.string()?;
-        let is = if raw.contains(&b'\\') {
-            let mut quoted = Vec::with_capacity(raw.len() + 2);
-            quoted.push(b'"');
-            quoted.extend_from_slice(raw);
-            quoted.push(b'"');
-            serde_json::from_slice::<String>(&quoted).ok()? == name
+        let key = if raw.contains(&b'\\') {
+            Cow::Owned(decode(raw)?.into_bytes())
         } else {
-            raw == name.as_bytes()
+            Cow::Borrowed(raw)
         };
         self.eat(b':')?;
-        Some(is)
+        Some(key)
+    }
+
+    /// The string value at the cursor, decoded; `None` (the value skipped) for anything else.
+    fn string_value(&mut self) -> Option<Cow<'a, str>> {
+        if self.peek()? != b'"' {
+            self.skip_value()?;
+            return None;
+        }
+        let raw = self.string()?;
+        if raw.contains(&b'\\') {
+            decode(raw).map(Cow::Owned)
+        } else {
+            std::str::from_utf8(raw).ok().map(Cow::Borrowed)
+        }
+    }
+
+    /// The value of member `name` of the object at the cursor, as JSON text (a string with its
+    /// quotes, or a number; other kinds are absent). Escaped strings are re-encoded plainly, so
+    /// the same token is the same text whichever way a peer escaped it.
+    fn member_text(&mut self, name: &[u8]) -> Option<Cow<'a, str>> {
+        self.members(|m| {
+            if m.key()?.as_ref() != name {
+                m.skip_value()?;
+                return Some(None);
+            }
+            let kind = m.peek()?;
+            let start = m.i;
+            m.skip_value()?;
+            let text = std::str::from_utf8(m.b.get(start..m.i)?).ok()?;
+            Some(Some(match kind {
+                b'"' if text.contains('\\') => Cow::Owned(
+                    serde_json::Value::String(decode(&m.b[start + 1..m.i - 1])?).to_string(),
+                ),
+                b'"' | b'-' | b'0'..=b'9' => Cow::Borrowed(text),
+                _ => return Some(None),
+            }))
+        })
     }
 
     /// Skips one value of any kind.
@@ -287,13 +231,14 @@ impl Scanner<'_> {
                 }
             }
             _ => {
+                let start = self.i;
                 while !matches!(
                     self.b.get(self.i),
                     None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
                 ) {
                     self.i += 1;
                 }
-                Some(())
+                (self.i > start).then_some(())
             }
         }
     }
@@ -315,47 +260,15 @@ impl Scanner<'_> {
             }
         }
     }
-
-    fn is_error(&mut self) -> Option<bool> {
-        self.members(|s| {
-            if !s.key_is("result")? {
-                s.skip_value()?;
-                return Some(None);
-            }
-            // The first `result` decides; a result without `isError` is not an error.
-            let found = s.members(|r| {
-                if r.key_is("isError")? {
-                    r.ws();
-                    let value = r.b.get(r.i..)?;
-                    return Some(Some(value.starts_with(b"true")));
-                }
-                r.skip_value()?;
-                Some(None)
-            });
-            Some(Some(found.unwrap_or(false)))
-        })
-    }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ProgressParams {
-    #[serde(rename = "progressToken")]
-    progress_token: TokenText,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct ProgressLine {
-    params: Lenient<ProgressParams>,
-}
-
-/// The token of a `notifications/progress`, as JSON text.
-pub(crate) fn progress_token(line: &[u8]) -> Option<String> {
-    serde_json::from_slice::<ProgressLine>(line)
-        .ok()
-        .and_then(|l| l.params.0)
-        .and_then(|p| p.progress_token.0)
+/// The text of a raw JSON string body with escapes.
+fn decode(raw: &[u8]) -> Option<String> {
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice::<String>(&quoted).ok()
 }
 
 #[cfg(test)]

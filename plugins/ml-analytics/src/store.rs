@@ -275,36 +275,6 @@ impl FlushBatch {
             && self.models.is_empty()
             && self.anomalies.is_empty()
     }
-
-    /// Takes back a batch that could not be written (its counts are added to this one's).
-    pub(crate) fn absorb(&mut self, older: FlushBatch) {
-        for (start, series) in older.stats {
-            let bucket = self.stats.entry(start).or_default();
-            for (key, stats) in series {
-                bucket.entry(key).or_default().merge(&stats);
-            }
-        }
-        for (id, delta) in older.servers {
-            let mine = self.servers.entry(id).or_default();
-            mine.sessions += delta.sessions;
-            mine.calls += delta.calls;
-            if mine.label.is_empty() {
-                mine.label = delta.label;
-            }
-            if mine.first_seen_ms == 0
-                || (delta.first_seen_ms != 0 && delta.first_seen_ms < mine.first_seen_ms)
-            {
-                mine.first_seen_ms = delta.first_seen_ms;
-            }
-            mine.last_seen_ms = mine.last_seen_ms.max(delta.last_seen_ms);
-        }
-        for (key, model) in older.models {
-            self.models.entry(key).or_insert(model);
-        }
-        let mut anomalies = older.anomalies;
-        anomalies.append(&mut self.anomalies);
-        self.anomalies = anomalies;
-    }
 }
 
 /// Buckets read for a report, with the labels of their servers and what could not be read.

@@ -463,3 +463,47 @@ fn realistic_sessions_raise_no_anomaly() {
     }
     assert!(raised.is_empty(), "{} anomalies: {raised:#?}", raised.len());
 }
+
+#[test]
+#[ignore]
+fn tmp_count() {
+    let mut engine = Engine::new("s", Thresholds::default(), 100);
+    engine.begin("srv", "srv", Models::default());
+    let text = "x".repeat(1000);
+    let n = 3000;
+    let reqs: Vec<Vec<u8>> = (0..n).map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"tool{}","arguments":{{"q":"some query text here of moderate length, about a hundred bytes or so, fine"}}}}}}"#, i % 8).into_bytes()).collect();
+    let resps: Vec<Vec<u8>> = (0..n).map(|i| format!(r#"{{"jsonrpc":"2.0","id":{i},"result":{{"content":[{{"type":"text","text":"{text}"}}],"isError":false}}}}"#).into_bytes()).collect();
+    let corr: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    let mut t = START_US;
+    for i in 0..n {
+        t += 1000;
+        let m = Message {
+            seq: 0,
+            direction: Direction::Request,
+            kind: MessageKind::REQUEST,
+            is_error: false,
+            data: RSlice::from_slice(&reqs[i]),
+            correlation_id: RStr::from_str(&corr[i]),
+            id: RStr::from_str(&ids[i]),
+            method: RStr::from_str("tools/call"),
+            timestamp_us: t,
+            latency_us: ROption::RNone,
+        };
+        engine.observe(&m);
+        t += 1000;
+        let m = Message {
+            seq: 0,
+            direction: Direction::Response,
+            kind: MessageKind::RESPONSE,
+            is_error: false,
+            data: RSlice::from_slice(&resps[i]),
+            correlation_id: RStr::from_str(&corr[i]),
+            id: RStr::from_str(&ids[i]),
+            method: RStr::from_str(""),
+            timestamp_us: t,
+            latency_us: ROption::RSome(1000),
+        };
+        engine.observe(&m);
+    }
+}
