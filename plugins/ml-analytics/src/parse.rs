@@ -33,27 +33,21 @@ pub(crate) fn request<'a>(line: &'a [u8], method: &str) -> RequestFields<'a> {
     };
     let mut fields = RequestFields::default();
     let mut s = Scanner::new(line);
-    let _ = s.members(|s| {
-        if s.key()?.as_ref() != b"params" {
-            s.skip_value()?;
-            return Some(None);
+    let _ = s.each_member(|s, key| {
+        if key.as_ref() != b"params" || s.peek()? != b'{' {
+            return s.skip_value();
         }
-        s.members(|p| {
-            let key = p.key()?;
+        s.each_member(|p, key| {
             if Some(key.as_ref()) == target_key {
                 fields.target = p.string_value();
-            } else if key.as_ref() == b"_meta" {
-                if p.peek()? == b'{' {
-                    fields.progress_token = p.member_text(b"progressToken");
-                } else {
-                    p.skip_value()?;
-                }
+                Some(())
+            } else if key.as_ref() == b"_meta" && p.peek()? == b'{' {
+                fields.progress_token = p.member_text(b"progressToken")?;
+                Some(())
             } else {
-                p.skip_value()?;
+                p.skip_value()
             }
-            Some(None::<()>)
-        });
-        Some(Some(()))
+        })
     });
     fields
 }
@@ -99,18 +93,17 @@ pub(crate) fn tool_result_is_error(line: &[u8]) -> bool {
 
 /// The token of a `notifications/progress`, as JSON text.
 pub(crate) fn progress_token(line: &[u8]) -> Option<Cow<'_, str>> {
+    let mut token = None;
     let mut s = Scanner::new(line);
-    s.members(|s| {
-        if s.key()?.as_ref() != b"params" {
-            s.skip_value()?;
-            return Some(None);
+    let _ = s.each_member(|s, key| {
+        if key.as_ref() == b"params" && s.peek()? == b'{' {
+            token = s.member_text(b"progressToken")?;
+            Some(())
+        } else {
+            s.skip_value()
         }
-        if s.peek()? != b'{' {
-            return Some(Some(None));
-        }
-        Some(Some(s.member_text(b"progressToken")))
-    })
-    .flatten()
+    });
+    token
 }
 
 /// A cursor over a JSON line that follows only what the functions above need. Every method
@@ -183,26 +176,54 @@ impl<'a> Scanner<'a> {
     }
 
     /// The value of member `name` of the object at the cursor, as JSON text (a string with its
-    /// quotes, or a number; other kinds are absent). Escaped strings are re-encoded plainly, so
-    /// the same token is the same text whichever way a peer escaped it.
-    fn member_text(&mut self, name: &[u8]) -> Option<Cow<'a, str>> {
-        self.members(|m| {
-            if m.key()?.as_ref() != name {
-                m.skip_value()?;
-                return Some(None);
+    /// quotes, or a number; other kinds are absent), the whole object consumed. Escaped strings
+    /// are re-encoded plainly, so the same token is the same text whichever way a peer escaped
+    /// it. `None` when the object cannot be followed.
+    fn member_text(&mut self, name: &[u8]) -> Option<Option<Cow<'a, str>>> {
+        let mut found = None;
+        self.each_member(|m, key| {
+            if key.as_ref() != name {
+                return m.skip_value();
             }
             let kind = m.peek()?;
             let start = m.i;
             m.skip_value()?;
             let text = std::str::from_utf8(m.b.get(start..m.i)?).ok()?;
-            Some(Some(match kind {
-                b'"' if text.contains('\\') => Cow::Owned(
+            found = match kind {
+                b'"' if text.contains('\\') => Some(Cow::Owned(
                     serde_json::Value::String(decode(&m.b[start + 1..m.i - 1])?).to_string(),
-                ),
-                b'"' | b'-' | b'0'..=b'9' => Cow::Borrowed(text),
-                _ => return Some(None),
-            }))
-        })
+                )),
+                b'"' | b'-' | b'0'..=b'9' => Some(Cow::Borrowed(text)),
+                _ => None,
+            };
+            Some(())
+        })?;
+        Some(found)
+    }
+
+    /// Walks every member of the object at the cursor, handing `member` each key with the
+    /// cursor at its value (which `member` must consume), and consumes the closing brace.
+    fn each_member(
+        &mut self,
+        mut member: impl FnMut(&mut Self, Cow<'a, [u8]>) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'{')?;
+        if self.peek()? == b'}' {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            let key = self.key()?;
+            member(self, key)?;
+            match self.peek()? {
+                b',' => self.i += 1,
+                b'}' => {
+                    self.i += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// Skips one value of any kind.
@@ -243,8 +264,9 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Walks the members of the object at the cursor: `member` is called with the cursor at a
-    /// key and returns `Some(answer)` to stop there, `None` (inside `Some`) to go on.
+    /// Walks the members of the object at the cursor until `member` (called with the cursor at
+    /// a key) returns `Some(answer)`; the cursor is then left inside the object, so only a
+    /// caller that reads nothing after it may stop early.
     fn members<T>(&mut self, mut member: impl FnMut(&mut Self) -> Option<Option<T>>) -> Option<T> {
         self.eat(b'{')?;
         if self.peek()? == b'}' {
@@ -288,6 +310,16 @@ mod tests {
         // An escaped name is decoded.
         let line = br#"{"id":1,"method":"tools/call","params":{"name":"a\u00e9b"}}"#;
         assert_eq!(request(line, "tools/call").target.as_deref(), Some("aéb"));
+    }
+
+    #[test]
+    fn members_are_found_in_any_order() {
+        let line = br#"{"id":9,"method":"tools/call","params":{"_meta":{"x":[1,{"y":"}"}],"progressToken":"p0"},"arguments":{"delay_ms":30},"name":"progress"},"jsonrpc":"2.0"}"#;
+        let fields = request(line, "tools/call");
+        assert_eq!(fields.target.as_deref(), Some("progress"));
+        assert_eq!(fields.progress_token.as_deref(), Some("\"p0\""));
+        let line = br#"{"params":{"progressToken":"p\u0030","progress":1},"method":"notifications/progress"}"#;
+        assert_eq!(progress_token(line).as_deref(), Some("\"p0\""));
     }
 
     #[test]

@@ -34,11 +34,14 @@
 
   function pct(x) { return (x * 100).toFixed(1) + "%"; }
 
+  // Times in UTC, as precise as the span shown needs: seconds within a few hours.
+  let shortSpan = false;
   function when(t) {
     const d = new Date(t);
     const two = (n) => String(n).padStart(2, "0");
-    return two(d.getUTCMonth() + 1) + "-" + two(d.getUTCDate()) + " " +
-      two(d.getUTCHours()) + ":" + two(d.getUTCMinutes());
+    const day = two(d.getUTCMonth() + 1) + "-" + two(d.getUTCDate());
+    const hm = two(d.getUTCHours()) + ":" + two(d.getUTCMinutes());
+    return shortSpan ? hm + ":" + two(d.getUTCSeconds()) : day + " " + hm;
   }
 
   function label(row) { return row.server_label || row.server; }
@@ -54,7 +57,10 @@
       }
       for (const a of data.anomalies) lo = Math.min(lo, a.time_ms);
     }
-    if (hi - lo < 60000) lo = hi - 60000;
+    // At least ten timeline steps wide, so that one bucket is a bar, not the whole chart.
+    const step = data.step_ms || 60000;
+    if (hi - lo < 10 * step) lo = hi - 10 * step;
+    shortSpan = hi - lo <= 6 * 3600 * 1000;
     return [lo, hi];
   }
 
@@ -80,7 +86,7 @@
     }
     let ymin = Math.log10(Math.min.apply(null, values)), ymax = Math.log10(Math.max.apply(null, values));
     ymin = Math.floor(ymin); ymax = Math.ceil(ymax); if (ymax === ymin) ymax = ymin + 1;
-    const x = (t) => box.l + (box.r - box.l) * (t + step / 2 - lo) / Math.max(1, hi - lo);
+    const x = (t) => Math.min(box.r, box.l + (box.r - box.l) * (t + step / 2 - lo) / Math.max(1, hi - lo));
     const y = (v) => box.b - (box.b - box.t) * (Math.log10(v) - ymin) / (ymax - ymin);
     for (let e = ymin; e <= ymax; e++) {
       const v = Math.pow(10, e);
