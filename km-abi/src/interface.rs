@@ -8,6 +8,11 @@
 //!   plugin's object answers;
 //! - new root-module fields are appended after `new`, and read as `Option` by the host.
 //!
+//! abi_stable's own layout check accepts a library whose vtables have *more* fields than the
+//! host's (a newer plugin in an older km), not fewer; km's loader checks a library built for an
+//! older minor version the other way round, proving its types a prefix of km's, so that an older
+//! plugin loads too (see `km-cli/src/loader.rs`, `root_module`).
+//!
 //! ABI 1.1 appended, to the plugin: `interest`, `begin_session`, `intercept`, `command_help` and
 //! `run_command`; to the host services: `emit`, `read_stdin`, `read_policy` and `write_policy`.
 //! Their default bodies are what the other side gets from a 1.0 peer: a 1.0 plugin observes and

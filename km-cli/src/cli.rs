@@ -58,6 +58,35 @@ pub enum Command {
     UninstallPlugin(UninstallPluginArgs),
     /// Ask the API for newer versions of installed plugins and install them (verified first).
     UpdatePlugin(UpdatePluginArgs),
+    /// Run a plugin's own command (reports, approvals, checks): `km plugin NAME ARGS...`;
+    /// `km plugin NAME --help` shows what it offers; `km plugin` lists plugins with commands.
+    /// The plugin is verified and loaded exactly as `km monitor` does.
+    Plugin(PluginArgs),
+}
+
+/// `km plugin`. km's own help flag stops at NAME: `km plugin NAME --help` is the plugin's.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct PluginArgs {
+    /// Print help (of `km plugin`; with NAME, of the plugin).
+    #[arg(short = 'h', long = "help")]
+    pub help: bool,
+
+    /// Load plugins from DIR instead of KM_HOME/plugins.
+    #[arg(long, value_name = "DIR")]
+    pub plugins_dir: Option<PathBuf>,
+
+    /// The plugin (omit to list the installed plugins that have commands).
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// The command and its arguments, handed to the plugin as they are.
+    #[arg(
+        value_name = "ARGS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub args: Vec<String>,
 }
 
 /// `km install-plugin`.

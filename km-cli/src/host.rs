@@ -25,6 +25,23 @@ pub const MAX_POLICY_BYTES: u64 = 1024 * 1024;
 /// The largest standard input a plugin command is given.
 pub const MAX_STDIN_BYTES: u64 = 256 * 1024 * 1024;
 
+/// What a plugin is told at `initialize`: its data directory, the API, its settings from
+/// `config.toml`, km's version.
+pub fn plugin_config(
+    data_dir: &Path,
+    settings: &crate::config::Config,
+    plugin: &str,
+    verbose: u8,
+) -> km_abi::PluginConfig {
+    km_abi::PluginConfig {
+        data_dir: data_dir.to_string_lossy().into_owned().into(),
+        api_url: settings.api_url.clone().unwrap_or_default().into(),
+        settings_json: settings.plugin_settings_json(plugin).into(),
+        host_version: env!("CARGO_PKG_VERSION").into(),
+        verbose: verbose > 0,
+    }
+}
+
 /// The way km reaches the Kilometers API on a plugin's behalf.
 pub trait ApiTransport: Send + Sync {
     /// Performs `request` against the configured API base URL.

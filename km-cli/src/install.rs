@@ -354,7 +354,12 @@ pub fn install(home: &KmHome, pkg: &Package, verified: &Verified) -> Result<Inst
     // StrictModes on the directory, as the loader will apply.
     let dir_fd = loader::open_checked_dir(&dir).map_err(|r| anyhow::anyhow!("{r}"))?;
     let name = &verified.manifest().name;
-    let others: Vec<PathBuf> = installed_files(&dir, name)?
+    let existing = installed_files(&dir, name)?;
+    let previous = existing
+        .iter()
+        .filter_map(|(_, m)| m.as_ref().map(|m| m.version.clone()))
+        .max_by_key(|v| semver::Version::parse(v).ok());
+    let others: Vec<PathBuf> = existing
         .into_iter()
         .map(|(path, _)| path)
         .filter(|path| path.file_name() != Some(OsStr::new(&pkg.lib_name)))
@@ -421,6 +426,19 @@ pub fn install(home: &KmHome, pkg: &Package, verified: &Verified) -> Result<Inst
     if !replaced.is_empty() {
         sync_dir(&dir)?;
     }
+    let manifest = verified.manifest();
+    journal_host(
+        home,
+        serde_json::json!({
+            "event": if previous.is_some() { "updated" } else { "installed" },
+            "plugin": manifest.name,
+            "version": manifest.version,
+            "previous_version": previous,
+            "tier": manifest.tier.as_str(),
+            "sha256": verified.sha256(),
+            "signer": verified.key_id().to_string(),
+        }),
+    );
     Ok(Installed {
         path: lib_path,
         manifest: verified.manifest().clone(),
@@ -488,8 +506,20 @@ pub fn uninstall(home: &KmHome, name: &str) -> Result<Removed> {
             remove_if_present(&auth)?;
             removed.paths.push(auth);
         }
+        journal_host(
+            home,
+            serde_json::json!({"event": "uninstalled", "plugin": name}),
+        );
     }
     Ok(removed)
+}
+
+/// Tells the plugins of the next session (an audit trail records installs); a failure to do so
+/// is reported, never undoes the install.
+fn journal_host(home: &KmHome, data: serde_json::Value) {
+    if let Err(e) = crate::journal::host(home, data) {
+        eprintln!("km: warning: cannot record this in km's event journal: {e:#}");
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod home;
 pub mod host;
 pub mod install;
+pub mod journal;
 pub mod loader;
 pub mod monitor;
 pub mod policy_files;

@@ -38,7 +38,7 @@ use rustix::fs::{FileType, Mode, OFlags};
 use crate::events::EventBus;
 use crate::gateway::{Grants, LoadedPlugin, Signer};
 use crate::home::KmHome;
-use crate::host::{ApiTransport, PluginHost, Verbosity};
+use crate::host::{ApiTransport, PluginHost, StdinOnce, Verbosity};
 
 /// The largest plugin library km reads (override with `KM_MAX_PLUGIN_BYTES`).
 pub const DEFAULT_SIZE_CAP: u64 = 128 * 1024 * 1024;
@@ -64,6 +64,10 @@ pub struct LoadOptions {
     pub api: Option<Arc<dyn ApiTransport>>,
     /// Where plugins' events go (None: they cannot emit).
     pub events: Option<Arc<EventBus>>,
+    /// Load only the plugin of this name (every library is still verified).
+    pub only: Option<String>,
+    /// Standard input for the plugins (a plugin command).
+    pub stdin: Option<Arc<StdinOnce>>,
 }
 
 impl fmt::Debug for LoadOptions {
@@ -87,6 +91,8 @@ impl LoadOptions {
             verbosity: Verbosity::Normal,
             api: None,
             events: None,
+            only: None,
+            stdin: None,
         }
     }
 }
@@ -538,7 +544,7 @@ pub fn load(checked: Checked, host: PluginHost) -> Result<LoadedPlugin, Refusal>
     keep_alive(image);
     let header =
         header.map_err(|e| Refusal::new(&path, "load", format!("not a km plugin library: {e}")))?;
-    let module: PluginModRef = header.init_root_module::<PluginModRef>().map_err(|e| {
+    let module: PluginModRef = root_module(header).map_err(|e| {
         Refusal::new(
             &path,
             "abi",
@@ -576,6 +582,48 @@ pub fn load(checked: Checked, host: PluginHost) -> Result<LoadedPlugin, Refusal>
         ));
     }
     Ok(plugin)
+}
+
+/// The root module of a library built for any minor version of km's plugin ABI major version.
+///
+/// abi_stable's layout check lets an older host load a newer library (the library's prefix types
+/// may have more fields than the host knows), but refuses an *older* library in a newer host,
+/// because the host's vtables have fields the library's lack (abi_stable_crates issue 118). km
+/// must run plugins built for an older minor ABI, so a library that declares an older minor
+/// version is checked the other way round: its root module's layout as the interface, km's as
+/// the implementation. That proves every type the library knows (the root module, the plugin and
+/// host-services vtables, every value they pass) is a field-for-field prefix of km's. A library of
+/// the same or a newer minor version gets abi_stable's own check.
+fn root_module(header: &abi_stable::library::LibHeader) -> Result<PluginModRef, String> {
+    use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
+    use abi_stable::StableAbi;
+    let theirs = header
+        .version_strings()
+        .parsed()
+        .map_err(|e| format!("the library's ABI version is not a version: {e}"))?;
+    let ours = <PluginModRef as RootModule>::VERSION_STRINGS
+        .parsed()
+        .map_err(|e| format!("km's ABI version is not a version: {e}"))?;
+    if theirs.major != ours.major || theirs.minor >= ours.minor {
+        return header
+            .init_root_module::<PluginModRef>()
+            .map_err(|e| e.to_string());
+    }
+    let layout = header
+        .layout()
+        .ok_or("the library carries no layout of its root module to check")?;
+    check_layout_compatibility(layout, <PluginModRef as StableAbi>::LAYOUT)
+        .map_err(|e| format!("built for plugin ABI {theirs}, but not a prefix of {ours}: {e}"))?;
+    // SAFETY: `init_root_module_with_unchecked_layout` requires that `PluginModRef` has the
+    // layout of the library's root module. The check above proved the library's layout, and that
+    // of every type it reaches, a field-for-field prefix of ours. What lies past that prefix (the
+    // methods and services of newer minor versions) is only ever reached through prefix-type
+    // accessors, which consult the accessibility bits the library's own vtables and modules carry
+    // and, for a field the library does not have, return `None` (a method's default body then
+    // answers) instead of reading it.
+    #[allow(unsafe_code)]
+    unsafe { header.init_root_module_with_unchecked_layout::<PluginModRef>() }
+        .map_err(|e| e.to_string())
 }
 
 /// What the verified manifest grants the plugin beyond observing.
@@ -631,6 +679,13 @@ pub fn load_plugins(options: &LoadOptions) -> Result<LoadReport> {
             }
         };
         let manifest = checked.verified().manifest().clone();
+        if options
+            .only
+            .as_ref()
+            .is_some_and(|only| *only != manifest.name)
+        {
+            continue;
+        }
         if !loaded_names.insert(manifest.name.clone()) {
             report.refused.push(Refusal::new(
                 &path,
@@ -659,6 +714,9 @@ pub fn load_plugins(options: &LoadOptions) -> Result<LoadReport> {
         .with_policies(options.home.policies_dir());
         if let Some(events) = &options.events {
             host = host.with_events(events.clone());
+        }
+        if let Some(stdin) = &options.stdin {
+            host = host.with_stdin(stdin.clone());
         }
         match load(checked, host) {
             Ok(plugin) => {

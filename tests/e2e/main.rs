@@ -1,10 +1,13 @@
 //! End-to-end tests: real cdylibs, signed with keys the tests make, loaded by the real `km`.
 //! One binary, a module per topic. Run `cargo build --workspace` first (see README).
 
+mod abi_compat;
 mod distribution;
+mod host_events;
 mod intercept;
 mod interop;
 mod loader;
 mod monitor;
+mod plugin_commands;
 mod signing;
 mod subscriptions;

@@ -5,6 +5,7 @@ mod config;
 mod init;
 mod install;
 mod list;
+mod plugin;
 mod status;
 mod trust;
 mod uninstall;
@@ -49,5 +50,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::InstallPlugin(args) => install::run(&globals, args),
         Command::UninstallPlugin(args) => uninstall::run(&globals, args),
         Command::UpdatePlugin(args) => update::run(&globals, args),
+        Command::Plugin(args) => plugin::run(&globals, args),
     }
 }

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use km_abi::{Direction, ErrorKind, Interest, PluginConfig, StreamEventKind};
+use km_abi::{Direction, ErrorKind, Interest, StreamEventKind};
 
 pub(crate) use self::session::now_ms;
 
@@ -118,6 +118,7 @@ pub fn run_command(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
     options.events = Some(events.clone());
     let report = load_plugins(&options)?;
     let refused: Vec<Refused> = report.refused.iter().map(refused).collect();
+    // The refused plugins are also told to the others (an audit trail records them).
     let session = SessionInfo::new(&config.command);
     let mut prepared = prepare(
         report.loaded,
@@ -183,6 +184,8 @@ pub(crate) struct Ready {
 #[derive(Debug, Default)]
 pub(crate) struct Prepared {
     pub(crate) plugins: Vec<Ready>,
+    /// The plugins that were not loaded or not initialized.
+    pub(crate) refused: Vec<Refused>,
     pub(crate) events: Option<Arc<EventBus>>,
     pub(crate) session: SessionInfo,
 }
@@ -234,13 +237,8 @@ fn prepare(
         let initialized = KmHome::ensure_private_dir(&data_dir)
             .map_err(|e| ("initialize", format!("{e:#}")))
             .and_then(|()| {
-                let config = PluginConfig {
-                    data_dir: data_dir.to_string_lossy().into_owned().into(),
-                    api_url: settings.api_url.clone().unwrap_or_default().into(),
-                    settings_json: settings.plugin_settings_json(plugin.name()).into(),
-                    host_version: env!("CARGO_PKG_VERSION").into(),
-                    verbose: globals.verbose > 0,
-                };
+                let config =
+                    crate::host::plugin_config(&data_dir, settings, plugin.name(), globals.verbose);
                 plugin.initialize(&config).map_err(|failure| {
                     (
                         "initialize",
@@ -288,9 +286,57 @@ fn prepare(
     notices.info(&banner::banner(&loaded, &refused, notices.verbose()));
     Prepared {
         plugins: ready,
+        refused,
         events: None,
         session: SessionInfo::default(),
     }
+}
+
+/// The events plugins hear right after the session starts: a host event for every refused
+/// plugin, then what the journal holds for each (installs, updates, events emitted by
+/// commands since its last session).
+fn backlog(prepared: &Prepared, home: Option<&KmHome>, notices: Notices) -> Vec<Backlog> {
+    let mut backlog: Vec<Backlog> = prepared
+        .refused
+        .iter()
+        .map(|r| Backlog {
+            only: None,
+            kind: StreamEventKind::HOST,
+            data: serde_json::json!({
+                "event": "refused",
+                "file": r.file,
+                "check": r.check,
+                "reason": r.reason,
+            }),
+        })
+        .collect();
+    let Some(home) = home else {
+        return backlog;
+    };
+    for ready in &prepared.plugins {
+        let name = ready.plugin.name();
+        match crate::journal::take_pending(home, name) {
+            Ok(entries) => backlog.extend(entries.into_iter().map(|entry| Backlog {
+                only: Some(name.to_owned()),
+                kind: if entry.kind == "plugin" {
+                    StreamEventKind::PLUGIN
+                } else {
+                    StreamEventKind::HOST
+                },
+                data: entry.event_data(),
+            })),
+            Err(e) => notices.warn(&format!("cannot read km's event journal for {name}: {e:#}")),
+        }
+    }
+    backlog
+}
+
+/// An event to hand over at the start of a session (to one plugin, or all).
+#[derive(Debug)]
+struct Backlog {
+    only: Option<String>,
+    kind: StreamEventKind,
+    data: serde_json::Value,
 }
 
 /// Runs the session: starts the server, relays until it ends, and returns km's exit code. With
@@ -341,6 +387,11 @@ pub(crate) fn run(
         session: session.clone(),
         chain,
         session_id: Arc::from(prepared.session.id.as_str()),
+        backlog: if session.is_some() {
+            backlog(&prepared, home, notices)
+        } else {
+            Vec::new()
+        },
     };
     let outcome = runtime.block_on(relay_session(config, relay, notices));
     if let Some(events) = &prepared.events {
@@ -421,6 +472,7 @@ struct Relay {
     session: Option<Arc<Session>>,
     chain: Arc<intercept::Chain>,
     session_id: Arc<str>,
+    backlog: Vec<Backlog>,
 }
 
 async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -> Result<Outcome> {
@@ -428,6 +480,7 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
         session,
         chain,
         session_id,
+        backlog,
     } = relay;
     let stdin = File::from(
         std::io::stdin()
@@ -464,8 +517,18 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
             .collect();
         session.event(
             StreamEventKind::START,
-            serde_json::json!({ "command": command, "pid": pid.as_raw_nonzero().get() }),
+            serde_json::json!({
+                "command": command,
+                "pid": pid.as_raw_nonzero().get(),
+                "session_id": &*session_id,
+            }),
         );
+        for event in backlog {
+            match &event.only {
+                Some(plugin) => session.event_for(plugin, event.kind, event.data),
+                None => session.event(event.kind, event.data),
+            }
+        }
     }
     if let Some(session) = &session {
         // Releases held responses when both pumps are idle; ends with the runtime.

@@ -546,6 +546,19 @@ impl Session {
         self.send(Item::Event(Arc::new(event)));
     }
 
+    /// Sends a stream event to the plugin named `plugin` only.
+    pub(crate) fn event_for(&self, plugin: &str, kind: StreamEventKind, data: serde_json::Value) {
+        let event = StreamEvent {
+            kind,
+            timestamp_ms: now_ms(),
+            data: data.to_string().into(),
+        };
+        let state = self.lock();
+        if let Some(dispatcher) = &state.dispatcher {
+            dispatcher.send_only(Item::Event(Arc::new(event)), plugin, &self.closing);
+        }
+    }
+
     /// Sends a host event (`data` has its `event`: refused, disabled, installed, ...).
     pub(crate) fn host_event(&self, data: serde_json::Value) {
         self.event(StreamEventKind::HOST, data);

@@ -293,6 +293,14 @@ impl Dispatcher {
         self.send_except(item, None, closing);
     }
 
+    /// Queues an event for the plugin named `only`.
+    pub fn send_only(&self, item: Item, only: &str, closing: &AtomicBool) {
+        if let Some(lane) = self.lanes.iter().find(|l| l.state.name == only) {
+            let (messages, bytes) = item.weight();
+            self.send_to(lane, item, messages, bytes, closing);
+        }
+    }
+
     /// Like [`Dispatcher::send`], skipping the lane of the plugin named `except` (the emitter of
     /// a plugin event).
     pub fn send_except(&self, item: Item, except: Option<&str>, closing: &AtomicBool) {

@@ -1,0 +1,1047 @@
+//! Subscription tokens signed by the Kilometers API, and the SDK helper every premium plugin
+//! uses to obtain, check, cache and consult them.
+//!
+//! # Token format
+//!
+//! ```text
+//! km1.<base64url(payload JSON)>.<base64url(Ed25519 signature)>
+//! ```
+//!
+//! The signature covers `"km-subscription-token-v1\n" || <base64url(payload JSON)>`: the exact
+//! transmitted text (never a re-serialisation), behind a domain-separation prefix so that no
+//! other message the API signs can pass for a token. The payload is
+//!
+//! ```json
+//! {"v":1,"cus":"cust_123","plg":"api-logger","tier":"pro","feat":["api_logging"],
+//!  "iat":1700000000,"exp":1700000900,"jti":"…"}
+//! ```
+//!
+//! and [`verify_token`] checks, in this order: size ([`MAX_TOKEN_LEN`]), shape, signature with
+//! the API public key the plugin was built with, plugin name, customer, issued-at (60 s of clock
+//! skew allowed) and expiry.
+//!
+//! # The helper
+//!
+//! [`Subscription`] asks the API (through [`Host::http`]), checks the answer strictly, keeps the
+//! last valid claims behind a mutex and answers [`Subscription::current`] cheaply in handlers.
+//! Everything that goes wrong degrades quietly: the plugin behaves as on the Free tier, nothing is
+//! printed, and [`AuthResponse::reason`] tells `km plugin-status` why.
+//!
+//! A valid token is also cached in the plugin's data directory, and the cache is used only when
+//! the API cannot be reached (network error, timeout, 5xx, 429). It is verified exactly like a
+//! fresh token, so a restart within its validity needs no network and a hand-edited cache buys
+//! nothing. The km ABI stays as it is: the cache lives on the plugin's side of the boundary.
+//!
+//! What is NOT checked: revocation of a token before its expiry (tokens are short-lived for that
+//! reason), and the user's clock (a user who sets the clock back can replay an expired token of
+//! their own; they cannot mint one).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use ring::signature::{UnparsedPublicKey, ED25519};
+use serde::{Deserialize, Serialize};
+
+use crate::credentials::{self, Credentials, CredentialsError};
+use crate::sdk::Host;
+use crate::types::{AuthResponse, ErrorKind, HttpRequest, Tier};
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Authentication answers larger than this are refused before any parsing.
+pub const MAX_AUTH_RESPONSE_LEN: usize = 64 * 1024;
+
+/// The prefix of every token.
+pub const TOKEN_PREFIX: &str = "km1";
+
+/// The domain-separation prefix of the signed message.
+pub const TOKEN_SIGNING_CONTEXT: &[u8] = b"km-subscription-token-v1\n";
+
+/// Clock skew tolerated on `iat`.
+pub const CLOCK_SKEW_SECS: i64 = 60;
+
+/// The API path plugins authenticate against.
+pub const AUTHENTICATE_PATH: &str = "/api/plugins/authenticate";
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenClaims {
+    /// The customer the subscription belongs to.
+    pub customer_id: String,
+    /// The plugin the token was issued for.
+    pub plugin: String,
+    /// The subscription's tier.
+    pub tier: Tier,
+    /// Feature flags granted.
+    pub features: Vec<String>,
+    /// Issued at, seconds since the Unix epoch.
+    pub issued_at: i64,
+    /// Expires at, seconds since the Unix epoch.
+    pub expires_at: i64,
+    /// The token's id (for the API's logs).
+    pub token_id: String,
+}
+
+impl TokenClaims {
+    /// Whether `feature` was granted.
+    pub fn has_feature(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
+    }
+}
+
+/// The payload as signed. Field names are short; unknown fields are refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenPayload {
+    /// Format version, 1.
+    pub v: u32,
+    /// Customer id.
+    pub cus: String,
+    /// Plugin name.
+    pub plg: String,
+    /// Tier (`free`, `pro`, `enterprise`).
+    #[serde(with = "crate::credentials::tier_serde")]
+    pub tier: Tier,
+    /// Features.
+    pub feat: Vec<String>,
+    /// Issued at.
+    pub iat: i64,
+    /// Expires at.
+    pub exp: i64,
+    /// Token id.
+    pub jti: String,
+}
+
+/// Why a token was refused.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not `km1.<payload>.<signature>`, bad base64, bad JSON, or an unknown version.
+    BadFormat(&'static str),
+    /// The signature does not verify with the API public key (another key, or altered).
+    BadSignature,
+    /// The token was issued for another plugin.
+    WrongPlugin {
+        /// The plugin that checked.
+        expected: String,
+        /// The plugin the token names.
+        actual: String,
+    },
+    /// The token was issued to another customer.
+    WrongCustomer {
+        /// The customer of this build.
+        expected: String,
+        /// The customer the token names.
+        actual: String,
+    },
+    /// The token expired.
+    Expired {
+        /// When.
+        expires_at: i64,
+    },
+    /// The token was issued in the future (beyond the allowed clock skew).
+    NotYetValid {
+        /// Its issued-at.
+        issued_at: i64,
+    },
+    /// The token is longer than [`MAX_TOKEN_LEN`].
+    Oversized {
+        /// Its length.
+        len: usize,
+    },
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenError::BadFormat(what) => write!(f, "malformed token: {what}"),
+            TokenError::BadSignature => f.write_str("token signature is not the API's"),
+            TokenError::WrongPlugin { expected, actual } => {
+                write!(f, "token is for plugin {actual:?}, not {expected:?}")
+            }
+            TokenError::WrongCustomer { expected, actual } => {
+                write!(f, "token is for customer {actual:?}, not {expected:?}")
+            }
+            TokenError::Expired { expires_at } => write!(f, "token expired at {expires_at}"),
+            TokenError::NotYetValid { issued_at } => {
+                write!(
+                    f,
+                    "token is issued in the future ({issued_at}); check the clock"
+                )
+            }
+            TokenError::Oversized { len } => {
+                write!(f, "token is {len} bytes (limit {MAX_TOKEN_LEN})")
+            }
+        }
+    }
+}
+
+impl std::error::Error for TokenError {}
+
+/// The message the API signs for a payload already encoded in base64url.
+pub fn signing_message(payload_b64: &str) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(TOKEN_SIGNING_CONTEXT.len() + payload_b64.len());
+    msg.extend_from_slice(TOKEN_SIGNING_CONTEXT);
+    msg.extend_from_slice(payload_b64.as_bytes());
+    msg
+}
+
+/// Encodes a token from a payload and a signing function (the API side; the reference server
+/// and tests use it with an `Ed25519KeyPair`).
+pub fn encode_token(payload: &TokenPayload, sign: impl FnOnce(&[u8]) -> Vec<u8>) -> String {
+    // Serialising a struct of strings and integers cannot fail.
+    let json = serde_json::to_vec(payload).unwrap_or_default();
+    let payload_b64 = URL_SAFE_NO_PAD.encode(json);
+    let signature = sign(&signing_message(&payload_b64));
+    format!(
+        "{TOKEN_PREFIX}.{payload_b64}.{}",
+        URL_SAFE_NO_PAD.encode(signature)
+    )
+}
+
+/// Verifies a subscription token: signature by `api_public_key` (32-byte Ed25519), bound to
+/// `expect_plugin` and (when given) `expect_customer`, valid at `now_unix`.
+pub fn verify_token(
+    token: &str,
+    api_public_key: &[u8],
+    expect_plugin: &str,
+    expect_customer: Option<&str>,
+    now_unix: i64,
+) -> Result<TokenClaims, TokenError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(TokenError::Oversized { len: token.len() });
+    }
+    let mut parts = token.split('.');
+    let (Some(prefix), Some(payload_b64), Some(sig_b64), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::BadFormat("expected three dot-separated parts"));
+    };
+    if prefix != TOKEN_PREFIX {
+        return Err(TokenError::BadFormat("unknown token version"));
+    }
+    let signature = URL_SAFE_NO_PAD
+        .decode(sig_b64)
+        .map_err(|_| TokenError::BadFormat("signature is not base64url"))?;
+    // The signature is checked before the payload is parsed: nothing unauthenticated is
+    // interpreted beyond its length.
+    UnparsedPublicKey::new(&ED25519, api_public_key)
+        .verify(&signing_message(payload_b64), &signature)
+        .map_err(|_| TokenError::BadSignature)?;
+    let json = URL_SAFE_NO_PAD
+        .decode(payload_b64)
+        .map_err(|_| TokenError::BadFormat("payload is not base64url"))?;
+    let payload: TokenPayload = serde_json::from_slice(&json)
+        .map_err(|_| TokenError::BadFormat("payload is not the expected JSON"))?;
+    if payload.v != 1 {
+        return Err(TokenError::BadFormat("unknown payload version"));
+    }
+    if payload.plg != expect_plugin {
+        return Err(TokenError::WrongPlugin {
+            expected: expect_plugin.to_owned(),
+            actual: payload.plg,
+        });
+    }
+    if let Some(customer) = expect_customer {
+        if payload.cus != customer {
+            return Err(TokenError::WrongCustomer {
+                expected: customer.to_owned(),
+                actual: payload.cus,
+            });
+        }
+    }
+    if payload.iat > now_unix.saturating_add(CLOCK_SKEW_SECS) {
+        return Err(TokenError::NotYetValid {
+            issued_at: payload.iat,
+        });
+    }
+    if payload.exp <= now_unix || payload.exp <= payload.iat {
+        return Err(TokenError::Expired {
+            expires_at: payload.exp,
+        });
+    }
+    Ok(TokenClaims {
+        customer_id: payload.cus,
+        plugin: payload.plg,
+        tier: payload.tier,
+        features: payload.feat,
+        issued_at: payload.iat,
+        expires_at: payload.exp,
+        token_id: payload.jti,
+    })
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The body of `POST /api/plugins/authenticate`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthRequestBody {
+    /// The plugin's name.
+    pub plugin_name: String,
+    /// The plugin's version.
+    pub plugin_version: String,
+    /// The tier the plugin needs.
+    pub required_tier: String,
+    /// The user's API key.
+    pub api_key: String,
+    /// The customer id stamped into this build, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// The customer token stamped into this build, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_token: Option<String>,
+}
+
+/// The body of a successful answer. `tier`, `features` and `expires_at` repeat what the token
+/// signs, for readers; the plugin insists they agree with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthAnswerBody {
+    /// The signed token.
+    pub token: String,
+    /// The customer.
+    pub customer_id: String,
+    /// The tier.
+    pub tier: String,
+    /// The features.
+    pub features: Vec<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub expires_at: i64,
+}
+
+/// The outcome of the last authentication, as handlers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubscriptionState {
+    /// Not authenticated yet in this process.
+    Pending,
+    /// A valid token grants the required tier.
+    Active(TokenClaims),
+    /// Degraded: no valid token for the required tier.
+    Degraded,
+}
+
+struct Inner {
+    /// The last valid claims that satisfy the required tier, with their token.
+    active: Option<(TokenClaims, String)>,
+    /// Whether any authentication has completed.
+    decided: bool,
+}
+
+/// The SDK helper of premium plugins: authenticates with the API through the host, checks the
+/// token, keeps it, and tells handlers whether full features are on.
+pub struct Subscription {
+    plugin: &'static str,
+    version: &'static str,
+    required: Tier,
+    region: &'static [u8],
+    cache_file: Mutex<Option<PathBuf>>,
+    inner: Mutex<Inner>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("plugin", &self.plugin)
+            .field("required", &self.required)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the API could not be asked; decides whether a cached token may stand in.
+enum Failure {
+    /// The API could not be reached or is overloaded: a valid cached token stands in.
+    Unavailable(String),
+    /// The API said no, or answered something unacceptable: degrade.
+    Refused(String),
+}
+
+impl Subscription {
+    /// A helper for `plugin` at `version` needing `required`, with the plugin's credentials
+    /// region (from [`credentials_region!`](crate::credentials_region)).
+    pub fn new(
+        plugin: &'static str,
+        version: &'static str,
+        required: Tier,
+        region: &'static [u8],
+    ) -> Self {
+        Subscription {
+            plugin,
+            version,
+            required,
+            region,
+            cache_file: Mutex::new(None),
+            inner: Mutex::new(Inner {
+                active: None,
+                decided: false,
+            }),
+        }
+    }
+
+    /// Keeps the last valid token in `dir` (the plugin's data directory), for restarts without
+    /// network.
+    pub fn cache_in(&self, dir: PathBuf) {
+        if let Ok(mut slot) = self.cache_file.lock() {
+            *slot = Some(dir.join("subscription-token"));
+        }
+    }
+
+    /// The claims of a valid token granting the required tier, if any, at `now` (seconds since
+    /// the epoch). Cheap: meant for every message.
+    pub fn current(&self, now: i64) -> Option<TokenClaims> {
+        let inner = self.inner.lock().ok()?;
+        match &inner.active {
+            Some((claims, _)) if claims.expires_at > now => Some(claims.clone()),
+            _ => None,
+        }
+    }
+
+    /// The token behind [`Self::current`], for calls to the API that must show it
+    /// (`authorization: Bearer …`).
+    pub fn current_token(&self, now: i64) -> Option<String> {
+        let inner = self.inner.lock().ok()?;
+        match &inner.active {
+            Some((claims, token)) if claims.expires_at > now => Some(token.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether a valid token granting the required tier includes `feature` at `now`.
+    pub fn has_feature(&self, feature: &str, now: i64) -> bool {
+        let Ok(inner) = self.inner.lock() else {
+            return false;
+        };
+        matches!(&inner.active, Some((c, _)) if c.expires_at > now && c.has_feature(feature))
+    }
+
+    /// Pending (never authenticated), active or degraded, at `now`.
+    pub fn state(&self, now: i64) -> SubscriptionState {
+        let Ok(inner) = self.inner.lock() else {
+            return SubscriptionState::Degraded;
+        };
+        match &inner.active {
+            Some((claims, _)) if claims.expires_at > now => {
+                SubscriptionState::Active(claims.clone())
+            }
+            _ if !inner.decided => SubscriptionState::Pending,
+            _ => SubscriptionState::Degraded,
+        }
+    }
+
+    /// Authenticates with the API through `host` using the user's `api_key`. Never fails: a
+    /// problem yields a degraded answer whose `reason` says why.
+    pub fn authenticate(&self, host: &Host, api_key: &str) -> AuthResponse {
+        self.authenticate_at(|req| host.http(req), api_key, now_unix())
+    }
+
+    /// [`Self::authenticate`] with the HTTP call and the clock passed in (for tests).
+    fn authenticate_at(
+        &self,
+        http: impl FnOnce(HttpRequest) -> Result<crate::types::HttpResponse, crate::types::PluginError>,
+        api_key: &str,
+        now: i64,
+    ) -> AuthResponse {
+        let response = self.decide(http, api_key, now);
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.decided = true;
+        }
+        response
+    }
+
+    fn decide(
+        &self,
+        http: impl FnOnce(HttpRequest) -> Result<crate::types::HttpResponse, crate::types::PluginError>,
+        api_key: &str,
+        now: i64,
+    ) -> AuthResponse {
+        let info = match credentials::region_info(self.region) {
+            Ok(info) => info,
+            Err(CredentialsError::NotStamped) => {
+                return self.degrade(format!(
+                "this build of {} carries no Kilometers API key: it was not built for a customer \
+                     (km-sign build-plugin)",
+                self.plugin
+            ))
+            }
+            Err(e) => return self.degrade(format!("credentials region: {e}")),
+        };
+        if api_key.is_empty() {
+            return self.degrade("no Kilometers API key is configured (run `km init`)".to_owned());
+        }
+        let creds = match credentials::open(self.region, api_key) {
+            Ok(creds) => creds,
+            Err(e) => return self.degrade(e.to_string()),
+        };
+        match self.ask_api(http, api_key, &creds, &info.api_public_key, now) {
+            Ok((claims, token)) => self.accept(claims, token),
+            Err(Failure::Refused(reason)) => {
+                self.forget_cache();
+                self.degrade(reason)
+            }
+            Err(Failure::Unavailable(why)) => {
+                // Keep what we have while it is valid: first the token in memory, then the cache.
+                let kept = self
+                    .inner
+                    .lock()
+                    .ok()
+                    .and_then(|i| i.active.clone())
+                    .map(|(_, token)| token)
+                    .or_else(|| self.read_cache());
+                let revalidated = kept.and_then(|token| {
+                    verify_token(
+                        &token,
+                        &info.api_public_key,
+                        self.plugin,
+                        Some(&creds.customer_id),
+                        now,
+                    )
+                    .ok()
+                    .map(|claims| (claims, token))
+                });
+                match revalidated {
+                    Some((claims, token)) if claims.tier.satisfies(self.required) => {
+                        let mut response = self.accept(claims, token);
+                        response.reason =
+                            format!("API unreachable ({why}); using the cached token").into();
+                        response
+                    }
+                    _ => self.degrade(format!("Kilometers API unreachable: {why}")),
+                }
+            }
+        }
+    }
+
+    fn ask_api(
+        &self,
+        http: impl FnOnce(HttpRequest) -> Result<crate::types::HttpResponse, crate::types::PluginError>,
+        api_key: &str,
+        creds: &Credentials,
+        api_public_key: &[u8],
+        now: i64,
+    ) -> Result<(TokenClaims, String), Failure> {
+        let body = AuthRequestBody {
+            plugin_name: self.plugin.to_owned(),
+            plugin_version: self.version.to_owned(),
+            required_tier: self.required.as_str().to_owned(),
+            api_key: api_key.to_owned(),
+            customer_id: Some(creds.customer_id.clone()),
+            customer_token: Some(creds.customer_token.clone()),
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| Failure::Refused(e.to_string()))?;
+        let response = match http(HttpRequest::post_json(AUTHENTICATE_PATH, body)) {
+            Ok(r) => r,
+            // Only "could not reach it" lets a cached token stand in; anything else (no API
+            // configured, a refused path, an oversized answer) is a refusal.
+            Err(e) if e.kind == ErrorKind::NETWORK || e.kind == ErrorKind::TIMEOUT => {
+                return Err(Failure::Unavailable(e.message.into_string()))
+            }
+            Err(e) => return Err(Failure::Refused(e.message.into_string())),
+        };
+        if response.status >= 500 || response.status == 429 {
+            return Err(Failure::Unavailable(format!("HTTP {}", response.status)));
+        }
+        if response.body.len() > MAX_AUTH_RESPONSE_LEN {
+            return Err(Failure::Refused(format!(
+                "the API's answer is oversized ({} bytes)",
+                response.body.len()
+            )));
+        }
+        if response.status != 200 {
+            // The API explains a refusal in {"error": "..."}; show it, bounded.
+            let why = serde_json::from_slice::<serde_json::Value>(&response.body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                .unwrap_or_else(|| "no reason given".to_owned());
+            let why: String = why.chars().take(300).collect();
+            return Err(Failure::Refused(format!(
+                "the API refused (HTTP {}): {why}",
+                response.status
+            )));
+        }
+        let answer: AuthAnswerBody = serde_json::from_slice(&response.body)
+            .map_err(|_| Failure::Refused("the API's answer is malformed".to_owned()))?;
+        let claims = verify_token(
+            &answer.token,
+            api_public_key,
+            self.plugin,
+            Some(&creds.customer_id),
+            now,
+        )
+        .map_err(|e| Failure::Refused(format!("rejected the API's token: {e}")))?;
+        // The readable fields must say what the signed token says: a tier or feature list
+        // altered in transit is a forgery, not a detail.
+        if answer.tier != claims.tier.as_str()
+            || answer.features != claims.features
+            || answer.expires_at != claims.expires_at
+            || answer.customer_id != claims.customer_id
+        {
+            return Err(Failure::Refused(
+                "the API's answer disagrees with its signed token (altered in transit?)".to_owned(),
+            ));
+        }
+        Ok((claims, answer.token))
+    }
+
+    fn accept(&self, claims: TokenClaims, token: String) -> AuthResponse {
+        if !claims.tier.satisfies(self.required) {
+            let reason = format!(
+                "the subscription of {} is {}; {} needs {}",
+                claims.customer_id, claims.tier, self.plugin, self.required
+            );
+            self.forget_cache();
+            let mut response = self.degrade(reason);
+            response.tier = claims.tier;
+            response.features = claims.features.iter().map(|f| f.as_str().into()).collect();
+            response.expires_at = claims.expires_at;
+            response.token = token.into();
+            return response;
+        }
+        self.write_cache(&token);
+        let response = AuthResponse {
+            authorized: true,
+            tier: claims.tier,
+            features: claims.features.iter().map(|f| f.as_str().into()).collect(),
+            expires_at: claims.expires_at,
+            token: token.as_str().into(),
+            reason: "".into(),
+        };
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.active = Some((claims, token));
+        }
+        response
+    }
+
+    fn degrade(&self, reason: String) -> AuthResponse {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.active = None;
+        }
+        AuthResponse::degraded(reason)
+    }
+
+    fn cache_path(&self) -> Option<PathBuf> {
+        self.cache_file.lock().ok().and_then(|p| p.clone())
+    }
+
+    fn read_cache(&self) -> Option<String> {
+        let path = self.cache_path()?;
+        let text = std::fs::read_to_string(path).ok()?;
+        (text.len() <= MAX_TOKEN_LEN).then(|| text.trim().to_owned())
+    }
+
+    fn write_cache(&self, token: &str) {
+        let Some(path) = self.cache_path() else {
+            return;
+        };
+        // Write a sibling and rename, so that a crash never leaves half a token.
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, token).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+
+    fn forget_cache(&self) {
+        if let Some(path) = self.cache_path() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::{StampInput, EMPTY_REGION, REGION_SIZE};
+    use crate::types::{HttpResponse, PluginError};
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn keypair(seed: u8) -> Ed25519KeyPair {
+        Ed25519KeyPair::from_seed_unchecked(&[seed; 32]).expect("seed")
+    }
+
+    fn payload(plugin: &str, customer: &str, tier: Tier, iat: i64, exp: i64) -> TokenPayload {
+        TokenPayload {
+            v: 1,
+            cus: customer.into(),
+            plg: plugin.into(),
+            tier,
+            feat: vec!["api_logging".into()],
+            iat,
+            exp,
+            jti: "t1".into(),
+        }
+    }
+
+    fn token(key: &Ed25519KeyPair, p: &TokenPayload) -> String {
+        encode_token(p, |m| key.sign(m).as_ref().to_vec())
+    }
+
+    fn pk(key: &Ed25519KeyPair) -> Vec<u8> {
+        key.public_key().as_ref().to_vec()
+    }
+
+    #[test]
+    fn a_good_token_verifies() {
+        let k = keypair(1);
+        let t = token(
+            &k,
+            &payload("api-logger", "cust_a", Tier::Pro, NOW - 10, NOW + 600),
+        );
+        let claims = verify_token(&t, &pk(&k), "api-logger", Some("cust_a"), NOW).expect("valid");
+        assert_eq!(claims.tier, Tier::Pro);
+        assert!(claims.has_feature("api_logging"));
+        assert_eq!(claims.expires_at, NOW + 600);
+    }
+
+    #[test]
+    fn a_token_signed_by_another_key_is_rejected() {
+        let t = token(
+            &keypair(2),
+            &payload("api-logger", "cust_a", Tier::Pro, NOW, NOW + 600),
+        );
+        assert_eq!(
+            verify_token(&t, &pk(&keypair(1)), "api-logger", None, NOW),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_token_for_another_plugin_or_customer_is_rejected() {
+        let k = keypair(1);
+        let t = token(
+            &k,
+            &payload("console-logger", "cust_a", Tier::Pro, NOW, NOW + 600),
+        );
+        assert!(matches!(
+            verify_token(&t, &pk(&k), "api-logger", None, NOW),
+            Err(TokenError::WrongPlugin { .. })
+        ));
+        let t = token(
+            &k,
+            &payload("api-logger", "cust_b", Tier::Pro, NOW, NOW + 600),
+        );
+        assert!(matches!(
+            verify_token(&t, &pk(&k), "api-logger", Some("cust_a"), NOW),
+            Err(TokenError::WrongCustomer { .. })
+        ));
+    }
+
+    #[test]
+    fn expired_and_future_tokens_are_rejected() {
+        let k = keypair(1);
+        let t = token(&k, &payload("p", "c", Tier::Pro, NOW - 900, NOW - 1));
+        assert_eq!(
+            verify_token(&t, &pk(&k), "p", None, NOW),
+            Err(TokenError::Expired {
+                expires_at: NOW - 1
+            })
+        );
+        let t = token(&k, &payload("p", "c", Tier::Pro, NOW + 3600, NOW + 7200));
+        assert!(matches!(
+            verify_token(&t, &pk(&k), "p", None, NOW),
+            Err(TokenError::NotYetValid { .. })
+        ));
+    }
+
+    #[test]
+    fn an_altered_payload_is_rejected() {
+        let k = keypair(1);
+        let t = token(&k, &payload("p", "c", Tier::Free, NOW, NOW + 600));
+        let parts: Vec<&str> = t.split('.').collect();
+        let forged_payload = URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&payload("p", "c", Tier::Enterprise, NOW, NOW + 600)).expect("json"),
+        );
+        let forged = format!("{}.{}.{}", parts[0], forged_payload, parts[2]);
+        assert_eq!(
+            verify_token(&forged, &pk(&k), "p", None, NOW),
+            Err(TokenError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn malformed_and_oversized_tokens_are_rejected() {
+        let k = keypair(1);
+        for bad in [
+            "",
+            "km1",
+            "km1.a",
+            "km1.a.b.c",
+            "km2.a.b",
+            "km1.!!!.AAAA",
+            "km1.e30.!!!",
+        ] {
+            assert!(
+                matches!(
+                    verify_token(bad, &pk(&k), "p", None, NOW),
+                    Err(TokenError::BadFormat(_) | TokenError::BadSignature)
+                ),
+                "{bad:?}"
+            );
+        }
+        // Signed garbage is still refused as a format error, after the signature.
+        let payload_b64 = URL_SAFE_NO_PAD.encode(b"{\"v\":1}");
+        let sig = k.sign(&signing_message(&payload_b64));
+        let t = format!("km1.{payload_b64}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()));
+        assert!(matches!(
+            verify_token(&t, &pk(&k), "p", None, NOW),
+            Err(TokenError::BadFormat(_))
+        ));
+        let huge = "a".repeat(MAX_TOKEN_LEN + 1);
+        assert_eq!(
+            verify_token(&huge, &pk(&k), "p", None, NOW),
+            Err(TokenError::Oversized {
+                len: MAX_TOKEN_LEN + 1
+            })
+        );
+    }
+
+    // --- the Subscription helper, against a fake API ---
+
+    fn region_for(key: &Ed25519KeyPair, customer: &str, api_key: &str) -> &'static [u8] {
+        let mut region = EMPTY_REGION.to_vec();
+        let creds = Credentials {
+            customer_id: customer.into(),
+            customer_token: "ct".into(),
+            tier: Tier::Pro,
+            build_time: NOW,
+        };
+        crate::credentials::stamp(
+            &mut region,
+            &StampInput {
+                api_public_key: &pk(key),
+                api_key,
+                credentials: &creds,
+            },
+        )
+        .expect("stamp");
+        assert_eq!(region.len(), REGION_SIZE);
+        Box::leak(region.into_boxed_slice())
+    }
+
+    fn answer(
+        token: &str,
+        customer: &str,
+        tier: &str,
+        exp: i64,
+    ) -> Result<HttpResponse, PluginError> {
+        let body = serde_json::json!({
+            "token": token, "customer_id": customer, "tier": tier,
+            "features": ["api_logging"], "expires_at": exp,
+        });
+        Ok(HttpResponse {
+            status: 200,
+            headers: Default::default(),
+            body: body.to_string().into_bytes().into(),
+        })
+    }
+
+    fn sub(region: &'static [u8]) -> Subscription {
+        Subscription::new("api-logger", "1.0.0", Tier::Pro, region)
+    }
+
+    #[test]
+    fn a_valid_pro_answer_activates_full_features() {
+        let k = keypair(1);
+        let s = sub(region_for(&k, "cust_a", "key_a"));
+        assert_eq!(s.state(NOW), SubscriptionState::Pending);
+        let t = token(
+            &k,
+            &payload("api-logger", "cust_a", Tier::Pro, NOW, NOW + 600),
+        );
+        let r = s.authenticate_at(
+            |req| {
+                let body: AuthRequestBody =
+                    serde_json::from_slice(&req.body).expect("request json");
+                assert_eq!(body.customer_id.as_deref(), Some("cust_a"));
+                assert_eq!(body.api_key, "key_a");
+                answer(&t, "cust_a", "pro", NOW + 600)
+            },
+            "key_a",
+            NOW,
+        );
+        assert!(r.authorized, "{r:?}");
+        assert!(s.has_feature("api_logging", NOW));
+        assert!(s.current(NOW + 599).is_some());
+        assert!(
+            s.current(NOW + 600).is_none(),
+            "expired tokens stop counting without a refresh"
+        );
+    }
+
+    #[test]
+    fn a_tier_altered_in_transit_is_rejected() {
+        let k = keypair(1);
+        let s = sub(region_for(&k, "cust_a", "key_a"));
+        let t = token(
+            &k,
+            &payload("api-logger", "cust_a", Tier::Free, NOW, NOW + 600),
+        );
+        let r = s.authenticate_at(|_| answer(&t, "cust_a", "pro", NOW + 600), "key_a", NOW);
+        assert!(!r.authorized);
+        assert!(r.reason.contains("disagrees"), "{}", r.reason);
+        assert!(s.current(NOW).is_none());
+    }
+
+    #[test]
+    fn a_free_subscription_degrades_with_a_reason() {
+        let k = keypair(1);
+        let s = sub(region_for(&k, "cust_a", "key_a"));
+        let t = token(
+            &k,
+            &payload("api-logger", "cust_a", Tier::Free, NOW, NOW + 600),
+        );
+        let r = s.authenticate_at(|_| answer(&t, "cust_a", "free", NOW + 600), "key_a", NOW);
+        assert!(!r.authorized);
+        assert_eq!(r.tier, Tier::Free);
+        assert!(r.reason.contains("needs Pro"), "{}", r.reason);
+        assert_eq!(s.state(NOW), SubscriptionState::Degraded);
+    }
+
+    #[test]
+    fn forged_other_customer_and_wrong_key_answers_degrade() {
+        let k = keypair(1);
+        let s = sub(region_for(&k, "cust_a", "key_a"));
+        let forged = token(
+            &keypair(9),
+            &payload("api-logger", "cust_a", Tier::Pro, NOW, NOW + 600),
+        );
+        let r = s.authenticate_at(
+            |_| answer(&forged, "cust_a", "pro", NOW + 600),
+            "key_a",
+            NOW,
+        );
+        assert!(
+            !r.authorized && r.reason.contains("signature"),
+            "{}",
+            r.reason
+        );
+        let other = token(
+            &k,
+            &payload("api-logger", "cust_b", Tier::Pro, NOW, NOW + 600),
+        );
+        let r = s.authenticate_at(|_| answer(&other, "cust_b", "pro", NOW + 600), "key_a", NOW);
+        assert!(
+            !r.authorized && r.reason.contains("customer"),
+            "{}",
+            r.reason
+        );
+        // Customer B's API key does not open A's build: no request is even made.
+        let r = s.authenticate_at(|_| panic!("must not ask the API"), "key_b", NOW);
+        assert!(
+            !r.authorized && r.reason.contains("another customer"),
+            "{}",
+            r.reason
+        );
+    }
+
+    #[test]
+    fn malformed_oversized_and_refused_answers_degrade() {
+        let k = keypair(1);
+        let s = sub(region_for(&k, "cust_a", "key_a"));
+        let raw = |status: u16, body: Vec<u8>| {
+            move |_req: HttpRequest| -> Result<HttpResponse, PluginError> {
+                Ok(HttpResponse {
+                    status,
+                    headers: Default::default(),
+                    body: body.into(),
+                })
+            }
+        };
+        let r = s.authenticate_at(raw(200, b"not json".to_vec()), "key_a", NOW);
+        assert!(r.reason.contains("malformed"), "{}", r.reason);
+        let r = s.authenticate_at(
+            raw(200, vec![b' '; MAX_AUTH_RESPONSE_LEN + 1]),
+            "key_a",
+            NOW,
+        );
+        assert!(r.reason.contains("oversized"), "{}", r.reason);
+        let r = s.authenticate_at(
+            raw(403, br#"{"error":"subscription ended"}"#.to_vec()),
+            "key_a",
+            NOW,
+        );
+        assert!(r.reason.contains("subscription ended"), "{}", r.reason);
+    }
+
+    #[test]
+    fn unstamped_builds_and_missing_keys_degrade() {
+        let s = sub(Box::leak(EMPTY_REGION.to_vec().into_boxed_slice()));
+        let r = s.authenticate_at(|_| panic!("must not ask"), "key_a", NOW);
+        assert!(
+            !r.authorized && r.reason.contains("not built for a customer"),
+            "{}",
+            r.reason
+        );
+        let s = sub(region_for(&keypair(1), "cust_a", "key_a"));
+        let r = s.authenticate_at(|_| panic!("must not ask"), "", NOW);
+        assert!(r.reason.contains("km init"), "{}", r.reason);
+    }
+
+    #[test]
+    fn an_unreachable_api_keeps_a_valid_token_until_it_expires_and_the_cache_survives_restarts() {
+        let k = keypair(1);
+        let region = region_for(&k, "cust_a", "key_a");
+        let dir = std::env::temp_dir().join(format!("km-abi-auth-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let s = sub(region);
+        s.cache_in(dir.clone());
+        let t = token(
+            &k,
+            &payload("api-logger", "cust_a", Tier::Pro, NOW, NOW + 600),
+        );
+        assert!(
+            s.authenticate_at(|_| answer(&t, "cust_a", "pro", NOW + 600), "key_a", NOW)
+                .authorized
+        );
+        let down = |_req: HttpRequest| -> Result<HttpResponse, PluginError> {
+            Err(PluginError::new(ErrorKind::NETWORK, "connection refused"))
+        };
+        let r = s.authenticate_at(down, "key_a", NOW + 300);
+        assert!(r.authorized && r.reason.contains("cached"), "{r:?}");
+
+        // A new process (a restart): nothing in memory, the API down, the cache valid.
+        let restarted = sub(region);
+        restarted.cache_in(dir.clone());
+        assert!(
+            restarted
+                .authenticate_at(down, "key_a", NOW + 300)
+                .authorized
+        );
+        // After expiry the cache no longer counts.
+        assert!(
+            !restarted
+                .authenticate_at(down, "key_a", NOW + 601)
+                .authorized
+        );
+        // A hand-edited cache is verified like a fresh token.
+        std::fs::write(dir.join("subscription-token"), "km1.forged.token").expect("write");
+        let fresh = sub(region);
+        fresh.cache_in(dir.clone());
+        assert!(!fresh.authenticate_at(down, "key_a", NOW + 300).authorized);
+        // A definite refusal clears the cache.
+        std::fs::write(dir.join("subscription-token"), &t).expect("write");
+        let refused = |_req: HttpRequest| -> Result<HttpResponse, PluginError> {
+            Ok(HttpResponse {
+                status: 403,
+                headers: Default::default(),
+                body: Default::default(),
+            })
+        };
+        assert!(
+            !fresh
+                .authenticate_at(refused, "key_a", NOW + 300)
+                .authorized
+        );
+        assert!(!dir.join("subscription-token").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
