@@ -90,7 +90,12 @@ fn start(globals: &Globals, settings: &Config, plugin: &Arc<LoadedPlugin>) -> Re
         .initialize(&config)
         .map_err(|failure| anyhow::anyhow!("{failure}"))?;
     if settings.api_key.is_some() {
-        subscription::refresh_all(&globals.home, settings, &[plugin.clone()], AUTH_DEADLINE);
+        subscription::refresh_all(
+            &globals.home,
+            settings,
+            std::slice::from_ref(plugin),
+            AUTH_DEADLINE,
+        );
     }
     Ok(())
 }
