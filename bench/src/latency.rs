@@ -16,7 +16,8 @@ use crate::env::{percentile, spawn_piped, BenchEnv, Watchdog};
 use crate::report::{Report, Row};
 use crate::Options;
 
-struct Probe {
+/// One path a request travels and comes back on, with its samples.
+pub(crate) struct Probe {
     label: &'static str,
     child: Child,
     _watchdog: Watchdog,
@@ -24,13 +25,21 @@ struct Probe {
     stdout: BufReader<ChildStdout>,
     request: Vec<u8>,
     first: f64,
-    samples: Vec<f64>,
+    pub(crate) samples: Vec<f64>,
 }
 
 const REQUEST: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"q":"where is the nearest kilometre marker"}}}"#;
 
 impl Probe {
-    fn start(label: &'static str, mut cmd: Command, log: &Path) -> Result<Self> {
+    /// Ends the path: closes its input and waits for it.
+    pub(crate) fn finish(self) {
+        let mut child = self.child;
+        drop(self.stdin);
+        let _ = child.wait();
+    }
+
+    /// Starts `cmd` and makes its first round trip.
+    pub(crate) fn start(label: &'static str, mut cmd: Command, log: &Path) -> Result<Self> {
         let started = Instant::now();
         let mut child = spawn_piped(&mut cmd, log)?;
         let watchdog = Watchdog::arm(&child, Duration::from_secs(120));
@@ -52,7 +61,8 @@ impl Probe {
         Ok(path)
     }
 
-    fn round_trip(&mut self, line: &mut Vec<u8>) -> Result<f64> {
+    /// One round trip, in seconds.
+    pub(crate) fn round_trip(&mut self, line: &mut Vec<u8>) -> Result<f64> {
         line.clear();
         let t = Instant::now();
         // One message per write, as clients do.
@@ -147,9 +157,8 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
         ratio: None,
         target: None,
     });
-    for mut path in paths {
-        drop(path.stdin);
-        let _ = path.child.wait();
+    for path in paths {
+        path.finish();
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 mod analytics;
 mod dispatch;
 mod env;
+mod intercept;
 mod latency;
 mod relay;
 mod report;
@@ -56,6 +57,8 @@ pub(crate) enum Section {
     Dispatch,
     /// Nanoseconds per line of ml-analytics' handler on a realistic mix.
     Analytics,
+    /// What one pass-through interceptor costs: relay and added latency.
+    Intercept,
 }
 
 /// Validated command-line options.
@@ -103,6 +106,9 @@ fn run(options: &Options) -> Result<()> {
     }
     if options.wants(Section::Analytics) {
         analytics::run(&env, options, &mut report)?;
+    }
+    if options.wants(Section::Intercept) {
+        intercept::run(&env, options, &mut report)?;
     }
     report.print(options.json)?;
     Ok(())

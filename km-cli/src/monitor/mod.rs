@@ -494,6 +494,8 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
             .try_clone_to_owned()
             .context("opening stdout")?,
     );
+    // Before the child exists, so that no signal can slip in between.
+    let signals = process::forwarded(&notices);
     let spawned = match process::spawn(&config.command) {
         Ok(spawned) => spawned,
         Err(error) => return Ok(Outcome::NotStarted(error)),
@@ -576,6 +578,7 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
         &mut reports,
         config.grace,
         notices,
+        signals,
         on_report,
     )
     .await

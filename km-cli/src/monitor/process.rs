@@ -164,10 +164,16 @@ enum Step {
 }
 
 /// Signals km forwards; absent when the handler could not be installed.
-struct Forwarded {
+pub(crate) struct Forwarded {
     int: Option<tokio::signal::unix::Signal>,
     term: Option<tokio::signal::unix::Signal>,
     hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl std::fmt::Debug for Forwarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Forwarded")
+    }
 }
 
 async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
@@ -181,8 +187,11 @@ async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
     }
 }
 
-/// Installs km's handlers for INT, TERM and HUP (they are forwarded, not obeyed).
-fn forwarded(notices: &Notices) -> Forwarded {
+/// Installs km's handlers for INT, TERM and HUP (they are forwarded, not obeyed). Call it
+/// before the child is started: a signal that arrives in between then waits for the supervisor
+/// to forward it, instead of ending km with its default action and leaving the child to the
+/// parent-death signal.
+pub(crate) fn forwarded(notices: &Notices) -> Forwarded {
     let install = |kind: SignalKind, name: &str| match signal(kind) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -205,9 +214,9 @@ pub(crate) async fn supervise(
     reports: &mut UnboundedReceiver<PumpReport>,
     grace: Duration,
     notices: Notices,
+    mut signals: Forwarded,
     mut on_report: impl FnMut(&PumpReport),
 ) -> io::Result<ExitStatus> {
-    let mut signals = forwarded(&notices);
     let mut deadline: Option<(Instant, Step)> = None;
     let mut output_done = false;
     let send = |signal: Signal, why: &str| {

@@ -210,6 +210,8 @@ pub(crate) struct Session {
     /// Whether requests keep their method and target for their responses (interceptors need
     /// them).
     keep_requests: bool,
+    /// Whether any plugin gets messages (else [`Session::deliver`] has nothing to do).
+    observed: bool,
 }
 
 impl Session {
@@ -229,6 +231,7 @@ impl Session {
     }
 
     fn build(dispatcher: Dispatcher, hold_limit: Duration, keep_requests: bool) -> Arc<Self> {
+        let observed = dispatcher.observes();
         let now = Instant::now();
         let hold = || Hold {
             lines: VecDeque::new(),
@@ -250,6 +253,7 @@ impl Session {
             forwarded: [AtomicU64::new(0), AtomicU64::new(0)],
             holding: tokio::sync::Notify::new(),
             keep_requests,
+            observed,
         })
     }
 
@@ -432,6 +436,9 @@ impl Session {
 
     /// Hands the observers an already numbered line (see [`Session::admit_now`]).
     pub(crate) fn deliver(&self, envelope: Envelope) {
+        if !self.observed {
+            return;
+        }
         let state = self.lock();
         if let Some(dispatcher) = &state.dispatcher {
             dispatcher.send(Item::One(envelope), &self.closing);

@@ -293,6 +293,11 @@ impl Dispatcher {
         self.send_except(item, None, closing);
     }
 
+    /// Whether some plugin gets messages (not only events).
+    pub fn observes(&self) -> bool {
+        self.lanes.iter().any(|lane| lane.observe)
+    }
+
     /// Queues an event for the plugin named `only`.
     pub fn send_only(&self, item: Item, only: &str, closing: &AtomicBool) {
         if let Some(lane) = self.lanes.iter().find(|l| l.state.name == only) {

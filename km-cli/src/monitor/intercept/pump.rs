@@ -130,8 +130,12 @@ struct Job {
 }
 
 impl Job {
-    fn new(bytes: Bytes, request: Option<(&str, &str)>, batch_index: Option<u32>) -> Self {
-        let scan = jsonrpc::scan(&bytes);
+    fn new(
+        bytes: Bytes,
+        scan: Scan,
+        request: Option<(&str, &str)>,
+        batch_index: Option<u32>,
+    ) -> Self {
         let own = text(&bytes, &scan.method);
         let (method, target) = match (scan.kind, request) {
             (MessageKind::RESPONSE, Some((method, target))) => {
@@ -277,8 +281,9 @@ fn judge(mut pump: Box<Pump>) -> Option<Box<Pump>> {
             }
             continue;
         }
-        // What was decided before goes out now: a plugin may take its time.
-        pump.flush();
+        if pump.out.len() >= WRITE_FROM {
+            pump.flush();
+        }
         if pump.end.is_some() {
             return Some(pump);
         }
@@ -378,8 +383,9 @@ impl Pump {
         }
     }
 
-    /// Numbers and queues the lines that went by, then writes what was decided.
-    fn flush(&mut self) {
+    /// Numbers and queues the lines that went by (before anything else is numbered, and before
+    /// they are written, so that their requests are registered before the peer can answer).
+    fn number_passed(&mut self) {
         if !self.observed.is_empty() {
             self.session.observe(
                 self.direction,
@@ -389,6 +395,14 @@ impl Pump {
                 0,
             );
         }
+    }
+
+    /// Numbers what went by, then writes what was decided. Called before the pump blocks on its
+    /// input, and when much waits; not before every plugin call (a write per line would cost more
+    /// than the call), so a line waits at most for the calls on the lines after it in the same
+    /// read, each within its budget.
+    fn flush(&mut self) {
+        self.number_passed();
         if self.out.is_empty() || self.end.is_some() {
             return;
         }
@@ -444,7 +458,7 @@ impl Pump {
             self.observed.push(Observed { line, scan });
             return;
         }
-        self.flush();
+        self.number_passed();
         let numbered = self
             .session
             .admit_now(direction, &line, &scan, self.read_at);
@@ -457,10 +471,14 @@ impl Pump {
                 .unwrap_or_default()
                 .into_iter()
                 .enumerate()
-                .map(|(i, range)| Job::new(line.slice(range), None, u32::try_from(i).ok()))
+                .map(|(i, range)| {
+                    let element = line.slice(range);
+                    let scan = jsonrpc::scan(&element);
+                    Job::new(element, scan, None, u32::try_from(i).ok())
+                })
                 .collect()
         } else {
-            vec![Job::new(line.clone(), request, None)]
+            vec![Job::new(line.clone(), scan.clone(), request, None)]
         };
         let wanted = jobs
             .iter()
@@ -483,7 +501,7 @@ impl Pump {
 
     /// The first bytes of a line over the inspection limit: pass it or drop it as it comes.
     fn take_long(&mut self, prefix: Bytes) {
-        self.flush();
+        self.number_passed();
         let direction = self.direction;
         let (kind, scan) = jsonrpc::scan_prefix(&prefix);
         let numbered = self
@@ -652,6 +670,26 @@ impl Pump {
         let Some(work) = self.work.take() else {
             return;
         };
+        if let [job] = work.jobs.as_slice() {
+            if !work.batch && job.blocked.is_none() && !job.replaced && job.verdicts.is_empty() {
+                // Passed untouched: the line as it came, no copy, no second scan.
+                self.out.extend_from_slice(&work.line);
+                self.out.extend_from_slice(work.ending.bytes());
+                let Work {
+                    line,
+                    numbered,
+                    jobs,
+                    ..
+                } = work;
+                let scan = jobs
+                    .into_iter()
+                    .next()
+                    .map(|job| job.scan)
+                    .unwrap_or_else(|| jsonrpc::scan(&line));
+                self.deliver(&numbered, line, scan);
+                return;
+            }
+        }
         let mut errors = Vec::new();
         let line: Option<Vec<u8>> = if work.batch {
             let mut elements = Vec::new();
