@@ -157,7 +157,7 @@ pub struct Checkpoint {
 }
 
 /// Whether `word` may stand in a checkpoint line: 1 to 128 of `[A-Za-z0-9._:-]`.
-fn is_word(word: &str) -> bool {
+pub fn is_word(word: &str) -> bool {
     (1..=128).contains(&word.len())
         && word
             .bytes()
