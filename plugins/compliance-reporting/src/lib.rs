@@ -1,13 +1,367 @@
-//! compliance-reporting (Enterprise tier).
+//! compliance-reporting (Enterprise tier): a tamper-evident audit trail of every MCP call,
+//! signed checkpoints witnessed by the Kilometers API, and SOC 2 and GDPR reports.
+//!
+//! An auditor asks which tools the agents called, on whose behalf, what data left, what was
+//! blocked, and whether the record could have been edited. This plugin answers from a trail it
+//! writes in its data directory:
+//!
+//! - one record per request/response pair, per notification and per session event, verdict and
+//!   other plugin's event ([`record`], [`recorder`]): who (OS user, host, team member), which
+//!   server and tool, the outcome with the verdicts' rule ids, the categories of findings, sizes
+//!   and SHA-256 digests of params and results. No content, unless capture is enabled, and then
+//!   only encrypted per data subject so that it can be erased ([`content`]);
+//! - records chained by hash and leaves of an RFC 6962 Merkle tree; checkpoints of the tree
+//!   signed with an Ed25519 key made for the installation, at every session's end and
+//!   periodically while one runs ([`trail`], [`keys`]), and sent to the API, which checks that
+//!   each extends the last ([`witness`]);
+//! - several sessions write one trail under a lock; what a killed km left is repaired and
+//!   recorded ([`trail`]);
+//! - commands: `verify`, `report`, `verify-report`, `erase`, `show`, `key`, `status`
+//!   ([`commands`]).
+//!
+//! Without a valid Enterprise subscription it records nothing (lines seen before the first
+//! authentication are held in memory, bounded, until the answer is known) and
+//! `km plugin-status` says why. Checking a trail or a report and erasing a data subject work
+//! without one: they are duties that outlive a subscription.
+//!
+//! It asks km for lossless delivery, so that a flood of messages never costs a record; where
+//! km is configured to refuse back-pressure, the gap km reports becomes a record itself.
 
 #![deny(unsafe_code)]
 
+pub mod commands;
 pub mod content;
 mod error;
 pub mod keys;
 pub mod policy;
 pub mod record;
+pub mod recorder;
+pub mod report;
+mod session;
 pub mod trail;
 pub mod verify;
+pub mod witness;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use km_plugin_sdk::auth::now_unix;
+use km_plugin_sdk::{
+    AuthResponse, CommandOutput, Host, Interest, Message, Plugin, PluginConfig, PluginError,
+    SessionInfo, StreamEvent, Subscription, SubscriptionState, Tier,
+};
 
 pub use error::Error;
+
+use crate::policy::Policy;
+use crate::record::Actor;
+use crate::session::{Input, Recording};
+
+km_plugin_sdk::credentials_region!();
+
+/// The plugin's name.
+pub const NAME: &str = "compliance-reporting";
+/// Inputs held in memory while the first authentication is pending.
+const MAX_EARLY: usize = 10_000;
+/// How often the background thread looks at the clock.
+const TICK: Duration = Duration::from_millis(200);
+
+/// The OS user and host km runs as.
+pub fn local_actor() -> Actor {
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| format!("uid:{}", rustix::process::getuid().as_raw()));
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    Actor {
+        user,
+        host,
+        member: None,
+    }
+}
+
+/// What the handler threads and the background thread share.
+pub(crate) struct Shared {
+    pub(crate) host: Host,
+    pub(crate) subscription: Subscription,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) policy: Mutex<Policy>,
+    /// Whether km has an API to witness checkpoints.
+    pub(crate) api: AtomicBool,
+    pub(crate) recording: Mutex<Option<Recording>>,
+    /// Set when the trail cannot be opened, so that the warning is given once.
+    pub(crate) broken: AtomicBool,
+    early: Mutex<Vec<Input>>,
+    stop: (Mutex<bool>, Condvar),
+}
+
+/// The plugin.
+pub struct ComplianceReporting {
+    shared: Arc<Shared>,
+    ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Shared {
+    fn state(&self) -> SubscriptionState {
+        self.subscription.state(now_unix())
+    }
+
+    fn policy(&self) -> Policy {
+        self.policy.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    /// Handles an input now, holds it until the subscription is known, or drops it.
+    fn feed(&self, input: Input) {
+        match self.state() {
+            SubscriptionState::Active(_) => {
+                self.settle_early();
+                self.process(input);
+            }
+            SubscriptionState::Pending => {
+                if let Ok(mut early) = self.early.lock() {
+                    if early.len() < MAX_EARLY {
+                        early.push(input);
+                    }
+                }
+            }
+            // Degraded: nothing is recorded and nothing kept.
+            SubscriptionState::Degraded => {
+                if let Ok(mut early) = self.early.lock() {
+                    early.clear();
+                }
+            }
+        }
+    }
+
+    fn settle_early(&self) {
+        let early = match self.early.lock() {
+            Ok(mut e) => std::mem::take(&mut *e),
+            Err(_) => return,
+        };
+        if matches!(self.state(), SubscriptionState::Active(_)) {
+            for input in early {
+                self.process(input);
+            }
+        }
+    }
+
+    fn process(&self, input: Input) {
+        let submissions = {
+            let Ok(mut slot) = self.recording.lock() else {
+                return;
+            };
+            session::process(self, &mut slot, input)
+        };
+        self.send(submissions);
+    }
+
+    /// Sends checkpoints to the witness, outside the recording lock.
+    pub(crate) fn send(&self, submissions: Vec<witness::Submission>) {
+        if submissions.is_empty() || !self.api.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(token) = self.subscription.current_token(now_unix()) else {
+            return;
+        };
+        for submission in submissions {
+            let size = submission.size();
+            match witness::submit(&self.host, &token, &submission) {
+                Ok(witness::Answer::Accepted) => {
+                    let _ = witness::WitnessState { acked: size }.save(&self.data_dir);
+                }
+                Ok(witness::Answer::Latest(latest)) => {
+                    let _ = witness::WitnessState { acked: latest }.save(&self.data_dir);
+                    self.host.debug(&format!(
+                        "{NAME}: the API holds the trail up to {latest} records; the next checkpoint proves consistency from there"
+                    ));
+                }
+                Ok(witness::Answer::Refused(why)) => {
+                    self.host.warn(&format!(
+                        "{NAME}: the API refused checkpoint of {size} records: {why}"
+                    ));
+                    if let Ok(mut slot) = self.recording.lock() {
+                        session::note_refusal(self, &mut slot, size, &why);
+                    }
+                }
+                Err(e) => self.host.debug(&format!(
+                    "{NAME}: could not send checkpoint of {size} records to the API ({e}); the next one will carry the proof"
+                )),
+            }
+        }
+    }
+
+    fn run_ticker(self: Arc<Self>) {
+        loop {
+            {
+                let (lock, cv) = &self.stop;
+                let Ok(stopped) = lock.lock() else { return };
+                let Ok((stopped, _)) = cv.wait_timeout(stopped, TICK) else {
+                    return;
+                };
+                if *stopped {
+                    return;
+                }
+            }
+            if !matches!(self.state(), SubscriptionState::Active(_)) {
+                continue;
+            }
+            let submissions = {
+                let Ok(mut slot) = self.recording.lock() else {
+                    return;
+                };
+                session::tick(&self, &mut slot)
+            };
+            self.send(submissions);
+        }
+    }
+}
+
+impl ComplianceReporting {
+    fn start_ticker(&self) {
+        let Ok(mut slot) = self.ticker.lock() else {
+            return;
+        };
+        if slot.is_some() {
+            return;
+        }
+        let shared = self.shared.clone();
+        match std::thread::Builder::new()
+            .name("compliance-reporting".into())
+            .spawn(move || shared.run_ticker())
+        {
+            Ok(handle) => *slot = Some(handle),
+            Err(e) => self.shared.host.warn(&format!(
+                "{NAME}: cannot start its background thread ({e}): periodic checkpoints and syncs are off"
+            )),
+        }
+    }
+}
+
+impl Plugin for ComplianceReporting {
+    const NAME: &'static str = NAME;
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+    const REQUIRED_TIER: Tier = Tier::Enterprise;
+
+    fn new(host: Host) -> Result<Self, PluginError> {
+        let subscription = Subscription::new(
+            NAME,
+            env!("CARGO_PKG_VERSION"),
+            Tier::Enterprise,
+            km_credentials_region(),
+        );
+        let data_dir = host.data_dir();
+        subscription.cache_in(data_dir.clone());
+        // Nothing is opened yet: `km plugin-refresh` makes the plugin only to authenticate it.
+        Ok(ComplianceReporting {
+            shared: Arc::new(Shared {
+                host,
+                subscription,
+                data_dir,
+                policy: Mutex::new(Policy::default()),
+                api: AtomicBool::new(false),
+                recording: Mutex::new(None),
+                broken: AtomicBool::new(false),
+                early: Mutex::new(Vec::new()),
+                stop: (Mutex::new(false), Condvar::new()),
+            }),
+            ticker: Mutex::new(None),
+        })
+    }
+
+    fn authenticate(&self, api_key: &str) -> Result<AuthResponse, PluginError> {
+        let response = self
+            .shared
+            .subscription
+            .authenticate(&self.shared.host, api_key);
+        self.shared.settle_early();
+        Ok(response)
+    }
+
+    fn initialize(&self, config: &PluginConfig) -> Result<(), PluginError> {
+        self.shared
+            .api
+            .store(!config.api_url.is_empty(), Ordering::Relaxed);
+        let policy = match self.shared.host.read_policy(policy::POLICY_FILE) {
+            Ok(Some(text)) => match Policy::parse(&text) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Recording goes on with the defaults: an audit trail that stops over a
+                    // typo loses exactly what it exists to keep.
+                    self.shared
+                        .host
+                        .warn(&format!("{NAME}: {e}; recording with the default policy"));
+                    Policy::default()
+                }
+            },
+            Ok(None) => Policy::default(),
+            Err(e) => {
+                self.shared.host.debug(&format!(
+                    "{NAME}: cannot read its policy ({e}); using the defaults"
+                ));
+                Policy::default()
+            }
+        };
+        if let Ok(mut p) = self.shared.policy.lock() {
+            *p = policy;
+        }
+        Ok(())
+    }
+
+    fn interest(&self) -> Interest {
+        Interest::observer().lossless(true)
+    }
+
+    fn begin_session(&self, info: &SessionInfo) -> Result<(), PluginError> {
+        self.start_ticker();
+        self.shared.feed(Input::Begin(info.clone()));
+        Ok(())
+    }
+
+    fn handle_message(&self, message: &Message<'_>) -> Result<(), PluginError> {
+        self.shared.feed(Input::line(message));
+        Ok(())
+    }
+
+    fn handle_stream_event(&self, event: &StreamEvent) -> Result<(), PluginError> {
+        if event.kind == km_plugin_sdk::StreamEventKind::START {
+            // A km before ABI 1.1 has no begin_session: the start event begins the recording.
+            self.start_ticker();
+        }
+        self.shared.feed(Input::event(event));
+        Ok(())
+    }
+
+    fn shutdown(&self) -> Result<(), PluginError> {
+        {
+            let (lock, cv) = &self.shared.stop;
+            if let Ok(mut stopped) = lock.lock() {
+                *stopped = true;
+            }
+            cv.notify_all();
+        }
+        if let Some(handle) = self.ticker.lock().ok().and_then(|mut t| t.take()) {
+            let _ = handle.join();
+        }
+        let submissions = match self.shared.recording.lock() {
+            Ok(mut slot) => session::close(&self.shared, &mut slot),
+            Err(_) => Vec::new(),
+        };
+        self.shared.send(submissions);
+        Ok(())
+    }
+
+    fn command_help(&self) -> Option<String> {
+        Some(commands::HELP.to_owned())
+    }
+
+    fn run_command(&self, args: &[String]) -> Result<CommandOutput, PluginError> {
+        Ok(commands::run(&self.shared, args))
+    }
+}
+
+km_plugin_sdk::export_plugin!(ComplianceReporting);

@@ -533,6 +533,11 @@ impl Writer {
         Ok(index)
     }
 
+    /// The consistency proof from `old` to `new` records, if this writer holds what it needs.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Option<Vec<Hash>> {
+        self.tree.consistency_proof(old, new).ok()
+    }
+
     /// Flushes appended records to disk if any are unsynced.
     pub fn sync(&mut self) -> Result<(), Error> {
         if self.unsynced {
@@ -792,15 +797,11 @@ pub fn for_each_record(
             Err(e) => return Err(Error::io("reading", path, e)),
         };
         let (lines, _) = split_lines(&bytes);
-        let mut index = *start;
-        for line in lines.iter().skip(1) {
-            if end_marker(line).is_some() {
-                break;
-            }
+        let records = lines.iter().skip(1).take_while(|l| end_marker(l).is_none());
+        for (index, line) in (*start..).zip(records) {
             if index >= from {
                 f(index, line);
             }
-            index += 1;
         }
     }
     Ok(())

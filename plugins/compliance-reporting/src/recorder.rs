@@ -1,0 +1,658 @@
+//! From what km hands the plugin (lines, verdicts, other plugins' events, host events) to the
+//! records of the trail. Pure: no I/O, no clock of its own, so every rule is unit-tested.
+//!
+//! - A request waits for its response (keyed by km's correlation id); the pair becomes one `call`
+//!   record when the response is handled. Requests the server never answers become `unanswered`
+//!   after the policy's timeout or at the end of the session (`cancelled` when the client
+//!   cancelled them).
+//! - Verdicts and findings of interceptors reach the plugin before the line they concern (an
+//!   interceptor acts before km forwards): they are kept by correlation id (bounded) and merged
+//!   into the call when its line arrives. A blocked request is never forwarded, so its call is
+//!   written at once from the verdict; a response km makes up for it is then ignored.
+//! - team-collaboration's `member` event sets the actor's member id for the rest of the session.
+//!
+//! # The `member` event (for team-collaboration)
+//!
+//! Emit `host.emit("member", {"member": ID, "team": TEAM, "role": ROLE})` (ID required, the rest
+//! optional, all strings). Every record after it names the member in `actor.member`, and an
+//! `actor` record keeps the announcement.
+//!
+//! # Other plugins' events this plugin understands
+//!
+//! - `finding` (advanced-filters): `{"category", "rule", "correlation_id", ...}` or
+//!   `{"findings": [{"category", "rule"}...], "correlation_id", ...}`: merged into the call;
+//!   without a call, its own `finding` record.
+//! - `drift`, `change`, `approval` (tool-guard): a `change` record (SOC 2 CC8.1).
+//! - `anomaly` (ml-analytics): an `anomaly` record (CC7.2).
+//! - anything else: a `plugin-event` record. Of every event only short scalar fields are kept.
+
+use std::collections::{HashMap, VecDeque};
+
+use km_plugin_sdk::{Direction, MessageKind, StreamEventKind};
+use serde_json::{json, Map, Value};
+
+use crate::policy::Policy;
+use crate::record::{self, Actor, Part, Record, Server};
+
+/// Annotations kept for lines not yet seen.
+const MAX_EARLY: usize = 4096;
+/// Correlation ids of blocked requests remembered, to ignore km's made-up answers to them.
+const MAX_CLOSED: usize = 1024;
+
+/// One line as the recorder needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Line<'a> {
+    /// km's sequence number.
+    pub seq: u64,
+    /// Which way it went.
+    pub direction: Direction,
+    /// What it is.
+    pub kind: MessageKind,
+    /// A response carrying `error`.
+    pub is_error: bool,
+    /// Its bytes.
+    pub bytes: &'a [u8],
+    /// km's correlation id.
+    pub corr: &'a str,
+    /// The method, when it has one.
+    pub method: &'a str,
+    /// When km read it.
+    pub timestamp_us: u64,
+    /// For a response, the time since its request.
+    pub latency_us: Option<u64>,
+}
+
+/// Content to encrypt into a record before it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// The data subject.
+    pub subject: String,
+    /// The request line and the response line, separated by a newline.
+    pub text: Vec<u8>,
+}
+
+/// What the plugin must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Append this record (sealing the content first, if any).
+    Write(Record, Option<Captured>),
+    /// Note in the session's journal that this call awaits its response (the record it would be
+    /// if none came).
+    Await(Record),
+}
+
+#[derive(Debug, Default, Clone)]
+struct Notes {
+    rules: Vec<String>,
+    plugins: Vec<String>,
+    findings: Vec<String>,
+    finding_rules: Vec<String>,
+    blocked: bool,
+    redacted: bool,
+}
+
+impl Notes {
+    fn merge(&mut self, other: Notes) {
+        for r in other.rules {
+            Record::add_unique(&mut self.rules, &r);
+        }
+        for p in other.plugins {
+            Record::add_unique(&mut self.plugins, &p);
+        }
+        for f in other.findings {
+            Record::add_unique(&mut self.findings, &f);
+        }
+        for f in other.finding_rules {
+            Record::add_unique(&mut self.finding_rules, &f);
+        }
+        self.blocked |= other.blocked;
+        self.redacted |= other.redacted;
+    }
+
+    fn apply(&self, record: &mut Record) {
+        for r in &self.rules {
+            Record::add_unique(&mut record.rules, r);
+        }
+        for p in &self.plugins {
+            Record::add_unique(&mut record.plugins, p);
+        }
+        for f in &self.findings {
+            Record::add_unique(&mut record.findings, f);
+        }
+        for f in &self.finding_rules {
+            Record::add_unique(&mut record.finding_rules, f);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    record: Record,
+    notes: Notes,
+    request_line: Option<Vec<u8>>,
+    subject: String,
+    since_us: u64,
+    cancelled: bool,
+}
+
+/// The state of one session's recording.
+#[derive(Debug)]
+pub struct Recorder {
+    policy: Policy,
+    session: String,
+    actor: Actor,
+    server: Option<Server>,
+    started: bool,
+    pending: HashMap<String, Pending>,
+    early: HashMap<String, Notes>,
+    early_order: VecDeque<String>,
+    closed: VecDeque<String>,
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        Value::String(s) if !s.is_empty() => vec![s.clone()],
+        _ => Vec::new(),
+    }
+}
+
+fn str_of<'a>(value: &'a Value, keys: &[&str]) -> &'a str {
+    keys.iter()
+        .find_map(|k| value.get(*k).and_then(Value::as_str))
+        .unwrap_or("")
+}
+
+impl Recorder {
+    /// A recorder for `session` acting as `actor`, following `policy`.
+    pub fn new(policy: Policy, session: &str, actor: Actor) -> Recorder {
+        Recorder {
+            policy,
+            session: session.to_owned(),
+            actor,
+            server: None,
+            started: false,
+            pending: HashMap::new(),
+            early: HashMap::new(),
+            early_order: VecDeque::new(),
+            closed: VecDeque::new(),
+        }
+    }
+
+    /// The session id.
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
+    /// The current actor.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// Requests awaiting their responses.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn base(&self, kind: &str, t_us: u64) -> Record {
+        let mut r = Record::new(kind, record::rfc3339_us(t_us), &self.session, &self.actor);
+        r.server = self.server.clone();
+        r
+    }
+
+    /// The session starts, with the server's command line: the `session.start` record (once).
+    pub fn start(
+        &mut self,
+        command: &[String],
+        detail: Map<String, Value>,
+        t_us: u64,
+    ) -> Vec<Effect> {
+        if self.started {
+            return Vec::new();
+        }
+        self.started = true;
+        if !command.is_empty() {
+            self.server = Some(Server {
+                id: km_plugin_sdk::server_id(command),
+                label: km_plugin_sdk::server_label(command),
+            });
+        }
+        let mut r = self.base("session.start", t_us);
+        r.detail = detail;
+        vec![Effect::Write(r, None)]
+    }
+
+    fn remember_early(&mut self, corr: &str, notes: Notes) {
+        if let Some(existing) = self.early.get_mut(corr) {
+            existing.merge(notes);
+            return;
+        }
+        if self.early_order.len() >= MAX_EARLY {
+            if let Some(old) = self.early_order.pop_front() {
+                self.early.remove(&old);
+            }
+        }
+        self.early_order.push_back(corr.to_owned());
+        self.early.insert(corr.to_owned(), notes);
+    }
+
+    fn take_early(&mut self, corr: &str) -> Notes {
+        match self.early.remove(corr) {
+            Some(notes) => {
+                self.early_order.retain(|c| c != corr);
+                notes
+            }
+            None => Notes::default(),
+        }
+    }
+
+    fn close(&mut self, corr: &str) {
+        if self.closed.len() >= MAX_CLOSED {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(corr.to_owned());
+    }
+
+    /// A line km forwarded.
+    pub fn line(&mut self, line: &Line<'_>) -> Vec<Effect> {
+        match line.kind {
+            MessageKind::REQUEST if !line.corr.is_empty() => self.request(line),
+            MessageKind::RESPONSE => self.response(line),
+            MessageKind::NOTIFICATION => self.notification(line),
+            MessageKind::BATCH => {
+                let mut r = self.base("batch", line.timestamp_us);
+                r.direction = line.direction.as_str().to_owned();
+                r.request = Some(Part {
+                    seq: Some(line.seq),
+                    at: String::new(),
+                    bytes: line.bytes.len() as u64,
+                    sha256: Some(record::sha256_hex(line.bytes)),
+                });
+                if let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(line.bytes) {
+                    let methods: Vec<Value> = items
+                        .iter()
+                        .filter_map(|i| i.get("method").cloned())
+                        .collect();
+                    r.detail.insert("elements".into(), json!(items.len()));
+                    r.detail.insert("methods".into(), Value::Array(methods));
+                }
+                vec![Effect::Write(r, None)]
+            }
+            _ => {
+                let mut r = self.base("non-json", line.timestamp_us);
+                r.direction = line.direction.as_str().to_owned();
+                r.request = Some(Part {
+                    seq: Some(line.seq),
+                    at: String::new(),
+                    bytes: line.bytes.len() as u64,
+                    sha256: Some(record::sha256_hex(line.bytes)),
+                });
+                vec![Effect::Write(r, None)]
+            }
+        }
+    }
+
+    fn request(&mut self, line: &Line<'_>) -> Vec<Effect> {
+        let payload = record::payload(line.bytes, line.method, self.policy.needs_params());
+        let mut r = self.base("call", line.timestamp_us);
+        r.method = line.method.to_owned();
+        r.tool = payload.target.clone();
+        r.corr = line.corr.to_owned();
+        r.direction = line.direction.as_str().to_owned();
+        r.request = Some(Part {
+            seq: Some(line.seq),
+            at: record::rfc3339_us(line.timestamp_us),
+            bytes: line.bytes.len() as u64,
+            sha256: payload.sha256,
+        });
+        let capture = self.policy.capture.enabled;
+        let subject = if capture {
+            let server = self
+                .server
+                .as_ref()
+                .map_or(("", ""), |s| (s.id.as_str(), s.label.as_str()));
+            self.policy
+                .subject_of(
+                    server,
+                    line.method,
+                    &payload.target,
+                    payload.params.as_ref(),
+                )
+                .unwrap_or_else(|| self.actor.subject())
+        } else {
+            String::new()
+        };
+        let notes = self.take_early(line.corr);
+        let mut awaiting = r.clone();
+        awaiting.outcome = "unanswered".to_owned();
+        notes.apply(&mut awaiting);
+        self.pending.insert(
+            line.corr.to_owned(),
+            Pending {
+                record: r,
+                notes,
+                request_line: (capture && line.bytes.len() <= self.policy.capture.max_bytes)
+                    .then(|| line.bytes.to_vec()),
+                subject,
+                since_us: line.timestamp_us,
+                cancelled: false,
+            },
+        );
+        vec![Effect::Await(awaiting)]
+    }
+
+    fn response(&mut self, line: &Line<'_>) -> Vec<Effect> {
+        let Some(pending) = self.pending.remove(line.corr) else {
+            if !line.corr.is_empty() && self.closed.iter().any(|c| c == line.corr) {
+                // km's answer to a request a verdict blocked: already recorded.
+                return Vec::new();
+            }
+            let payload = record::payload(line.bytes, "", false);
+            let mut r = self.base("call", line.timestamp_us);
+            r.corr = line.corr.to_owned();
+            r.outcome = if line.is_error { "error" } else { "ok" }.to_owned();
+            r.response = Some(Part {
+                seq: Some(line.seq),
+                at: record::rfc3339_us(line.timestamp_us),
+                bytes: line.bytes.len() as u64,
+                sha256: payload.sha256,
+            });
+            r.error_code = payload.error_code;
+            r.detail
+                .insert("unmatched".into(), json!("a response to no request km saw"));
+            return vec![Effect::Write(r, None)];
+        };
+        let payload = record::payload(line.bytes, &pending.record.method, false);
+        let Pending {
+            mut record,
+            notes,
+            request_line,
+            subject,
+            ..
+        } = pending;
+        let mut notes = notes;
+        notes.merge(self.take_early(line.corr));
+        record.response = Some(Part {
+            seq: Some(line.seq),
+            at: record::rfc3339_us(line.timestamp_us),
+            bytes: line.bytes.len() as u64,
+            sha256: payload.sha256,
+        });
+        record.latency_us = line.latency_us;
+        record.error_code = payload.error_code;
+        record.outcome = if notes.blocked {
+            "blocked"
+        } else if notes.redacted {
+            "redacted"
+        } else if line.is_error {
+            "error"
+        } else {
+            "ok"
+        }
+        .to_owned();
+        notes.apply(&mut record);
+        let captured = request_line.and_then(|mut text| {
+            if text.len() + line.bytes.len() + 1 > self.policy.capture.max_bytes {
+                record.detail.insert(
+                    "content_omitted".into(),
+                    json!("larger than capture.max_bytes"),
+                );
+                return None;
+            }
+            text.push(b'\n');
+            text.extend_from_slice(line.bytes);
+            Some(Captured { subject, text })
+        });
+        vec![Effect::Write(record, captured)]
+    }
+
+    fn notification(&mut self, line: &Line<'_>) -> Vec<Effect> {
+        if line.method == "notifications/cancelled" {
+            if let Some(p) = self.pending.get_mut(line.corr) {
+                p.cancelled = true;
+            }
+        }
+        if self
+            .policy
+            .skip_notifications
+            .iter()
+            .any(|m| m == line.method)
+        {
+            return Vec::new();
+        }
+        let payload = record::payload(line.bytes, line.method, false);
+        let mut r = self.base("notification", line.timestamp_us);
+        r.method = line.method.to_owned();
+        r.direction = line.direction.as_str().to_owned();
+        r.corr = line.corr.to_owned();
+        r.request = Some(Part {
+            seq: Some(line.seq),
+            at: String::new(),
+            bytes: line.bytes.len() as u64,
+            sha256: payload.sha256,
+        });
+        vec![Effect::Write(r, None)]
+    }
+
+    /// A stream event: verdicts, other plugins' events, host events, gaps, the session's end.
+    pub fn event(&mut self, kind: StreamEventKind, data: &Value, timestamp_ms: i64) -> Vec<Effect> {
+        let t_us = u64::try_from(timestamp_ms)
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        match kind {
+            StreamEventKind::START => {
+                let command = strings(data.get("command").unwrap_or(&Value::Null));
+                let mut detail = Map::new();
+                if let Some(pid) = data.get("pid") {
+                    detail.insert("pid".into(), pid.clone());
+                }
+                self.start(&command, detail, t_us)
+            }
+            StreamEventKind::END => self.end(data, t_us),
+            StreamEventKind::ERROR => {
+                let mut r = self.base("session.error", t_us);
+                r.detail = record::summary(data);
+                vec![Effect::Write(r, None)]
+            }
+            StreamEventKind::VERDICT => self.verdict(data, t_us),
+            StreamEventKind::PLUGIN => self.plugin_event(data, t_us),
+            StreamEventKind::HOST => {
+                let mut r = self.base("host", t_us);
+                r.detail = record::summary(data);
+                vec![Effect::Write(r, None)]
+            }
+            StreamEventKind::GAP => {
+                let mut r = self.base("gap", t_us);
+                r.detail = record::summary(data);
+                r.detail.insert(
+                    "why".into(),
+                    json!("km could not deliver these messages to the audit trail"),
+                );
+                vec![Effect::Write(r, None)]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn verdict(&mut self, data: &Value, t_us: u64) -> Vec<Effect> {
+        let action = str_of(data, &["action"]);
+        let plugin = str_of(data, &["plugin"]).to_owned();
+        let corr = str_of(data, &["correlation_id"]).to_owned();
+        let line_kind = match str_of(data, &["kind"]) {
+            "" => str_of(data, &["direction"]),
+            k => k,
+        };
+        let blocked = action != "replace"; // anything but replace is a block (fail closed)
+        let notes = Notes {
+            rules: strings(data.get("rules").unwrap_or(&Value::Null)),
+            plugins: vec![plugin.clone()],
+            blocked,
+            redacted: !blocked,
+            ..Notes::default()
+        };
+        if corr.is_empty() || line_kind == "notification" {
+            let mut r = self.base("verdict", t_us);
+            r.method = str_of(data, &["method"]).to_owned();
+            r.tool = str_of(data, &["target"]).to_owned();
+            r.direction = str_of(data, &["direction"]).to_owned();
+            r.outcome = if blocked { "blocked" } else { "redacted" }.to_owned();
+            notes.apply(&mut r);
+            r.detail = record::summary(data);
+            return vec![Effect::Write(r, None)];
+        }
+        if line_kind == "request" && blocked && !self.pending.contains_key(&corr) {
+            // Never forwarded: the call ends here.
+            let mut notes = notes;
+            notes.merge(self.take_early(&corr));
+            let mut r = self.base("call", t_us);
+            r.method = str_of(data, &["method"]).to_owned();
+            r.tool = str_of(data, &["target"]).to_owned();
+            r.corr = corr.clone();
+            r.direction = str_of(data, &["direction"]).to_owned();
+            r.outcome = "blocked".to_owned();
+            r.request = Some(Part {
+                seq: None,
+                at: record::rfc3339_us(t_us),
+                bytes: 0,
+                sha256: None,
+            });
+            if let Some(reason) = data.get("reason").and_then(Value::as_str) {
+                r.detail.insert("reason".into(), json!(reason));
+            }
+            notes.apply(&mut r);
+            self.close(&corr);
+            return vec![Effect::Write(r, None)];
+        }
+        match self.pending.get_mut(&corr) {
+            Some(p) => p.notes.merge(notes),
+            None => self.remember_early(&corr, notes),
+        }
+        Vec::new()
+    }
+
+    fn plugin_event(&mut self, event: &Value, t_us: u64) -> Vec<Effect> {
+        let plugin = str_of(event, &["plugin"]).to_owned();
+        let kind = str_of(event, &["kind"]).to_owned();
+        let data = event.get("data").cloned().unwrap_or(Value::Null);
+        match kind.as_str() {
+            "member" => {
+                let member = str_of(&data, &["member", "member_id", "id"]);
+                if member.is_empty() {
+                    return Vec::new();
+                }
+                self.actor.member = Some(member.chars().take(128).collect());
+                let mut r = self.base("actor", t_us);
+                r.plugins = vec![plugin];
+                r.detail = record::summary(&data);
+                vec![Effect::Write(r, None)]
+            }
+            "finding" => self.finding(&plugin, &data, t_us),
+            _ => {
+                let record_kind = match kind.as_str() {
+                    "drift" | "change" | "approval" | "tool-change" => "change",
+                    "anomaly" => "anomaly",
+                    _ => "plugin-event",
+                };
+                let mut r = self.base(record_kind, t_us);
+                r.plugins = vec![plugin];
+                r.tool = str_of(&data, &["tool", "name"]).to_owned();
+                r.detail = record::summary(&data);
+                r.detail.insert("event".into(), json!(kind));
+                vec![Effect::Write(r, None)]
+            }
+        }
+    }
+
+    fn finding(&mut self, plugin: &str, data: &Value, t_us: u64) -> Vec<Effect> {
+        let corr = str_of(data, &["correlation_id"]).to_owned();
+        let items: Vec<&Value> = match data.get("findings") {
+            Some(Value::Array(list)) => list.iter().collect(),
+            _ => vec![data],
+        };
+        let mut notes = Notes {
+            plugins: vec![plugin.to_owned()],
+            ..Notes::default()
+        };
+        for item in items {
+            Record::add_unique(&mut notes.findings, str_of(item, &["category"]));
+            Record::add_unique(&mut notes.finding_rules, str_of(item, &["rule", "rule_id"]));
+        }
+        if corr.is_empty() {
+            let mut r = self.base("finding", t_us);
+            r.method = str_of(data, &["method"]).to_owned();
+            r.tool = str_of(data, &["tool", "target"]).to_owned();
+            r.direction = str_of(data, &["direction"]).to_owned();
+            notes.apply(&mut r);
+            r.detail = record::summary(data);
+            return vec![Effect::Write(r, None)];
+        }
+        match self.pending.get_mut(&corr) {
+            Some(p) => p.notes.merge(notes),
+            None => self.remember_early(&corr, notes),
+        }
+        Vec::new()
+    }
+
+    fn unanswered(&mut self, corr: &str, why: &str) -> Option<Effect> {
+        let Pending {
+            mut record,
+            notes,
+            cancelled,
+            ..
+        } = self.pending.remove(corr)?;
+        record.outcome = if notes.blocked {
+            "blocked"
+        } else if cancelled {
+            "cancelled"
+        } else {
+            "unanswered"
+        }
+        .to_owned();
+        notes.apply(&mut record);
+        record.detail.insert("why".into(), json!(why));
+        Some(Effect::Write(record, None))
+    }
+
+    /// Requests that waited longer than the policy's timeout, as `unanswered` calls.
+    pub fn expire(&mut self, now_us: u64) -> Vec<Effect> {
+        let limit = u64::try_from(self.policy.pending_timeout.as_micros()).unwrap_or(u64::MAX);
+        let mut old: Vec<(u64, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now_us.saturating_sub(p.since_us) >= limit)
+            .map(|(c, p)| (p.since_us, c.clone()))
+            .collect();
+        old.sort();
+        old.into_iter()
+            .filter_map(|(_, c)| self.unanswered(&c, "no response within the pending timeout"))
+            .collect()
+    }
+
+    /// The session ends: what is still pending, then `session.end`.
+    pub fn end(&mut self, data: &Value, t_us: u64) -> Vec<Effect> {
+        let mut left: Vec<(u64, String)> = self
+            .pending
+            .iter()
+            .map(|(c, p)| (p.since_us, c.clone()))
+            .collect();
+        left.sort();
+        let mut out: Vec<Effect> = left
+            .into_iter()
+            .filter_map(|(_, c)| self.unanswered(&c, "the session ended before the response"))
+            .collect();
+        let mut r = self.base("session.end", t_us);
+        r.detail = record::summary(data);
+        if let Some(messages) = data.get("messages").filter(|m| m.is_object()) {
+            r.detail.insert("messages".into(), messages.clone());
+        }
+        out.push(Effect::Write(r, None));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

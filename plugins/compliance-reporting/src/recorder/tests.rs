@@ -1,0 +1,457 @@
+//! The recorder's rules, one behaviour per test.
+
+use super::*;
+use serde_json::json;
+
+fn actor() -> Actor {
+    Actor {
+        user: "alice".into(),
+        host: "laptop".into(),
+        member: None,
+    }
+}
+
+fn recorder(policy: Policy) -> Recorder {
+    let mut r = Recorder::new(policy, "s1", actor());
+    let start = r.start(&["node".into(), "crm.js".into()], Map::new(), 1);
+    assert_eq!(start.len(), 1);
+    r
+}
+
+fn line<'a>(
+    seq: u64,
+    direction: Direction,
+    kind: MessageKind,
+    bytes: &'a [u8],
+    corr: &'a str,
+    method: &'a str,
+) -> Line<'a> {
+    Line {
+        seq,
+        direction,
+        kind,
+        is_error: bytes.windows(7).any(|w| w == b"\"error\""),
+        bytes,
+        corr,
+        method,
+        timestamp_us: 1_000_000 * seq,
+        latency_us: (kind == MessageKind::RESPONSE).then_some(5),
+    }
+}
+
+const CALL: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_customer","arguments":{"customer_id":"c-42"}}}"#;
+const OK: &[u8] = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+const ERR: &[u8] = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"nope"}}"#;
+
+fn written(effects: Vec<Effect>) -> Vec<(Record, Option<Captured>)> {
+    effects
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Write(r, c) => Some((r, c)),
+            Effect::Await(_) => None,
+        })
+        .collect()
+}
+
+fn one(effects: Vec<Effect>) -> Record {
+    let mut w = written(effects);
+    assert_eq!(w.len(), 1, "{w:?}");
+    w.remove(0).0
+}
+
+#[test]
+fn a_request_and_its_response_are_one_call() {
+    let mut r = recorder(Policy::default());
+    let effects = r.line(&line(
+        1,
+        Direction::Request,
+        MessageKind::REQUEST,
+        CALL,
+        "c:1",
+        "tools/call",
+    ));
+    assert!(matches!(&effects[..], [Effect::Await(a)] if a.outcome == "unanswered"));
+    let call = one(r.line(&line(
+        2,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        OK,
+        "c:1",
+        "",
+    )));
+    assert_eq!(call.kind, "call");
+    assert_eq!(call.method, "tools/call");
+    assert_eq!(call.tool, "lookup_customer");
+    assert_eq!(call.outcome, "ok");
+    assert_eq!(call.server.as_ref().expect("server").label, "node crm.js");
+    assert_eq!(call.latency_us, Some(5));
+    let req = call.request.expect("request");
+    assert_eq!(req.bytes, CALL.len() as u64);
+    assert_eq!(req.seq, Some(1));
+    assert!(req.sha256.is_some() && call.response.expect("response").sha256.is_some());
+    assert!(call.content.is_none());
+
+    r.line(&line(
+        3,
+        Direction::Request,
+        MessageKind::REQUEST,
+        CALL,
+        "c:2",
+        "tools/call",
+    ));
+    let err = one(r.line(&line(
+        4,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        ERR,
+        "c:2",
+        "",
+    )));
+    assert_eq!(err.outcome, "error");
+    assert_eq!(err.error_code, Some(-32000));
+    assert_eq!(r.pending(), 0);
+}
+
+#[test]
+fn a_blocked_request_is_recorded_from_its_verdict_and_kms_answer_ignored() {
+    let mut r = recorder(Policy::default());
+    // The filter's finding comes first, then its verdict; the request is never forwarded.
+    assert!(r
+        .event(
+            StreamEventKind::PLUGIN,
+            &json!({"plugin": "advanced-filters", "kind": "finding",
+                    "data": {"category": "secret", "rule": "aws-access-key-id", "correlation_id": "c:1"}}),
+            10,
+        )
+        .is_empty());
+    let call = one(r.event(
+        StreamEventKind::VERDICT,
+        &json!({"plugin": "advanced-filters", "action": "block", "rules": ["aws-access-key-id"],
+                "reason": "a secret", "direction": "request", "kind": "request",
+                "method": "tools/call", "target": "send", "correlation_id": "c:1"}),
+        11,
+    ));
+    assert_eq!(call.outcome, "blocked");
+    assert_eq!(call.tool, "send");
+    assert_eq!(call.rules, ["aws-access-key-id"]);
+    assert_eq!(call.plugins, ["advanced-filters"]);
+    assert_eq!(call.findings, ["secret"]);
+    assert_eq!(call.finding_rules, ["aws-access-key-id"]);
+    assert!(written(r.line(&line(
+        2,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        ERR,
+        "c:1",
+        ""
+    )))
+    .is_empty());
+}
+
+#[test]
+fn redactions_of_either_line_mark_the_call() {
+    let mut r = recorder(Policy::default());
+    r.event(
+        StreamEventKind::VERDICT,
+        &json!({"plugin": "f", "action": "replace", "rules": ["email"], "kind": "request", "correlation_id": "c:1"}),
+        1,
+    );
+    r.line(&line(
+        1,
+        Direction::Request,
+        MessageKind::REQUEST,
+        CALL,
+        "c:1",
+        "tools/call",
+    ));
+    let call = one(r.line(&line(
+        2,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        OK,
+        "c:1",
+        "",
+    )));
+    assert_eq!(call.outcome, "redacted");
+    assert_eq!(call.rules, ["email"]);
+
+    r.line(&line(
+        3,
+        Direction::Request,
+        MessageKind::REQUEST,
+        CALL,
+        "c:2",
+        "tools/call",
+    ));
+    r.event(
+        StreamEventKind::PLUGIN,
+        &json!({"plugin": "f", "kind": "finding", "data": {"findings": [{"category": "pii", "rule": "payment-card"}], "correlation_id": "c:2"}}),
+        3,
+    );
+    r.event(
+        StreamEventKind::VERDICT,
+        &json!({"plugin": "f", "action": "replace", "rules": ["payment-card"], "kind": "response", "correlation_id": "c:2"}),
+        3,
+    );
+    let call = one(r.line(&line(
+        4,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        OK,
+        "c:2",
+        "",
+    )));
+    assert_eq!(call.outcome, "redacted");
+    assert_eq!(call.findings, ["pii"]);
+    // A block of the response wins over everything.
+    r.line(&line(
+        5,
+        Direction::Request,
+        MessageKind::REQUEST,
+        CALL,
+        "c:3",
+        "tools/call",
+    ));
+    r.event(
+        StreamEventKind::VERDICT,
+        &json!({"plugin": "g", "action": "block", "rules": ["poison"], "kind": "response", "correlation_id": "c:3"}),
+        5,
+    );
+    let call = one(r.line(&line(
+        6,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        ERR,
+        "c:3",
+        "",
+    )));
+    assert_eq!(call.outcome, "blocked");
+}
+
+#[test]
+fn the_member_event_names_the_actor_from_then_on() {
+    let mut r = recorder(Policy::default());
+    let announced = one(r.event(
+        StreamEventKind::PLUGIN,
+        &json!({"plugin": "team-collaboration", "kind": "member", "data": {"member": "m-7", "team": "core"}}),
+        1,
+    ));
+    assert_eq!(announced.kind, "actor");
+    assert_eq!(announced.actor.member.as_deref(), Some("m-7"));
+    r.line(&line(
+        1,
+        Direction::Request,
+        MessageKind::REQUEST,
+        CALL,
+        "c:1",
+        "tools/call",
+    ));
+    let call = one(r.line(&line(
+        2,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        OK,
+        "c:1",
+        "",
+    )));
+    assert_eq!(call.actor.member.as_deref(), Some("m-7"));
+    assert_eq!(call.actor.user, "alice");
+}
+
+#[test]
+fn capture_names_the_subject_from_the_policy_or_the_actor() {
+    let policy = Policy::parse(
+        "[capture]\nenabled = true\n[[capture.subject]]\ntool = \"lookup_customer\"\npath = \"$.arguments.customer_id\"\n",
+    )
+    .expect("parses");
+    let mut r = recorder(policy);
+    r.line(&line(
+        1,
+        Direction::Request,
+        MessageKind::REQUEST,
+        CALL,
+        "c:1",
+        "tools/call",
+    ));
+    let mut w = written(r.line(&line(
+        2,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        OK,
+        "c:1",
+        "",
+    )));
+    let (_, captured) = w.remove(0);
+    let captured = captured.expect("captured");
+    assert_eq!(captured.subject, "c-42");
+    assert_eq!(captured.text, [CALL, b"\n", OK].concat());
+    let other = br#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"weather","arguments":{}}}"#;
+    r.line(&line(
+        3,
+        Direction::Request,
+        MessageKind::REQUEST,
+        other,
+        "c:2",
+        "tools/call",
+    ));
+    let mut w = written(r.line(&line(
+        4,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        OK,
+        "c:2",
+        "",
+    )));
+    assert_eq!(w.remove(0).1.expect("captured").subject, "alice@laptop");
+    // Without capture nothing is kept.
+    let mut plain = recorder(Policy::default());
+    plain.line(&line(
+        1,
+        Direction::Request,
+        MessageKind::REQUEST,
+        CALL,
+        "c:1",
+        "tools/call",
+    ));
+    let mut w = written(plain.line(&line(
+        2,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        OK,
+        "c:1",
+        "",
+    )));
+    assert!(w.remove(0).1.is_none());
+}
+
+#[test]
+fn what_is_left_at_the_end_or_too_long_is_unanswered_or_cancelled() {
+    let mut r = recorder(Policy::default());
+    r.line(&line(
+        1,
+        Direction::Request,
+        MessageKind::REQUEST,
+        CALL,
+        "c:1",
+        "tools/call",
+    ));
+    r.line(&line(
+        2,
+        Direction::Request,
+        MessageKind::REQUEST,
+        CALL,
+        "c:2",
+        "tools/call",
+    ));
+    let cancel =
+        br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2}}"#;
+    let n = one(r.line(&line(
+        3,
+        Direction::Request,
+        MessageKind::NOTIFICATION,
+        cancel,
+        "c:2",
+        "notifications/cancelled",
+    )));
+    assert_eq!(n.kind, "notification");
+    assert!(r.expire(2_000_000).is_empty(), "not yet");
+    let expired = written(r.expire(1_000_000 + 300_500_000));
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].0.outcome, "unanswered");
+    let end = written(r.event(
+        StreamEventKind::END,
+        &json!({"exit_code": 0, "messages": {"total": 3}}),
+        400_000,
+    ));
+    assert_eq!(end.len(), 2);
+    assert_eq!(end[0].0.outcome, "cancelled");
+    assert_eq!(end[1].0.kind, "session.end");
+    assert_eq!(end[1].0.detail["messages"]["total"], 3);
+}
+
+#[test]
+fn notifications_events_and_odd_lines_each_get_a_record() {
+    let mut r = recorder(Policy::default());
+    let progress = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;
+    assert!(r
+        .line(&line(
+            1,
+            Direction::Response,
+            MessageKind::NOTIFICATION,
+            progress,
+            "",
+            "notifications/progress"
+        ))
+        .is_empty());
+    let changed = br#"{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}"#;
+    assert_eq!(
+        one(r.line(&line(
+            2,
+            Direction::Response,
+            MessageKind::NOTIFICATION,
+            changed,
+            "",
+            "notifications/tools/list_changed"
+        )))
+        .kind,
+        "notification"
+    );
+    assert_eq!(
+        one(r.line(&line(
+            3,
+            Direction::Response,
+            MessageKind::NON_JSON,
+            b"oops",
+            "",
+            ""
+        )))
+        .kind,
+        "non-json"
+    );
+    let drift = one(r.event(
+        StreamEventKind::PLUGIN,
+        &json!({"plugin": "tool-guard", "kind": "drift", "data": {"server": "abc", "tool": "send", "change": "changed", "fields": ["description"], "definition": {"big": 1}}}),
+        5,
+    ));
+    assert_eq!(drift.kind, "change");
+    assert_eq!(drift.tool, "send");
+    assert!(drift.detail.get("definition").is_none());
+    assert_eq!(
+        one(r.event(
+            StreamEventKind::HOST,
+            &json!({"event": "refused", "plugin": "x", "reason": "bad signature"}),
+            6
+        ))
+        .kind,
+        "host"
+    );
+    let gap = one(r.event(StreamEventKind::GAP, &json!({"missed": 12}), 7));
+    assert_eq!(gap.detail["missed"], 12);
+    assert_eq!(
+        one(r.event(
+            StreamEventKind::PLUGIN,
+            &json!({"plugin": "ml", "kind": "anomaly", "data": {"tool": "t"}}),
+            8
+        ))
+        .kind,
+        "anomaly"
+    );
+    // A response nobody asked for is still recorded.
+    let odd = one(r.line(&line(
+        9,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        OK,
+        "c:99",
+        "",
+    )));
+    assert!(odd.detail.contains_key("unmatched"));
+    // START after begin_session records nothing twice.
+    assert!(r
+        .event(
+            StreamEventKind::START,
+            &json!({"command": ["node", "crm.js"]}),
+            1
+        )
+        .is_empty());
+}

@@ -1,0 +1,397 @@
+//! One `km monitor` session's recording: the recorder's effects carried out on the trail, the
+//! session's journal, content sealing, syncs and checkpoints, and what goes to the witness.
+//!
+//! Everything here runs under the plugin's recording lock, from the handler thread or the
+//! background thread; sending to the witness happens after the lock is released.
+
+use std::time::Instant;
+
+use km_audit::AuditKey;
+use km_plugin_sdk::{Direction, Message, MessageKind, SessionInfo, StreamEvent, StreamEventKind};
+use serde_json::{json, Map, Value};
+
+use crate::content::KeyStore;
+use crate::policy::Policy;
+use crate::record::{self, Record};
+use crate::recorder::{Effect, Line, Recorder};
+use crate::trail::{self, SessionJournal, Upkeep, Writer};
+use crate::witness::{Submission, WitnessState};
+use crate::{keys, local_actor, Shared, NAME};
+
+/// A line, copied out of km's buffer.
+#[derive(Debug, Clone)]
+pub(crate) struct OwnedLine {
+    seq: u64,
+    direction: Direction,
+    kind: MessageKind,
+    is_error: bool,
+    bytes: Vec<u8>,
+    corr: String,
+    method: String,
+    timestamp_us: u64,
+    latency_us: Option<u64>,
+}
+
+/// What the plugin is handed, owned (it may wait for the first authentication).
+#[derive(Debug, Clone)]
+pub(crate) enum Input {
+    Begin(SessionInfo),
+    Line(OwnedLine),
+    Event {
+        kind: StreamEventKind,
+        data: Value,
+        timestamp_ms: i64,
+    },
+}
+
+impl Input {
+    pub(crate) fn line(m: &Message<'_>) -> Input {
+        Input::Line(OwnedLine {
+            seq: m.seq,
+            direction: m.direction,
+            kind: m.kind,
+            is_error: m.is_error,
+            bytes: m.bytes().to_vec(),
+            corr: m.correlation_id.to_string(),
+            method: m.method.to_string(),
+            timestamp_us: m.timestamp_us,
+            latency_us: m.latency_us.into_option(),
+        })
+    }
+
+    pub(crate) fn event(e: &StreamEvent) -> Input {
+        Input::Event {
+            kind: e.kind,
+            data: serde_json::from_str(e.data.as_str()).unwrap_or(Value::Null),
+            timestamp_ms: e.timestamp_ms,
+        }
+    }
+}
+
+/// A session being recorded.
+pub(crate) struct Recording {
+    recorder: Recorder,
+    writer: Writer,
+    journal: Option<SessionJournal>,
+    key: AuditKey,
+    keystore: Option<KeyStore>,
+    policy: Policy,
+    last_sync: Instant,
+    last_checkpoint: Instant,
+    ended: bool,
+    failures: u64,
+}
+
+fn random_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    let mut h = state.build_hasher();
+    h.write_u64(record::now_us());
+    h.write_u32(std::process::id());
+    let a = h.finish();
+    let mut h2 = state.build_hasher();
+    h2.write_u64(a);
+    format!("{a:016x}{:016x}", h2.finish())
+}
+
+fn session_id_of(input: &Input) -> String {
+    let id = match input {
+        Input::Begin(info) => info.session_id.clone(),
+        Input::Event { data, .. } => data
+            .get("session_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        Input::Line(_) => String::new(),
+    };
+    if km_audit::checkpoint::is_word(&id) {
+        id
+    } else {
+        random_id()
+    }
+}
+
+fn upkeep(policy: &Policy) -> Upkeep {
+    Upkeep {
+        segment_records: policy.segment_records,
+        retention: policy.retention,
+    }
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(record::now_us() / 1000).unwrap_or(i64::MAX)
+}
+
+fn start(shared: &Shared, input: &Input) -> Result<Recording, crate::Error> {
+    let policy = shared.policy();
+    let session = session_id_of(input);
+    let actor = local_actor();
+    let data_dir = &shared.data_dir;
+    let key = keys::load_or_create(data_dir)?;
+    let mut writer = Writer::open(data_dir, &session, &actor)?;
+    let recovered = trail::recover_dead_sessions(data_dir, |r| writer.append(r).map(drop))?;
+    if recovered > 0 {
+        shared.host.info(&format!(
+            "{NAME}: recorded the end of {recovered} session(s) whose km was killed"
+        ));
+    }
+    let journal = SessionJournal::create(data_dir, &session, writer.size(), &actor)?;
+    let keystore = if policy.capture.enabled {
+        Some(KeyStore::open(data_dir)?)
+    } else {
+        None
+    };
+    Ok(Recording {
+        recorder: Recorder::new(policy.clone(), &session, actor),
+        writer,
+        journal: Some(journal),
+        key,
+        keystore,
+        policy,
+        last_sync: Instant::now(),
+        last_checkpoint: Instant::now(),
+        ended: false,
+        failures: 0,
+    })
+}
+
+impl Recording {
+    fn apply(&mut self, shared: &Shared, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Write(mut record, captured) => {
+                    if let Some(captured) = captured {
+                        self.seal(shared, &mut record, &captured.subject, &captured.text);
+                    }
+                    if let Err(e) = self.writer.append(&record) {
+                        self.failures += 1;
+                        if self.failures == 1 || self.failures % 1000 == 0 {
+                            shared.host.warn(&format!(
+                                "{NAME}: cannot write the audit trail ({e}); {} record(s) lost so far",
+                                self.failures
+                            ));
+                        }
+                    } else if self.failures > 0 {
+                        // Say in the trail itself what it is missing.
+                        let mut gap = Record::new(
+                            "gap",
+                            record::rfc3339_us(record::now_us()),
+                            self.recorder.session(),
+                            self.recorder.actor(),
+                        );
+                        gap.detail.insert("lost".into(), json!(self.failures));
+                        gap.detail.insert(
+                            "why".into(),
+                            json!("records could not be written to the trail"),
+                        );
+                        if self.writer.append(&gap).is_ok() {
+                            self.failures = 0;
+                        }
+                    }
+                }
+                Effect::Await(record) => {
+                    if let Some(journal) = &mut self.journal {
+                        if let Err(e) = journal.open(&record) {
+                            shared.host.debug(&format!("{NAME}: session journal: {e}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn seal(&mut self, shared: &Shared, record: &mut Record, subject: &str, text: &[u8]) {
+        if self.keystore.is_none() {
+            match KeyStore::open(&shared.data_dir) {
+                Ok(store) => self.keystore = Some(store),
+                Err(e) => {
+                    record
+                        .detail
+                        .insert("content_omitted".into(), json!(e.to_string()));
+                    return;
+                }
+            }
+        }
+        let Some(store) = &self.keystore else { return };
+        match store.seal(subject, &record.session, &record.t, text, now_ms()) {
+            Ok(content) => record.content = Some(content),
+            Err(e) => {
+                record
+                    .detail
+                    .insert("content_omitted".into(), json!(e.to_string()));
+            }
+        }
+    }
+
+    /// Signs a checkpoint (unless the trail has not grown) and makes its witness submission.
+    fn checkpoint(&mut self, shared: &Shared, reason: &str) -> Option<Submission> {
+        self.last_checkpoint = Instant::now();
+        let session = self.recorder.session().to_owned();
+        let made = match self.writer.checkpoint(
+            &self.key,
+            reason,
+            Some(&session),
+            now_ms(),
+            upkeep(&self.policy),
+            false,
+        ) {
+            Ok(Some(made)) => made,
+            Ok(None) => return None,
+            Err(e) => {
+                shared
+                    .host
+                    .warn(&format!("{NAME}: cannot sign a checkpoint: {e}"));
+                return None;
+            }
+        };
+        self.last_sync = Instant::now();
+        let size = made.signed.checkpoint().size;
+        let acked = WitnessState::load(&shared.data_dir).acked;
+        let (from, proof) = match self.writer.consistency_proof(acked, size) {
+            Some(proof) => (acked, proof),
+            None => (made.line.from, made.line.proof_hashes().unwrap_or_default()),
+        };
+        Some(Submission::new(
+            &self.key,
+            self.recorder.actor(),
+            &made.signed,
+            from,
+            &proof,
+        ))
+    }
+
+    fn end(&mut self, shared: &Shared) -> Vec<Submission> {
+        self.ended = true;
+        let submission = self.checkpoint(shared, "end");
+        let _ = self.writer.sync();
+        if let Some(journal) = self.journal.take() {
+            journal.finish();
+        }
+        submission.into_iter().collect()
+    }
+}
+
+/// Handles one input, starting the recording on the first.
+pub(crate) fn process(
+    shared: &Shared,
+    slot: &mut Option<Recording>,
+    input: Input,
+) -> Vec<Submission> {
+    if slot.is_none() {
+        if shared.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            return Vec::new();
+        }
+        match start(shared, &input) {
+            Ok(recording) => *slot = Some(recording),
+            Err(e) => {
+                shared
+                    .broken
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                shared.host.warn(&format!(
+                    "{NAME}: cannot open the audit trail in {}: {e}; this session is not recorded",
+                    shared.data_dir.display()
+                ));
+                return Vec::new();
+            }
+        }
+    }
+    let Some(rec) = slot.as_mut() else {
+        return Vec::new();
+    };
+    if rec.ended {
+        return Vec::new();
+    }
+    let mut end = false;
+    let effects = match input {
+        Input::Begin(info) => {
+            let mut detail = Map::new();
+            detail.insert("km_version".into(), json!(info.km_version));
+            detail.insert("cwd".into(), json!(info.cwd));
+            rec.recorder.start(&info.command, detail, record::now_us())
+        }
+        Input::Line(l) => rec.recorder.line(&Line {
+            seq: l.seq,
+            direction: l.direction,
+            kind: l.kind,
+            is_error: l.is_error,
+            bytes: &l.bytes,
+            corr: &l.corr,
+            method: &l.method,
+            timestamp_us: l.timestamp_us,
+            latency_us: l.latency_us,
+        }),
+        Input::Event {
+            kind,
+            data,
+            timestamp_ms,
+        } => {
+            end = kind == StreamEventKind::END;
+            rec.recorder.event(kind, &data, timestamp_ms)
+        }
+    };
+    let member = rec.recorder.actor().clone();
+    rec.writer.set_actor(&member);
+    rec.apply(shared, effects);
+    if end {
+        return rec.end(shared);
+    }
+    if rec.writer.appended_since_checkpoint() >= rec.policy.checkpoint_records {
+        return rec.checkpoint(shared, "periodic").into_iter().collect();
+    }
+    Vec::new()
+}
+
+/// The background thread's turn: expired requests, syncs, periodic checkpoints.
+pub(crate) fn tick(shared: &Shared, slot: &mut Option<Recording>) -> Vec<Submission> {
+    let Some(rec) = slot.as_mut() else {
+        return Vec::new();
+    };
+    if rec.ended {
+        return Vec::new();
+    }
+    let expired = rec.recorder.expire(record::now_us());
+    rec.apply(shared, expired);
+    if rec.last_sync.elapsed() >= rec.policy.sync_interval {
+        rec.last_sync = Instant::now();
+        if let Err(e) = rec.writer.sync() {
+            shared
+                .host
+                .warn(&format!("{NAME}: cannot sync the audit trail: {e}"));
+        }
+    }
+    if rec.last_checkpoint.elapsed() >= rec.policy.checkpoint_interval {
+        return rec.checkpoint(shared, "periodic").into_iter().collect();
+    }
+    Vec::new()
+}
+
+/// The plugin shuts down: a session km did not end is ended here.
+pub(crate) fn close(shared: &Shared, slot: &mut Option<Recording>) -> Vec<Submission> {
+    let Some(mut rec) = slot.take() else {
+        return Vec::new();
+    };
+    if rec.ended {
+        return Vec::new();
+    }
+    let effects = rec.recorder.end(
+        &json!({"why": "km shut the plugin down without an end event"}),
+        record::now_us(),
+    );
+    rec.apply(shared, effects);
+    rec.end(shared)
+}
+
+/// The witness refused a checkpoint: that is evidence too.
+pub(crate) fn note_refusal(shared: &Shared, slot: &mut Option<Recording>, size: u64, why: &str) {
+    let Some(rec) = slot.as_mut() else { return };
+    let mut r = Record::new(
+        "witness",
+        record::rfc3339_us(record::now_us()),
+        rec.recorder.session(),
+        rec.recorder.actor(),
+    );
+    r.outcome = "refused".to_owned();
+    r.detail.insert("size".into(), json!(size));
+    r.detail.insert("why".into(), json!(why));
+    rec.apply(shared, vec![Effect::Write(r, None)]);
+}
