@@ -3,6 +3,8 @@
 //! Endpoints:
 //! - [`auth`]: `POST /api/plugins/authenticate` (a subscription token for a plugin) and
 //!   `GET /api/public-key` (the token-signing key).
+//! - [`audit`]: `POST /api/audit/checkpoints` and `GET /api/audit/checkpoints?key_id=...`
+//!   (compliance-reporting's signed checkpoints, each checked to extend the last one held).
 //! - [`events`]: `POST /api/events/batch` (api-logger's events, deduplicated by id).
 //! - [`plugins`]: `GET /api/plugins/latest?name=NAME` and `GET /api/plugins/download/{file}`
 //!   (packages from `--plugins-dir`).
@@ -18,6 +20,7 @@
 //! `pub(super) fn register(router: &mut Router<AppState>)`, called from [`router`]; its data is
 //! a migration in `store::migrations` and a `store::<area>` module of `impl Store` methods.
 
+pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod control;
 pub(crate) mod events;
@@ -35,6 +38,7 @@ pub(crate) fn router() -> Router<AppState> {
     let mut router = Router::new(MAX_REQUEST_BODY);
     control::register(&mut router);
     auth::register(&mut router);
+    audit::register(&mut router);
     events::register(&mut router);
     plugins::register(&mut router);
     router

@@ -65,10 +65,12 @@ fn the_table_lists_every_endpoint_once() {
     assert_eq!(
         table,
         [
+            "GET /api/audit/checkpoints",
             "GET /api/plugins/download/{file}",
             "GET /api/plugins/latest",
             "GET /api/public-key",
             "GET /control/stats",
+            "POST /api/audit/checkpoints",
             "POST /api/events/batch",
             "POST /api/plugins/authenticate",
             "POST /control/delay",

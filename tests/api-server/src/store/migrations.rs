@@ -32,10 +32,11 @@ impl Migration {
 }
 
 /// Every migration, oldest first.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "customers and events",
-    sql: r#"
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "customers and events",
+        sql: r#"
         -- Customers: imported from the customers file (file_entry_sha256 is the digest of the
         -- entry last applied; NULL for customers the file does not manage). A customer is never
         -- deleted, so that rows referring to it stay valid: one the file no longer lists is
@@ -65,7 +66,39 @@ pub(super) const MIGRATIONS: &[Migration] = &[Migration {
         ) STRICT;
         CREATE INDEX events_by_customer ON events (customer_id, received_at);
     "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "audit checkpoints",
+        sql: r#"
+        -- The audit keys of compliance-reporting installations, each bound to the customer that
+        -- first sent a checkpoint signed by it (another customer cannot write under it), with
+        -- the host and OS user it said it runs as.
+        CREATE TABLE audit_keys (
+            key_id      TEXT PRIMARY KEY NOT NULL CHECK (length(key_id) = 16),
+            customer_id TEXT NOT NULL REFERENCES customers (id),
+            public_key  TEXT NOT NULL,
+            host        TEXT NOT NULL,
+            os_user     TEXT NOT NULL,
+            first_seen  INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX audit_keys_by_installation ON audit_keys (customer_id, host, os_user);
+
+        -- The signed checkpoints witnessed, exactly as signed (text and signature), with the size
+        -- and root the text states, for the consistency check of the next one.
+        CREATE TABLE audit_checkpoints (
+            key_id      TEXT NOT NULL REFERENCES audit_keys (key_id),
+            size        INTEGER NOT NULL CHECK (size >= 0),
+            root        TEXT NOT NULL CHECK (length(root) = 64),
+            checkpoint  TEXT NOT NULL,
+            signature   TEXT NOT NULL,
+            received_at INTEGER NOT NULL,
+            PRIMARY KEY (key_id, checkpoint)
+        ) STRICT;
+        CREATE INDEX audit_checkpoints_by_size ON audit_checkpoints (key_id, size);
+    "#,
+    },
+];
 
 /// The version the newest migration brings a database to.
 pub(super) fn latest() -> u32 {

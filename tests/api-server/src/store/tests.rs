@@ -54,8 +54,14 @@ fn migrations_bring_an_empty_database_to_the_latest_schema() {
     assert_eq!(store.schema_version().expect("version"), latest());
     assert_eq!(
         tables(&store),
-        ["customers", "events", "schema_version"],
-        "the tables of migration 1"
+        [
+            "audit_checkpoints",
+            "audit_keys",
+            "customers",
+            "events",
+            "schema_version"
+        ],
+        "the tables of migrations 1 and 2"
     );
 }
 
