@@ -161,6 +161,17 @@ fn strings(value: &Value) -> Vec<String> {
     }
 }
 
+/// km names a verdict's direction by the way the line went; records name it by the kind of
+/// line that goes that way, like the lines they record.
+fn direction_of(value: &Value) -> String {
+    match str_of(value, &["direction"]) {
+        "client_to_server" | "request" => "request",
+        "server_to_client" | "response" => "response",
+        other => other,
+    }
+    .to_owned()
+}
+
 fn str_of<'a>(value: &'a Value, keys: &[&str]) -> &'a str {
     keys.iter()
         .find_map(|k| value.get(*k).and_then(Value::as_str))
@@ -498,7 +509,7 @@ impl Recorder {
             let mut r = self.base("verdict", t_us);
             r.method = str_of(data, &["method"]).to_owned();
             r.tool = str_of(data, &["target"]).to_owned();
-            r.direction = str_of(data, &["direction"]).to_owned();
+            r.direction = direction_of(data);
             r.outcome = if blocked { "blocked" } else { "redacted" }.to_owned();
             notes.apply(&mut r);
             r.detail = record::summary(data);
@@ -512,7 +523,7 @@ impl Recorder {
             r.method = str_of(data, &["method"]).to_owned();
             r.tool = str_of(data, &["target"]).to_owned();
             r.corr = corr.clone();
-            r.direction = str_of(data, &["direction"]).to_owned();
+            r.direction = direction_of(data);
             r.outcome = "blocked".to_owned();
             r.request = Some(Part {
                 seq: None,
@@ -585,7 +596,7 @@ impl Recorder {
             let mut r = self.base("finding", t_us);
             r.method = str_of(data, &["method"]).to_owned();
             r.tool = str_of(data, &["tool", "target"]).to_owned();
-            r.direction = str_of(data, &["direction"]).to_owned();
+            r.direction = direction_of(data);
             notes.apply(&mut r);
             r.detail = record::summary(data);
             return vec![Effect::Write(r, None)];

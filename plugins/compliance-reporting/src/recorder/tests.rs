@@ -127,12 +127,13 @@ fn a_blocked_request_is_recorded_from_its_verdict_and_kms_answer_ignored() {
     let call = one(r.event(
         StreamEventKind::VERDICT,
         &json!({"plugin": "advanced-filters", "action": "block", "rules": ["aws-access-key-id"],
-                "reason": "a secret", "direction": "request", "kind": "request",
+                "reason": "a secret", "direction": "client_to_server", "kind": "request",
                 "method": "tools/call", "target": "send", "correlation_id": "c:1"}),
         11,
     ));
     assert_eq!(call.outcome, "blocked");
     assert_eq!(call.tool, "send");
+    assert_eq!(call.direction, "request");
     assert_eq!(call.rules, ["aws-access-key-id"]);
     assert_eq!(call.plugins, ["advanced-filters"]);
     assert_eq!(call.findings, ["secret"]);
