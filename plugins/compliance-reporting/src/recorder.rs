@@ -5,10 +5,12 @@
 //!   record when the response is handled. Requests the server never answers become `unanswered`
 //!   after the policy's timeout or at the end of the session (`cancelled` when the client
 //!   cancelled them).
-//! - Verdicts and findings of interceptors reach the plugin before the line they concern (an
-//!   interceptor acts before km forwards): they are kept by correlation id (bounded) and merged
-//!   into the call when its line arrives. A blocked request is never forwarded, so its call is
-//!   written at once from the verdict; a response km makes up for it is then ignored.
+//! - Verdicts and findings of interceptors may reach the plugin before or after the line they
+//!   concern (km delivers the forwarded line and the events of the interceptors on different
+//!   threads): annotations that come first are kept by correlation id (bounded), and a call is
+//!   written only once it has settled, [`SETTLE_US`] after its response, so that those that come
+//!   later join it. A blocked request is never forwarded: its call is made from the verdict, and
+//!   the error km answers the client with becomes its response (whichever of the two comes first).
 //! - team-collaboration's `member` event sets the actor's member id for the rest of the session.
 //!
 //! # The `member` event (for team-collaboration)
@@ -38,6 +40,9 @@ use crate::record::{self, Actor, Part, Record, Server};
 const MAX_EARLY: usize = 4096;
 /// Correlation ids of blocked requests remembered, to ignore km's made-up answers to them.
 const MAX_CLOSED: usize = 1024;
+/// How long a call waits after its response for the verdicts and findings km delivers after the
+/// line (microseconds). Part of the durability point: see [`crate::trail`].
+pub const SETTLE_US: u64 = 300_000;
 
 /// One line as the recorder needs it.
 #[derive(Debug, Clone, Copy)]
@@ -125,6 +130,31 @@ impl Notes {
     }
 }
 
+/// A call whose response was handled, waiting for late annotations.
+#[derive(Debug)]
+struct Settling {
+    due_us: u64,
+    record: Record,
+    notes: Notes,
+    captured: Option<Captured>,
+    is_error: bool,
+    /// A response to no request km saw (yet): km's answer to a blocked request, until its
+    /// verdict arrives.
+    unmatched: bool,
+}
+
+fn outcome(notes: &Notes, is_error: bool) -> &'static str {
+    if notes.blocked {
+        "blocked"
+    } else if notes.redacted {
+        "redacted"
+    } else if is_error {
+        "error"
+    } else {
+        "ok"
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     record: Record,
@@ -147,6 +177,7 @@ pub struct Recorder {
     early: HashMap<String, Notes>,
     early_order: VecDeque<String>,
     closed: VecDeque<String>,
+    settling: Vec<Settling>,
 }
 
 fn strings(value: &Value) -> Vec<String> {
@@ -191,6 +222,7 @@ impl Recorder {
             early: HashMap::new(),
             early_order: VecDeque::new(),
             closed: VecDeque::new(),
+            settling: Vec::new(),
         }
     }
 
@@ -270,6 +302,12 @@ impl Recorder {
 
     /// A line km forwarded.
     pub fn line(&mut self, line: &Line<'_>) -> Vec<Effect> {
+        let mut out = self.flush(line.timestamp_us);
+        out.extend(self.take_line(line));
+        out
+    }
+
+    fn take_line(&mut self, line: &Line<'_>) -> Vec<Effect> {
         match line.kind {
             MessageKind::REQUEST if !line.corr.is_empty() => self.request(line),
             MessageKind::RESPONSE => self.response(line),
@@ -357,6 +395,7 @@ impl Recorder {
     }
 
     fn response(&mut self, line: &Line<'_>) -> Vec<Effect> {
+        let due_us = line.timestamp_us.saturating_add(SETTLE_US);
         let Some(pending) = self.pending.remove(line.corr) else {
             if !line.corr.is_empty() && self.closed.iter().any(|c| c == line.corr) {
                 // km's answer to a request a verdict blocked: already recorded.
@@ -365,7 +404,6 @@ impl Recorder {
             let payload = record::payload(line.bytes, "", false);
             let mut r = self.base("call", line.timestamp_us);
             r.corr = line.corr.to_owned();
-            r.outcome = if line.is_error { "error" } else { "ok" }.to_owned();
             r.response = Some(Part {
                 seq: Some(line.seq),
                 at: record::rfc3339_us(line.timestamp_us),
@@ -375,17 +413,25 @@ impl Recorder {
             r.error_code = payload.error_code;
             r.detail
                 .insert("unmatched".into(), json!("a response to no request km saw"));
-            return vec![Effect::Write(r, None)];
+            let notes = self.take_early(line.corr);
+            self.settling.push(Settling {
+                due_us,
+                record: r,
+                notes,
+                captured: None,
+                is_error: line.is_error,
+                unmatched: true,
+            });
+            return Vec::new();
         };
         let payload = record::payload(line.bytes, &pending.record.method, false);
         let Pending {
             mut record,
-            notes,
+            mut notes,
             request_line,
             subject,
             ..
         } = pending;
-        let mut notes = notes;
         notes.merge(self.take_early(line.corr));
         record.response = Some(Part {
             seq: Some(line.seq),
@@ -395,17 +441,6 @@ impl Recorder {
         });
         record.latency_us = line.latency_us;
         record.error_code = payload.error_code;
-        record.outcome = if notes.blocked {
-            "blocked"
-        } else if notes.redacted {
-            "redacted"
-        } else if line.is_error {
-            "error"
-        } else {
-            "ok"
-        }
-        .to_owned();
-        notes.apply(&mut record);
         let captured = request_line.and_then(|mut text| {
             if text.len() + line.bytes.len() + 1 > self.policy.capture.max_bytes {
                 record.detail.insert(
@@ -418,7 +453,34 @@ impl Recorder {
             text.extend_from_slice(line.bytes);
             Some(Captured { subject, text })
         });
-        vec![Effect::Write(record, captured)]
+        self.settling.push(Settling {
+            due_us,
+            record,
+            notes,
+            captured,
+            is_error: line.is_error,
+            unmatched: false,
+        });
+        Vec::new()
+    }
+
+    /// Calls whose settle time has come (all of them with `u64::MAX`), written.
+    pub fn flush(&mut self, now_us: u64) -> Vec<Effect> {
+        if self.settling.iter().all(|s| s.due_us > now_us) {
+            return Vec::new();
+        }
+        let (due, keep): (Vec<Settling>, Vec<Settling>) = std::mem::take(&mut self.settling)
+            .into_iter()
+            .partition(|s| s.due_us <= now_us);
+        self.settling = keep;
+        due.into_iter()
+            .map(|s| {
+                let mut record = s.record;
+                record.outcome = outcome(&s.notes, s.is_error).to_owned();
+                s.notes.apply(&mut record);
+                Effect::Write(record, s.captured)
+            })
+            .collect()
     }
 
     fn notification(&mut self, line: &Line<'_>) -> Vec<Effect> {
@@ -454,6 +516,16 @@ impl Recorder {
         let t_us = u64::try_from(timestamp_ms)
             .unwrap_or(0)
             .saturating_mul(1000);
+        let mut out = if kind == StreamEventKind::END {
+            Vec::new() // `end` writes everything, in order
+        } else {
+            self.flush(t_us)
+        };
+        out.extend(self.take_event(kind, data, t_us));
+        out
+    }
+
+    fn take_event(&mut self, kind: StreamEventKind, data: &Value, t_us: u64) -> Vec<Effect> {
         match kind {
             StreamEventKind::START => {
                 let command = strings(data.get("command").unwrap_or(&Value::Null));
@@ -514,6 +586,22 @@ impl Recorder {
             notes.apply(&mut r);
             r.detail = record::summary(data);
             return vec![Effect::Write(r, None)];
+        }
+        if let Some(settling) = self.settling.iter_mut().find(|s| s.record.corr == corr) {
+            if settling.unmatched && line_kind == "request" && blocked {
+                // km's answer to this blocked request came first: it is the call's response.
+                let r = &mut settling.record;
+                r.method = str_of(data, &["method"]).to_owned();
+                r.tool = str_of(data, &["target"]).to_owned();
+                r.direction = direction_of(data);
+                r.detail.remove("unmatched");
+                if let Some(reason) = data.get("reason").and_then(Value::as_str) {
+                    r.detail.insert("reason".into(), json!(reason));
+                }
+                settling.unmatched = false;
+            }
+            settling.notes.merge(notes);
+            return Vec::new();
         }
         if line_kind == "request" && blocked && !self.pending.contains_key(&corr) {
             // Never forwarded: the call ends here.
@@ -601,9 +689,12 @@ impl Recorder {
             r.detail = record::summary(data);
             return vec![Effect::Write(r, None)];
         }
-        match self.pending.get_mut(&corr) {
-            Some(p) => p.notes.merge(notes),
-            None => self.remember_early(&corr, notes),
+        if let Some(p) = self.pending.get_mut(&corr) {
+            p.notes.merge(notes);
+        } else if let Some(s) = self.settling.iter_mut().find(|s| s.record.corr == corr) {
+            s.notes.merge(notes);
+        } else {
+            self.remember_early(&corr, notes);
         }
         Vec::new()
     }
@@ -630,6 +721,7 @@ impl Recorder {
 
     /// Requests that waited longer than the policy's timeout, as `unanswered` calls.
     pub fn expire(&mut self, now_us: u64) -> Vec<Effect> {
+        let mut out = self.flush(now_us);
         let limit = u64::try_from(self.policy.pending_timeout.as_micros()).unwrap_or(u64::MAX);
         let mut old: Vec<(u64, String)> = self
             .pending
@@ -638,9 +730,11 @@ impl Recorder {
             .map(|(c, p)| (p.since_us, c.clone()))
             .collect();
         old.sort();
-        old.into_iter()
-            .filter_map(|(_, c)| self.unanswered(&c, "no response within the pending timeout"))
-            .collect()
+        out.extend(
+            old.into_iter()
+                .filter_map(|(_, c)| self.unanswered(&c, "no response within the pending timeout")),
+        );
+        out
     }
 
     /// The session ends: what is still pending, then `session.end`.
@@ -651,10 +745,11 @@ impl Recorder {
             .map(|(c, p)| (p.since_us, c.clone()))
             .collect();
         left.sort();
-        let mut out: Vec<Effect> = left
-            .into_iter()
-            .filter_map(|(_, c)| self.unanswered(&c, "the session ended before the response"))
-            .collect();
+        let mut out = self.flush(u64::MAX);
+        out.extend(
+            left.into_iter()
+                .filter_map(|(_, c)| self.unanswered(&c, "the session ended before the response")),
+        );
         let mut r = self.base("session.end", t_us);
         r.detail = record::summary(data);
         if let Some(messages) = data.get("messages").filter(|m| m.is_object()) {

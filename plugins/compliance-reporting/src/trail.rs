@@ -26,7 +26,9 @@
 //! # Durability
 //!
 //! A record is written with one `write(2)` on an `O_APPEND` file when the plugin handles the
-//! line (for a call: when its response, or its blocking verdict, is handled). From then on a
+//! line; a call settles first, [`SETTLE_US`](crate::recorder::SETTLE_US) (300 ms) after its
+//! response, so that the verdicts and findings km delivers after the line join it, and is written
+//! at the next line, event or background tick (every 200 ms) after that. From then on a
 //! SIGKILL of km cannot lose it: the kernel has it. It reaches the disk with the next
 //! `fdatasync`, at most [`Policy::sync_interval`](crate::policy::Policy) later (1 s) and before
 //! every checkpoint is written, so a power loss costs at most that interval. A request whose

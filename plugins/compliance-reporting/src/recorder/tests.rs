@@ -53,6 +53,13 @@ fn written(effects: Vec<Effect>) -> Vec<(Record, Option<Captured>)> {
         .collect()
 }
 
+/// A response, and what settles after it.
+fn respond(r: &mut Recorder, l: Line<'_>) -> Vec<Effect> {
+    let mut out = r.line(&l);
+    out.extend(r.flush(u64::MAX));
+    out
+}
+
 fn one(effects: Vec<Effect>) -> Record {
     let mut w = written(effects);
     assert_eq!(w.len(), 1, "{w:?}");
@@ -71,14 +78,10 @@ fn a_request_and_its_response_are_one_call() {
         "tools/call",
     ));
     assert!(matches!(&effects[..], [Effect::Await(a)] if a.outcome == "unanswered"));
-    let call = one(r.line(&line(
-        2,
-        Direction::Response,
-        MessageKind::RESPONSE,
-        OK,
-        "c:1",
-        "",
-    )));
+    let call = one(respond(
+        &mut r,
+        line(2, Direction::Response, MessageKind::RESPONSE, OK, "c:1", ""),
+    ));
     assert_eq!(call.kind, "call");
     assert_eq!(call.method, "tools/call");
     assert_eq!(call.tool, "lookup_customer");
@@ -99,14 +102,17 @@ fn a_request_and_its_response_are_one_call() {
         "c:2",
         "tools/call",
     ));
-    let err = one(r.line(&line(
-        4,
-        Direction::Response,
-        MessageKind::RESPONSE,
-        ERR,
-        "c:2",
-        "",
-    )));
+    let err = one(respond(
+        &mut r,
+        line(
+            4,
+            Direction::Response,
+            MessageKind::RESPONSE,
+            ERR,
+            "c:2",
+            "",
+        ),
+    ));
     assert_eq!(err.outcome, "error");
     assert_eq!(err.error_code, Some(-32000));
     assert_eq!(r.pending(), 0);
@@ -138,14 +144,17 @@ fn a_blocked_request_is_recorded_from_its_verdict_and_kms_answer_ignored() {
     assert_eq!(call.plugins, ["advanced-filters"]);
     assert_eq!(call.findings, ["secret"]);
     assert_eq!(call.finding_rules, ["aws-access-key-id"]);
-    assert!(written(r.line(&line(
-        2,
-        Direction::Response,
-        MessageKind::RESPONSE,
-        ERR,
-        "c:1",
-        ""
-    )))
+    assert!(written(respond(
+        &mut r,
+        line(
+            2,
+            Direction::Response,
+            MessageKind::RESPONSE,
+            ERR,
+            "c:1",
+            ""
+        )
+    ))
     .is_empty());
 }
 
@@ -165,14 +174,10 @@ fn redactions_of_either_line_mark_the_call() {
         "c:1",
         "tools/call",
     ));
-    let call = one(r.line(&line(
-        2,
-        Direction::Response,
-        MessageKind::RESPONSE,
-        OK,
-        "c:1",
-        "",
-    )));
+    let call = one(respond(
+        &mut r,
+        line(2, Direction::Response, MessageKind::RESPONSE, OK, "c:1", ""),
+    ));
     assert_eq!(call.outcome, "redacted");
     assert_eq!(call.rules, ["email"]);
 
@@ -194,14 +199,10 @@ fn redactions_of_either_line_mark_the_call() {
         &json!({"plugin": "f", "action": "replace", "rules": ["payment-card"], "kind": "response", "correlation_id": "c:2"}),
         3,
     );
-    let call = one(r.line(&line(
-        4,
-        Direction::Response,
-        MessageKind::RESPONSE,
-        OK,
-        "c:2",
-        "",
-    )));
+    let call = one(respond(
+        &mut r,
+        line(4, Direction::Response, MessageKind::RESPONSE, OK, "c:2", ""),
+    ));
     assert_eq!(call.outcome, "redacted");
     assert_eq!(call.findings, ["pii"]);
     // A block of the response wins over everything.
@@ -218,14 +219,17 @@ fn redactions_of_either_line_mark_the_call() {
         &json!({"plugin": "g", "action": "block", "rules": ["poison"], "kind": "response", "correlation_id": "c:3"}),
         5,
     );
-    let call = one(r.line(&line(
-        6,
-        Direction::Response,
-        MessageKind::RESPONSE,
-        ERR,
-        "c:3",
-        "",
-    )));
+    let call = one(respond(
+        &mut r,
+        line(
+            6,
+            Direction::Response,
+            MessageKind::RESPONSE,
+            ERR,
+            "c:3",
+            "",
+        ),
+    ));
     assert_eq!(call.outcome, "blocked");
 }
 
@@ -247,14 +251,10 @@ fn the_member_event_names_the_actor_from_then_on() {
         "c:1",
         "tools/call",
     ));
-    let call = one(r.line(&line(
-        2,
-        Direction::Response,
-        MessageKind::RESPONSE,
-        OK,
-        "c:1",
-        "",
-    )));
+    let call = one(respond(
+        &mut r,
+        line(2, Direction::Response, MessageKind::RESPONSE, OK, "c:1", ""),
+    ));
     assert_eq!(call.actor.member.as_deref(), Some("m-7"));
     assert_eq!(call.actor.user, "alice");
 }
@@ -274,14 +274,10 @@ fn capture_names_the_subject_from_the_policy_or_the_actor() {
         "c:1",
         "tools/call",
     ));
-    let mut w = written(r.line(&line(
-        2,
-        Direction::Response,
-        MessageKind::RESPONSE,
-        OK,
-        "c:1",
-        "",
-    )));
+    let mut w = written(respond(
+        &mut r,
+        line(2, Direction::Response, MessageKind::RESPONSE, OK, "c:1", ""),
+    ));
     let (_, captured) = w.remove(0);
     let captured = captured.expect("captured");
     assert_eq!(captured.subject, "c-42");
@@ -295,14 +291,10 @@ fn capture_names_the_subject_from_the_policy_or_the_actor() {
         "c:2",
         "tools/call",
     ));
-    let mut w = written(r.line(&line(
-        4,
-        Direction::Response,
-        MessageKind::RESPONSE,
-        OK,
-        "c:2",
-        "",
-    )));
+    let mut w = written(respond(
+        &mut r,
+        line(4, Direction::Response, MessageKind::RESPONSE, OK, "c:2", ""),
+    ));
     assert_eq!(w.remove(0).1.expect("captured").subject, "alice@laptop");
     // Without capture nothing is kept.
     let mut plain = recorder(Policy::default());
@@ -314,14 +306,10 @@ fn capture_names_the_subject_from_the_policy_or_the_actor() {
         "c:1",
         "tools/call",
     ));
-    let mut w = written(plain.line(&line(
-        2,
-        Direction::Response,
-        MessageKind::RESPONSE,
-        OK,
-        "c:1",
-        "",
-    )));
+    let mut w = written(respond(
+        &mut plain,
+        line(2, Direction::Response, MessageKind::RESPONSE, OK, "c:1", ""),
+    ));
     assert!(w.remove(0).1.is_none());
 }
 
@@ -438,14 +426,17 @@ fn notifications_events_and_odd_lines_each_get_a_record() {
         "anomaly"
     );
     // A response nobody asked for is still recorded.
-    let odd = one(r.line(&line(
-        9,
-        Direction::Response,
-        MessageKind::RESPONSE,
-        OK,
-        "c:99",
-        "",
-    )));
+    let odd = one(respond(
+        &mut r,
+        line(
+            9,
+            Direction::Response,
+            MessageKind::RESPONSE,
+            OK,
+            "c:99",
+            "",
+        ),
+    ));
     assert!(odd.detail.contains_key("unmatched"));
     // START after begin_session records nothing twice.
     assert!(r
@@ -455,4 +446,80 @@ fn notifications_events_and_odd_lines_each_get_a_record() {
             1
         )
         .is_empty());
+}
+
+#[test]
+fn annotations_that_come_after_the_line_join_the_call() {
+    let mut r = recorder(Policy::default());
+    // km answers a blocked request before the verdict event reaches the plugin.
+    let blocked_answer =
+        br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32050,"message":"blocked by km plugin f"}}"#;
+    assert!(r
+        .line(&line(
+            1,
+            Direction::Response,
+            MessageKind::RESPONSE,
+            blocked_answer,
+            "c:1",
+            ""
+        ))
+        .is_empty());
+    r.event(
+        StreamEventKind::VERDICT,
+        &json!({"plugin": "f", "action": "block", "rules": ["k"], "kind": "request", "direction": "client_to_server",
+                "method": "tools/call", "target": "send", "correlation_id": "c:1"}),
+        1,
+    );
+    // A redacted response, whose verdict and finding come after it.
+    let mut calls = written(r.line(&line(
+        2,
+        Direction::Request,
+        MessageKind::REQUEST,
+        CALL,
+        "c:2",
+        "tools/call",
+    )));
+    assert!(r
+        .line(&line(
+            3,
+            Direction::Response,
+            MessageKind::RESPONSE,
+            OK,
+            "c:2",
+            ""
+        ))
+        .is_empty());
+    r.event(
+        StreamEventKind::PLUGIN,
+        &json!({"plugin": "f", "kind": "finding", "data": {"category": "pii", "rule": "email", "correlation_id": "c:2"}}),
+        3,
+    );
+    r.event(
+        StreamEventKind::VERDICT,
+        &json!({"plugin": "f", "action": "replace", "rules": ["email"], "kind": "response", "correlation_id": "c:2"}),
+        3,
+    );
+    // Nothing is written before the calls settle; then both are, complete.
+    assert!(r.flush(3_000_000).is_empty());
+    calls.extend(written(r.flush(3_000_000 + SETTLE_US)));
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let blocked = &calls[0].0;
+    assert_eq!(blocked.outcome, "blocked");
+    assert_eq!(blocked.tool, "send");
+    assert_eq!(blocked.error_code, Some(-32050));
+    assert!(!blocked.detail.contains_key("unmatched"));
+    let redacted = &calls[1].0;
+    assert_eq!(redacted.outcome, "redacted");
+    assert_eq!(redacted.findings, ["pii"]);
+    // A response nobody claims is written as unmatched once it settled.
+    r.line(&line(
+        5,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        OK,
+        "c:9",
+        "",
+    ));
+    let odd = written(r.flush(u64::MAX));
+    assert!(odd[0].0.detail.contains_key("unmatched"));
 }
