@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod events;
+pub mod exit;
 pub mod gateway;
 pub mod home;
 pub mod host;
@@ -23,16 +24,6 @@ pub mod subscription;
 use std::process::ExitCode;
 
 use clap::Parser;
-
-/// Exit codes km documents (see README): `km monitor` exits with its child's status instead.
-pub mod exit {
-    /// Success; for `verify-plugin`, every plugin verified.
-    pub const OK: u8 = 0;
-    /// A verification said no.
-    pub const REFUSED: u8 = 1;
-    /// A usage, I/O or other error.
-    pub const ERROR: u8 = 2;
-}
 
 /// Parses the command line, runs the command, prints an error chain on failure.
 pub fn main() -> ExitCode {

@@ -2,9 +2,11 @@
 //! return the exit code.
 
 mod config;
+pub mod demo;
 mod init;
 mod install;
 mod list;
+mod monitor;
 mod plugin;
 mod status;
 mod trust;
@@ -38,8 +40,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         quiet: cli.quiet,
     };
     match cli.command {
-        Command::Monitor(args) => crate::monitor::run_command(&globals, args),
-        Command::Demo(args) => crate::monitor::demo::run(&globals, args),
+        Command::Monitor(args) => monitor::run(&globals, args),
+        Command::Demo(args) => demo::run(&globals, args),
         Command::VerifyPlugin(args) => verify::run(&globals, args),
         Command::ListPlugins(args) => list::run(&globals, args),
         Command::Trust(cmd) => trust::run(&globals, cmd),

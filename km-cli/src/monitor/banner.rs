@@ -72,6 +72,26 @@ pub(crate) struct Refused {
     pub(crate) reason: String,
 }
 
+impl Refused {
+    /// A loader refusal as the banner shows it.
+    pub(crate) fn from_refusal(refusal: &crate::loader::Refusal) -> Self {
+        let file = refusal
+            .path
+            .file_name()
+            .unwrap_or(refusal.path.as_os_str())
+            .to_string_lossy();
+        // A refusal about a signature file is about its library: name the library.
+        let file = file
+            .strip_suffix(crate::loader::SIGNATURE_SUFFIX)
+            .unwrap_or(&file);
+        Refused {
+            file: file.to_owned(),
+            check: refusal.check.to_owned(),
+            reason: refusal.reason.clone(),
+        }
+    }
+}
+
 /// The banner: one line per loaded plugin (`✓`) and per refused one (`✗`).
 pub(crate) fn banner(
     plugins: &[std::sync::Arc<LoadedPlugin>],

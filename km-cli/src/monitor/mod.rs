@@ -7,9 +7,10 @@
 //! lifetime, signals and exit status are handled in [`process`]; what km says goes to stderr
 //! ([`banner`]). stdout carries only the server's bytes.
 //!
-//! Plugins come from the loader (verified and loaded before the server starts), are initialized
-//! here with their data directory and settings, and keep their subscriptions refreshed in the
-//! background for the session. `km demo` ([`demo`]) runs all of it against `km-demo-server`.
+//! Plugins come from the loader (verified and loaded before the server starts; the command in
+//! `commands::monitor` does that), are prepared here (initialized with their data directory and
+//! settings, asked what they want, told the session began), and keep their subscriptions
+//! refreshed in the background for the session.
 //!
 //! Exit status: the server's (128+N when signal N ended it); 127 when the command is not found,
 //! 126 when it cannot be executed; 2 for km's own errors.
@@ -19,7 +20,6 @@
 pub mod banner;
 #[doc(hidden)]
 pub mod correlate;
-pub mod demo;
 #[doc(hidden)]
 pub mod dispatch;
 mod frame;
@@ -47,15 +47,10 @@ pub(crate) use self::session::now_ms;
 use self::banner::{Notices, Refused};
 use self::relay::{PumpEnd, PumpReport};
 use self::session::Session;
-use crate::api::ApiClient;
-use crate::cli::MonitorArgs;
-use crate::commands::Globals;
 use crate::config::Config;
 use crate::events::EventBus;
 use crate::gateway::LoadedPlugin;
 use crate::home::KmHome;
-use crate::host::{ApiTransport, Verbosity};
-use crate::loader::{load_plugins, LoadOptions, Refusal, SIGNATURE_SUFFIX};
 use crate::subscription;
 
 /// How long the server may run on after its stdin closed, and after TERM, unless `KM_GRACE_MS`
@@ -65,7 +60,8 @@ const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 /// How long plugins get at the end to empty their queues, and then to shut down.
 const PLUGIN_DEADLINE: Duration = Duration::from_secs(2);
 
-/// A validated `km monitor` configuration.
+/// A validated `km monitor` configuration (made by `commands::monitor` from the command line,
+/// `config.toml` and the environment).
 #[derive(Debug, Clone)]
 pub(crate) struct MonitorConfig {
     /// The server command and its arguments (not empty).
@@ -82,61 +78,42 @@ pub(crate) struct MonitorConfig {
     pub(crate) backpressure: bool,
 }
 
-/// Runs `km monitor`.
-pub fn run_command(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
-    let notices = Notices::new(globals.quiet, globals.verbose);
-    let mut config = MonitorConfig {
-        command: args.command,
-        lossless: args.lossless,
-        grace: grace_from_env()?,
-        queue_capacity: dispatch::QUEUE_CAPACITY,
-        inspect_limit: intercept::DEFAULT_INSPECT_LIMIT,
-        backpressure: true,
-    };
-    if args.no_plugins {
-        return run(&config, Prepared::default(), notices, None);
+impl MonitorConfig {
+    /// The configuration for relaying `command`: km's defaults, `KM_GRACE_MS`, and `[monitor]`
+    /// of `settings` when there are settings (not with `--no-plugins`).
+    pub(crate) fn new(
+        command: Vec<OsString>,
+        lossless: bool,
+        settings: Option<&Config>,
+    ) -> Result<Self> {
+        let monitor = settings.map(|s| s.monitor.clone()).unwrap_or_default();
+        Ok(MonitorConfig {
+            command,
+            lossless,
+            grace: grace_from_env()?,
+            queue_capacity: dispatch::QUEUE_CAPACITY,
+            inspect_limit: monitor
+                .inspect_limit
+                .map_or(intercept::DEFAULT_INSPECT_LIMIT, |l| {
+                    usize::try_from(l).unwrap_or(usize::MAX)
+                }),
+            backpressure: monitor.backpressure.unwrap_or(true),
+        })
     }
-    let settings = Config::load(&globals.home)?;
-    if let Some(limit) = settings.monitor.inspect_limit {
-        config.inspect_limit = usize::try_from(limit).unwrap_or(usize::MAX);
+}
+
+/// `KM_GRACE_MS`, for tests and impatient users; [`DEFAULT_GRACE`] when unset.
+fn grace_from_env() -> Result<Duration> {
+    match std::env::var("KM_GRACE_MS") {
+        Ok(ms) => {
+            let ms: u64 = ms
+                .trim()
+                .parse()
+                .with_context(|| format!("KM_GRACE_MS={ms:?} is not a number of milliseconds"))?;
+            Ok(Duration::from_millis(ms))
+        }
+        Err(_) => Ok(DEFAULT_GRACE),
     }
-    config.backpressure = settings.monitor.backpressure.unwrap_or(true);
-    let api: Option<Arc<dyn ApiTransport>> = match &settings.api_url {
-        Some(url) => Some(Arc::new(ApiClient::new(url)?)),
-        None => None,
-    };
-    let events = EventBus::new();
-    let mut options = LoadOptions::new(
-        args.plugins_dir
-            .clone()
-            .unwrap_or_else(|| globals.home.plugins_dir()),
-        globals.home.clone(),
-    );
-    options.allow_downgrade = args.allow_downgrade;
-    options.verbosity = Verbosity::from_flags(globals.quiet, globals.verbose);
-    options.api = api;
-    options.events = Some(events.clone());
-    let report = load_plugins(&options)?;
-    let refused: Vec<Refused> = report.refused.iter().map(refused).collect();
-    // The refused plugins are also told to the others (an audit trail records them).
-    let session = SessionInfo::new(&config.command);
-    let mut prepared = prepare(
-        report.loaded,
-        refused,
-        globals,
-        &settings,
-        &session,
-        notices,
-    );
-    prepared.events = Some(events);
-    prepared.session = session;
-    // Subscriptions are checked and refreshed in the background for the whole session (a plugin
-    // degrades on its own until it is authorized); dropping the handle stops the refreshers.
-    let plugins: Vec<Arc<LoadedPlugin>> =
-        prepared.plugins.iter().map(|p| p.plugin.clone()).collect();
-    let _refresher = (!plugins.is_empty())
-        .then(|| subscription::start_refresher(&globals.home, &settings, plugins));
-    run(&config, prepared, notices, Some(&globals.home))
 }
 
 /// What identifies a session to the plugins (`begin_session`).
@@ -147,7 +124,8 @@ pub(crate) struct SessionInfo {
 }
 
 impl SessionInfo {
-    fn new(command: &[OsString]) -> Self {
+    /// A new session of the server `command`.
+    pub(crate) fn new(command: &[OsString]) -> Self {
         let mut random = [0u8; 8];
         // An id only needs to be unique, not secret: without randomness, time and pid do.
         if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).is_err() {
@@ -190,55 +168,30 @@ pub(crate) struct Prepared {
     pub(crate) session: SessionInfo,
 }
 
-/// A loader refusal as the banner shows it.
-fn refused(refusal: &Refusal) -> Refused {
-    let file = refusal
-        .path
-        .file_name()
-        .unwrap_or(refusal.path.as_os_str())
-        .to_string_lossy();
-    // A refusal about a signature file is about its library: name the library.
-    let file = file.strip_suffix(SIGNATURE_SUFFIX).unwrap_or(&file);
-    Refused {
-        file: file.to_owned(),
-        check: refusal.check.to_owned(),
-        reason: refusal.reason.clone(),
-    }
-}
-
-/// `KM_GRACE_MS`, for tests and impatient users; [`DEFAULT_GRACE`] when unset.
-fn grace_from_env() -> Result<Duration> {
-    match std::env::var("KM_GRACE_MS") {
-        Ok(ms) => {
-            let ms: u64 = ms
-                .trim()
-                .parse()
-                .with_context(|| format!("KM_GRACE_MS={ms:?} is not a number of milliseconds"))?;
-            Ok(Duration::from_millis(ms))
-        }
-        Err(_) => Ok(DEFAULT_GRACE),
-    }
-}
-
 /// Calls `initialize`, asks each plugin what it wants (intercepting only where its signed
 /// manifest grants it), calls `begin_session`, prints the banner, and returns the plugins that
 /// are ready.
-fn prepare(
+pub(crate) fn prepare(
     plugins: Vec<Arc<LoadedPlugin>>,
     mut refused: Vec<Refused>,
-    globals: &Globals,
+    home: &KmHome,
     settings: &Config,
-    session: &SessionInfo,
+    session: SessionInfo,
+    events: Option<Arc<EventBus>>,
     notices: Notices,
 ) -> Prepared {
     let mut ready = Vec::with_capacity(plugins.len());
     for plugin in plugins {
-        let data_dir = globals.home.plugin_data_dir(plugin.name());
+        let data_dir = home.plugin_data_dir(plugin.name());
         let initialized = KmHome::ensure_private_dir(&data_dir)
             .map_err(|e| ("initialize", format!("{e:#}")))
             .and_then(|()| {
-                let config =
-                    crate::host::plugin_config(&data_dir, settings, plugin.name(), globals.verbose);
+                let config = crate::host::plugin_config(
+                    &data_dir,
+                    settings,
+                    plugin.name(),
+                    notices.verbose(),
+                );
                 plugin.initialize(&config).map_err(|failure| {
                     (
                         "initialize",
@@ -287,8 +240,8 @@ fn prepare(
     Prepared {
         plugins: ready,
         refused,
-        events: None,
-        session: SessionInfo::default(),
+        events,
+        session,
     }
 }
 

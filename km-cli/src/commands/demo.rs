@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 
-use super::banner::Notices;
 use crate::cli::DemoArgs;
 use crate::commands::Globals;
 use crate::home::KmHome;
+use crate::monitor::banner::Notices;
 
 /// The plugins bundled with km: (name, version, crate name of the library). The version is the
 /// one the plugin reports, which its signature must match.
@@ -103,7 +103,7 @@ pub fn run(globals: &Globals, args: DemoArgs) -> Result<ExitCode> {
         monitor.arg("--verbose");
     }
     monitor.arg("monitor").arg("--").arg(&server);
-    let status = Session::start(&mut monitor)?.script(&notices)?;
+    let status = ScriptedClient::start(&mut monitor)?.script(&notices)?;
     ensure!(status == 0, "km monitor exited with status {status}");
     say(&notices, "done: the session ended cleanly (exit status 0)");
     Ok(ExitCode::SUCCESS)
@@ -150,14 +150,14 @@ fn run_tool(cmd: &mut Command, what: &str) -> Result<()> {
 }
 
 /// The scripted MCP client, talking to `km monitor` over its stdio.
-struct Session {
+struct ScriptedClient {
     child: Child,
     stdin: Option<ChildStdin>,
     lines: Receiver<Value>,
     next_id: u64,
 }
 
-impl Session {
+impl ScriptedClient {
     fn start(cmd: &mut Command) -> Result<Self> {
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -179,7 +179,7 @@ impl Session {
                 }
             }
         });
-        Ok(Session {
+        Ok(ScriptedClient {
             child,
             stdin: Some(stdin),
             lines,
