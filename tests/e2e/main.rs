@@ -7,6 +7,7 @@ mod host_events;
 mod intercept;
 mod interop;
 mod loader;
+mod ml_analytics;
 mod monitor;
 mod plugin_commands;
 mod signing;
