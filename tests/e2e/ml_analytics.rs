@@ -659,10 +659,11 @@ fn interop_tools() -> (PathBuf, PathBuf) {
 fn a_real_sdk_session_with_server_everything_is_counted_without_anomalies() {
     let (python, server) = interop_tools();
     let fixture = Fixture::new("pro", true);
-    // The SDK passes the server command only HOME, PATH and the like: KM_HOME is HOME/.km.
+    // The SDK passes the server command only HOME, PATH and the like: KM_HOME is HOME/.km for
+    // the sessions (moved there, as the interop test does, and back for the report).
     let user_home = fixture.env.dir.path().join("user");
     std::fs::create_dir_all(&user_home).expect("user home");
-    std::os::unix::fs::symlink(&fixture.env.home, user_home.join(".km")).expect("HOME/.km");
+    std::fs::rename(&fixture.env.home, user_home.join(".km")).expect("KM_HOME to HOME/.km");
     let client = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/mcp_client.py");
     for _ in 0..2 {
         let output = Command::new(&python)
@@ -678,6 +679,7 @@ fn a_real_sdk_session_with_server_everything_is_counted_without_anomalies() {
             .expect("python runs");
         assert!(output.status.success(), "{}", describe(&output));
     }
+    std::fs::rename(user_home.join(".km"), &fixture.env.home).expect("HOME/.km back to KM_HOME");
     let report = fixture.report(&[]);
     assert_eq!(tool(&report, "echo")["calls"], 2, "{report:#}");
     let long = tool(&report, "trigger-long-running-operation");
