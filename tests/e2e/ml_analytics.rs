@@ -113,7 +113,15 @@ impl Fixture {
 
     /// Starts `km monitor -- km-test-mcp-server`.
     fn session(&self) -> Client {
+        self.session_with(&[])
+    }
+
+    /// [`Fixture::session`] with extra environment variables.
+    fn session_with(&self, vars: &[(&str, &Path)]) -> Client {
         let mut cmd = self.env.km();
+        for (name, value) in vars {
+            cmd.env(name, value);
+        }
         cmd.arg("monitor")
             .arg("--")
             .arg(bin_dir().join("km-test-mcp-server"))
@@ -421,7 +429,13 @@ fn a_slow_call_an_error_burst_and_a_first_time_tool_each_raise_one_anomaly() {
     assert!(ok, "{stderr}");
     assert_eq!(fixture.report(&[])["anomalies"], json!([]));
 
-    let mut client = fixture.session();
+    // console-logger logs the events other plugins emit: ml-analytics' anomalies must be there.
+    fixture.env.install("console-logger", "console-logger");
+    let events = fixture.env.dir.path().join("console-logger.jsonl");
+    let mut client = fixture.session_with(&[
+        ("KM_CONSOLE_LOGGER_OUTPUT", &events),
+        ("KM_CONSOLE_LOGGER_FORMAT", Path::new("json")),
+    ]);
     for _ in 0..5 {
         client.call("work", json!({"delay_ms": 20}));
     }
@@ -469,6 +483,26 @@ fn a_slow_call_an_error_burst_and_a_first_time_tool_each_raise_one_anomaly() {
     let work = tool(&report, "work");
     assert_eq!(work["calls"], 25 + 16);
     assert_eq!(work["errors_by_type"]["rpc"]["-32603"], 10, "{work}");
+    // Each is an `anomaly` event through km, as the other plugins receive it.
+    let log = std::fs::read_to_string(&events).expect("console-logger's log");
+    let mut emitted: Vec<String> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["event"] == "plugin" && e["data"]["plugin"] == "ml-analytics")
+        .map(|e| {
+            assert_eq!(e["data"]["kind"], "anomaly", "{e}");
+            e["data"]["data"]["kind"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    emitted.sort();
+    assert_eq!(
+        emitted,
+        ["error_rate", "first_time_tool", "latency"],
+        "{log}"
+    );
     // The records are in the data directory.
     let records: usize = std::fs::read_dir(fixture.data_dir().join("anomalies"))
         .expect("the anomalies directory")
