@@ -123,17 +123,24 @@ impl Framer {
 
     /// Reads once from `input` into the buffer; returns how many bytes came (0 at end of stream).
     /// The bytes are then available from [`Framer::fresh`] until the next read.
-    #[allow(unsafe_code)]
+    #[cfg(test)]
     pub(crate) fn fill(&mut self, input: impl AsFd) -> io::Result<usize> {
+        self.fill_up_to(input, CHUNK)
+    }
+
+    /// [`Framer::fill`] with room for `room` bytes: a packet socket hands over a whole packet per
+    /// read and drops what does not fit, so the relay asks for the size of the next packet.
+    #[allow(unsafe_code)]
+    pub(crate) fn fill_up_to(&mut self, input: impl AsFd, room: usize) -> io::Result<usize> {
         let start = self.buf.len();
         self.fresh = start;
-        self.buf.reserve(CHUNK);
+        self.buf.reserve(room);
         // The read lands in the buffer's spare room as it is, without zeroing 64 KiB first (that
         // memset cost more than a small read itself).
-        let spare = &mut self.buf.spare_capacity_mut()[..CHUNK];
+        let spare = &mut self.buf.spare_capacity_mut()[..room];
         let n = rustix::io::read(input, spare)?.0.len();
         // SAFETY: `read` initialised the first `n` bytes of the spare room (it returned them as
-        // the initialised part of that slice), and `n <= CHUNK <= spare capacity`, so the buffer's
+        // the initialised part of that slice), and `n <= room <= spare capacity`, so the buffer's
         // first `start + n` bytes are initialised.
         unsafe { self.buf.set_len(start + n) };
         self.share = n >= SHARE_FROM;

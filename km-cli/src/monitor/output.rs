@@ -10,8 +10,10 @@
 //! when the stream ended inside a line), so an answer is not lost.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+
+use super::relay::End;
 
 #[derive(Debug)]
 struct State {
@@ -30,7 +32,8 @@ struct State {
 pub(crate) struct Output {
     /// `None` once closed (the peer sees the end of the stream then, not when the last of the
     /// two pumps lets go of this).
-    file: RwLock<Option<File>>,
+    /// Written through [`End`], whatever kind of file the client gave (issue 10).
+    file: RwLock<Option<End>>,
     state: Mutex<State>,
     /// Signalled when `busy` is cleared: the owner waits for an injected line being written.
     idle: Condvar,
@@ -40,7 +43,7 @@ impl Output {
     /// Wraps `file`.
     pub(crate) fn new(file: File) -> Self {
         Output {
-            file: RwLock::new(Some(file)),
+            file: RwLock::new(Some(End::new(file))),
             state: Mutex::new(State {
                 at_boundary: true,
                 busy: false,
@@ -59,7 +62,7 @@ impl Output {
     fn write_file(&self, bytes: &[u8]) -> io::Result<()> {
         let file = self.file.read().unwrap_or_else(PoisonError::into_inner);
         match file.as_ref() {
-            Some(mut file) => file.write_all(bytes),
+            Some(file) => file.write_all(bytes),
             None => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
         }
     }
@@ -150,10 +153,14 @@ impl Output {
     }
 
     fn drop_file(&self) {
-        self.file
+        let file = self
+            .file
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        if let Some(file) = file {
+            file.finish();
+        }
     }
 }
 

@@ -36,7 +36,7 @@ use crate::monitor::dispatch::Envelope;
 use crate::monitor::frame::{Ending, Frame, Framer};
 use crate::monitor::jsonrpc::{self, Scan, Text};
 use crate::monitor::output::Output;
-use crate::monitor::relay::{PumpEnd, PumpReport};
+use crate::monitor::relay::{End, PumpEnd, PumpReport};
 use crate::monitor::session::{now_us, Numbered, Observed, Session};
 
 /// Forwarded bytes are written once this many wait (a long line streaming through).
@@ -45,7 +45,8 @@ const WRITE_FROM: usize = 1024 * 1024;
 /// Everything an intercepting pump needs (see the module documentation).
 pub(crate) struct Pump {
     direction: Direction,
-    input: File,
+    /// Read through [`End`], whatever kind of file the client gave (issue 10).
+    input: End,
     framer: Framer,
     output: Arc<Output>,
     /// The other direction's output: answers to blocked requests go there.
@@ -183,7 +184,7 @@ pub(crate) fn start(parts: Parts) {
     let limit = parts.chain.limit();
     let pump = Box::new(Pump {
         direction: parts.direction,
-        input: parts.input,
+        input: End::new(parts.input),
         framer: Framer::keeping_oversize(limit),
         output: parts.output,
         peer: parts.peer,
@@ -363,12 +364,7 @@ impl Pump {
     }
 
     fn read(&mut self) {
-        let n = loop {
-            match self.framer.fill(&self.input) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => break other,
-            }
-        };
+        let n = self.input.fill(&mut self.framer);
         self.read_at = Instant::now();
         self.timestamp_us = now_us();
         match n {
