@@ -9,10 +9,15 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::net::TcpStream;
+use std::io::{BufRead as _, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
@@ -452,4 +457,226 @@ fn http(base: &str, method: &str, path: &str) -> (u16, String) {
         .unwrap_or(0);
     let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (status, body)
+}
+
+/// How a test hands a process its stdin and stdout, as the two kinds of MCP client do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientStdio {
+    /// Anonymous pipes: what Python's `subprocess`, shells and most test harnesses use.
+    Pipes,
+    /// One Unix stream socketpair for stdin and one for stdout: what Node (libuv) gives a child
+    /// for `stdio: 'pipe'`, and so every MCP client built on Node or Electron.
+    SocketPairs,
+}
+
+impl ClientStdio {
+    /// Both kinds, for tests that run once per kind.
+    pub const ALL: [ClientStdio; 2] = [ClientStdio::Pipes, ClientStdio::SocketPairs];
+}
+
+/// The client's end of a process's stdin.
+pub enum ClientStdin {
+    /// A pipe; `None` once ended.
+    Pipe(Option<ChildStdin>),
+    /// A socket; it stays open after [`ClientStdin::end`], as Node's does until the child exits.
+    Socket(UnixStream),
+}
+
+impl ClientStdin {
+    /// Ends the input the way this kind of client does: a pipe is closed; a socket is shut down
+    /// for writing (what libuv's `uv_shutdown` does when a Node client calls `stdin.end()`) and
+    /// kept open, so the process sees end of input while the descriptor still exists.
+    pub fn end(&mut self) {
+        match self {
+            ClientStdin::Pipe(pipe) => drop(pipe.take()),
+            ClientStdin::Socket(socket) => {
+                let _ = socket.shutdown(Shutdown::Write);
+            }
+        }
+    }
+}
+
+impl Write for ClientStdin {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            ClientStdin::Pipe(Some(pipe)) => pipe.write(buf),
+            ClientStdin::Pipe(None) => Err(std::io::ErrorKind::BrokenPipe.into()),
+            ClientStdin::Socket(socket) => socket.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The client's end of a process's stdout.
+pub enum ClientStdout {
+    /// A pipe.
+    Pipe(ChildStdout),
+    /// A socket.
+    Socket(UnixStream),
+}
+
+impl Read for ClientStdout {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ClientStdout::Pipe(pipe) => pipe.read(buf),
+            ClientStdout::Socket(socket) => socket.read(buf),
+        }
+    }
+}
+
+/// A child process that a watchdog kills when it runs past a limit, so that a test of
+/// something that hangs fails with a message instead of hanging the suite. Made by
+/// [`Watched::spawn`] or [`spawn_client`].
+pub struct Watched {
+    child: Arc<Mutex<Child>>,
+    killed: Arc<AtomicBool>,
+    disarm: Option<mpsc::Sender<()>>,
+    watchdog: Option<JoinHandle<()>>,
+    limit: Duration,
+}
+
+impl Watched {
+    /// Starts `cmd` (its stdio as the caller set it) and arms the watchdog.
+    pub fn spawn(cmd: &mut Command, limit: Duration) -> Self {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+        Self::watch(child, limit)
+    }
+
+    fn watch(child: Child, limit: Duration) -> Self {
+        let child = Arc::new(Mutex::new(child));
+        let killed = Arc::new(AtomicBool::new(false));
+        let (disarm, disarmed) = mpsc::channel::<()>();
+        let watchdog = {
+            let child = Arc::clone(&child);
+            let killed = Arc::clone(&killed);
+            std::thread::spawn(move || {
+                if let Err(mpsc::RecvTimeoutError::Timeout) = disarmed.recv_timeout(limit) {
+                    killed.store(true, Ordering::SeqCst);
+                    // `Child::kill` does nothing once the child has been reaped, so this can
+                    // never signal a process that reused the pid.
+                    let _ = child.lock().expect("the child's lock").kill();
+                }
+            })
+        };
+        Watched {
+            child,
+            killed,
+            disarm: Some(disarm),
+            watchdog: Some(watchdog),
+            limit,
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.lock().expect("the child's lock").id()
+    }
+
+    /// Takes the child's piped stdin.
+    pub fn take_stdin(&self) -> Option<ChildStdin> {
+        self.child.lock().expect("the child's lock").stdin.take()
+    }
+
+    /// Takes the child's piped stdout.
+    pub fn take_stdout(&self) -> Option<ChildStdout> {
+        self.child.lock().expect("the child's lock").stdout.take()
+    }
+
+    /// Takes the child's piped stderr.
+    pub fn take_stderr(&self) -> Option<std::process::ChildStderr> {
+        self.child.lock().expect("the child's lock").stderr.take()
+    }
+
+    /// Whether the watchdog had to kill the process.
+    pub fn was_killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
+    /// The exit status, if the process has exited (it is reaped then).
+    pub fn try_wait(&self) -> Option<ExitStatus> {
+        self.child
+            .lock()
+            .expect("the child's lock")
+            .try_wait()
+            .expect("try_wait")
+    }
+
+    /// Waits for the process to exit and returns its status; panics, naming `what` and showing
+    /// `details()`, if the watchdog had to kill it.
+    pub fn wait(&self, what: &str, details: impl FnOnce() -> String) -> ExitStatus {
+        let status = loop {
+            if let Some(status) = self.try_wait() {
+                break status;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert!(
+            !self.was_killed(),
+            "{what}: the process hung: it had not finished after {:?} and was killed\n{}",
+            self.limit,
+            details()
+        );
+        status
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        drop(self.disarm.take());
+        if let Some(watchdog) = self.watchdog.take() {
+            let _ = watchdog.join();
+        }
+        if let Ok(mut child) = self.child.lock() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Starts `cmd` with its stdin and stdout of the kind `stdio` (stderr as the caller set it),
+/// watched by a watchdog that kills it after `limit`. Returns it with the client's ends.
+pub fn spawn_client(
+    mut cmd: Command,
+    stdio: ClientStdio,
+    limit: Duration,
+) -> (Watched, ClientStdin, ClientStdout) {
+    match stdio {
+        ClientStdio::Pipes => {
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+            let mut child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+            let stdin = child.stdin.take().expect("stdin is piped");
+            let stdout = child.stdout.take().expect("stdout is piped");
+            (
+                Watched::watch(child, limit),
+                ClientStdin::Pipe(Some(stdin)),
+                ClientStdout::Pipe(stdout),
+            )
+        }
+        ClientStdio::SocketPairs => {
+            let (stdin, theirs_in) = UnixStream::pair().expect("a socketpair for stdin");
+            let (stdout, theirs_out) = UnixStream::pair().expect("a socketpair for stdout");
+            cmd.stdin(Stdio::from(OwnedFd::from(theirs_in)))
+                .stdout(Stdio::from(OwnedFd::from(theirs_out)));
+            let child = cmd
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+            // The command holds the child's ends until it is dropped: they must go now, or the
+            // child would never see the end of its input.
+            drop(cmd);
+            (
+                Watched::watch(child, limit),
+                ClientStdin::Socket(stdin),
+                ClientStdout::Socket(stdout),
+            )
+        }
+    }
 }
