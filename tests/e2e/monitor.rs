@@ -1,12 +1,13 @@
 //! `km monitor` end to end: the real `km` binary relaying between a test client (this process)
-//! and a real child process. Topics: the relay's bytes ([`relay`]), the child's lifetime
-//! ([`process`]), real signed plugins watching and misbehaving ([`plugins`]), and `km demo`
-//! ([`demo`]).
+//! and a real child process. Topics: the relay's bytes ([`relay`]), on every kind of stdio a
+//! client may hand km ([`stdio`]), the child's lifetime ([`process`]), real signed plugins
+//! watching and misbehaving ([`plugins`]), and `km demo` ([`demo`]).
 
 mod demo;
 mod plugins;
 mod process;
 mod relay;
+mod stdio;
 
 pub(crate) use relay::mixed_messages;
 
