@@ -4,6 +4,7 @@
 mod abi_compat;
 mod distribution;
 mod host_events;
+mod inspector;
 mod intercept;
 mod interop;
 mod loader;
