@@ -4,9 +4,15 @@
 //! `write`, as a client does; a reader thread reads everything back; the bytes that came back are
 //! compared with those sent. km's peak RSS (VmHWM) is read while it still runs, just before its
 //! stdin is closed.
+//!
+//! The relay without plugins runs twice: with pipes as stdin and stdout, and with the Unix
+//! stream socketpairs that Node-based clients hand their servers (issue 10; km copies instead of
+//! splicing there), each against `cat | cat` given the same kind of stdio.
 
 use std::io::{Read, Write};
-use std::process::Command;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -80,6 +86,45 @@ pub(crate) struct Pass {
     pub(crate) peak_rss_kb: Option<u64>,
 }
 
+/// What the relay gets as stdin and stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientStdio {
+    /// Pipes, as Python's `subprocess` and shells give.
+    Pipes,
+    /// A Unix stream socketpair each, as Node gives.
+    SocketPairs,
+}
+
+/// A started relay and the client's ends of its stdin and stdout.
+type Spawned = (Child, Box<dyn Write + Send>, Box<dyn Read + Send>);
+
+/// Starts `cmd` with stdio of the kind `stdio` (stderr to `log`).
+fn spawn(cmd: &mut Command, stdio: ClientStdio, log: &std::path::Path) -> Result<Spawned> {
+    match stdio {
+        ClientStdio::Pipes => {
+            let mut child = spawn_piped(cmd, log)?;
+            let stdin = child.stdin.take().context("no stdin")?;
+            let stdout = child.stdout.take().context("no stdout")?;
+            Ok((child, Box::new(stdin), Box::new(stdout)))
+        }
+        ClientStdio::SocketPairs => {
+            let (stdin, theirs_in) = UnixStream::pair().context("socketpair")?;
+            let (stdout, theirs_out) = UnixStream::pair().context("socketpair")?;
+            let log = std::fs::File::create(log)
+                .with_context(|| format!("creating {}", log.display()))?;
+            let child = cmd
+                .stdin(Stdio::from(OwnedFd::from(theirs_in)))
+                .stdout(Stdio::from(OwnedFd::from(theirs_out)))
+                .stderr(Stdio::from(log))
+                .spawn()
+                .with_context(|| format!("starting {cmd:?}"));
+            // The command holds the child's ends until told otherwise: let them go.
+            cmd.stdin(Stdio::null()).stdout(Stdio::null());
+            Ok((child?, Box::new(stdin), Box::new(stdout)))
+        }
+    }
+}
+
 /// Sends `msgs` through the process `cmd` (which must echo them), checks what came back.
 pub(crate) fn pass(
     cmd: &mut Command,
@@ -87,11 +132,20 @@ pub(crate) fn pass(
     expected: &[u8],
     log: &std::path::Path,
 ) -> Result<Pass> {
-    let mut child = spawn_piped(cmd, log)?;
+    pass_with(cmd, ClientStdio::Pipes, msgs, expected, log)
+}
+
+/// [`pass`] with stdio of the kind `stdio`.
+pub(crate) fn pass_with(
+    cmd: &mut Command,
+    stdio: ClientStdio,
+    msgs: &[Vec<u8>],
+    expected: &[u8],
+    log: &std::path::Path,
+) -> Result<Pass> {
+    let (mut child, mut stdin, mut stdout) = spawn(cmd, stdio, log)?;
     let _watchdog = Watchdog::arm(&child, Duration::from_secs(60));
     let pid = child.id();
-    let mut stdin = child.stdin.take().context("no stdin")?;
-    let mut stdout = child.stdout.take().context("no stdout")?;
     let total = expected.len();
     let start = Instant::now();
     let (seconds, back, stdin) = thread::scope(|s| -> Result<(f64, Vec<u8>, _)> {
@@ -157,6 +211,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
     );
     let log = env.dir.path().join("relay-stderr.log");
     let mut times: [Vec<f64>; 3] = Default::default();
+    let mut socket_times: [Vec<f64>; 2] = Default::default();
     let mut rss = 0u64;
     for _ in 0..reps {
         let mut base = env.command(std::path::Path::new("sh"));
@@ -164,6 +219,12 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
         times[0].push(pass(&mut base, &msgs, &expected, &log)?.seconds);
         let mut bare = env.km_monitor(false, &["cat"]);
         times[1].push(pass(&mut bare, &msgs, &expected, &log)?.seconds);
+        let sockets = ClientStdio::SocketPairs;
+        let mut base = env.command(std::path::Path::new("sh"));
+        base.args(["-c", "cat | cat"]);
+        socket_times[0].push(pass_with(&mut base, sockets, &msgs, &expected, &log)?.seconds);
+        let mut bare = env.km_monitor(false, &["cat"]);
+        socket_times[1].push(pass_with(&mut bare, sockets, &msgs, &expected, &log)?.seconds);
         let mut full = env.km_monitor(true, &["cat"]);
         let p = pass(
             &mut full,
@@ -191,16 +252,24 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
         eprintln!("relay: warning: km's banner does not name console-logger:\n{plugins_log}");
     }
     let [base, bare, full] = times.map(|mut t| median(&mut t));
+    let [socket_base, socket_bare] = socket_times.map(|mut t| median(&mut t));
     let rate = |s: f64| format!("{:.0} MB/s, {:.0} msg/s", mb / s, n as f64 / s);
-    for (label, t, target) in [
-        ("throughput, no plugins", bare, 1.5),
-        ("throughput, bundled plugins", full, 3.0),
+    for (label, t, baseline, target) in [
+        ("throughput, no plugins", bare, ("cat|cat", base), 1.5),
+        (
+            "throughput, no plugins, socketpair stdio",
+            socket_bare,
+            ("cat|cat on socketpairs", socket_base),
+            1.5,
+        ),
+        ("throughput, bundled plugins", full, ("cat|cat", base), 3.0),
     ] {
+        let (name, base) = baseline;
         report.add(Row {
             section: "relay",
             figure: label.to_owned(),
             value: rate(t),
-            baseline: format!("cat|cat {}", rate(base)),
+            baseline: format!("{name} {}", rate(base)),
             ratio: Some(t / base),
             target: Some((format!("time <= {target}x"), t / base <= target)),
         });
