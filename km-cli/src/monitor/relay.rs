@@ -69,6 +69,8 @@
 //! - A socket that was never connected (or a listening one) given as stdin or stdout says
 //!   `ENOTCONN` (`EINVAL` when a Unix stream socket is read): a mistake of the caller's, which
 //!   is reported as a read or write failure with the system's words, never taken for an end.
+//! - `SIGPIPE` stays ignored (Rust's default; km never restores it), so a write to a pipe or
+//!   socket whose reader left returns `EPIPE` instead of killing km.
 //! - `F_SETPIPE_SZ` is only ever applied to the child's pipes ([`super::process`]), never to
 //!   km's stdin or stdout; km uses no `tee(2)`.
 
