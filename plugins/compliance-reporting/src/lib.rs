@@ -47,10 +47,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use km_plugin_sdk::abi::Verdict;
 use km_plugin_sdk::auth::now_unix;
 use km_plugin_sdk::{
-    AuthResponse, CommandOutput, Host, Interest, Message, Plugin, PluginConfig, PluginError,
-    SessionInfo, StreamEvent, Subscription, SubscriptionState, Tier,
+    AuthResponse, CommandOutput, Directions, Host, InterceptContext, Interest, KindSet, Message,
+    Plugin, PluginConfig, PluginError, SessionInfo, StreamEvent, Subscription, SubscriptionState,
+    Tier, VerdictAction,
 };
 
 pub use error::Error;
@@ -65,8 +67,11 @@ km_plugin_sdk::credentials_region!();
 pub const NAME: &str = "compliance-reporting";
 /// Inputs held in memory while the first authentication is pending.
 const MAX_EARLY: usize = 10_000;
+/// The write-ahead hook's place in the chain of interceptors: after every other, so that what
+/// it records is what km forwards.
+const WRITE_AHEAD_PRIORITY: i32 = 1_000_000;
 /// How often the background thread looks at the clock.
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(50);
 
 /// The OS user and host km runs as.
 pub fn local_actor() -> Actor {
@@ -96,6 +101,10 @@ pub(crate) struct Shared {
     pub(crate) recording: Mutex<Option<Recording>>,
     /// Set when the trail cannot be opened, so that the warning is given once.
     pub(crate) broken: AtomicBool,
+    /// Set while records cannot be written (cleared by the next one that is).
+    pub(crate) failing: AtomicBool,
+    /// The policy's `write_ahead`, read on every line.
+    write_ahead: AtomicBool,
     early: Mutex<Vec<Input>>,
     stop: (Mutex<bool>, Condvar),
 }
@@ -266,6 +275,8 @@ impl Plugin for ComplianceReporting {
                 api: AtomicBool::new(false),
                 recording: Mutex::new(None),
                 broken: AtomicBool::new(false),
+                failing: AtomicBool::new(false),
+                write_ahead: AtomicBool::new(false),
                 early: Mutex::new(Vec::new()),
                 stop: (Mutex::new(false), Condvar::new()),
             }),
@@ -306,6 +317,9 @@ impl Plugin for ComplianceReporting {
                 Policy::default()
             }
         };
+        self.shared
+            .write_ahead
+            .store(policy.write_ahead, Ordering::Relaxed);
         if let Ok(mut p) = self.shared.policy.lock() {
             *p = policy;
         }
@@ -313,7 +327,34 @@ impl Plugin for ComplianceReporting {
     }
 
     fn interest(&self) -> Interest {
+        if self.shared.write_ahead.load(Ordering::Relaxed) {
+            // Every line, both ways, passed after the others have decided; observing still,
+            // for the stream events (lines are recorded in `intercept`, not twice).
+            return Interest::interceptor(Directions::BOTH)
+                .kinds(KindSet::ALL)
+                .priority(WRITE_AHEAD_PRIORITY)
+                .max_line(0, VerdictAction::PASS)
+                .observe(true)
+                .lossless(true);
+        }
         Interest::observer().lossless(true)
+    }
+
+    fn intercept(
+        &self,
+        message: &Message<'_>,
+        _context: &InterceptContext<'_>,
+    ) -> Result<Verdict, PluginError> {
+        if self.shared.write_ahead.load(Ordering::Relaxed) {
+            self.shared.feed(Input::line(message));
+            if self.shared.broken.load(Ordering::Relaxed)
+                || self.shared.failing.load(Ordering::Relaxed)
+            {
+                // The trail cannot take it: fail closed rather than let unrecorded traffic by.
+                return Err(PluginError::failed("the audit trail cannot be written"));
+            }
+        }
+        Ok(Verdict::pass())
     }
 
     fn begin_session(&self, info: &SessionInfo) -> Result<(), PluginError> {
@@ -323,7 +364,10 @@ impl Plugin for ComplianceReporting {
     }
 
     fn handle_message(&self, message: &Message<'_>) -> Result<(), PluginError> {
-        self.shared.feed(Input::line(message));
+        // With write-ahead the line was recorded before it was forwarded.
+        if !self.shared.write_ahead.load(Ordering::Relaxed) {
+            self.shared.feed(Input::line(message));
+        }
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! checkpoint_interval = "60s"     # signed checkpoints while a session runs (and at its end)
 //! skip_notifications = ["notifications/progress"]   # notifications not recorded (this default)
 //! personal_data_categories = ["pii"]                # finding categories GDPR reports treat as personal data
+//! write_ahead = false             # record every line before km forwards it (see below)
 //!
 //! [capture]                       # content capture, encrypted per data subject (default off)
 //! enabled = true
@@ -23,6 +24,13 @@
 //! when the path finds nothing, the subject is the actor (member id, else `user@host`). The
 //! subset is hand-written (40 lines) because that is all a subject rule needs, and a general
 //! JSONPath engine would bring filter expressions nobody can audit in a policy.
+//!
+//! `write_ahead = true` makes the plugin record each line from km's interception hook, before
+//! the line is forwarded, instead of after (it passes every line, last in the chain, so it records
+//! what goes out): then no line reaches the client or the server that a SIGKILL of km could keep
+//! out of the trail, and a line the trail cannot take is blocked (km fails closed). It needs the
+//! `intercept` capability in the plugin's signed manifest, and costs each line the time of one
+//! append to the session's journal.
 //!
 //! Durations use humantime's syntax (`90s`, `15m`, `365d`). Unknown keys are refused, naming the
 //! key, so that a typo cannot silently turn capture or retention off.
@@ -54,6 +62,8 @@ pub struct Policy {
     pub pending_timeout: Duration,
     /// The largest number of records in one segment before a new one starts.
     pub segment_records: u64,
+    /// Record lines before km forwards them (from the interception hook).
+    pub write_ahead: bool,
     /// Content capture.
     pub capture: Capture,
 }
@@ -93,6 +103,7 @@ impl Default for Policy {
             personal_data_categories: vec!["pii".to_owned()],
             pending_timeout: Duration::from_secs(300),
             segment_records: 100_000,
+            write_ahead: false,
             capture: Capture {
                 enabled: false,
                 max_bytes: 1024 * 1024,
@@ -113,6 +124,7 @@ struct RawPolicy {
     personal_data_categories: Option<Vec<String>>,
     pending_timeout: Option<String>,
     segment_records: Option<u64>,
+    write_ahead: Option<bool>,
     capture: Option<RawCapture>,
 }
 
@@ -175,6 +187,7 @@ impl Policy {
         if let Some(n) = raw.segment_records {
             policy.segment_records = n.max(1);
         }
+        policy.write_ahead = raw.write_ahead.unwrap_or(false);
         if let Some(capture) = raw.capture {
             policy.capture.enabled = capture.enabled;
             if let Some(max) = capture.max_bytes {

@@ -42,7 +42,10 @@ const MAX_EARLY: usize = 4096;
 const MAX_CLOSED: usize = 1024;
 /// How long a call waits after its response for the verdicts and findings km delivers after the
 /// line (microseconds). Part of the durability point: see [`crate::trail`].
-pub const SETTLE_US: u64 = 300_000;
+pub const SETTLE_US: u64 = 100_000;
+/// Calls written recently, remembered so that an annotation arriving after its call was
+/// written still reaches the trail (as its own record).
+const MAX_WRITTEN: usize = 1024;
 
 /// One line as the recorder needs it.
 #[derive(Debug, Clone, Copy)]
@@ -81,9 +84,10 @@ pub struct Captured {
 pub enum Effect {
     /// Append this record (sealing the content first, if any).
     Write(Record, Option<Captured>),
-    /// Note in the session's journal that this call awaits its response (the record it would be
-    /// if none came).
-    Await(Record),
+    /// Note in the session's journal the record this call would be if km died now: the
+    /// `unanswered` call while its request waits, the complete call while it settles. The next
+    /// session writes the last one noted for each call a killed km did not write.
+    Journal(Record),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -178,6 +182,7 @@ pub struct Recorder {
     early_order: VecDeque<String>,
     closed: VecDeque<String>,
     settling: Vec<Settling>,
+    written: VecDeque<String>,
 }
 
 fn strings(value: &Value) -> Vec<String> {
@@ -223,6 +228,7 @@ impl Recorder {
             early_order: VecDeque::new(),
             closed: VecDeque::new(),
             settling: Vec::new(),
+            written: VecDeque::new(),
         }
     }
 
@@ -266,6 +272,37 @@ impl Recorder {
         }
         let mut r = self.base("session.start", t_us);
         r.detail = detail;
+        vec![Effect::Write(r, None)]
+    }
+
+    fn remember_written(&mut self, corr: &str) {
+        if corr.is_empty() {
+            return;
+        }
+        if self.written.len() >= MAX_WRITTEN {
+            self.written.pop_front();
+        }
+        self.written.push_back(corr.to_owned());
+    }
+
+    /// An annotation for a call already written: its own record, naming the call.
+    fn late(&self, kind: &str, corr: &str, notes: &Notes, data: &Value, t_us: u64) -> Vec<Effect> {
+        let mut r = self.base(kind, t_us);
+        r.corr = corr.to_owned();
+        r.outcome = if notes.blocked {
+            "blocked"
+        } else if notes.redacted {
+            "redacted"
+        } else {
+            ""
+        }
+        .to_owned();
+        notes.apply(&mut r);
+        r.detail = record::summary(data);
+        r.detail.insert(
+            "late".into(),
+            json!("arrived after its call was written; the call is the record with the same corr"),
+        );
         vec![Effect::Write(r, None)]
     }
 
@@ -391,7 +428,7 @@ impl Recorder {
                 cancelled: false,
             },
         );
-        vec![Effect::Await(awaiting)]
+        vec![Effect::Journal(awaiting)]
     }
 
     fn response(&mut self, line: &Line<'_>) -> Vec<Effect> {
@@ -453,6 +490,9 @@ impl Recorder {
             text.extend_from_slice(line.bytes);
             Some(Captured { subject, text })
         });
+        let mut provisional = record.clone();
+        provisional.outcome = outcome(&notes, line.is_error).to_owned();
+        notes.apply(&mut provisional);
         self.settling.push(Settling {
             due_us,
             record,
@@ -461,7 +501,7 @@ impl Recorder {
             is_error: line.is_error,
             unmatched: false,
         });
-        Vec::new()
+        vec![Effect::Journal(provisional)]
     }
 
     /// Calls whose settle time has come (all of them with `u64::MAX`), written.
@@ -473,6 +513,9 @@ impl Recorder {
             .into_iter()
             .partition(|s| s.due_us <= now_us);
         self.settling = keep;
+        for s in &due {
+            self.remember_written(&s.record.corr);
+        }
         due.into_iter()
             .map(|s| {
                 let mut record = s.record;
@@ -626,9 +669,12 @@ impl Recorder {
             self.close(&corr);
             return vec![Effect::Write(r, None)];
         }
-        match self.pending.get_mut(&corr) {
-            Some(p) => p.notes.merge(notes),
-            None => self.remember_early(&corr, notes),
+        if let Some(p) = self.pending.get_mut(&corr) {
+            p.notes.merge(notes);
+        } else if self.written.contains(&corr) {
+            return self.late("verdict", &corr, &notes, data, t_us);
+        } else {
+            self.remember_early(&corr, notes);
         }
         Vec::new()
     }
@@ -693,6 +739,8 @@ impl Recorder {
             p.notes.merge(notes);
         } else if let Some(s) = self.settling.iter_mut().find(|s| s.record.corr == corr) {
             s.notes.merge(notes);
+        } else if self.written.contains(&corr) {
+            return self.late("finding", &corr, &notes, data, t_us);
         } else {
             self.remember_early(&corr, notes);
         }

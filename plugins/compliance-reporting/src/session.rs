@@ -157,6 +157,10 @@ fn start(shared: &Shared, input: &Input) -> Result<Recording, crate::Error> {
 
 impl Recording {
     fn apply(&mut self, shared: &Shared, effects: Vec<Effect>) {
+        // Whether this input's effects all reached the trail (write-ahead blocks the line if not).
+        shared
+            .failing
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         for effect in effects {
             match effect {
                 Effect::Write(mut record, captured) => {
@@ -164,6 +168,9 @@ impl Recording {
                         self.seal(shared, &mut record, &captured.subject, &captured.text);
                     }
                     if let Err(e) = self.writer.append(&record) {
+                        shared
+                            .failing
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
                         self.failures += 1;
                         if self.failures == 1 || self.failures % 1000 == 0 {
                             shared.host.warn(&format!(
@@ -189,10 +196,16 @@ impl Recording {
                         }
                     }
                 }
-                Effect::Await(record) => {
+                Effect::Journal(record) => {
                     if let Some(journal) = &mut self.journal {
-                        if let Err(e) = journal.open(&record) {
-                            shared.host.debug(&format!("{NAME}: session journal: {e}"));
+                        match journal.open(&record) {
+                            Ok(()) => {}
+                            Err(e) => {
+                                shared
+                                    .failing
+                                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                                shared.host.debug(&format!("{NAME}: session journal: {e}"));
+                            }
                         }
                     }
                 }

@@ -20,20 +20,23 @@
 //!   sessions write one tree, in one order, without a daemon.
 //! - `torn/`: the bytes of torn records that were cut off, kept as evidence.
 //! - `sessions/<session>.lock` and `.pending`: each running session holds its lock and appends
-//!   the requests it is waiting on (metadata only). A session that finds another's lock free
-//!   (its km was killed) records that session's unanswered requests and its abnormal end.
+//!   the calls it has not written yet (metadata only: a request waiting for its response, a call
+//!   settling). A session that finds another's lock free (its km was killed) writes that
+//!   session's calls from it, the unanswered ones as such, and its abnormal end.
 //!
 //! # Durability
 //!
 //! A record is written with one `write(2)` on an `O_APPEND` file when the plugin handles the
-//! line; a call settles first, [`SETTLE_US`](crate::recorder::SETTLE_US) (300 ms) after its
+//! line; a call settles first, [`SETTLE_US`](crate::recorder::SETTLE_US) (100 ms) after its
 //! response, so that the verdicts and findings km delivers after the line join it, and is written
-//! at the next line, event or background tick (every 200 ms) after that. From then on a
+//! at the next line, event or background tick (every 50 ms) after that; meanwhile the session's
+//! journal holds it whole, so a killed km loses none of it (the next session writes it). From
+//! then on a
 //! SIGKILL of km cannot lose it: the kernel has it. It reaches the disk with the next
 //! `fdatasync`, at most [`Policy::sync_interval`](crate::policy::Policy) later (1 s) and before
-//! every checkpoint is written, so a power loss costs at most that interval. A request whose
-//! response never came is recorded as `unanswered` when the session ends, or, if km was killed,
-//! by the next session from the `.pending` journal.
+//! every checkpoint is written, so a power loss costs at most that interval (the journal is not
+//! synced: it serves a killed km, not a lost machine). A request whose response never came is
+//! recorded as `unanswered` when the session ends, or, if km was killed, by the next session.
 //!
 //! # Torn records versus truncation
 //!
@@ -920,10 +923,18 @@ pub fn recover_dead_sessions(
             let _ = fs::remove_file(&path);
             continue;
         };
-        let mut pending: Vec<Record> = lines[1..]
+        // The last state noted for each call: unanswered while it waited, complete once its
+        // response was handled.
+        let mut pending: Vec<Record> = Vec::new();
+        for record in lines[1..]
             .iter()
             .filter_map(|l| serde_json::from_slice::<Record>(l).ok())
-            .collect();
+        {
+            match pending.iter_mut().find(|p| p.corr == record.corr) {
+                Some(earlier) => *earlier = record,
+                None => pending.push(record),
+            }
+        }
         // What the dead session did record: its calls and whether it ended.
         let mut done = std::collections::HashSet::new();
         let mut ended = false;
@@ -940,14 +951,16 @@ pub fn recover_dead_sessions(
             }
         })?;
         pending.retain(|r| !done.contains(&r.corr));
-        let mut seen = std::collections::HashSet::new();
-        pending.retain(|r| seen.insert(r.corr.clone()));
+        let mut unanswered = 0;
         for r in &mut pending {
-            r.outcome = "unanswered".to_owned();
-            r.detail.insert(
-                "recovered".into(),
-                json!("km ended before the response; recorded from the session's journal"),
-            );
+            let why = if r.response.is_some() {
+                "km ended before this call was written; recorded from the session's journal"
+            } else {
+                unanswered += 1;
+                r.outcome = "unanswered".to_owned();
+                "km ended before the response; recorded from the session's journal"
+            };
+            r.detail.insert("recovered".into(), json!(why));
             write(r)?;
         }
         if !ended {
@@ -962,7 +975,7 @@ pub fn recover_dead_sessions(
                 "why".into(),
                 json!("km ended without closing the session (killed or crashed)"),
             );
-            end.detail.insert("unanswered".into(), json!(pending.len()));
+            end.detail.insert("unanswered".into(), json!(unanswered));
             write(&end)?;
         }
         fs::remove_file(&path).map_err(|e| Error::io("removing", &path, e))?;

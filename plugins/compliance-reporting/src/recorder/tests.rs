@@ -48,7 +48,7 @@ fn written(effects: Vec<Effect>) -> Vec<(Record, Option<Captured>)> {
         .into_iter()
         .filter_map(|e| match e {
             Effect::Write(r, c) => Some((r, c)),
-            Effect::Await(_) => None,
+            Effect::Journal(_) => None,
         })
         .collect()
 }
@@ -77,7 +77,7 @@ fn a_request_and_its_response_are_one_call() {
         "c:1",
         "tools/call",
     ));
-    assert!(matches!(&effects[..], [Effect::Await(a)] if a.outcome == "unanswered"));
+    assert!(matches!(&effects[..], [Effect::Journal(a)] if a.outcome == "unanswered"));
     let call = one(respond(
         &mut r,
         line(2, Direction::Response, MessageKind::RESPONSE, OK, "c:1", ""),
@@ -479,16 +479,15 @@ fn annotations_that_come_after_the_line_join_the_call() {
         "c:2",
         "tools/call",
     )));
-    assert!(r
-        .line(&line(
-            3,
-            Direction::Response,
-            MessageKind::RESPONSE,
-            OK,
-            "c:2",
-            ""
-        ))
-        .is_empty());
+    assert!(written(r.line(&line(
+        3,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        OK,
+        "c:2",
+        ""
+    )))
+    .is_empty());
     r.event(
         StreamEventKind::PLUGIN,
         &json!({"plugin": "f", "kind": "finding", "data": {"category": "pii", "rule": "email", "correlation_id": "c:2"}}),
@@ -522,4 +521,39 @@ fn annotations_that_come_after_the_line_join_the_call() {
     ));
     let odd = written(r.flush(u64::MAX));
     assert!(odd[0].0.detail.contains_key("unmatched"));
+}
+
+#[test]
+fn a_settling_call_is_journalled_whole_and_late_annotations_still_reach_the_trail() {
+    let mut r = recorder(Policy::default());
+    r.line(&line(
+        1,
+        Direction::Request,
+        MessageKind::REQUEST,
+        CALL,
+        "c:1",
+        "tools/call",
+    ));
+    let effects = r.line(&line(
+        2,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        OK,
+        "c:1",
+        "",
+    ));
+    assert!(
+        matches!(&effects[..], [Effect::Journal(j)] if j.outcome == "ok" && j.response.is_some()),
+        "{effects:?}"
+    );
+    assert_eq!(written(r.flush(u64::MAX)).len(), 1);
+    let late = one(r.event(
+        StreamEventKind::VERDICT,
+        &json!({"plugin": "slow", "action": "replace", "rules": ["r"], "kind": "response", "correlation_id": "c:1"}),
+        9,
+    ));
+    assert_eq!(late.kind, "verdict");
+    assert_eq!(late.corr, "c:1");
+    assert_eq!(late.outcome, "redacted");
+    assert!(late.detail.contains_key("late"));
 }
