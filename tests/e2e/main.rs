@@ -13,3 +13,4 @@ mod monitor;
 mod plugin_commands;
 mod signing;
 mod subscriptions;
+mod tool_guard;
