@@ -172,3 +172,74 @@ fn the_official_python_sdk_and_server_everything_talk_through_km_monitor() {
         .expect("names a request");
     assert_eq!(cancelled["method"], "tools/call", "{cancelled}");
 }
+
+/// The same client and server, twice, with tool-guard intercepting: the first session pins
+/// server-everything's definitions, the second checks them against the pins, and the client
+/// sees a normal session both times.
+#[test]
+fn the_official_python_sdk_and_server_everything_work_unchanged_through_tool_guard() {
+    let (python, server) = interop_tools();
+    let env = KmEnv::new();
+    env.install_signed("tool-guard", "tool-guard", &["--capability", "intercept"]);
+    let client = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop/mcp_client.py");
+    let user_home = env.dir.path().join("user");
+    std::fs::create_dir_all(&user_home).expect("user home");
+    std::fs::rename(&env.home, user_home.join(".km")).expect("move KM_HOME under HOME");
+    for session in 1..=2 {
+        let output = Command::new(&python)
+            .arg(&client)
+            .arg(km_bin())
+            .args(["monitor", "--server", "--"])
+            .arg("node")
+            .arg(&server)
+            .arg("stdio")
+            .env_remove("KM_HOME")
+            .env("HOME", &user_home)
+            .output()
+            .expect("python runs");
+        assert!(
+            output.status.success(),
+            "session {session}: the MCP session failed\n{}",
+            describe(&output)
+        );
+        let observed: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("client printed no JSON ({e})\n{}", describe(&output)));
+        assert_eq!(
+            observed["echo"][0], "Echo: hello through km",
+            "{observed:#}"
+        );
+        assert_eq!(
+            observed["progress"].as_array().map(Vec::len),
+            Some(3),
+            "{observed:#}"
+        );
+        assert_eq!(observed["after_cancel_ping"], true, "{observed:#}");
+        let tools = observed["tools"].as_array().map(Vec::len).unwrap_or(0);
+        assert!(
+            tools >= 3,
+            "the client saw the server's tools: {observed:#}"
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("tool-guard v1.0.0 (Free tier)"), "{stderr}");
+        assert!(
+            !stderr.contains("[tool-guard] warning") && !stderr.contains("[tool-guard] error"),
+            "session {session}: nothing drifted or failed\n{stderr}"
+        );
+        if session == 1 {
+            assert!(stderr.contains("on first use"), "{stderr}");
+        }
+    }
+    let servers = user_home.join(".km/state/plugins/tool-guard/servers");
+    let pins: Vec<Value> = std::fs::read_dir(&servers)
+        .unwrap_or_else(|e| panic!("{}: {e}", servers.display()))
+        .filter_map(Result::ok)
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .map(|e| serde_json::from_slice(&std::fs::read(e.path()).expect("read")).expect("JSON"))
+        .collect();
+    assert_eq!(pins.len(), 1, "one server pinned");
+    assert!(
+        pins[0]["tools"]["echo"]["trusted"].is_object(),
+        "{:#}",
+        pins[0]
+    );
+}
