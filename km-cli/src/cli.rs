@@ -58,10 +58,34 @@ pub enum Command {
     UninstallPlugin(UninstallPluginArgs),
     /// Ask the API for newer versions of installed plugins and install them (verified first).
     UpdatePlugin(UpdatePluginArgs),
+    /// Put `km monitor --` in front of every stdio MCP server of the MCP clients on this
+    /// machine (Claude Desktop, Claude Code, Cursor, VS Code, Windsurf), keeping their
+    /// arguments, environment, comments and formatting; a backup is kept for `km unwrap`.
+    Wrap(WrapArgs),
+    /// Undo `km wrap`: a file nobody edited since is restored exactly; otherwise only km's own
+    /// entries are unwrapped.
+    Unwrap(WrapArgs),
     /// Run a plugin's own command (reports, approvals, checks): `km plugin NAME ARGS...`;
     /// `km plugin NAME --help` shows what it offers; `km plugin` lists plugins with commands.
     /// The plugin is verified and loaded exactly as `km monitor` does.
     Plugin(PluginArgs),
+}
+
+/// `km wrap` and `km unwrap`.
+#[derive(Debug, Args)]
+pub struct WrapArgs {
+    /// A client configuration file (repeatable) instead of the known locations.
+    #[arg(long = "config", value_name = "FILE")]
+    pub configs: Vec<PathBuf>,
+
+    /// The client the --config files belong to: claude-desktop, claude-code, cursor, vscode,
+    /// windsurf [default: told from the file's name].
+    #[arg(long, value_name = "CLIENT")]
+    pub client: Option<String>,
+
+    /// Show the change as a diff, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `km plugin`. km's own help flag stops at NAME: `km plugin NAME --help` is the plugin's.

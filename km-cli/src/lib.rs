@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod clients;
 pub mod commands;
 pub mod config;
 pub mod events;

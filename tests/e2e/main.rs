@@ -15,3 +15,4 @@ mod plugin_commands;
 mod signing;
 mod subscriptions;
 mod tool_guard;
+mod wrap;

@@ -13,6 +13,7 @@ mod trust;
 mod uninstall;
 mod update;
 mod verify;
+mod wrap;
 
 use std::process::ExitCode;
 
@@ -53,5 +54,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::UninstallPlugin(args) => uninstall::run(&globals, args),
         Command::UpdatePlugin(args) => update::run(&globals, args),
         Command::Plugin(args) => plugin::run(&globals, args),
+        Command::Wrap(args) => wrap::run(&globals, args, wrap::Direction::Wrap),
+        Command::Unwrap(args) => wrap::run(&globals, args, wrap::Direction::Unwrap),
     }
 }
