@@ -979,3 +979,53 @@ fn with_write_ahead_a_sigkill_loses_no_line_the_client_saw() {
     }
     s.assert_verifies();
 }
+
+/// With the real tool-guard in place of test-verdicts' drift rule: a pinned tool whose
+/// definition changes between sessions (the server of the second session lists `send_email`
+/// with a new description) is held, a `drift` event reaches the trail, and the SOC 2 report's
+/// change management shows it.
+#[test]
+fn tool_guards_drift_reaches_the_trail_and_the_soc2_report() {
+    let s = Setup::new("enterprise");
+    s.env
+        .install_signed("tool-guard", "tool-guard", &["--capability", "intercept"]);
+    // First session: pins on first use. The server changes send_email's description on its
+    // second list, so the same session's second list is a rug pull.
+    s.session(&[initialize(), list(1), list(2)]);
+    let recs = records(&s.trail());
+    let changes: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "change" && r["plugins"] == json!(["tool-guard"]))
+        .collect();
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["tool"] == "send_email" && c["detail"]["change"] == "changed"),
+        "no changed send_email from tool-guard: {changes:#?}"
+    );
+    // tool-guard took the changed tool out of the second list: a redaction by tool-guard.
+    assert!(
+        recs.iter().any(|r| r["type"] == "call"
+            && r["method"] == "tools/list"
+            && r["plugins"]
+                .as_array()
+                .is_some_and(|p| p.contains(&json!("tool-guard")))),
+        "{recs:#?}"
+    );
+    s.assert_verifies();
+    let out_file = s.env.dir.path().join("soc2.md");
+    let out = s.plugin(&[
+        "report",
+        "--framework",
+        "soc2",
+        "--out",
+        &out_file.to_string_lossy(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = std::fs::read_to_string(&out_file).expect("the report");
+    let cc81 = &text[text.find("## CC8.1").expect("a CC8.1 section")..];
+    assert!(
+        cc81.contains("tool-guard") && cc81.contains("send_email"),
+        "{cc81}"
+    );
+}
