@@ -124,17 +124,18 @@ impl Shared {
         self.policy.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
-    /// Handles an input now, holds it until the subscription is known, or drops it.
-    fn feed(&self, input: Input) {
+    /// Handles an input now, holds it until the subscription is known, or drops it. The input
+    /// is made (a line copied) only when it is kept.
+    fn feed(&self, input: impl FnOnce() -> Input) {
         match self.state() {
             SubscriptionState::Active(_) => {
                 self.settle_early();
-                self.process(input);
+                self.process(input());
             }
             SubscriptionState::Pending => {
                 if let Ok(mut early) = self.early.lock() {
                     if early.len() < MAX_EARLY {
-                        early.push(input);
+                        early.push(input());
                     }
                 }
             }
@@ -346,7 +347,7 @@ impl Plugin for ComplianceReporting {
         _context: &InterceptContext<'_>,
     ) -> Result<Verdict, PluginError> {
         if self.shared.write_ahead.load(Ordering::Relaxed) {
-            self.shared.feed(Input::line(message));
+            self.shared.feed(|| Input::line(message));
             if self.shared.broken.load(Ordering::Relaxed)
                 || self.shared.failing.load(Ordering::Relaxed)
             {
@@ -359,14 +360,14 @@ impl Plugin for ComplianceReporting {
 
     fn begin_session(&self, info: &SessionInfo) -> Result<(), PluginError> {
         self.start_ticker();
-        self.shared.feed(Input::Begin(info.clone()));
+        self.shared.feed(|| Input::Begin(info.clone()));
         Ok(())
     }
 
     fn handle_message(&self, message: &Message<'_>) -> Result<(), PluginError> {
         // With write-ahead the line was recorded before it was forwarded.
         if !self.shared.write_ahead.load(Ordering::Relaxed) {
-            self.shared.feed(Input::line(message));
+            self.shared.feed(|| Input::line(message));
         }
         Ok(())
     }
@@ -376,7 +377,7 @@ impl Plugin for ComplianceReporting {
             // A km before ABI 1.1 has no begin_session: the start event begins the recording.
             self.start_ticker();
         }
-        self.shared.feed(Input::event(event));
+        self.shared.feed(|| Input::event(event));
         Ok(())
     }
 

@@ -30,7 +30,8 @@
 //! what goes out): then no line reaches the client or the server that a SIGKILL of km could keep
 //! out of the trail, and a line the trail cannot take is blocked (km fails closed). It needs the
 //! `intercept` capability in the plugin's signed manifest, and costs each line the time of one
-//! append to the session's journal.
+//! append to the session's journal. Lines that arrive before km has the subscription's first
+//! answer are held in memory until it comes, as without write-ahead.
 //!
 //! Durations use humantime's syntax (`90s`, `15m`, `365d`). Unknown keys are refused, naming the
 //! key, so that a typo cannot silently turn capture or retention off.
