@@ -257,6 +257,10 @@ pub struct Interest {
     /// The methods it intercepts; empty for every method. A response matches the method of the
     /// request it answers; a line without a method (and no request) matches only an empty list.
     pub methods: RSlice<'static, RStr<'static>>,
+    /// The methods whose responses it intercepts, when that differs from `methods` (a guard
+    /// judging `tools/call` requests and `tools/list` results, not `tools/call` results); empty
+    /// for the same as `methods`.
+    pub response_methods: RSlice<'static, RStr<'static>>,
     /// Its default place in the chain of interceptors: lower runs first (`config.toml` may
     /// override it). Guards that pin what a server sent use about 100, content filters 500.
     pub priority: i32,
@@ -291,6 +295,7 @@ impl Interest {
         intercept: Directions::NONE,
         kinds: KindSet::ALL,
         methods: RSlice::from_slice(&[]),
+        response_methods: RSlice::from_slice(&[]),
         priority: 1000,
         budget_us: 0,
         observe: true,
@@ -302,9 +307,14 @@ impl Interest {
     /// Whether a line of `direction` and `kind`, for `method` (a response: its request's
     /// method), is one this plugin intercepts.
     pub fn wants(&self, direction: Direction, kind: MessageKind, method: &str) -> bool {
+        let methods = if kind == MessageKind::RESPONSE && !self.response_methods.is_empty() {
+            &self.response_methods
+        } else {
+            &self.methods
+        };
         self.intercept.contains(direction)
             && self.kinds.contains(kind)
-            && (self.methods.is_empty() || self.methods.iter().any(|m| m.as_str() == method))
+            && (methods.is_empty() || methods.iter().any(|m| m.as_str() == method))
     }
 
     /// Hands the interest to km. The value is leaked: it is asked for once per load, and its
@@ -330,6 +340,7 @@ impl InterestRef {
             intercept: self.intercept(),
             kinds: self.kinds(),
             methods: self.methods(),
+            response_methods: self.response_methods(),
             priority: self.priority(),
             budget_us: self.budget_us(),
             observe: self.observe(),
@@ -428,6 +439,7 @@ mod tests {
             intercept: Directions::BOTH,
             kinds: KindSet::JSON_RPC,
             methods: RSlice::from_slice(&METHODS),
+            response_methods: RSlice::from_slice(&METHODS[1..]),
             priority: 100,
             budget_us: 5_000,
             observe: false,
@@ -438,6 +450,11 @@ mod tests {
         .into_ref()
         .get();
         assert!(interest.wants(Direction::Response, MessageKind::RESPONSE, "tools/list"));
+        assert!(interest.wants(Direction::Request, MessageKind::REQUEST, "tools/call"));
+        assert!(
+            !interest.wants(Direction::Response, MessageKind::RESPONSE, "tools/call"),
+            "responses match response_methods"
+        );
         assert!(!interest.wants(Direction::Request, MessageKind::REQUEST, "ping"));
         assert_eq!(interest.priority, 100);
         assert!(interest.lossless && !interest.observe);

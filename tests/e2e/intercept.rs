@@ -441,6 +441,40 @@ fn a_line_longer_than_km_inspects_is_blocked_by_default() {
 }
 
 #[test]
+fn responses_are_judged_by_their_own_method_list_when_the_plugin_gives_one() {
+    let env = KmEnv::new();
+    env.install_signed("test-intercept", "test-intercept", INTERCEPT);
+    // It judges tools/call requests and tools/list results, not tools/call results: a result
+    // past the inspection limit is not its business, so it is not blocked for it.
+    env.write_config(
+        "[monitor]\ninspect_limit = 4096\n[plugins.test-intercept]\nmethods = [\"tools/call\"]\nresponse_methods = [\"tools/list\"]\n",
+    );
+    let big = "C".repeat(20_000);
+    let call = tool_call(1, "x");
+    let call_result = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"result":{{"content":[{{"type":"text","text":"{big}"}}]}}}}"#
+    );
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#;
+    let list_result =
+        format!(r#"{{"jsonrpc":"2.0","id":2,"result":{{"tools":[],"pad":"{big}"}}}}"#);
+    // A server that answers each request once it has read it.
+    let script = format!(
+        "read a; printf '%s\\n' '{call_result}'; read b; printf '%s\\n' '{list_result}'; cat >/dev/null"
+    );
+    let input = format!("{call}\n{list}\n");
+    let (ok, stdout, stderr) = run(&env, &["sh", "-c", &script], input.as_bytes());
+    assert!(ok, "{stderr}");
+    let out = lines(&stdout);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(out[0], call_result, "the tools/call result passes whole");
+    let blocked = json(&out[1]);
+    assert_eq!(blocked["id"], 2);
+    assert!(blocked["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("km-inspection-limit")));
+}
+
+#[test]
 fn a_lossless_observer_misses_nothing_under_a_flood_while_a_lossy_one_drops() {
     let env = KmEnv::new();
     env.install("test-observer", "test-observer");

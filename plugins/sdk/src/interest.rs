@@ -30,6 +30,9 @@ pub struct Interest {
     pub kinds: KindSet,
     /// The methods it intercepts (a response: its request's method); empty for all.
     pub methods: Vec<String>,
+    /// The methods whose responses it intercepts, when not the same as `methods`; empty for
+    /// the same.
+    pub response_methods: Vec<String>,
     /// Its default place among interceptors (lower first).
     pub priority: i32,
     /// Its time budget per `intercept` call, in microseconds (0: km's default).
@@ -72,6 +75,18 @@ impl Interest {
         self
     }
 
+    /// Responses only to these methods (requests and notifications still by
+    /// [`Interest::methods`]): a guard that judges `tools/call` requests and `tools/list` results
+    /// need not hold up every `tools/call` result.
+    pub fn response_methods<I, S>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.response_methods = methods.into_iter().map(Into::into).collect();
+        self
+    }
+
     /// Only these kinds of lines.
     pub fn kinds(mut self, kinds: KindSet) -> Self {
         self.kinds = kinds;
@@ -111,9 +126,14 @@ impl Interest {
 
     /// Whether a line of `direction` and `kind` for `method` is one it intercepts.
     pub fn wants(&self, direction: Direction, kind: MessageKind, method: &str) -> bool {
+        let methods = if kind == MessageKind::RESPONSE && !self.response_methods.is_empty() {
+            &self.response_methods
+        } else {
+            &self.methods
+        };
         self.intercept.contains(direction)
             && self.kinds.contains(kind)
-            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && (methods.is_empty() || methods.iter().any(|m| m == method))
     }
 
     fn from_abi(interest: &km_abi::Interest) -> Self {
@@ -121,6 +141,11 @@ impl Interest {
             intercept: interest.intercept,
             kinds: interest.kinds,
             methods: interest.methods.iter().map(|m| m.to_string()).collect(),
+            response_methods: interest
+                .response_methods
+                .iter()
+                .map(|m| m.to_string())
+                .collect(),
             priority: interest.priority,
             budget_us: interest.budget_us,
             observe: interest.observe,
@@ -132,15 +157,18 @@ impl Interest {
 
     /// The ABI's form. Leaks the method names: called once per load by the glue.
     pub(crate) fn into_abi(self) -> km_abi::Interest {
-        let methods: Vec<RStr<'static>> = self
-            .methods
-            .into_iter()
-            .map(|m| RStr::from_str(Box::leak(m.into_boxed_str())))
-            .collect();
+        let leak = |names: Vec<String>| -> RSlice<'static, RStr<'static>> {
+            let names: Vec<RStr<'static>> = names
+                .into_iter()
+                .map(|m| RStr::from_str(Box::leak(m.into_boxed_str())))
+                .collect();
+            RSlice::from_slice(Box::leak(names.into_boxed_slice()))
+        };
         km_abi::Interest {
             intercept: self.intercept,
             kinds: self.kinds,
-            methods: RSlice::from_slice(Box::leak(methods.into_boxed_slice())),
+            methods: leak(self.methods),
+            response_methods: leak(self.response_methods),
             priority: self.priority,
             budget_us: self.budget_us,
             observe: self.observe,

@@ -66,6 +66,14 @@ const METHODS: [&str; 9] = [
     "notifications/resources/list_changed",
 ];
 
+/// The methods whose results it reads.
+const RESPONSE_METHODS: [&str; 4] = [
+    "initialize",
+    "tools/list",
+    "prompts/list",
+    "resources/templates/list",
+];
+
 /// The plugin.
 pub struct ToolGuard {
     host: Host,
@@ -100,6 +108,9 @@ impl Plugin for ToolGuard {
     fn interest(&self) -> Interest {
         Interest::interceptor(Directions::BOTH)
             .methods(METHODS)
+            // Of responses, only those it judges: not every tools/call result (a large one
+            // would otherwise meet the inspection limit for nothing).
+            .response_methods(RESPONSE_METHODS)
             .priority(100)
             // A list check reads and writes the server's pin file under its lock.
             .budget_ms(5000)

@@ -5,6 +5,7 @@
 //! [plugins.test-intercept]
 //! directions = "both"          # client-to-server | server-to-client | both
 //! methods = ["tools/call"]     # empty: every method
+//! response_methods = ["tools/list"]   # responses judged by these instead (empty: methods)
 //! kinds = "json-rpc"           # json-rpc | all
 //! priority = 500
 //! budget_ms = 200
@@ -38,6 +39,7 @@ use serde::Deserialize;
 struct Settings {
     directions: Option<String>,
     methods: Vec<String>,
+    response_methods: Vec<String>,
     kinds: Option<String>,
     priority: Option<i32>,
     budget_ms: Option<u64>,
@@ -113,6 +115,7 @@ impl Plugin for TestIntercept {
         };
         let mut interest = Interest::interceptor(directions)
             .methods(settings.methods.clone())
+            .response_methods(settings.response_methods.clone())
             .observe(settings.observe);
         if settings.kinds.as_deref() == Some("all") {
             interest = interest.kinds(KindSet::ALL);
