@@ -363,7 +363,8 @@ impl StreamEventKind {
     pub const PLUGIN: StreamEventKind = StreamEventKind(3);
     /// ABI 1.1: an interceptor did not let a line pass unchanged. `data`: `{"plugin", "action"
     /// (replace, block), "rules": [...], "reason", "direction", "kind", "method", "target",
-    /// "id", "correlation_id"}`; never the line or what matched.
+    /// "id", "correlation_id"}`; never the line or what matched. An observer receives it before
+    /// the line as forwarded (and before the answer to a blocked request).
     pub const VERDICT: StreamEventKind = StreamEventKind(4);
     /// ABI 1.1: something km did with plugins. `data`: `{"event": "refused" | "disabled" |
     /// "installed" | "updated" | "uninstalled", "plugin", ...}` (installs and updates happened

@@ -167,6 +167,11 @@ fn a_blocked_request_is_answered_with_its_id_and_never_reaches_the_server() {
         .iter()
         .find(|v| v["kind"] == "response")
         .expect("the answer, as the client received it");
+    let position = |wanted: &Value| seen.iter().position(|v| v == wanted);
+    assert!(
+        position(verdict) < position(answered),
+        "the verdict comes before the answer it explains"
+    );
     assert_eq!(answered["direction"], "response");
     assert_eq!(answered["correlation"], verdict["data"]["correlation_id"]);
     assert!(

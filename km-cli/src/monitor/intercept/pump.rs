@@ -720,16 +720,9 @@ impl Pump {
                 (Some(_), _) => None,
             }
         };
-        if let Some(answer) = reply::batch_answer(errors) {
-            self.answer(&answer);
-        }
-        if let Some(line) = line {
-            self.out.extend_from_slice(&line);
-            self.out.extend_from_slice(work.ending.bytes());
-            let line = Bytes::from(line);
-            let scan = jsonrpc::scan(&line);
-            self.deliver(&work.numbered, line, scan);
-        }
+        // Observers hear what was decided before they see the line it was decided on (and the
+        // answer to a blocked request), as they heard the interceptors' own findings during the
+        // calls: an audit trail then joins them to the line without waiting.
         for job in &work.jobs {
             for (plugin, action, rules, reason) in &job.verdicts {
                 self.verdict_event(
@@ -745,6 +738,16 @@ impl Pump {
                     job.batch_index,
                 );
             }
+        }
+        if let Some(answer) = reply::batch_answer(errors) {
+            self.answer(&answer);
+        }
+        if let Some(line) = line {
+            self.out.extend_from_slice(&line);
+            self.out.extend_from_slice(work.ending.bytes());
+            let line = Bytes::from(line);
+            let scan = jsonrpc::scan(&line);
+            self.deliver(&work.numbered, line, scan);
         }
     }
 
