@@ -5,6 +5,11 @@
 //!   URLs, `//`, `..` (also percent-encoded), backslashes, fragments and control characters are
 //!   refused, redirects are not followed, and plain `http://` is accepted only for loopback
 //!   endpoints (tests, a local reference server): an API key never crosses a network in clear.
+//! - Transport security ([`crate::tls`]): TLS 1.3 only, the endpoint's roots (`api_ca`) and
+//!   certificate pins (`api_pins`, or the built-in pins of the official endpoint). A TLS
+//!   refusal (a key outside the pins, a server without TLS 1.3, an untrusted certificate) is
+//!   final: it is reported at once, naming the endpoint, and never retried. Pins need https: a
+//!   pinned endpoint configured with plain http is refused when the client is made.
 //! - Bounded time: connect timeout 5 s; the request's `timeout_ms` (default 10 s) bounds the
 //!   whole call, retries and back-off included.
 //! - Retries: up to 3 attempts on connection errors, timeouts, 5xx and 429, with exponential
@@ -26,6 +31,7 @@ use km_abi::{ErrorKind, HttpRequest, HttpResponse, PluginError};
 use reqwest::Url;
 
 use crate::host::ApiTransport;
+use crate::tls::EndpointTrust;
 
 /// Retry, timeout and size limits.
 #[derive(Debug, Clone)]
@@ -99,8 +105,18 @@ impl ApiClient {
         Self::with_policy(base_url, ApiPolicy::default())
     }
 
-    /// A client for the API at `base_url` with `policy`.
+    /// A client for the API at `base_url` with `policy`, the default roots and no pins.
     pub fn with_policy(base_url: &str, policy: ApiPolicy) -> Result<Self> {
+        Self::with_trust(base_url, policy, None)
+    }
+
+    /// A client for the API at `base_url` with `policy`, checking the server as `trust` says
+    /// (roots and pins for its host; `None`: the default roots, no pins).
+    pub fn with_trust(
+        base_url: &str,
+        policy: ApiPolicy,
+        trust: Option<&EndpointTrust>,
+    ) -> Result<Self> {
         let mut base = Url::parse(base_url.trim())
             .with_context(|| format!("the API URL {base_url:?} is not a URL"))?;
         match base.scheme() {
@@ -118,12 +134,19 @@ impl ApiClient {
         if base.query().is_some() || base.fragment().is_some() {
             bail!("the API URL {base_url:?} must not have a query or fragment");
         }
+        if base.scheme() == "http" && trust.is_some_and(|t| !t.pins.is_empty()) {
+            bail!(
+                "the API URL {base_url:?} uses plain http, but certificate pins are in force for \
+                 it: pins need https"
+            );
+        }
         // Paths are appended to the base: keep it without a trailing slash.
         let trimmed = base.path().trim_end_matches('/').to_owned();
         base.set_path(&trimmed);
 
+        let tls = crate::tls::client_config(trust)?;
         let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
+            .use_preconfigured_tls(tls)
             .connect_timeout(policy.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("km/", env!("CARGO_PKG_VERSION")));
@@ -145,13 +168,24 @@ impl ApiClient {
         })
     }
 
+    /// The client for the API `config` names, if it names one, with its roots and pins: the one
+    /// way km's commands make their client.
+    pub fn for_config(config: &crate::config::Config) -> Result<Option<ApiClient>> {
+        let Some(url) = config.api_url.as_deref() else {
+            return Ok(None);
+        };
+        let trust = EndpointTrust::for_config(config)?;
+        Ok(Some(ApiClient::with_trust(
+            url,
+            ApiPolicy::default(),
+            trust.as_ref(),
+        )?))
+    }
+
     /// The transport for the configured API, if one is configured: what `km monitor` and
     /// `km plugin-refresh` put in `LoadOptions::api`.
     pub fn from_config(config: &crate::config::Config) -> Result<Option<Arc<dyn ApiTransport>>> {
-        match config.api_url.as_deref() {
-            Some(url) => Ok(Some(Arc::new(ApiClient::new(url)?))),
-            None => Ok(None),
-        }
+        Ok(Self::for_config(config)?.map(|c| Arc::new(c) as Arc<dyn ApiTransport>))
     }
 
     /// The base URL requests are confined to.
@@ -332,16 +366,7 @@ impl Call {
         let work = async {
             let response = match request.send().await {
                 Ok(r) => r,
-                Err(e) if e.is_timeout() => return Attempt::Retry(Err(self.timed_out())),
-                Err(e) if e.is_connect() || e.is_request() => {
-                    return Attempt::Retry(Err(PluginError::new(
-                        ErrorKind::NETWORK,
-                        format!("cannot reach {}: {}", self.url, error_chain(&e)),
-                    )))
-                }
-                Err(e) => {
-                    return Attempt::Fail(PluginError::new(ErrorKind::NETWORK, error_chain(&e)))
-                }
+                Err(e) => return self.send_failed(&e),
             };
             let status = response.status().as_u16();
             let body = match self.read_body(response).await {
@@ -368,6 +393,27 @@ impl Call {
             Ok(outcome) => outcome,
             Err(_) => Attempt::Retry(Err(self.timed_out())),
         }
+    }
+
+    /// What a request that got no answer comes to: a TLS refusal is final and said plainly
+    /// (pins, TLS version, certificate); a timeout or a connection failure is worth a retry.
+    fn send_failed(&self, e: &reqwest::Error) -> Attempt {
+        if let Some(refusal) = crate::tls::refusal_in(e) {
+            return Attempt::Fail(PluginError::new(
+                ErrorKind::NETWORK,
+                format!("{}: {refusal}", self.url),
+            ));
+        }
+        if e.is_timeout() {
+            return Attempt::Retry(Err(self.timed_out()));
+        }
+        if e.is_connect() || e.is_request() {
+            return Attempt::Retry(Err(PluginError::new(
+                ErrorKind::NETWORK,
+                format!("cannot reach {}: {}", self.url, error_chain(e)),
+            )));
+        }
+        Attempt::Fail(PluginError::new(ErrorKind::NETWORK, error_chain(e)))
     }
 
     #[allow(clippy::type_complexity)]

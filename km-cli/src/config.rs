@@ -5,6 +5,10 @@
 //! api_key = "km_live_abc123xyz"
 //! api_url = "https://api.kilometers.ai"
 //! # refresh_interval_secs = 300
+//! # A self-hosted endpoint's certificate pins (at least two: the key in use and a backup), and
+//! # the CA that replaces the built-in roots for it (see `tls.rs`):
+//! # api_pins = ["sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=", "sha256/..."]
+//! # api_ca = "/etc/km/api-ca.pem"
 //!
 //! [plugins.api-logger]
 //! batch_size = 10
@@ -125,6 +129,12 @@ pub struct Config {
     pub monitor: MonitorSettings,
     /// `[intercept.NAME]`: km's overrides of what an intercepting plugin asked for.
     pub intercept: BTreeMap<String, InterceptSettings>,
+    /// `api_pins`: the API endpoint's certificate pins (validated: at least two distinct).
+    /// Empty when the file sets none.
+    pub api_pins: Vec<crate::tls::Pin>,
+    /// `api_ca`: a PEM file of CA certificates that replaces the built-in roots for the API
+    /// endpoint (an absolute path).
+    pub api_ca: Option<std::path::PathBuf>,
 }
 
 /// `[monitor]` in `config.toml`.
@@ -218,6 +228,28 @@ impl Config {
             }
             Some(other) => bail!("`plugins` must be a table, not {}", other.type_str()),
         }
+        let api_pins = match table.get("api_pins") {
+            None => Vec::new(),
+            Some(toml::Value::Array(items)) => {
+                let pins = items
+                    .iter()
+                    .map(|item| match item {
+                        toml::Value::String(s) => Ok(s.as_str()),
+                        other => bail!("`api_pins` must list strings, not {}", other.type_str()),
+                    })
+                    .collect::<Result<Vec<&str>>>()?;
+                crate::tls::parse_pins(&pins, "`api_pins`")?
+            }
+            Some(other) => bail!(
+                "`api_pins` must be a list of \"sha256/<base64>\" strings, not {}",
+                other.type_str()
+            ),
+        };
+        let api_ca = match string("api_ca")? {
+            None => None,
+            Some(path) if Path::new(&path).is_absolute() => Some(path.into()),
+            Some(path) => bail!("`api_ca` = {path:?} must be an absolute path"),
+        };
         Ok(Config {
             api_key: string("api_key")?,
             api_url: string("api_url")?,
@@ -225,6 +257,8 @@ impl Config {
             refresh_interval_secs,
             monitor: monitor_settings(table.get("monitor"))?,
             intercept: intercept_settings(table.get("intercept"))?,
+            api_pins,
+            api_ca,
         })
     }
 
@@ -400,6 +434,35 @@ mod tests {
         write_private_atomically(&home.config_file(), b"api_url = 3\n").expect("seed");
         let error = Config::load_file(&home.config_file()).expect_err("refused");
         assert!(format!("{error:#}").contains("api_url"), "{error:#}");
+    }
+
+    #[test]
+    fn pins_and_ca_are_validated_when_read() {
+        let (_d, home) = home();
+        KmHome::ensure_private_dir(home.root()).expect("dir");
+        let a = "sha256/47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+        let b = "sha256/LPJNul+wow4m6DsqxbninhsWHlwfp0JecwQzYpOLmCQ=";
+        let text = format!("api_pins = [\"{a}\", \"{b}\"]\napi_ca = \"/etc/km/ca.pem\"\n");
+        write_private_atomically(&home.config_file(), text.as_bytes()).expect("seed");
+        let config = Config::load_file(&home.config_file()).expect("loads");
+        assert_eq!(config.api_pins.len(), 2);
+        assert_eq!(config.api_pins[0].to_string(), a);
+        assert_eq!(config.api_ca.as_deref(), Some(Path::new("/etc/km/ca.pem")));
+        for (bad, says) in [
+            (format!("api_pins = [\"{a}\"]"), "backup"),
+            ("api_pins = \"x\"".to_owned(), "must be a list"),
+            (format!("api_pins = [\"{a}\", 3]"), "strings"),
+            (format!("api_pins = [\"{a}\", \"sha256/AAAA\"]"), "32 bytes"),
+            ("api_ca = \"ca.pem\"".to_owned(), "absolute"),
+        ] {
+            write_private_atomically(&home.config_file(), bad.as_bytes()).expect("seed");
+            let error = Config::load_file(&home.config_file()).expect_err(&bad);
+            let text = format!("{error:#}");
+            assert!(
+                text.contains(says) && text.contains("config.toml"),
+                "{bad}: {text}"
+            );
+        }
     }
 
     // The environment override is covered end to end (tests/e2e/subscriptions.rs), where the

@@ -115,8 +115,10 @@ fn is_loopback(url: &Url) -> bool {
 
 /// Downloads `url` into memory with reqwest (rustls), at most `max` bytes, a progress bar on
 /// stderr when `progress`. Plain `http://` only to loopback; at most 5 redirects, none from
-/// https to http.
+/// https to http. `tls` is km's client config ([`crate::tls::client_config_for`]): TLS 1.3
+/// only, and the API endpoint's roots and pins when `url` is on the API's host.
 pub fn download(
+    tls: &rustls::ClientConfig,
     url: &Url,
     max: u64,
     headers: &[(&str, String)],
@@ -134,7 +136,7 @@ pub fn download(
         .context("starting the download runtime")?;
     runtime.block_on(async {
         let client = reqwest::Client::builder()
-            .use_rustls_tls()
+            .use_preconfigured_tls(tls.clone())
             .https_only(!is_loopback(url))
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
@@ -146,10 +148,13 @@ pub fn download(
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        let mut response = request
-            .send()
-            .await
-            .with_context(|| format!("downloading {url}"))?;
+        let mut response = request.send().await.map_err(|e| {
+            // A TLS refusal (pins, TLS version, certificate) is said plainly, not as a chain.
+            match crate::tls::refusal_in(&e) {
+                Some(refusal) => anyhow::anyhow!("downloading {url}: {refusal}"),
+                None => anyhow::Error::new(e).context(format!("downloading {url}")),
+            }
+        })?;
         let status = response.status();
         if !status.is_success() {
             bail!("downloading {url}: the server answered {status}");
@@ -544,7 +549,8 @@ mod tests {
     #[test]
     fn plain_http_only_to_loopback() {
         let remote = Url::parse("http://example.com/p").expect("url");
-        let err = download(&remote, 10, &[], false).expect_err("refused");
+        let tls = crate::tls::client_config(None).expect("tls");
+        let err = download(&tls, &remote, 10, &[], false).expect_err("refused");
         assert!(format!("{err:#}").contains("loopback"), "{err:#}");
     }
 }

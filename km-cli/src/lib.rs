@@ -21,6 +21,7 @@ pub mod loader;
 pub mod monitor;
 pub mod policy_files;
 pub mod subscription;
+pub mod tls;
 
 use std::process::ExitCode;
 

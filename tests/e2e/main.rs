@@ -15,4 +15,5 @@ mod plugin_commands;
 mod signing;
 mod subscriptions;
 mod tool_guard;
+mod transport;
 mod wrap;

@@ -1,7 +1,8 @@
 //! The harness of km's end-to-end tests: finds the real binaries and plugin libraries that
 //! `cargo build --workspace` produced, makes throw-away `KM_HOME`s, and signs libraries with keys
 //! the test makes, using the real `km-sign`, and starts the reference API server
-//! (`km-api-server`, the crate in `tests/api-server/`) on loopback.
+//! (`km-api-server`, the crate in `tests/api-server/`) on loopback, over plain http or behind
+//! TLS with certificates the test makes ([`TestCa`], rcgen).
 //!
 //! The test binaries cannot build cdylibs or other packages' binaries themselves (cargo holds the
 //! build lock while tests run, and `km-api-server` is not this package's binary), so the README's
@@ -235,6 +236,37 @@ impl KmEnv {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Installs the real api-logger stamped for `customer` with `server`'s public key, signed
+    /// with the trusted key as api-logger 1.0.0, Pro (as a customer build is).
+    pub fn install_stamped_api_logger(&self, server: &ApiServer, customer: &Customer) -> PathBuf {
+        use km_plugin_sdk::credentials::{stamp, StampInput};
+        let mut bytes = std::fs::read(plugin_lib("api-logger")).expect("the built api-logger");
+        let credentials = km_plugin_sdk::Credentials {
+            customer_id: customer.id.to_owned(),
+            customer_token: customer.customer_token(),
+            tier: km_abi::Tier::Pro,
+            build_time: unix_now(),
+        };
+        stamp(
+            &mut bytes,
+            &StampInput {
+                api_public_key: &server.public_key,
+                api_key: customer.api_key,
+                credentials: &credentials,
+            },
+        )
+        .expect("api-logger reserves a credentials region");
+        let dest = self.plugins.join(format!(
+            "{}api_logger{}",
+            std::env::consts::DLL_PREFIX,
+            std::env::consts::DLL_SUFFIX
+        ));
+        std::fs::write(&dest, &bytes).expect("installing");
+        chmod(&dest, 0o644);
+        self.sign_with(&dest, &self.key, "api-logger", "1.0.0", "pro", &[]);
+        dest
+    }
+
     /// A plugin's data directory in this `KM_HOME`.
     pub fn data_dir(&self, plugin: &str) -> PathBuf {
         self.home.join("state").join("plugins").join(plugin)
@@ -297,6 +329,96 @@ fn write_customers(path: &Path, customers: &[(&Customer, &str)]) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// The `sha256/<base64>` pin of a DER SubjectPublicKeyInfo, as km's `api_pins` take it.
+pub fn spki_pin(spki_der: &[u8]) -> String {
+    format!(
+        "sha256/{}",
+        STANDARD.encode(ring::digest::digest(&ring::digest::SHA256, spki_der))
+    )
+}
+
+/// The pin of a fresh key that no server uses: the backup pin a pin set must carry.
+pub fn spare_pin() -> String {
+    let key = rcgen::KeyPair::generate().expect("a spare key");
+    spki_pin(&key.public_key_der())
+}
+
+/// A certificate authority made by the test (rcgen, ECDSA P-256), written as `NAME-ca.pem`
+/// (mode 0644, what km's `api_ca` names), and the server certificates it issues.
+pub struct TestCa {
+    /// The CA certificate, PEM.
+    pub cert_file: PathBuf,
+    der: Vec<u8>,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    dir: PathBuf,
+}
+
+/// A server certificate for 127.0.0.1 and localhost, with its key and pin.
+pub struct ServerCert {
+    /// The certificate, PEM (`--tls-cert`).
+    pub cert_file: PathBuf,
+    /// Its private key, PEM (`--tls-key`), mode 0600.
+    pub key_file: PathBuf,
+    /// The pin of its key (`sha256/<base64>`).
+    pub pin: String,
+}
+
+impl TestCa {
+    /// A new CA whose files go into `dir`.
+    pub fn new(dir: &Path, name: &str) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().expect("a CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("km test CA {name}"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).expect("the CA certificate");
+        let cert_file = dir.join(format!("{name}-ca.pem"));
+        std::fs::write(&cert_file, cert.pem()).expect("writing the CA certificate");
+        chmod(&cert_file, 0o644);
+        TestCa {
+            cert_file,
+            der: cert.der().to_vec(),
+            cert,
+            key,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Issues a server certificate for 127.0.0.1 and localhost with a fresh key, written as
+    /// `NAME.pem` and `NAME.key.pem`.
+    pub fn issue(&self, name: &str) -> ServerCert {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
+        let key = KeyPair::generate().expect("a server key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned()]).expect("server parameters");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("the server certificate");
+        let cert_file = self.dir.join(format!("{name}.pem"));
+        let key_file = self.dir.join(format!("{name}.key.pem"));
+        std::fs::write(&cert_file, cert.pem()).expect("writing the certificate");
+        km_durable::write_atomic(
+            &key_file,
+            key.serialize_pem().as_bytes(),
+            km_durable::PRIVATE,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        ServerCert {
+            cert_file,
+            key_file,
+            pin: spki_pin(&key.public_key_der()),
+        }
+    }
+}
+
 /// A running reference API (`km-api-server`) on loopback, with a signing key of its own; killed
 /// on drop. Made by [`ApiServer::builder`].
 pub struct ApiServer {
@@ -309,6 +431,8 @@ pub struct ApiServer {
     pub public_key_file: PathBuf,
     customers_file: PathBuf,
     plugins_dir: Option<PathBuf>,
+    /// The CA of its certificate when it serves https (for the test controls).
+    ca_der: Option<Vec<u8>>,
 }
 
 /// What an [`ApiServer`] starts with: its customers, and optionally a package directory
@@ -318,9 +442,34 @@ pub struct ApiServerBuilder<'a> {
     customers: Vec<(&'a Customer, &'a str)>,
     plugins_dir: Option<PathBuf>,
     events: Option<PathBuf>,
+    tls: Option<(Vec<u8>, PathBuf, PathBuf)>,
+    tls_versions: Option<String>,
+    extra: Vec<String>,
 }
 
 impl<'a> ApiServerBuilder<'a> {
+    /// Serves https with `cert` (issued by `ca`), TLS 1.3 only unless [`Self::tls_versions`].
+    pub fn tls(mut self, ca: &TestCa, cert: &ServerCert) -> Self {
+        self.tls = Some((
+            ca.der.clone(),
+            cert.cert_file.clone(),
+            cert.key_file.clone(),
+        ));
+        self
+    }
+
+    /// `--tls-versions` (`"1.2"`: a server km must refuse).
+    pub fn tls_versions(mut self, versions: &str) -> Self {
+        self.tls_versions = Some(versions.to_owned());
+        self
+    }
+
+    /// Further command-line arguments (`--rate-limit 3/60s`, ...).
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.extra.extend(args.iter().map(|a| (*a).to_owned()));
+        self
+    }
+
     /// The customers and their tiers (`"free"`, `"pro"`, ...). None by default.
     pub fn customers(mut self, customers: &[(&'a Customer, &'a str)]) -> Self {
         self.customers = customers.to_vec();
@@ -374,6 +523,13 @@ impl<'a> ApiServerBuilder<'a> {
         if let Some(events) = &self.events {
             cmd.arg("--events").arg(events);
         }
+        if let Some((_, cert, key)) = &self.tls {
+            cmd.arg("--tls-cert").arg(cert).arg("--tls-key").arg(key);
+        }
+        if let Some(versions) = &self.tls_versions {
+            cmd.args(["--tls-versions", versions]);
+        }
+        cmd.args(&self.extra);
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -388,14 +544,20 @@ impl<'a> ApiServerBuilder<'a> {
             public_key_file,
             customers_file,
             plugins_dir: self.plugins_dir,
+            ca_der: self.tls.map(|(der, _, _)| der),
         };
         let mut first = String::new();
         BufReader::new(stdout)
             .read_line(&mut first)
             .expect("reading the address");
         server.url = first.trim().to_owned();
+        let scheme = if server.ca_der.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         assert!(
-            server.url.starts_with("http://127.0.0.1:"),
+            server.url.starts_with(&format!("{scheme}://127.0.0.1:")),
             "unexpected first line {first:?}"
         );
         server
@@ -410,6 +572,9 @@ impl ApiServer {
             customers: Vec::new(),
             plugins_dir: None,
             events: None,
+            tls: None,
+            tls_versions: None,
+            extra: Vec::new(),
         }
     }
 
@@ -430,9 +595,67 @@ impl ApiServer {
     /// `POST /control/{path_and_query}` (`down`, `up`, `delay?ms=N`, `tamper?mode=M`),
     /// asserting that the server accepts it.
     pub fn control(&self, path_and_query: &str) {
-        let (status, body) = http(&self.url, "POST", &format!("/control/{path_and_query}"));
+        let (status, body) = self.request("POST", &format!("/control/{path_and_query}"));
         assert_eq!(status, 200, "control {path_and_query}: {body}");
     }
+
+    /// `GET /control/{path_and_query}` (`stats`, `abuse`, ...), parsed as JSON.
+    pub fn control_json(&self, path_and_query: &str) -> Value {
+        let (status, body) = self.request("GET", &format!("/control/{path_and_query}"));
+        assert_eq!(status, 200, "control {path_and_query}: {body}");
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("control {path_and_query}: not JSON ({e}): {body}"))
+    }
+
+    /// One request without a body: (status, body). Over TLS when the server serves https
+    /// (any version it offers, trusting its test CA).
+    pub fn request(&self, method: &str, path: &str) -> (u16, String) {
+        let addr = self
+            .url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\n\
+             connection: close\r\n\r\n"
+        );
+        let stream = TcpStream::connect(addr).expect("connect to km-api-server");
+        let text = match &self.ca_der {
+            None => exchange(stream, &head),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots
+                    .add(rustls::pki_types::CertificateDer::from(ca.clone()))
+                    .expect("the test CA is usable");
+                let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_protocol_versions(rustls::ALL_VERSIONS)
+                .expect("TLS versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+                let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+                let conn = rustls::ClientConnection::new(Arc::new(config), name)
+                    .expect("a TLS connection");
+                exchange(rustls::StreamOwned::new(conn, stream), &head)
+            }
+        };
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+        (status, body)
+    }
+}
+
+/// Writes `head` and reads the answer until the server closes (a TLS close without
+/// close_notify is not an error here: the answer is in by then).
+fn exchange(mut stream: impl std::io::Read + std::io::Write, head: &str) -> String {
+    stream.write_all(head.as_bytes()).expect("request");
+    let mut bytes = Vec::new();
+    let _ = stream.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 impl Drop for ApiServer {
@@ -440,23 +663,6 @@ impl Drop for ApiServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A minimal HTTP/1.1 client, enough for the reference API's controls: (status, body).
-fn http(base: &str, method: &str, path: &str) -> (u16, String) {
-    let addr = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).expect("connect to km-api-server");
-    write!(stream, "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-        .expect("request");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).expect("response");
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
-    (status, body)
 }
 
 /// How a test hands a process its stdin and stdout, as the two kinds of MCP client do.

@@ -1,5 +1,7 @@
 //! `km config show`: the configuration in force, with the API key masked and where each value
-//! comes from (the file or the environment).
+//! comes from (the file or the environment), and the transport to the API: TLS versions, the
+//! roots and the certificate pins in force ([`crate::tls::transport_report`], which `km doctor`
+//! can show too).
 
 use std::process::ExitCode;
 
@@ -36,6 +38,7 @@ fn show(globals: &Globals, as_json: bool) -> Result<ExitCode> {
     let key_source = source(ENV_API_KEY, config.api_key.as_ref());
     let url_source = source(ENV_API_URL, config.api_url.as_ref());
     let refresh_env = std::env::var(ENV_REFRESH_INTERVAL).ok();
+    let transport = crate::tls::transport_report(&config)?;
     if as_json {
         let value = json!({
             "path": path.display().to_string(),
@@ -45,6 +48,13 @@ fn show(globals: &Globals, as_json: bool) -> Result<ExitCode> {
             "api_url": config.api_url,
             "api_url_source": url_source,
             "refresh_interval_secs": config.refresh_interval_secs,
+            "transport": {
+                "tls": transport.tls_versions,
+                "roots": transport.roots,
+                "pins": transport.pins,
+                "pin_source": transport.pin_source.map(|s| s.as_str()),
+                "pin_scope": transport.pin_scope,
+            },
             "plugins": config.plugins.keys().map(|name| {
                 (name.clone(), serde_json::from_str::<serde_json::Value>(&config.plugin_settings_json(name)).unwrap_or_default())
             }).collect::<serde_json::Map<_, _>>(),
@@ -68,6 +78,19 @@ fn show(globals: &Globals, as_json: bool) -> Result<ExitCode> {
             .as_deref()
             .unwrap_or("not set: run `km init`")
     );
+    println!("tls:         {}", transport.tls_versions);
+    println!("roots:       {}", transport.roots);
+    match transport.pin_source {
+        Some(source) => {
+            println!(
+                "pins:        {} ({source}; checked against {})",
+                transport.pins.join(", "),
+                transport.pin_scope,
+                source = source.as_str()
+            );
+        }
+        None => println!("pins:        none (the roots alone decide)"),
+    }
     match (config.refresh_interval_secs, refresh_env) {
         (_, Some(env)) => println!("refresh:     every {env} s ({ENV_REFRESH_INTERVAL})"),
         (Some(secs), None) => println!("refresh:     every {secs} s"),

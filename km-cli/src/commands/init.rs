@@ -66,8 +66,14 @@ pub(crate) fn run(globals: &Globals, args: InitArgs) -> Result<ExitCode> {
         None => current_url,
     };
     let api_url = api_url.trim().to_owned();
-    // The same rules the client applies (https, or http to loopback), checked before writing.
-    ApiClient::new(&api_url).with_context(|| format!("checking the endpoint {api_url:?}"))?;
+    // The same rules the client applies (https, or http to loopback; pins need https; the CA
+    // file readable), checked before writing.
+    let checked = Config {
+        api_url: Some(api_url.clone()),
+        ..existing.clone()
+    };
+    ApiClient::for_config(&checked)
+        .with_context(|| format!("checking the endpoint {api_url:?}"))?;
 
     config::write_settings(home, Some(&api_key), Some(&api_url))?;
     if !globals.quiet {

@@ -63,16 +63,24 @@ pub(super) fn run(globals: &Globals, args: InstallPluginArgs) -> Result<ExitCode
             path.display().to_string(),
             install::read_package_file(path)?,
         ),
-        Source::Url(url) => (url.to_string(), install::download(url, max, &[], progress)?),
+        Source::Url(url) => {
+            // A URL on the API's host gets the API's roots and pins.
+            let tls = crate::tls::client_config_for(&Config::load(&globals.home)?)?;
+            (
+                url.to_string(),
+                install::download(&tls, url, max, &[], progress)?,
+            )
+        }
         Source::Name(name) => {
             let config = Config::load(&globals.home)?;
+            let tls = crate::tls::client_config_for(&config)?;
             let url = api_base(&config)?
                 .join(&format!("api/plugins/download/{name}"))
                 .with_context(|| format!("building the download URL for {name}"))?;
             let headers = api_headers(&config, args.customer_token.as_deref());
             (
                 name.clone(),
-                install::download(&url, max, &headers, progress)?,
+                install::download(&tls, &url, max, &headers, progress)?,
             )
         }
     };

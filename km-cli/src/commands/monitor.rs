@@ -28,10 +28,7 @@ pub(crate) fn run(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
     }
     let settings = Config::load(&globals.home)?;
     let config = MonitorConfig::new(args.command, args.lossless, Some(&settings))?;
-    let api: Option<Arc<dyn ApiTransport>> = match &settings.api_url {
-        Some(url) => Some(Arc::new(ApiClient::new(url)?)),
-        None => None,
-    };
+    let api: Option<Arc<dyn ApiTransport>> = ApiClient::from_config(&settings)?;
     let events = EventBus::new();
     let mut options = LoadOptions::new(
         args.plugins_dir

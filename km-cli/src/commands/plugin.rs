@@ -29,7 +29,7 @@ use crate::events::EventBus;
 use crate::exit;
 use crate::gateway::LoadedPlugin;
 use crate::home::KmHome;
-use crate::host::{ApiTransport, StdinOnce, Verbosity};
+use crate::host::{StdinOnce, Verbosity};
 use crate::loader::{load_plugins, LoadOptions, LoadReport, SIGNATURE_SUFFIX};
 use crate::subscription;
 
@@ -68,10 +68,7 @@ fn load(
 ) -> Result<LoadReport> {
     let mut options = LoadOptions::new(dir.to_path_buf(), globals.home.clone());
     options.verbosity = Verbosity::from_flags(globals.quiet, globals.verbose);
-    options.api = match &settings.api_url {
-        Some(url) => Some(Arc::new(ApiClient::new(url)?) as Arc<dyn ApiTransport>),
-        None => None,
-    };
+    options.api = ApiClient::from_config(settings)?;
     // Events a command emits have no session to go to: the next session hands them over.
     let events = EventBus::new();
     events.attach(crate::journal::JournalSink::new(globals.home.clone()));

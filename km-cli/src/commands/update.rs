@@ -76,7 +76,8 @@ fn update_one(
         .context("building the latest-version URL")?;
     url.query_pairs_mut().append_pair("name", name);
     let headers = api_headers(config, None);
-    let body = install::download(&url, 64 * 1024, &headers, false)?;
+    let tls = crate::tls::client_config_for(config)?;
+    let body = install::download(&tls, &url, 64 * 1024, &headers, false)?;
     let latest: Latest = serde_json::from_slice(&body)
         .with_context(|| format!("{url}: not a latest-version answer"))?;
     if latest.name != name {
@@ -97,6 +98,7 @@ fn update_one(
     let same_origin = pkg_url.origin() == base.origin();
     let pkg_headers: &[(&str, String)] = if same_origin { &headers } else { &[] };
     let bytes = install::download(
+        &tls,
         &pkg_url,
         install::max_package_bytes(),
         pkg_headers,

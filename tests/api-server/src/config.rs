@@ -23,7 +23,7 @@ pub(crate) struct Cli {
     /// to FILE.pub (base64), print the public key on stdout, and exit.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
         "signing_key", "customers", "db", "listen", "events", "plugins_dir",
-        "token_ttl", "delay_ms", "fail_after",
+        "token_ttl", "delay_ms", "fail_after", "tls_cert", "tls_key", "tls_versions",
     ])]
     gen_key: Option<PathBuf>,
 
@@ -67,6 +67,52 @@ pub(crate) struct Cli {
     /// After N `/api/` requests, answer every further one with 503, as after `POST /control/down`.
     #[arg(long, value_name = "N")]
     fail_after: Option<u64>,
+
+    /// Serve https with this certificate chain (PEM, the server's certificate first); the base
+    /// URL printed is then `https://IP:PORT`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of `--tls-cert` (PEM: PKCS#8, SEC1 or PKCS#1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+
+    /// The TLS versions offered, comma-separated: `1.3` (the default, what km requires), or
+    /// `1.2` or `1.2,1.3`, to test that a client refuses them.
+    #[arg(long, value_name = "VERSIONS", requires = "tls_cert")]
+    tls_versions: Option<String>,
+}
+
+/// A TLS protocol version the server can offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// `--tls-cert`, `--tls-key`, `--tls-versions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TlsSettings {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    /// At least one, without repeats.
+    pub(crate) versions: Vec<TlsVersion>,
+}
+
+/// Parses `--tls-versions`.
+fn tls_versions(text: &str) -> anyhow::Result<Vec<TlsVersion>> {
+    let mut versions = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let version = match part {
+            "1.2" => TlsVersion::Tls12,
+            "1.3" => TlsVersion::Tls13,
+            other => bail!("--tls-versions {text:?}: {other:?} is not 1.2 or 1.3"),
+        };
+        if !versions.contains(&version) {
+            versions.push(version);
+        }
+    }
+    Ok(versions)
 }
 
 /// What the server was asked to do.
@@ -74,8 +120,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Write a new signing key and print its public half.
     GenKey { out: PathBuf },
-    /// Serve the API.
-    Serve(ServeConfig),
+    /// Serve the API (boxed: the configuration is large beside the other variant).
+    Serve(Box<ServeConfig>),
 }
 
 /// Where the database lives.
@@ -101,6 +147,8 @@ pub(crate) struct ServeConfig {
     pub(crate) token_ttl: i64,
     pub(crate) delay_ms: u64,
     pub(crate) fail_after: Option<u64>,
+    /// Serve https (`None`: plain http).
+    pub(crate) tls: Option<TlsSettings>,
 }
 
 impl Cli {
@@ -118,9 +166,18 @@ impl Cli {
                 self.listen
             );
         }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsSettings {
+                cert,
+                key,
+                versions: tls_versions(self.tls_versions.as_deref().unwrap_or("1.3"))?,
+            }),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together"),
+        };
         let token_ttl = i64::try_from(self.token_ttl)
             .map_err(|_| anyhow::anyhow!("--token-ttl {}: too large", self.token_ttl))?;
-        Ok(Command::Serve(ServeConfig {
+        Ok(Command::Serve(Box::new(ServeConfig {
             signing_key,
             customers: self.customers,
             db: self.db.map_or(DbLocation::Memory, DbLocation::File),
@@ -130,7 +187,8 @@ impl Cli {
             token_ttl,
             delay_ms: self.delay_ms,
             fail_after: self.fail_after,
-        }))
+            tls,
+        })))
     }
 }
 

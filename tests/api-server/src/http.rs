@@ -1,6 +1,6 @@
 //! The server's own request and response types, independent of the HTTP library.
 //!
-//! Handlers see only these: the transport ([`crate::server`], tiny_http today) reads a request
+//! Handlers see only these: the transport ([`crate::server`], hyper today) reads a request
 //! with its body already under the size cap and writes the response back. Keeping the library
 //! out of the handlers means that a change of transport (TLS, say) touches one module, and that
 //! the router and the handlers are tested without a socket.

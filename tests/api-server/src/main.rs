@@ -9,11 +9,12 @@
 //!                                               # server.key.pub, prints the public key (base64)
 //! km-api-server --signing-key server.key --customers customers.json \
 //!               [--db api.sqlite] [--listen 127.0.0.1:0] [--events events.jsonl] \
-//!               [--plugins-dir DIR] [--token-ttl SECS] [--delay-ms MS] [--fail-after N]
+//!               [--plugins-dir DIR] [--token-ttl SECS] [--delay-ms MS] [--fail-after N] \
+//!               [--tls-cert CERT.pem --tls-key KEY.pem [--tls-versions 1.3|1.2|1.2,1.3]]
 //! ```
 //!
-//! The first line on stdout is the base URL it listens on (`http://127.0.0.1:PORT`), so that a
-//! caller that asked for port 0 can read it. Requests are logged on stderr, one line each.
+//! The first line on stdout is the base URL it listens on (`http://127.0.0.1:PORT`, or
+//! `https://` with `--tls-cert`), so that a caller that asked for port 0 can read it. Requests are logged on stderr, one line each.
 //! Exit codes: 0 after `--gen-key`, 2 for a usage or start-up error (the server itself runs until
 //! it is killed).
 //!
@@ -24,7 +25,8 @@
 //! - [`customers_file`]: the customers file and how its changes reach the database;
 //! - [`router`] and [`http`]: the transport-neutral request, response and routing types;
 //! - [`routes`]: one module per area of the API, each registering its endpoints;
-//! - [`server`]: the HTTP transport (tiny_http), the worker threads and the request log;
+//! - [`server`]: the HTTP transport (hyper, with TLS by tokio-rustls), the request threads and
+//!   the request log;
 //! - [`state`]: what every handler shares.
 //!
 //! The endpoints, the customers file format and the test controls are described in
@@ -68,7 +70,7 @@ fn run(cli: config::Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         config::Command::Serve(serve) => {
-            server::run(serve)?;
+            server::run(*serve)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -6,9 +6,9 @@
 //! header; a body over the cap is 413. Guards run before matching for every path under their
 //! prefix (known or not), which is how the test controls make the whole `/api/` tree go down.
 //!
-//! Hand-written rather than a framework's router: the server's transport is tiny_http, which has
-//! none, and what the API needs (exact segments, one-segment parameters, 404/405) is a few dozen
-//! lines; the crates that do this are tied to hyper or tokio services.
+//! Hand-written rather than a framework's router: it was written for tiny_http, which has none,
+//! and it keeps the handlers independent of the transport (hyper today, see [`crate::server`]);
+//! what the API needs (exact segments, one-segment parameters, 404/405) is a few dozen lines.
 
 use crate::http::{Method, Request, Response};
 

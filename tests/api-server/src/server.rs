@@ -1,22 +1,42 @@
-//! The HTTP transport: tiny_http on a loopback address, one thread per request, the request log.
+//! The HTTP transport: hyper 1 (HTTP/1.1) on a loopback address, optionally behind TLS
+//! (tokio-rustls), the request log.
 //!
-//! tiny_http parses requests on its own connection threads; each request is then handled on a
-//! thread of its own, so that a request held by the delay control (seconds, by design) never
-//! holds up another, in particular the control request that ends the delay. The number of
-//! threads is the number of requests in flight, which the clients of a reference server bound.
-//! The body is read here under the router's cap (a declared length over it is refused without
-//! reading; an undeclared one is read up to one byte past it), converted to the server's own
-//! [`Request`], answered by the [`Router`], and the answer written back. Each request is logged
-//! on stderr as `km-api-server: METHOD PATH -> STATUS`.
+//! Why hyper and not tiny_http, which this module used first: tiny_http's TLS feature builds its
+//! own rustls configuration (end-of-life rustls 0.20, TLS 1.2 and 1.3) and takes none from the
+//! caller, so it can serve neither TLS 1.3 alone, which km requires, nor TLS 1.2 alone, which
+//! the test of km's refusal needs. hyper, hyper-util and tokio-rustls are already in the lock
+//! through reqwest; the rustls config is built here with the versions asked for
+//! (`--tls-versions`), so both servers are one flag apart.
+//!
+//! A tokio runtime of its own runs on one thread ("accept") with two workers: it accepts
+//! connections, does the TLS handshake (bounded by [`HANDSHAKE_TIMEOUT`]; a failed one is logged
+//! on stderr with the peer and rustls' reason) and lets hyper read requests. Each request's body
+//! is read under the router's cap (a declared length over it is refused without reading; an
+//! undeclared one is read up to the cap and refused past it), converted to the server's own
+//! [`Request`], and answered by the [`Router`] on tokio's blocking pool: handlers are synchronous
+//! and may block (the delay control sleeps for seconds by design), so each request in flight has
+//! a thread of its own and a held request never holds up another, in particular the control
+//! request that ends the delay. Each request is logged on stderr as
+//! `km-api-server: METHOD PATH -> STATUS`. The handlers and the router do not know which
+//! transport carries them.
 
-use std::io::{Read as _, Write as _};
+use std::convert::Infallible;
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use anyhow::Context as _;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::config::{DbLocation, ServeConfig};
+use crate::config::{DbLocation, ServeConfig, TlsSettings, TlsVersion};
 use crate::customers_file::CustomersFile;
 use crate::http::{Method, Request, Response};
 use crate::keys::TokenSigner;
@@ -25,11 +45,15 @@ use crate::routes;
 use crate::state::{AppState, Controls, Stats};
 use crate::store::Store;
 
+/// How long a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `config` until the process is killed: prints the base URL as the first line on
 /// stdout, then answers requests.
 pub(crate) fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let tls = config.tls.as_ref().map(tls_config).transpose()?;
     let state = build_state(&config)?;
-    let running = start(config.listen, Arc::new(state), routes::router())?;
+    let running = start(config.listen, tls, Arc::new(state), routes::router())?;
     println!("{}", running.url);
     std::io::stdout()
         .flush()
@@ -92,11 +116,60 @@ pub(crate) fn build_state(config: &ServeConfig) -> anyhow::Result<AppState> {
     })
 }
 
+fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading the TLS certificate file {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("{}: not a PEM certificate chain", path.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!(
+            "the TLS certificate file {} holds no PEM certificate",
+            path.display()
+        );
+    }
+    Ok(certs)
+}
+
+/// The rustls server configuration `settings` ask for: their certificate chain and key, and
+/// exactly the TLS versions listed.
+pub(crate) fn tls_config(settings: &TlsSettings) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let certs = read_certs(&settings.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&settings.key).with_context(|| {
+        format!(
+            "reading the TLS private key {} (PEM: PKCS#8, SEC1 or PKCS#1)",
+            settings.key.display()
+        )
+    })?;
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = settings
+        .versions
+        .iter()
+        .map(|v| match v {
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+        })
+        .collect();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&versions)
+    .context("configuring the TLS versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .with_context(|| {
+        format!(
+            "the TLS key {} does not go with the certificate {}",
+            settings.key.display(),
+            settings.cert.display()
+        )
+    })?;
+    Ok(Arc::new(config))
+}
+
 /// A listening server.
 pub(crate) struct Running {
-    /// `http://IP:PORT`.
+    /// `http://IP:PORT`, or `https://IP:PORT` behind TLS.
     pub(crate) url: String,
-    server: Arc<tiny_http::Server>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -110,109 +183,209 @@ impl Running {
 }
 
 impl Drop for Running {
-    /// Stops accepting and waits for the accept loop (requests in flight finish on their own
-    /// threads).
+    /// Stops accepting and waits for the accept thread (requests in flight on the blocking pool
+    /// finish on their own).
     fn drop(&mut self) {
-        self.server.unblock();
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(true);
+        }
         if let Some(accept) = self.accept.take() {
             let _ = accept.join();
         }
     }
 }
 
-/// Listens on `listen` (loopback, checked by the configuration) and answers with `router`.
+/// Listens on `listen` (loopback, checked by the configuration), behind TLS when `tls` is
+/// given, and answers with `router`.
 pub(crate) fn start<S: Send + Sync + 'static>(
     listen: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<S>,
     router: Router<S>,
 ) -> anyhow::Result<Running> {
-    let server = tiny_http::Server::http(listen)
-        .map_err(|e| anyhow::anyhow!("listening on {listen}: {e}"))?;
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .context("the listener has no IP address")?;
-    let server = Arc::new(server);
+    let listener =
+        std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    let addr = listener
+        .local_addr()
+        .context("the listener has no address")?;
+    listener
+        .set_nonblocking(true)
+        .context("making the listener non-blocking")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("km-api-server")
+        .enable_all()
+        .build()
+        .context("starting the server's runtime")?;
+    let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
     let router = Arc::new(router);
-    let accepting = server.clone();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     let accept = std::thread::Builder::new()
         .name("accept".into())
         .spawn(move || {
-            for request in accepting.incoming_requests() {
-                let (state, router) = (state.clone(), router.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("request".into())
-                    .spawn(move || answer(&*state, &router, request));
-                if let Err(e) = spawned {
-                    // The request is dropped with the closure: its connection closes unanswered.
-                    eprintln!("km-api-server: cannot start a request thread: {e}");
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("km-api-server: cannot use the listener: {e}");
+                        return;
+                    }
+                };
+                loop {
+                    let (stream, peer) = tokio::select! {
+                        accepted = listener.accept() => match accepted {
+                            Ok(pair) => pair,
+                            Err(e) => {
+                                eprintln!("km-api-server: accept failed: {e}");
+                                continue;
+                            }
+                        },
+                        _ = stopped.changed() => return,
+                    };
+                    let (state, router, acceptor) =
+                        (state.clone(), router.clone(), acceptor.clone());
+                    tokio::spawn(async move {
+                        match acceptor {
+                            None => serve(stream, state, router).await,
+                            Some(acceptor) => {
+                                let handshake = tokio::time::timeout(
+                                    HANDSHAKE_TIMEOUT,
+                                    acceptor.accept(stream),
+                                )
+                                .await;
+                                match handshake {
+                                    Ok(Ok(tls)) => serve(tls, state, router).await,
+                                    Ok(Err(e)) => eprintln!(
+                                        "km-api-server: TLS handshake with {peer} failed: {e}"
+                                    ),
+                                    Err(_) => eprintln!(
+                                        "km-api-server: TLS handshake with {peer} timed out"
+                                    ),
+                                }
+                            }
+                        }
+                    });
                 }
-            }
+            });
+            // Requests still held (a delayed one, for minutes) must not keep the process or
+            // the caller of `drop` waiting.
+            runtime.shutdown_background();
         })
         .context("starting the accept thread")?;
     Ok(Running {
-        url: format!("http://{addr}"),
-        server,
+        url: format!("{scheme}://{addr}"),
+        shutdown: Some(shutdown),
         accept: Some(accept),
     })
+}
+
+/// Serves the HTTP/1.1 connection `io` until the client closes it.
+async fn serve<S, IO>(io: IO, state: Arc<S>, router: Arc<Router<S>>)
+where
+    S: Send + Sync + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let (state, router) = (state.clone(), router.clone());
+        async move { Ok::<_, Infallible>(answer(state, router, request).await) }
+    });
+    // A client that goes away mid-request ends the connection; nothing else to do about it.
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 /// What reading a request's body can end in, other than the body.
 enum BodyError {
     TooLarge,
-    Unreadable(std::io::Error),
+    Unreadable(String),
 }
 
-fn read_body(request: &mut tiny_http::Request, max: u64) -> Result<Vec<u8>, BodyError> {
-    if request.body_length().is_some_and(|n| n as u64 > max) {
+async fn read_body(
+    headers: &hyper::HeaderMap,
+    body: Incoming,
+    max: u64,
+) -> Result<Vec<u8>, BodyError> {
+    let declared = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
         return Err(BodyError::TooLarge);
     }
-    let mut body = Vec::new();
-    request
-        .as_reader()
-        .take(max.saturating_add(1))
-        .read_to_end(&mut body)
-        .map_err(BodyError::Unreadable)?;
-    if body.len() as u64 > max {
-        return Err(BodyError::TooLarge);
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(BodyError::TooLarge),
+        Err(e) => Err(BodyError::Unreadable(e.to_string())),
     }
-    Ok(body)
 }
 
-fn answer<S>(state: &S, router: &Router<S>, mut raw: tiny_http::Request) {
-    let mut request = Request::new(Method::parse(raw.method().as_str()), raw.url());
-    request.headers = raw
-        .headers()
+async fn answer<S: Send + Sync + 'static>(
+    state: Arc<S>,
+    router: Arc<Router<S>>,
+    raw: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let (parts, body) = raw.into_parts();
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut request = Request::new(Method::parse(parts.method.as_str()), target);
+    // hyper gives header names lowercased already.
+    request.headers = parts
+        .headers
         .iter()
-        .map(|h| {
-            (
-                h.field.as_str().as_str().to_ascii_lowercase(),
-                h.value.as_str().to_owned(),
-            )
+        .filter_map(|(name, value)| {
+            value
+                .to_str()
+                .ok()
+                .map(|v| (name.as_str().to_owned(), v.to_owned()))
         })
         .collect();
-    let response = match read_body(&mut raw, router.max_body()) {
+    let response = match read_body(&parts.headers, body, router.max_body()).await {
         Ok(body) => {
             request.body = body;
-            router.handle(state, &request)
+            let (method, path) = (request.method.clone(), request.path.clone());
+            let handled =
+                tokio::task::spawn_blocking(move || router.handle(&*state, &request)).await;
+            let response = handled.unwrap_or_else(|e| {
+                eprintln!("km-api-server: the handler of {method} {path} failed: {e}");
+                Response::error(500, "the server failed")
+            });
+            eprintln!("km-api-server: {method} {path} -> {}", response.status);
+            response
         }
-        Err(BodyError::TooLarge) => router.body_too_large(),
-        Err(BodyError::Unreadable(e)) => {
-            Response::error(400, &format!("the request body could not be read: {e}"))
+        Err(error) => {
+            let response = match error {
+                BodyError::TooLarge => router.body_too_large(),
+                BodyError::Unreadable(e) => {
+                    Response::error(400, &format!("the request body could not be read: {e}"))
+                }
+            };
+            eprintln!(
+                "km-api-server: {} {} -> {}",
+                request.method, request.path, response.status
+            );
+            response
         }
     };
-    eprintln!(
-        "km-api-server: {} {} -> {}",
-        request.method, request.path, response.status
-    );
-    let mut out = tiny_http::Response::from_data(response.body).with_status_code(response.status);
+    to_hyper(response)
+}
+
+fn to_hyper(response: Response) -> hyper::Response<Full<Bytes>> {
+    let mut builder = hyper::Response::builder().status(response.status);
     for (name, value) in &response.headers {
-        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            out.add_header(header);
-        }
+        builder = builder.header(name.as_str(), value.as_str());
     }
-    // A client that went away gets no answer; nothing else to do about it.
-    let _ = raw.respond(out);
+    builder
+        .body(Full::new(Bytes::from(response.body)))
+        .unwrap_or_else(|e| {
+            eprintln!("km-api-server: an answer could not be sent as made: {e}");
+            let mut fallback = hyper::Response::new(Full::new(Bytes::from_static(
+                b"{\"error\":\"the server made an invalid answer\"}",
+            )));
+            *fallback.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+            fallback
+        })
 }
 
 #[cfg(test)]

@@ -72,6 +72,7 @@ impl Fixture {
             token_ttl: 900,
             delay_ms: 0,
             fail_after: None,
+            tls: None,
         }
     }
 

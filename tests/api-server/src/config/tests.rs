@@ -84,3 +84,51 @@ fn numbers_are_checked() {
         assert!(parse(&args).is_err(), "{bad:?} is refused");
     }
 }
+
+#[test]
+fn tls_flags_go_together_and_name_known_versions() {
+    let Ok(Command::Serve(c)) = parse(&[
+        "--signing-key",
+        "k",
+        "--customers",
+        "c.json",
+        "--tls-cert",
+        "cert.pem",
+        "--tls-key",
+        "key.pem",
+    ]) else {
+        panic!("parses");
+    };
+    let tls = c.tls.as_ref().expect("tls");
+    assert_eq!(tls.versions, vec![crate::config::TlsVersion::Tls13]);
+    let Ok(Command::Serve(c)) = parse(&[
+        "--signing-key",
+        "k",
+        "--customers",
+        "c.json",
+        "--tls-cert",
+        "cert.pem",
+        "--tls-key",
+        "key.pem",
+        "--tls-versions",
+        "1.2,1.3,1.2",
+    ]) else {
+        panic!("parses");
+    };
+    assert_eq!(
+        c.tls.as_ref().expect("tls").versions,
+        vec![
+            crate::config::TlsVersion::Tls12,
+            crate::config::TlsVersion::Tls13
+        ]
+    );
+    for bad in [
+        &["--tls-cert", "cert.pem"][..],
+        &["--tls-key", "key.pem"][..],
+        &["--tls-cert", "c", "--tls-key", "k", "--tls-versions", "1.1"][..],
+    ] {
+        let mut args = vec!["--signing-key", "k", "--customers", "c.json"];
+        args.extend_from_slice(bad);
+        assert!(parse(&args).is_err(), "{bad:?}");
+    }
+}
