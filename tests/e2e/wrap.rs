@@ -227,3 +227,134 @@ fn a_file_km_cannot_parse_is_refused_and_left_untouched() {
         assert_eq!(std::fs::read_to_string(&path).expect("read"), text);
     }
 }
+
+/// The path of server-everything, installed by scripts/test; `None` (the test says why) when the
+/// tests run by hand without it, except in CI, where its absence fails the test.
+fn everything() -> Option<PathBuf> {
+    match std::env::var_os("KM_TEST_MCP_EVERYTHING") {
+        Some(path) => Some(PathBuf::from(path)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("KM_TEST_MCP_EVERYTHING is not set in CI: scripts/test installs it")
+        }
+        None => {
+            eprintln!("skipped: KM_TEST_MCP_EVERYTHING is not set (run ./scripts/test)");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_wrapped_server_relays_a_real_session_for_a_node_style_client() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::time::Duration;
+
+    let Some(server) = everything() else {
+        return;
+    };
+    let env = KmEnv::new();
+    env.install("test-observer", "test-observer");
+    // km's home is HOME/.km, and the client passes only HOME and PATH: km finds it from HOME.
+    let user_home = env.dir.path().join("user");
+    std::fs::create_dir_all(&user_home).expect("user home");
+    let km_home = user_home.join(".km");
+    std::fs::rename(&env.home, &km_home).expect("move KM_HOME under HOME");
+    let config = env.dir.path().join("claude_desktop_config.json");
+    let original = format!(
+        "{{\n  \"mcpServers\": {{\n    \"everything\": {{\n      \"command\": \"node\",\n      \"args\": [{}, \"stdio\"]\n    }}\n  }}\n}}\n",
+        serde_json::to_string(&server.display().to_string()).expect("json")
+    );
+    std::fs::write(&config, &original).expect("write");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let out = std::process::Command::new(km_tests::km_bin())
+        .env_clear()
+        .env("HOME", &user_home)
+        .env("PATH", &path)
+        .args(["wrap", "--config"])
+        .arg(&config)
+        .output()
+        .expect("km wrap");
+    assert!(out.status.success(), "{}", km_tests::describe(&out));
+
+    // Start the wrapped command as a Node-based client does: socketpair stdio, HOME and PATH.
+    let wrapped: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("read")).expect("JSON");
+    let entry = &wrapped["mcpServers"]["everything"];
+    let args: Vec<String> = entry["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string").to_owned())
+        .collect();
+    assert_eq!(
+        &args[..2],
+        ["monitor", "--"],
+        "no --home: HOME/.km is the default"
+    );
+    let mut cmd = std::process::Command::new(entry["command"].as_str().expect("command"));
+    cmd.args(&args)
+        .env_clear()
+        .env("HOME", &user_home)
+        .env("PATH", &path)
+        .env("KM_GRACE_MS", "300")
+        .stderr(std::process::Stdio::piped());
+    let (child, mut stdin, stdout) = km_tests::spawn_client(
+        cmd,
+        km_tests::ClientStdio::SocketPairs,
+        Duration::from_secs(60),
+    );
+    let mut stdout = BufReader::new(stdout);
+    let mut ask = |stdin: &mut km_tests::ClientStdin, line: &str, id: u64| -> Value {
+        writeln!(stdin, "{line}").expect("write");
+        loop {
+            let mut answer = String::new();
+            assert!(
+                stdout.read_line(&mut answer).expect("read") > 0,
+                "km ended early"
+            );
+            let value: Value = serde_json::from_str(&answer).expect("JSON");
+            if value["id"] == id {
+                return value;
+            }
+        }
+    };
+    let init = ask(
+        &mut stdin,
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"node-like","version":"1"}}}"#,
+        1,
+    );
+    assert!(init["result"]["serverInfo"].is_object(), "{init}");
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .expect("write");
+    let sum = ask(
+        &mut stdin,
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"get-sum","arguments":{"a":2,"b":3}}}"#,
+        2,
+    );
+    assert_eq!(
+        sum["result"]["content"][0]["text"], "The sum of 2 and 3 is 5.",
+        "{sum}"
+    );
+    stdin.end();
+    let _ = child.wait("the wrapped km", String::new);
+    let seen = std::fs::read_to_string(km_home.join("state/plugins/test-observer/seen.jsonl"))
+        .expect("the plugin saw the session");
+    assert!(
+        seen.contains("get-sum") || seen.contains("tools/call"),
+        "{seen}"
+    );
+
+    // And back, byte for byte.
+    let out = std::process::Command::new(km_tests::km_bin())
+        .env_clear()
+        .env("HOME", &user_home)
+        .env("PATH", &path)
+        .args(["unwrap", "--config"])
+        .arg(&config)
+        .output()
+        .expect("km unwrap");
+    assert!(out.status.success(), "{}", km_tests::describe(&out));
+    assert_eq!(std::fs::read_to_string(&config).expect("read"), original);
+}
