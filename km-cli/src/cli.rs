@@ -65,10 +65,21 @@ pub enum Command {
     /// Undo `km wrap`: a file nobody edited since is restored exactly; otherwise only km's own
     /// entries are unwrapped.
     Unwrap(WrapArgs),
+    /// Print a completion script for a shell: `km completions bash > /etc/bash_completion.d/km`,
+    /// `km completions zsh > ~/.zfunc/_km`, `km completions fish > ~/.config/fish/completions/km.fish`.
+    Completions(CompletionsArgs),
     /// Run a plugin's own command (reports, approvals, checks): `km plugin NAME ARGS...`;
     /// `km plugin NAME --help` shows what it offers; `km plugin` lists plugins with commands.
     /// The plugin is verified and loaded exactly as `km monitor` does.
     Plugin(PluginArgs),
+}
+
+/// `km completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `km wrap` and `km unwrap`.

@@ -2,6 +2,7 @@
 //! One binary, a module per topic. Run `cargo build --workspace` first (see README).
 
 mod abi_compat;
+mod cli;
 mod compliance;
 mod distribution;
 mod host_events;

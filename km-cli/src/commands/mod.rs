@@ -54,6 +54,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::UninstallPlugin(args) => uninstall::run(&globals, args),
         Command::UpdatePlugin(args) => update::run(&globals, args),
         Command::Plugin(args) => plugin::run(&globals, args),
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "km",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Wrap(args) => wrap::run(&globals, args, wrap::Direction::Wrap),
         Command::Unwrap(args) => wrap::run(&globals, args, wrap::Direction::Unwrap),
     }
