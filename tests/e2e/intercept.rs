@@ -573,3 +573,30 @@ fn observers_get_progress_correlated_to_its_request() {
         .expect("the progress notification from the server side");
     assert_eq!(progress_back["correlation"], "c1");
 }
+
+#[test]
+fn a_lossless_plugin_that_stops_taking_messages_cannot_hold_the_session() {
+    let env = KmEnv::new();
+    env.install("test-hang", "test-hang");
+    let count = 20_000;
+    let input: String = (0..count)
+        .map(|i| format!("{}\n", tool_call(i, "flood")))
+        .collect();
+    // Every plugin lossless, and a short stall limit for the test.
+    let mut cmd = env.km();
+    cmd.args(["monitor", "--lossless", "--", "cat"])
+        .env("KM_GRACE_MS", "300")
+        .env("KM_LOSSLESS_STALL_MS", "500")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("km starts");
+    let (status, stdout, stderr) = crate::monitor::exchange(child, input.clone().into_bytes());
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(status.success(), "{stderr}");
+    assert_eq!(stdout.len(), input.len(), "the stream went through");
+    assert!(
+        stderr.contains("plugin test-hang asked for every message but has taken none"),
+        "{stderr}"
+    );
+}

@@ -370,6 +370,9 @@ pub(crate) fn run(
         }
     };
     if let (Some(session), Some(workers)) = (session, workers) {
+        // The server is gone and its output has stopped moving: a lossless plugin still holding
+        // a pump back has stopped taking messages, and waits no more.
+        session.stop_waiting();
         let counts = session.finish_pairing();
         let mut data = serde_json::Map::new();
         use std::os::unix::process::ExitStatusExt;
@@ -532,6 +535,7 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
         config.grace,
         notices,
         signals,
+        || session.as_ref().map_or(0, |s| s.progress()),
         on_report,
     )
     .await

@@ -29,8 +29,10 @@ use tokio::time::Instant;
 use super::banner::Notices;
 use super::relay::{PumpEnd, PumpReport};
 
-/// How long the child's output may keep flowing after the child exited (a grandchild may still
-/// hold the pipe open; km does not wait for it longer than this).
+/// How long the child's output may keep flowing after the child exited without making progress
+/// (a grandchild may still hold the pipe open; km does not wait for it longer than this). While
+/// the output still moves (a lossless plugin holding the relay back through what the server
+/// wrote before exiting), km waits on.
 const OUTPUT_TAIL: Duration = Duration::from_millis(500);
 
 /// The size asked for the child's pipes.
@@ -215,6 +217,7 @@ pub(crate) async fn supervise(
     grace: Duration,
     notices: Notices,
     mut signals: Forwarded,
+    progress: impl Fn() -> u64,
     mut on_report: impl FnMut(&PumpReport),
 ) -> io::Result<ExitStatus> {
     let mut deadline: Option<(Instant, Step)> = None;
@@ -277,14 +280,23 @@ pub(crate) async fn supervise(
         }
     };
     // Let the last of the child's output through before the session ends.
-    let tail = Instant::now() + OUTPUT_TAIL;
+    let mut tail = Instant::now() + OUTPUT_TAIL;
+    let mut moved = progress();
     while !output_done {
         match tokio::time::timeout_at(tail, reports.recv()).await {
             Ok(Some(report)) => {
                 on_report(&report);
                 output_done |= report.direction == Direction::Response;
             }
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
+            Err(_) => {
+                let now = progress();
+                if now == moved {
+                    break;
+                }
+                moved = now;
+                tail = Instant::now() + OUTPUT_TAIL;
+            }
         }
     }
     Ok(status)

@@ -212,6 +212,9 @@ pub(crate) struct Session {
     keep_requests: bool,
     /// Whether any plugin gets messages (else [`Session::deliver`] has nothing to do).
     observed: bool,
+    /// Bumped each time a pump hands lines over: read without the lock (which a lossless send
+    /// may hold for long) by the supervisor, to tell a slow end of output from a stuck one.
+    progress: AtomicU64,
 }
 
 impl Session {
@@ -254,6 +257,7 @@ impl Session {
             holding: tokio::sync::Notify::new(),
             keep_requests,
             observed,
+            progress: AtomicU64::new(0),
         })
     }
 
@@ -278,6 +282,7 @@ impl Session {
         timestamp_us: u64,
         upto: u64,
     ) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
         let this = side(direction);
         let mut out = Outbox::Empty;
         let mut guard = self.lock();
@@ -430,6 +435,7 @@ impl Session {
         scan: &Scan,
         read_at: Instant,
     ) -> Numbered {
+        self.progress.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
         self.number(&mut state, direction, line, scan, read_at)
     }
@@ -594,12 +600,24 @@ impl Session {
     /// them, pending requests are forgotten, and the queues close (the workers then drain them).
     /// Returns the line counts.
     pub(crate) fn close(&self) -> Counts {
+        self.stop_waiting();
         self.finish_pairing();
         self.closing.store(true, Ordering::Relaxed);
         let mut state = self.lock();
         state.correlator.clear();
         state.dispatcher = None;
         state.counts
+    }
+
+    /// From now on no send waits for room (a lossless plugin that stopped taking messages can no
+    /// longer hold a pump, or the session's lock, at the end of the session).
+    pub(crate) fn stop_waiting(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// How often pumps have handed lines over so far (without taking the lock).
+    pub(crate) fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
     }
 
     /// The line counts so far.

@@ -19,7 +19,9 @@
 //! Each lane has its own delivery (ABI 1.1's interest): a plugin that does not observe gets no
 //! messages, only events; a plugin that asked for lossless delivery (an audit trail) gets
 //! back-pressure on its own queue instead of drops, or, where configuration refuses back-pressure,
-//! a `gap` event saying how many messages it missed, placed where they would have been. Events a
+//! a `gap` event saying how many messages it missed, placed where they would have been. A
+//! lossless plugin that takes nothing for [`STALL_LIMIT`] while the relay waits for it has
+//! stopped, and may not hold the MCP session for ever: from then on it gets gap events too. Events a
 //! plugin emits reach every lane but its own.
 //!
 //! A plugin that panics (the SDK turns the panic into a `PANICKED` error) is disabled for the rest
@@ -42,6 +44,11 @@ use crate::gateway::LoadedPlugin;
 
 /// Room in each plugin's queue, in messages.
 pub const QUEUE_CAPACITY: usize = 8192;
+
+/// How long a lossless plugin may take nothing while the relay waits for room in its queue
+/// before the relay stops waiting for it (see [`Dispatcher::send`]); `KM_LOSSLESS_STALL_MS`
+/// changes it (for tests).
+pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(10);
 
 /// Room in each plugin's queue, in bytes of lines: with lines of any size, a count alone would not
 /// bound memory. A single line larger than this still goes into an empty queue. Lines may share
@@ -134,6 +141,8 @@ pub(crate) struct LaneState {
     pub(crate) gap: AtomicU64,
     /// Whether the plugin asked for every message.
     lossless: bool,
+    /// Set when a lossless plugin stopped taking messages: the relay no longer waits for it.
+    stalled: AtomicBool,
     pub(crate) handled: AtomicU64,
     pub(crate) disabled: AtomicBool,
     /// Messages and bytes of lines in the queue (added before a send, subtracted once handled or
@@ -174,6 +183,9 @@ impl LaneState {
 /// The sending side: owned by the session and used under its lock. Dropping it closes the queues.
 pub struct Dispatcher {
     lanes: Vec<Lane>,
+    notices: Notices,
+    /// See [`STALL_LIMIT`].
+    stall_limit: Duration,
     /// Whether a lossless lane may hold the relay back; if not, it gets gap events.
     backpressure: bool,
     /// Room in each queue, in messages.
@@ -238,6 +250,7 @@ pub fn start_lanes(
             drops: AtomicU64::new(0),
             gap: AtomicU64::new(0),
             lossless,
+            stalled: AtomicBool::new(false),
             handled: AtomicU64::new(0),
             disabled: AtomicBool::new(false),
             queued_messages: AtomicUsize::new(0),
@@ -273,6 +286,11 @@ pub fn start_lanes(
     (
         Dispatcher {
             lanes,
+            notices,
+            stall_limit: std::env::var("KM_LOSSLESS_STALL_MS")
+                .ok()
+                .and_then(|ms| ms.trim().parse().ok())
+                .map_or(STALL_LIMIT, Duration::from_millis),
             backpressure,
             capacity: capacity.max(1),
         },
@@ -343,6 +361,9 @@ impl Dispatcher {
         closing: &AtomicBool,
     ) {
         let mut pause = Duration::from_micros(50);
+        // A lossless plugin that takes nothing for this long has stopped: it may not hold the
+        // relay (and the MCP session) for ever; it loses messages from then on, with gap events.
+        let mut watched: Option<(Instant, u64)> = None;
         loop {
             if lane.state.reserve(messages, bytes, self.capacity) {
                 let missed = lane.state.gap.swap(0, Ordering::Relaxed);
@@ -361,14 +382,28 @@ impl Dispatcher {
                 }
                 return;
             }
-            let wait = lane.lossless && self.backpressure;
+            let stalled = lane.state.stalled.load(Ordering::Relaxed);
+            let wait = lane.lossless && self.backpressure && !stalled;
             if !wait || closing.load(Ordering::Relaxed) {
                 let missed = messages.max(1) as u64;
                 lane.state.drops.fetch_add(missed, Ordering::Relaxed);
-                if lane.lossless && !self.backpressure {
+                if lane.lossless && (!self.backpressure || stalled) {
                     lane.state.gap.fetch_add(missed, Ordering::Relaxed);
                 }
                 return;
+            }
+            let handled = lane.state.handled.load(Ordering::Relaxed);
+            match watched {
+                Some((since, seen)) if seen == handled => {
+                    if since.elapsed() >= self.stall_limit {
+                        lane.state.stalled.store(true, Ordering::Relaxed);
+                        self.notices.warn(&format!(
+                            "plugin {} asked for every message but has taken none for {STALL_LIMIT:?};                              the relay no longer waits for it (what it misses is counted and reported to it)",
+                            lane.state.name
+                        ));
+                    }
+                }
+                _ => watched = Some((Instant::now(), handled)),
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));
