@@ -532,9 +532,11 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
         &mut child,
         pid,
         &mut reports,
-        config.grace,
-        notices,
-        signals,
+        process::Ending {
+            grace: config.grace,
+            notices,
+            signals,
+        },
         || session.as_ref().map_or(0, |s| s.progress()),
         on_report,
     )

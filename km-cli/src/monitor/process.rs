@@ -208,18 +208,29 @@ pub(crate) fn forwarded(notices: &Notices) -> Forwarded {
     }
 }
 
+/// How the supervisor ends a session: the grace periods, km's voice, the signals it forwards.
+pub(crate) struct Ending {
+    pub(crate) grace: Duration,
+    pub(crate) notices: Notices,
+    pub(crate) signals: Forwarded,
+}
+
 /// Watches the child and the pumps until the child has exited; returns its status. Pump reports
-/// are passed to `on_report` as they arrive.
+/// are passed to `on_report` as they arrive; `progress` tells whether the pumps still hand lines
+/// over (see [`OUTPUT_TAIL`]).
 pub(crate) async fn supervise(
     child: &mut tokio::process::Child,
     pid: Pid,
     reports: &mut UnboundedReceiver<PumpReport>,
-    grace: Duration,
-    notices: Notices,
-    mut signals: Forwarded,
+    ending: Ending,
     progress: impl Fn() -> u64,
     mut on_report: impl FnMut(&PumpReport),
 ) -> io::Result<ExitStatus> {
+    let Ending {
+        grace,
+        notices,
+        mut signals,
+    } = ending;
     let mut deadline: Option<(Instant, Step)> = None;
     let mut output_done = false;
     let send = |signal: Signal, why: &str| {
