@@ -27,7 +27,7 @@ use km_abi::abi_stable::std_types::{ROption, RSlice, RStr};
 use km_abi::{Direction, HttpRequest, HttpResponse, Message, MessageKind, PluginError, Tier};
 use km_cli::home::KmHome;
 use km_cli::host::{ApiTransport, PluginHost, Verbosity};
-use km_cli::loader::{self, CheckContext};
+use km_cli::verifier::Verifier;
 use km_plugin_sdk::auth::{encode_token, now_unix, TokenPayload};
 use km_plugin_sdk::credentials::{stamp, StampInput};
 use km_plugin_sdk::Credentials;
@@ -332,17 +332,8 @@ fn ns_per_line(
     reps: usize,
 ) -> Result<(f64, bool)> {
     let home = KmHome::resolve(Some(&env.home))?;
-    let trust = loader::trust_store(&home)?;
-    let seen = loader::seen_versions(&home)?;
-    let dir_fd = loader::open_checked_dir(dir).map_err(|r| anyhow!("{r}"))?;
-    let cx = CheckContext {
-        trust: &trust,
-        seen: &seen,
-        allow_downgrade: true,
-        size_cap: loader::size_cap(),
-    };
-    let checked = loader::check(&dir_fd, dir, lib_file_name(krate).as_ref(), &cx)
-        .map_err(|r| anyhow!("{r}"))?;
+    let mut verifier = Verifier::open(&home)?.allow_downgrade(true);
+    let checked = verifier.check_file(&dir.join(lib_file_name(krate)))?;
     let data = env.dir.path().join("plugin-data").join(format!(
         "analytics-{}",
         dir.file_name()
@@ -351,7 +342,7 @@ fn ns_per_line(
     ));
     std::fs::create_dir_all(&data)?;
     let host = PluginHost::new(krate, data, Verbosity::Quiet, api);
-    let plugin = loader::load(checked, host).map_err(|r| anyhow!("{r}"))?;
+    let plugin = verifier.load(checked, host)?;
     let authorized = plugin
         .authenticate(API_KEY)
         .map_err(|e| anyhow!("{e}"))?

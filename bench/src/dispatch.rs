@@ -10,14 +10,14 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use km_abi::{Direction, MessageKind};
 use km_cli::home::KmHome;
 use km_cli::host::{PluginHost, Verbosity};
-use km_cli::loader::{self, CheckContext};
 use km_cli::monitor::banner::Notices;
 use km_cli::monitor::dispatch::{self, Batch, Envelope, Item};
+use km_cli::verifier::Verifier;
 
 use crate::env::{lib_file_name, median, BenchEnv};
 use crate::report::{Report, Row};
@@ -34,24 +34,15 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
     };
     let dir = env.single_plugin_dir("test-noop");
     let home = KmHome::resolve(Some(&env.home))?;
-    let trust = loader::trust_store(&home)?;
-    let seen = loader::seen_versions(&home)?;
-    let dir_fd = loader::open_checked_dir(&dir).map_err(|r| anyhow!("{r}"))?;
-    let cx = CheckContext {
-        trust: &trust,
-        seen: &seen,
-        allow_downgrade: true,
-        size_cap: loader::size_cap(),
-    };
-    let checked = loader::check(&dir_fd, &dir, lib_file_name("test-noop").as_ref(), &cx)
-        .map_err(|r| anyhow!("{r}"))?;
+    let mut verifier = Verifier::open(&home)?.allow_downgrade(true);
+    let checked = verifier.check_file(&dir.join(lib_file_name("test-noop")))?;
     let host = PluginHost::new(
         "test-noop",
         env.dir.path().join("plugin-data").join("test-noop"),
         Verbosity::Quiet,
         None,
     );
-    let plugin = Arc::new(loader::load(checked, host).map_err(|r| anyhow!("{r}"))?);
+    let plugin = Arc::new(verifier.load(checked, host)?);
     let line = Bytes::from_static(LINE);
     let method = memchr_range(LINE, b"\"method\":\"", b'"');
     for per_batch in [1usize, 64] {

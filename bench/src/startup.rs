@@ -1,7 +1,8 @@
 //! Start-up cost of signed plugins, measured in-process through the `km_cli` library so that each
 //! phase is timed on its own: reading the file, hashing it (`km_signing`'s SHA-256), checking the
-//! signature and manifest (`verify_library`, which hashes again inside), the whole
-//! `loader::check`, and `loader::load` (sealed memfd, dlopen, root module, plugin creation).
+//! signature and manifest (`verify_library`, which hashes again inside), the whole check of km's
+//! one `Verifier` (`check_in`), and its `load` (sealed memfd, dlopen, root module, plugin
+//! creation, rollback record).
 //!
 //! N = 1, 6, 20 plugins of realistic size: copies of the real console-logger and api-logger
 //! libraries, each under its own file name. The loader checks that a plugin calls itself what
@@ -16,10 +17,10 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use km_cli::home::KmHome;
 use km_cli::host::{PluginHost, Verbosity};
-use km_cli::loader::{self, CheckContext};
+use km_cli::verifier::{Verifier, SIGNATURE_SUFFIX};
 use km_signing::{target_triple, verify_library, Policy, SignatureFile};
 
 use crate::env::{median, BenchEnv, BUNDLED};
@@ -91,21 +92,14 @@ fn measure(env: &BenchEnv, n: usize, reps: usize) -> Result<Phases> {
         names.push(OsString::from(file));
     }
     let home = KmHome::resolve(Some(&home_dir))?;
-    let trust = loader::trust_store(&home)?;
-    let seen = loader::seen_versions(&home)?;
-    let dir_fd = loader::open_checked_dir(&dir).map_err(|r| anyhow!("{r}"))?;
-    let cx = CheckContext {
-        trust: &trust,
-        seen: &seen,
-        allow_downgrade: true,
-        size_cap: loader::size_cap(),
-    };
+    let mut verifier = Verifier::open(&home)?.allow_downgrade(true);
+    let plugin_dir = verifier.open_dir(&dir)?;
     let policy = Policy {
         now: SystemTime::now(),
         target: target_triple(),
         abi_version: km_abi::ABI_VERSION,
         allow_downgrade: true,
-        seen: Some(&seen),
+        seen: Some(verifier.seen()),
     };
     // Checking is repeatable: the median of `reps` passes over all N. Loading is done once (a
     // library is never unloaded), on the checked bytes of the last pass.
@@ -124,14 +118,14 @@ fn measure(env: &BenchEnv, n: usize, reps: usize) -> Result<Phases> {
             p.hash += t.elapsed().as_secs_f64();
             std::hint::black_box(digest);
             let mut sig_name = name.clone();
-            sig_name.push(loader::SIGNATURE_SUFFIX);
+            sig_name.push(SIGNATURE_SUFFIX);
             let sig_bytes = std::fs::read(dir.join(&sig_name))?;
             let t = Instant::now();
             let sig = SignatureFile::parse(&sig_bytes)?;
-            verify_library(&bytes, &sig, &trust, &policy)?;
+            verify_library(&bytes, &sig, verifier.trust(), &policy)?;
             p.verify += t.elapsed().as_secs_f64();
             let t = Instant::now();
-            let checked = loader::check(&dir_fd, &dir, name, &cx).map_err(|r| anyhow!("{r}"))?;
+            let checked = verifier.check_in(&plugin_dir, name)?;
             p.check += t.elapsed().as_secs_f64();
             last.push(checked);
         }
@@ -151,7 +145,7 @@ fn measure(env: &BenchEnv, n: usize, reps: usize) -> Result<Phases> {
         let name = checked.verified().manifest().name.clone();
         let host = PluginHost::new(&name, data.join(&name), Verbosity::Quiet, None);
         let t = Instant::now();
-        let plugin = loader::load(checked, host).map_err(|r| anyhow!("{r}"))?;
+        let plugin = verifier.load(checked, host)?;
         phases.load += t.elapsed().as_secs_f64();
         // Never unloaded (abi_stable's rule); keep it alive to the end of the process.
         std::mem::forget(plugin);

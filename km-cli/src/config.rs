@@ -163,6 +163,7 @@ impl Config {
     /// Reads `KM_HOME/config.toml` (a missing file is an empty configuration) and applies
     /// `KM_API_KEY` / `KM_API_URL`.
     pub fn load(home: &KmHome) -> Result<Config> {
+        crate::strict::check_home(home)?;
         let mut config = Self::load_file(&home.config_file())?;
         if let Some(key) = env_nonempty(ENV_API_KEY) {
             config.api_key = Some(key);
@@ -305,20 +306,14 @@ fn env_nonempty(name: &str) -> Option<String> {
 }
 
 fn read_table(path: &Path) -> Result<Option<toml::Table>> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    // StrictModes (config.toml decides which API km trusts and holds its key): a regular file,
+    // not a link, owned by you or root, not writable by others, opened without blocking, capped.
+    let Some(bytes) = crate::strict::read_file(path, MAX_CONFIG_BYTES, "configuration file")?
+    else {
+        return Ok(None);
     };
-    if meta.len() > MAX_CONFIG_BYTES {
-        bail!(
-            "{} is larger than {} bytes",
-            path.display(),
-            MAX_CONFIG_BYTES
-        );
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{} is not UTF-8 text", path.display()))?;
     let table: toml::Table = text
         .parse()
         .with_context(|| format!("parsing {}", path.display()))?;

@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use abi_stable::std_types::{RStr, RString};
 use km_abi::{
@@ -31,6 +32,8 @@ pub struct LoadedPlugin {
     signer: Signer,
     grants: Grants,
     object: PluginBox,
+    /// Set when a call panicked: km calls it no more (the dispatcher and the refresher check).
+    disabled: AtomicBool,
 }
 
 /// What a plugin's signed manifest grants beyond observing.
@@ -104,7 +107,18 @@ impl LoadedPlugin {
             signer,
             grants,
             object,
+            disabled: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the plugin panicked in a call: km disables it for the rest of the process.
+    pub fn is_disabled(&self) -> bool {
+        self.disabled.load(Ordering::Acquire)
+    }
+
+    /// Disables the plugin (also done by any call that panics).
+    pub fn disable(&self) {
+        self.disabled.store(true, Ordering::Release);
     }
 
     /// What its signed manifest grants.
@@ -152,10 +166,16 @@ impl LoadedPlugin {
         call: &'static str,
         result: Result<T, PluginError>,
     ) -> Result<T, PluginFailure> {
-        result.map_err(|error| PluginFailure {
-            plugin: self.name.clone(),
-            call,
-            error,
+        result.map_err(|error| {
+            let failure = PluginFailure {
+                plugin: self.name.clone(),
+                call,
+                error,
+            };
+            if failure.is_panic() {
+                self.disable();
+            }
+            failure
         })
     }
 

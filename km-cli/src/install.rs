@@ -5,9 +5,13 @@
 //! Order of events, and why:
 //! 1. The package is fetched whole into memory (bounded by the loader's size cap) and read with
 //!    the strict reader of `km_signing::package`: nothing is extracted anywhere.
-//! 2. The library is verified against the user's trust store, revocations, target, ABI, expiry
-//!    and the rollback record (unless `--allow-downgrade`): the loader's checks. A refusal stops
-//!    here, before the plugin directory is touched.
+//! 2. The library is verified by the loader's [`Verifier`] (trust store, revocations, target,
+//!    ABI, expiry, the rollback record unless `--allow-downgrade`), and its file name must be one
+//!    of the signed plugin's (`lib` + the name with `-` or `_` + the suffix, or a customer build
+//!    `libkm-plugin-NAME-XXXXXXXX.so`), so that a validly signed package of plugin A cannot
+//!    overwrite plugin B's library. A refusal stops here, before the plugin directory is
+//!    touched. Under the install lock it is verified once more, against the rollback record as
+//!    it is then: another km may have installed (and recorded) a newer version meanwhile.
 //! 3. The library and its signature are staged by km-durable: temporary files in the plugin
 //!    directory (so the renames do not cross file systems), mode 0644, fsynced. Then they are
 //!    renamed: the signature first, the library last. The library's rename is the commit
@@ -24,6 +28,12 @@
 //! Installs and removals hold an exclusive lock (`KM_HOME/state/plugins.lock`), and an install
 //! first removes temporary files an interrupted install left behind.
 //!
+//! Downloads have an overall deadline (`KM_DOWNLOAD_TIMEOUT_SECS`, default 10 minutes) besides
+//! the connect and read timeouts, and follow at most 5 redirects by hand: a redirect to plain
+//! `http://` on a host that is not loopback is refused (so https, or loopback http, never
+//! continues in the clear elsewhere), and the API key and the customer token go only to the
+//! origin (scheme, host and port) they were meant for, never to another one a redirect names.
+//!
 //! Uninstalling removes the library (first), its signature, the plugin's data directory and its
 //! auth record. The rollback record (seen versions) is kept on purpose: uninstalling must not be
 //! a way to reinstall an older, perhaps vulnerable, version without `--allow-downgrade`.
@@ -32,15 +42,16 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use km_signing::package::{self, is_package_library_name, Limits, Package};
-use km_signing::{target_triple, verify_library, Manifest, Policy, SignatureFile, Verified};
+use km_signing::{Manifest, SignatureFile, Verified};
 use reqwest::Url;
 
 use crate::home::KmHome;
-use crate::loader::{self, CheckContext};
+use crate::loader;
+use crate::verifier::{Check, Refusal, Verifier};
 
 /// Verification said no: the command exits 1 for it (other errors exit 2).
 #[derive(Debug)]
@@ -48,7 +59,7 @@ pub struct InstallRefused {
     /// What was refused (a file, URL or plugin name).
     pub what: String,
     /// The failing check (`package`, `trust`, `digest`, `rollback`, `checksum`, ...).
-    pub check: &'static str,
+    pub check: Check,
     /// Why.
     pub reason: String,
 }
@@ -113,10 +124,43 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
+/// The overall deadline of one download (`KM_DOWNLOAD_TIMEOUT_SECS`), redirects included.
+fn download_deadline() -> Duration {
+    std::env::var("KM_DOWNLOAD_TIMEOUT_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .map_or(Duration::from_secs(600), Duration::from_secs)
+}
+
+/// The most redirects a download follows.
+const MAX_REDIRECTS: usize = 5;
+
+/// Whether km may fetch `url`: https anywhere, plain http only to loopback.
+fn check_scheme(url: &Url) -> Result<()> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(url) => Ok(()),
+        "http" => bail!("{url}: plain http is accepted only for loopback addresses; use https"),
+        other => bail!("{url}: unsupported scheme {other:?} (http or https)"),
+    }
+}
+
+/// Where a redirect from `from` to `location` leads, if km follows it: the scheme rule of
+/// [`check_scheme`] (so https, or loopback http, never goes on in the clear to another host).
+fn redirect_target(from: &Url, location: &str) -> Result<Url> {
+    let next = from
+        .join(location)
+        .with_context(|| format!("{from}: redirect to an invalid URL {location:?}"))?;
+    check_scheme(&next).with_context(|| format!("{from}: redirect refused"))?;
+    Ok(next)
+}
+
 /// Downloads `url` into memory with reqwest (rustls), at most `max` bytes, a progress bar on
-/// stderr when `progress`. Plain `http://` only to loopback; at most 5 redirects, none from
-/// https to http. `tls` is km's client config ([`crate::tls::client_config_for`]): TLS 1.3
-/// only, and the API endpoint's roots and pins when `url` is on the API's host.
+/// stderr when `progress`. Plain `http://` only to loopback; at most 5 redirects, followed by
+/// hand so that `headers` (credentials) go only to `url`'s origin; an overall deadline. `tls` is
+/// km's client config ([`crate::tls::client_config_for`]): TLS 1.3 only, and the API endpoint's
+/// roots and pins when `url` is on the API's host.
 pub fn download(
     tls: &rustls::ClientConfig,
     url: &Url,
@@ -124,37 +168,78 @@ pub fn download(
     headers: &[(&str, String)],
     progress: bool,
 ) -> Result<Vec<u8>> {
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(url) => {}
-        "http" => bail!("{url}: plain http is accepted only for loopback addresses; use https"),
-        other => bail!("{url}: unsupported scheme {other:?} (http or https)"),
-    }
+    check_scheme(url)?;
+    let deadline = download_deadline();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the download runtime")?;
     runtime.block_on(async {
+        match tokio::time::timeout(deadline, fetch(tls, url, max, headers, progress)).await {
+            Ok(result) => result,
+            Err(_) => bail!(
+                "downloading {url}: not done within the deadline of {} s \
+                 (KM_DOWNLOAD_TIMEOUT_SECS)",
+                deadline.as_secs()
+            ),
+        }
+    })
+}
+
+async fn fetch(
+    tls: &rustls::ClientConfig,
+    url: &Url,
+    max: u64,
+    headers: &[(&str, String)],
+    progress: bool,
+) -> Result<Vec<u8>> {
+    {
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls.clone())
-            .https_only(!is_loopback(url))
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
-            .redirect(reqwest::redirect::Policy::limited(5))
+            // Redirects are followed below, where the credentials can be kept to their origin.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("km/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("building the HTTP client")?;
-        let mut request = client.get(url.clone());
-        for (name, value) in headers {
-            request = request.header(*name, value);
-        }
-        let mut response = request.send().await.map_err(|e| {
-            // A TLS refusal (pins, TLS version, certificate) is said plainly, not as a chain.
-            match crate::tls::refusal_in(&e) {
-                Some(refusal) => anyhow::anyhow!("downloading {url}: {refusal}"),
-                None => anyhow::Error::new(e).context(format!("downloading {url}")),
+        let origin = url.origin();
+        let mut at = url.clone();
+        let mut redirects = 0;
+        let mut response = loop {
+            let mut request = client.get(at.clone());
+            if at.origin() == origin {
+                for (name, value) in headers {
+                    request = request.header(*name, value);
+                }
             }
-        })?;
+            let response = request.send().await.map_err(|e| {
+                // A TLS refusal (pins, TLS version, certificate) is said plainly, not as a chain.
+                match crate::tls::refusal_in(&e) {
+                    Some(refusal) => anyhow::anyhow!("downloading {at}: {refusal}"),
+                    None => anyhow::Error::new(e).context(format!("downloading {at}")),
+                }
+            })?;
+            if !response.status().is_redirection() {
+                break response;
+            }
+            let Some(location) = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+            else {
+                bail!(
+                    "downloading {at}: the server answered {} without a usable Location",
+                    response.status()
+                );
+            };
+            redirects += 1;
+            if redirects > MAX_REDIRECTS {
+                bail!("downloading {url}: more than {MAX_REDIRECTS} redirects");
+            }
+            at = redirect_target(&at, location)?;
+        };
+        let url = &at;
         let status = response.status();
         if !status.is_success() {
             bail!("downloading {url}: the server answered {status}");
@@ -213,7 +298,7 @@ pub fn download(
             }
         }
         Ok(bytes)
-    })
+    }
 }
 
 /// Reads a local package, at most [`max_package_bytes`].
@@ -232,41 +317,90 @@ pub fn read_package_file(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Reads and verifies a package's bytes: the strict reader, then the loader's checks. Nothing
-/// is written.
+/// Whether `lib_name` is a file name of plugin `name`: `lib` + the name (with `-` or `_`) + the
+/// platform's suffix, or a customer build (`libkm-plugin-NAME.so`,
+/// `libkm-plugin-NAME-XXXXXXXX.so`, see [`km_signing::customer_build_file_name`]).
+pub fn is_file_name_of(lib_name: &str, name: &str) -> bool {
+    let Some(stem) = lib_name
+        .strip_prefix(std::env::consts::DLL_PREFIX)
+        .and_then(|s| s.strip_suffix(std::env::consts::DLL_SUFFIX))
+    else {
+        return false;
+    };
+    let stem = stem.replace('_', "-");
+    if stem == name || stem == format!("km-plugin-{name}") {
+        return true;
+    }
+    stem.strip_prefix(&format!("km-plugin-{name}-"))
+        .is_some_and(|hash| {
+            hash.len() == km_signing::stamp::CUSTOMER_HASH_DIGITS
+                && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+}
+
+fn refusal_of(what: &str, refusal: Refusal) -> InstallRefused {
+    InstallRefused {
+        what: what.to_owned(),
+        check: refusal.check,
+        reason: refusal.reason,
+    }
+}
+
+/// Verifies a read package with `verifier`: the library and its signature, then that the
+/// library's file name is the signed plugin's.
+fn verify_read_package(
+    verifier: &Verifier,
+    dir: &Path,
+    what: &str,
+    pkg: &Package,
+) -> Result<Verified, InstallRefused> {
+    if !is_package_library_name(&pkg.lib_name)
+        || !loader::is_library_name(OsStr::new(&pkg.lib_name))
+    {
+        return Err(InstallRefused {
+            what: what.to_owned(),
+            check: Check::Package,
+            reason: format!("{:?} is not a plugin library file name", pkg.lib_name),
+        });
+    }
+    let verified = verifier
+        .check_bytes(&dir.join(&pkg.lib_name), &pkg.library, &pkg.signature)
+        .map_err(|r| refusal_of(what, r))?;
+    let name = &verified.manifest().name;
+    if !is_file_name_of(&pkg.lib_name, name) {
+        return Err(InstallRefused {
+            what: what.to_owned(),
+            check: Check::Package,
+            reason: format!(
+                "the package names its library {:?}, which is not a file name of plugin {name} \
+                 (lib{}{} or a customer build of it)",
+                pkg.lib_name,
+                name.replace('-', "_"),
+                std::env::consts::DLL_SUFFIX
+            ),
+        });
+    }
+    Ok(verified)
+}
+
+/// Reads and verifies a package's bytes: the strict reader, then the verifier. Nothing is
+/// written.
 pub fn verify_package(
     home: &KmHome,
     what: &str,
     bytes: &[u8],
     allow_downgrade: bool,
 ) -> Result<(Package, Verified)> {
-    let refused = |check, reason: String| InstallRefused {
-        what: what.to_owned(),
-        check,
-        reason,
-    };
-    let pkg = package::read_package(bytes, Limits::for_library(loader::size_cap()))
-        .map_err(|e| refused("package", e.to_string()))?;
-    if !is_package_library_name(&pkg.lib_name)
-        || !loader::is_library_name(OsStr::new(&pkg.lib_name))
-    {
-        return Err(refused(
-            "package",
-            format!("{:?} is not a plugin library file name", pkg.lib_name),
-        )
-        .into());
-    }
-    let trust = loader::trust_store(home)?;
-    let seen = loader::seen_versions(home)?;
-    let policy = Policy {
-        now: SystemTime::now(),
-        target: target_triple(),
-        abi_version: km_abi::ABI_VERSION,
-        allow_downgrade,
-        seen: Some(&seen),
-    };
-    let verified = verify_library(&pkg.library, &pkg.signature, &trust, &policy)
-        .map_err(|e| refused(e.check(), e.to_string()))?;
+    let pkg =
+        package::read_package(bytes, Limits::for_library(loader::size_cap())).map_err(|e| {
+            InstallRefused {
+                what: what.to_owned(),
+                check: Check::Package,
+                reason: e.to_string(),
+            }
+        })?;
+    let verifier = Verifier::open(home)?.allow_downgrade(allow_downgrade);
+    let verified = verify_read_package(&verifier, &home.plugins_dir(), what, &pkg)?;
     Ok((pkg, verified))
 }
 
@@ -277,6 +411,8 @@ pub struct Installed {
     pub path: PathBuf,
     /// The verified manifest.
     pub manifest: Manifest,
+    /// The proof it was installed on.
+    pub verified: Verified,
     /// Files of an older build of the same plugin that were removed.
     pub replaced: Vec<PathBuf>,
 }
@@ -292,30 +428,16 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// The installed libraries in `dir` (by file name) whose signature claims plugin `name`, or
-/// whose file name is `name`. Unverified: used to find what to replace or remove.
+/// whose file name is `name`. Unverified, but read with the verifier's checked, capped,
+/// non-blocking open: used to find what to replace or remove.
 pub fn installed_files(dir: &Path, name: &str) -> Result<Vec<(PathBuf, Option<Manifest>)>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
     let mut found = Vec::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        let file_name = entry.file_name();
-        if !loader::is_library_name(&file_name) {
-            continue;
-        }
-        let path = entry.path();
-        let manifest = SignatureFile::read(&SignatureFile::path_for(&path))
-            .ok()
-            .and_then(|sig| Manifest::parse(&sig.manifest_bytes).ok());
+    for (path, manifest) in crate::verifier::claims(dir)? {
         let claims = manifest.as_ref().is_some_and(|m| m.name == name);
-        if claims || file_name == OsStr::new(name) {
+        if claims || path.file_name() == Some(OsStr::new(name)) {
             found.push((path, manifest));
         }
     }
-    found.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(found)
 }
 
@@ -350,15 +472,39 @@ fn remove_stale_temporaries(dir: &Path) {
     }
 }
 
-/// Installs a verified package into `KM_HOME/plugins` (see the module docs for the order).
-pub fn install(home: &KmHome, pkg: &Package, verified: &Verified) -> Result<Installed> {
+/// Installs a package into `KM_HOME/plugins` (see the module docs for the order), verifying it
+/// again under the install lock. A refusal is an [`InstallRefused`] (exit 1).
+pub fn install(home: &KmHome, pkg: &Package, allow_downgrade: bool) -> Result<Installed> {
     let dir = home.plugins_dir();
     KmHome::ensure_private_dir(&dir)?;
     let _lock = lock_plugins(home)?;
     remove_stale_temporaries(&dir);
+    let lib_path = dir.join(&pkg.lib_name);
+    let what = lib_path.display().to_string();
+    // Under the lock, against the rollback record as it is now.
+    let mut verifier = Verifier::open(home)?.allow_downgrade(allow_downgrade);
+    let verified = verify_read_package(&verifier, &dir, &what, pkg)?;
     // StrictModes on the directory, as the loader will apply.
-    let dir_fd = loader::open_checked_dir(&dir).map_err(|r| anyhow::anyhow!("{r}"))?;
+    let plugin_dir = verifier.open_dir(&dir)?;
     let name = &verified.manifest().name;
+    // The file it replaces, if any, must be this plugin's (or no plugin's).
+    if let Some((_, Some(other))) = crate::verifier::claims(&dir)?
+        .into_iter()
+        .find(|(path, _)| path.file_name() == Some(OsStr::new(&pkg.lib_name)))
+    {
+        if other.name != *name {
+            return Err(InstallRefused {
+                what,
+                check: Check::Package,
+                reason: format!(
+                    "{} is plugin {}'s library; a package of {name} cannot replace it",
+                    lib_path.display(),
+                    other.name
+                ),
+            }
+            .into());
+        }
+    }
     let existing = installed_files(&dir, name)?;
     let previous = existing
         .iter()
@@ -370,7 +516,6 @@ pub fn install(home: &KmHome, pkg: &Package, verified: &Verified) -> Result<Inst
         .filter(|path| path.file_name() != Some(OsStr::new(&pkg.lib_name)))
         .collect();
 
-    let lib_path = dir.join(&pkg.lib_name);
     let sig_path = SignatureFile::path_for(&lib_path);
     let lib_tmp = staged(&dir, &lib_path, &pkg.library)?;
     let sig_tmp = staged(&dir, &sig_path, &pkg.signature_bytes)?;
@@ -404,16 +549,10 @@ pub fn install(home: &KmHome, pkg: &Package, verified: &Verified) -> Result<Inst
     drop(backup);
     sync_dir(&dir)?;
 
-    // What is on disk now must pass the loader's own check.
-    let trust = loader::trust_store(home)?;
-    let seen = loader::seen_versions(home)?;
-    let cx = CheckContext {
-        trust: &trust,
-        seen: &seen,
-        allow_downgrade: true,
-        size_cap: loader::size_cap(),
-    };
-    let checked = loader::check(&dir_fd, &dir, OsStr::new(&pkg.lib_name), &cx)
+    // What is on disk now must pass the loader's own check (any version: it was just chosen).
+    let recheck = Verifier::open(home)?.allow_downgrade(true);
+    let checked = recheck
+        .check_in(&plugin_dir, OsStr::new(&pkg.lib_name))
         .map_err(|r| anyhow::anyhow!("the installed plugin does not verify: {r}"))?;
     if checked.verified().sha256() != verified.sha256() {
         bail!(
@@ -421,7 +560,7 @@ pub fn install(home: &KmHome, pkg: &Package, verified: &Verified) -> Result<Inst
             lib_path.display()
         );
     }
-    loader::record_seen(home, verified)?;
+    verifier.record_seen(&verified)?;
 
     let mut replaced = Vec::new();
     for other in others {
@@ -447,6 +586,7 @@ pub fn install(home: &KmHome, pkg: &Package, verified: &Verified) -> Result<Inst
     Ok(Installed {
         path: lib_path,
         manifest: verified.manifest().clone(),
+        verified,
         replaced,
     })
 }

@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -85,19 +85,14 @@ fn lock(home: &KmHome) -> Result<km_durable::Lock> {
     )?)
 }
 
-/// Reads every entry; lines that do not parse (a torn last line) are skipped.
+/// Reads every entry; lines that do not parse (a torn last line) are skipped. The journal is
+/// read with StrictModes (see `crate::strict`): plugins act on what it says.
 fn read(home: &KmHome) -> Result<Vec<Entry>> {
     let path = file(home);
-    let text = match std::fs::metadata(&path) {
-        Ok(meta) if meta.len() > MAX_BYTES => {
-            anyhow::bail!("{} is larger than {MAX_BYTES} bytes", path.display())
-        }
-        Ok(_) => {
-            std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    let Some(bytes) = crate::strict::read_file(&path, MAX_BYTES, "event journal")? else {
+        return Ok(Vec::new());
     };
+    let text = String::from_utf8_lossy(&bytes);
     Ok(text
         .lines()
         .filter_map(|line| serde_json::from_str(line).ok())
@@ -184,10 +179,11 @@ pub fn take_pending(home: &KmHome, plugin: &str) -> Result<Vec<Entry>> {
     let _lock = lock(home)?;
     let entries = read(home)?;
     let path = cursors_file(home);
-    let mut cursors: BTreeMap<String, u64> = match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-        Err(_) => BTreeMap::new(),
-    };
+    let mut cursors: BTreeMap<String, u64> =
+        match crate::strict::read_file(&path, MAX_BYTES, "event journal cursors")? {
+            Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+            None => BTreeMap::new(),
+        };
     let cursor = cursors.get(plugin).copied().unwrap_or(0);
     let pending: Vec<Entry> = entries
         .into_iter()

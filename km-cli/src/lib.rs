@@ -1,7 +1,8 @@
 //! km, the Kilometers CLI, as a library: the binary in `main.rs` is a thin shell over [`main`].
 //!
 //! Modules are named after the nouns of the domain: the command line ([`cli`]), km's files
-//! ([`home`]), verifying and loading plugins ([`loader`]), the one gateway through which every
+//! ([`home`]) and the StrictModes rules for them ([`strict`]), the one verifier every path checks
+//! plugins with ([`verifier`]), loading what it accepted ([`loader`]), the one gateway through which every
 //! call into plugin code passes ([`gateway`]), the services km offers plugins ([`host`]), and the
 //! monitor that relays the MCP stream ([`monitor`]).
 
@@ -20,8 +21,10 @@ pub mod journal;
 pub mod loader;
 pub mod monitor;
 pub mod policy_files;
+pub mod strict;
 pub mod subscription;
 pub mod tls;
+pub mod verifier;
 
 use std::process::ExitCode;
 

@@ -1,13 +1,15 @@
 //! Verify, then load exactly the verified bytes.
 //!
-//! A plugin library is opened without following links and checked like ssh's StrictModes
-//! (regular file, owned by the user or root, not writable by group or others, under a size cap,
-//! in a directory that passes the same test). Its bytes are read once, hashed and checked against
-//! the signed manifest beside it ([`km_signing::verify_library`], which returns the proof type
-//! [`Verified`]). Only then are those same bytes, never the path, handed to the dynamic loader:
-//! on Linux through a sealed memfd opened as `/proc/self/fd/N`; where executable memfds are
-//! refused, through a fresh private copy in a 0700 directory. Replacing the file on disk after it
-//! was verified therefore cannot change what gets loaded.
+//! The checks are the [`Verifier`]'s (see [`crate::verifier`]): a plugin library is opened
+//! without following links and checked like ssh's StrictModes (regular file, owned by the user
+//! or root, not writable by group or others, under a size cap, in a directory that passes the
+//! same test); its bytes are read once, hashed and checked against the signed manifest beside it
+//! ([`km_signing::verify_library`], which returns the proof type [`km_signing::Verified`]). This module maps
+//! what the verifier accepted: those same bytes, never the path, are handed to the dynamic
+//! loader: on Linux through a sealed memfd opened as `/proc/self/fd/N`; where executable memfds
+//! are refused, through a private copy created 0700 from the start in a checked base directory
+//! and opened as `/proc/self/fd/N` of the descriptor km wrote it through. Replacing the file on
+//! disk after it was verified therefore cannot change what gets loaded.
 //!
 //! The root module is obtained with `lib_header_from_path(..).init_root_module()`, never
 //! `RootModule::load_from_file`, which caches the first module of a type and silently returns it
@@ -19,35 +21,26 @@
 //! the user's own account.
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
 use std::fmt;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use abi_stable::library::{lib_header_from_path, RootModule};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use km_abi::{PluginModRef, ABI_VERSION};
-use km_signing::{target_triple, Policy, SeenVersions, SignatureFile, TrustStore, Verified};
-use rustix::fs::{FileType, Mode, OFlags};
+use km_signing::TrustStore;
 
 use crate::events::EventBus;
 use crate::gateway::{Grants, LoadedPlugin, Signer};
 use crate::home::KmHome;
 use crate::host::{ApiTransport, PluginHost, StdinOnce, Verbosity};
-
-/// The largest plugin library km reads (override with `KM_MAX_PLUGIN_BYTES`).
-pub const DEFAULT_SIZE_CAP: u64 = 128 * 1024 * 1024;
-
-/// The largest signature file km reads.
-const SIGNATURE_SIZE_CAP: u64 = 64 * 1024;
-
-/// The suffix of the signature file written beside a library.
-pub const SIGNATURE_SUFFIX: &str = ".kmsig";
+pub use crate::verifier::{
+    builtin_keys, is_library_name, size_cap, Check, Checked, Refusal, Verifier, DEFAULT_SIZE_CAP,
+    SIGNATURE_SUFFIX,
+};
 
 /// What `load_plugins` needs.
 #[derive(Clone)]
@@ -97,43 +90,6 @@ impl LoadOptions {
     }
 }
 
-/// Why a plugin was not loaded: the file, the check that failed, and what the user needs to know.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    /// The library's path.
-    pub path: PathBuf,
-    /// The failing check: `permissions`, `symlink`, `size`, `signature-file`, `trust`,
-    /// `revocation`, `signature`, `manifest`, `digest`, `target`, `abi`, `expiry`, `scope`,
-    /// `rollback`, `format`, `load`, `create`, `identity`, `duplicate`, `io`.
-    pub check: &'static str,
-    /// A readable explanation.
-    pub reason: String,
-}
-
-impl Refusal {
-    fn new(path: &Path, check: &'static str, reason: impl Into<String>) -> Self {
-        Refusal {
-            path: path.to_path_buf(),
-            check,
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: refused ({}): {}",
-            self.path.display(),
-            self.check,
-            self.reason
-        )
-    }
-}
-
-impl std::error::Error for Refusal {}
-
 /// What `load_plugins` did.
 #[derive(Debug, Default)]
 pub struct LoadReport {
@@ -141,331 +97,33 @@ pub struct LoadReport {
     pub loaded: Vec<Arc<LoadedPlugin>>,
     /// Plugins that were not loaded, and why.
     pub refused: Vec<Refusal>,
+    /// What went wrong without stopping a plugin (also printed on stderr): a rollback record
+    /// that could not be written.
+    pub warnings: Vec<String>,
 }
 
-/// A library whose bytes passed every check; the bytes are the ones that will be loaded.
-pub struct Checked {
-    path: PathBuf,
-    bytes: Vec<u8>,
-    verified: Verified,
-}
-
-impl fmt::Debug for Checked {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Checked")
-            .field("path", &self.path)
-            .field("name", &self.verified.manifest().name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Checked {
-    /// The verification proof (manifest, signer, hash).
-    pub fn verified(&self) -> &Verified {
-        &self.verified
-    }
-
-    /// The library's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// The proof alone, for commands that verify without loading.
-    pub fn into_verified(self) -> Verified {
-        self.verified
-    }
-}
-
-/// The trust store km uses: keys built into km plus those added with `km trust add`.
+/// The trust store km uses: keys built into km plus those added with `km trust add`, after the
+/// StrictModes checks of [`Verifier::open`].
 pub fn trust_store(home: &KmHome) -> Result<TrustStore> {
-    let dir = home.trusted_keys_dir();
-    let mut store = TrustStore::load(&dir)?;
-    for (label, pem) in builtin_keys() {
-        store
-            .add_builtin(label, pem)
-            .with_context(|| format!("the built-in key {label:?} is not a valid public key"))?;
-    }
-    Ok(store)
+    Ok(Verifier::open(home)?.trust().clone())
 }
 
-/// Keys compiled into km (see build.rs and the README).
-pub fn builtin_keys() -> &'static [(&'static str, &'static str)] {
-    include!(concat!(env!("OUT_DIR"), "/builtin_keys.rs"))
-}
-
-/// The highest version seen per plugin.
-pub fn seen_versions(home: &KmHome) -> Result<SeenVersions> {
-    let path = home.seen_versions_file();
-    Ok(SeenVersions::load(&path)?)
-}
-
-/// Records the version of a plugin that was loaded as the highest seen, for rollback protection.
-pub fn record_seen(home: &KmHome, verified: &Verified) -> Result<()> {
-    let manifest = verified.manifest();
-    let version = semver::Version::parse(&manifest.version).with_context(|| {
-        format!(
-            "the version {:?} of {} is not semver",
-            manifest.version, manifest.name
-        )
-    })?;
-    let mut seen = seen_versions(home)?;
-    seen.record(&manifest.name, &version)
-        .with_context(|| format!("recording the version of {}", manifest.name))?;
-    Ok(())
-}
-
-/// The size cap in force.
-pub fn size_cap() -> u64 {
-    std::env::var("KM_MAX_PLUGIN_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_SIZE_CAP)
-}
-
-/// Whether `name` looks like a plugin library in a plugin directory.
-pub fn is_library_name(name: &OsStr) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.starts_with(b".") && bytes.ends_with(std::env::consts::DLL_SUFFIX.as_bytes())
-}
-
-/// Opens a directory and applies the StrictModes test to it: owned by the user or root, not
-/// writable by group or others.
-pub fn open_checked_dir(dir: &Path) -> Result<OwnedFd, Refusal> {
-    let fd = rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| Refusal::new(dir, "io", format!("cannot open the directory: {e}")))?;
-    let stat = rustix::fs::fstat(&fd)
-        .map_err(|e| Refusal::new(dir, "io", format!("cannot stat the directory: {e}")))?;
-    check_owner_and_mode(dir, stat.st_uid, stat.st_mode, "directory")?;
-    Ok(fd)
-}
-
-fn check_owner_and_mode(path: &Path, uid: u32, mode: u32, what: &str) -> Result<(), Refusal> {
-    let me = rustix::process::geteuid().as_raw();
-    if uid != me && uid != 0 {
-        return Err(Refusal::new(
-            path,
-            "permissions",
-            format!("the {what} is owned by uid {uid}, not by you (uid {me}) or root"),
-        ));
-    }
-    if mode & 0o022 != 0 {
-        return Err(Refusal::new(
-            path,
-            "permissions",
-            format!(
-                "the {what} is writable by {} (mode {:o}); run `chmod go-w {}`",
-                if mode & 0o002 != 0 {
-                    "others"
-                } else {
-                    "its group"
-                },
-                mode & 0o7777,
-                path.display()
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Opens `name` in `dir` without following links and reads it whole, after the file checks
-/// (for files besides plugins that decide trust, such as policies).
-pub(crate) fn read_checked_file(
-    dir_fd: &OwnedFd,
-    dir: &Path,
-    name: &OsStr,
-    cap: u64,
-    what: &str,
-) -> Result<Vec<u8>, Refusal> {
-    read_checked(dir_fd, dir, name, cap, what)
-}
-
-/// Opens `name` in `dir` without following links and reads it whole, after the file checks.
-fn read_checked(
-    dir_fd: &OwnedFd,
-    dir: &Path,
-    name: &OsStr,
-    cap: u64,
-    what: &str,
-) -> Result<Vec<u8>, Refusal> {
-    let path = dir.join(name);
-    let fd = match rustix::fs::openat(
-        dir_fd,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::LOOP) => {
-            return Err(Refusal::new(
-                &path,
-                "symlink",
-                format!("the {what} is a symbolic link; km loads only regular files"),
-            ))
-        }
-        Err(rustix::io::Errno::NOENT) if what == "policy file" => {
-            return Err(Refusal::new(&path, "missing", "no such policy file"))
-        }
-        Err(rustix::io::Errno::NOENT) if what == "signature file" => {
-            return Err(Refusal::new(
-                &path,
-                "signature-file",
-                format!("no signature: {} is missing", path.display()),
-            ))
-        }
-        Err(e) => {
-            return Err(Refusal::new(
-                &path,
-                "io",
-                format!("cannot open the {what}: {e}"),
-            ))
-        }
-    };
-    let stat = rustix::fs::fstat(&fd)
-        .map_err(|e| Refusal::new(&path, "io", format!("cannot stat the {what}: {e}")))?;
-    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-        return Err(Refusal::new(
-            &path,
-            "format",
-            format!("the {what} is not a regular file"),
-        ));
-    }
-    check_owner_and_mode(&path, stat.st_uid, stat.st_mode, what)?;
-    let size = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
-    if size > cap {
-        return Err(Refusal::new(
-            &path,
-            "size",
-            format!("the {what} is {size} bytes, over the cap of {cap} bytes"),
-        ));
-    }
-    // Read at most cap + 1 bytes: the file may grow between fstat and read.
-    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
-    File::from(fd)
-        .take(cap + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Refusal::new(&path, "io", format!("cannot read the {what}: {e}")))?;
-    if bytes.len() as u64 > cap {
-        return Err(Refusal::new(
-            &path,
-            "size",
-            format!("the {what} grew past the cap of {cap} bytes while being read"),
-        ));
-    }
-    Ok(bytes)
-}
-
-/// Everything `check` needs besides the file.
-#[derive(Debug)]
-pub struct CheckContext<'a> {
-    /// Trusted keys and revocations.
-    pub trust: &'a TrustStore,
-    /// Highest versions seen.
-    pub seen: &'a SeenVersions,
-    /// Accept a version older than one seen.
-    pub allow_downgrade: bool,
-    /// The size cap.
-    pub size_cap: u64,
-}
-
-/// Reads and verifies the library `name` in the already checked directory `dir_fd`.
-pub fn check(
-    dir_fd: &OwnedFd,
-    dir: &Path,
-    name: &OsStr,
-    cx: &CheckContext<'_>,
-) -> Result<Checked, Refusal> {
-    let path = dir.join(name);
-    let bytes = read_checked(dir_fd, dir, name, cx.size_cap, "library")?;
-    let mut sig_name = name.to_os_string();
-    sig_name.push(SIGNATURE_SUFFIX);
-    let sig_bytes = read_checked(dir_fd, dir, &sig_name, SIGNATURE_SIZE_CAP, "signature file")?;
-    let signature = SignatureFile::parse(&sig_bytes).map_err(|e| {
-        Refusal::new(
-            &path,
-            e.check(),
-            format!("{}: {e}", dir.join(&sig_name).display()),
-        )
-    })?;
-    let policy = Policy {
-        now: SystemTime::now(),
-        target: target_triple(),
-        abi_version: ABI_VERSION,
-        allow_downgrade: cx.allow_downgrade,
-        seen: Some(cx.seen),
-    };
-    let verified = km_signing::verify_library(&bytes, &signature, cx.trust, &policy)
-        .map_err(|e| Refusal::new(&path, e.check(), e.to_string()))?;
-    check_elf(&path, &bytes)?;
-    Ok(Checked {
-        path,
-        bytes,
-        verified,
-    })
-}
-
-/// Refuses bytes that are not a shared library for this machine, before they reach the dynamic
-/// loader (whose parser is not meant for hostile input).
-fn check_elf(path: &Path, bytes: &[u8]) -> Result<(), Refusal> {
-    let not = |why: &str| {
-        Refusal::new(
-            path,
-            "format",
-            format!("not a shared library for this machine: {why}"),
-        )
-    };
-    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" {
-        return Err(not("no ELF header"));
-    }
-    let expected_class = if cfg!(target_pointer_width = "64") {
-        2
-    } else {
-        1
-    };
-    if bytes[4] != expected_class {
-        return Err(not("wrong ELF class"));
-    }
-    if bytes[5] != if cfg!(target_endian = "little") { 1 } else { 2 } {
-        return Err(not("wrong byte order"));
-    }
-    let e_type = u16::from_ne_bytes([bytes[16], bytes[17]]);
-    if e_type != 3 {
-        return Err(not("not a shared object (ET_DYN)"));
-    }
-    let e_machine = u16::from_ne_bytes([bytes[18], bytes[19]]);
-    let expected_machine: Option<u16> = if cfg!(target_arch = "x86_64") {
-        Some(62)
-    } else if cfg!(target_arch = "aarch64") {
-        Some(183)
-    } else {
-        None
-    };
-    if expected_machine.is_some_and(|m| m != e_machine) {
-        return Err(not(&format!("built for ELF machine {e_machine}")));
-    }
-    Ok(())
-}
-
-/// Where the verified bytes are handed to the dynamic loader from. Kept open for the life of
-/// the process: libraries are never unloaded, and a closed memfd's number could be reused by the
-/// next plugin, whose `/proc/self/fd/N` path the dynamic loader would then take for the already
-/// loaded library.
-enum Image {
-    Memfd(OwnedFd),
-    PrivateCopy(tempfile::TempDir, PathBuf),
-}
+/// Where the verified bytes are handed to the dynamic loader from: a descriptor, always. Kept
+/// open for the life of the process: libraries are never unloaded, and a closed descriptor's
+/// number could be reused by the next plugin, whose `/proc/self/fd/N` path the dynamic loader
+/// would then take for the already loaded library.
+struct Image(OwnedFd);
 
 impl Image {
     fn path(&self) -> PathBuf {
-        match self {
-            Image::Memfd(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
-            Image::PrivateCopy(_, path) => path.clone(),
-        }
+        PathBuf::from(format!("/proc/self/fd/{}", self.0.as_raw_fd()))
     }
 }
+
+/// `KM_LOAD_VIA_COPY=1` skips the memfd and loads through the private copy, as on kernels that
+/// refuse executable memfds (`vm.memfd_noexec = 2`): for tests of that path, and for a kernel
+/// whose memfd refusal km would not detect.
+const ENV_LOAD_VIA_COPY: &str = "KM_LOAD_VIA_COPY";
 
 /// A sealed memfd holding `bytes`, or an error when the kernel refuses executable memfds.
 fn sealed_memfd(name: &str, bytes: &[u8]) -> std::io::Result<OwnedFd> {
@@ -489,65 +147,136 @@ fn sealed_memfd(name: &str, bytes: &[u8]) -> std::io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// A private 0700 directory with a 0500 copy of `bytes`, for kernels that refuse executable
-/// memfds (vm.memfd_noexec = 2).
-fn private_copy(name: &str, bytes: &[u8]) -> std::io::Result<Image> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let base = std::env::var_os("XDG_RUNTIME_DIR")
+/// The base directory of private copies: `XDG_RUNTIME_DIR` (per user, 0700 by the spec), else
+/// the temporary directory.
+fn copy_base() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::Builder::new()
-        .prefix("km-plugin-")
-        .tempdir_in(base)?;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
-    let path = dir
-        .path()
-        .join(format!("{name}{}", std::env::consts::DLL_SUFFIX));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o500)
-        .open(&path)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(Image::PrivateCopy(dir, path))
+        .unwrap_or_else(std::env::temp_dir)
 }
 
-/// Loads the checked bytes and creates the plugin; checks it reports the signed name and version.
-pub fn load(checked: Checked, host: PluginHost) -> Result<LoadedPlugin, Refusal> {
+/// A private copy of `bytes` for kernels that refuse executable memfds: a directory created
+/// 0700 (never briefly more open) in a base directory that passes the StrictModes test of a
+/// directory on the way (owned by you or root; writable by others only when sticky, like
+/// `/tmp`), a file in it created exclusively 0500 without following links, written through
+/// that descriptor and reopened read-only through `/proc/self/fd` of it: what the dynamic
+/// loader maps is the inode km wrote, whatever the path holds by then. File and directory are
+/// removed at once; the mapping outlives them.
+fn private_copy(name: &str, bytes: &[u8]) -> Result<Image, Refusal> {
+    use rustix::fs::{Mode, OFlags};
+    let base = copy_base();
+    let refuse = |what: &str, e: &dyn fmt::Display| {
+        Refusal::new(
+            &base,
+            Check::Io,
+            format!("cannot stage the verified bytes for loading ({what}): {e}"),
+        )
+    };
+    crate::strict::check_copy_base(&base)?;
+    let base_fd = rustix::fs::open(
+        &base,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| refuse("opening the base directory", &e))?;
+    let mut attempt = 0u32;
+    let dir_name = loop {
+        let candidate = format!("km-plugin-{}-{:08x}", std::process::id(), rand_u32(attempt));
+        match rustix::fs::mkdirat(&base_fd, candidate.as_str(), Mode::from_raw_mode(0o700)) {
+            Ok(()) => break candidate,
+            Err(rustix::io::Errno::EXIST) if attempt < 16 => attempt += 1,
+            Err(e) => return Err(refuse("creating a private directory", &e)),
+        }
+    };
+    let result = (|| {
+        let dir_fd = rustix::fs::openat(
+            &base_fd,
+            dir_name.as_str(),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| refuse("opening the private directory", &e))?;
+        let file_name = format!("{name}{}", std::env::consts::DLL_SUFFIX);
+        let fd = rustix::fs::openat(
+            &dir_fd,
+            file_name.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o500),
+        )
+        .map_err(|e| refuse("creating the copy", &e))?;
+        let mut file = File::from(fd);
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| refuse("writing the copy", &e))?;
+        let written = OwnedFd::from(file);
+        // A read-only descriptor of the same inode: the dynamic loader maps it through
+        // /proc/self/fd, which names this open file, not a path that could be swapped.
+        let reopened = rustix::fs::open(
+            format!("/proc/self/fd/{}", written.as_raw_fd()),
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| refuse("reopening the copy", &e))?;
+        let _ = rustix::fs::unlinkat(&dir_fd, file_name.as_str(), rustix::fs::AtFlags::empty());
+        Ok(Image(reopened))
+    })();
+    let _ = rustix::fs::unlinkat(&base_fd, dir_name.as_str(), rustix::fs::AtFlags::REMOVEDIR);
+    result
+}
+
+/// A number for a directory name that another process is unlikely to have taken; uniqueness is
+/// enforced by `mkdirat` failing on an existing name, not by this.
+fn rand_u32(attempt: u32) -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos ^ attempt.wrapping_mul(0x9e37_79b9)
+}
+
+/// Maps checked bytes and creates the plugin; checks it reports the signed name and version.
+/// Only the [`Verifier`] calls this (its `load` also records the version as seen).
+pub(crate) fn map(checked: Checked, host: PluginHost) -> Result<LoadedPlugin, Refusal> {
     let Checked {
         path,
         bytes,
         verified,
     } = checked;
     let manifest = verified.manifest();
-    let image = match sealed_memfd(&manifest.name, &bytes) {
-        Ok(fd) => Image::Memfd(fd),
-        Err(_) => private_copy(&manifest.name, &bytes).map_err(|e| {
-            Refusal::new(
-                &path,
-                "io",
-                format!("cannot stage the verified bytes for loading: {e}"),
-            )
-        })?,
+    let via_copy = std::env::var_os(ENV_LOAD_VIA_COPY).is_some_and(|v| v == "1");
+    let memfd = if via_copy {
+        None
+    } else {
+        sealed_memfd(&manifest.name, &bytes).ok().map(Image)
     };
-    let mut header = lib_header_from_path(&image.path());
-    if header.is_err() {
-        if let Image::Memfd(_) = image {
-            // The memfd may sit on a noexec mount or be refused by policy: try the private copy.
-            if let Ok(copy) = private_copy(&manifest.name, &bytes) {
-                header = lib_header_from_path(&copy.path());
-                keep_alive(copy);
+    let header = match memfd {
+        Some(image) => {
+            let header = lib_header_from_path(&image.path());
+            keep_alive(image);
+            match header {
+                Ok(header) => Ok(header),
+                // The memfd may sit on a noexec mount or be refused by policy: try the copy.
+                Err(_) => {
+                    let copy = private_copy(&manifest.name, &bytes).map_err(|r| r.about(&path))?;
+                    let header = lib_header_from_path(&copy.path());
+                    keep_alive(copy);
+                    header
+                }
             }
         }
-    }
-    keep_alive(image);
-    let header =
-        header.map_err(|e| Refusal::new(&path, "load", format!("not a km plugin library: {e}")))?;
+        None => {
+            let copy = private_copy(&manifest.name, &bytes).map_err(|r| r.about(&path))?;
+            let header = lib_header_from_path(&copy.path());
+            keep_alive(copy);
+            header
+        }
+    };
+    let header = header
+        .map_err(|e| Refusal::new(&path, Check::Load, format!("not a km plugin library: {e}")))?;
     let module: PluginModRef = root_module(header).map_err(|e| {
         Refusal::new(
             &path,
-            "abi",
+            Check::Abi,
             format!(
                 "incompatible plugin ABI (km speaks {} {}): {e}",
                 <PluginModRef as RootModule>::NAME,
@@ -555,9 +284,13 @@ pub fn load(checked: Checked, host: PluginHost) -> Result<LoadedPlugin, Refusal>
             ),
         )
     })?;
-    let object = (module.new())(host.into_abi())
-        .into_result()
-        .map_err(|e| Refusal::new(&path, "create", format!("the plugin failed to start: {e}")))?;
+    let object = (module.new())(host.into_abi()).into_result().map_err(|e| {
+        Refusal::new(
+            &path,
+            Check::Create,
+            format!("the plugin failed to start: {e}"),
+        )
+    })?;
     let plugin = LoadedPlugin::new(
         object,
         &path,
@@ -571,7 +304,7 @@ pub fn load(checked: Checked, host: PluginHost) -> Result<LoadedPlugin, Refusal>
     if plugin.name() != manifest.name || plugin.version() != manifest.version {
         return Err(Refusal::new(
             &path,
-            "identity",
+            Check::Identity,
             format!(
                 "the library calls itself {} {} but its manifest signed {} {}",
                 plugin.name(),
@@ -634,50 +367,38 @@ fn grants(manifest: &km_signing::Manifest) -> Grants {
     }
 }
 
+/// Deliberately leaked; see [`Image`].
 fn keep_alive(image: Image) {
-    match image {
-        // Deliberately leaked; see `Image`.
-        Image::Memfd(fd) => std::mem::forget(fd),
-        // The mapping survives the file: remove the copy and its directory now.
-        Image::PrivateCopy(dir, _) => drop(dir),
-    }
+    std::mem::forget(image.0);
 }
 
-/// Verifies and loads every plugin in `options.plugins_dir`. A plugin that fails any check is
-/// reported in `refused` and never mapped. Errors only when the directory itself cannot be used
-/// or km's own state cannot be read.
+/// Verifies and loads every plugin in `options.plugins_dir` through one [`Verifier`]. A plugin
+/// that fails any check is reported in `refused` and never mapped. Errors only when km's own
+/// files cannot be used (StrictModes, an unreadable trust store).
 pub fn load_plugins(options: &LoadOptions) -> Result<LoadReport> {
     let mut report = LoadReport::default();
     let dir = &options.plugins_dir;
     if !dir.exists() {
         return Ok(report);
     }
-    let dir_fd = match open_checked_dir(dir) {
-        Ok(fd) => fd,
+    let mut verifier = Verifier::open(&options.home)?.allow_downgrade(options.allow_downgrade);
+    let checks = match verifier.check_dir(dir) {
+        Ok(checks) => checks,
         Err(refusal) => {
             report.refused.push(refusal);
             return Ok(report);
         }
     };
-    let trust = trust_store(&options.home)?;
-    let mut seen = seen_versions(&options.home)?;
-    let names = library_names(&dir_fd, dir)?;
     let mut loaded_names = HashSet::new();
-    for name in names {
-        let path = dir.join(&name);
-        let cx = CheckContext {
-            trust: &trust,
-            seen: &seen,
-            allow_downgrade: options.allow_downgrade,
-            size_cap: size_cap(),
-        };
-        let checked = match check(&dir_fd, dir, &name, &cx) {
+    for checked in checks {
+        let checked = match checked {
             Ok(checked) => checked,
             Err(refusal) => {
                 report.refused.push(refusal);
                 continue;
             }
         };
+        let path = checked.path().to_path_buf();
         let manifest = checked.verified().manifest().clone();
         if options
             .only
@@ -689,7 +410,7 @@ pub fn load_plugins(options: &LoadOptions) -> Result<LoadReport> {
         if !loaded_names.insert(manifest.name.clone()) {
             report.refused.push(Refusal::new(
                 &path,
-                "duplicate",
+                Check::Duplicate,
                 format!(
                     "another library in {} is already plugin {}",
                     dir.display(),
@@ -702,7 +423,7 @@ pub fn load_plugins(options: &LoadOptions) -> Result<LoadReport> {
         if let Err(e) = KmHome::ensure_private_dir(&data_dir) {
             report
                 .refused
-                .push(Refusal::new(&path, "io", format!("{e:#}")));
+                .push(Refusal::new(&path, Check::Io, format!("{e:#}")));
             continue;
         }
         let mut host = PluginHost::new(
@@ -718,32 +439,11 @@ pub fn load_plugins(options: &LoadOptions) -> Result<LoadReport> {
         if let Some(stdin) = &options.stdin {
             host = host.with_stdin(stdin.clone());
         }
-        match load(checked, host) {
-            Ok(plugin) => {
-                if let Ok(version) = semver::Version::parse(&manifest.version) {
-                    seen.record(&manifest.name, &version)
-                        .with_context(|| format!("recording the version of {}", manifest.name))?;
-                }
-                report.loaded.push(Arc::new(plugin));
-            }
+        match verifier.load(checked, host) {
+            Ok(plugin) => report.loaded.push(Arc::new(plugin)),
             Err(refusal) => report.refused.push(refusal),
         }
     }
+    report.warnings = verifier.take_warnings();
     Ok(report)
-}
-
-/// The library file names in the directory, sorted.
-pub fn library_names(dir_fd: &OwnedFd, dir: &Path) -> Result<Vec<std::ffi::OsString>> {
-    let mut names = Vec::new();
-    let mut entries = rustix::fs::Dir::read_from(dir_fd.as_fd())
-        .with_context(|| format!("listing {}", dir.display()))?;
-    while let Some(entry) = entries.read() {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        let name = OsStr::from_bytes(entry.file_name().to_bytes());
-        if is_library_name(name) {
-            names.push(name.to_os_string());
-        }
-    }
-    names.sort();
-    Ok(names)
 }

@@ -93,23 +93,33 @@ pub fn record_path(home: &KmHome, name: &str) -> PathBuf {
     home.state_dir().join("auth").join(format!("{name}.json"))
 }
 
-/// Reads every record in `KM_HOME/state/auth`, sorted by plugin name.
+/// The largest auth record or session-stats file km reads.
+const MAX_RECORD_BYTES: u64 = 1024 * 1024;
+
+/// Reads every record in `KM_HOME/state/auth`, sorted by plugin name, after StrictModes on the
+/// state directory, the auth directory and each record (see [`crate::strict`]).
 pub fn load_records(home: &KmHome) -> Result<Vec<AuthRecord>> {
+    use crate::strict::{check_entry, Expect};
+    check_entry(&home.state_dir(), "state directory", Expect::Dir)?;
     let dir = home.state_dir().join("auth");
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
-    };
-    let mut records = Vec::new();
+    if !check_entry(&dir, "auth record directory", Expect::Dir)? {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut paths = Vec::new();
     for entry in entries {
         let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("json") {
-            continue;
+        if path.extension().and_then(|e| e.to_str()) == Some("json") {
+            paths.push(path);
         }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        match serde_json::from_str::<AuthRecord>(&text) {
+    }
+    paths.sort();
+    let mut records = Vec::new();
+    for path in paths {
+        let Some(bytes) = crate::strict::read_file(&path, MAX_RECORD_BYTES, "auth record")? else {
+            continue;
+        };
+        match serde_json::from_slice::<AuthRecord>(&bytes) {
             Ok(record) => records.push(record),
             Err(e) => eprintln!("km: warning: ignoring {}: {e}", path.display()),
         }
@@ -166,8 +176,15 @@ pub fn save_session_stats(home: &KmHome, stats: &SessionStats) -> Result<()> {
 
 /// The counts of the last session of plugin `name`, if one was recorded.
 pub fn load_session_stats(home: &KmHome, name: &str) -> Option<SessionStats> {
-    let text = std::fs::read_to_string(stats_path(home, name)).ok()?;
-    serde_json::from_str(&text).ok()
+    let path = stats_path(home, name);
+    match crate::strict::read_file(&path, MAX_RECORD_BYTES, "session statistics") {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).ok(),
+        Ok(None) => None,
+        Err(refusal) => {
+            eprintln!("km: warning: ignoring {refusal}");
+            None
+        }
+    }
 }
 
 /// Calls `plugin.authenticate(api_key)` and turns the answer into a record (not saved).
@@ -336,7 +353,8 @@ pub fn start_refresher(
         let (stop, home, key) = (stop.clone(), home.clone(), api_key.clone());
         let name = format!("km-refresh-{}", plugin.name());
         let spawned = std::thread::Builder::new().name(name).spawn(move || loop {
-            if stopped(&stop) {
+            // A plugin km disabled (it panicked) is never called again, also not from here.
+            if stopped(&stop) || plugin.is_disabled() {
                 return;
             }
             let record = refresh_one(&home, &key, &plugin);

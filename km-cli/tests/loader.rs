@@ -11,7 +11,8 @@ use std::time::SystemTime;
 use km_abi::{Direction, Message, MessageKind};
 use km_cli::home::KmHome;
 use km_cli::host::{PluginHost, Verbosity};
-use km_cli::loader::{self, CheckContext, LoadOptions};
+use km_cli::loader::{self, LoadOptions};
+use km_cli::verifier::Verifier;
 use km_signing::{Algorithm, Manifest, PrivateKey, SignatureFile, TrustStore, MANIFEST_KIND};
 
 fn built_lib(crate_name: &str) -> PathBuf {
@@ -131,29 +132,19 @@ fn message(data: &[u8]) -> Message<'_> {
 fn replacing_the_file_after_verification_does_not_change_what_is_loaded() {
     let setup = Setup::new();
     let path = setup.install("test-noop", "test-noop");
-    let trust = loader::trust_store(&setup.home).expect("trust");
-    let seen = loader::seen_versions(&setup.home).expect("seen");
-    let cx = CheckContext {
-        trust: &trust,
-        seen: &seen,
-        allow_downgrade: false,
-        size_cap: loader::DEFAULT_SIZE_CAP,
-    };
-    let dir_fd = loader::open_checked_dir(&setup.plugins).expect("dir");
-    let checked = loader::check(
-        &dir_fd,
-        &setup.plugins,
-        path.file_name().expect("name"),
-        &cx,
-    )
-    .expect("verifies");
+    let mut verifier = Verifier::open(&setup.home)
+        .expect("verifier")
+        .with_size_cap(loader::DEFAULT_SIZE_CAP);
+    let checked = verifier.check_file(&path).expect("verifies");
 
     // Swap in another, validly signed library under the same file name.
     let other = std::fs::read(built_lib("test-panicky")).expect("read");
     std::fs::remove_file(&path).expect("rm");
     setup.install_bytes("libtest_noop.so", "test-panicky", &other);
 
-    let plugin = loader::load(checked, setup.host("test-noop")).expect("loads");
+    let plugin = verifier
+        .load(checked, setup.host("test-noop"))
+        .expect("loads");
     assert_eq!(
         plugin.name(),
         "test-noop",
@@ -198,6 +189,11 @@ fn two_plugins_load_side_by_side_as_distinct_modules_and_a_panic_is_an_error_val
             "{failure}"
         );
     }
+    assert!(
+        panicky.is_disabled(),
+        "a plugin that panicked is disabled for every caller (dispatcher and refresher)"
+    );
+    assert!(!report.loaded[1].is_disabled());
     // The host carries on, and so do the other plugins.
     report.loaded[1]
         .handle_message(&message(b"{}"))

@@ -1,10 +1,115 @@
 //! The one error type of the crate.
 //!
 //! Every variant carries what a user needs to act (which file, which key id, which hash, which
-//! versions) and [`Error::check`] names the failing check in a word, for tables and JSON. Crypto
+//! versions) and [`Error::check`] names the failing [`Check`], for tables and JSON. Crypto
 //! internals never leak: every signature failure is the same [`Error::BadSignature`].
+//!
+//! [`Check`] is shared with km's loader, which adds the checks that happen around this crate
+//! (file modes and owners, links, ELF format, loading): one typed, non-exhaustive list, so that
+//! code branches on a variant and never on a string, and `--json` output shows the same words
+//! ([`Check::as_str`]) everywhere.
 
 use std::path::PathBuf;
+
+/// Which check refused a plugin (a library, its signature, a package, or a file km reads to
+/// decide trust). Serialised (and displayed) as the word in [`Check::as_str`].
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Check {
+    /// A file or directory others may write to.
+    Permissions,
+    /// A file or directory owned by another user than you or root.
+    Owner,
+    /// A symbolic link where km accepts only the file itself.
+    Symlink,
+    /// Over a size cap, or not the signed size.
+    Size,
+    /// The `.kmsig` file is missing or malformed, or names an algorithm km does not accept.
+    SignatureFile,
+    /// The signing key is not trusted.
+    Trust,
+    /// The key or the library's hash is revoked.
+    Revocation,
+    /// The signature does not verify.
+    Signature,
+    /// The signed manifest is malformed or names another key.
+    Manifest,
+    /// The library's SHA-256 is not the signed one.
+    Digest,
+    /// Signed for another target triple.
+    Target,
+    /// Built against an incompatible plugin ABI.
+    Abi,
+    /// The signature has expired.
+    Expiry,
+    /// The key may not sign this plugin.
+    Scope,
+    /// Older than a version already seen.
+    Rollback,
+    /// Not a regular file, not a shared library for this machine, or not text where text is due.
+    Format,
+    /// The dynamic loader refused the library.
+    Load,
+    /// The plugin failed to start.
+    Create,
+    /// The loaded library is not the plugin its manifest signed.
+    Identity,
+    /// Another library in the directory is already that plugin.
+    Duplicate,
+    /// A file could not be read or written.
+    Io,
+    /// A key that cannot be read or used.
+    Key,
+    /// A value given by the caller is not acceptable.
+    Input,
+    /// The file does not exist.
+    Missing,
+    /// A package (`.kmpkg`) that is not acceptable as a whole.
+    Package,
+    /// A download whose checksum is not the one announced.
+    Checksum,
+}
+
+impl Check {
+    /// The word for the check, as `--json` output and tables show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::Permissions => "permissions",
+            Check::Owner => "owner",
+            Check::Symlink => "symlink",
+            Check::Size => "size",
+            Check::SignatureFile => "signature-file",
+            Check::Trust => "trust",
+            Check::Revocation => "revocation",
+            Check::Signature => "signature",
+            Check::Manifest => "manifest",
+            Check::Digest => "digest",
+            Check::Target => "target",
+            Check::Abi => "abi",
+            Check::Expiry => "expiry",
+            Check::Scope => "scope",
+            Check::Rollback => "rollback",
+            Check::Format => "format",
+            Check::Load => "load",
+            Check::Create => "create",
+            Check::Identity => "identity",
+            Check::Duplicate => "duplicate",
+            Check::Io => "io",
+            Check::Key => "key",
+            Check::Input => "input",
+            Check::Missing => "missing",
+            Check::Package => "package",
+            Check::Checksum => "checksum",
+        }
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What went wrong while reading, signing or verifying. Tests can match the exact variant.
 #[non_exhaustive]
@@ -185,29 +290,27 @@ fn reason_suffix(reason: &Option<String>) -> String {
 }
 
 impl Error {
-    /// The short name of the failing check, for users: `signature-file`, `trust`, `revocation`,
-    /// `signature`, `manifest`, `digest`, `size`, `target`, `abi`, `expiry`, `scope`,
-    /// `rollback`, `key`, `input`, `permissions`, `io`.
-    pub fn check(&self) -> &'static str {
+    /// The failing check.
+    pub fn check(&self) -> Check {
         match self {
             Error::NoSignature { .. }
             | Error::MalformedSignatureFile { .. }
-            | Error::UnsupportedAlgorithm { .. } => "signature-file",
-            Error::UntrustedKey { .. } | Error::BuiltinKey { .. } => "trust",
-            Error::KeyRevoked { .. } | Error::HashRevoked { .. } => "revocation",
-            Error::BadSignature => "signature",
-            Error::MalformedManifest { .. } | Error::KeyIdMismatch { .. } => "manifest",
-            Error::SizeMismatch { .. } => "size",
-            Error::DigestMismatch { .. } => "digest",
-            Error::WrongTarget { .. } => "target",
-            Error::AbiMismatch { .. } => "abi",
-            Error::Expired { .. } => "expiry",
-            Error::OutOfScope { .. } => "scope",
-            Error::Rollback { .. } => "rollback",
-            Error::BadKey { .. } | Error::WeakKey { .. } => "key",
-            Error::InvalidInput { .. } => "input",
-            Error::InsecurePermissions { .. } => "permissions",
-            Error::Io { .. } => "io",
+            | Error::UnsupportedAlgorithm { .. } => Check::SignatureFile,
+            Error::UntrustedKey { .. } | Error::BuiltinKey { .. } => Check::Trust,
+            Error::KeyRevoked { .. } | Error::HashRevoked { .. } => Check::Revocation,
+            Error::BadSignature => Check::Signature,
+            Error::MalformedManifest { .. } | Error::KeyIdMismatch { .. } => Check::Manifest,
+            Error::SizeMismatch { .. } => Check::Size,
+            Error::DigestMismatch { .. } => Check::Digest,
+            Error::WrongTarget { .. } => Check::Target,
+            Error::AbiMismatch { .. } => Check::Abi,
+            Error::Expired { .. } => Check::Expiry,
+            Error::OutOfScope { .. } => Check::Scope,
+            Error::Rollback { .. } => Check::Rollback,
+            Error::BadKey { .. } | Error::WeakKey { .. } => Check::Key,
+            Error::InvalidInput { .. } => Check::Input,
+            Error::InsecurePermissions { .. } => Check::Permissions,
+            Error::Io { .. } => Check::Io,
         }
     }
 
@@ -268,7 +371,8 @@ mod tests {
                 "ab".repeat(16)
             )
         );
-        assert_eq!(e.check(), "revocation");
+        assert_eq!(e.check(), Check::Revocation);
+        assert_eq!(e.check().to_string(), "revocation");
         assert_eq!(
             Error::BadSignature.to_string(),
             "the signature does not verify"
@@ -281,5 +385,44 @@ mod tests {
         assert!(e.to_string().contains("1.0.0") && e.to_string().contains("2.0.0"));
         assert!(Error::BadSignature.is_verification_failure());
         assert!(!Error::WeakKey { bits: 1024 }.is_verification_failure());
+    }
+
+    /// `--json` output carries these words (tests of km assert them): the serialised form and
+    /// `as_str` must agree for every check.
+    #[test]
+    fn checks_serialise_as_their_words() {
+        for check in [
+            Check::Permissions,
+            Check::Owner,
+            Check::Symlink,
+            Check::Size,
+            Check::SignatureFile,
+            Check::Trust,
+            Check::Revocation,
+            Check::Signature,
+            Check::Manifest,
+            Check::Digest,
+            Check::Target,
+            Check::Abi,
+            Check::Expiry,
+            Check::Scope,
+            Check::Rollback,
+            Check::Format,
+            Check::Load,
+            Check::Create,
+            Check::Identity,
+            Check::Duplicate,
+            Check::Io,
+            Check::Key,
+            Check::Input,
+            Check::Missing,
+            Check::Package,
+            Check::Checksum,
+        ] {
+            assert_eq!(
+                serde_json::to_value(check).expect("serialises"),
+                serde_json::Value::String(check.as_str().to_owned())
+            );
+        }
     }
 }

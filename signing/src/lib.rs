@@ -92,7 +92,7 @@ pub mod stamp;
 pub mod trust;
 pub mod verify;
 
-pub use error::Error;
+pub use error::{Check, Error};
 pub use keys::{Algorithm, KeyId, PrivateKey, PublicKey};
 pub use manifest::{
     check_name, format_timestamp, parse_date, parse_timestamp, sha256_hex, target_triple, Manifest,

@@ -14,6 +14,7 @@ mod ml_analytics;
 mod monitor;
 mod plugin_commands;
 mod signing;
+mod strict_modes;
 mod subscriptions;
 mod tool_guard;
 mod transport;

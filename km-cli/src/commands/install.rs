@@ -84,12 +84,16 @@ pub(super) fn run(globals: &Globals, args: InstallPluginArgs) -> Result<ExitCode
             )
         }
     };
-    let (pkg, verified) =
-        match install::verify_package(&globals.home, &what, &bytes, args.allow_downgrade) {
-            Ok(ok) => ok,
-            Err(e) => return refusal_exit(e),
-        };
-    let installed = install::install(&globals.home, &pkg, &verified)?;
+    let (pkg, _) = match install::verify_package(&globals.home, &what, &bytes, args.allow_downgrade)
+    {
+        Ok(ok) => ok,
+        Err(e) => return refusal_exit(e),
+    };
+    let installed = match install::install(&globals.home, &pkg, args.allow_downgrade) {
+        Ok(installed) => installed,
+        Err(e) => return refusal_exit(e),
+    };
+    let verified = &installed.verified;
     if !globals.quiet {
         let m = &installed.manifest;
         eprintln!(

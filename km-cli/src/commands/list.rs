@@ -9,7 +9,7 @@ use super::verify::Report;
 use super::Globals;
 use crate::cli::ListPluginsArgs;
 use crate::exit;
-use crate::loader::{self, CheckContext};
+use crate::verifier::{Check, Verifier};
 
 /// Runs `km list-plugins`.
 pub(super) fn run(globals: &Globals, args: ListPluginsArgs) -> Result<ExitCode> {
@@ -18,21 +18,15 @@ pub(super) fn run(globals: &Globals, args: ListPluginsArgs) -> Result<ExitCode> 
         .unwrap_or_else(|| globals.home.plugins_dir());
     let mut reports = Vec::new();
     if dir.exists() {
-        match loader::open_checked_dir(&dir) {
+        // The verifier's checked, capped, non-blocking reads: a FIFO or a device named like a
+        // library (or its signature) is reported, never read.
+        let verifier = Verifier::open(&globals.home)?;
+        match verifier.check_dir(&dir) {
             Err(refusal) => reports.push(Report::refused(&refusal)),
-            Ok(dir_fd) => {
-                let trust = loader::trust_store(&globals.home)?;
-                let seen = loader::seen_versions(&globals.home)?;
-                let cx = CheckContext {
-                    trust: &trust,
-                    seen: &seen,
-                    allow_downgrade: false,
-                    size_cap: loader::size_cap(),
-                };
-                for name in loader::library_names(&dir_fd, &dir)? {
-                    let path = dir.join(&name);
-                    reports.push(match loader::check(&dir_fd, &dir, &name, &cx) {
-                        Ok(checked) => Report::accepted(&path, checked.verified()),
+            Ok(checks) => {
+                for check in checks {
+                    reports.push(match check {
+                        Ok(checked) => Report::accepted(checked.path(), checked.verified()),
                         Err(refusal) => Report::refused(&refusal),
                     });
                 }
@@ -78,7 +72,7 @@ pub(super) fn run(globals: &Globals, args: ListPluginsArgs) -> Result<ExitCode> 
                 "  ✗ {} [{}]  refused ({}): {}",
                 r.name.as_deref().unwrap_or("?"),
                 file,
-                r.check.unwrap_or("?"),
+                r.check.map_or("?", Check::as_str),
                 r.reason.as_deref().unwrap_or("")
             );
         }

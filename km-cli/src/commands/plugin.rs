@@ -30,7 +30,7 @@ use crate::exit;
 use crate::gateway::LoadedPlugin;
 use crate::home::KmHome;
 use crate::host::{StdinOnce, Verbosity};
-use crate::loader::{load_plugins, LoadOptions, LoadReport, SIGNATURE_SUFFIX};
+use crate::loader::{load_plugins, LoadOptions, LoadReport};
 use crate::subscription;
 
 /// How long authentication may take before the command runs anyway (degraded).
@@ -133,7 +133,7 @@ fn run_one(
     let Some(plugin) = report.loaded.first() else {
         // A library meant to be this plugin that did not verify is refused as the loader does.
         for refusal in &report.refused {
-            if claimed_name(&refusal.path).as_deref() == Some(name) {
+            if claimed_name(refusal).as_deref() == Some(name) {
                 eprintln!("km: plugin {name} refused: {refusal}");
                 return Ok(ExitCode::from(exit::REFUSED));
             }
@@ -201,16 +201,17 @@ fn print_help(help: &str, asked: bool) {
     }
 }
 
-/// The name the signature beside `lib` claims, unverified.
-fn claimed_name(lib: &Path) -> Option<String> {
-    let mut sig = lib.as_os_str().to_os_string();
-    sig.push(SIGNATURE_SUFFIX);
-    let file = km_signing::SignatureFile::read(Path::new(&sig)).ok()?;
-    km_signing::Manifest::parse(&file.manifest_bytes)
-        .ok()
-        .map(|m| m.name)
+/// The name a refused library claims (its signature's manifest, unverified, as the verifier
+/// read it with its checked open), else its file name.
+fn claimed_name(refusal: &crate::verifier::Refusal) -> Option<String> {
+    refusal
+        .claimed
+        .as_ref()
+        .map(|m| m.name.clone())
         .or_else(|| {
-            let stem = lib.file_name()?.to_string_lossy().into_owned();
-            Some(stem)
+            refusal
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
         })
 }

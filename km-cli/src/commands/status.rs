@@ -18,8 +18,9 @@ use crate::commands::Globals;
 use crate::config::Config;
 use crate::exit;
 use crate::host::Verbosity;
-use crate::loader::{self, load_plugins, CheckContext, LoadOptions};
+use crate::loader::{load_plugins, LoadOptions};
 use crate::subscription::{self, AuthRecord};
+use crate::verifier::Verifier;
 
 /// How long `plugin-refresh` waits for all plugins.
 const REFRESH_DEADLINE: Duration = Duration::from_secs(60);
@@ -96,26 +97,16 @@ fn installed_plugins(globals: &Globals) -> Option<Vec<(String, String, km_abi::T
     if !dir.exists() {
         return Some(Vec::new());
     }
-    let dir_fd = loader::open_checked_dir(&dir).ok()?;
-    let trust = loader::trust_store(&globals.home).ok()?;
-    let seen = loader::seen_versions(&globals.home).ok()?;
-    let cx = CheckContext {
-        trust: &trust,
-        seen: &seen,
-        // Status is not loading: an older version still shows.
-        allow_downgrade: true,
-        size_cap: loader::size_cap(),
-    };
+    // Status is not loading: an older version still shows.
+    let verifier = Verifier::open(&globals.home).ok()?.allow_downgrade(true);
     let mut plugins = Vec::new();
-    for name in loader::library_names(&dir_fd, &dir).ok()? {
-        if let Ok(checked) = loader::check(&dir_fd, &dir, &name, &cx) {
-            let manifest = checked.verified().manifest();
-            plugins.push((
-                manifest.name.clone(),
-                manifest.version.clone(),
-                manifest.tier,
-            ));
-        }
+    for checked in verifier.check_dir(&dir).ok()?.into_iter().flatten() {
+        let manifest = checked.verified().manifest();
+        plugins.push((
+            manifest.name.clone(),
+            manifest.version.clone(),
+            manifest.tier,
+        ));
     }
     Some(plugins)
 }

@@ -22,6 +22,7 @@ use crate::cli::UpdatePluginArgs;
 use crate::config::Config;
 use crate::exit;
 use crate::install::{self, InstallRefused};
+use crate::verifier::Check;
 
 /// The API's answer about the newest version of a plugin.
 #[derive(Debug, Deserialize)]
@@ -34,25 +35,9 @@ struct Latest {
 
 /// Installed plugins: name -> version (from their signatures; unverified, used to ask).
 fn installed_versions(globals: &Globals) -> Result<BTreeMap<String, semver::Version>> {
-    let dir = globals.home.plugins_dir();
     let mut out = BTreeMap::new();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
-    };
-    for entry in entries {
-        let entry = entry.with_context(|| format!("listing {}", dir.display()))?;
-        if !crate::loader::is_library_name(&entry.file_name()) {
-            continue;
-        }
-        let sig = km_signing::SignatureFile::path_for(&entry.path());
-        let Some(m) = km_signing::SignatureFile::read(&sig)
-            .ok()
-            .and_then(|s| km_signing::Manifest::parse(&s.manifest_bytes).ok())
-        else {
-            continue;
-        };
+    for (_, manifest) in crate::verifier::claims(&globals.home.plugins_dir())? {
+        let Some(m) = manifest else { continue };
         if let Ok(v) = semver::Version::parse(&m.version) {
             let slot = out.entry(m.name).or_insert_with(|| v.clone());
             if v > *slot {
@@ -108,7 +93,7 @@ fn update_one(
     if !actual.eq_ignore_ascii_case(&latest.sha256) {
         return Err(InstallRefused {
             what: pkg_url.to_string(),
-            check: "checksum",
+            check: Check::Checksum,
             reason: format!(
                 "the package's SHA-256 is {actual}, the API announced {}",
                 latest.sha256
@@ -120,7 +105,7 @@ fn update_one(
     if verified.manifest().name != name || verified.manifest().version != latest.version {
         return Err(InstallRefused {
             what: pkg_url.to_string(),
-            check: "identity",
+            check: Check::Identity,
             reason: format!(
                 "the package is {} {}, the API announced {name} {}",
                 verified.manifest().name,
@@ -130,7 +115,7 @@ fn update_one(
         }
         .into());
     }
-    let installed = install::install(&globals.home, &pkg, &verified)?;
+    let installed = install::install(&globals.home, &pkg, false)?;
     if !globals.quiet {
         eprintln!(
             "km: updated {name} {current} -> {} ({})",

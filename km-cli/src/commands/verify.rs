@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
-use km_signing::{SignatureFile, Verified};
+use km_signing::Verified;
 use serde::Serialize;
 
 use super::Globals;
@@ -15,7 +15,7 @@ use crate::cli::VerifyPluginArgs;
 use crate::exit;
 use crate::home::KmHome;
 use crate::host::{PluginHost, Verbosity};
-use crate::loader::{self, CheckContext, Checked, Refusal, SIGNATURE_SUFFIX};
+use crate::verifier::{Check, Checked, Refusal, Verifier, SIGNATURE_SUFFIX};
 
 /// One plugin's verdict, as printed.
 #[derive(Debug, Serialize)]
@@ -33,7 +33,7 @@ pub(crate) struct Report {
     /// Whether it fails open when intercepting.
     pub(crate) fail_open: bool,
     /// The failing check, when refused.
-    pub(crate) check: Option<&'static str>,
+    pub(crate) check: Option<Check>,
     /// Why, when refused.
     pub(crate) reason: Option<String>,
 }
@@ -58,16 +58,12 @@ impl Report {
     }
 
     /// A refusal, with what the (unverified) signature file claims, marked as such by
-    /// `verified: false`, so that the user can tell which plugin it was meant to be.
+    /// `verified: false`, so that the user can tell which plugin it was meant to be. Both come
+    /// from what the verifier read with its checked, capped, non-blocking open: nothing here
+    /// opens a file again.
     pub(crate) fn refused(refusal: &Refusal) -> Self {
-        let mut sig_path = refusal.path.as_os_str().to_os_string();
-        sig_path.push(SIGNATURE_SUFFIX);
-        let claimed = SignatureFile::read(Path::new(&sig_path))
-            .ok()
-            .and_then(|sig| km_signing::Manifest::parse(&sig.manifest_bytes).ok());
-        let sha256 = std::fs::read(&refusal.path)
-            .ok()
-            .map(|bytes| km_durable::digest::sha256_hex(&bytes));
+        let claimed = refusal.claimed.as_deref();
+        let sha256 = refusal.sha256.clone();
         Report {
             path: refusal.path.clone(),
             verified: false,
@@ -132,48 +128,31 @@ impl Report {
     }
 }
 
-/// Checks one file as the loader would (its directory, the file, the signature).
-pub(crate) fn check_path(path: &Path, cx: &CheckContext<'_>) -> Result<Checked, Refusal> {
-    let refuse = |check, reason: String| Refusal {
-        path: path.to_path_buf(),
-        check,
-        reason,
-    };
-    let (Some(name), dir) = (path.file_name(), path.parent()) else {
-        return Err(refuse("io", "not a file path".to_owned()));
-    };
-    let dir = match dir {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let dir_fd = loader::open_checked_dir(dir).map_err(|r| Refusal {
-        path: path.to_path_buf(),
-        ..r
-    })?;
-    loader::check(&dir_fd, dir, name, cx)
+/// The library a path names: itself, or the library beside a `.kmsig` the user named.
+fn library_path(path: &Path) -> PathBuf {
+    match path.to_str().and_then(|p| p.strip_suffix(SIGNATURE_SUFFIX)) {
+        Some(lib) if !lib.is_empty() && !lib.ends_with('/') => PathBuf::from(lib),
+        _ => path.to_path_buf(),
+    }
 }
 
-/// Loads a checked plugin (`--load`), then shuts it down; records its version as seen.
-fn load_checked(globals: &Globals, checked: Checked) -> Result<Verified, Refusal> {
+/// Loads a checked plugin (`--load`), then shuts it down; the verifier records its version as
+/// seen.
+fn load_checked(
+    globals: &Globals,
+    verifier: &mut Verifier,
+    checked: Checked,
+) -> Result<Verified, Refusal> {
     let verified = checked.verified().clone();
     let manifest = verified.manifest();
     let data_dir = globals.home.plugin_data_dir(&manifest.name);
-    KmHome::ensure_private_dir(&data_dir).map_err(|e| Refusal {
-        path: checked.path().to_path_buf(),
-        check: "io",
-        reason: format!("{e:#}"),
-    })?;
-    let path = checked.path().to_path_buf();
+    KmHome::ensure_private_dir(&data_dir)
+        .map_err(|e| Refusal::new(checked.path(), Check::Io, format!("{e:#}")))?;
     let verbosity = Verbosity::from_flags(globals.quiet, globals.verbose);
-    let plugin = loader::load(
+    let plugin = verifier.load(
         checked,
         PluginHost::new(&manifest.name, data_dir, verbosity, None),
     )?;
-    loader::record_seen(&globals.home, &verified).map_err(|e| Refusal {
-        path: path.clone(),
-        check: "io",
-        reason: format!("{e:#}"),
-    })?;
     if let Err(failure) = plugin.shutdown() {
         eprintln!("km: warning: {failure}");
     }
@@ -182,32 +161,27 @@ fn load_checked(globals: &Globals, checked: Checked) -> Result<Verified, Refusal
 
 /// Runs `km verify-plugin`.
 pub(super) fn run(globals: &Globals, args: VerifyPluginArgs) -> Result<ExitCode> {
-    let trust = loader::trust_store(&globals.home)?;
-    let seen = loader::seen_versions(&globals.home)?;
-    let cx = CheckContext {
-        trust: &trust,
-        seen: &seen,
-        allow_downgrade: args.allow_downgrade,
-        size_cap: loader::size_cap(),
-    };
+    let mut verifier = Verifier::open(&globals.home)?.allow_downgrade(args.allow_downgrade);
     let mut reports = Vec::new();
     let mut io_error = false;
-    for path in &args.paths {
+    for given in &args.paths {
+        // The heading names the library, also when the user named its signature.
+        let path = &library_path(given);
         if let Err(e) = std::fs::symlink_metadata(path) {
             eprintln!("km: error: {}: {e}", path.display());
             io_error = true;
             continue;
         }
-        let report = match check_path(path, &cx).and_then(|checked| {
+        let report = match verifier.check_file(path).and_then(|checked| {
             if args.load {
-                load_checked(globals, checked)
+                load_checked(globals, &mut verifier, checked)
             } else {
                 Ok(checked.into_verified())
             }
         }) {
             Ok(verified) => Report::accepted(path, &verified),
             Err(refusal) => {
-                if refusal.check == "io" {
+                if refusal.check == Check::Io {
                     io_error = true;
                 }
                 Report::refused(&refusal)

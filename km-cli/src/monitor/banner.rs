@@ -86,7 +86,7 @@ impl Refused {
             .unwrap_or(&file);
         Refused {
             file: file.to_owned(),
-            check: refusal.check.to_owned(),
+            check: refusal.check.to_string(),
             reason: refusal.reason.clone(),
         }
     }

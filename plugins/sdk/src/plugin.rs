@@ -3,8 +3,11 @@
 //! The glue is the only place where author code meets the ABI. Every entry point runs inside
 //! `catch_unwind`: abi_stable's generated functions turn an escaping panic into an abort of the
 //! whole process, and a plugin must never take km down, so a panic is turned into an
-//! [`ErrorKind::PANICKED`] error value here, before it can reach the boundary.
+//! [`ErrorKind::PANICKED`] error value here, before it can reach the boundary. The plugin's
+//! destructor is no exception: km drops a plugin object through abi_stable's `extern "C"`
+//! destructor glue, so a panic in the author's `Drop` is caught by the adapter's own `Drop`.
 
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -217,9 +220,28 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// The author's plugin behind the ABI trait, with its interest in the ABI's form once asked.
+/// The plugin is dropped by hand (see `Drop`), so that a panic in its destructor is contained.
 struct Adapter<P: Plugin> {
-    plugin: P,
+    plugin: ManuallyDrop<P>,
     interest: OnceLock<InterestRef>,
+}
+
+impl<P: Plugin> Drop for Adapter<P> {
+    fn drop(&mut self) {
+        let plugin = &mut self.plugin;
+        // The destructor runs inside abi_stable's `extern "C"` drop glue, where an escaping
+        // panic aborts km: the plugin is gone either way, so the panic stops here (the panic
+        // hook has already reported it on stderr).
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: `ManuallyDrop::drop` requires that the value is not used again and not
+            // dropped twice. This is the adapter's destructor: nothing uses `self.plugin` after
+            // it, and this is the only place that drops it.
+            #[allow(unsafe_code)]
+            unsafe {
+                ManuallyDrop::drop(plugin)
+            }
+        }));
+    }
 }
 
 impl<P: Plugin> KmPlugin for Adapter<P> {
@@ -311,7 +333,7 @@ pub fn __new_plugin<P: Plugin>(host: HostBox) -> RResult<PluginBox, PluginError>
     guard("new", || {
         let plugin = P::new(Host::from_raw(host))?;
         let adapter = Adapter {
-            plugin,
+            plugin: ManuallyDrop::new(plugin),
             interest: OnceLock::new(),
         };
         Ok(KmPlugin_TO::from_value(adapter, TD_Opaque))

@@ -114,7 +114,7 @@ fn one_flipped_byte_in_the_library_is_a_digest_mismatch() {
     assert!(
         matches!(&err, Error::DigestMismatch { expected, actual } if *expected == sha256_hex(LIB) && *actual == sha256_hex(&lib))
     );
-    assert_eq!(err.check(), "digest");
+    assert_eq!(err.check(), crate::Check::Digest);
 }
 
 #[test]
@@ -167,7 +167,7 @@ fn an_untrusted_key_is_refused_by_id() {
     assert!(
         matches!(&err, Error::UntrustedKey { key_id } if *key_id == other.public_key().key_id().to_string())
     );
-    assert_eq!(err.check(), "trust");
+    assert_eq!(err.check(), crate::Check::Trust);
 }
 
 #[test]
@@ -184,7 +184,7 @@ fn a_revoked_key_is_refused() {
     f.trust = trust;
     let err = f.verify(LIB, &f.sign()).expect_err("refused");
     assert!(matches!(&err, Error::KeyRevoked { reason: Some(r), .. } if r == "leaked"));
-    assert_eq!(err.check(), "revocation");
+    assert_eq!(err.check(), crate::Check::Revocation);
 }
 
 #[test]
@@ -306,7 +306,7 @@ fn rollback_is_refused_unless_allowed() {
     assert!(
         matches!(&err, Error::Rollback { version, highest, .. } if version == "1.2.3" && highest == "1.3.0")
     );
-    assert_eq!(err.check(), "rollback");
+    assert_eq!(err.check(), crate::Check::Rollback);
     policy.allow_downgrade = true;
     verify_library(LIB, &sig, &f.trust, &policy).expect("downgrade allowed");
     let mut seen_same = SeenVersions::load(&home.path().join("seen2.json")).expect("loads");
