@@ -214,9 +214,20 @@ pub fn authenticate(plugin: &LoadedPlugin, api_key: &str) -> AuthRecord {
     record
 }
 
-/// Authenticates `plugin` and records the outcome.
+/// Authenticates `plugin` and records the outcome. A plugin km disabled (it panicked) is not
+/// called: its record says so.
 pub fn refresh_one(home: &KmHome, api_key: &str, plugin: &LoadedPlugin) -> AuthRecord {
-    let record = authenticate(plugin, api_key);
+    let record = if plugin.is_disabled() {
+        let mut record = AuthRecord::unauthorized(
+            plugin,
+            "km disabled the plugin for this session after it panicked".to_owned(),
+            "disabled".to_owned(),
+        );
+        record.last_refresh = now_unix();
+        record
+    } else {
+        authenticate(plugin, api_key)
+    };
     if let Err(e) = save_record(home, &record) {
         eprintln!(
             "km: warning: cannot record the subscription of {}: {e:#}",

@@ -201,3 +201,39 @@ fn two_plugins_load_side_by_side_as_distinct_modules_and_a_panic_is_an_error_val
     let seen = std::fs::read_to_string(setup.home.seen_versions_file()).expect("seen versions");
     assert!(seen.contains("test-noop"), "{seen}");
 }
+
+/// Issue 13: a plugin km disabled after a panic is not called again by the subscription
+/// refresher (the refresher runs on its own threads, beside the dispatcher that saw the panic).
+#[test]
+fn the_refresher_does_not_call_a_plugin_disabled_after_a_panic() {
+    let setup = Setup::new();
+    setup.install("test-panicky", "test-panicky");
+    let mut options = LoadOptions::new(setup.plugins.clone(), setup.home.clone());
+    options.verbosity = Verbosity::Quiet;
+    let report = loader::load_plugins(&options).expect("load");
+    let panicky = report.loaded.first().expect("loaded").clone();
+    let config = km_cli::config::Config {
+        api_key: Some("km_test_key".to_owned()),
+        ..Default::default()
+    };
+    // Before the panic the refresher calls it (the SDK's default answer: not authorized).
+    let before = km_cli::subscription::refresh_all(
+        &setup.home,
+        &config,
+        std::slice::from_ref(&panicky),
+        std::time::Duration::from_secs(30),
+    );
+    assert_ne!(before[0].outcome, "disabled", "{:?}", before[0]);
+    panicky
+        .handle_message(&message(b"{}"))
+        .expect_err("test-panicky panics");
+    assert!(panicky.is_disabled());
+    let after = km_cli::subscription::refresh_all(
+        &setup.home,
+        &config,
+        std::slice::from_ref(&panicky),
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(after[0].outcome, "disabled", "{:?}", after[0]);
+    assert!(after[0].reason.contains("panicked"), "{:?}", after[0]);
+}

@@ -2,9 +2,11 @@
 //! One binary, a module per topic. Run `cargo build --workspace` first (see README).
 
 mod abi_compat;
+mod chaos;
 mod cli;
 mod compliance;
 mod distribution;
+mod hardening;
 mod host_events;
 mod inspector;
 mod intercept;

@@ -27,6 +27,8 @@ pub(crate) mod intercept;
 mod jsonrpc;
 mod output;
 mod process;
+#[cfg(test)]
+mod proptests;
 mod relay;
 mod session;
 #[cfg(test)]
