@@ -53,7 +53,7 @@ fn chunks<'a>(input: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
 /// than the cap (plus one read) in skipping mode.
 fn reassemble(mut framer: Framer, input: &[u8], cuts: &[usize], cap: usize, keep: bool) -> Vec<u8> {
     let mut out = Vec::new();
-    let mut emit = |frame: Frame, framer: &Framer, out: &mut Vec<u8>| match frame {
+    let emit = |frame: Frame, framer: &Framer, out: &mut Vec<u8>| match frame {
         Frame::Line(line) => {
             assert!(
                 line.len() <= cap,
