@@ -12,9 +12,15 @@
 //!   pinned endpoint configured with plain http is refused when the client is made.
 //! - Bounded time: connect timeout 5 s; the request's `timeout_ms` (default 10 s) bounds the
 //!   whole call, retries and back-off included.
-//! - Retries: up to 3 attempts on connection errors, timeouts, 5xx and 429, with exponential
+//! - Retries: up to 3 attempts on connection errors, timeouts and 5xx, with exponential
 //!   back-off and jitter. Requests km makes for plugins are idempotent by design (authentication;
 //!   event batches carry ids), so POSTs are retried too.
+//! - Rate limits: a 429 is never retried. Its `Retry-After` (seconds or an HTTP date; 60 s when
+//!   it has none, at most an hour) holds every request of this client until then ([`RateLimit`]):
+//!   they fail at once with a network error that says so, without touching the network, so that
+//!   plugins retrying on their own schedule (api-logger's batches) make no storm. The refresher
+//!   reads the same [`RateLimit`] and sleeps past it, with jitter
+//!   (`crate::subscription::start_refresher`).
 //! - Bounded memory: a response body larger than 1 MiB is an error, detected while reading.
 //!
 //! Plugins call in from km's worker threads, synchronously. The client runs reqwest (rustls) on a
@@ -23,8 +29,8 @@
 
 use std::net::IpAddr;
 use std::sync::mpsc;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use km_abi::{ErrorKind, HttpRequest, HttpResponse, PluginError};
@@ -63,12 +69,63 @@ impl Default for ApiPolicy {
     }
 }
 
+/// The longest wait a `Retry-After` can impose: past it km asks again (a server asking for a
+/// day would otherwise keep a session degraded for that long on one answer).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The wait after a 429 that carries no usable `Retry-After`.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// What the API said about rate: after a 429, the time before which nothing is sent to it.
+/// Shared by every request of one [`ApiClient`] and by the refresher.
+#[derive(Debug, Default)]
+pub struct RateLimit {
+    until: Mutex<Option<Instant>>,
+}
+
+impl RateLimit {
+    /// How long requests are still held, if they are.
+    pub fn remaining(&self) -> Option<Duration> {
+        let until = *self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        until
+            .and_then(|u| u.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Holds requests for `wait` (at most [`MAX_RETRY_AFTER`]) from now, unless they are
+    /// already held longer.
+    pub fn hold(&self, wait: Duration) {
+        let until = Instant::now() + wait.min(MAX_RETRY_AFTER);
+        let mut current = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        if !matches!(*current, Some(c) if c >= until) {
+            *current = Some(until);
+        }
+    }
+}
+
+/// The wait a `Retry-After` value asks for: delay-seconds, or an HTTP date (RFC 9110 10.2.3);
+/// `None` when it is neither. A date in the past is no wait.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Whole seconds, rounded up, for messages.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
 /// km's client for the configured Kilometers API.
 pub struct ApiClient {
     base: Url,
     client: reqwest::Client,
     runtime: Option<tokio::runtime::Runtime>,
     policy: ApiPolicy,
+    rate_limit: Arc<RateLimit>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -165,6 +222,7 @@ impl ApiClient {
             client,
             runtime: Some(runtime),
             policy,
+            rate_limit: Arc::new(RateLimit::default()),
         })
     }
 
@@ -186,6 +244,11 @@ impl ApiClient {
     /// `km plugin-refresh` put in `LoadOptions::api`.
     pub fn from_config(config: &crate::config::Config) -> Result<Option<Arc<dyn ApiTransport>>> {
         Ok(Self::for_config(config)?.map(|c| Arc::new(c) as Arc<dyn ApiTransport>))
+    }
+
+    /// The rate limit the API imposed on this client (for the refresher).
+    pub fn rate_limit(&self) -> Arc<RateLimit> {
+        self.rate_limit.clone()
     }
 
     /// The base URL requests are confined to.
@@ -213,6 +276,17 @@ impl ApiClient {
 
     fn perform(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
         let url = self.url_for(request.path.as_str())?;
+        if let Some(wait) = self.rate_limit.remaining() {
+            return Err(PluginError::new(
+                ErrorKind::NETWORK,
+                format!(
+                    "the API rate-limited km (HTTP 429): nothing is sent to it for another {} s \
+                     (its Retry-After); {} was not sent",
+                    ceil_secs(wait),
+                    request.path
+                ),
+            ));
+        }
         let method = match request.method.as_str().to_ascii_uppercase().as_str() {
             "GET" => reqwest::Method::GET,
             "POST" => reqwest::Method::POST,
@@ -250,6 +324,7 @@ impl ApiClient {
             deadline: Instant::now() + timeout,
             timeout,
             policy: self.policy.clone(),
+            rate_limit: self.rate_limit.clone(),
         };
         let runtime = self
             .runtime
@@ -320,12 +395,13 @@ struct Call {
     deadline: Instant,
     timeout: Duration,
     policy: ApiPolicy,
+    rate_limit: Arc<RateLimit>,
 }
 
 /// The outcome of one attempt.
 enum Attempt {
     Done(HttpResponse),
-    /// Worth another try (connection failure, timeout, 5xx, 429), with what to report if not.
+    /// Worth another try (connection failure, timeout, 5xx), with what to report if not.
     Retry(Result<HttpResponse, PluginError>),
     Fail(PluginError),
 }
@@ -343,7 +419,11 @@ impl Call {
             };
             let remaining = self.deadline.saturating_duration_since(Instant::now());
             let pause = delay.min(self.policy.max_delay) + jitter(delay / 2);
-            if attempt >= self.policy.max_attempts || remaining <= pause {
+            // Another request may have been told to wait meanwhile: that holds this one too.
+            if attempt >= self.policy.max_attempts
+                || remaining <= pause
+                || self.rate_limit.remaining().is_some()
+            {
                 return last;
             }
             tokio::time::sleep(pause).await;
@@ -369,6 +449,18 @@ impl Call {
                 Err(e) => return self.send_failed(&e),
             };
             let status = response.status().as_u16();
+            let retry_after = (status == 429).then(|| {
+                response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()))
+                    .unwrap_or(DEFAULT_RETRY_AFTER)
+            });
+            if let Some(wait) = retry_after {
+                // Held before the body is even read, so that no other request slips out.
+                self.rate_limit.hold(wait);
+            }
             let body = match self.read_body(response).await {
                 Ok(parts) => parts,
                 Err(error)
@@ -383,7 +475,8 @@ impl Call {
                 headers: body.0.into(),
                 body: body.1.into(),
             };
-            if status >= 500 || status == 429 {
+            // A 429 goes back to the plugin as it is: never retried (see the module doc).
+            if status >= 500 {
                 Attempt::Retry(Ok(response))
             } else {
                 Attempt::Done(response)
@@ -502,7 +595,7 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// A random delay in `[0, max]`, so that many km processes do not retry in step.
-fn jitter(max: Duration) -> Duration {
+pub(crate) fn jitter(max: Duration) -> Duration {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; 4];
     if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
@@ -621,11 +714,11 @@ mod tests {
     }
 
     #[test]
-    fn retries_5xx_and_429_then_succeeds() {
+    fn retries_5xx_then_succeeds() {
         let (url, count) = server(|n| {
             Some(match n {
                 0 => reply("503 Service Unavailable", b"down"),
-                1 => reply("429 Too Many Requests", b"slow down"),
+                1 => reply("502 Bad Gateway", b"down"),
                 _ => reply("200 OK", b"{\"ok\":true}"),
             })
         });
@@ -634,6 +727,70 @@ mod tests {
         assert_eq!(response.status, 200);
         assert_eq!(response.body.as_slice(), b"{\"ok\":true}");
         assert_eq!(count.load(Ordering::SeqCst), 3);
+    }
+
+    fn too_many(retry_after: &str) -> Vec<u8> {
+        let body = b"{\"error\":\"slow down\"}";
+        let mut out = format!(
+            "HTTP/1.1 429 Too Many Requests\r\nretry-after: {retry_after}\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn a_429_is_not_retried_and_holds_every_request_until_retry_after() {
+        let (url, count) = server(|n| {
+            Some(match n {
+                0 => too_many("1"),
+                _ => reply("200 OK", b"ok"),
+            })
+        });
+        let client = ApiClient::with_policy(&url, fast_policy()).expect("client");
+        let response = client.request(&get("/api/x")).expect("the 429 itself");
+        assert_eq!(response.status, 429);
+        assert_eq!(count.load(Ordering::SeqCst), 1, "a 429 was retried");
+        let held = client.rate_limit().remaining().expect("held");
+        assert!(held <= Duration::from_secs(1), "{held:?}");
+        // Until then nothing goes out, whatever the path.
+        for path in ["/api/x", "/api/y"] {
+            let error = client.request(&get(path)).expect_err("held");
+            assert_eq!(error.kind, ErrorKind::NETWORK, "{error}");
+            assert!(error.message.contains("Retry-After"), "{error}");
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1, "a held request was sent");
+        while client.rate_limit().remaining().is_some() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(client.request(&get("/api/x")).expect("ok").status, 200);
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date_and_is_bounded() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(30))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+        let limit = RateLimit::default();
+        limit.hold(Duration::from_secs(100 * 3600));
+        assert!(limit.remaining().expect("held") <= MAX_RETRY_AFTER);
+        // A shorter hold never shortens a longer one.
+        limit.hold(Duration::from_secs(1));
+        assert!(limit.remaining().expect("held") > Duration::from_secs(60));
     }
 
     #[test]

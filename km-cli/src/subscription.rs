@@ -7,6 +7,11 @@
 //! its own refresh thread, so a plugin that hangs in `authenticate` stalls only itself, and the
 //! relay never waits on any of them.
 //!
+//! When the API answers 429, km's client holds every request until its `Retry-After`
+//! ([`crate::api::RateLimit`]); the refreshers sleep past that time, plus a random part of it
+//! (at most 30 s), so that the plugins of a session, and many sessions, do not all come back at
+//! the same instant. A plugin keeps its still-valid token meanwhile.
+//!
 //! The outcome of every refresh is recorded in `KM_HOME/state/auth/<plugin>.json` (mode 0600:
 //! it holds the token) for `km plugin-status`:
 //!
@@ -317,6 +322,13 @@ fn next_delay(interval: Duration, record: &AuthRecord, now: i64) -> Duration {
     interval
 }
 
+/// How long to sleep when the API holds requests for `held`: past it, plus jitter of up to a
+/// quarter of it (at least 100 ms, at most 30 s).
+fn past_rate_limit(held: Duration) -> Duration {
+    let spread = (held / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    held + crate::api::jitter(spread)
+}
+
 /// The background refreshers of a monitor session. Dropping it stops them (a refresh in
 /// progress finishes on its own thread; nothing waits for it).
 pub struct RefresherHandle {
@@ -349,12 +361,14 @@ impl Drop for RefresherHandle {
 }
 
 /// Starts one refresh thread per plugin: authenticate now, then again every
-/// [`refresh_interval`] (sooner if the authorization would expire first), until the handle is
+/// [`refresh_interval`] (sooner if the authorization would expire first, never before the API's
+/// `Retry-After` when `rate_limit`, the API client's, holds requests), until the handle is
 /// dropped. Never blocks the caller.
 pub fn start_refresher(
     home: &KmHome,
     config: &Config,
     plugins: Vec<Arc<LoadedPlugin>>,
+    rate_limit: Option<Arc<crate::api::RateLimit>>,
 ) -> RefresherHandle {
     let stop = Arc::new((Mutex::new(false), Condvar::new()));
     let api_key = config.api_key.clone().unwrap_or_default();
@@ -362,6 +376,7 @@ pub fn start_refresher(
     for plugin in plugins {
         let interval = refresh_interval(config, plugin.tier());
         let (stop, home, key) = (stop.clone(), home.clone(), api_key.clone());
+        let rate_limit = rate_limit.clone();
         let name = format!("km-refresh-{}", plugin.name());
         let spawned = std::thread::Builder::new().name(name).spawn(move || loop {
             // A plugin km disabled (it panicked) is never called again, also not from here.
@@ -369,7 +384,10 @@ pub fn start_refresher(
                 return;
             }
             let record = refresh_one(&home, &key, &plugin);
-            let delay = next_delay(interval, &record, now_unix());
+            let mut delay = next_delay(interval, &record, now_unix());
+            if let Some(held) = rate_limit.as_ref().and_then(|l| l.remaining()) {
+                delay = delay.max(past_rate_limit(held));
+            }
             let (lock, cv) = &*stop;
             let Ok(guard) = lock.lock() else { return };
             let Ok((guard, _)) = cv.wait_timeout_while(guard, delay, |stopped| !*stopped) else {
@@ -456,6 +474,22 @@ mod tests {
             Duration::from_secs(1)
         );
         assert_eq!(next_delay(interval, &record(false, 0), 1000), interval);
+    }
+
+    #[test]
+    fn a_rate_limit_is_slept_past_with_jitter() {
+        for held in [
+            Duration::from_millis(10),
+            Duration::from_secs(2),
+            Duration::from_secs(600),
+        ] {
+            let delay = past_rate_limit(held);
+            let spread = (held / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+            assert!(
+                delay >= held && delay <= held + spread,
+                "{held:?} -> {delay:?}"
+            );
+        }
     }
 
     #[test]

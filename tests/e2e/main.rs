@@ -15,6 +15,7 @@ mod loader;
 mod ml_analytics;
 mod monitor;
 mod plugin_commands;
+mod rate_limits;
 mod signing;
 mod strict_modes;
 mod subscriptions;

@@ -565,7 +565,8 @@ mod delivery {
             refresh_interval_secs: Some(1),
             ..Config::default()
         };
-        let refresher = km_cli::subscription::start_refresher(&home, &config, vec![plugin.clone()]);
+        let refresher =
+            km_cli::subscription::start_refresher(&home, &config, vec![plugin.clone()], None);
         let status = |authorized: bool| {
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(10) {

@@ -28,7 +28,10 @@ pub(crate) fn run(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
     }
     let settings = Config::load(&globals.home)?;
     let config = MonitorConfig::new(args.command, args.lossless, Some(&settings))?;
-    let api: Option<Arc<dyn ApiTransport>> = ApiClient::from_config(&settings)?;
+    let client = ApiClient::for_config(&settings)?.map(Arc::new);
+    // The refreshers honour the API's Retry-After through the client's rate limit.
+    let rate_limit = client.as_ref().map(|c| c.rate_limit());
+    let api: Option<Arc<dyn ApiTransport>> = client.map(|c| c as Arc<dyn ApiTransport>);
     let events = EventBus::new();
     let mut options = LoadOptions::new(
         args.plugins_dir
@@ -58,6 +61,6 @@ pub(crate) fn run(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
     let plugins: Vec<Arc<LoadedPlugin>> =
         prepared.plugins.iter().map(|p| p.plugin.clone()).collect();
     let _refresher = (!plugins.is_empty())
-        .then(|| subscription::start_refresher(&globals.home, &settings, plugins));
+        .then(|| subscription::start_refresher(&globals.home, &settings, plugins, rate_limit));
     monitor::run(&config, prepared, notices, Some(&globals.home))
 }

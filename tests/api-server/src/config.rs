@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Parser;
 
+use crate::limits::Rate;
+
 /// The longest token lifetime accepted: tokens are short-lived by design, and a day is already
 /// far beyond what km's refresher needs.
 const MAX_TOKEN_TTL_SECS: u64 = 24 * 3600;
@@ -24,6 +26,7 @@ pub(crate) struct Cli {
     #[arg(long, value_name = "FILE", conflicts_with_all = [
         "signing_key", "customers", "db", "listen", "events", "plugins_dir",
         "token_ttl", "delay_ms", "fail_after", "tls_cert", "tls_key", "tls_versions",
+        "rate_limit", "abuse_threshold",
     ])]
     gen_key: Option<PathBuf>,
 
@@ -81,6 +84,16 @@ pub(crate) struct Cli {
     /// `1.2` or `1.2,1.3`, to test that a client refuses them.
     #[arg(long, value_name = "VERSIONS", requires = "tls_cert")]
     tls_versions: Option<String>,
+
+    /// Answer 429 with `Retry-After` past N requests per WINDOW of one customer (plugin
+    /// authentications and event batches), e.g. `5/60s`. Unlimited without it.
+    #[arg(long, value_name = "N/WINDOW")]
+    rate_limit: Option<String>,
+
+    /// Raise an abuse signal when one customer, API key or device fails to authenticate N
+    /// times within WINDOW (`GET /control/abuse` lists them).
+    #[arg(long, value_name = "N/WINDOW", default_value = "5/10m")]
+    abuse_threshold: String,
 }
 
 /// A TLS protocol version the server can offer.
@@ -149,6 +162,10 @@ pub(crate) struct ServeConfig {
     pub(crate) fail_after: Option<u64>,
     /// Serve https (`None`: plain http).
     pub(crate) tls: Option<TlsSettings>,
+    /// `--rate-limit` (`None`: unlimited).
+    pub(crate) rate_limit: Option<Rate>,
+    /// `--abuse-threshold`.
+    pub(crate) abuse_threshold: Rate,
 }
 
 impl Cli {
@@ -188,6 +205,12 @@ impl Cli {
             delay_ms: self.delay_ms,
             fail_after: self.fail_after,
             tls,
+            rate_limit: self
+                .rate_limit
+                .as_deref()
+                .map(|r| Rate::parse(r, "--rate-limit"))
+                .transpose()?,
+            abuse_threshold: Rate::parse(&self.abuse_threshold, "--abuse-threshold")?,
         })))
     }
 }

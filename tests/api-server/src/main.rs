@@ -10,7 +10,8 @@
 //! km-api-server --signing-key server.key --customers customers.json \
 //!               [--db api.sqlite] [--listen 127.0.0.1:0] [--events events.jsonl] \
 //!               [--plugins-dir DIR] [--token-ttl SECS] [--delay-ms MS] [--fail-after N] \
-//!               [--tls-cert CERT.pem --tls-key KEY.pem [--tls-versions 1.3|1.2|1.2,1.3]]
+//!               [--tls-cert CERT.pem --tls-key KEY.pem [--tls-versions 1.3|1.2|1.2,1.3]] \
+//!               [--rate-limit N/WINDOW] [--abuse-threshold N/WINDOW]
 //! ```
 //!
 //! The first line on stdout is the base URL it listens on (`http://127.0.0.1:PORT`, or
@@ -21,6 +22,7 @@
 //! Where things live:
 //! - [`config`]: the command line (clap) and the validated configuration made from it;
 //! - [`keys`]: the token-signing key and the tokens it signs;
+//! - [`limits`]: the per-customer rate limit and its decision log;
 //! - [`store`]: the database (schema migrations, customers, events);
 //! - [`customers_file`]: the customers file and how its changes reach the database;
 //! - [`router`] and [`http`]: the transport-neutral request, response and routing types;
@@ -38,6 +40,7 @@ mod config;
 mod customers_file;
 mod http;
 mod keys;
+mod limits;
 mod router;
 mod routes;
 mod server;

@@ -40,6 +40,7 @@ use crate::config::{DbLocation, ServeConfig, TlsSettings, TlsVersion};
 use crate::customers_file::CustomersFile;
 use crate::http::{Method, Request, Response};
 use crate::keys::TokenSigner;
+use crate::limits::RateLimiter;
 use crate::router::Router;
 use crate::routes;
 use crate::state::{AppState, Controls, Stats};
@@ -113,6 +114,8 @@ pub(crate) fn build_state(config: &ServeConfig) -> anyhow::Result<AppState> {
             ..Controls::default()
         },
         stats: Stats::default(),
+        limiter: RateLimiter::new(config.rate_limit),
+        abuse_threshold: config.abuse_threshold,
     })
 }
 

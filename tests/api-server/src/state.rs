@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use crate::customers_file::CustomersFile;
 use crate::keys::TokenSigner;
+use crate::limits::{Rate, RateLimiter};
 use crate::store::Store;
 
 /// How the next authentication answers are corrupted (`POST /control/tamper?mode=...`), to test
@@ -109,6 +110,10 @@ pub(crate) struct AppState {
     pub(crate) token_ttl: i64,
     pub(crate) controls: Controls,
     pub(crate) stats: Stats,
+    /// `--rate-limit`, per customer.
+    pub(crate) limiter: RateLimiter,
+    /// `--abuse-threshold`.
+    pub(crate) abuse_threshold: Rate,
 }
 
 impl AppState {

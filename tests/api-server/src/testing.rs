@@ -73,6 +73,11 @@ impl Fixture {
             delay_ms: 0,
             fail_after: None,
             tls: None,
+            rate_limit: None,
+            abuse_threshold: crate::limits::Rate {
+                requests: 3,
+                window: std::time::Duration::from_secs(600),
+            },
         }
     }
 

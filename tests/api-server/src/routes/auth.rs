@@ -5,7 +5,10 @@
 //!   401 for an unknown API key; 403 for another customer's build (its stamped customer id or
 //!   token does not match) or an ended subscription. The token is bound to customer, plugin,
 //!   tier and features, and expires after `--token-ttl` or at the end of the subscription,
-//!   whichever is first. The tamper control corrupts answers here.
+//!   whichever is first. The tamper control corrupts answers here. Past `--rate-limit`, 429
+//!   with `Retry-After` (counted per customer, once the API key names one). Every 401 and 403
+//!   is recorded as a failed authentication of its subject (the customer of the key; for an
+//!   unknown key, the customer the build claims to be, else a digest prefix of the key).
 //! - `GET /api/public-key`: `{"public_key": "<base64>"}`.
 
 use km_plugin_sdk::auth::{AuthAnswerBody, AuthRequestBody, TokenPayload};
@@ -17,7 +20,8 @@ use crate::router::{Params, Router};
 use crate::state::{AppState, Stats, Tamper};
 use crate::store::now;
 
-use super::{internal, json_body};
+use super::{admit, auth_failed, internal, json_body};
+use crate::store::abuse::SubjectKind;
 
 pub(super) fn register(router: &mut Router<AppState>) {
     router
@@ -45,30 +49,41 @@ fn authenticate(state: &AppState, request: &Request, _: &Params) -> Response {
     let hash = km_durable::digest::sha256_hex(req.api_key.as_bytes());
     let customer = match state.store.customer_by_api_key(&hash) {
         Ok(Some(c)) => c,
-        Ok(None) => return Response::error(401, "unknown API key"),
+        Ok(None) => {
+            let reason = "unknown API key";
+            match &req.customer_id {
+                Some(claimed) => auth_failed(state, SubjectKind::Customer, claimed, reason),
+                None => auth_failed(state, SubjectKind::ApiKey, &hash[..16], reason),
+            }
+            return Response::error(401, reason);
+        }
         Err(e) => return internal("looking the customer up", &e),
+    };
+    if let Err(limited) = admit(state, &customer.id, request) {
+        return limited;
+    }
+    let refuse = |reason: &str| {
+        auth_failed(state, SubjectKind::Customer, &customer.id, reason);
+        Response::error(403, reason)
     };
     if req
         .customer_id
         .as_ref()
         .is_some_and(|id| *id != customer.id)
     {
-        return Response::error(403, "this plugin build belongs to another customer");
+        return refuse("this plugin build belongs to another customer");
     }
     if let (Some(expected), Some(given)) = (&customer.customer_token, &req.customer_token) {
         if expected != given {
-            return Response::error(403, "the customer token of this build is not valid");
+            return refuse("the customer token of this build is not valid");
         }
     }
     let now = now();
     if customer.subscription_end <= now {
-        return Response::error(
-            403,
-            &format!(
-                "the subscription of {} ended at {}",
-                customer.id, customer.subscription_end
-            ),
-        );
+        return refuse(&format!(
+            "the subscription of {} ended at {}",
+            customer.id, customer.subscription_end
+        ));
     }
     let tamper = state.controls.tamper();
     let jti = match random_hex(12) {

@@ -7,6 +7,12 @@
 //!   authentication answers in the chosen way (to test that plugins reject them).
 //! - `GET /control/stats`: `{auth_requests, auth_ok, events_stored, duplicates, batches, down}`,
 //!   counted since the server started.
+//! - `GET /control/abuse`: `{threshold: {failures, window_secs}, signals: [{kind, subject_kind,
+//!   subject, count, first_at, last_at, last_reason}]}`, the most recent first (see
+//!   `store::abuse`).
+//! - `GET /control/rate-limit`: `{limit: {requests, window_secs} | null, decisions: [{customer,
+//!   path, at_ms, status, retry_after?}]}`: every rate-limit decision, oldest first, `at_ms` in
+//!   milliseconds since the server started (see [`crate::limits`]).
 //! - `--fail-after N`: after N `/api/` requests, behave as after `/control/down`.
 //! - `--delay-ms MS`: the initial delay.
 
@@ -26,7 +32,9 @@ pub(super) fn register(router: &mut Router<AppState>) {
         .post("/control/up", up)
         .post("/control/delay", delay)
         .post("/control/tamper", tamper)
-        .get("/control/stats", stats);
+        .get("/control/stats", stats)
+        .get("/control/abuse", abuse)
+        .get("/control/rate-limit", rate_limit);
 }
 
 /// Counts the request for `--fail-after`, waits the delay, and answers 503 while down. The
@@ -79,6 +87,34 @@ fn tamper(state: &AppState, request: &Request, _: &Params) -> Response {
     };
     state.controls.set_tamper(parsed);
     Response::json(200, &json!({"tamper": parsed.as_str()}))
+}
+
+fn abuse(state: &AppState, _: &Request, _: &Params) -> Response {
+    let signals = match state.store.abuse_signals() {
+        Ok(s) => s,
+        Err(e) => return super::internal("listing abuse signals", &e),
+    };
+    Response::json(
+        200,
+        &json!({
+            "threshold": {
+                "failures": state.abuse_threshold.requests,
+                "window_secs": state.abuse_threshold.window.as_secs(),
+            },
+            "signals": signals,
+        }),
+    )
+}
+
+fn rate_limit(state: &AppState, _: &Request, _: &Params) -> Response {
+    let limit = state
+        .limiter
+        .rate()
+        .map(|r| json!({"requests": r.requests, "window_secs": r.window.as_secs()}));
+    Response::json(
+        200,
+        &json!({"limit": limit, "decisions": state.limiter.log()}),
+    )
 }
 
 fn stats(state: &AppState, _: &Request, _: &Params) -> Response {

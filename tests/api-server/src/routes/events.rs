@@ -4,7 +4,8 @@
 //! `{events: [{id, ...}]}` → `{accepted, duplicates}`. Events are deduplicated by `id` across
 //! batches, customers and restarts (see `store::events`), and stored with the `customer_id` of
 //! the token. 401 without a valid token, 403 below Pro, 400 for a body that is not a batch or an
-//! event without a string id (then nothing of the batch is stored).
+//! event without a string id (then nothing of the batch is stored). Past `--rate-limit`, 429 with
+//! `Retry-After` (counted for the token's customer).
 
 use km_plugin_sdk::auth::verify_token;
 use km_plugin_sdk::Tier;
@@ -16,7 +17,7 @@ use crate::state::{AppState, Stats};
 use crate::store::events::event_id;
 use crate::store::now;
 
-use super::internal;
+use super::{admit, internal};
 
 pub(super) fn register(router: &mut Router<AppState>) {
     router.post("/api/events/batch", batch);
@@ -30,6 +31,9 @@ fn batch(state: &AppState, request: &Request, _: &Params) -> Response {
         Ok(c) => c,
         Err(e) => return Response::error(401, &format!("bad token: {e}")),
     };
+    if let Err(limited) = admit(state, &claims.customer_id, request) {
+        return limited;
+    }
     if !claims.tier.satisfies(Tier::Pro) {
         return Response::error(403, "event ingestion needs a Pro subscription");
     }

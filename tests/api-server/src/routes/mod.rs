@@ -8,8 +8,13 @@
 //! - [`events`]: `POST /api/events/batch` (api-logger's events, deduplicated by id).
 //! - [`plugins`]: `GET /api/plugins/latest?name=NAME` and `GET /api/plugins/download/{file}`
 //!   (packages from `--plugins-dir`).
-//! - [`control`]: the test controls under `/control/` (down, up, delay, tamper, stats), and the
-//!   guard that makes every `/api/` request obey them.
+//! - [`control`]: the test controls under `/control/` (down, up, delay, tamper, stats, abuse,
+//!   rate-limit), and the guard that makes every `/api/` request obey them.
+//!
+//! Rate limit and abuse signals: a request that identifies a customer (authentication by API
+//! key, event batches by token) is counted against `--rate-limit` by [`admit`] and answered 429
+//! with `Retry-After` past it; a failed authentication is recorded by [`auth_failed`] (see
+//! `store::abuse`).
 //!
 //! Every `/api/` request, known or not, first passes the control guard (counted for
 //! `--fail-after`, delayed, or answered 503 while down). An unknown path is 404, a known path
@@ -29,6 +34,49 @@ pub(crate) mod plugins;
 use crate::http::{Request, Response};
 use crate::router::Router;
 use crate::state::AppState;
+
+/// Admits a request of `customer` under the rate limit, or answers it 429 with `Retry-After`
+/// (which also counts on the customer's `rate-limited` abuse signal).
+pub(crate) fn admit(state: &AppState, customer: &str, request: &Request) -> Result<(), Response> {
+    let Err(retry_after) = state.limiter.admit(customer, &request.path) else {
+        return Ok(());
+    };
+    let rate = state.limiter.rate();
+    let reason = format!(
+        "rate limit of {} requests per {} s exceeded",
+        rate.map_or(0, |r| r.requests),
+        rate.map_or(0, |r| r.window.as_secs())
+    );
+    if let Err(e) = state
+        .store
+        .record_rate_limited(customer, &reason, crate::store::now())
+    {
+        eprintln!("km-api-server: recording a rate-limit signal: {e}");
+    }
+    Err(Response::error(
+        429,
+        &format!("{reason} for customer {customer}; retry after {retry_after} s"),
+    )
+    .with_header("retry-after", &retry_after.to_string()))
+}
+
+/// Records a failed authentication of `subject` (an abuse signal once they repeat).
+pub(crate) fn auth_failed(
+    state: &AppState,
+    kind: crate::store::abuse::SubjectKind,
+    subject: &str,
+    reason: &str,
+) {
+    if let Err(e) = state.store.record_auth_failure(
+        kind,
+        subject,
+        reason,
+        crate::store::now(),
+        state.abuse_threshold,
+    ) {
+        eprintln!("km-api-server: recording a failed authentication: {e}");
+    }
+}
 
 /// The largest request body accepted (event batches are the largest requests).
 pub(crate) const MAX_REQUEST_BODY: u64 = 8 * 1024 * 1024;

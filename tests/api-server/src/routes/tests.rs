@@ -69,6 +69,8 @@ fn the_table_lists_every_endpoint_once() {
             "GET /api/plugins/download/{file}",
             "GET /api/plugins/latest",
             "GET /api/public-key",
+            "GET /control/abuse",
+            "GET /control/rate-limit",
             "GET /control/stats",
             "POST /api/audit/checkpoints",
             "POST /api/events/batch",
@@ -366,4 +368,156 @@ fn downloads_serve_plain_names_from_the_plugins_dir_only() {
     assert_eq!(get(&state, "/api/plugins/latest?name=missing").status, 404);
     std::fs::write(fixture.path("plugins/junk"), b"not a package").expect("write");
     assert_eq!(get(&state, "/api/plugins/latest?name=junk").status, 500);
+}
+
+fn rate_limited_state(fixture: &Fixture, requests: u32) -> AppState {
+    let mut config = fixture.config();
+    config.rate_limit = Some(crate::limits::Rate {
+        requests,
+        window: std::time::Duration::from_secs(600),
+    });
+    fixture.state(&config)
+}
+
+#[test]
+fn past_the_rate_limit_a_customer_gets_429_with_retry_after() {
+    let fixture = Fixture::new();
+    let state = rate_limited_state(&fixture, 2);
+    let first = authenticate(&state, "key-alice");
+    assert_eq!(first.status, 200);
+    assert_eq!(authenticate(&state, "key-alice").status, 200);
+    let refused = authenticate(&state, "key-alice");
+    assert_eq!(refused.status, 429, "{:?}", refused.body_json());
+    let retry: u64 = refused
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((1..=600).contains(&retry), "{retry}");
+    assert!(
+        refused.body_json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("alice") && e.contains("retry after")),
+        "{:?}",
+        refused.body_json()
+    );
+    // Another customer has a budget of its own.
+    assert_eq!(authenticate(&state, "key-bob").status, 200);
+    // Event batches count against the same customer.
+    let token = first.body_json()["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+    let batch = with_bearer(&state, &token, &json!({"events": [{"id": "e1"}]}));
+    assert_eq!(batch.status, 429);
+    assert!(batch.header("retry-after").is_some());
+
+    let log = call(&state, Method::Get, "/control/rate-limit", &Value::Null).body_json();
+    assert_eq!(log["limit"], json!({"requests": 2, "window_secs": 600}));
+    let decisions = log["decisions"].as_array().expect("decisions");
+    let statuses: Vec<(String, u64)> = decisions
+        .iter()
+        .map(|d| {
+            (
+                d["customer"].as_str().unwrap_or_default().to_owned(),
+                d["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("alice".to_owned(), 200),
+            ("alice".to_owned(), 200),
+            ("alice".to_owned(), 429),
+            ("bob".to_owned(), 200),
+            ("alice".to_owned(), 429),
+        ]
+    );
+    assert_eq!(decisions[2]["retry_after"], retry);
+    assert_eq!(decisions[4]["path"], "/api/events/batch");
+    let abuse = call(&state, Method::Get, "/control/abuse", &Value::Null).body_json();
+    let signal = &abuse["signals"][0];
+    assert_eq!(signal["kind"], "rate-limited", "{abuse:#}");
+    assert_eq!(signal["subject"], "alice");
+    assert_eq!(signal["count"], 2);
+}
+
+#[test]
+fn without_a_rate_limit_nothing_is_refused_or_logged() {
+    let fixture = Fixture::new();
+    let state = fixture.state(&fixture.config());
+    for _ in 0..20 {
+        assert_eq!(authenticate(&state, "key-alice").status, 200);
+    }
+    let log = call(&state, Method::Get, "/control/rate-limit", &Value::Null).body_json();
+    assert_eq!(log, json!({"limit": null, "decisions": []}));
+}
+
+fn signals(state: &AppState) -> Vec<Value> {
+    call(state, Method::Get, "/control/abuse", &Value::Null).body_json()["signals"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn repeated_failed_authentications_raise_an_abuse_signal_per_subject() {
+    let fixture = Fixture::new();
+    // The fixture's threshold: 3 failures within 10 minutes.
+    let state = fixture.state(&fixture.config());
+    let claimed = |state: &AppState| {
+        call(
+            state,
+            Method::Post,
+            "/api/plugins/authenticate",
+            &auth_body("not-a-key", Some("alice")),
+        )
+    };
+    assert_eq!(claimed(&state).status, 401);
+    assert_eq!(claimed(&state).status, 401);
+    assert!(signals(&state).is_empty(), "raised below the threshold");
+    assert_eq!(claimed(&state).status, 401);
+    let raised = signals(&state);
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(raised[0]["kind"], "repeated-auth-failures");
+    assert_eq!(raised[0]["subject_kind"], "customer");
+    assert_eq!(raised[0]["subject"], "alice");
+    assert_eq!(raised[0]["count"], 3);
+    assert_eq!(raised[0]["last_reason"], "unknown API key");
+    assert_eq!(claimed(&state).status, 401);
+    assert_eq!(signals(&state)[0]["count"], 4);
+
+    // An unknown key that claims no customer: the subject is a digest prefix, never the key.
+    for _ in 0..3 {
+        assert_eq!(authenticate(&state, "leaked-key-0123").status, 401);
+    }
+    let all = call(&state, Method::Get, "/control/abuse", &Value::Null);
+    let text = String::from_utf8_lossy(&all.body).into_owned();
+    assert!(!text.contains("leaked-key-0123"), "{text}");
+    let digest = km_durable::digest::sha256_hex(b"leaked-key-0123");
+    assert!(
+        signals(&state)
+            .iter()
+            .any(|s| s["subject_kind"] == "api_key" && s["subject"] == digest[..16]),
+        "{text}"
+    );
+
+    // A real key with a forged customer token: a failure of the key's customer.
+    let mut forged = auth_body("key-bob", Some("bob"));
+    forged["customer_token"] = json!("ct-forged");
+    for _ in 0..3 {
+        let answer = call(&state, Method::Post, "/api/plugins/authenticate", &forged);
+        assert_eq!(answer.status, 403);
+    }
+    assert!(
+        signals(&state).iter().any(|s| s["subject"] == "bob"
+            && s["last_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("customer token"))),
+        "{:?}",
+        signals(&state)
+    );
+    // Successful authentications raise nothing.
+    assert_eq!(authenticate(&state, "key-alice").status, 200);
+    assert_eq!(signals(&state).len(), 3);
 }

@@ -98,6 +98,36 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         CREATE INDEX audit_checkpoints_by_size ON audit_checkpoints (key_id, size);
     "#,
     },
+    Migration {
+        version: 3,
+        name: "abuse signals",
+        sql: r#"
+        -- Failed plugin authentications by subject (see store::abuse), kept for the abuse
+        -- window: what the signals below are raised from. subject_kind 'device' is for seats.
+        CREATE TABLE auth_failures (
+            id           INTEGER PRIMARY KEY,
+            at           INTEGER NOT NULL,
+            subject_kind TEXT NOT NULL CHECK (subject_kind IN ('customer', 'api_key', 'device')),
+            subject      TEXT NOT NULL,
+            reason       TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX auth_failures_by_subject ON auth_failures (subject_kind, subject, at);
+
+        -- One signal per kind and subject, counting what it saw. The kinds are listed in
+        -- store::abuse (no CHECK, so that a later area adds kinds without a table rebuild).
+        CREATE TABLE abuse_signals (
+            id           INTEGER PRIMARY KEY,
+            kind         TEXT NOT NULL,
+            subject_kind TEXT NOT NULL CHECK (subject_kind IN ('customer', 'api_key', 'device')),
+            subject      TEXT NOT NULL,
+            count        INTEGER NOT NULL CHECK (count > 0),
+            first_at     INTEGER NOT NULL,
+            last_at      INTEGER NOT NULL,
+            last_reason  TEXT NOT NULL,
+            UNIQUE (kind, subject_kind, subject)
+        ) STRICT;
+    "#,
+    },
 ];
 
 /// The version the newest migration brings a database to.

@@ -32,6 +32,7 @@
 //! A panic inside a transaction unwinds through rusqlite's `Transaction`, which rolls back, so a
 //! poisoned mutex still guards a consistent connection and is recovered rather than propagated.
 
+pub(crate) mod abuse;
 pub(crate) mod audit;
 pub(crate) mod customers;
 pub(crate) mod events;

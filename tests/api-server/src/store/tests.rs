@@ -55,13 +55,15 @@ fn migrations_bring_an_empty_database_to_the_latest_schema() {
     assert_eq!(
         tables(&store),
         [
+            "abuse_signals",
             "audit_checkpoints",
             "audit_keys",
+            "auth_failures",
             "customers",
             "events",
             "schema_version"
         ],
-        "the tables of migrations 1 and 2"
+        "the tables of migrations 1 to 3"
     );
 }
 

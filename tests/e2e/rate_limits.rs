@@ -1,0 +1,228 @@
+//! Rate limits end to end (issue 21): a real `km monitor` session whose refresher bursts (a
+//! refresh every second) against the real `km-api-server` behind pinned TLS 1.3 with
+//! `--rate-limit 2/4s`. The server answers 429 with `Retry-After`; km waits as told (checked on
+//! the server's own log of decisions, not on timings measured here), the relay stays
+//! byte-identical meanwhile, and the plugin keeps its token. Repeated failed authentications
+//! become abuse signals the server lists.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::time::{Duration, Instant};
+
+use km_tests::{describe, run_ok, spare_pin, ApiServer, Customer, KmEnv, TestCa};
+use serde_json::Value;
+
+const ALICE: Customer = Customer {
+    id: "cust_alice",
+    api_key: "km_live_alice_0123456789",
+};
+
+fn configure(env: &KmEnv, server: &ApiServer, ca: &TestCa, pin: &str) {
+    // api-logger sends no batch during the test (a flush an hour away, batches larger than
+    // the session): the refresher's authentications are the only requests, one at a time.
+    env.write_config(&format!(
+        "api_key = \"{}\"\napi_url = \"{}\"\napi_ca = \"{}\"\napi_pins = [\"{pin}\", \"{}\"]\n\
+         \n[plugins.api-logger]\nflush_interval_ms = 3600000\nbatch_size = 1000\n",
+        ALICE.api_key,
+        server.url,
+        ca.cert_file.display(),
+        spare_pin()
+    ));
+}
+
+struct Session {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Session {
+    fn start(env: &KmEnv) -> Session {
+        let mut child = env
+            .km()
+            .args(["monitor", "--", "cat"])
+            .env("KM_REFRESH_INTERVAL_SECS", "1")
+            .env("KM_GRACE_MS", "300")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(env.dir.path().join("km-monitor.log")).expect("log"),
+            ))
+            .spawn()
+            .expect("km monitor starts");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Session {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends `line` and reads cat's echo back through km, byte for byte.
+    fn echo(&mut self, line: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("open");
+        stdin.write_all(line).expect("write");
+        stdin.flush().expect("flush");
+        let mut back = Vec::new();
+        self.stdout.read_until(b'\n', &mut back).expect("read");
+        assert_eq!(
+            back,
+            line,
+            "the relay changed a line: {:?}",
+            String::from_utf8_lossy(&back)
+        );
+    }
+
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let status = self.child.wait().expect("km exits");
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Alice's rate-limit decisions in the server's log, oldest first.
+fn decisions(server: &ApiServer) -> Vec<Value> {
+    server.control_json("rate-limit")["decisions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|d| d["customer"] == ALICE.id)
+        .collect()
+}
+
+fn refused(decisions: &[Value]) -> usize {
+    decisions.iter().filter(|d| d["status"] == 429).count()
+}
+
+#[test]
+fn under_a_burst_of_refreshes_km_waits_as_told_and_the_relay_is_undisturbed() {
+    let env = KmEnv::new();
+    let ca = TestCa::new(env.dir.path(), "api");
+    let cert = ca.issue("server");
+    let server = ApiServer::builder(env.dir.path())
+        .customers(&[(&ALICE, "pro")])
+        .tls(&ca, &cert)
+        .args(&["--rate-limit", "2/4s"])
+        .start();
+    env.install_stamped_api_logger(&server, &ALICE);
+    configure(&env, &server, &ca, &cert.pin);
+
+    let mut session = Session::start(&env);
+    let lines: [&[u8]; 4] = [
+        b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}\n",
+        b"not json at all \xff\xfe\n",
+        b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":{}}\r\n",
+        b"\n",
+    ];
+    // Relay while the refresher runs into the limit, until the server has refused km twice
+    // and admitted it again after each refusal.
+    let started = Instant::now();
+    let log = loop {
+        for line in lines {
+            session.echo(line);
+        }
+        let log = decisions(&server);
+        let admitted_after_last_refusal = log
+            .iter()
+            .rposition(|d| d["status"] == 429)
+            .is_some_and(|i| log[i + 1..].iter().any(|d| d["status"] == 200));
+        if refused(&log) >= 2 && admitted_after_last_refusal {
+            break log;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the server did not refuse km twice: {log:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The log is read while km still runs, so every request in it was one of the refresher's,
+    // made one after the other.
+    for (i, decision) in log.iter().enumerate() {
+        if decision["status"] != 429 {
+            continue;
+        }
+        let at = decision["at_ms"].as_u64().expect("at_ms");
+        let retry_after = decision["retry_after"].as_u64().expect("a Retry-After");
+        assert!(retry_after >= 1, "{decision}");
+        if let Some(next) = log.get(i + 1) {
+            let next_at = next["at_ms"].as_u64().expect("at_ms");
+            assert!(
+                next_at >= at + retry_after * 1000,
+                "km came back {} ms after a 429 that said Retry-After: {retry_after}\n{log:#?}",
+                next_at - at
+            );
+        }
+    }
+    for line in lines {
+        session.echo(line);
+    }
+    session.finish();
+
+    // The plugin kept its token through the refusals, and says why it did not refresh.
+    let status = run_ok(env.km().args(["plugin-status", "--json"]));
+    let records: Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    let record = records
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["plugin"] == "api-logger"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no api-logger\n{}", describe(&status)));
+    assert_eq!(record["authorized"], true, "{record:#}");
+    // The refusals are an abuse signal of the customer.
+    let abuse = server.control_json("abuse");
+    let signal = abuse["signals"]
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|s| s["kind"] == "rate-limited" && s["subject"] == ALICE.id)
+        })
+        .cloned()
+        .unwrap_or_else(|| panic!("no rate-limited signal: {abuse:#}"));
+    assert!(signal["count"].as_u64().is_some_and(|n| n >= 2), "{signal}");
+}
+
+#[test]
+fn repeated_failed_authentications_are_listed_as_abuse_signals() {
+    let env = KmEnv::new();
+    let ca = TestCa::new(env.dir.path(), "api");
+    let cert = ca.issue("server");
+    let server = ApiServer::builder(env.dir.path())
+        .customers(&[(&ALICE, "pro")])
+        .tls(&ca, &cert)
+        .args(&["--abuse-threshold", "3/10m"])
+        .start();
+    env.install_stamped_api_logger(&server, &ALICE);
+    configure(&env, &server, &ca, &cert.pin);
+    // The customer is gone from the API (a cancelled account): its build keeps asking.
+    server.set_customers(&[]);
+    for attempt in 1..=4 {
+        let out = env
+            .km()
+            .args(["plugin-refresh", "--json"])
+            .output()
+            .expect("km runs");
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let signals = server.control_json("abuse")["signals"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if attempt < 3 {
+            assert!(signals.is_empty(), "raised after {attempt}: {signals:?}");
+            continue;
+        }
+        assert_eq!(signals.len(), 1, "{signals:?}");
+        assert_eq!(signals[0]["kind"], "repeated-auth-failures");
+        assert_eq!(signals[0]["subject_kind"], "customer");
+        assert_eq!(signals[0]["subject"], ALICE.id);
+        assert_eq!(signals[0]["count"], attempt);
+        assert_eq!(signals[0]["last_reason"], "unknown API key");
+    }
+}
