@@ -95,8 +95,8 @@ pub mod verify;
 pub use error::{Check, Error};
 pub use keys::{Algorithm, KeyId, PrivateKey, PublicKey};
 pub use manifest::{
-    check_name, format_timestamp, parse_date, parse_timestamp, sha256_hex, target_triple, Manifest,
-    CAPABILITY_INTERCEPT, KNOWN_CAPABILITIES, MANIFEST_KIND, MANIFEST_KIND_V2,
+    check_name, format_timestamp, parse_date, parse_timestamp, sha256_hex, target_triple, Claims,
+    Manifest, CAPABILITY_INTERCEPT, KNOWN_CAPABILITIES, MANIFEST_KIND, MANIFEST_KIND_V2,
 };
 pub use package::{read_package, write_package, Limits, Package, PackageError, PACKAGE_SUFFIX};
 pub use rollback::SeenVersions;

@@ -96,6 +96,47 @@ mod tier_serde {
     }
 }
 
+/// What a signer states about a library: [`Manifest::describe`] adds what is computed from the
+/// library's bytes (hash, size), the signing time and the key, and checks the result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version: the one the plugin reports, which the loader holds it to.
+    pub version: String,
+    /// The tier it needs.
+    pub tier: Tier,
+    /// Target triple; `None`: the one this crate was built for.
+    pub target: Option<String>,
+    /// ABI version; `None`: this build's km-abi.
+    pub abi_version: Option<String>,
+    /// When the signature stops being valid.
+    pub expires_at: Option<SystemTime>,
+    /// Customer binding of a customer build.
+    pub customer: Option<String>,
+    /// Capabilities granted (v2).
+    pub capabilities: Vec<String>,
+    /// Fail open when intercepting fails (v2).
+    pub fail_open: bool,
+}
+
+impl Claims {
+    /// A plugin's name, version and tier, with no grants, no expiry, this target and ABI.
+    pub fn new(name: &str, version: &str, tier: Tier) -> Claims {
+        Claims {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            tier,
+            target: None,
+            abi_version: None,
+            expires_at: None,
+            customer: None,
+            capabilities: Vec::new(),
+            fail_open: false,
+        }
+    }
+}
+
 impl Manifest {
     /// The exact bytes that get signed: pretty JSON in field order, then `"\n"`.
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -103,6 +144,52 @@ impl Manifest {
         let mut bytes = serde_json::to_vec_pretty(self).expect("a manifest always serialises");
         bytes.push(b'\n');
         bytes
+    }
+
+    /// The manifest of `lib` as `claims` describe it, to be signed by `key_id` at `now`; every
+    /// value checked as [`Manifest::validate`] checks a signed one, and an expiry in the past
+    /// refused.
+    pub fn describe(
+        claims: &Claims,
+        key_id: &KeyId,
+        lib: &[u8],
+        now: SystemTime,
+    ) -> Result<Manifest, Error> {
+        let expires_at = match claims.expires_at {
+            Some(when) if when <= now => {
+                return Err(Error::InvalidInput {
+                    what: "expiry",
+                    value: format_timestamp(when),
+                    reason: "it is in the past".to_owned(),
+                })
+            }
+            Some(when) => Some(format_timestamp(when)),
+            None => None,
+        };
+        let manifest = Manifest {
+            kind: Manifest::kind_for(&claims.capabilities, claims.fail_open).to_owned(),
+            name: claims.name.clone(),
+            version: claims.version.clone(),
+            tier: claims.tier,
+            target: claims
+                .target
+                .clone()
+                .unwrap_or_else(|| target_triple().to_owned()),
+            abi_version: claims
+                .abi_version
+                .clone()
+                .unwrap_or_else(|| km_abi::ABI_VERSION.to_owned()),
+            sha256: sha256_hex(lib),
+            size: lib.len() as u64,
+            issued_at: format_timestamp(now),
+            expires_at,
+            customer: claims.customer.clone(),
+            capabilities: claims.capabilities.clone(),
+            fail_open: claims.fail_open,
+            key_id: key_id.to_string(),
+        };
+        manifest.validate()?;
+        Ok(manifest)
     }
 
     /// Parses and validates signed manifest bytes (see [`Manifest::validate`]).

@@ -12,7 +12,8 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil::{self, Replace};
-use crate::keys::{Algorithm, KeyId};
+use crate::keys::{Algorithm, KeyId, PrivateKey};
+use crate::manifest::Manifest;
 use crate::manifest::MAX_MANIFEST_BYTES;
 use crate::Error;
 
@@ -55,6 +56,28 @@ fn malformed(reason: impl Into<String>) -> Error {
 }
 
 impl SignatureFile {
+    /// Signs `manifest` with `key` and checks the signature before returning it. The manifest
+    /// must name `key` (its `key_id`).
+    pub fn sign(key: &PrivateKey, manifest: &Manifest) -> Result<Self, Error> {
+        let public = key.public_key();
+        let key_id = public.key_id();
+        if manifest.key_id != key_id.as_str() {
+            return Err(Error::KeyIdMismatch {
+                manifest: manifest.key_id.clone(),
+                signature: key_id.to_string(),
+            });
+        }
+        let manifest_bytes = manifest.to_bytes();
+        let signature = key.sign(&manifest_bytes)?;
+        public.verify(&manifest_bytes, &signature)?;
+        Ok(SignatureFile {
+            algorithm: key.algorithm(),
+            key_id,
+            manifest_bytes,
+            signature,
+        })
+    }
+
     /// Parses signature file bytes. Never panics on hostile input.
     pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
         if bytes.len() as u64 > MAX_SIGFILE_BYTES {

@@ -12,9 +12,8 @@ use std::time::SystemTime;
 use anyhow::{bail, Context, Result};
 use km_abi::Tier;
 use km_signing::{
-    check_name, format_timestamp, parse_date, sha256_hex, target_triple, verify_library, Algorithm,
-    KeyId, Manifest, Policy, PrivateKey, PublicKey, SignatureFile, TrustStore, Verified,
-    KNOWN_CAPABILITIES,
+    check_name, parse_date, target_triple, verify_library, Algorithm, Claims, KeyId, Manifest,
+    Policy, PrivateKey, PublicKey, SignatureFile, TrustStore, Verified, KNOWN_CAPABILITIES,
 };
 
 use crate::args::{Cli, Command, KeyAlg, KeyRef, ManifestArgs};
@@ -175,7 +174,7 @@ fn build_manifest(args: &ManifestArgs, key_id: &KeyId, lib: &[u8]) -> Result<Man
             if when <= now {
                 bail!("--expires {text} is in the past");
             }
-            Some(format_timestamp(when))
+            Some(when)
         }
     };
     let capabilities = args.grants.capabilities.clone();
@@ -188,29 +187,17 @@ fn build_manifest(args: &ManifestArgs, key_id: &KeyId, lib: &[u8]) -> Result<Man
             KNOWN_CAPABILITIES.join(", ")
         );
     }
-    let manifest = Manifest {
-        kind: Manifest::kind_for(&capabilities, args.grants.fail_open).to_owned(),
-        name: args.name.clone(),
-        version: args.version.clone(),
-        tier,
-        target: args
-            .target
-            .clone()
-            .unwrap_or_else(|| target_triple().to_owned()),
-        abi_version: args
-            .abi_version
-            .clone()
-            .unwrap_or_else(|| km_abi::ABI_VERSION.to_owned()),
-        sha256: sha256_hex(lib),
-        size: lib.len() as u64,
-        issued_at: format_timestamp(now),
+    let claims = Claims {
+        target: args.target.clone(),
+        abi_version: args.abi_version.clone(),
         expires_at,
         customer: args.customer.clone(),
         capabilities,
         fail_open: args.grants.fail_open,
-        key_id: key_id.to_string(),
+        ..Claims::new(&args.name, &args.version, tier)
     };
-    manifest.validate().context("invalid manifest values")?;
+    let manifest =
+        Manifest::describe(&claims, key_id, lib, now).context("invalid manifest values")?;
     Ok(manifest)
 }
 
@@ -219,18 +206,7 @@ pub(crate) fn sign(key_path: &Path, args: &ManifestArgs, lib_path: &Path) -> Res
     let lib = read_lib(lib_path)?;
     let public = key.public_key();
     let manifest = build_manifest(args, &public.key_id(), &lib)?;
-    let manifest_bytes = manifest.to_bytes();
-    let signature = key.sign(&manifest_bytes)?;
-    // Check our own work before writing it.
-    public
-        .verify(&manifest_bytes, &signature)
-        .context("the new signature does not verify")?;
-    let sig = SignatureFile {
-        algorithm: key.algorithm(),
-        key_id: public.key_id(),
-        manifest_bytes,
-        signature,
-    };
+    let sig = SignatureFile::sign(&key, &manifest).context("signing the manifest")?;
     let sig_path = SignatureFile::path_for(lib_path);
     sig.write(&sig_path)
         .with_context(|| format!("writing {}", sig_path.display()))?;
