@@ -1,6 +1,7 @@
 //! The API's endpoints, one module per area; [`router`] puts them together.
 //!
 //! Endpoints:
+//! - [`account`]: `GET /api/account` (whose API key this is: customer, tier, subscription end).
 //! - [`auth`]: `POST /api/plugins/authenticate` (a subscription token for a plugin) and
 //!   `GET /api/public-key` (the token-signing key).
 //! - [`audit`]: `POST /api/audit/checkpoints` and `GET /api/audit/checkpoints?key_id=...`
@@ -25,6 +26,7 @@
 //! `pub(super) fn register(router: &mut Router<AppState>)`, called from [`router`]; its data is
 //! a migration in `store::migrations` and a `store::<area>` module of `impl Store` methods.
 
+pub(crate) mod account;
 pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod control;
@@ -86,6 +88,7 @@ pub(crate) fn router() -> Router<AppState> {
     let mut router = Router::new(MAX_REQUEST_BODY);
     control::register(&mut router);
     auth::register(&mut router);
+    account::register(&mut router);
     audit::register(&mut router);
     events::register(&mut router);
     plugins::register(&mut router);

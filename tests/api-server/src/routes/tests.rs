@@ -65,6 +65,7 @@ fn the_table_lists_every_endpoint_once() {
     assert_eq!(
         table,
         [
+            "GET /api/account",
             "GET /api/audit/checkpoints",
             "GET /api/plugins/download/{file}",
             "GET /api/plugins/latest",
@@ -81,6 +82,33 @@ fn the_table_lists_every_endpoint_once() {
             "POST /control/up",
         ]
     );
+}
+
+#[test]
+fn the_account_of_a_key_is_told_to_its_holder_only() {
+    let fixture = Fixture::new();
+    let state = fixture.state(&fixture.config());
+    let account = |key: Option<&str>| {
+        let mut request = Request::new(Method::Get, "/api/account");
+        if let Some(key) = key {
+            request
+                .headers
+                .push(("authorization".into(), format!("Bearer {key}")));
+        }
+        router().handle(&state, &request)
+    };
+    let answer = account(Some("key-alice"));
+    assert_eq!(answer.status, 200);
+    let body = answer.body_json();
+    assert_eq!(body["customer_id"], "alice");
+    assert_eq!(body["tier"], "pro");
+    assert!(body["subscription_end"].as_i64().is_some(), "{body}");
+    assert!(
+        body.get("token").is_none(),
+        "no token is handed out: {body}"
+    );
+    assert_eq!(account(Some("key-nobody")).status, 401);
+    assert_eq!(account(None).status, 401);
 }
 
 #[test]
