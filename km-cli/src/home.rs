@@ -72,6 +72,17 @@ impl KmHome {
         self.root.join("policies")
     }
 
+    /// Keys km made for this installation (the local signing key of `km setup`), mode 0700.
+    pub fn keys_dir(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+
+    /// The private key `km setup` signs the bundled plugins of a source build with (PKCS#8
+    /// PEM, mode 0600).
+    pub fn local_signing_key(&self) -> PathBuf {
+        self.keys_dir().join("local-signing.pem")
+    }
+
     /// km's log files.
     pub fn logs_dir(&self) -> PathBuf {
         self.root.join("logs")

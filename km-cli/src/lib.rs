@@ -7,6 +7,7 @@
 //! monitor that relays the MCP stream ([`monitor`]).
 
 pub mod api;
+pub mod bundled;
 pub mod cli;
 pub mod clients;
 pub mod commands;
