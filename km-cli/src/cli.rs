@@ -65,6 +65,14 @@ pub enum Command {
     /// Undo `km wrap`: a file nobody edited since is restored exactly; otherwise only km's own
     /// entries are unwrapped.
     Unwrap(WrapArgs),
+    /// Make km ready on this machine: sign the bundled free plugins found beside this km with a
+    /// local key (made once, trusted only for their names) and install them, verified. Safe to
+    /// run again: it changes only what is out of date.
+    Setup(SetupArgs),
+    /// Check km's installation, a line each with the fix for what fails: KM_HOME's permissions,
+    /// trusted keys, each installed plugin, executable memfds, the API endpoint and key, and
+    /// which MCP client configurations run their servers through km.
+    Doctor(DoctorArgs),
     /// Print a completion script for a shell: `km completions bash > /etc/bash_completion.d/km`,
     /// `km completions zsh > ~/.zfunc/_km`, `km completions fish > ~/.config/fish/completions/km.fish`.
     Completions(CompletionsArgs),
@@ -72,6 +80,26 @@ pub enum Command {
     /// `km plugin NAME --help` shows what it offers; `km plugin` lists plugins with commands.
     /// The plugin is verified and loaded exactly as `km monitor` does.
     Plugin(PluginArgs),
+}
+
+/// `km setup`.
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// The directory holding the bundled plugin libraries [default: the directory of this km].
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
+}
+
+/// `km doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Print the checks as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Do not contact the API endpoint.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// `km completions`.

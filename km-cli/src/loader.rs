@@ -234,6 +234,73 @@ fn rand_u32(attempt: u32) -> u32 {
     nanos ^ attempt.wrapping_mul(0x9e37_79b9)
 }
 
+/// How this machine will map verified plugin bytes, as `km doctor` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapPath {
+    /// Sealed, executable memfds work: nothing of a plugin touches the disk.
+    Memfd,
+    /// Through a private copy in `base` (which works), because of `why`.
+    PrivateCopy {
+        /// The base directory of the copies.
+        base: PathBuf,
+        /// Why memfds are not used.
+        why: String,
+    },
+}
+
+/// Finds out, with a page of zeros staged exactly as [`map`] stages a library and mapped
+/// executable, whether plugins will load from a sealed memfd, or else from a private copy;
+/// `Err` when neither works (no plugin can load).
+pub fn probe_map_path() -> Result<MapPath, Refusal> {
+    let page = vec![0u8; 4096];
+    let why = if std::env::var_os(ENV_LOAD_VIA_COPY).is_some_and(|v| v == "1") {
+        format!("{ENV_LOAD_VIA_COPY}=1 is set")
+    } else {
+        match sealed_memfd("probe", &page).and_then(|fd| map_executable(&fd, page.len())) {
+            Ok(()) => return Ok(MapPath::Memfd),
+            Err(e) => format!("executable memfds are refused here ({e})"),
+        }
+    };
+    let base = copy_base();
+    let copy = private_copy("probe", &page)?;
+    map_executable(&copy.0, page.len()).map_err(|e| {
+        Refusal::new(
+            &base,
+            Check::Load,
+            format!(
+                "{why}, and a private copy in {} cannot be mapped executable either ({e}): \
+                 no plugin can load. Point XDG_RUNTIME_DIR at a directory of yours on a file \
+                 system mounted without noexec",
+                base.display()
+            ),
+        )
+    })?;
+    Ok(MapPath::PrivateCopy { base, why })
+}
+
+/// Maps `len` bytes of `fd` readable and executable, and unmaps them: the kernel's answer to
+/// whether the dynamic loader could map a library from it (noexec mounts, `vm.memfd_noexec`,
+/// security modules all refuse here).
+fn map_executable(fd: &OwnedFd, len: usize) -> std::io::Result<()> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a fresh private mapping at an address the kernel picks (no MAP_FIXED), so no
+    // existing memory is replaced; it is neither read nor executed, and it is unmapped right
+    // away with the pointer and length mmap returned and was given.
+    #[allow(unsafe_code)]
+    unsafe {
+        let ptr = rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::EXEC,
+            MapFlags::PRIVATE,
+            fd,
+            0,
+        )?;
+        rustix::mm::munmap(ptr, len)?;
+    }
+    Ok(())
+}
+
 /// Maps checked bytes and creates the plugin; checks it reports the signed name and version.
 /// Only the [`Verifier`] calls this (its `load` also records the version as seen).
 pub(crate) fn map(checked: Checked, host: PluginHost) -> Result<LoadedPlugin, Refusal> {

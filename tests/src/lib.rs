@@ -112,6 +112,54 @@ pub fn chmod(path: &Path, mode: u32) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
+/// A fresh HOME in a private temp directory, and nothing else: `KM_HOME` is `HOME/.km`, as km
+/// finds it by default (what `km setup` and `km doctor` see on a new machine).
+pub struct FreshHome {
+    _dir: tempfile::TempDir,
+    /// HOME.
+    pub home: PathBuf,
+}
+
+impl FreshHome {
+    /// A new, empty HOME.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("km-setup-")
+            .tempdir()
+            .expect("a temp dir");
+        chmod(dir.path(), 0o700);
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).expect("HOME");
+        FreshHome { _dir: dir, home }
+    }
+
+    /// `HOME/.km`.
+    pub fn km_home(&self) -> PathBuf {
+        self.home.join(".km")
+    }
+
+    /// `km` with only HOME and PATH set, as a Node-based client starts it.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(km_bin());
+        cmd.env_clear().env("HOME", &self.home);
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        cmd
+    }
+
+    /// `km ARGS` with only HOME and PATH set; its output.
+    pub fn km(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("km runs")
+    }
+}
+
+impl Default for FreshHome {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A throw-away km installation: `KM_HOME` with a plugin directory (both 0700), and a signing
 /// key made by the real `km-sign` and trusted with the real `km trust add`.
 pub struct KmEnv {

@@ -3,11 +3,13 @@
 
 mod config;
 pub mod demo;
+mod doctor;
 mod init;
 mod install;
 mod list;
 mod monitor;
 mod plugin;
+mod setup;
 mod status;
 mod trust;
 mod uninstall;
@@ -64,6 +66,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Setup(args) => setup::run(&globals, args),
+        Command::Doctor(args) => doctor::run(&globals, args),
         Command::Wrap(args) => wrap::run(&globals, args, wrap::Direction::Wrap),
         Command::Unwrap(args) => wrap::run(&globals, args, wrap::Direction::Unwrap),
     }
