@@ -13,6 +13,7 @@ mod inspector;
 mod intercept;
 mod interop;
 mod loader;
+mod loader_inproc;
 mod ml_analytics;
 mod monitor;
 mod plugin_commands;

@@ -224,14 +224,8 @@ impl Client {
     /// Closes the client's side and waits for km: (success, stderr).
     fn close(mut self) -> (bool, String) {
         drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "km did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = km_tests::wait_within(&mut self.child, Duration::from_secs(60))
+            .expect("km exits within a minute");
         (status.success(), self.stderr.join().expect("stderr reader"))
     }
 

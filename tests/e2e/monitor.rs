@@ -15,6 +15,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
+
+pub(crate) use km_tests::wait_within;
 use std::time::{Duration, Instant};
 
 /// `km monitor` with a throw-away `KM_HOME` under `home`, stdio piped, and a short grace period.
@@ -58,20 +60,6 @@ fn read_all_async(mut from: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
         let _ = from.read_to_end(&mut all);
         all
     })
-}
-
-/// The child's status if it exits within `limit`.
-fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Asserts two byte streams are identical without dumping megabytes on failure.

@@ -143,16 +143,12 @@ fn a_certificate_outside_the_pin_set_is_refused_naming_the_endpoint_and_the_pins
     // The server logs the aborted handshake on its own time: wait for the line, then check
     // that there is exactly one (km did not retry).
     let log_file = env.dir.path().join("api-server.log");
-    let started = std::time::Instant::now();
-    let log = loop {
-        let log = std::fs::read_to_string(&log_file).expect("log");
-        if log.contains("TLS handshake with")
-            || started.elapsed() > std::time::Duration::from_secs(10)
-        {
-            break log;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let log = km_tests::settle(
+        std::time::Duration::from_secs(10),
+        std::time::Duration::from_millis(50),
+        || std::fs::read_to_string(&log_file).expect("log"),
+        |log| log.contains("TLS handshake with"),
+    );
     assert_eq!(
         log.matches("TLS handshake with").count(),
         1,

@@ -19,7 +19,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -110,6 +110,35 @@ pub fn chmod(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// Fetches with `fetch` every `every` until `done` says yes or `limit` has passed, and returns
+/// the last value fetched: the caller asserts on it, so that a timeout fails with what was seen.
+/// (Things tests wait for happen on other processes' time: logs, events, a refresher.)
+pub fn settle<T>(
+    limit: Duration,
+    every: Duration,
+    mut fetch: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        let value = fetch();
+        if done(&value) || Instant::now() >= deadline {
+            return value;
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// The child's status if it exits within `limit`.
+pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    settle(
+        limit,
+        Duration::from_millis(10),
+        || child.try_wait().expect("try_wait"),
+        Option::is_some,
+    )
 }
 
 /// A fresh HOME in a private temp directory, and nothing else: `KM_HOME` is `HOME/.km`, as km

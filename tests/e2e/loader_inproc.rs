@@ -3,9 +3,10 @@
 //! modules, and a panicking plugin returns an error value and the host carries on.
 //!
 //! Uses the real plugin cdylibs that `cargo build --workspace` put in target/debug, signed here
-//! with a key made by the test.
+//! in process with a key made by the test (through km-signing: the point is to look inside the
+//! loading process, not at km's output).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 use km_abi::{Direction, Message, MessageKind};
@@ -13,27 +14,8 @@ use km_cli::home::KmHome;
 use km_cli::host::{PluginHost, Verbosity};
 use km_cli::loader::{self, LoadOptions};
 use km_cli::verifier::Verifier;
-use km_signing::{Algorithm, Manifest, PrivateKey, SignatureFile, TrustStore, MANIFEST_KIND};
-
-fn built_lib(crate_name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/..");
-    let lib = dir.join(format!("lib{}.so", crate_name.replace('-', "_")));
-    assert!(
-        lib.exists(),
-        "{} is missing: run `cargo build --workspace` first",
-        lib.display()
-    );
-    lib
-}
-
-fn chmod(path: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
-}
+use km_signing::{Algorithm, Claims, Manifest, PrivateKey, SignatureFile, TrustStore};
+use km_tests::{chmod, plugin_lib};
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -68,37 +50,22 @@ impl Setup {
         let path = self.plugins.join(file);
         std::fs::write(&path, bytes).expect("write lib");
         chmod(&path, 0o644);
-        let manifest = Manifest {
-            kind: MANIFEST_KIND.to_owned(),
-            name: name.to_owned(),
-            version: "1.0.0".to_owned(),
-            tier: km_abi::Tier::Free,
-            target: km_signing::target_triple().to_owned(),
-            abi_version: km_abi::ABI_VERSION.to_owned(),
-            sha256: km_signing::sha256_hex(bytes),
-            size: bytes.len() as u64,
-            issued_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            expires_at: None,
-            customer: None,
-            capabilities: Vec::new(),
-            fail_open: false,
-            key_id: self.key.public_key().key_id().to_string(),
-        };
-        let manifest_bytes = manifest.to_bytes();
-        let signature = self.key.sign(&manifest_bytes).expect("sign");
-        SignatureFile {
-            algorithm: self.key.algorithm(),
-            key_id: self.key.public_key().key_id(),
-            manifest_bytes,
-            signature,
-        }
-        .write(&SignatureFile::path_for(&path))
-        .expect("write sig");
+        let manifest = Manifest::describe(
+            &Claims::new(name, "1.0.0", km_abi::Tier::Free),
+            &self.key.public_key().key_id(),
+            bytes,
+            SystemTime::now(),
+        )
+        .expect("describe");
+        SignatureFile::sign(&self.key, &manifest)
+            .expect("sign")
+            .write(&SignatureFile::path_for(&path))
+            .expect("write sig");
         path
     }
 
     fn install(&self, crate_name: &str, name: &str) -> PathBuf {
-        let bytes = std::fs::read(built_lib(crate_name)).expect("read built lib");
+        let bytes = std::fs::read(plugin_lib(crate_name)).expect("read built lib");
         self.install_bytes(
             &format!("lib{}.so", crate_name.replace('-', "_")),
             name,
@@ -124,7 +91,7 @@ fn message(data: &[u8]) -> Message<'_> {
         id: "1".into(),
         method: "ping".into(),
         timestamp_us: 0,
-        latency_us: abi_stable::std_types::RNone,
+        latency_us: km_abi::abi_stable::std_types::RNone,
     }
 }
 
@@ -138,7 +105,7 @@ fn replacing_the_file_after_verification_does_not_change_what_is_loaded() {
     let checked = verifier.check_file(&path).expect("verifies");
 
     // Swap in another, validly signed library under the same file name.
-    let other = std::fs::read(built_lib("test-panicky")).expect("read");
+    let other = std::fs::read(plugin_lib("test-panicky")).expect("read");
     std::fs::remove_file(&path).expect("rm");
     setup.install_bytes("libtest_noop.so", "test-panicky", &other);
 
@@ -202,7 +169,7 @@ fn two_plugins_load_side_by_side_as_distinct_modules_and_a_panic_is_an_error_val
     assert!(seen.contains("test-noop"), "{seen}");
 }
 
-/// Issue 13: a plugin km disabled after a panic is not called again by the subscription
+/// A plugin km disabled after a panic is not called again by the subscription
 /// refresher (the refresher runs on its own threads, beside the dispatcher that saw the panic).
 #[test]
 fn the_refresher_does_not_call_a_plugin_disabled_after_a_panic() {
