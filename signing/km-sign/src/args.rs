@@ -92,6 +92,9 @@ pub(crate) enum Command {
     },
     /// Stamp a customer's credentials into LIB, sign the stamped copy, and pack it.
     BuildPlugin(crate::build::BuildArgs),
+    /// Sign a team's policy with its admin key: one bundle per section of POLICY.toml (each
+    /// plugin it governs, and the roster), for the Kilometers API to serve to the members.
+    TeamPolicy(crate::team::TeamPolicyArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -87,6 +87,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         } => attach(&manifest, &signature, &public, &lib),
         Command::Pack { out, lib } => crate::pack::pack(&lib, out.as_deref()).map(drop),
         Command::BuildPlugin(args) => crate::build::run(&args),
+        Command::TeamPolicy(args) => crate::team::team_policy(&args),
     }?;
     Ok(ExitCode::SUCCESS)
 }
@@ -135,7 +136,7 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading the {what} {}", path.display()))
 }
 
-fn read_private_key(path: &Path) -> Result<PrivateKey> {
+pub(crate) fn read_private_key(path: &Path) -> Result<PrivateKey> {
     let pem = read_text(path, "private key")?;
     PrivateKey::from_pem(&pem)
         .with_context(|| format!("{} is not a usable private key", path.display()))

@@ -1,5 +1,6 @@
 //! `km-sign`: make signing keys, sign plugin libraries, verify them, and take signatures made
-//! elsewhere (openssl, an HSM) through `manifest` + `attach`.
+//! elsewhere (openssl, an HSM) through `manifest` + `attach`; sign a team's policy
+//! (`team-policy`).
 //!
 //! Its own crate over `km-signing`, so that the library keeps one thiserror enum and does not
 //! depend on clap or anyhow. Thin: parse the arguments, run the command, map the outcome to an
@@ -12,6 +13,7 @@ mod args;
 mod build;
 mod commands;
 mod pack;
+mod team;
 
 use std::process::ExitCode;
 

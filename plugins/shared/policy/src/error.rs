@@ -141,6 +141,38 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A file of shared approvals exists but no verified roster (`team/roster.toml`) says whose
+    /// keys may sign them.
+    #[error("team approvals {file} cannot be verified: the team has no verified roster (team/roster.toml)")]
+    NoRoster {
+        /// The approvals file.
+        file: String,
+    },
+    /// A shared approval is not signed by a roster member with the role it needs.
+    #[error(
+        "approval {index} of {file} is not signed by a team member with the {role} role (signed by: {signers})"
+    )]
+    NotApproved {
+        /// The approvals file.
+        file: String,
+        /// The approval's place in the file (from 0).
+        index: usize,
+        /// The role it needs.
+        role: String,
+        /// The key ids it names.
+        signers: String,
+    },
+    /// A shared approval is malformed, its member's signature does not verify, or it is for
+    /// another team, policy or member than its signer.
+    #[error("approval {index} of {file} is refused: {reason}")]
+    BadApproval {
+        /// The approvals file.
+        file: String,
+        /// The approval's place in the file (from 0).
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// Sealing a bundle failed (the signer refused, or the payload is not what a bundle needs).
     #[error("sealing team policy: {reason}")]
     Seal {
@@ -165,7 +197,10 @@ impl Error {
             | Error::WrongPolicy { file, .. }
             | Error::Rollback { file, .. }
             | Error::Equivocation { file, .. }
-            | Error::Missing { file, .. } => file.clone(),
+            | Error::Missing { file, .. }
+            | Error::NoRoster { file }
+            | Error::NotApproved { file, .. }
+            | Error::BadApproval { file, .. } => file.clone(),
             Error::State { path, .. } => path.display().to_string(),
             Error::Seal { .. } => String::new(),
         }

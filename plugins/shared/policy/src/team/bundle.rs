@@ -113,9 +113,11 @@ impl TeamBundle {
     }
 }
 
-/// Proof of verification: only [`verify`] makes one.
+/// Proof of verification: only this crate's verifiers make one ([`verify`] for bundles,
+/// [`super::approvals::verify_approval`] and [`super::approvals::load_approvals`] for
+/// approvals).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Verified<T>(T);
+pub struct Verified<T>(pub(crate) T);
 
 impl<T> Deref for Verified<T> {
     type Target = T;
@@ -158,6 +160,18 @@ pub fn payload(header: &BundleHeader, body: &str) -> Result<String, Error> {
     ))
 }
 
+/// Why `policy` cannot be a bundle's policy name: its file would be one of the other team
+/// files (the trust anchor, a file of approvals).
+pub(crate) fn reserved(policy: &str) -> Option<&'static str> {
+    if policy == "trust" {
+        Some("team/trust.toml is the trust file")
+    } else if policy.ends_with(".approvals") {
+        Some("team/NAME.approvals.toml files hold approvals")
+    } else {
+        None
+    }
+}
+
 fn check_header(
     file: &str,
     header: &BundleHeader,
@@ -176,6 +190,12 @@ fn check_header(
     {
         return Err(bad(format!(
             "policy {:?} is not a policy name",
+            header.policy
+        )));
+    }
+    if let Some(why) = reserved(&header.policy) {
+        return Err(bad(format!(
+            "policy {:?} is not allowed: {why}",
             header.policy
         )));
     }

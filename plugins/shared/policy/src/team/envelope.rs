@@ -34,19 +34,31 @@ pub const PAYLOAD_TYPE: &str = "application/vnd.km.team-policy+toml; version=1";
 /// The most signatures an envelope may carry (rotation needs two; more is not a real file).
 const MAX_SIGNATURES: usize = 8;
 
-#[derive(Debug, Deserialize, Serialize)]
+/// An envelope as written: a whole team policy file, or one entry of a file of approvals.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct EnvelopeFile {
+pub(crate) struct EnvelopeFile {
     payload_type: String,
     payload: String,
     signatures: Vec<SignatureEntry>,
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct SignatureEntry {
     key_id: String,
     sig: String,
+}
+
+/// Who signed an envelope, as [`Envelope::signer`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Signer {
+    /// A signature by this acceptable key verified (and none by an acceptable key failed).
+    Verified(String),
+    /// A signature by this acceptable key does not verify.
+    Bad(String),
+    /// No signature is by an acceptable key.
+    Unknown,
 }
 
 /// A parsed envelope: the payload bytes exactly as signed, and the signatures.
@@ -59,9 +71,14 @@ pub(crate) struct Envelope {
 /// The bytes an admin signs for `payload`: DSSE's pre-authentication encoding with
 /// [`PAYLOAD_TYPE`].
 pub fn signing_input(payload: &[u8]) -> Vec<u8> {
+    signing_input_for(PAYLOAD_TYPE, payload)
+}
+
+/// DSSE's pre-authentication encoding of `payload` as `payload_type`.
+pub(crate) fn signing_input_for(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     let mut pae = format!(
-        "DSSEv1 {} {PAYLOAD_TYPE} {} ",
-        PAYLOAD_TYPE.len(),
+        "DSSEv1 {} {payload_type} {} ",
+        payload_type.len(),
         payload.len()
     )
     .into_bytes();
@@ -72,30 +89,7 @@ pub fn signing_input(payload: &[u8]) -> Vec<u8> {
 /// The envelope text for `payload` with `signatures` (key id, signature of
 /// [`signing_input`]`(payload)`), ready to be written to `KM_HOME/policies/team/NAME.toml`.
 pub fn seal(payload: &[u8], signatures: &[(&str, &[u8])]) -> Result<String, Error> {
-    if signatures.is_empty() || signatures.len() > MAX_SIGNATURES {
-        return Err(Error::Seal {
-            reason: format!("a team policy carries 1 to {MAX_SIGNATURES} signatures"),
-        });
-    }
-    let encoded = STANDARD.encode(payload);
-    // Wrapped at 76 columns (as MIME does), inside a multi-line string: readable diffs.
-    let mut wrapped = String::with_capacity(encoded.len() + encoded.len() / 76 + 2);
-    wrapped.push('\n');
-    for chunk in encoded.as_bytes().chunks(76) {
-        wrapped.push_str(&String::from_utf8_lossy(chunk));
-        wrapped.push('\n');
-    }
-    let file = EnvelopeFile {
-        payload_type: PAYLOAD_TYPE.to_owned(),
-        payload: wrapped,
-        signatures: signatures
-            .iter()
-            .map(|(key_id, sig)| SignatureEntry {
-                key_id: (*key_id).to_owned(),
-                sig: STANDARD.encode(sig),
-            })
-            .collect(),
-    };
+    let file = EnvelopeFile::new(PAYLOAD_TYPE, payload, signatures)?;
     let body = toml::to_string(&file).map_err(|e| Error::Seal {
         reason: e.to_string(),
     })?;
@@ -105,11 +99,12 @@ pub fn seal(payload: &[u8], signatures: &[(&str, &[u8])]) -> Result<String, Erro
     ))
 }
 
-/// [`seal`] with one signature by the Ed25519 key `key`.
-pub fn seal_ed25519(
+/// The Ed25519 signature of `payload` as `payload_type` by `key`, with the key's id.
+pub(crate) fn sign_ed25519(
+    payload_type: &str,
     payload: &[u8],
     key: &ring::signature::Ed25519KeyPair,
-) -> Result<String, Error> {
+) -> Result<(String, Vec<u8>), Error> {
     use ring::signature::KeyPair as _;
     let raw: [u8; 32] = key
         .public_key()
@@ -119,23 +114,73 @@ pub fn seal_ed25519(
             reason: "not an Ed25519 key".to_owned(),
         })?;
     let key_id = AdminKey::from_raw(raw).key_id().to_owned();
-    let signature = key.sign(&signing_input(payload));
-    seal(payload, &[(&key_id, signature.as_ref())])
+    let signature = key.sign(&signing_input_for(payload_type, payload));
+    Ok((key_id, signature.as_ref().to_vec()))
+}
+
+/// [`seal`] with one signature by the Ed25519 key `key`.
+pub fn seal_ed25519(
+    payload: &[u8],
+    key: &ring::signature::Ed25519KeyPair,
+) -> Result<String, Error> {
+    let (key_id, signature) = sign_ed25519(PAYLOAD_TYPE, payload, key)?;
+    seal(payload, &[(&key_id, &signature)])
+}
+
+impl EnvelopeFile {
+    /// The envelope of `payload` as `payload_type`, with `signatures`.
+    pub(crate) fn new(
+        payload_type: &str,
+        payload: &[u8],
+        signatures: &[(&str, &[u8])],
+    ) -> Result<Self, Error> {
+        if signatures.is_empty() || signatures.len() > MAX_SIGNATURES {
+            return Err(Error::Seal {
+                reason: format!("an envelope carries 1 to {MAX_SIGNATURES} signatures"),
+            });
+        }
+        let encoded = STANDARD.encode(payload);
+        // Wrapped at 76 columns (as MIME does), inside a multi-line string: readable diffs.
+        let mut wrapped = String::with_capacity(encoded.len() + encoded.len() / 76 + 2);
+        wrapped.push('\n');
+        for chunk in encoded.as_bytes().chunks(76) {
+            wrapped.push_str(&String::from_utf8_lossy(chunk));
+            wrapped.push('\n');
+        }
+        Ok(EnvelopeFile {
+            payload_type: payload_type.to_owned(),
+            payload: wrapped,
+            signatures: signatures
+                .iter()
+                .map(|(key_id, sig)| SignatureEntry {
+                    key_id: (*key_id).to_owned(),
+                    sig: STANDARD.encode(sig),
+                })
+                .collect(),
+        })
+    }
 }
 
 impl Envelope {
-    /// Parses the envelope text of `file`.
+    /// Parses the envelope text of `file` (a team policy).
     pub(crate) fn parse(file: &str, text: &str) -> Result<Envelope, Error> {
-        let bad = |reason: String| Error::Envelope {
+        let parsed: EnvelopeFile = toml::from_str(text).map_err(|e| Error::Envelope {
+            file: file.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Envelope::from_file(parsed, PAYLOAD_TYPE).map_err(|reason| Error::Envelope {
             file: file.to_owned(),
             reason,
-        };
-        let parsed: EnvelopeFile = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
-        if parsed.payload_type != PAYLOAD_TYPE {
-            return Err(bad(format!(
-                "payload_type is {:?}, expected {PAYLOAD_TYPE:?}",
+        })
+    }
+
+    /// Checks an envelope as written, of `payload_type`; the error says what is wrong.
+    pub(crate) fn from_file(parsed: EnvelopeFile, payload_type: &str) -> Result<Envelope, String> {
+        if parsed.payload_type != payload_type {
+            return Err(format!(
+                "payload_type is {:?}, expected {payload_type:?}",
                 parsed.payload_type
-            )));
+            ));
         }
         let b64: String = parsed
             .payload
@@ -144,18 +189,18 @@ impl Envelope {
             .collect();
         let payload = STANDARD
             .decode(b64.as_bytes())
-            .map_err(|e| bad(format!("payload is not base64: {e}")))?;
+            .map_err(|e| format!("payload is not base64: {e}"))?;
         if parsed.signatures.is_empty() || parsed.signatures.len() > MAX_SIGNATURES {
-            return Err(bad(format!(
-                "a team policy carries 1 to {MAX_SIGNATURES} signatures, this one {}",
+            return Err(format!(
+                "an envelope carries 1 to {MAX_SIGNATURES} signatures, this one {}",
                 parsed.signatures.len()
-            )));
+            ));
         }
         let mut signatures = Vec::with_capacity(parsed.signatures.len());
         for entry in parsed.signatures {
             let sig = STANDARD
                 .decode(entry.sig.trim().as_bytes())
-                .map_err(|e| bad(format!("signature of {} is not base64: {e}", entry.key_id)))?;
+                .map_err(|e| format!("signature of {} is not base64: {e}", entry.key_id))?;
             signatures.push((entry.key_id.trim().to_ascii_lowercase(), sig));
         }
         Ok(Envelope {
@@ -168,30 +213,52 @@ impl Envelope {
     /// list is ignored (it may be the next admin key, during a rotation); one by a trusted key
     /// that does not verify is an error, whatever the other signatures say.
     pub(crate) fn verify(&self, file: &str, trust: &TeamTrust) -> Result<String, Error> {
-        let input = signing_input(&self.payload);
+        match self.signer(PAYLOAD_TYPE, |key_id| trust.key(key_id)) {
+            Signer::Verified(key_id) => Ok(key_id),
+            Signer::Bad(key_id) => Err(Error::BadSignature {
+                file: file.to_owned(),
+                key_id,
+            }),
+            Signer::Unknown => Err(Error::UntrustedSigner {
+                file: file.to_owned(),
+                team: trust.team().to_owned(),
+                signers: self.signers(),
+            }),
+        }
+    }
+
+    /// Which of the keys `acceptable` finds signed the payload as `payload_type`: the rule of
+    /// [`Envelope::verify`] (unknown keys ignored, a failing acceptable key fatal) for any set
+    /// of keys.
+    pub(crate) fn signer<'k>(
+        &self,
+        payload_type: &str,
+        acceptable: impl Fn(&str) -> Option<&'k AdminKey>,
+    ) -> Signer {
+        let input = signing_input_for(payload_type, &self.payload);
         let mut verified = None;
         for (key_id, sig) in &self.signatures {
-            let Some(key) = trust.key(key_id) else {
+            let Some(key) = acceptable(key_id) else {
                 continue;
             };
             if !key.verifies(&input, sig) {
-                return Err(Error::BadSignature {
-                    file: file.to_owned(),
-                    key_id: key_id.clone(),
-                });
+                return Signer::Bad(key_id.clone());
             }
             verified.get_or_insert_with(|| key_id.clone());
         }
-        verified.ok_or_else(|| Error::UntrustedSigner {
-            file: file.to_owned(),
-            team: trust.team().to_owned(),
-            signers: self
-                .signatures
-                .iter()
-                .map(|(k, _)| k.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+        verified.map_or(Signer::Unknown, Signer::Verified)
+    }
+
+    /// The key ids the signatures name, comma-separated (`none` when there are none).
+    pub(crate) fn signers(&self) -> String {
+        if self.signatures.is_empty() {
+            return "none".to_owned();
+        }
+        self.signatures
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

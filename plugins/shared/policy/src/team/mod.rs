@@ -4,23 +4,33 @@
 //! - [`trust`]: `team/trust.toml`, the team and its admin keys (the only trust anchor);
 //! - [`envelope`]: the signed file, DSSE-shaped TOML (payload bytes and Ed25519 signatures);
 //! - [`bundle`]: the payload (a `bundle` header, then the policy) and [`verify`];
-//! - `state`: each plugin's own record of what it applied (rollback floor, last verified copy).
+//! - `state`: each plugin's own record of what it applied (rollback floor, last verified copy);
+//! - [`roster`]: the admin-signed list of members whose own keys may sign for the team;
+//! - [`approvals`]: what those members sign (shared approvals), verified against the roster.
 //!
 //! [`load_team`] puts them together the way every plugin needs: verify the file, refuse a
 //! rollback, record what was applied, and when the file is missing or refused keep the last
-//! verified version in force, reporting why.
+//! verified version in force, reporting why. [`accept_offered`] is the same check for a bundle
+//! that arrives from elsewhere (the API), before team-collaboration writes it.
 
+pub mod approvals;
 pub mod bundle;
 pub mod envelope;
 pub mod keys;
+pub mod roster;
 mod state;
 pub mod trust;
 
 use serde::de::DeserializeOwned;
 
+pub use approvals::{
+    approval_payload, approvals_file, load_approvals, seal_approval_ed25519, verify_approval,
+    ApprovalHeader, ApprovalLoad, MemberApproval, SignedApproval, APPROVAL_PAYLOAD_TYPE,
+};
 pub use bundle::{payload, verify, BundleHeader, TeamBundle, Verified};
 pub use envelope::{seal, seal_ed25519, signing_input, PAYLOAD_TYPE};
 pub use keys::AdminKey;
+pub use roster::{Roster, RosterEntry, RosterFile, ROSTER};
 pub use trust::{TeamTrust, TRUST_FILE};
 
 use crate::source::{check_name, PolicyHost};
@@ -180,6 +190,72 @@ pub fn load_team<T: DeserializeOwned>(host: &impl PolicyHost, policy: &str) -> T
         }),
     }
     load
+}
+
+/// A bundle offered from outside `KM_HOME`, verified by [`accept_offered`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offered<T> {
+    /// The verified bundle.
+    pub bundle: Verified<TeamBundle>,
+    /// Its policy, parsed.
+    pub policy: T,
+    /// Whether it is newer than the version the caller applied before (`false`: that same
+    /// version again).
+    pub newer: bool,
+}
+
+/// Verifies `text`, offered as the team policy `policy` from outside `KM_HOME` (the API), with
+/// the checks [`load_team`] makes of the file: signed by an admin key of the trust file, for
+/// its team and this policy, not older than the version the caller applied before, nor that
+/// version with other content, and its policy parses as `T` (a plugin forwarding another
+/// plugin's policy, whose settings it does not know, uses `toml::Table`; the plugin it is for
+/// checks them when it loads the file). A newer version is recorded in the caller's state, so
+/// that a later offer of an older one is refused even if the file was deleted meanwhile.
+///
+/// What team-collaboration calls before it writes a bundle to `team/POLICY.toml`: a lying or
+/// compromised API can then neither install a policy nor roll one back.
+pub fn accept_offered<T: DeserializeOwned>(
+    host: &impl PolicyHost,
+    policy: &str,
+    text: &str,
+) -> Result<Offered<T>, Error> {
+    check_name(&format!("{policy}.toml"))?;
+    let trust = match host.read_policy(TRUST_FILE) {
+        Ok(Some(text)) => TeamTrust::parse(&text)?,
+        Ok(None) => {
+            return Err(Error::Trust {
+                file: TRUST_FILE.to_owned(),
+                reason: "there is none: this machine is in no team".to_owned(),
+            })
+        }
+        Err(message) => {
+            return Err(Error::Read {
+                file: TRUST_FILE.to_owned(),
+                message,
+            })
+        }
+    };
+    let file = format!("{} (offered)", team_file(policy));
+    let state = StateFile::new(&host.state_dir(), policy);
+    let _lock = state.lock()?;
+    let record = state.read()?.filter(|r| r.team == trust.team());
+    let (bundle, parsed) = accept::<T>(&file, text, &trust, policy, record.as_ref())?;
+    let newer = record
+        .as_ref()
+        .map_or(true, |r| bundle.version() > r.version);
+    if newer {
+        state.write(&Applied {
+            team: bundle.team().to_owned(),
+            version: bundle.version(),
+            payload_sha256: bundle.payload_sha256().to_owned(),
+            envelope: bundle.envelope().to_owned(),
+        })?;
+    }
+    Ok(Offered {
+        bundle,
+        policy: parsed,
+        newer,
+    })
 }
 
 /// Verifies and parses one envelope, and checks it against the record.

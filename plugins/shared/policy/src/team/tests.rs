@@ -400,3 +400,65 @@ fn payloads_keep_the_header_apart_from_the_policy() {
         "{text}"
     );
 }
+
+#[test]
+fn an_offered_bundle_is_verified_recorded_and_never_rolled_back() {
+    let f = Fixture::new();
+    let v2 = f.bundle("acme", "tool-guard", 2, "mode = \"block\"\n");
+    let offered = accept_offered::<Rules>(&f.host, "tool-guard", &v2).expect("accepted");
+    assert!(offered.newer);
+    assert_eq!(offered.policy.mode, "block");
+    assert_eq!(offered.bundle.version(), 2);
+    let again = accept_offered::<toml::Table>(&f.host, "tool-guard", &v2).expect("the same");
+    assert!(!again.newer);
+    let v1 = f.bundle("acme", "tool-guard", 1, "mode = \"warn\"\n");
+    assert!(
+        matches!(
+            accept_offered::<toml::Table>(&f.host, "tool-guard", &v1),
+            Err(Error::Rollback {
+                applied: 2,
+                offered: 1,
+                ..
+            })
+        ),
+        "an older version"
+    );
+    let other = keypair();
+    let forged = f.bundle_by(&other, "acme", "tool-guard", 9, "mode = \"warn\"\n");
+    assert!(matches!(
+        accept_offered::<toml::Table>(&f.host, "tool-guard", &forged),
+        Err(Error::UntrustedSigner { .. })
+    ));
+    // A version with a setting the type does not know is refused and not recorded.
+    let v3 = f.bundle("acme", "tool-guard", 3, "mode = \"x\"\nextra = 1\n");
+    assert!(matches!(
+        accept_offered::<Rules>(&f.host, "tool-guard", &v3),
+        Err(Error::Parse { .. })
+    ));
+    assert!(accept_offered::<Rules>(&f.host, "tool-guard", &v2).is_ok());
+    // The file written from an accepted offer loads against the same record.
+    f.write("team/tool-guard.toml", &v2);
+    let load = f.load();
+    assert_eq!(load.problems, vec![]);
+    assert_eq!(mode(&load), Some(("block", 2, false)));
+    f.remove(TRUST_FILE);
+    assert!(matches!(
+        accept_offered::<toml::Table>(&f.host, "tool-guard", &v2),
+        Err(Error::Trust { .. })
+    ));
+}
+
+#[test]
+fn a_bundle_cannot_be_named_after_the_trust_file_or_an_approvals_file() {
+    for policy in ["trust", "tool-guard.approvals"] {
+        let header = BundleHeader {
+            team: "acme".into(),
+            policy: policy.into(),
+            version: 1,
+            issued_at: None,
+            issued_by: None,
+        };
+        let err = payload(&header, "x = 1\n").expect_err(policy);
+        assert!(err.to_string().contains("not allowed"), "{err}");
+    }
+}
