@@ -24,7 +24,7 @@ pub(crate) struct Cli {
     /// Write a new Ed25519 token-signing key to FILE (PKCS#8 PEM, mode 0600) and its public key
     /// to FILE.pub (base64), print the public key on stdout, and exit.
     #[arg(long, value_name = "FILE", conflicts_with_all = [
-        "signing_key", "customers", "db", "listen", "events", "plugins_dir",
+        "signing_key", "customers", "db", "listen", "events", "plugins_dir", "teams_dir",
         "token_ttl", "delay_ms", "fail_after", "tls_cert", "tls_key", "tls_versions",
         "rate_limit", "abuse_threshold",
     ])]
@@ -56,6 +56,11 @@ pub(crate) struct Cli {
     /// The directory of plugin packages (`.kmpkg`) served for downloads and updates.
     #[arg(long, value_name = "DIR")]
     plugins_dir: Option<PathBuf>,
+
+    /// The teams directory: one directory per team with its `team.toml` (admin keys, members)
+    /// and its signed policies. Read at start and again whenever it changes.
+    #[arg(long, value_name = "DIR")]
+    teams_dir: Option<PathBuf>,
 
     /// The lifetime of the subscription tokens it signs, in seconds (never past the end of the
     /// customer's subscription).
@@ -156,6 +161,7 @@ pub(crate) struct ServeConfig {
     pub(crate) listen: SocketAddr,
     pub(crate) events: Option<PathBuf>,
     pub(crate) plugins_dir: Option<PathBuf>,
+    pub(crate) teams_dir: Option<PathBuf>,
     /// Seconds, at least 1.
     pub(crate) token_ttl: i64,
     pub(crate) delay_ms: u64,
@@ -201,6 +207,7 @@ impl Cli {
             listen: self.listen,
             events: self.events,
             plugins_dir: self.plugins_dir,
+            teams_dir: self.teams_dir,
             token_ttl,
             delay_ms: self.delay_ms,
             fail_after: self.fail_after,

@@ -9,7 +9,8 @@
 //!                                               # server.key.pub, prints the public key (base64)
 //! km-api-server --signing-key server.key --customers customers.json \
 //!               [--db api.sqlite] [--listen 127.0.0.1:0] [--events events.jsonl] \
-//!               [--plugins-dir DIR] [--token-ttl SECS] [--delay-ms MS] [--fail-after N] \
+//!               [--plugins-dir DIR] [--teams-dir DIR] [--token-ttl SECS] [--delay-ms MS] \
+//!               [--fail-after N] \
 //!               [--tls-cert CERT.pem --tls-key KEY.pem [--tls-versions 1.3|1.2|1.2,1.3]] \
 //!               [--rate-limit N/WINDOW] [--abuse-threshold N/WINDOW]
 //! ```
@@ -25,6 +26,7 @@
 //! - [`limits`]: the per-customer rate limit and its decision log;
 //! - [`store`]: the database (schema migrations, customers, events);
 //! - [`customers_file`]: the customers file and how its changes reach the database;
+//! - [`teams_dir`]: the teams directory (teams, members, signed policies) and its sync;
 //! - [`router`] and [`http`]: the transport-neutral request, response and routing types;
 //! - [`routes`]: one module per area of the API, each registering its endpoints;
 //! - [`server`]: the HTTP transport (hyper, with TLS by tokio-rustls), the request threads and
@@ -46,6 +48,7 @@ mod routes;
 mod server;
 mod state;
 mod store;
+mod teams_dir;
 #[cfg(test)]
 mod testing;
 

@@ -102,7 +102,13 @@ pub(crate) fn build_state(config: &ServeConfig) -> anyhow::Result<AppState> {
             report.skipped
         );
     }
+    let teams_dir = config
+        .teams_dir
+        .as_deref()
+        .map(|path| crate::teams_dir::TeamsDir::load(path, &store))
+        .transpose()?;
     Ok(AppState {
+        teams: crate::teams_dir::Teams::new(teams_dir),
         store,
         signer,
         customers_file,

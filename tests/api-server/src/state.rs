@@ -13,6 +13,7 @@ use crate::customers_file::CustomersFile;
 use crate::keys::TokenSigner;
 use crate::limits::{Rate, RateLimiter};
 use crate::store::Store;
+use crate::teams_dir::Teams;
 
 /// How the next authentication answers are corrupted (`POST /control/tamper?mode=...`), to test
 /// that plugins refuse them.
@@ -114,6 +115,8 @@ pub(crate) struct AppState {
     pub(crate) limiter: RateLimiter,
     /// `--abuse-threshold`.
     pub(crate) abuse_threshold: Rate,
+    /// The teams directory and the team test controls.
+    pub(crate) teams: Teams,
 }
 
 impl AppState {
@@ -126,5 +129,11 @@ impl AppState {
                 eprintln!("km-api-server: {e:#} (keeping the previous customers)");
             }
         }
+    }
+
+    /// Brings the teams directory's changes into the database, if it changed (each team that
+    /// does not read keeps what it had; see [`crate::teams_dir`]).
+    pub(crate) fn refresh_teams(&self) {
+        self.teams.sync(&self.store);
     }
 }

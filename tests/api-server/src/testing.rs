@@ -69,6 +69,7 @@ impl Fixture {
             listen: "127.0.0.1:0".parse().expect("address"),
             events: None,
             plugins_dir: None,
+            teams_dir: None,
             token_ttl: 900,
             delay_ms: 0,
             fail_after: None,

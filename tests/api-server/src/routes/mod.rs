@@ -9,6 +9,8 @@
 //! - [`events`]: `POST /api/events/batch` (api-logger's events, deduplicated by id).
 //! - [`plugins`]: `GET /api/plugins/latest?name=NAME` and `GET /api/plugins/download/{file}`
 //!   (packages from `--plugins-dir`).
+//! - [`teams`]: `/api/teams/{team}/...` (team-collaboration's members, policies, approvals
+//!   and session summaries) and its test controls under `/control/teams/`.
 //! - [`control`]: the test controls under `/control/` (down, up, delay, tamper, stats, abuse,
 //!   rate-limit), and the guard that makes every `/api/` request obey them.
 //!
@@ -32,6 +34,7 @@ pub(crate) mod auth;
 pub(crate) mod control;
 pub(crate) mod events;
 pub(crate) mod plugins;
+pub(crate) mod teams;
 
 use crate::http::{Request, Response};
 use crate::router::Router;
@@ -92,6 +95,7 @@ pub(crate) fn router() -> Router<AppState> {
     audit::register(&mut router);
     events::register(&mut router);
     plugins::register(&mut router);
+    teams::register(&mut router);
     router
 }
 

@@ -128,6 +128,81 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         ) STRICT;
     "#,
     },
+    Migration {
+        version: 4,
+        name: "teams",
+        sql: r#"
+        -- Teams (team-collaboration), from the teams directory: the admin public keys (PEM, a
+        -- JSON array) that sign its policies. A team is never deleted.
+        CREATE TABLE teams (
+            name       TEXT PRIMARY KEY NOT NULL,
+            admin_keys TEXT NOT NULL CHECK (json_type(admin_keys) = 'array'),
+            updated_at INTEGER NOT NULL
+        ) STRICT;
+
+        -- Members: each bound to the customer whose API key (and so token) they use, with a
+        -- role, and the Ed25519 key they registered when they joined (their approvals are
+        -- signed with it). from_file: managed by the team's team.toml (else by an admin
+        -- through the API). A member is made inactive, never deleted, so that their sessions
+        -- and approvals stay attributed.
+        CREATE TABLE team_members (
+            team        TEXT NOT NULL REFERENCES teams (name),
+            id          TEXT NOT NULL,
+            customer_id TEXT NOT NULL REFERENCES customers (id),
+            role        TEXT NOT NULL CHECK (role IN ('admin', 'approver', 'member')),
+            public_key  TEXT,
+            key_id      TEXT CHECK (key_id IS NULL OR length(key_id) = 32),
+            active      INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1)),
+            from_file   INTEGER NOT NULL DEFAULT 0 CHECK (from_file IN (0, 1)),
+            updated_at  INTEGER NOT NULL,
+            PRIMARY KEY (team, id)
+        ) STRICT;
+        CREATE UNIQUE INDEX team_members_by_customer ON team_members (customer_id)
+            WHERE active = 1;
+        CREATE UNIQUE INDEX team_members_by_key ON team_members (team, key_id)
+            WHERE key_id IS NOT NULL;
+
+        -- Every version of every policy of a team, as signed (verified against the team's
+        -- admin keys when it arrived). The latest version per policy is what members fetch.
+        CREATE TABLE team_policies (
+            team           TEXT NOT NULL REFERENCES teams (name),
+            policy         TEXT NOT NULL,
+            version        INTEGER NOT NULL CHECK (version >= 1),
+            payload_sha256 TEXT NOT NULL CHECK (length(payload_sha256) = 64),
+            key_id         TEXT NOT NULL,
+            envelope       TEXT NOT NULL,
+            published_by   TEXT,
+            received_at    INTEGER NOT NULL,
+            PRIMARY KEY (team, policy, version)
+        ) STRICT;
+
+        -- Shared approvals, each signed by the member who made it (checked against the key
+        -- the member registered, unless stored by the test control: checked = 0).
+        CREATE TABLE team_approvals (
+            seq            INTEGER PRIMARY KEY,
+            team           TEXT NOT NULL REFERENCES teams (name),
+            policy         TEXT NOT NULL,
+            member         TEXT NOT NULL,
+            payload_sha256 TEXT NOT NULL CHECK (length(payload_sha256) = 64),
+            envelope       TEXT NOT NULL,
+            checked        INTEGER NOT NULL CHECK (checked IN (0, 1)),
+            received_at    INTEGER NOT NULL,
+            UNIQUE (team, policy, payload_sha256)
+        ) STRICT;
+
+        -- Session summaries (no message content), one per member and km session.
+        CREATE TABLE team_sessions (
+            team        TEXT NOT NULL REFERENCES teams (name),
+            member      TEXT NOT NULL,
+            id          TEXT NOT NULL,
+            ended_at    INTEGER NOT NULL,
+            summary     TEXT NOT NULL CHECK (json_valid(summary)),
+            received_at INTEGER NOT NULL,
+            PRIMARY KEY (team, member, id)
+        ) STRICT;
+        CREATE INDEX team_sessions_by_time ON team_sessions (team, ended_at);
+    "#,
+    },
 ];
 
 /// The version the newest migration brings a database to.

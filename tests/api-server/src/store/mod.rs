@@ -37,6 +37,7 @@ pub(crate) mod audit;
 pub(crate) mod customers;
 pub(crate) mod events;
 mod migrations;
+pub(crate) mod teams;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};

@@ -61,9 +61,14 @@ fn migrations_bring_an_empty_database_to_the_latest_schema() {
             "auth_failures",
             "customers",
             "events",
-            "schema_version"
+            "schema_version",
+            "team_approvals",
+            "team_members",
+            "team_policies",
+            "team_sessions",
+            "teams"
         ],
-        "the tables of migrations 1 to 3"
+        "the tables of migrations 1 to 4"
     );
 }
 

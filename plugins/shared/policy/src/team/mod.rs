@@ -31,7 +31,7 @@ pub use bundle::{payload, verify, BundleHeader, TeamBundle, Verified};
 pub use envelope::{seal, seal_ed25519, signing_input, PAYLOAD_TYPE};
 pub use keys::AdminKey;
 pub use roster::{Roster, RosterEntry, RosterFile, ROSTER};
-pub use trust::{TeamTrust, TRUST_FILE};
+pub use trust::{valid_team, TeamTrust, TRUST_FILE};
 
 use crate::source::{check_name, PolicyHost};
 use crate::Error;

@@ -47,7 +47,7 @@ pub struct TeamTrust {
 }
 
 /// Whether `team` is a usable team name: 1 to 64 characters of `[A-Za-z0-9._-]`.
-pub(crate) fn valid_team(team: &str) -> bool {
+pub fn valid_team(team: &str) -> bool {
     (1..=64).contains(&team.len())
         && team
             .bytes()
