@@ -468,7 +468,11 @@ fn approve(
             let Some(pins) = pins else {
                 return Ok(Vec::new());
             };
-            let server = (pins.server.label.clone(), pins.server.id.clone());
+            let server = (
+                pins.server.label.clone(),
+                pins.server.id.clone(),
+                pins.server.info_name().map(str::to_owned),
+            );
             let mut reports = Vec::new();
             match name {
                 Some(name) => {
@@ -512,7 +516,7 @@ fn approve(
                 continue;
             }
         };
-        for ((label, id), report) in reports {
+        for ((label, id, info_name), report) in reports {
             approved += 1;
             let _ = writeln!(
                 out,
@@ -531,6 +535,7 @@ fn approve(
             let server = Server {
                 id: &id,
                 label: &label,
+                info_name: info_name.as_deref(),
                 session_id: "",
             };
             emit(&events::event(&server, &report));

@@ -22,6 +22,9 @@ pub(crate) const DRIFT: &str = "drift";
 pub(crate) struct Server<'a> {
     pub(crate) id: &'a str,
     pub(crate) label: &'a str,
+    /// `serverInfo.name`, when the server reported one: how a team names a server across
+    /// machines (ids, hashes of command lines, differ between them).
+    pub(crate) info_name: Option<&'a str>,
     pub(crate) session_id: &'a str,
 }
 
@@ -40,6 +43,9 @@ pub(crate) fn event(server: &Server<'_>, report: &Report) -> Value {
     if let Some(object) = object {
         if !server.session_id.is_empty() {
             object.insert("session_id".into(), server.session_id.into());
+        }
+        if let Some(name) = server.info_name {
+            object.insert("server_name".into(), name.into());
         }
         if let Some(sha) = &report.sha256 {
             object.insert("sha256".into(), sha.as_str().into());

@@ -19,6 +19,12 @@
 //! `km plugin tool-guard approve`). Within one file a server's entry wins over `[defaults]`, key
 //! by key. The team's file has the same keys, plus `[[approvals]]`; a local setting looser than
 //! the team's is not applied ([`km_policy::Layered`]).
+//!
+//! Shared approvals come two ways, both verified here: `[[approvals]]` in the team's file
+//! (signed by an admin key), and `team/tool-guard.approvals.toml`, approvals each signed by the
+//! team member who made it, accepted only when the team's roster (`team/roster.toml`, signed by
+//! an admin key) gives that member's key the `approver` role
+//! ([`km_policy::team::load_approvals`]). team-collaboration collects the latter from the API.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -174,6 +180,22 @@ fn tool_kind() -> Kind {
     Kind::Tool
 }
 
+/// A shared approval signed by the member who made it (the member and the time are in its
+/// signed header).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MemberApproval {
+    /// The server's serverInfo name or label; `*` for any server.
+    server: String,
+    #[serde(default = "tool_kind")]
+    kind: Kind,
+    name: String,
+    sha256: String,
+}
+
+/// The role a roster member needs for their approvals to count.
+pub(crate) const APPROVER_ROLE: &str = "approver";
+
 /// The team's file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -210,6 +232,8 @@ impl From<TeamFileRaw> for TeamFile {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Policy {
     policies: Policies<RuleSet, TeamFile>,
+    /// The team, and the approvals its members signed.
+    member_approvals: km_policy::team::ApprovalLoad<MemberApproval>,
 }
 
 impl Default for Policy {
@@ -220,16 +244,25 @@ impl Default for Policy {
                 team: None,
                 team_problems: Vec::new(),
             },
+            member_approvals: km_policy::team::ApprovalLoad::default(),
         }
     }
 }
 
 impl Policy {
-    /// Reads the local and the team policy. An invalid local policy is an error (tool-guard
-    /// then fails closed); problems with team files are in [`Policy::team_problems`].
+    /// Reads the local and the team policy, and the team members' approvals. An invalid local
+    /// policy is an error (tool-guard then fails closed); problems with team files are in
+    /// [`Policy::team_problems`].
     pub(crate) fn load(host: &impl PolicyHost) -> Result<Policy, km_policy::Error> {
+        let mut policies = km_policy::load(host, POLICY)?;
+        let mut member_approvals =
+            km_policy::team::load_approvals::<MemberApproval>(host, POLICY, APPROVER_ROLE);
+        policies
+            .team_problems
+            .append(&mut member_approvals.problems);
         Ok(Policy {
-            policies: km_policy::load(host, POLICY)?,
+            policies,
+            member_approvals,
         })
     }
 
@@ -253,6 +286,18 @@ impl Policy {
         name: &str,
         sha256: &str,
     ) -> Option<String> {
+        self.admin_approval(server, kind, name, sha256)
+            .or_else(|| self.member_approval(server, kind, name, sha256))
+    }
+
+    /// An approval in the admin-signed team file.
+    fn admin_approval(
+        &self,
+        server: &ServerNames<'_>,
+        kind: Kind,
+        name: &str,
+        sha256: &str,
+    ) -> Option<String> {
         let team = self.policies.team.as_ref()?;
         let approval = team.policy.approvals.iter().find(|a| {
             (a.server == "*" || server.matches(&a.server))
@@ -265,6 +310,30 @@ impl Policy {
             by.push_str(&format!(", approved by {who}"));
         }
         if let Some(at) = &approval.approved_at {
+            by.push_str(&format!(" at {at}"));
+        }
+        Some(by)
+    }
+
+    /// An approval a team approver signed.
+    fn member_approval(
+        &self,
+        server: &ServerNames<'_>,
+        kind: Kind,
+        name: &str,
+        sha256: &str,
+    ) -> Option<String> {
+        let team = self.member_approvals.team.as_deref()?;
+        let found = self.member_approvals.approvals.iter().find(|a| {
+            let v = &a.value;
+            (v.server == "*" || server.matches(&v.server))
+                && v.kind == kind
+                && v.name == name
+                && v.sha256.eq_ignore_ascii_case(sha256)
+        })?;
+        let header = found.approval.header();
+        let mut by = format!("team {team}, approved by {}", header.member);
+        if let Some(at) = &header.issued_at {
             by.push_str(&format!(" at {at}"));
         }
         Some(by)
@@ -343,5 +412,122 @@ mod tests {
             let err = policy.expect_err(text);
             assert!(err.to_string().contains("tool-guard.toml"), "{err}");
         }
+    }
+
+    /// A team directory with the admin's trust file and a roster (alice: approver, bob: none).
+    struct Team {
+        dir: tempfile::TempDir,
+        alice: ring::signature::Ed25519KeyPair,
+        bob: ring::signature::Ed25519KeyPair,
+    }
+
+    fn keypair() -> ring::signature::Ed25519KeyPair {
+        let rng = ring::rand::SystemRandom::new();
+        let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).expect("generates");
+        ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).expect("parses")
+    }
+
+    fn public(key: &ring::signature::Ed25519KeyPair) -> km_policy::team::AdminKey {
+        use ring::signature::KeyPair as _;
+        km_policy::team::AdminKey::from_raw(key.public_key().as_ref().try_into().expect("32"))
+    }
+
+    impl Team {
+        fn new() -> Team {
+            use km_policy::team::{payload, seal_ed25519, BundleHeader, TeamTrust};
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::create_dir_all(dir.path().join("team")).expect("mkdir");
+            let admin = keypair();
+            let team = Team {
+                dir,
+                alice: keypair(),
+                bob: keypair(),
+            };
+            let trust = TeamTrust::new("acme", vec![(None, public(&admin))]).expect("trust");
+            team.write("team/trust.toml", &trust.to_toml());
+            let roster = format!(
+                "[[members]]\nid = \"alice\"\nroles = [\"approver\"]\npublic_key = \"\"\"\n{}\"\"\"\n\n[[members]]\nid = \"bob\"\npublic_key = \"\"\"\n{}\"\"\"\n",
+                public(&team.alice).to_pem(),
+                public(&team.bob).to_pem()
+            );
+            let header = BundleHeader {
+                team: "acme".into(),
+                policy: "roster".into(),
+                version: 1,
+                issued_at: None,
+                issued_by: None,
+            };
+            let text = payload(&header, &roster).expect("payload");
+            team.write(
+                "team/roster.toml",
+                &seal_ed25519(text.as_bytes(), &admin).expect("seal"),
+            );
+            team
+        }
+
+        fn write(&self, name: &str, text: &str) {
+            std::fs::write(self.dir.path().join(name), text).expect("write");
+        }
+
+        fn approval(
+            &self,
+            key: &ring::signature::Ed25519KeyPair,
+            member: &str,
+            name: &str,
+        ) -> String {
+            use km_policy::team::{approval_payload, seal_approval_ed25519, ApprovalHeader};
+            let header = ApprovalHeader {
+                team: "acme".into(),
+                policy: POLICY.into(),
+                member: member.into(),
+                issued_at: Some("2025-06-01T12:00:00Z".into()),
+            };
+            let body = format!("server = \"demo\"\nname = \"{name}\"\nsha256 = \"ABCDEF\"\n");
+            let text = approval_payload(&header, &body).expect("payload");
+            seal_approval_ed25519(text.as_bytes(), key).expect("seal")
+        }
+
+        fn policy(&self) -> Policy {
+            let host = PolicyDir::new(self.dir.path(), self.dir.path().join("state"));
+            Policy::load(&host).expect("loads")
+        }
+    }
+
+    #[test]
+    fn an_approvers_signed_approval_counts_for_the_team_and_a_members_does_not() {
+        let team = Team::new();
+        let by_alice = team.approval(&team.alice, "alice", "echo");
+        let by_bob = team.approval(&team.bob, "bob", "rm");
+        let text =
+            km_policy::team::approvals::approvals_text("acme", POLICY, &[&by_alice, &by_bob])
+                .expect("file");
+        team.write("team/tool-guard.approvals.toml", &text);
+        let policy = team.policy();
+        assert_eq!(
+            policy
+                .team_approval(&SERVER, Kind::Tool, "echo", "abcdef")
+                .as_deref(),
+            Some("team acme, approved by alice at 2025-06-01T12:00:00Z")
+        );
+        assert_eq!(
+            policy.team_approval(&SERVER, Kind::Tool, "rm", "abcdef"),
+            None
+        );
+        assert_eq!(
+            policy.team_approval(&SERVER, Kind::Tool, "echo", "abcde0"),
+            None,
+            "another definition"
+        );
+        let problems: Vec<String> = policy
+            .team_problems()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("approval 1") && p.contains("approver role")),
+            "{problems:?}"
+        );
     }
 }

@@ -110,6 +110,11 @@ impl Session {
         Server {
             id: &self.server_id,
             label: &self.label,
+            info_name: self
+                .server_info
+                .as_ref()
+                .and_then(|i| i.get("name"))
+                .and_then(Value::as_str),
             session_id: &self.session_id,
         }
     }
