@@ -17,67 +17,7 @@ use anyhow::{Context, Result};
 
 use super::api::{ApiServer, Customer};
 use super::{run_tool, Tools};
-
-/// A plugin bundled with km.
-pub(super) struct Bundled {
-    pub(super) name: &'static str,
-    /// The version the plugin reports, which its signature must match.
-    pub(super) version: &'static str,
-    /// `free`, `pro` or `enterprise`, as the plugin requires it.
-    pub(super) tier: &'static str,
-    /// Its crate's library name (`libNAME.so`).
-    pub(super) crate_name: &'static str,
-    /// The capabilities its signature grants (`intercept`: it may change or block lines).
-    pub(super) capabilities: &'static [&'static str],
-}
-
-/// The plugins the demo shows, in the order it installs them.
-pub(super) const BUNDLED: &[Bundled] = &[
-    Bundled {
-        name: "console-logger",
-        version: "1.0.0",
-        tier: "free",
-        crate_name: "console_logger",
-        capabilities: &[],
-    },
-    Bundled {
-        name: "tool-guard",
-        version: "1.0.0",
-        tier: "free",
-        crate_name: "tool_guard",
-        capabilities: &["intercept"],
-    },
-    Bundled {
-        name: "ml-analytics",
-        version: "1.0.0",
-        tier: "pro",
-        crate_name: "ml_analytics",
-        capabilities: &[],
-    },
-    Bundled {
-        name: "api-logger",
-        version: "1.0.0",
-        tier: "pro",
-        crate_name: "api_logger",
-        capabilities: &[],
-    },
-    Bundled {
-        name: "compliance-reporting",
-        version: "1.0.0",
-        tier: "enterprise",
-        crate_name: "compliance_reporting",
-        capabilities: &[],
-    },
-];
-
-/// The file name of a crate's library on this platform.
-fn library_file(crate_name: &str) -> String {
-    format!(
-        "{}{crate_name}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    )
-}
+use crate::bundled::Bundled;
 
 /// Where the installation's files go.
 pub(super) struct Dirs<'a> {
@@ -116,7 +56,7 @@ pub(super) fn install(
     api: &ApiServer,
     customer: &Customer,
 ) -> Result<()> {
-    let source = dirs.lib_dir.join(library_file(plugin.crate_name));
+    let source = dirs.lib_dir.join(plugin.library_file());
     let pristine = std::fs::read(&source).with_context(|| {
         format!(
             "reading {}: build the workspace first (cargo build --workspace), or pass --lib-dir",
@@ -124,17 +64,13 @@ pub(super) fn install(
         )
     })?;
     let plugins = dirs.home.join("plugins");
-    let (file, bytes, customer_id) = if plugin.tier == "free" {
-        (library_file(plugin.crate_name), pristine, None)
+    let (file, bytes, customer_id) = if !plugin.is_premium() {
+        (plugin.library_file(), pristine, None)
     } else {
-        let tier: km_abi::Tier = plugin
-            .tier
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{}: unknown tier {:?}", plugin.name, plugin.tier))?;
         let credentials = km_plugin_sdk::credentials::Credentials {
             customer_id: customer.id.to_owned(),
             customer_token: customer.token.clone(),
-            tier,
+            tier: plugin.tier,
             build_time: i64::try_from(
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -163,7 +99,7 @@ pub(super) fn install(
         .arg("--key")
         .arg(dirs.key.with_extension("key"))
         .args(["--name", plugin.name, "--version", plugin.version])
-        .args(["--tier", plugin.tier]);
+        .args(["--tier", plugin.tier.as_str()]);
     if let Some(id) = customer_id {
         sign.args(["--customer", id]);
     }

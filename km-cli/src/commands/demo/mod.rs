@@ -30,7 +30,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{bail, ensure, Context, Result};
+use km_abi::Tier;
 
+use crate::bundled::BUNDLED;
 use crate::cli::DemoArgs;
 use crate::commands::Globals;
 use crate::exit;
@@ -169,7 +171,7 @@ pub fn run(globals: &Globals, args: DemoArgs) -> Result<ExitCode> {
         lib_dir: &lib_dir,
     };
     install::trust_key(&tools, &dirs)?;
-    for plugin in install::BUNDLED {
+    for plugin in BUNDLED {
         install::install(&tools, &dirs, plugin, &api, &customer)
             .with_context(|| format!("installing {}", plugin.name))?;
     }
@@ -209,8 +211,8 @@ pub fn run(globals: &Globals, args: DemoArgs) -> Result<ExitCode> {
 
 /// One line on what was installed, by tier.
 fn installed_summary() -> String {
-    let names = |tier: &str| {
-        install::BUNDLED
+    let names = |tier: Tier| {
+        BUNDLED
             .iter()
             .filter(|p| p.tier == tier)
             .map(|p| p.name)
@@ -219,10 +221,10 @@ fn installed_summary() -> String {
     };
     format!(
         "signed {} bundled plugins with a fresh trusted Ed25519 key: {} (Free) as published; {} (Pro) and {} (Enterprise) as the demo customer's builds, its credentials stamped in; km init points KM_HOME at the API",
-        install::BUNDLED.len(),
-        names("free"),
-        names("pro"),
-        names("enterprise")
+        BUNDLED.len(),
+        names(Tier::Free),
+        names(Tier::Pro),
+        names(Tier::Enterprise)
     )
 }
 
