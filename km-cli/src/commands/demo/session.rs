@@ -27,8 +27,8 @@ pub(super) const DIVIDE_BY_ZERO: usize = 5;
 pub(super) struct Facts {
     /// Whether the server's `notifications/tools/list_changed` reached the client.
     pub(super) list_changed_seen: bool,
-    /// The tool names listed after the server changed `divide`.
-    pub(super) tools_after_change: Vec<String>,
+    /// The tool names listed after the server changed `divide`, or the error the list got.
+    pub(super) tools_after_change: std::result::Result<Vec<String>, Value>,
     /// The id of the `divide` call made after the change, and its answer.
     pub(super) changed_call: (u64, Answer),
     /// km's exit status.
@@ -216,10 +216,16 @@ fn rug_pull(client: &mut ScriptedClient, layout: &Layout, notices: &Notices) -> 
             }
         ),
     );
-    let tools_after_change = tool_names(&client.call("tools/list", json!({}))?);
+    // A refused list is a fact for tool-guard's step, not a broken session (a content filter
+    // refuses a poisoned list whole if it is let through).
+    let list = client.request("tools/list", json!({}))?;
+    let tools_after_change = client.answer(list, |_| {})?.map(|l| tool_names(&l));
     say(
         notices,
-        &format!("tools/list → {}", tools_after_change.join(", ")),
+        &match &tools_after_change {
+            Ok(names) => format!("tools/list → {}", names.join(", ")),
+            Err(error) => format!("tools/list → error {}", error["code"]),
+        },
     );
     let id = client.request(
         "tools/call",
