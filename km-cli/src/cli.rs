@@ -6,9 +6,28 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The end of `km --help`: where to start, and what the exit codes mean.
+const AFTER_HELP: &str = "\
+Start here:
+  km setup     sign and install the bundled free plugins (a local key, trusted for them only)
+  km wrap      put km in front of your MCP clients' stdio servers (--dry-run shows the diff)
+  km doctor    check KM_HOME, trust, plugins, the API key and the clients, with a fix for each
+
+Undo: km unwrap restores the client files; km uninstall-plugin NAME removes a plugin.
+KM_HOME defaults to ~/.km, found from HOME alone (MCP clients pass servers few variables).
+
+Exit codes: 0 success; 1 a check or verification said no; 2 a usage, I/O or other error.
+km monitor exits with its server's status (128+N when a signal N killed it).";
+
 /// km, the Kilometers CLI: watch MCP traffic through signed plugins.
 #[derive(Debug, Parser)]
-#[command(name = "km", version, about, propagate_version = true)]
+#[command(
+    name = "km",
+    version,
+    about,
+    propagate_version = true,
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
     /// km's home directory (default: ~/.km).
     #[arg(long, global = true, env = "KM_HOME", value_name = "DIR")]

@@ -1,5 +1,6 @@
 //! km's command line itself: shell completions for bash, zsh and fish that name every command,
-//! and a bash script bash accepts.
+//! a bash script bash accepts, and a `--help` that says where to start and every command's
+//! purpose.
 
 use km_tests::KmEnv;
 
@@ -16,6 +17,8 @@ fn completions_name_every_command_and_bash_accepts_its_script() {
             "unwrap",
             "plugin",
             "install-plugin",
+            "setup",
+            "doctor",
         ] {
             assert!(
                 script.contains(command),
@@ -39,4 +42,32 @@ fn completions_name_every_command_and_bash_accepts_its_script() {
         Some(2),
         "an unknown shell is a usage error"
     );
+}
+
+#[test]
+fn help_says_where_to_start_and_describes_every_command() {
+    let env = KmEnv::new();
+    let out = km_tests::run_ok(env.km().arg("--help"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for start in [
+        "km setup",
+        "km wrap",
+        "km doctor",
+        "km unwrap",
+        "Exit codes",
+    ] {
+        assert!(help.contains(start), "{start:?} in {help}");
+    }
+    // Every command line under "Commands:" has a description, not just a name.
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .collect();
+    assert!(commands.len() >= 15, "{help}");
+    for line in commands {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert!(words.len() >= 3, "{line:?} has no description");
+    }
 }
