@@ -12,6 +12,9 @@
 //!
 //! [plugins.api-logger]
 //! batch_size = 10
+//!
+//! [telemetry]                      # OpenTelemetry export: see crate::telemetry
+//! endpoint = "http://127.0.0.1:4318"
 //! ```
 //!
 //! The file holds a secret, so km writes it with mode 0600 (atomically: a private temporary file
@@ -69,6 +72,109 @@ fn monitor_settings(value: Option<&toml::Value>) -> Result<MonitorSettings> {
     Ok(MonitorSettings {
         inspect_limit: positive(table, "inspect_limit", "monitor")?,
         backpressure: boolean(table, "backpressure", "monitor")?,
+    })
+}
+
+/// A `[telemetry]` endpoint: an absolute http or https URL.
+fn url(table: &toml::Table, key: &str) -> Result<Option<String>> {
+    match table.get(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(toml::Value::String(s)) => {
+            let parsed = reqwest::Url::parse(s.trim())
+                .with_context(|| format!("`telemetry.{key}` = {s:?} is not a URL"))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("`telemetry.{key}` = {s:?} must be an http:// or https:// URL");
+            }
+            Ok(Some(s.trim().to_owned()))
+        }
+        Some(other) => bail!("`telemetry.{key}` must be a string, not {other}"),
+    }
+}
+
+/// A `[telemetry]` table of strings (`headers`, `resource_attributes`).
+fn string_table(table: &toml::Table, key: &str) -> Result<BTreeMap<String, String>> {
+    let mut all = BTreeMap::new();
+    let Some(inner) = table_of(table.get(key), &format!("telemetry.{key}"))? else {
+        return Ok(all);
+    };
+    for (name, value) in inner {
+        match value {
+            toml::Value::String(s) => {
+                all.insert(name.clone(), s.clone());
+            }
+            other => bail!("`telemetry.{key}.{name}` must be a string, not {other}"),
+        }
+    }
+    Ok(all)
+}
+
+fn telemetry_settings(value: Option<&toml::Value>) -> Result<TelemetrySettings> {
+    let Some(table) = table_of(value, "telemetry")? else {
+        return Ok(TelemetrySettings::default());
+    };
+    unknown_keys(
+        table,
+        "telemetry",
+        &[
+            "enabled",
+            "endpoint",
+            "traces_endpoint",
+            "metrics_endpoint",
+            "protocol",
+            "headers",
+            "timeout_ms",
+            "service_name",
+            "resource_attributes",
+            "metrics_interval_ms",
+            "capture_content",
+            "propagate",
+            "queue_size",
+            "flush_timeout_ms",
+        ],
+    )?;
+    let protocol = match table.get("protocol") {
+        None => None,
+        Some(toml::Value::String(p)) if p == "http/protobuf" => Some(p.clone()),
+        Some(toml::Value::String(p)) => bail!(
+            "`telemetry.protocol` = {p:?}: km exports OTLP over \"http/protobuf\" only (an \
+             OpenTelemetry Collector receives it on port 4318)"
+        ),
+        Some(other) => bail!("`telemetry.protocol` must be a string, not {other}"),
+    };
+    let service_name = match table.get("service_name") {
+        None => None,
+        Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Some(other) => bail!("`telemetry.service_name` must be a non-empty string, not {other}"),
+    };
+    let headers = string_table(table, "headers")?;
+    for (name, value) in &headers {
+        let name_ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !name_ok {
+            bail!("`telemetry.headers`: {name:?} is not an HTTP header name");
+        }
+        if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
+            bail!("`telemetry.headers.{name}` holds a control character");
+        }
+    }
+    Ok(TelemetrySettings {
+        enabled: boolean(table, "enabled", "telemetry")?,
+        endpoint: url(table, "endpoint")?,
+        traces_endpoint: url(table, "traces_endpoint")?,
+        metrics_endpoint: url(table, "metrics_endpoint")?,
+        protocol,
+        headers,
+        timeout_ms: positive(table, "timeout_ms", "telemetry")?,
+        service_name,
+        resource_attributes: string_table(table, "resource_attributes")?,
+        metrics_interval_ms: positive(table, "metrics_interval_ms", "telemetry")?,
+        capture_content: boolean(table, "capture_content", "telemetry")?,
+        propagate: boolean(table, "propagate", "telemetry")?,
+        queue_size: positive(table, "queue_size", "telemetry")?,
+        flush_timeout_ms: positive(table, "flush_timeout_ms", "telemetry")?,
     })
 }
 
@@ -135,6 +241,48 @@ pub struct Config {
     /// `api_ca`: a PEM file of CA certificates that replaces the built-in roots for the API
     /// endpoint (an absolute path).
     pub api_ca: Option<std::path::PathBuf>,
+    /// `[telemetry]`: OpenTelemetry export.
+    pub telemetry: TelemetrySettings,
+}
+
+/// `[telemetry]` in `config.toml`: OpenTelemetry (OTLP) export, for MCP clients that start km
+/// with almost no environment. Each key has its standard `OTEL_*` variable, which wins when set
+/// (see [`crate::telemetry`]). Nothing set anywhere: no export.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TelemetrySettings {
+    /// `enabled = false`: no export even with an endpoint (`OTEL_SDK_DISABLED`).
+    pub enabled: Option<bool>,
+    /// `endpoint`: the OTLP/HTTP base URL; `/v1/traces` and `/v1/metrics` are appended
+    /// (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// `traces_endpoint`: the full URL for spans (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`).
+    pub traces_endpoint: Option<String>,
+    /// `metrics_endpoint`: the full URL for metrics (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`).
+    pub metrics_endpoint: Option<String>,
+    /// `protocol`: `http/protobuf`, the only one km speaks (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+    pub protocol: Option<String>,
+    /// `[telemetry.headers]`: sent with every export, e.g. a backend's API key
+    /// (`OTEL_EXPORTER_OTLP_HEADERS`, whose entries win). A secret: the file must be 0600.
+    pub headers: BTreeMap<String, String>,
+    /// `timeout_ms`: how long one export may take (`OTEL_EXPORTER_OTLP_TIMEOUT`).
+    pub timeout_ms: Option<u64>,
+    /// `service_name` (`OTEL_SERVICE_NAME`; default `km`).
+    pub service_name: Option<String>,
+    /// `[telemetry.resource_attributes]` (`OTEL_RESOURCE_ATTRIBUTES`, whose entries win).
+    pub resource_attributes: BTreeMap<String, String>,
+    /// `metrics_interval_ms`: how often metrics are exported (`OTEL_METRIC_EXPORT_INTERVAL`).
+    pub metrics_interval_ms: Option<u64>,
+    /// `capture_content = true`: tool call arguments and results on spans, as km forwarded them
+    /// (after any redaction).
+    pub capture_content: Option<bool>,
+    /// `propagate = true`: write the trace context into the `params._meta` of forwarded
+    /// requests (this changes their bytes).
+    pub propagate: Option<bool>,
+    /// `queue_size`: spans waiting for export, and records waiting for km's telemetry thread;
+    /// past it they are dropped and counted (`OTEL_BSP_MAX_QUEUE_SIZE` for the former).
+    pub queue_size: Option<u64>,
+    /// `flush_timeout_ms`: how long the end of a session may wait for the last export.
+    pub flush_timeout_ms: Option<u64>,
 }
 
 /// `[monitor]` in `config.toml`.
@@ -180,16 +328,22 @@ impl Config {
             return Ok(Config::default());
         };
         let config = Self::from_table(&table).with_context(|| format!("in {}", path.display()))?;
-        if config.api_key.is_some() {
+        // Export headers often carry a backend's API key: they get the API key's protection.
+        if config.api_key.is_some() || !config.telemetry.headers.is_empty() {
             let mode = std::fs::metadata(path)
                 .with_context(|| format!("reading {}", path.display()))?
                 .permissions()
                 .mode();
             if mode & 0o077 != 0 {
                 bail!(
-                    "{} holds your API key but is accessible by others (mode {:04o}); \
+                    "{} holds {} but is accessible by others (mode {:04o}); \
                      run `chmod 600 {}`",
                     path.display(),
+                    if config.api_key.is_some() {
+                        "your API key"
+                    } else {
+                        "telemetry headers"
+                    },
                     mode & 0o7777,
                     path.display()
                 );
@@ -260,6 +414,7 @@ impl Config {
             intercept: intercept_settings(table.get("intercept"))?,
             api_pins,
             api_ca,
+            telemetry: telemetry_settings(table.get("telemetry"))?,
         })
     }
 
@@ -457,6 +612,69 @@ mod tests {
                 text.contains(says) && text.contains("config.toml"),
                 "{bad}: {text}"
             );
+        }
+    }
+
+    #[test]
+    fn telemetry_settings_are_read_and_checked() {
+        let (_d, home) = home();
+        KmHome::ensure_private_dir(home.root()).expect("dir");
+        write_private_atomically(
+            &home.config_file(),
+            br#"[telemetry]
+endpoint = "http://127.0.0.1:4318"
+service_name = "agents"
+capture_content = true
+timeout_ms = 500
+[telemetry.headers]
+x-api-key = "secret"
+[telemetry.resource_attributes]
+"deployment.environment.name" = "dev"
+"#,
+        )
+        .expect("seed");
+        let config = Config::load_file(&home.config_file()).expect("loads");
+        let t = &config.telemetry;
+        assert_eq!(t.endpoint.as_deref(), Some("http://127.0.0.1:4318"));
+        assert_eq!(t.service_name.as_deref(), Some("agents"));
+        assert_eq!(t.capture_content, Some(true));
+        assert_eq!(t.timeout_ms, Some(500));
+        assert_eq!(
+            t.headers.get("x-api-key").map(String::as_str),
+            Some("secret")
+        );
+        assert_eq!(
+            t.resource_attributes
+                .get("deployment.environment.name")
+                .map(String::as_str),
+            Some("dev")
+        );
+        // Headers are a secret: a copy others can read is refused.
+        std::fs::set_permissions(home.config_file(), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let error = Config::load_file(&home.config_file()).expect_err("refused");
+        assert!(
+            format!("{error:#}").contains("telemetry headers"),
+            "{error:#}"
+        );
+
+        for (text, what) in [
+            ("[telemetry]\nprotocol = \"grpc\"\n", "http/protobuf"),
+            (
+                "[telemetry]\nendpoint = \"collector:4318\"\n",
+                "telemetry.endpoint",
+            ),
+            (
+                "[telemetry]\nendpoint = \"ftp://x\"\n",
+                "http:// or https://",
+            ),
+            ("[telemetry]\nqueue_size = 0\n", "telemetry.queue_size"),
+            ("[telemetry]\ncolour = 1\n", "telemetry.colour"),
+            ("[telemetry.headers]\n\"a b\" = \"x\"\n", "header name"),
+        ] {
+            write_private_atomically(&home.config_file(), text.as_bytes()).expect("seed");
+            let error = Config::load_file(&home.config_file()).expect_err(text);
+            assert!(format!("{error:#}").contains(what), "{text}: {error:#}");
         }
     }
 

@@ -98,6 +98,7 @@ impl EventBus {
             data: check_data(data)?,
             timestamp_ms: crate::monitor::now_ms(),
         };
+        crate::telemetry::plugin_event(&event);
         let sinks = {
             let mut state = self.lock();
             if state.sinks.is_empty() {

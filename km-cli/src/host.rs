@@ -203,7 +203,10 @@ impl HostServices for PluginHost {
 
     fn http(&self, request: HttpRequest) -> RResult<HttpResponse, PluginError> {
         match &self.api {
-            Some(api) => api.request(&request).into(),
+            Some(api) => {
+                crate::telemetry::http_request();
+                api.request(&request).into()
+            }
             None => RErr(PluginError::new(
                 ErrorKind::UNSUPPORTED,
                 "no Kilometers API is configured (run `km init`)",

@@ -2,9 +2,10 @@
 //!
 //! Modules are named after the nouns of the domain: the command line ([`cli`]), km's files
 //! ([`home`]) and the StrictModes rules for them ([`strict`]), the one verifier every path checks
-//! plugins with ([`verifier`]), loading what it accepted ([`loader`]), the one gateway through which every
-//! call into plugin code passes ([`gateway`]), the services km offers plugins ([`host`]), and the
-//! monitor that relays the MCP stream ([`monitor`]).
+//! plugins with ([`verifier`]), loading what it accepted ([`loader`]), the one gateway through
+//! which every call into plugin code passes ([`gateway`]), the services km offers plugins
+//! ([`host`]), the monitor that relays the MCP stream ([`monitor`]), and km's own telemetry
+//! ([`telemetry`]).
 
 pub mod api;
 pub mod bundled;
@@ -24,6 +25,7 @@ pub mod monitor;
 pub mod policy_files;
 pub mod strict;
 pub mod subscription;
+pub mod telemetry;
 pub mod tls;
 pub mod verifier;
 

@@ -194,6 +194,7 @@ pub fn load_session_stats(home: &KmHome, name: &str) -> Option<SessionStats> {
 
 /// Calls `plugin.authenticate(api_key)` and turns the answer into a record (not saved).
 pub fn authenticate(plugin: &LoadedPlugin, api_key: &str) -> AuthRecord {
+    let probe = crate::telemetry::AuthProbe::start();
     let mut record = AuthRecord::unauthorized(plugin, String::new(), String::new());
     match plugin.authenticate(api_key) {
         Ok(answer) => {
@@ -216,6 +217,7 @@ pub fn authenticate(plugin: &LoadedPlugin, api_key: &str) -> AuthRecord {
         }
     }
     record.last_refresh = now_unix();
+    probe.finish(plugin.name(), plugin.tier(), &record.outcome);
     record
 }
 

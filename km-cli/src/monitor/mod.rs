@@ -307,10 +307,12 @@ pub(crate) fn run(
             .plugins
             .iter()
             .map(|r| (r.plugin.clone(), r.interest, r.overrides.clone()))
+            .chain(crate::telemetry::inject::interceptor())
             .collect(),
         config.inspect_limit,
     ));
-    let (session, workers) = if prepared.plugins.is_empty() {
+    let (session, workers) = if prepared.plugins.is_empty() && !crate::telemetry::follows_messages()
+    {
         (None, None)
     } else {
         let lanes = prepared
@@ -371,6 +373,7 @@ pub(crate) fn run(
             (crate::exit::ERROR, None)
         }
     };
+    crate::telemetry::session_ended(code, status.is_none());
     if let (Some(session), Some(workers)) = (session, workers) {
         // The server is gone and its output has stopped moving: a lossless plugin still holding
         // a pump back has stopped taking messages, and waits no more.
@@ -394,6 +397,7 @@ pub(crate) fn run(
         });
         session.close();
         let totals = workers.finish(PLUGIN_DEADLINE, PLUGIN_DEADLINE);
+        crate::telemetry::lanes(&totals);
         if let Some(home) = home {
             record_totals(home, &totals, notices);
         }
@@ -618,6 +622,7 @@ fn start_intercepting(
 }
 
 fn report_pump(report: &PumpReport, session: Option<&Session>, notices: Notices) {
+    crate::telemetry::relayed(report.direction, report.bytes);
     let side = match report.direction {
         Direction::Request => "client to server",
         Direction::Response => "server to client",

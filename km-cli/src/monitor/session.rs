@@ -442,6 +442,7 @@ impl Session {
 
     /// Hands the observers an already numbered line (see [`Session::admit_now`]).
     pub(crate) fn deliver(&self, envelope: Envelope) {
+        crate::telemetry::forwarded_one(&envelope);
         if !self.observed {
             return;
         }
@@ -503,6 +504,7 @@ impl Session {
     /// Queues what `out` holds; returns whether the timer must be woken for a new hold.
     fn flush(&self, state: &mut State, out: Outbox) -> bool {
         if let (Some(dispatcher), Some(item)) = (&state.dispatcher, out.into_item()) {
+            crate::telemetry::forwarded(&item);
             dispatcher.send(item, &self.closing);
         }
         let holding = state.held.iter().any(|hold| !hold.is_empty());

@@ -796,6 +796,8 @@ impl Pump {
             Direction::Request => "client_to_server",
             Direction::Response => "server_to_client",
         };
+        #[rustfmt::skip]
+        crate::telemetry::verdict(plugin, action, rules, reason, kind, method, target, id, numbered.correlation, self.timestamp_us);
         self.session.event(
             StreamEventKind::VERDICT,
             serde_json::json!({

@@ -1,0 +1,386 @@
+//! The OpenTelemetry SDK pipeline of a session: a tracer provider with the SDK's batch span
+//! processor and a meter provider with its periodic reader, both exporting OTLP over
+//! http/protobuf through the official `opentelemetry-otlp` exporters.
+//!
+//! The HTTP client is km's own reqwest (0.12, rustls), handed to the exporters through
+//! `opentelemetry-http`'s `HttpClient` trait, the extension point the crates provide for this:
+//! their built-in clients would bring a second reqwest (0.13) and TLS stack into the build. The
+//! protocol (protobuf encoding, endpoints, headers, retries) stays the exporter's.
+//!
+//! Both exporters are wrapped to count what was delivered and what failed, so that the end of a
+//! session can say what was lost (the SDK's own queues drop silently when full). Shutting down
+//! has a deadline: a Collector that hangs costs the session at most `flush_timeout`, after which
+//! the export threads are left behind (km is about to exit).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use opentelemetry::trace::{SpanId, TraceId};
+use opentelemetry::KeyValue;
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracerProvider,
+    SpanData, SpanExporter,
+};
+use opentelemetry_sdk::Resource;
+
+use super::settings::Resolved;
+
+/// What the exporters delivered, counted as they go.
+#[derive(Debug, Default)]
+pub(crate) struct Delivery {
+    /// Spans ended by km (each one handed to the batch processor).
+    pub(crate) spans_ended: AtomicU64,
+    /// Spans the Collector accepted.
+    pub(crate) spans_exported: AtomicU64,
+    /// Spans in batches that failed.
+    pub(crate) spans_failed: AtomicU64,
+    /// Metric exports that succeeded, and that failed.
+    pub(crate) metric_exports: AtomicU64,
+    pub(crate) metric_failures: AtomicU64,
+    /// The last export error, for the report.
+    pub(crate) last_error: Mutex<Option<String>>,
+}
+
+impl Delivery {
+    fn failed(&self, error: &OTelSdkError) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+    }
+}
+
+/// The providers of a session.
+pub(crate) struct Pipeline {
+    pub(crate) tracer: Option<SdkTracerProvider>,
+    pub(crate) meter: Option<SdkMeterProvider>,
+    pub(crate) delivery: Arc<Delivery>,
+}
+
+/// Builds the exporters and providers `settings` ask for. An error names what was wrong (an
+/// endpoint from the environment that is not a URL, a client that cannot be built).
+pub(crate) fn build(settings: &Resolved) -> Result<Pipeline, String> {
+    let delivery = Arc::new(Delivery::default());
+    let client = http_client(settings.timeout)?;
+    let resource = resource(settings);
+    let headers: HashMap<String, String> = settings
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let tracer = match &settings.traces {
+        None => None,
+        Some(signal) => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(client.clone())
+                .with_protocol(Protocol::HttpBinary)
+                .with_timeout(settings.timeout)
+                .with_headers(headers.clone());
+            if let Some(endpoint) = &signal.endpoint {
+                builder = builder.with_endpoint(endpoint.clone());
+            }
+            let exporter = builder
+                .build()
+                .map_err(|e| format!("the trace exporter for {}: {e}", signal.shown))?;
+            let mut batch = BatchConfigBuilder::default();
+            if let Some(size) = settings.span_queue {
+                batch = batch.with_max_queue_size(size);
+            }
+            let processor = BatchSpanProcessor::builder(CountingSpans {
+                inner: exporter,
+                delivery: delivery.clone(),
+            })
+            .with_batch_config(batch.build())
+            .build();
+            Some(
+                SdkTracerProvider::builder()
+                    .with_span_processor(processor)
+                    .with_resource(resource.clone())
+                    .with_id_generator(Ids::default())
+                    .build(),
+            )
+        }
+    };
+    let meter = match &settings.metrics {
+        None => None,
+        Some(signal) => {
+            let mut builder = opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_protocol(Protocol::HttpBinary)
+                .with_timeout(settings.timeout)
+                .with_headers(headers);
+            if let Some(endpoint) = &signal.endpoint {
+                builder = builder.with_endpoint(endpoint.clone());
+            }
+            let exporter = builder
+                .build()
+                .map_err(|e| format!("the metric exporter for {}: {e}", signal.shown))?;
+            let mut reader = PeriodicReader::builder(CountingMetrics {
+                inner: exporter,
+                delivery: delivery.clone(),
+            });
+            if let Some(interval) = settings.metrics_interval {
+                reader = reader.with_interval(interval);
+            }
+            Some(
+                SdkMeterProvider::builder()
+                    .with_reader(reader.build())
+                    .with_resource(resource)
+                    .build(),
+            )
+        }
+    };
+    Ok(Pipeline {
+        tracer,
+        meter,
+        delivery,
+    })
+}
+
+/// `service.name` and the rest: km's defaults, then the file, then `OTEL_RESOURCE_ATTRIBUTES`,
+/// then `OTEL_SERVICE_NAME` (already in `settings.service_name`), later ones winning.
+fn resource(settings: &Resolved) -> Resource {
+    use opentelemetry_sdk::resource::{EnvResourceDetector, TelemetryResourceDetector};
+    Resource::builder_empty()
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("process.pid", i64::from(std::process::id())),
+        ])
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_attributes(
+            settings
+                .resource_attributes
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
+        .with_detector(Box::new(EnvResourceDetector::new()))
+        .with_service_name(settings.service_name.clone())
+        .build()
+}
+
+/// Ends both providers, waiting at most `deadline` in all. `false` when it had to give up.
+pub(crate) fn shutdown(pipeline: &Pipeline, deadline: Duration) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut started = 0;
+    if let Some(tracer) = pipeline.tracer.clone() {
+        let tx = tx.clone();
+        started += spawn_shutdown("km-otel-traces", tx, move || {
+            tracer.shutdown_with_timeout(deadline)
+        });
+    }
+    if let Some(meter) = pipeline.meter.clone() {
+        let tx = tx.clone();
+        started += spawn_shutdown("km-otel-metrics", tx, move || {
+            meter.shutdown_with_timeout(deadline)
+        });
+    }
+    drop(tx);
+    let until = std::time::Instant::now() + deadline;
+    let mut finished = 0;
+    while finished < started {
+        match rx.recv_timeout(until.saturating_duration_since(std::time::Instant::now())) {
+            Ok(result) => {
+                finished += 1;
+                if let Err(e) = result {
+                    if !matches!(e, OTelSdkError::AlreadyShutdown) {
+                        pipeline.delivery.failed(&e);
+                    }
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn spawn_shutdown(
+    name: &str,
+    tx: std::sync::mpsc::Sender<OTelSdkResult>,
+    f: impl FnOnce() -> OTelSdkResult + Send + 'static,
+) -> usize {
+    let spawned = std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    usize::from(spawned.is_ok())
+}
+
+/// km's reqwest as the exporters' HTTP client.
+#[derive(Debug, Clone)]
+struct Http(reqwest::blocking::Client);
+
+/// The blocking client runs its own small runtime on a thread of its own; it is built on a
+/// short-lived thread so that building it can never meet a Tokio runtime of the caller's.
+fn http_client(timeout: Duration) -> Result<Http, String> {
+    let built = std::thread::Builder::new()
+        .name("km-otel-client".into())
+        .spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(5)))
+                .user_agent(concat!("km/", env!("CARGO_PKG_VERSION")))
+                .build()
+        })
+        .map_err(|e| format!("cannot start the HTTP client: {e}"))?
+        .join()
+        .map_err(|_| "building the HTTP client panicked".to_owned())?;
+    built
+        .map(Http)
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// Largest response body km reads from a Collector (they answer with a few bytes).
+const MAX_RESPONSE: u64 = 4 * 1024 * 1024;
+
+#[async_trait::async_trait]
+impl HttpClient for Http {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        use std::io::Read as _;
+        // Called on the SDK's export threads, which block on each export: a blocking call is
+        // what they expect.
+        let request = reqwest::blocking::Request::try_from(request)?;
+        let response = self.0.execute(request)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let mut body = Vec::new();
+        response.take(MAX_RESPONSE + 1).read_to_end(&mut body)?;
+        if body.len() as u64 > MAX_RESPONSE {
+            return Err("the collector's response is larger than 4 MiB".into());
+        }
+        let mut answer = Response::builder().status(status);
+        if let Some(map) = answer.headers_mut() {
+            *map = headers;
+        }
+        Ok(answer.body(Bytes::from(body))?)
+    }
+}
+
+/// The span exporter, counting.
+#[derive(Debug)]
+struct CountingSpans<E> {
+    inner: E,
+    delivery: Arc<Delivery>,
+}
+
+impl<E: SpanExporter> SpanExporter for CountingSpans<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        match &result {
+            Ok(()) => self.delivery.spans_exported.fetch_add(n, Ordering::Relaxed),
+            Err(e) => {
+                self.delivery.failed(e);
+                self.delivery.spans_failed.fetch_add(n, Ordering::Relaxed)
+            }
+        };
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// The metric exporter, counting.
+struct CountingMetrics<E> {
+    inner: E,
+    delivery: Arc<Delivery>,
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for CountingMetrics<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let result = self.inner.export(metrics).await;
+        match &result {
+            Ok(()) => self.delivery.metric_exports.fetch_add(1, Ordering::Relaxed),
+            Err(e) => {
+                self.delivery.failed(e);
+                self.delivery
+                    .metric_failures
+                    .fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        result
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
+}
+
+/// The ids of new spans: random, unless the telemetry thread fixed them for the span it is
+/// about to create (the ids it already wrote into a forwarded request's `_meta`, see
+/// [`super::inject`]).
+#[derive(Debug, Default)]
+pub(crate) struct Ids {
+    random: RandomIdGenerator,
+}
+
+type Fixed = (Option<TraceId>, Option<SpanId>);
+
+thread_local! {
+    static NEXT: std::cell::Cell<Fixed> = const { std::cell::Cell::new((None, None)) };
+}
+
+/// Runs `f` (which creates one span) so that the span gets `span` as its id and, when it starts
+/// a trace, `trace` as its trace id.
+pub(crate) fn with_ids<T>(
+    trace: Option<TraceId>,
+    span: Option<SpanId>,
+    f: impl FnOnce() -> T,
+) -> T {
+    NEXT.with(|next| next.set((trace, span)));
+    let made = f();
+    NEXT.with(|next| next.set((None, None)));
+    made
+}
+
+impl IdGenerator for Ids {
+    fn new_trace_id(&self) -> TraceId {
+        let (trace, span) = NEXT.with(std::cell::Cell::get);
+        match trace {
+            Some(id) => {
+                NEXT.with(|next| next.set((None, span)));
+                id
+            }
+            None => self.random.new_trace_id(),
+        }
+    }
+
+    fn new_span_id(&self) -> SpanId {
+        let (trace, span) = NEXT.with(std::cell::Cell::get);
+        match span {
+            Some(id) => {
+                NEXT.with(|next| next.set((trace, None)));
+                id
+            }
+            None => self.random.new_span_id(),
+        }
+    }
+}
