@@ -99,6 +99,22 @@ pub enum Command {
     /// `km plugin NAME --help` shows what it offers; `km plugin` lists plugins with commands.
     /// The plugin is verified and loaded exactly as `km monitor` does.
     Plugin(PluginArgs),
+    /// Show km's own figures over the last days: plugin loads and refusals by check,
+    /// authentication outcomes and latency, token cache hits, messages each plugin handled and
+    /// dropped, verdicts, relayed bytes (kept in KM_HOME/state; no collector needed).
+    Stats(StatsArgs),
+}
+
+/// `km stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// How many days back, today included.
+    #[arg(long, default_value_t = 7, value_name = "N")]
+    pub days: u32,
 }
 
 /// `km setup`.

@@ -10,6 +10,7 @@ mod list;
 mod monitor;
 mod plugin;
 mod setup;
+mod stats;
 mod status;
 mod trust;
 mod uninstall;
@@ -42,7 +43,10 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         verbose: cli.verbose,
         quiet: cli.quiet,
     };
-    match cli.command {
+    // What a command saw of plugins, subscriptions and sessions goes to `km stats` (not what
+    // `km demo` does in its own throw-away home).
+    let keeps_stats = !matches!(cli.command, Command::Demo(_) | Command::Stats(_));
+    let result = match cli.command {
         Command::Monitor(args) => monitor::run(&globals, args),
         Command::Demo(args) => demo::run(&globals, args),
         Command::VerifyPlugin(args) => verify::run(&globals, args),
@@ -70,5 +74,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Doctor(args) => doctor::run(&globals, args),
         Command::Wrap(args) => wrap::run(&globals, args, wrap::Direction::Wrap),
         Command::Unwrap(args) => wrap::run(&globals, args, wrap::Direction::Unwrap),
+        Command::Stats(args) => stats::run(&globals, args),
+    };
+    if keeps_stats {
+        if let Err(e) = crate::telemetry::stats::persist(&globals.home) {
+            eprintln!("km: warning: cannot record km's statistics: {e:#}");
+        }
     }
+    result
 }
