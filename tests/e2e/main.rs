@@ -22,6 +22,7 @@ mod setup;
 mod signing;
 mod strict_modes;
 mod subscriptions;
+mod telemetry;
 mod tool_guard;
 mod transport;
 mod wrap;
