@@ -15,6 +15,7 @@ mod latency;
 mod relay;
 mod report;
 mod startup;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -59,6 +60,8 @@ pub(crate) enum Section {
     Analytics,
     /// What one pass-through interceptor costs: relay and added latency.
     Intercept,
+    /// What OTLP export costs: relay and round trip with export on, off, collector down.
+    Telemetry,
 }
 
 /// Validated command-line options.
@@ -109,6 +112,9 @@ fn run(options: &Options) -> Result<()> {
     }
     if options.wants(Section::Intercept) {
         intercept::run(&env, options, &mut report)?;
+    }
+    if options.wants(Section::Telemetry) {
+        telemetry::run(&env, options, &mut report)?;
     }
     report.print(options.json)?;
     Ok(())
