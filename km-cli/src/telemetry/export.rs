@@ -221,12 +221,16 @@ fn spawn_shutdown(
 struct Http(reqwest::blocking::Client);
 
 /// The blocking client runs its own small runtime on a thread of its own; it is built on a
-/// short-lived thread so that building it can never meet a Tokio runtime of the caller's.
+/// short-lived thread so that building it can never meet a Tokio runtime of the caller's. https
+/// gets km's TLS ([`crate::tls`]): TLS 1.3 only, the built-in roots (a Collector is not the
+/// API endpoint: no pins, no `api_ca`).
 fn http_client(timeout: Duration) -> Result<Http, String> {
+    let tls = crate::tls::client_config(None).map_err(|e| format!("TLS: {e:#}"))?;
     let built = std::thread::Builder::new()
         .name("km-otel-client".into())
         .spawn(move || {
             reqwest::blocking::Client::builder()
+                .use_preconfigured_tls(tls)
                 .timeout(timeout)
                 .connect_timeout(timeout.min(Duration::from_secs(5)))
                 .user_agent(concat!("km/", env!("CARGO_PKG_VERSION")))

@@ -69,14 +69,12 @@ pub(crate) fn interceptor() -> Option<(Arc<LoadedPlugin>, Interest, Overrides)> 
             Directions::of(Direction::Request).0 | Directions::of(Direction::Response).0,
         ),
         kinds: KindSet::of(MessageKind::REQUEST),
-        methods: abi_stable::std_types::RSlice::from_slice(&[]),
         // Last, after every plugin: the context goes into what they decided to forward.
         priority: i32::MAX,
-        budget_us: 0,
         observe: false,
-        lossless: false,
-        max_line_bytes: 0,
         oversize: VerdictAction::PASS,
+        // Every method, km's budget and inspection limit, lossy (it observes nothing).
+        ..Interest::OBSERVER
     };
     let overrides = Overrides {
         priority: Some(i32::MAX),

@@ -509,7 +509,9 @@ pub fn start(home: &KmHome, command: &[OsString], quiet: bool) -> Session {
     let worker = match spawned {
         Ok(handle) => handle,
         Err(e) => {
-            warn(&format!("cannot start its thread: {e}; nothing is exported"));
+            warn(&format!(
+                "cannot start its thread: {e}; nothing is exported"
+            ));
             return Session {
                 running: None,
                 quiet,

@@ -323,22 +323,8 @@ fn errors_tool_errors_cancellations_and_unanswered_requests() {
     assert_eq!((us(cancel.start_time), us(cancel.end_time)), (30, 31));
 }
 
-#[test]
-fn a_blocked_request_has_one_span_ending_with_kms_answer_and_the_verdict() {
-    let mut h = harness(false);
-    // km answered the blocked request (its answer travels back to the client)...
-    h.forward(
-        line(
-            S2C,
-            MessageKind::RESPONSE,
-            correlation(C2S, 5),
-            r#"{"jsonrpc":"2.0","id":5,"error":{"code":-32001,"message":"blocked by test-intercept"}}"#,
-            900,
-        ),
-        905,
-    );
-    // ...and the verdict follows.
-    h.worker.take(Record::Verdict(Box::new(Verdict {
+fn block_verdict() -> Record {
+    Record::Verdict(Box::new(Verdict {
         plugin: "test-intercept".into(),
         action: "block",
         rules: vec!["test-rule".into()],
@@ -350,23 +336,95 @@ fn a_blocked_request_has_one_span_ending_with_kms_answer_and_the_verdict() {
         correlation: correlation(C2S, 5),
         read_us: 800,
         at_us: 850,
+    }))
+}
+
+fn blocked_answer() -> Envelope {
+    line(
+        S2C,
+        MessageKind::RESPONSE,
+        correlation(C2S, 5),
+        r#"{"jsonrpc":"2.0","id":5,"error":{"code":-32001,"message":"blocked by test-intercept"}}"#,
+        900,
+    )
+}
+
+#[test]
+fn a_blocked_request_has_one_span_ending_with_kms_answer_and_the_verdict() {
+    // The verdict comes first, then km's answer (the order of an interceptor's block), or the
+    // other way round (a line over the inspection limit).
+    for verdict_first in [true, false] {
+        let mut h = harness(false);
+        if verdict_first {
+            h.worker.take(block_verdict());
+            h.forward(blocked_answer(), 905);
+        } else {
+            h.forward(blocked_answer(), 905);
+            h.worker.take(block_verdict());
+        }
+        let spans = h.finish();
+        let server = find(&spans, "tools/call echo", SpanKind::Server);
+        assert!(
+            !spans.iter().any(|s| s.span_kind == SpanKind::Client),
+            "never forwarded: no CLIENT span"
+        );
+        assert_eq!((us(server.start_time), us(server.end_time)), (800, 905));
+        assert_eq!(text(server, "error.type").as_deref(), Some("-32001"));
+        assert_eq!(text(server, "jsonrpc.request.id").as_deref(), Some("5"));
+        let event = &server.events.events[0];
+        assert_eq!(event.name, "km.verdict");
+        let action = event
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "km.verdict.action")
+            .map(|kv| kv.value.as_str().into_owned());
+        assert_eq!(action.as_deref(), Some("block"));
+    }
+}
+
+#[test]
+fn a_verdict_before_its_request_joins_the_requests_span() {
+    let mut h = harness(false);
+    h.worker.take(Record::Verdict(Box::new(Verdict {
+        plugin: "advanced-filters".into(),
+        action: "replace",
+        rules: vec!["aws-key".into()],
+        reason: "a secret was found".into(),
+        kind: MessageKind::REQUEST,
+        method: "tools/call".into(),
+        target: "echo".into(),
+        id: Some("1".into()),
+        correlation: correlation(C2S, 1),
+        read_us: 10,
+        at_us: 11,
     })));
+    h.forward(
+        line(
+            C2S,
+            MessageKind::REQUEST,
+            correlation(C2S, 1),
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"k":"[REDACTED]"}}}"#,
+            10,
+        ),
+        12,
+    );
+    h.forward(
+        line(
+            S2C,
+            MessageKind::RESPONSE,
+            correlation(C2S, 1),
+            r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            20,
+        ),
+        21,
+    );
     let spans = h.finish();
     let server = find(&spans, "tools/call echo", SpanKind::Server);
-    assert!(
-        !spans.iter().any(|s| s.span_kind == SpanKind::Client),
-        "never forwarded: no CLIENT span"
-    );
-    assert_eq!((us(server.start_time), us(server.end_time)), (800, 905));
-    assert_eq!(text(server, "error.type").as_deref(), Some("-32001"));
-    let event = &server.events.events[0];
-    assert_eq!(event.name, "km.verdict");
-    let action = event
-        .attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == "km.verdict.action")
-        .map(|kv| kv.value.as_str().into_owned());
-    assert_eq!(action.as_deref(), Some("block"));
+    assert_eq!(server.events.events.len(), 1);
+    assert_eq!(server.events.events[0].name, "km.verdict");
+    assert!(spans.iter().any(|s| s.span_kind == SpanKind::Client));
+    let session = find(&spans, "km monitor", SpanKind::Internal);
+    assert!(session.events.events.is_empty());
 }
 
 #[test]

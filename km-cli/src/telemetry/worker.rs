@@ -498,11 +498,18 @@ impl Worker {
                     return;
                 };
                 let key = key(correlation);
-                let (parent, ids) = match self.entries.remove(&key) {
-                    // Ids the propagation wrote into this request before it was forwarded, and
-                    // the context it came with (the forwarded line holds km's own now).
-                    Some(Entry::Request(open)) if open.ids.is_some() => (open.parent, open.ids),
-                    _ => (self.parent(&call), None),
+                // What came before the line: the verdicts on it, and the ids the propagation
+                // wrote into it with the context it came with (the forwarded line holds km's
+                // own now).
+                let (parent, ids, events) = match self.entries.remove(&key) {
+                    Some(Entry::Request(early)) if early.forwarded_us.is_none() => {
+                        let parent = match early.ids {
+                            Some(_) => early.parent,
+                            None => self.parent(&call),
+                        };
+                        (parent, early.ids, early.events)
+                    }
+                    _ => (self.parent(&call), None, Vec::new()),
                 };
                 self.open(
                     key,
@@ -513,7 +520,7 @@ impl Worker {
                         forwarded_us: Some(forwarded_us),
                         parent,
                         ids,
-                        events: Vec::new(),
+                        events,
                         end: None,
                         since: Instant::now(),
                     },
@@ -694,41 +701,64 @@ impl Worker {
             );
         }
         let key = verdict.correlation.map(key);
-        // A blocked request: km answered it (the orphan answer) and never forwarded it.
-        if let (Some(key), MessageKind::REQUEST, "block") = (key, verdict.kind, verdict.action) {
-            if let Some(Entry::Orphan(end)) = self.entries.remove(&key) {
-                let call = Call {
-                    method: verdict.method.clone(),
-                    id: verdict.id.clone(),
-                    name: matches!(verdict.method.as_str(), "tools/call" | "prompts/get")
-                        .then(|| verdict.target.clone())
-                        .filter(|t| !t.is_empty()),
-                    uri: verdict
-                        .method
-                        .starts_with("resources/")
-                        .then(|| verdict.target.clone())
-                        .filter(|t| !t.is_empty()),
-                    ..Call::default()
-                };
-                let mut end = end;
+        let (Some(key), MessageKind::REQUEST) = (key, verdict.kind) else {
+            self.attach(key, event);
+            return;
+        };
+        // A verdict on a request comes before the request is forwarded, or before km's answer
+        // when it blocked it (and, for a line over the inspection limit, after that answer).
+        match self.entries.remove(&key) {
+            Some(Entry::Request(mut open)) => {
+                open.events.push(event);
+                self.entries.insert(key, Entry::Request(open));
+            }
+            Some(Entry::Orphan(mut end)) if verdict.action == "block" => {
+                // km's answer already came: the request ends with it.
                 end.read_us = None;
-                let open = Open {
-                    call,
-                    sender: key.0,
-                    read_us: verdict.read_us,
-                    forwarded_us: None,
-                    parent: None,
-                    ids: None,
-                    events: vec![event],
-                    end: Some(end),
-                    since: Instant::now(),
-                };
+                let mut open = Self::early(&verdict, key, event);
+                open.end = Some(end);
                 // Still in the settling queue under its key.
                 self.entries.insert(key, Entry::Request(Box::new(open)));
-                return;
+            }
+            Some(orphan @ Entry::Orphan(_)) => {
+                self.entries.insert(key, orphan);
+                self.session_event(event);
+            }
+            None => {
+                // The request (or km's answer to it) follows: it joins this entry.
+                let open = Self::early(&verdict, key, event);
+                self.order.push_back(key);
+                self.entries.insert(key, Entry::Request(Box::new(open)));
             }
         }
-        self.attach(key, event);
+    }
+
+    /// A request known so far only by a verdict on it.
+    fn early(verdict: &Verdict, key: Key, event: Event) -> Open {
+        let target = Some(verdict.target.clone()).filter(|t| !t.is_empty());
+        Open {
+            call: Call {
+                method: verdict.method.clone(),
+                id: verdict.id.clone(),
+                name: matches!(verdict.method.as_str(), "tools/call" | "prompts/get")
+                    .then(|| target.clone())
+                    .flatten(),
+                uri: verdict
+                    .method
+                    .starts_with("resources/")
+                    .then_some(target)
+                    .flatten(),
+                ..Call::default()
+            },
+            sender: key.0,
+            read_us: verdict.read_us,
+            forwarded_us: None,
+            parent: None,
+            ids: None,
+            events: vec![event],
+            end: None,
+            since: Instant::now(),
+        }
     }
 
     /// Puts `event` on the span of request `key` if it is still being followed, else on the
