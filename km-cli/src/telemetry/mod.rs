@@ -43,10 +43,11 @@
 //! km's own metrics: `km.plugin.load.duration` (by `km.plugin.name`), `km.plugin.refusals`
 //! (by `km.plugin.check`: tampering shows up as `digest` or `signature`), `km.auth.attempts`
 //! and `km.auth.duration` (by plugin and `km.auth.outcome`), `km.auth.token_cache.lookups` (by
-//! `km.token_cache.result`: `hit` when an authentication needed no HTTP request, `miss`
-//! otherwise), `km.plugin.messages` (by plugin and `km.message.outcome` `handled`/`dropped`),
-//! `km.intercept.verdicts` (by plugin and action), `km.relay.bytes` (by `km.relay.direction`)
-//! and `km.telemetry.dropped`.
+//! `km.token_cache.result`: `hit` when an authentication needed no HTTP request through the
+//! host, `miss` otherwise; authentications count for Pro and Enterprise plugins only, a Free
+//! plugin having no subscription to check), `km.plugin.messages` (by plugin and
+//! `km.message.outcome` `handled`/`dropped`), `km.intercept.verdicts` (by plugin and action),
+//! `km.relay.bytes` (by `km.relay.direction`) and `km.telemetry.dropped`.
 //!
 //! # Configuration
 //!
