@@ -91,9 +91,9 @@ use crate::home::KmHome;
 use crate::monitor::correlate::CorrelationId;
 use crate::monitor::dispatch::{Batch, Envelope, Item, LaneTotals};
 
-/// The CPU priority (nice value) of km's telemetry threads: below the relay's, so that export
-/// takes what the relay leaves (19 would starve it on a busy machine; 10 weighs about a tenth
-/// of a normal thread).
+/// The CPU priority (nice value) of km's telemetry threads: the lowest, so that export only
+/// takes what the relay (and everything else on the machine) leaves. On a saturated machine
+/// the queue fills and drops, counted and reported, rather than the relay slowing down.
 const NICE: i32 = 19;
 
 /// The most bytes of lines waiting for the telemetry thread (the plugins' queues have the same
