@@ -14,7 +14,7 @@ use frame::{Frame, Framer};
 fn run(mut framer: Framer, input: &[u8], cuts: &[u8], keep: bool) -> Vec<u8> {
     let (read, write) = rustix::pipe::pipe().expect("pipe");
     let mut out = Vec::new();
-    let mut emit = |frame: Frame, framer: &Framer, out: &mut Vec<u8>| match frame {
+    let emit = |frame: Frame, framer: &Framer, out: &mut Vec<u8>| match frame {
         Frame::Line(line) => {
             out.extend_from_slice(&line);
             out.extend_from_slice(framer.ending().bytes());
@@ -35,7 +35,7 @@ fn run(mut framer: Framer, input: &[u8], cuts: &[u8], keep: bool) -> Vec<u8> {
         let n = (usize::from(cuts.get(i % cuts.len().max(1)).copied().unwrap_or(255)) + 1)
             .min(input.len() - at);
         rustix::io::write(&write, &input[at..at + n]).expect("pipe write");
-        let got = framer.fill(&read).expect("fill");
+        let got = framer.fill_up_to(&read, frame::CHUNK).expect("fill");
         assert_eq!(framer.fresh(), &input[at..at + got]);
         at += got;
         i += 1;
