@@ -147,6 +147,36 @@ impl Framer {
         Ok(n)
     }
 
+    /// Reads exactly `n` bytes from `input` into the buffer, in as many reads as it takes: the
+    /// relay's duplicate pipe, which holds at least `n` (see `relay`). The bytes are then
+    /// available from [`Framer::fresh`] until the next read. An end of input before `n` bytes is
+    /// an error.
+    #[allow(unsafe_code)]
+    pub(crate) fn fill_exact(&mut self, input: impl AsFd, n: usize) -> io::Result<()> {
+        let start = self.buf.len();
+        self.fresh = start;
+        self.buf.reserve(n);
+        let mut got = 0;
+        while got < n {
+            let spare = &mut self.buf.spare_capacity_mut()[..n - got];
+            let k = match rustix::io::read(&input, spare) {
+                Ok((read, _)) => read.len(),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if k == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            got += k;
+            // SAFETY: `read` initialised the first `k` bytes of the spare room (it returned them
+            // as the initialised part of that slice), so the buffer's first `start + got` bytes
+            // are initialised; `got <= n` and `n` bytes were reserved.
+            unsafe { self.buf.set_len(start + got) };
+        }
+        self.share = n >= SHARE_FROM;
+        Ok(())
+    }
+
     /// Appends `bytes` as if they had been read (for callers that already hold the data).
     #[cfg(test)]
     pub(crate) fn push(&mut self, bytes: &[u8]) {

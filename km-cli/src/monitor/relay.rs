@@ -26,7 +26,7 @@
 //! relays it (below). Each end is looked at once, with `fstat` (and `SO_TYPE` for a socket):
 //!
 //! - **splice(2)**, pipe to pipe inside the kernel, only when the input is a pipe and the output a
-//!   pipe or a regular file. splice holds the pipe it fills or drains locked while it waits on the
+//!   pipe or a regular file (with plugins too: see *Forwarding with plugins* below). splice holds the pipe it fills or drains locked while it waits on the
 //!   other file: from a socket or a terminal it sits on the child's stdin pipe waiting for *more*
 //!   client input, so the server can never read the request already in the pipe (issue 10: the
 //!   Inspector timed out); into a socket or terminal it sits on the child's stdout pipe while the
@@ -71,8 +71,26 @@
 //!   is reported as a read or write failure with the system's words, never taken for an end.
 //! - `SIGPIPE` stays ignored (Rust's default; km never restores it), so a write to a pipe or
 //!   socket whose reader left returns `EPIPE` instead of killing km.
-//! - `F_SETPIPE_SZ` is only ever applied to the child's pipes ([`super::process`]), never to
-//!   km's stdin or stdout; km uses no `tee(2)`.
+//! - `F_SETPIPE_SZ` is only ever applied to the child's pipes ([`super::process`]) and to km's
+//!   own duplicate pipe (below), never to km's stdin or stdout.
+//!
+//! # Forwarding with plugins: splice, and a tee(2) duplicate for the framer
+//!
+//! Where splice applies (above), a pump with observers forwards in the kernel too (issue 23):
+//! `tee(2)` duplicates what is in the input pipe into a pipe of km's own without consuming it,
+//! `splice(2)` then moves exactly those bytes to the output, and only then does the framer read
+//! the duplicate (one copy into km, instead of the copy loop's two, and none on the forwarding
+//! path). The order is the copy loop's: announce, forward, frame, observe. Only this pump reads
+//! its input, so the first `n` bytes splice moves are the `n` bytes tee duplicated; a splice that
+//! moves fewer (a full output pipe) is repeated for the rest, and a forward that fails part way
+//! hands the plugins only what went out. tee blocks until there is input, with the pipe locks
+//! released, like a pipe-to-pipe splice. The duplicate pipe is emptied after every tee, so tee
+//! always has its whole capacity ([`TEE_PIPE`]) and never waits on it. When the output refuses
+//! splice after all (an appending file says EINVAL before anything moved) the duplicate is
+//! dropped unread, the input still holds the bytes, and the copy loop takes over. The copy loop
+//! stays where the input is not a pipe or the output not a pipe or file (sockets, terminals), for
+//! a direction whose output the other pump shares ([`pump_shared`]) and for an intercepted one,
+//! whose lines must be judged before they are forwarded ([`super::intercept`]).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -125,7 +143,10 @@ pub(crate) fn pump(
     let input = End::new(input);
     let output = End::new(output);
     let (end, bytes) = match session {
-        Some(session) => framed(direction, &input, &mut Sink::File(&output), &session, false),
+        Some(session) => match teed(direction, &input, &output, &session) {
+            Some(done) => done,
+            None => framed(direction, &input, &mut Sink::File(&output), &session, false),
+        },
         None => plain(&input, &output),
     };
     output.finish();
@@ -330,6 +351,116 @@ fn spliced(input: &End, output: &End, total: &mut u64) -> Option<PumpEnd> {
             Err(e) => return Some(PumpEnd::ReadFailed(e.into())),
         }
     }
+}
+
+/// The capacity asked for the duplicate pipe of [`teed`]: what one tee can duplicate, and so the
+/// largest chunk the framer reads at once. A quarter of the child's pipe: enough to take a busy
+/// stream in few calls, small enough that the framer's buffer (which lines of a large read share)
+/// stays small.
+#[cfg(target_os = "linux")]
+pub(crate) const TEE_PIPE: usize = 256 * 1024;
+
+/// Forwards with `splice(2)` and frames a `tee(2)` duplicate (see the module documentation);
+/// `None`, with nothing forwarded or framed, where that does not apply to these files.
+#[cfg(target_os = "linux")]
+fn teed(
+    direction: Direction,
+    input: &End,
+    output: &End,
+    session: &Session,
+) -> Option<(PumpEnd, u64)> {
+    use rustix::io::Errno;
+    use rustix::pipe::{pipe_with, tee, PipeFlags, SpliceFlags};
+    if input.kind != Kind::Pipe || !matches!(output.kind, Kind::Pipe | Kind::File) {
+        return None;
+    }
+    let (dup_r, dup_w) = pipe_with(PipeFlags::CLOEXEC).ok()?;
+    // A smaller pipe only means smaller chunks: the size stays what the system gives.
+    let _ = rustix::pipe::fcntl_setpipe_size(&dup_w, TEE_PIPE);
+    let room = rustix::pipe::fcntl_getpipe_size(&dup_w).unwrap_or(CHUNK);
+    let mut framer = Framer::new();
+    let mut batch = Vec::new();
+    let mut total = 0u64;
+    let end = loop {
+        let n = match tee(&input.file, &dup_w, room, SpliceFlags::empty()) {
+            Ok(0) => break PumpEnd::Eof,
+            Ok(n) => n,
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => {
+                input.wait(PollFlags::IN);
+                continue;
+            }
+            Err(Errno::INVAL) if total == 0 => return None,
+            Err(e) => break PumpEnd::ReadFailed(e.into()),
+        };
+        let now = Instant::now();
+        let timestamp = now_us();
+        // Announced before forwarding: the peer may answer before splice even returns.
+        session.forwarding(direction, total + n as u64);
+        let (moved, failed) = splice_exactly(input, output, n);
+        if moved == 0 && total == 0 && matches!(failed, Some(Errno::INVAL)) {
+            // The output refuses splice (an appending file): nothing moved, the input still
+            // holds these bytes, and the copy loop starts from them.
+            return None;
+        }
+        // The duplicate holds `n` bytes; the plugins get the ones that went out. What stays
+        // unread in it (after a failed forward) goes with the pipe.
+        if let Err(e) = framer.fill_exact(&dup_r, moved) {
+            break PumpEnd::ReadFailed(e);
+        }
+        total += moved as u64;
+        while let Some(frame) = framer.next_frame() {
+            collect(frame, &mut batch, session);
+        }
+        // Even without a complete line: the other side may be holding a response for this one.
+        session.observe(direction, &mut batch, now, timestamp, total);
+        match failed {
+            None => {}
+            Some(Errno::PIPE) => break PumpEnd::OutputClosed,
+            // Which side failed is not told apart by splice (see `spliced`).
+            Some(e) => break PumpEnd::ReadFailed(e.into()),
+        }
+    };
+    // Whatever was forwarded is a line for the plugins, even without a final newline.
+    if let Some(frame) = framer.finish() {
+        collect(frame, &mut batch, session);
+    }
+    session.observe(direction, &mut batch, Instant::now(), now_us(), u64::MAX);
+    Some((end, total))
+}
+
+/// Moves exactly `n` bytes, already in the input pipe, to the output with splice: the bytes
+/// moved, and the error that stopped it short.
+#[cfg(target_os = "linux")]
+fn splice_exactly(input: &End, output: &End, n: usize) -> (usize, Option<rustix::io::Errno>) {
+    use rustix::io::Errno;
+    use rustix::pipe::{splice, SpliceFlags};
+    let mut moved = 0;
+    while moved < n {
+        match splice(
+            &input.file,
+            None,
+            &output.file,
+            None,
+            n - moved,
+            SpliceFlags::MOVE,
+        ) {
+            // The input holds these bytes: 0 would mean someone else read them.
+            Ok(0) => return (moved, Some(Errno::IO)),
+            Ok(k) => moved += k,
+            Err(Errno::INTR) => {}
+            // The input has the bytes, so it is the output that is not ready (non-blocking).
+            Err(Errno::AGAIN) => output.wait(PollFlags::OUT),
+            Err(e) => return (moved, Some(e)),
+        }
+    }
+    (moved, None)
+}
+
+/// Without `splice` and `tee` there is nothing to forward in the kernel with.
+#[cfg(not(target_os = "linux"))]
+fn teed(_: Direction, _: &End, _: &End, _: &Session) -> Option<(PumpEnd, u64)> {
+    None
 }
 
 /// Where a framed pump writes.
@@ -699,5 +830,276 @@ mod tests {
             .expect("the reader sees the end");
         assert_eq!(got, b"last words\n");
         assert!(matches!(pumping.join().expect("pump").end, PumpEnd::Eof));
+    }
+}
+
+/// The splice + tee path (issue 23): byte identity and order on the forwarding side, and the
+/// plugins handed exactly what went out, through the edge cases that path has and the copy
+/// loop did not (a tee that duplicates part of what is waiting, a line cut between chunks or by
+/// the end of the stream, an output that goes away part way, a plugin slower than the relay).
+#[cfg(all(test, target_os = "linux"))]
+mod tee_tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::monitor::banner::Notices;
+    use crate::monitor::dispatch::{self, EndOfStream, LaneTotals};
+    use crate::monitor::testing::{lines, probe, Log, Mode};
+
+    fn pipe() -> (File, File) {
+        let (r, w) = rustix::pipe::pipe().expect("pipe");
+        (File::from(r), File::from(w))
+    }
+
+    /// A session with one probe plugin in `mode`.
+    fn probe_session(mode: Mode, lossless: bool) -> (Arc<Session>, dispatch::Workers, Log) {
+        let (plugin, log) = probe(mode);
+        let (dispatcher, workers) =
+            dispatch::start(vec![plugin], 64, lossless, Notices::new(true, 0));
+        (Session::new(dispatcher), workers, log)
+    }
+
+    /// Ends the session and returns what the plugin handled and missed.
+    fn end(session: &Session, workers: dispatch::Workers) -> LaneTotals {
+        workers.set_end(EndOfStream {
+            data: serde_json::Map::new(),
+            timestamp_ms: 0,
+        });
+        session.close();
+        let mut totals = workers.finish(Duration::from_secs(60), Duration::from_secs(5));
+        totals.remove(0)
+    }
+
+    /// The lines the probe recorded, as the text it shows of each (`{:?}` of the lossy text).
+    fn seen(log: &Log) -> Vec<String> {
+        lines(log)
+            .into_iter()
+            .filter(|l| !l.starts_with("event ") && l != "shutdown")
+            .map(|l| {
+                let at = l.find(" \"").expect("the line's text");
+                l[at + 1..].trim_end_matches(" latency").to_owned()
+            })
+            .collect()
+    }
+
+    /// What the probe shows of each line of `bytes` (terminators stripped as the framer does).
+    fn expected(bytes: &[u8]) -> Vec<String> {
+        bytes
+            .split_inclusive(|b| *b == b'\n')
+            .map(|line| {
+                let line = match line.strip_suffix(b"\n") {
+                    Some(line) => line.strip_suffix(b"\r").unwrap_or(line),
+                    None => line,
+                };
+                format!("{:?}", String::from_utf8_lossy(line))
+            })
+            .collect()
+    }
+
+    /// Runs a pump with `session` from a fresh pipe to `output`, writing `input` in `pieces`
+    /// writes from another thread; returns the report and everything read from `read_back`.
+    fn run(
+        session: &Arc<Session>,
+        input: &[u8],
+        pieces: usize,
+        output: File,
+        mut read_back: File,
+    ) -> (PumpReport, Vec<u8>) {
+        let (in_r, mut in_w) = pipe();
+        let data = input.to_vec();
+        let writer = std::thread::spawn(move || {
+            let step = data.len().div_ceil(pieces.max(1)).max(1);
+            for piece in data.chunks(step) {
+                in_w.write_all(piece).expect("write");
+            }
+        });
+        let session = session.clone();
+        let pumping =
+            std::thread::spawn(move || pump(Direction::Response, in_r, output, Some(session)));
+        let mut got = Vec::new();
+        read_back.read_to_end(&mut got).expect("read");
+        writer.join().expect("writer");
+        (pumping.join().expect("pump"), got)
+    }
+
+    /// Every hard case at once: CRLF, invalid UTF-8, empty lines, a line longer than the
+    /// duplicate pipe (so tee duplicates part of what waits, and lines span chunks), and a last
+    /// line without newline (the end of the stream in the middle of a line).
+    fn hard_stream() -> Vec<u8> {
+        let mut out = Vec::new();
+        for i in 0..2000 {
+            match i % 7 {
+                0 => out.extend_from_slice(
+                    format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"tools/call\"}}\n")
+                        .as_bytes(),
+                ),
+                1 => out.extend_from_slice(
+                    format!(
+                        "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{{}}}}\r\n",
+                        i - 1
+                    )
+                    .as_bytes(),
+                ),
+                2 => out.extend_from_slice(b"\xff\xfe not json\n"),
+                3 => out.extend_from_slice(b"\n"),
+                4 if i % 500 == 4 => {
+                    out.extend_from_slice(b"{\"big\":\"");
+                    out.extend(std::iter::repeat(b'x').take(3 * TEE_PIPE / 2));
+                    out.extend_from_slice(b"\"}\n");
+                }
+                _ => out.extend_from_slice(format!("line {i}\n").as_bytes()),
+            }
+        }
+        out.extend_from_slice(b"{\"last\":\"without newline\"}");
+        out
+    }
+
+    #[test]
+    fn pipe_to_pipe_with_a_plugin_forwards_in_the_kernel_byte_identical() {
+        let input = hard_stream();
+        for pieces in [1, 7, 5000] {
+            let (session, workers, log) = probe_session(Mode::Record, true);
+            let (out_r, out_w) = pipe();
+            let (report, got) = run(&session, &input, pieces, out_w, out_r);
+            assert!(
+                got == input,
+                "{pieces} writes: {} bytes of {}",
+                got.len(),
+                input.len()
+            );
+            assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
+            assert_eq!(report.bytes, input.len() as u64);
+            let totals = end(&session, workers);
+            assert_eq!(totals.dropped, 0);
+            assert_eq!(seen(&log), expected(&input), "{pieces} writes");
+        }
+    }
+
+    #[test]
+    fn the_tee_path_is_the_one_taken_for_pipes_and_files_only() {
+        let (session, workers, _log) = probe_session(Mode::Noop, false);
+        // A socket as output: the copy loop (splice would hold the pipe while the reader is slow).
+        let (in_r, in_w) = pipe();
+        let (sock, _peer) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let out = End::new(File::from(std::os::fd::OwnedFd::from(sock)));
+        drop(in_w);
+        assert!(teed(Direction::Request, &End::new(in_r), &out, &session).is_none());
+        // Pipe to pipe: taken (and at once at the end of an empty stream).
+        let (in_r, in_w) = pipe();
+        let (_out_r, out_w) = pipe();
+        drop(in_w);
+        let done = teed(
+            Direction::Request,
+            &End::new(in_r),
+            &End::new(out_w),
+            &session,
+        );
+        assert!(matches!(done, Some((PumpEnd::Eof, 0))), "{done:?}");
+        end(&session, workers);
+    }
+
+    #[test]
+    fn an_appending_file_falls_back_to_the_copy_loop_without_losing_a_byte() {
+        // splice refuses O_APPEND files with EINVAL after tee has duplicated the first chunk.
+        let input = hard_stream();
+        let (session, workers, log) = probe_session(Mode::Record, true);
+        let path = tempfile::NamedTempFile::new().expect("temp file");
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path.path())
+            .expect("open for appending");
+        let (in_r, mut in_w) = pipe();
+        let data = input.clone();
+        let writer = std::thread::spawn(move || in_w.write_all(&data).expect("write"));
+        let report = pump(Direction::Response, in_r, file, Some(session.clone()));
+        writer.join().expect("writer");
+        assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
+        let got = std::fs::read(path.path()).expect("read back");
+        assert!(got == input, "{} bytes of {}", got.len(), input.len());
+        end(&session, workers);
+        assert_eq!(seen(&log), expected(&input));
+    }
+
+    #[test]
+    fn a_plugin_slower_than_the_relay_gets_every_line_when_lossless() {
+        let input: Vec<u8> = (0..300)
+            .flat_map(|i| {
+                format!("{{\"jsonrpc\":\"2.0\",\"id\":{i},\"method\":\"m\"}}\n").into_bytes()
+            })
+            .collect();
+        // The queue holds 64 messages: the relay must wait for the plugin, not drop.
+        let (session, workers, log) = probe_session(Mode::Slow(Duration::from_micros(300)), true);
+        let (out_r, out_w) = pipe();
+        let (report, got) = run(&session, &input, 300, out_w, out_r);
+        assert!(got == input);
+        assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
+        let totals = end(&session, workers);
+        assert_eq!((totals.handled, totals.dropped), (300, 0));
+        assert_eq!(seen(&log), expected(&input));
+
+        // Not lossless: forwarding is the same, what the plugin missed is counted, never lost
+        // silently.
+        let (session, workers, log) = probe_session(Mode::Slow(Duration::from_millis(2)), false);
+        let (out_r, out_w) = pipe();
+        let (_, got) = run(&session, &input, 1, out_w, out_r);
+        assert!(got == input);
+        let totals = end(&session, workers);
+        assert_eq!(totals.handled + totals.dropped, 300, "{totals:?}");
+        assert_eq!(seen(&log).len() as u64, totals.handled);
+    }
+
+    #[test]
+    fn an_output_that_goes_away_part_way_hands_the_plugins_only_what_went_out() {
+        let (session, workers, log) = probe_session(Mode::Record, true);
+        let (in_r, mut in_w) = pipe();
+        let (mut out_r, out_w) = pipe();
+        in_w.write_all(b"first\nsecond\n").expect("write");
+        let pumping = {
+            let session = session.clone();
+            std::thread::spawn(move || pump(Direction::Response, in_r, out_w, Some(session)))
+        };
+        let mut got = [0u8; 13];
+        out_r.read_exact(&mut got).expect("the first lines");
+        drop(out_r);
+        // Nobody reads any more: this one cannot go out.
+        in_w.write_all(b"third\n").expect("write");
+        drop(in_w);
+        let report = pumping.join().expect("pump");
+        assert!(matches!(report.end, PumpEnd::OutputClosed), "{report:?}");
+        assert_eq!(report.bytes, 13);
+        end(&session, workers);
+        assert_eq!(seen(&log), ["\"first\"", "\"second\""]);
+    }
+
+    #[test]
+    fn non_blocking_pipes_with_a_plugin_are_waited_for() {
+        let input = hard_stream();
+        let (session, workers, log) = probe_session(Mode::Record, true);
+        let (in_r, in_w) = pipe();
+        let (mut out_r, out_w) = pipe();
+        for end in [&in_r, &out_w] {
+            rustix::io::ioctl_fionbio(end, true).expect("O_NONBLOCK");
+        }
+        let data = input.clone();
+        let writer = std::thread::spawn(move || {
+            for line in data.split_inclusive(|b| *b == b'\n') {
+                (&in_w).write_all(line).expect("write");
+            }
+        });
+        let pumping = {
+            let session = session.clone();
+            std::thread::spawn(move || pump(Direction::Response, in_r, out_w, Some(session)))
+        };
+        // Read late, so that the pump finds its output full too.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut got = Vec::new();
+        out_r.read_to_end(&mut got).expect("read");
+        writer.join().expect("writer");
+        let report = pumping.join().expect("pump");
+        assert!(matches!(report.end, PumpEnd::Eof), "{report:?}");
+        assert!(got == input, "{} bytes of {}", got.len(), input.len());
+        end(&session, workers);
+        assert_eq!(seen(&log), expected(&input));
     }
 }

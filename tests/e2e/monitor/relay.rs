@@ -113,8 +113,18 @@ impl Rig {
 
     /// `km KM_ARGS monitor [--no-plugins] -- CHILD` with a short grace period; stdio not set.
     pub(super) fn command(&self, km_args: &[&str], child: &[&str]) -> Command {
+        self.command_with(km_args, &[], child)
+    }
+
+    /// [`Rig::command`] with `km monitor` flags (`--lossless`).
+    pub(super) fn command_with(
+        &self,
+        km_args: &[&str],
+        monitor_args: &[&str],
+        child: &[&str],
+    ) -> Command {
         let mut cmd = self.env.km();
-        cmd.args(km_args).arg("monitor");
+        cmd.args(km_args).arg("monitor").args(monitor_args);
         if !self.setup.plugins {
             cmd.arg("--no-plugins");
         }
@@ -127,7 +137,17 @@ impl Rig {
 
     /// Starts km on `child` with this setup's stdio and stderr piped.
     pub(super) fn start(&self, km_args: &[&str], child: &[&str]) -> Running {
-        let mut cmd = self.command(km_args, child);
+        self.start_with(km_args, &[], child)
+    }
+
+    /// [`Rig::start`] with `km monitor` flags.
+    pub(super) fn start_with(
+        &self,
+        km_args: &[&str],
+        monitor_args: &[&str],
+        child: &[&str],
+    ) -> Running {
+        let mut cmd = self.command_with(km_args, monitor_args, child);
         cmd.stderr(Stdio::piped());
         let (km, stdin, stdout) = spawn_client(cmd, self.setup.stdio, HANG_LIMIT);
         let stderr = km.take_stderr().expect("stderr is piped");
@@ -315,6 +335,54 @@ fn hundred_thousand_mixed_messages_pass_byte_identical_both_ways() {
             let logged = rig.logged_lines();
             assert!(logged > 1000, "{setup}: console-logger saw {logged} lines");
         }
+    }
+}
+
+/// Issue 23: with `--lossless` the plugins are handed every line, each once and in order, on
+/// every kind of stdio (on pipes km forwards with splice and frames a tee(2) duplicate, on
+/// socketpairs it copies): console-logger's log holds exactly one line per message and
+/// direction, numbered in sequence, while the stream comes back byte for byte. The client
+/// writes in pieces cut anywhere (mid-line too) and does not wait, so chunks end in the middle
+/// of lines and the pipes fill up.
+#[test]
+fn lossless_plugins_are_handed_every_line_once_in_order_on_every_stdio() {
+    let input = mixed_messages(60_000);
+    for setup in SETUPS.into_iter().filter(|s| s.plugins) {
+        let rig = Rig::new(setup);
+        let step = 7919;
+        let turns: Vec<Turn> = input
+            .chunks(step)
+            .map(|piece| Turn {
+                send: piece.to_vec(),
+                wait_for: 0,
+            })
+            .collect();
+        let ended = rig
+            .start_with(&["-q"], &["--lossless"], &["cat"])
+            .converse(turns, true);
+        assert!(
+            ended.status.success(),
+            "{setup}: {:?}\n{}",
+            ended.status,
+            ended.stderr
+        );
+        assert_same_bytes(
+            &ended.stdout,
+            &input,
+            &format!("{setup}: the echoed stream"),
+        );
+        let log = std::fs::read_to_string(&rig.log).expect("console-logger's log");
+        let seqs: Vec<u64> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["seq"].as_u64())
+            .collect();
+        // Each of the 60 000 lines once to cat and once back.
+        assert_eq!(seqs.len(), 2 * 60_000, "{setup}: lines logged");
+        assert!(
+            seqs.iter().zip(1..).all(|(seq, want)| *seq == want),
+            "{setup}: the lines were logged out of order or twice"
+        );
     }
 }
 
