@@ -1,13 +1,21 @@
-//! Relay throughput and peak memory: the same mixed JSON-RPC stream through `km monitor -- cat`
-//! (with no plugins, and with every bundled plugin) and through a plain pipe relay
-//! (`sh -c 'cat | cat'`: one cat relays, one echoes). A writer thread writes one message per
-//! `write`, as a client does; a reader thread reads everything back; the bytes that came back are
-//! compared with those sent. km's peak RSS (VmHWM) is read while it still runs, just before its
-//! stdin is closed.
+//! Relay throughput and peak memory: mixed JSON-RPC streams through `km monitor -- cat` (with no
+//! plugins, with every bundled observer, with every bundled plugin interceptors included, and with
+//! each alone) and through a plain pipe relay (`sh -c 'cat | cat'`: one cat relays, one echoes).
+//! A writer thread writes one message per `write`, as a client does; a reader thread reads
+//! everything back; the bytes that came back are compared with those sent. km's peak RSS (VmHWM)
+//! is read while it still runs, just before its stdin is closed.
 //!
-//! The relay without plugins runs twice: with pipes as stdin and stdout, and with the Unix
-//! stream socketpairs that Node-based clients hand their servers (issue 10; km copies instead of
-//! splicing there), each against `cat | cat` given the same kind of stdio.
+//! Two mixes (issue 23): the agent mix of the first round (about 8 KB a line, with results up to
+//! 512 KiB) and a small-message mix (80–2000 B: mostly `tools/call` requests, their results and
+//! progress notifications), which is what MCP traffic mostly is and where the cost per message
+//! shows. Pipes and the Unix stream socketpairs that Node-based clients hand their servers side
+//! by side, each against `cat | cat` given the same kind of stdio.
+//!
+//! Every variant runs once per round, in turn, so the machine's noise falls on all alike; a
+//! ratio is taken within each round and the median and spread of the rounds are reported. Each
+//! km run with plugins is checked ([`BenchEnv::check_run`]): every plugin ran, premium ones were
+//! authorised, and what each was handed and dropped is counted. A variant in whose runs any
+//! plugin dropped a message is reported as such and not judged against its target.
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
@@ -18,22 +26,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::env::{median, proc_status_kb, spawn_piped, BenchEnv, Watchdog};
+use crate::env::{median, proc_status_kb, spawn_piped, BenchEnv, Handed, Watchdog, MAX_NOOPS};
 use crate::report::{Report, Row};
 use crate::Options;
 
 /// A small deterministic generator (xorshift64*), so every run sends the same stream.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
+    pub(crate) fn range(&mut self, lo: usize, hi: usize) -> usize {
         lo + (self.next() % (hi - lo) as u64) as usize
     }
 }
@@ -78,6 +86,79 @@ pub(crate) fn messages(n: usize) -> Vec<Vec<u8>> {
             bytes
         })
         .collect()
+}
+
+/// The small-message mix, one line at a time (the long session generates it as it writes):
+/// 45% `tools/call` requests (80–400 B), 35% their results (200–2000 B, one in fifty a JSON-RPC
+/// error), 20% progress notifications (80–250 B). Every result answers an earlier request.
+pub(crate) struct SmallMix {
+    rng: Rng,
+    i: u64,
+    /// Requests not yet answered (ids).
+    open: std::collections::VecDeque<u64>,
+}
+
+impl SmallMix {
+    pub(crate) fn new() -> Self {
+        SmallMix {
+            rng: Rng(0x2545_F491_4F6C_DD1D),
+            i: 0,
+            open: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn text(&mut self, len: usize) -> String {
+        (0..len)
+            .map(|_| (b'a' + (self.rng.next() % 26) as u8) as char)
+            .collect()
+    }
+
+    /// The next line, newline included.
+    pub(crate) fn next_line(&mut self) -> Vec<u8> {
+        self.i += 1;
+        let i = self.i;
+        let roll = self.rng.range(0, 100);
+        let line = if roll < 45 || (roll < 80 && self.open.is_empty()) {
+            self.open.push_back(i);
+            if self.open.len() > 64 {
+                self.open.pop_front();
+            }
+            let len = self.rng.range(8, 320);
+            let q = self.text(len);
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"search","arguments":{{"q":"{q}"}},"_meta":{{"progressToken":{i}}}}}}}"#
+            )
+        } else if roll < 80 {
+            let id = self.open.pop_front().unwrap_or(0);
+            if roll == 79 {
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32602,"message":"unknown tool"}}}}"#
+                )
+            } else {
+                let len = self.rng.range(130, 1930);
+                let text = self.text(len);
+                format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"{text}"}}],"isError":false}}}}"#
+                )
+            }
+        } else {
+            let token = self.open.back().copied().unwrap_or(0);
+            let len = self.rng.range(8, 170);
+            let text = self.text(len);
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{token},"progress":{i},"message":"{text}"}}}}"#
+            )
+        };
+        let mut bytes = line.into_bytes();
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+/// `n` lines of the small-message mix.
+pub(crate) fn small_messages(n: usize) -> Vec<Vec<u8>> {
+    let mut mix = SmallMix::new();
+    (0..n).map(|_| mix.next_line()).collect()
 }
 
 /// One pass of the stream through `cmd`.
@@ -143,8 +224,20 @@ pub(crate) fn pass_with(
     expected: &[u8],
     log: &std::path::Path,
 ) -> Result<Pass> {
+    pass_with_deadline(cmd, stdio, msgs, expected, log, Duration::from_secs(120))
+}
+
+/// [`pass_with`] whose process is killed after `deadline` (under valgrind, km is 50x slower).
+pub(crate) fn pass_with_deadline(
+    cmd: &mut Command,
+    stdio: ClientStdio,
+    msgs: &[Vec<u8>],
+    expected: &[u8],
+    log: &std::path::Path,
+    deadline: Duration,
+) -> Result<Pass> {
     let (mut child, mut stdin, mut stdout) = spawn(cmd, stdio, log)?;
-    let _watchdog = Watchdog::arm(&child, Duration::from_secs(60));
+    let _watchdog = Watchdog::arm(&child, deadline);
     let pid = child.id();
     let total = expected.len();
     let start = Instant::now();
@@ -195,102 +288,342 @@ pub(crate) fn pass_with(
     })
 }
 
-/// Runs the throughput section.
-pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Result<()> {
-    let (n, reps) = if options.quick {
-        (3000, 1)
-    } else {
-        (10_000, 5)
-    };
-    let msgs = messages(n);
-    let expected: Vec<u8> = msgs.concat();
-    let mb = expected.len() as f64 / 1e6;
-    eprintln!(
-        "relay: {n} messages, {:.1} MB, median of {reps} runs per relay",
-        mb
-    );
-    let log = env.dir.path().join("relay-stderr.log");
-    let mut times: [Vec<f64>; 3] = Default::default();
-    let mut socket_times: [Vec<f64>; 2] = Default::default();
-    let mut rss = 0u64;
-    for _ in 0..reps {
-        let mut base = env.command(std::path::Path::new("sh"));
-        base.args(["-c", "cat | cat"]);
-        times[0].push(pass(&mut base, &msgs, &expected, &log)?.seconds);
-        let mut bare = env.km_monitor(false, &["cat"]);
-        times[1].push(pass(&mut bare, &msgs, &expected, &log)?.seconds);
-        let sockets = ClientStdio::SocketPairs;
-        let mut base = env.command(std::path::Path::new("sh"));
-        base.args(["-c", "cat | cat"]);
-        socket_times[0].push(pass_with(&mut base, sockets, &msgs, &expected, &log)?.seconds);
-        let mut bare = env.km_monitor(false, &["cat"]);
-        socket_times[1].push(pass_with(&mut bare, sockets, &msgs, &expected, &log)?.seconds);
-        let mut full = env.km_monitor(true, &["cat"]);
-        let p = pass(
-            &mut full,
-            &msgs,
-            &expected,
-            &env.dir.path().join("relay-plugins.log"),
-        )?;
-        times[2].push(p.seconds);
-        rss = rss.max(p.peak_rss_kb.unwrap_or(0));
-    }
-    // Each plugin alone, and the no-op test plugin: what the framing, parsing and queueing cost
-    // by themselves, and what each plugin adds.
-    let mut single = Vec::new();
-    for krate in ["test-noop", "console-logger", "api-logger"] {
-        let mut ts = Vec::new();
-        for _ in 0..reps.min(3) {
-            let mut cmd = env.km_monitor_in(Some(env.single_plugin_dir(krate)), &["cat"]);
-            ts.push(pass(&mut cmd, &msgs, &expected, &log)?.seconds);
+/// Which stream a variant sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mix {
+    /// The first round's mix (about 8 KB a line).
+    Agent,
+    /// 80–2000 B lines.
+    Small,
+}
+
+impl Mix {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Mix::Agent => "agent mix",
+            Mix::Small => "small mix",
         }
-        single.push((krate, median(&mut ts)));
     }
-    let plugins_log =
-        std::fs::read_to_string(env.dir.path().join("relay-plugins.log")).unwrap_or_default();
-    if !plugins_log.contains("console-logger") {
-        eprintln!("relay: warning: km's banner does not name console-logger:\n{plugins_log}");
+
+    /// The stream of `n` messages (agent) or of the small mix's equivalent in time.
+    pub(crate) fn stream(self, quick: bool) -> Vec<Vec<u8>> {
+        match (self, quick) {
+            (Mix::Agent, false) => messages(10_000),
+            (Mix::Agent, true) => messages(3000),
+            (Mix::Small, false) => small_messages(100_000),
+            (Mix::Small, true) => small_messages(30_000),
+        }
     }
-    let [base, bare, full] = times.map(|mut t| median(&mut t));
-    let [socket_base, socket_bare] = socket_times.map(|mut t| median(&mut t));
+}
+
+/// One way of relaying a stream: a command, the stdio it gets, the plugin set it loads (to
+/// check after each run), and the baseline it is compared with.
+pub(crate) struct Variant<'a> {
+    pub(crate) label: String,
+    pub(crate) make: Box<dyn Fn() -> Command + 'a>,
+    pub(crate) stdio: ClientStdio,
+    pub(crate) set: Option<String>,
+    /// Index of the baseline variant (itself for a baseline).
+    pub(crate) baseline: usize,
+    /// The most this variant may take, as a multiple of its baseline.
+    pub(crate) target: Option<f64>,
+}
+
+/// What the rounds gave one variant.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Runs {
+    pub(crate) seconds: Vec<f64>,
+    pub(crate) peak_rss_kb: u64,
+    /// Drops over all runs, and the last run's accounting.
+    pub(crate) drops: u64,
+    pub(crate) handed: Handed,
+}
+
+/// Runs every variant `reps` times, in turn.
+pub(crate) fn rounds(
+    env: &BenchEnv,
+    variants: &[Variant<'_>],
+    msgs: &[Vec<u8>],
+    reps: usize,
+    log_name: &str,
+) -> Result<Vec<Runs>> {
+    let expected: Vec<u8> = msgs.concat();
+    let log = env.dir.path().join(log_name);
+    let mut runs = vec![Runs::default(); variants.len()];
+    for _ in 0..reps {
+        for (v, r) in variants.iter().zip(&mut runs) {
+            let mut cmd = (v.make)();
+            let p = pass_with(&mut cmd, v.stdio, msgs, &expected, &log)
+                .with_context(|| v.label.clone())?;
+            r.seconds.push(p.seconds);
+            r.peak_rss_kb = r.peak_rss_kb.max(p.peak_rss_kb.unwrap_or(0));
+            if let Some(set) = &v.set {
+                let handed = env
+                    .check_run(set)
+                    .with_context(|| format!("{}: see {}", v.label, log.display()))?;
+                r.drops += handed.drops();
+                r.handed = handed;
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// The rows of `variants` after [`rounds`]: median rate, the median and spread of the per-round
+/// ratios to the baseline, drops, and the target (not judged when a plugin dropped messages).
+pub(crate) fn rows(
+    section: &'static str,
+    variants: &[Variant<'_>],
+    runs: &[Runs],
+    msgs: &[Vec<u8>],
+    report: &mut Report,
+) {
+    let n = msgs.len();
+    let mb = msgs.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
     let rate = |s: f64| format!("{:.0} MB/s, {:.0} msg/s", mb / s, n as f64 / s);
-    for (label, t, baseline, target) in [
-        ("throughput, no plugins", bare, ("cat|cat", base), 1.5),
-        (
-            "throughput, no plugins, socketpair stdio",
-            socket_bare,
-            ("cat|cat on socketpairs", socket_base),
-            1.5,
-        ),
-        ("throughput, bundled plugins", full, ("cat|cat", base), 3.0),
-    ] {
-        let (name, base) = baseline;
-        report.add(Row {
-            section: "relay",
-            figure: label.to_owned(),
-            value: rate(t),
-            baseline: format!("{name} {}", rate(base)),
-            ratio: Some(t / base),
-            target: Some((format!("time <= {target}x"), t / base <= target)),
-        });
+    for (i, v) in variants.iter().enumerate() {
+        if v.baseline == i {
+            continue;
+        }
+        let base = &runs[v.baseline];
+        let mut ratios: Vec<f64> = runs[i]
+            .seconds
+            .iter()
+            .zip(&base.seconds)
+            .map(|(t, b)| t / b)
+            .collect();
+        let ratio = median(&mut ratios);
+        let (lo, hi) = (ratios[0], ratios[ratios.len() - 1]);
+        let t = median(&mut runs[i].seconds.clone());
+        let b = median(&mut base.seconds.clone());
+        let mut value = rate(t);
+        if v.set.is_some() {
+            value.push_str(&format!(", drops {}", runs[i].drops));
+        }
+        if runs[i].peak_rss_kb > 0 {
+            // km's own peak, so that what each plugin set holds shows beside its speed.
+            value.push_str(&format!(
+                ", peak RSS {:.1} MB",
+                runs[i].peak_rss_kb as f64 / 1024.0
+            ));
+        }
+        let row = Row {
+            section,
+            figure: v.label.clone(),
+            value,
+            baseline: format!(
+                "{} {}; ratio range {lo:.2}-{hi:.2} over {} rounds",
+                variants[v.baseline].label,
+                rate(b),
+                ratios.len()
+            ),
+            ratio: Some(ratio),
+            target: v.target.map(|x| (format!("time <= {x}x"), ratio <= x)),
+        };
+        match &v.set {
+            Some(_) => report.add_counted(row, runs[i].drops),
+            None => report.add(row),
+        }
     }
-    for (krate, t) in single {
-        report.add(Row {
-            section: "relay",
-            figure: format!("throughput, {krate} alone"),
-            value: rate(t),
-            baseline: format!("cat|cat {}", rate(base)),
-            ratio: Some(t / base),
-            target: None,
-        });
+}
+
+fn cat_cat(env: &BenchEnv) -> Box<dyn Fn() -> Command + '_> {
+    Box::new(move || {
+        let mut base = env.command(std::path::Path::new("sh"));
+        base.args(["-c", "cat | cat"]);
+        base
+    })
+}
+
+/// Runs the throughput section: both mixes, every variant, interleaved.
+pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Result<()> {
+    let reps = if options.quick { 1 } else { 5 };
+    let mut rss = 0u64;
+    for mix in [Mix::Agent, Mix::Small] {
+        let msgs = mix.stream(options.quick);
+        let mb = msgs.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
+        eprintln!(
+            "relay, {}: {} messages, {mb:.1} MB, {reps} rounds",
+            mix.label(),
+            msgs.len()
+        );
+        let km = |set: Option<&'static str>, lossless: bool| -> Box<dyn Fn() -> Command + '_> {
+            Box::new(move || {
+                let flags: &[&str] = if lossless { &["--lossless"] } else { &[] };
+                env.km_monitor_flags(set.map(|s| env.set_dir(s)), flags, &["cat"])
+            })
+        };
+        let label = |what: &str| format!("{}, {what}", mix.label());
+        let pipes = ClientStdio::Pipes;
+        let sockets = ClientStdio::SocketPairs;
+        let mut variants = vec![
+            Variant {
+                label: label("cat|cat"),
+                make: cat_cat(env),
+                stdio: pipes,
+                set: None,
+                baseline: 0,
+                target: None,
+            },
+            Variant {
+                label: label("cat|cat on socketpairs"),
+                make: cat_cat(env),
+                stdio: sockets,
+                set: None,
+                baseline: 1,
+                target: None,
+            },
+            Variant {
+                label: label("no plugins"),
+                make: km(None, false),
+                stdio: pipes,
+                set: None,
+                baseline: 0,
+                target: Some(1.0),
+            },
+            Variant {
+                label: label("no plugins, socketpair stdio"),
+                make: km(None, false),
+                stdio: sockets,
+                set: None,
+                baseline: 1,
+                target: None,
+            },
+            Variant {
+                label: label("every bundled observer"),
+                make: km(Some("observers"), false),
+                stdio: pipes,
+                set: Some("observers".into()),
+                baseline: 0,
+                target: Some(1.5),
+            },
+            Variant {
+                label: label("every bundled observer, --lossless"),
+                make: km(Some("observers"), true),
+                stdio: pipes,
+                set: Some("observers".into()),
+                baseline: 0,
+                target: Some(1.5),
+            },
+            Variant {
+                label: label("every bundled observer, socketpair stdio"),
+                make: km(Some("observers"), false),
+                stdio: sockets,
+                set: Some("observers".into()),
+                baseline: 1,
+                target: None,
+            },
+            Variant {
+                label: label("every bundled plugin (interceptors too)"),
+                make: km(Some("bundled"), false),
+                stdio: pipes,
+                set: Some("bundled".into()),
+                baseline: 0,
+                target: None,
+            },
+        ];
+        if mix == Mix::Small {
+            // Each plugin alone, and the no-op test plugin: what framing and queueing cost by
+            // themselves, and what each plugin adds.
+            variants.push(Variant {
+                label: label("test-noop alone"),
+                make: km(Some("only-test-noop"), false),
+                stdio: pipes,
+                set: None,
+                baseline: 0,
+                target: None,
+            });
+            for b in &env.bundled {
+                let set: &'static str = Box::leak(format!("only-{}", b.krate).into_boxed_str());
+                variants.push(Variant {
+                    label: label(&format!("{} alone", b.name)),
+                    make: km(Some(set), false),
+                    stdio: pipes,
+                    set: Some(set.to_owned()),
+                    baseline: 0,
+                    target: None,
+                });
+            }
+        }
+        let runs = rounds(env, &variants, &msgs, reps, "relay-stderr.log")?;
+        for (v, r) in variants.iter().zip(&runs) {
+            if v.set.as_deref() == Some("bundled") {
+                rss = rss.max(r.peak_rss_kb);
+            }
+            if v.set.is_some() {
+                eprintln!("  {}: {}", v.label, r.handed.describe());
+            }
+        }
+        rows("relay", &variants, &runs, &msgs, report);
     }
     report.add(Row {
         section: "memory",
-        figure: "km peak RSS (VmHWM), bundled plugins".to_owned(),
+        figure: "km peak RSS (VmHWM), every bundled plugin, both mixes".to_owned(),
         value: format!("{:.1} MB", rss as f64 / 1024.0),
         baseline: String::new(),
         ratio: None,
         target: Some(("<= 30 MB".to_owned(), rss as f64 / 1024.0 <= 30.0)),
     });
+    Ok(())
+}
+
+/// Scaling: the small mix through km with 1, 5 and 20 test-noop copies loaded, beside cat|cat;
+/// the figure is km's time with 20 against its time with one.
+pub(crate) fn scaling(env: &BenchEnv, options: &Options, report: &mut Report) -> Result<()> {
+    let reps = if options.quick { 1 } else { 5 };
+    let msgs = Mix::Small.stream(options.quick);
+    eprintln!(
+        "scaling: {} messages, 1/5/{MAX_NOOPS} plugins, {reps} rounds",
+        msgs.len()
+    );
+    let mut variants = vec![Variant {
+        label: "small mix, cat|cat".to_owned(),
+        make: cat_cat(env),
+        stdio: ClientStdio::Pipes,
+        set: None,
+        baseline: 0,
+        target: None,
+    }];
+    for n in [1, 5, MAX_NOOPS] {
+        let set: &'static str = Box::leak(format!("noop-{n}").into_boxed_str());
+        variants.push(Variant {
+            label: format!("small mix, {n} test-noop plugins"),
+            make: Box::new(move || env.km_monitor_in(Some(env.set_dir(set)), &["cat"])),
+            stdio: ClientStdio::Pipes,
+            set: Some(set.to_owned()),
+            baseline: 0,
+            target: None,
+        });
+    }
+    let runs = rounds(env, &variants, &msgs, reps, "scaling-stderr.log")?;
+    rows("scaling", &variants, &runs, &msgs, report);
+    let mut per_round: Vec<f64> = runs[3]
+        .seconds
+        .iter()
+        .zip(&runs[1].seconds)
+        .map(|(t20, t1)| t20 / t1)
+        .collect();
+    let ratio = median(&mut per_round);
+    let drops = runs[1].drops + runs[3].drops;
+    report.add_counted(
+        Row {
+            section: "scaling",
+            figure: format!("{MAX_NOOPS} plugins against 1: km's relay time"),
+            value: format!(
+                "{:.3} s against {:.3} s",
+                median(&mut runs[3].seconds.clone()),
+                median(&mut runs[1].seconds.clone())
+            ),
+            baseline: format!(
+                "range {:.2}-{:.2} over {} rounds",
+                per_round[0],
+                per_round[per_round.len() - 1],
+                per_round.len()
+            ),
+            ratio: Some(ratio),
+            target: Some(("<= 2x".to_owned(), ratio <= 2.0)),
+        },
+        drops,
+    );
     Ok(())
 }

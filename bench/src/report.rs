@@ -17,23 +17,37 @@ pub(crate) struct Row {
     pub(crate) target: Option<(String, bool)>,
 }
 
-/// All rows of a run.
+/// All rows of a run, each with the messages its plugins dropped (when plugins were loaded).
 #[derive(Debug, Default)]
 pub(crate) struct Report {
-    rows: Vec<Row>,
+    rows: Vec<(Row, Option<u64>)>,
 }
 
 impl Report {
     /// Adds a row.
     pub(crate) fn add(&mut self, row: Row) {
+        self.push(row, None);
+    }
+
+    /// Adds a row of runs with plugins, whose plugins dropped `drops` messages in all: with any
+    /// drop its target is not judged (the plugins skipped part of the work).
+    pub(crate) fn add_counted(&mut self, row: Row, drops: u64) {
+        self.push(row, Some(drops));
+    }
+
+    fn push(&mut self, row: Row, drops: Option<u64>) {
         if !std::env::args().any(|a| a == "--json") {
             // Progress on stderr so that a long run shows life.
             eprintln!(
-                "  {} / {}: {} (baseline {})",
-                row.section, row.figure, row.value, row.baseline
+                "  {} / {}: {} (baseline {}){}",
+                row.section,
+                row.figure,
+                row.value,
+                row.baseline,
+                row.ratio.map(|r| format!(" {r:.2}x")).unwrap_or_default()
             );
         }
-        self.rows.push(row);
+        self.rows.push((row, drops));
     }
 
     /// Prints the table, or JSON.
@@ -42,7 +56,8 @@ impl Report {
             let rows: Vec<_> = self
                 .rows
                 .iter()
-                .map(|r| {
+                .map(|(r, drops)| {
+                    let judged = !matches!(drops, Some(d) if *d > 0);
                     json!({
                         "section": r.section,
                         "figure": r.figure,
@@ -50,7 +65,8 @@ impl Report {
                         "baseline": r.baseline,
                         "ratio": r.ratio,
                         "target": r.target.as_ref().map(|t| &t.0),
-                        "met": r.target.as_ref().map(|t| t.1),
+                        "met": r.target.as_ref().filter(|_| judged).map(|t| t.1),
+                        "drops": drops,
                     })
                 })
                 .collect();
@@ -61,17 +77,22 @@ impl Report {
         let cells: Vec<[String; 6]> = self
             .rows
             .iter()
-            .map(|r| {
+            .map(|(r, drops)| {
                 [
                     r.section.to_owned(),
                     r.figure.clone(),
                     r.value.clone(),
                     r.baseline.clone(),
                     r.ratio.map(|x| format!("{x:.2}x")).unwrap_or_default(),
-                    r.target
-                        .as_ref()
-                        .map(|(t, met)| format!("{t} {}", if *met { "met" } else { "MISSED" }))
-                        .unwrap_or_default(),
+                    match (&r.target, drops) {
+                        (Some((t, _)), Some(d)) if *d > 0 => {
+                            format!("{t} not judged: {d} messages dropped")
+                        }
+                        (Some((t, met)), _) => {
+                            format!("{t} {}", if *met { "met" } else { "MISSED" })
+                        }
+                        (None, _) => String::new(),
+                    },
                 ]
             })
             .collect();
