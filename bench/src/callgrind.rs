@@ -13,8 +13,9 @@
 //! and whatever its own threads do per message). `--lossless` makes every plugin handle every
 //! message, so the counts do not depend on how many were dropped.
 //!
-//! Needs valgrind on PATH (Debian: `apt-get install valgrind`); without it this section says so
-//! and the others run as usual.
+//! Needs valgrind on PATH (BENCHMARKS.md gives the pinned Debian package); without it this
+//! section fails with that message. `KM_BENCH_CALLGRIND_DIR=DIR` keeps callgrind's output files
+//! in DIR, for `callgrind_annotate`.
 
 use std::path::Path;
 use std::process::Command;
@@ -62,7 +63,11 @@ fn count(
     n: usize,
     tag: &str,
 ) -> Result<u64> {
-    let out = env.dir.path().join(format!("callgrind-{tag}-{n}.out"));
+    // Kept where KM_BENCH_CALLGRIND_DIR says, for `callgrind_annotate` (the profile of
+    // BENCHMARKS.md); otherwise in the temporary directory, removed at the end.
+    let dir = std::env::var_os("KM_BENCH_CALLGRIND_DIR")
+        .map_or_else(|| env.dir.path().to_owned(), std::path::PathBuf::from);
+    let out = dir.join(format!("callgrind-{tag}-{n}.out"));
     let km = env.bin_dir.join("km");
     let mut cmd = env.command(Path::new("valgrind"));
     cmd.arg("--tool=callgrind")
