@@ -1,4 +1,4 @@
-//! Property tests of km's parsers of local files (issue 13): `config.toml` through
+//! Property tests of km's parsers of local files: `config.toml` through
 //! `Config::load_file` (StrictModes, cap, TOML, the settings' types), and policy files through
 //! the host service plugins call (`read_policy` / `write_policy`: the name check, then
 //! `policy_files` with its StrictModes). Arbitrary input is answered, never a panic; generated

@@ -1,4 +1,4 @@
-//! Chaos (issue 13, item 8): the real `km` SIGKILLed at many points of an install and of a
+//! Chaos: the real `km` SIGKILLed at many points of an install and of a
 //! monitor session. After each kill, what is on disk is either the old or the new state, never a
 //! half-written file at a final name: the installed plugin verifies (old or new version), and
 //! the next session reads the rollback record, the auth records and the session statistics.

@@ -1,4 +1,4 @@
-//! Distribution, end to end (issue 5): customer builds made by the real `km-sign build-plugin`,
+//! Distribution, end to end: customer builds made by the real `km-sign build-plugin`,
 //! `.kmpkg` packages made by `km-sign pack`, installed, updated and removed by the real `km`
 //! from files and from the reference `km-api-server` on loopback. Every refused package leaves
 //! the plugin installed before exactly as it was.

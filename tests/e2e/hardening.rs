@@ -1,4 +1,4 @@
-//! Issue 13, items 4 to 6, through the real `km` and real signed cdylibs: installs (the file
+//! Hardening of installs, the private copy and the host, through the real `km` and real signed cdylibs: installs (the file
 //! name bound to the signed plugin, the rollback check under the install lock, an overall
 //! download deadline, redirects that keep credentials to their origin and never go on in the
 //! clear elsewhere), the loader's private copy (created private in a checked base directory),

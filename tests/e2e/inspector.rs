@@ -1,4 +1,4 @@
-//! Issue 10's command, run as a new user runs it: the official MCP Inspector CLI calls a tool of
+//! The command a new user runs first: the official MCP Inspector CLI calls a tool of
 //! the official server-everything through `km monitor`. The Inspector runs on Node 22, and Node
 //! hands the server command (km) Unix socketpairs as stdin and stdout, not pipes. It runs three
 //! times: `--no-plugins` with an empty `KM_HOME`, without the flag before anything is installed

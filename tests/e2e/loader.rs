@@ -1,6 +1,7 @@
 //! Verify-then-load, end to end: real plugin libraries signed by keys the tests make, checked by
-//! the real `km verify-plugin`, `km list-plugins` and `km monitor`. Every attack on the list of
-//! issue 2 is refused, naming the check that failed.
+//! the real `km verify-plugin`, `km list-plugins` and `km monitor`. Every attack on a plugin
+//! file (tampering, a swapped signature, a wrong or revoked key, expiry, rollback, a foreign
+//! target) is refused, naming the check that failed.
 
 use std::path::Path;
 use std::process::Output;

@@ -1,4 +1,4 @@
-//! ml-analytics end to end (issue 16): the real plugin, stamped for a customer of a real
+//! ml-analytics end to end: the real plugin, stamped for a customer of a real
 //! `km-api-server` on loopback and signed, loaded by the real `km monitor` in front of a real
 //! MCP server (`km-test-mcp-server`, whose tools are slow or failing on demand, and the official
 //! server-everything driven by the official Python SDK), then asked with

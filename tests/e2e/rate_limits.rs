@@ -1,4 +1,4 @@
-//! Rate limits end to end (issue 21): a real `km monitor` session whose refresher bursts (a
+//! Rate limits end to end: a real `km monitor` session whose refresher bursts (a
 //! refresh every second) against the real `km-api-server` behind pinned TLS 1.3 with
 //! `--rate-limit 2/4s`. The server answers 429 with `Retry-After`; km waits as told (checked on
 //! the server's own log of decisions, not on timings measured here), the relay stays

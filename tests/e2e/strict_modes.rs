@@ -1,4 +1,4 @@
-//! StrictModes for everything that decides trust (issue 13, items 1 to 3), through the real
+//! StrictModes for everything that decides trust, through the real
 //! `km`: files and directories owned by another user, writable by others, links where a swap
 //! could redirect, and FIFOs or devices named like plugin files, each refused with the path and
 //! the fix, and never read.

@@ -1,4 +1,4 @@
-//! Transport security end to end (issue 21): the real `km` against the real `km-api-server`
+//! Transport security end to end: the real `km` against the real `km-api-server`
 //! behind TLS on loopback, with a CA and certificates made by the test (rcgen). TLS 1.3 only,
 //! certificate pins (SPKI SHA-256 of the server's certificate) with a backup pin, a custom CA
 //! for the endpoint (`api_ca`), plain http only to loopback; a real premium plugin (api-logger,

@@ -32,7 +32,7 @@ struct State {
 pub(crate) struct Output {
     /// `None` once closed (the peer sees the end of the stream then, not when the last of the
     /// two pumps lets go of this).
-    /// Written through [`End`], whatever kind of file the client gave (issue 10).
+    /// Written through [`End`], whatever kind of file the client gave (pipe, socket, terminal).
     file: RwLock<Option<End>>,
     state: Mutex<State>,
     /// Signalled when `busy` is cleared: the owner waits for an injected line being written.

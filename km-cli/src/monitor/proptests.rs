@@ -1,4 +1,4 @@
-//! Property tests of the monitor's parsers of outside input (issue 13): the framer (both modes)
+//! Property tests of the monitor's parsers of outside input: the framer (both modes)
 //! and the JSON-RPC scanner (`scan`, `scan_prefix`, `batch_elements`, `request_target`,
 //! `string_text`). Every byte of the MCP stream comes from a client or a server km does not
 //! control, so the properties are: no panic on any input, ranges always inside the line, memory

@@ -1,4 +1,4 @@
-//! km's stdin and stdout as every other kind of file a client may hand it (issue 10): a
+//! km's stdin and stdout as every other kind of file a client may hand it: a
 //! terminal, regular files (also one opened for appending, as `>>` does), `/dev/null`,
 //! `SOCK_SEQPACKET` socketpairs, one socket as both stdin and stdout (socat, inetd), and a
 //! socket that was never connected; each
