@@ -2,9 +2,11 @@
 //! no-op plugin on the same lines, both real signed libraries called through km's gateway.
 //!
 //! ml-analytics does nothing without a valid Pro subscription, so the bench makes it a customer
-//! build (stamped with credentials that open with a bench API key and the public key of an
-//! Ed25519 key the bench makes) and answers its `authenticate` in-process, as the Kilometers API
-//! would, with a token signed by that key: the same checks run as against the real API. No START
+//! build (stamped with a bench customer secret and the public key of an Ed25519 key the bench
+//! makes) and answers its requests in-process, as the Kilometers API would: the build key wrapped
+//! for the bench API key, then a token signed by that key, so the same checks run as against the
+//! real API (the bench does not check the request signatures; the API's side of them is tested in
+//! `km-api-server`). No START
 //! event is sent, so its flusher does not run: the figure is the handler alone, which is what km's
 //! worker thread pays per line (the flush, every 10 s, runs on the plugin's own thread).
 //!
@@ -28,8 +30,8 @@ use km_abi::{Direction, HttpRequest, HttpResponse, Message, MessageKind, PluginE
 use km_cli::home::KmHome;
 use km_cli::host::{ApiTransport, PluginHost, Verbosity};
 use km_cli::verifier::Verifier;
-use km_plugin_sdk::auth::{encode_token, now_unix, TokenPayload};
-use km_plugin_sdk::credentials::{stamp, StampInput};
+use km_plugin_sdk::auth::{encode_token, now_unix, TokenPayload, BUILD_KEY_PATH};
+use km_plugin_sdk::credentials::{build_key, stamp, wrap_build_key, StampInput, BUILD_ID_LEN};
 use km_plugin_sdk::Credentials;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
@@ -41,6 +43,7 @@ use crate::Options;
 
 const CUSTOMER: &str = "cust_bench";
 const API_KEY: &str = "km_live_bench_0123456789";
+const CUSTOMER_SECRET: &str = "ct-bench";
 
 /// The Kilometers API's `authenticate`, answered in-process with a token the bench signs.
 struct BenchApi {
@@ -48,9 +51,12 @@ struct BenchApi {
 }
 
 impl BenchApi {
-    /// The answer to an authentication request's body.
-    fn answer(&self, body: &[u8]) -> Result<Vec<u8>, String> {
+    /// The answer to a request for `path` with `body`: the build key, or a token.
+    fn answer(&self, path: &str, body: &[u8]) -> Result<Vec<u8>, String> {
         let body: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        if path == BUILD_KEY_PATH {
+            return build_key_answer(&body);
+        }
         let now = now_unix();
         let payload = TokenPayload {
             v: 1,
@@ -78,6 +84,12 @@ impl BenchApi {
                 let mut reader = BufReader::new(&stream);
                 let mut length = 0usize;
                 let mut line = String::new();
+                // The request line: METHOD PATH VERSION.
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+                line.clear();
                 while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
                     if line == "\r\n" {
                         break;
@@ -93,7 +105,7 @@ impl BenchApi {
                 if reader.read_exact(&mut body).is_err() {
                     continue;
                 }
-                let (status, answer) = match self.answer(&body) {
+                let (status, answer) = match self.answer(&path, &body) {
                     Ok(a) => ("200 OK", a),
                     Err(e) => ("400 Bad Request", e.into_bytes()),
                 };
@@ -113,7 +125,7 @@ impl BenchApi {
 impl ApiTransport for BenchApi {
     fn request(&self, request: &HttpRequest) -> Result<HttpResponse, PluginError> {
         let body = self
-            .answer(request.body.as_slice())
+            .answer(request.path.as_str(), request.body.as_slice())
             .map_err(PluginError::failed)?;
         Ok(HttpResponse {
             status: 200,
@@ -121,6 +133,23 @@ impl ApiTransport for BenchApi {
             body: body.into(),
         })
     }
+}
+
+/// The build key of the build a build-key request names, wrapped for the bench API key.
+fn build_key_answer(body: &Value) -> Result<Vec<u8>, String> {
+    let hex_field = |name: &str| -> Result<Vec<u8>, String> {
+        hex::decode(body[name].as_str().unwrap_or_default()).map_err(|e| format!("{name}: {e}"))
+    };
+    let build_id: [u8; BUILD_ID_LEN] = hex_field("build_id")?
+        .try_into()
+        .map_err(|_| "build_id: not 16 bytes".to_owned())?;
+    let customer_hash: [u8; 32] = hex_field("customer_hash")?
+        .try_into()
+        .map_err(|_| "customer_hash: not 32 bytes".to_owned())?;
+    let key = build_key(CUSTOMER_SECRET, &build_id);
+    let wrapped =
+        wrap_build_key(&key, API_KEY, &build_id, &customer_hash).map_err(|e| e.to_string())?;
+    Ok(json!({ "build_key": wrapped }).to_string().into_bytes())
 }
 
 /// One line of the mix, with what km tells plugins about it.
@@ -287,7 +316,7 @@ fn install(
     if let Some(key) = api_public_key {
         let credentials = Credentials {
             customer_id: CUSTOMER.to_owned(),
-            customer_token: "ct-bench".to_owned(),
+            customer_token: CUSTOMER_SECRET.to_owned(),
             tier: Tier::Pro,
             build_time: now_unix(),
         };
@@ -295,7 +324,6 @@ fn install(
             &mut bytes,
             &StampInput {
                 api_public_key: key,
-                api_key: API_KEY,
                 credentials: &credentials,
             },
         )

@@ -327,7 +327,6 @@ impl BenchEnv {
             &mut bytes,
             &StampInput {
                 api_public_key: &self.api.public_key,
-                api_key: API_KEY,
                 credentials: &credentials,
             },
         )

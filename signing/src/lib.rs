@@ -80,6 +80,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod device;
 mod error;
 mod fsutil;
 pub mod keys;

@@ -98,7 +98,6 @@ impl Setup {
             &mut bytes,
             &StampInput {
                 api_public_key: &server.public_key,
-                api_key: ACME.api_key,
                 credentials: &credentials,
             },
         )

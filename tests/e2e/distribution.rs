@@ -142,14 +142,7 @@ fn build_for(env: &KmEnv, server: &ApiServer, customer: &Customer, out_dir: &Pat
         "--customer",
         customer.id,
     ])
-    .args([
-        "--api-key",
-        customer.api_key,
-        "--tier",
-        "pro",
-        "--version",
-        "1.0.0",
-    ])
+    .args(["--tier", "pro", "--version", "1.0.0"])
     .arg("--customer-token")
     .arg(customer.customer_token())
     .arg("--key")
@@ -242,19 +235,18 @@ fn a_customer_build_authenticates_for_its_customer_and_degrades_for_another() {
     // At the credentials level, with the real stamped bytes.
     let offset = km_plugin_sdk::credentials::find_region(&stamped).expect("one region");
     let region = &stamped[offset..offset + km_plugin_sdk::credentials::REGION_SIZE];
-    let creds = km_plugin_sdk::credentials::open(region, ALICE.api_key).expect("opens for Alice");
+    // They open with the build key of Alice's secret (what the API hands her, wrapped for her
+    // API key), not with Bob's.
+    let info = km_plugin_sdk::credentials::region_info(region).expect("info");
+    let key_of = |secret: &str| km_plugin_sdk::credentials::build_key(secret, &info.build_id);
+    let creds = km_plugin_sdk::credentials::open(region, &key_of(&ALICE.customer_token()))
+        .expect("opens for Alice");
     assert_eq!(creds.customer_id, ALICE.id);
     assert_eq!(
-        km_plugin_sdk::credentials::open(region, BOB.api_key),
+        km_plugin_sdk::credentials::open(region, &key_of(&BOB.customer_token())),
         Err(km_plugin_sdk::credentials::CredentialsError::WrongKeyOrTampered)
     );
-    assert_eq!(
-        km_plugin_sdk::credentials::region_info(region)
-            .expect("info")
-            .api_public_key
-            .to_vec(),
-        server.public_key
-    );
+    assert_eq!(info.api_public_key.to_vec(), server.public_key);
 
     // Installed from its package, the full round trip through the reference API.
     let out = install(&env, &pkg.display().to_string());
@@ -308,14 +300,7 @@ fn build_plugin_refuses_a_library_without_a_credentials_region() {
             "--customer",
             ALICE.id,
         ])
-        .args([
-            "--api-key",
-            ALICE.api_key,
-            "--tier",
-            "pro",
-            "--customer-token",
-            "t",
-        ])
+        .args(["--tier", "pro", "--customer-token", "t"])
         .arg("--key")
         .arg(env.key.with_extension("key"))
         .arg("--api-public-key")

@@ -50,7 +50,6 @@ impl Fixture {
                 &mut bytes,
                 &StampInput {
                     api_public_key: &api.public_key,
-                    api_key: CAROL.api_key,
                     credentials: &credentials,
                 },
             )

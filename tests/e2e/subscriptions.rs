@@ -44,7 +44,6 @@ fn install_api_logger(env: &KmEnv, server: &ApiServer, customer: Option<&Custome
             &mut bytes,
             &StampInput {
                 api_public_key: &server.public_key,
-                api_key: c.api_key,
                 credentials: &credentials,
             },
         )

@@ -756,7 +756,6 @@ fn install_api_logger(env: &KmEnv, server: &ApiServer) {
         &mut bytes,
         &StampInput {
             api_public_key: &server.public_key,
-            api_key: ALICE.api_key,
             credentials: &credentials,
         },
     )

@@ -328,7 +328,6 @@ impl KmEnv {
             &mut bytes,
             &StampInput {
                 api_public_key: &server.public_key,
-                api_key: customer.api_key,
                 credentials: &credentials,
             },
         )

@@ -27,10 +27,25 @@
 //! Everything that goes wrong degrades quietly: the plugin behaves as on the Free tier, nothing is
 //! printed, and [`AuthResponse::reason`] tells `km plugin-status` why.
 //!
+//! An authentication takes up to two requests:
+//!
+//! 1. `POST /api/plugins/build-key` `{plugin_name, api_key, build_id, customer_hash}` →
+//!    `{build_key}`: the key that opens the build's stamped credentials, wrapped for the API key
+//!    the user configured (see [`crate::credentials`]). Asked only when the wrap kept in the
+//!    plugin's data directory does not open with the configured key: at the first start, and
+//!    after the user rotated the key (`km init --api-key NEW`), which is how an installed build
+//!    keeps working through a rotation without being reinstalled.
+//! 2. `POST /api/plugins/authenticate` `{plugin_name, plugin_version, required_tier, api_key,
+//!    customer_id}` → `{token, ...}`, signed with the build's request key
+//!    ([`crate::request`]: timestamp, nonce, signature headers). The customer secret itself is
+//!    never sent.
+//!
 //! A valid token is also cached in the plugin's data directory, and the cache is used only when
 //! the API cannot be reached (network error, timeout, 5xx, 429). It is verified exactly like a
-//! fresh token, so a restart within its validity needs no network and a hand-edited cache buys
-//! nothing. The km ABI stays as it is: the cache lives on the plugin's side of the boundary.
+//! fresh token (bound to the customer by the customer hash in the build's clear header, so even
+//! a build whose key is not at hand can check it), so a restart within its validity needs no
+//! network and a hand-edited cache buys nothing. The km ABI stays as it is: the caches live on
+//! the plugin's side of the boundary.
 //!
 //! What is NOT checked: revocation of a token before its expiry (tokens are short-lived for that
 //! reason), and the user's clock (a user who sets the clock back can replay an expired token of
@@ -43,12 +58,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use km_abi::abi_stable::std_types::Tuple2;
 use ring::signature::{UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 
-use crate::credentials::{self, Credentials, CredentialsError};
+use crate::credentials::{self, Credentials, CredentialsError, RegionInfo};
 use crate::plugin::Host;
-use km_abi::{AuthResponse, ErrorKind, HttpRequest, Tier};
+use crate::request::RequestSignature;
+use km_abi::{AuthResponse, ErrorKind, HttpRequest, HttpResponse, PluginError, Tier};
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -67,6 +84,16 @@ pub const CLOCK_SKEW_SECS: i64 = 60;
 
 /// The API path plugins authenticate against.
 pub const AUTHENTICATE_PATH: &str = "/api/plugins/authenticate";
+
+/// The API path that hands a build its build key, wrapped for the caller's API key.
+pub const BUILD_KEY_PATH: &str = "/api/plugins/build-key";
+
+/// The file, in the plugin's data directory, holding the last valid token.
+const TOKEN_FILE: &str = "subscription-token";
+
+/// The file, in the plugin's data directory, holding the build key wrapped for the configured
+/// API key.
+const BUILD_KEY_FILE: &str = "build-key";
 
 /// What a verified token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,9 +325,33 @@ pub struct AuthRequestBody {
     /// The customer id stamped into this build, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_id: Option<String>,
-    /// The customer token stamped into this build, if any.
+    /// The customer token, as builds of credentials format 1 sent it in clear. Builds of
+    /// format 2 never send it (they sign with a key derived from it); the API refuses unsigned
+    /// requests, so this field is read only to explain that refusal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_token: Option<String>,
+}
+
+/// The body of `POST /api/plugins/build-key`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildKeyRequestBody {
+    /// The plugin's name (for the API's logs).
+    pub plugin_name: String,
+    /// The user's API key: the build key comes back wrapped for it.
+    pub api_key: String,
+    /// The build id from the build's clear header, hex.
+    pub build_id: String,
+    /// The customer hash from the build's clear header, hex.
+    pub customer_hash: String,
+}
+
+/// The answer of `POST /api/plugins/build-key`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildKeyAnswerBody {
+    /// The build key wrapped for the request's API key
+    /// ([`crate::credentials::wrap_build_key`]).
+    pub build_key: String,
 }
 
 /// The body of a successful answer. `tier`, `features` and `expires_at` repeat what the token
@@ -344,7 +395,7 @@ pub struct Subscription {
     version: &'static str,
     required: Tier,
     region: &'static [u8],
-    cache_file: Mutex<Option<PathBuf>>,
+    cache_dir: Mutex<Option<PathBuf>>,
     inner: Mutex<Inner>,
 }
 
@@ -379,7 +430,7 @@ impl Subscription {
             version,
             required,
             region,
-            cache_file: Mutex::new(None),
+            cache_dir: Mutex::new(None),
             inner: Mutex::new(Inner {
                 active: None,
                 decided: false,
@@ -388,10 +439,11 @@ impl Subscription {
     }
 
     /// Keeps the last valid token in `dir` (the plugin's data directory), for restarts without
-    /// network.
+    /// network, and the build key wrapped for the configured API key, so that only the first
+    /// start and the first start after a key rotation ask the API for it.
     pub fn cache_in(&self, dir: PathBuf) {
-        if let Ok(mut slot) = self.cache_file.lock() {
-            *slot = Some(dir.join("subscription-token"));
+        if let Ok(mut slot) = self.cache_dir.lock() {
+            *slot = Some(dir);
         }
     }
 
@@ -446,7 +498,7 @@ impl Subscription {
     /// [`Self::authenticate`] with the HTTP call and the clock passed in (for tests).
     fn authenticate_at(
         &self,
-        http: impl FnOnce(HttpRequest) -> Result<km_abi::HttpResponse, km_abi::PluginError>,
+        http: impl FnMut(HttpRequest) -> Result<HttpResponse, PluginError>,
         api_key: &str,
         now: i64,
     ) -> AuthResponse {
@@ -459,7 +511,7 @@ impl Subscription {
 
     fn decide(
         &self,
-        http: impl FnOnce(HttpRequest) -> Result<km_abi::HttpResponse, km_abi::PluginError>,
+        mut http: impl FnMut(HttpRequest) -> Result<HttpResponse, PluginError>,
         api_key: &str,
         now: i64,
     ) -> AuthResponse {
@@ -472,19 +524,19 @@ impl Subscription {
                 self.plugin
             ))
             }
+            Err(e @ CredentialsError::LegacyFormat) => return self.degrade(e.to_string()),
             Err(e) => return self.degrade(format!("credentials region: {e}")),
         };
         if api_key.is_empty() {
             return self.degrade("no Kilometers API key is configured (run `km init`)".to_owned());
         }
-        let creds = match credentials::open(self.region, api_key) {
-            Ok(creds) => creds,
-            Err(e) => return self.degrade(e.to_string()),
-        };
-        match self.ask_api(http, api_key, &creds, &info.api_public_key, now) {
+        let asked = self
+            .open_credentials(&mut http, api_key, &info)
+            .and_then(|creds| self.ask_api(&mut http, api_key, &creds, &info, now));
+        match asked {
             Ok((claims, token)) => self.accept(claims, token),
             Err(Failure::Refused(reason)) => {
-                self.forget_cache();
+                self.forget(TOKEN_FILE);
                 self.degrade(reason)
             }
             Err(Failure::Unavailable(why)) => {
@@ -495,17 +547,11 @@ impl Subscription {
                     .ok()
                     .and_then(|i| i.active.clone())
                     .map(|(_, token)| token)
-                    .or_else(|| self.read_cache());
+                    .or_else(|| self.read(TOKEN_FILE, MAX_TOKEN_LEN));
                 let revalidated = kept.and_then(|token| {
-                    verify_token(
-                        &token,
-                        &info.api_public_key,
-                        self.plugin,
-                        Some(&creds.customer_id),
-                        now,
-                    )
-                    .ok()
-                    .map(|claims| (claims, token))
+                    self.check_token(&token, &info, now)
+                        .ok()
+                        .map(|claims| (claims, token))
                 });
                 match revalidated {
                     Some((claims, token)) if claims.tier.satisfies(self.required) => {
@@ -520,12 +566,69 @@ impl Subscription {
         }
     }
 
+    /// A token's checks: the API's signature, this plugin, and the customer of this build (by the
+    /// customer hash of the build's clear header, which the credentials are checked against when
+    /// they are opened).
+    fn check_token(
+        &self,
+        token: &str,
+        info: &RegionInfo,
+        now: i64,
+    ) -> Result<TokenClaims, TokenError> {
+        let claims = verify_token(token, &info.api_public_key, self.plugin, None, now)?;
+        if credentials::customer_hash(&claims.customer_id) != info.customer_hash_hex() {
+            return Err(TokenError::WrongCustomer {
+                expected: format!(
+                    "the customer of this build ({})",
+                    &info.customer_hash_hex()[..16]
+                ),
+                actual: claims.customer_id,
+            });
+        }
+        Ok(claims)
+    }
+
+    /// The build's credentials, opened with the build key: the wrap kept in the data directory
+    /// when it opens with `api_key`, otherwise a wrap the API hands out for `api_key` (kept for
+    /// next time once it proved to open the credentials).
+    fn open_credentials(
+        &self,
+        http: &mut impl FnMut(HttpRequest) -> Result<HttpResponse, PluginError>,
+        api_key: &str,
+        info: &RegionInfo,
+    ) -> Result<Credentials, Failure> {
+        let kept = self
+            .read(BUILD_KEY_FILE, 1024)
+            .and_then(|wrapped| credentials::unwrap_build_key(&wrapped, api_key, info).ok())
+            .and_then(|key| credentials::open(self.region, &key).ok());
+        if let Some(creds) = kept {
+            return Ok(creds);
+        }
+        let body = BuildKeyRequestBody {
+            plugin_name: self.plugin.to_owned(),
+            api_key: api_key.to_owned(),
+            build_id: info.build_id_hex(),
+            customer_hash: info.customer_hash_hex(),
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| Failure::Refused(e.to_string()))?;
+        let answer = send(http, HttpRequest::post_json(BUILD_KEY_PATH, body))?;
+        let answer: BuildKeyAnswerBody = serde_json::from_slice(&answer).map_err(|_| {
+            Failure::Refused("the API's answer to the build key request is malformed".to_owned())
+        })?;
+        let key = credentials::unwrap_build_key(&answer.build_key, api_key, info)
+            .map_err(|e| Failure::Refused(format!("the API's build key: {e}")))?;
+        let creds =
+            credentials::open(self.region, &key).map_err(|e| Failure::Refused(e.to_string()))?;
+        self.write(BUILD_KEY_FILE, &answer.build_key);
+        Ok(creds)
+    }
+
     fn ask_api(
         &self,
-        http: impl FnOnce(HttpRequest) -> Result<km_abi::HttpResponse, km_abi::PluginError>,
+        http: &mut impl FnMut(HttpRequest) -> Result<HttpResponse, PluginError>,
         api_key: &str,
         creds: &Credentials,
-        api_public_key: &[u8],
+        info: &RegionInfo,
         now: i64,
     ) -> Result<(TokenClaims, String), Failure> {
         let body = AuthRequestBody {
@@ -534,49 +637,23 @@ impl Subscription {
             required_tier: self.required.as_str().to_owned(),
             api_key: api_key.to_owned(),
             customer_id: Some(creds.customer_id.clone()),
-            customer_token: Some(creds.customer_token.clone()),
+            customer_token: None,
         };
         let body = serde_json::to_vec(&body).map_err(|e| Failure::Refused(e.to_string()))?;
-        let response = match http(HttpRequest::post_json(AUTHENTICATE_PATH, body)) {
-            Ok(r) => r,
-            // Only "could not reach it" lets a cached token stand in; anything else (no API
-            // configured, a refused path, an oversized answer) is a refusal.
-            Err(e) if e.kind == ErrorKind::NETWORK || e.kind == ErrorKind::TIMEOUT => {
-                return Err(Failure::Unavailable(e.message.into_string()))
-            }
-            Err(e) => return Err(Failure::Refused(e.message.into_string())),
-        };
-        if response.status >= 500 || response.status == 429 {
-            return Err(Failure::Unavailable(format!("HTTP {}", response.status)));
+        let key = credentials::request_key(&creds.customer_token, &info.build_id);
+        let signature =
+            RequestSignature::sign(&key, "POST", AUTHENTICATE_PATH, &body, &info.build_id, now)
+                .map_err(|e| Failure::Refused(e.to_string()))?;
+        let mut request = HttpRequest::post_json(AUTHENTICATE_PATH, body);
+        for (name, value) in signature.headers() {
+            request.headers.push(Tuple2(name.into(), value.into()));
         }
-        if response.body.len() > MAX_AUTH_RESPONSE_LEN {
-            return Err(Failure::Refused(format!(
-                "the API's answer is oversized ({} bytes)",
-                response.body.len()
-            )));
-        }
-        if response.status != 200 {
-            // The API explains a refusal in {"error": "..."}; show it, bounded.
-            let why = serde_json::from_slice::<serde_json::Value>(&response.body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| "no reason given".to_owned());
-            let why: String = why.chars().take(300).collect();
-            return Err(Failure::Refused(format!(
-                "the API refused (HTTP {}): {why}",
-                response.status
-            )));
-        }
-        let answer: AuthAnswerBody = serde_json::from_slice(&response.body)
+        let body = send(http, request)?;
+        let answer: AuthAnswerBody = serde_json::from_slice(&body)
             .map_err(|_| Failure::Refused("the API's answer is malformed".to_owned()))?;
-        let claims = verify_token(
-            &answer.token,
-            api_public_key,
-            self.plugin,
-            Some(&creds.customer_id),
-            now,
-        )
-        .map_err(|e| Failure::Refused(format!("rejected the API's token: {e}")))?;
+        let claims = self
+            .check_token(&answer.token, info, now)
+            .map_err(|e| Failure::Refused(format!("rejected the API's token: {e}")))?;
         // The readable fields must say what the signed token says: a tier or feature list
         // altered in transit is a forgery, not a detail.
         if answer.tier != claims.tier.as_str()
@@ -597,7 +674,7 @@ impl Subscription {
                 "the subscription of {} is {}; {} needs {}",
                 claims.customer_id, claims.tier, self.plugin, self.required
             );
-            self.forget_cache();
+            self.forget(TOKEN_FILE);
             let mut response = self.degrade(reason);
             response.tier = claims.tier;
             response.features = claims.features.iter().map(|f| f.as_str().into()).collect();
@@ -605,7 +682,7 @@ impl Subscription {
             response.token = token.into();
             return response;
         }
-        self.write_cache(&token);
+        self.write(TOKEN_FILE, &token);
         let response = AuthResponse {
             authorized: true,
             tier: claims.tier,
@@ -627,30 +704,72 @@ impl Subscription {
         AuthResponse::degraded(reason)
     }
 
-    fn cache_path(&self) -> Option<PathBuf> {
-        self.cache_file.lock().ok().and_then(|p| p.clone())
+    fn cache_path(&self, file: &str) -> Option<PathBuf> {
+        self.cache_dir
+            .lock()
+            .ok()
+            .and_then(|dir| dir.as_ref().map(|d| d.join(file)))
     }
 
-    fn read_cache(&self) -> Option<String> {
-        let path = self.cache_path()?;
+    /// A cache file's text, when it is there and at most `limit` bytes.
+    fn read(&self, file: &str, limit: usize) -> Option<String> {
+        let path = self.cache_path(file)?;
         let text = std::fs::read_to_string(path).ok()?;
-        (text.len() <= MAX_TOKEN_LEN).then(|| text.trim().to_owned())
+        (text.len() <= limit).then(|| text.trim().to_owned())
     }
 
-    fn write_cache(&self, token: &str) {
-        let Some(path) = self.cache_path() else {
+    fn write(&self, file: &str, text: &str) {
+        let Some(path) = self.cache_path(file) else {
             return;
         };
         // Atomically and private to the user, so that a crash never leaves half a token. A
-        // failure only costs a fresh authentication at the next start: nothing to report.
-        let _ = km_durable::write_atomic(&path, token.as_bytes(), km_durable::PRIVATE);
+        // failure only costs a fresh request at the next start: nothing to report.
+        let _ = km_durable::write_atomic(&path, text.as_bytes(), km_durable::PRIVATE);
     }
 
-    fn forget_cache(&self) {
-        if let Some(path) = self.cache_path() {
+    fn forget(&self, file: &str) {
+        if let Some(path) = self.cache_path(file) {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Sends `request` and returns the body of a 200 answer. Only "could not reach it" (network
+/// errors, timeouts, 5xx, 429) is [`Failure::Unavailable`], which lets a cached token stand in;
+/// anything else (no API configured, a refused path, an oversized answer, a refusal) is a
+/// refusal, explained with the API's own `{"error": ...}` when it gave one.
+fn send(
+    http: &mut impl FnMut(HttpRequest) -> Result<HttpResponse, PluginError>,
+    request: HttpRequest,
+) -> Result<Vec<u8>, Failure> {
+    let response = match http(request) {
+        Ok(r) => r,
+        Err(e) if e.kind == ErrorKind::NETWORK || e.kind == ErrorKind::TIMEOUT => {
+            return Err(Failure::Unavailable(e.message.into_string()))
+        }
+        Err(e) => return Err(Failure::Refused(e.message.into_string())),
+    };
+    if response.status >= 500 || response.status == 429 {
+        return Err(Failure::Unavailable(format!("HTTP {}", response.status)));
+    }
+    if response.body.len() > MAX_AUTH_RESPONSE_LEN {
+        return Err(Failure::Refused(format!(
+            "the API's answer is oversized ({} bytes)",
+            response.body.len()
+        )));
+    }
+    if response.status != 200 {
+        let why = serde_json::from_slice::<serde_json::Value>(&response.body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "no reason given".to_owned());
+        let why: String = why.chars().take(300).collect();
+        return Err(Failure::Refused(format!(
+            "the API refused (HTTP {}): {why}",
+            response.status
+        )));
+    }
+    Ok(response.body.into_vec())
 }
 
 #[cfg(test)]
@@ -804,11 +923,13 @@ mod tests {
 
     // --- the Subscription helper, against a fake API ---
 
-    fn region_for(key: &Ed25519KeyPair, customer: &str, api_key: &str) -> &'static [u8] {
+    const SECRET: &str = "ct-cust_a";
+
+    fn region_for(key: &Ed25519KeyPair, customer: &str) -> &'static [u8] {
         let mut region = EMPTY_REGION.to_vec();
         let creds = Credentials {
             customer_id: customer.into(),
-            customer_token: "ct".into(),
+            customer_token: format!("ct-{customer}"),
             tier: Tier::Pro,
             build_time: NOW,
         };
@@ -816,13 +937,20 @@ mod tests {
             &mut region,
             &StampInput {
                 api_public_key: &pk(key),
-                api_key,
                 credentials: &creds,
             },
         )
         .expect("stamp");
         assert_eq!(region.len(), REGION_SIZE);
         Box::leak(region.into_boxed_slice())
+    }
+
+    fn http_answer(status: u16, body: Vec<u8>) -> Result<HttpResponse, PluginError> {
+        Ok(HttpResponse {
+            status,
+            headers: Default::default(),
+            body: body.into(),
+        })
     }
 
     fn answer(
@@ -835,34 +963,119 @@ mod tests {
             "token": token, "customer_id": customer, "tier": tier,
             "features": ["api_logging"], "expires_at": exp,
         });
-        Ok(HttpResponse {
-            status: 200,
-            headers: Default::default(),
-            body: body.to_string().into_bytes().into(),
-        })
+        http_answer(200, body.to_string().into_bytes())
+    }
+
+    fn header<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
+        req.headers
+            .iter()
+            .find(|h| h.0.as_str() == name)
+            .map(|h| h.1.as_str())
+    }
+
+    /// What the fake API saw.
+    #[derive(Default)]
+    struct Seen {
+        build_key_requests: usize,
+        auth_requests: usize,
+    }
+
+    /// The API of customer `cust_a` (secret [`SECRET`]) whose current API key is `api_key`:
+    /// build keys are handed out wrapped for that key only, and every authentication request
+    /// must carry a valid signature by the build's request key, and no customer secret, before
+    /// `auth` answers it.
+    fn api<'a>(
+        api_key: &'a str,
+        seen: &'a std::cell::RefCell<Seen>,
+        mut auth: impl FnMut(HttpRequest) -> Result<HttpResponse, PluginError> + 'a,
+    ) -> impl FnMut(HttpRequest) -> Result<HttpResponse, PluginError> + 'a {
+        move |req: HttpRequest| match req.path.as_str() {
+            BUILD_KEY_PATH => {
+                seen.borrow_mut().build_key_requests += 1;
+                let body: BuildKeyRequestBody =
+                    serde_json::from_slice(&req.body).expect("build key request json");
+                if body.api_key != api_key {
+                    return http_answer(401, br#"{"error":"unknown API key"}"#.to_vec());
+                }
+                if body.customer_hash != crate::credentials::customer_hash("cust_a") {
+                    return http_answer(
+                        403,
+                        br#"{"error":"this plugin build belongs to another customer"}"#.to_vec(),
+                    );
+                }
+                let build: [u8; 16] = hex::decode(&body.build_id)
+                    .expect("hex")
+                    .try_into()
+                    .expect("16 bytes");
+                let hash: [u8; 32] = hex::decode(&body.customer_hash)
+                    .expect("hex")
+                    .try_into()
+                    .expect("32 bytes");
+                let key = crate::credentials::build_key(SECRET, &build);
+                let wrapped =
+                    crate::credentials::wrap_build_key(&key, api_key, &build, &hash).expect("wrap");
+                http_answer(
+                    200,
+                    serde_json::json!({ "build_key": wrapped })
+                        .to_string()
+                        .into_bytes(),
+                )
+            }
+            AUTHENTICATE_PATH => {
+                seen.borrow_mut().auth_requests += 1;
+                let body: AuthRequestBody = serde_json::from_slice(&req.body).expect("json");
+                assert_eq!(body.customer_token, None, "the customer secret was sent");
+                if body.api_key != api_key {
+                    return http_answer(401, br#"{"error":"unknown API key"}"#.to_vec());
+                }
+                let sig = RequestSignature::from_headers(|n| header(&req, n))
+                    .expect("well-formed signature headers")
+                    .expect("a signed request");
+                let key =
+                    crate::credentials::request_key(SECRET, &sig.build_id().expect("build id"));
+                sig.verify(&key, "POST", AUTHENTICATE_PATH, &req.body)
+                    .expect("signed with the build's request key");
+                auth(req)
+            }
+            other => panic!("unexpected request to {other}"),
+        }
     }
 
     fn sub(region: &'static [u8]) -> Subscription {
         Subscription::new("api-logger", "1.0.0", Tier::Pro, region)
     }
 
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "km-sdk-auth-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    }
+
     #[test]
     fn a_valid_pro_answer_activates_full_features() {
         let k = keypair(1);
-        let s = sub(region_for(&k, "cust_a", "key_a"));
+        let s = sub(region_for(&k, "cust_a"));
+        let dir = temp_dir("valid");
+        s.cache_in(dir.clone());
         assert_eq!(s.state(NOW), SubscriptionState::Pending);
         let t = token(
             &k,
             &payload("api-logger", "cust_a", Tier::Pro, NOW, NOW + 600),
         );
+        let seen = std::cell::RefCell::new(Seen::default());
         let r = s.authenticate_at(
-            |req| {
+            api("key_a", &seen, |req| {
                 let body: AuthRequestBody =
                     serde_json::from_slice(&req.body).expect("request json");
                 assert_eq!(body.customer_id.as_deref(), Some("cust_a"));
                 assert_eq!(body.api_key, "key_a");
                 answer(&t, "cust_a", "pro", NOW + 600)
-            },
+            }),
             "key_a",
             NOW,
         );
@@ -873,17 +1086,79 @@ mod tests {
             s.current(NOW + 600).is_none(),
             "expired tokens stop counting without a refresh"
         );
+        // The build key is asked once, then kept (wrapped) in the data directory.
+        let r = s.authenticate_at(
+            api("key_a", &seen, |_| answer(&t, "cust_a", "pro", NOW + 600)),
+            "key_a",
+            NOW + 10,
+        );
+        assert!(r.authorized, "{r:?}");
+        assert_eq!(seen.borrow().build_key_requests, 1);
+        assert_eq!(seen.borrow().auth_requests, 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rotated_api_key_gets_the_build_key_again_without_a_new_build() {
+        let k = keypair(1);
+        let region = region_for(&k, "cust_a");
+        let dir = temp_dir("rotation");
+        let s = sub(region);
+        s.cache_in(dir.clone());
+        let t = token(
+            &k,
+            &payload("api-logger", "cust_a", Tier::Pro, NOW, NOW + 600),
+        );
+        let seen = std::cell::RefCell::new(Seen::default());
+        assert!(
+            s.authenticate_at(
+                api("key_old", &seen, |_| answer(&t, "cust_a", "pro", NOW + 600)),
+                "key_old",
+                NOW
+            )
+            .authorized
+        );
+        // The key is rotated at the API: the old one is refused, the kept wrap does not open
+        // with the new one, which gets a wrap of its own, kept in place of the old.
+        let refused = s.authenticate_at(
+            api("key_new", &seen, |_| panic!("must not authenticate")),
+            "key_old",
+            NOW + 1,
+        );
+        assert!(
+            !refused.authorized && refused.reason.contains("unknown API key"),
+            "{refused:?}"
+        );
+        let restarted = sub(region);
+        restarted.cache_in(dir.clone());
+        let r = restarted.authenticate_at(
+            api("key_new", &seen, |_| answer(&t, "cust_a", "pro", NOW + 600)),
+            "key_new",
+            NOW + 2,
+        );
+        assert!(r.authorized, "{r:?}");
+        assert_eq!(seen.borrow().build_key_requests, 2);
+        let kept = std::fs::read_to_string(dir.join(BUILD_KEY_FILE)).expect("kept wrap");
+        let info = credentials::region_info(region).expect("info");
+        assert!(credentials::unwrap_build_key(&kept, "key_new", &info).is_ok());
+        assert!(credentials::unwrap_build_key(&kept, "key_old", &info).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_tier_altered_in_transit_is_rejected() {
         let k = keypair(1);
-        let s = sub(region_for(&k, "cust_a", "key_a"));
+        let s = sub(region_for(&k, "cust_a"));
         let t = token(
             &k,
             &payload("api-logger", "cust_a", Tier::Free, NOW, NOW + 600),
         );
-        let r = s.authenticate_at(|_| answer(&t, "cust_a", "pro", NOW + 600), "key_a", NOW);
+        let seen = std::cell::RefCell::new(Seen::default());
+        let r = s.authenticate_at(
+            api("key_a", &seen, |_| answer(&t, "cust_a", "pro", NOW + 600)),
+            "key_a",
+            NOW,
+        );
         assert!(!r.authorized);
         assert!(r.reason.contains("disagrees"), "{}", r.reason);
         assert!(s.current(NOW).is_none());
@@ -892,12 +1167,17 @@ mod tests {
     #[test]
     fn a_free_subscription_degrades_with_a_reason() {
         let k = keypair(1);
-        let s = sub(region_for(&k, "cust_a", "key_a"));
+        let s = sub(region_for(&k, "cust_a"));
         let t = token(
             &k,
             &payload("api-logger", "cust_a", Tier::Free, NOW, NOW + 600),
         );
-        let r = s.authenticate_at(|_| answer(&t, "cust_a", "free", NOW + 600), "key_a", NOW);
+        let seen = std::cell::RefCell::new(Seen::default());
+        let r = s.authenticate_at(
+            api("key_a", &seen, |_| answer(&t, "cust_a", "free", NOW + 600)),
+            "key_a",
+            NOW,
+        );
         assert!(!r.authorized);
         assert_eq!(r.tier, Tier::Free);
         assert!(r.reason.contains("needs Pro"), "{}", r.reason);
@@ -907,13 +1187,16 @@ mod tests {
     #[test]
     fn forged_other_customer_and_wrong_key_answers_degrade() {
         let k = keypair(1);
-        let s = sub(region_for(&k, "cust_a", "key_a"));
+        let s = sub(region_for(&k, "cust_a"));
+        let seen = std::cell::RefCell::new(Seen::default());
         let forged = token(
             &keypair(9),
             &payload("api-logger", "cust_a", Tier::Pro, NOW, NOW + 600),
         );
         let r = s.authenticate_at(
-            |_| answer(&forged, "cust_a", "pro", NOW + 600),
+            api("key_a", &seen, |_| {
+                answer(&forged, "cust_a", "pro", NOW + 600)
+            }),
             "key_a",
             NOW,
         );
@@ -926,16 +1209,55 @@ mod tests {
             &k,
             &payload("api-logger", "cust_b", Tier::Pro, NOW, NOW + 600),
         );
-        let r = s.authenticate_at(|_| answer(&other, "cust_b", "pro", NOW + 600), "key_a", NOW);
+        let r = s.authenticate_at(
+            api("key_a", &seen, |_| {
+                answer(&other, "cust_b", "pro", NOW + 600)
+            }),
+            "key_a",
+            NOW,
+        );
         assert!(
             !r.authorized && r.reason.contains("customer"),
             "{}",
             r.reason
         );
-        // Customer B's API key does not open A's build: no request is even made.
-        let r = s.authenticate_at(|_| panic!("must not ask the API"), "key_b", NOW);
+        // Customer B's API key gets no build key for A's build: nothing is authenticated.
+        let b_build = sub(region_for(&k, "cust_b"));
+        let r = b_build.authenticate_at(
+            api("key_a", &seen, |_| panic!("must not authenticate")),
+            "key_a",
+            NOW,
+        );
         assert!(
             !r.authorized && r.reason.contains("another customer"),
+            "{}",
+            r.reason
+        );
+        // A build key that is not this build's is refused before anything is signed.
+        let r = s.authenticate_at(
+            |req: HttpRequest| {
+                assert_eq!(req.path.as_str(), BUILD_KEY_PATH);
+                let info = credentials::region_info(s.region).expect("info");
+                let wrong = credentials::build_key("ct-someone-else", &info.build_id);
+                let wrapped = credentials::wrap_build_key(
+                    &wrong,
+                    "key_a",
+                    &info.build_id,
+                    &info.customer_hash,
+                )
+                .expect("wrap");
+                http_answer(
+                    200,
+                    serde_json::json!({ "build_key": wrapped })
+                        .to_string()
+                        .into_bytes(),
+                )
+            },
+            "key_a",
+            NOW,
+        );
+        assert!(
+            !r.authorized && r.reason.contains("do not open"),
             "{}",
             r.reason
         );
@@ -944,34 +1266,52 @@ mod tests {
     #[test]
     fn malformed_oversized_and_refused_answers_degrade() {
         let k = keypair(1);
-        let s = sub(region_for(&k, "cust_a", "key_a"));
+        let s = sub(region_for(&k, "cust_a"));
+        let seen = std::cell::RefCell::new(Seen::default());
         let raw = |status: u16, body: Vec<u8>| {
             move |_req: HttpRequest| -> Result<HttpResponse, PluginError> {
-                Ok(HttpResponse {
-                    status,
-                    headers: Default::default(),
-                    body: body.into(),
-                })
+                http_answer(status, body.clone())
             }
         };
-        let r = s.authenticate_at(raw(200, b"not json".to_vec()), "key_a", NOW);
+        let r = s.authenticate_at(
+            api("key_a", &seen, raw(200, b"not json".to_vec())),
+            "key_a",
+            NOW,
+        );
         assert!(r.reason.contains("malformed"), "{}", r.reason);
         let r = s.authenticate_at(
-            raw(200, vec![b' '; MAX_AUTH_RESPONSE_LEN + 1]),
+            api(
+                "key_a",
+                &seen,
+                raw(200, vec![b' '; MAX_AUTH_RESPONSE_LEN + 1]),
+            ),
             "key_a",
             NOW,
         );
         assert!(r.reason.contains("oversized"), "{}", r.reason);
         let r = s.authenticate_at(
-            raw(403, br#"{"error":"subscription ended"}"#.to_vec()),
+            api(
+                "key_a",
+                &seen,
+                raw(403, br#"{"error":"subscription ended"}"#.to_vec()),
+            ),
             "key_a",
             NOW,
         );
         assert!(r.reason.contains("subscription ended"), "{}", r.reason);
+        // The build key request's own failures.
+        let r = s.authenticate_at(raw(200, b"{}".to_vec()), "key_a", NOW);
+        assert!(
+            r.reason.contains("build key request is malformed"),
+            "{}",
+            r.reason
+        );
+        let r = s.authenticate_at(raw(200, br#"{"build_key":"AAAA"}"#.to_vec()), "key_a", NOW);
+        assert!(r.reason.contains("does not open"), "{}", r.reason);
     }
 
     #[test]
-    fn unstamped_builds_and_missing_keys_degrade() {
+    fn unstamped_legacy_builds_and_missing_keys_degrade() {
         let s = sub(Box::leak(EMPTY_REGION.to_vec().into_boxed_slice()));
         let r = s.authenticate_at(|_| panic!("must not ask"), "key_a", NOW);
         assert!(
@@ -979,26 +1319,51 @@ mod tests {
             "{}",
             r.reason
         );
-        let s = sub(region_for(&keypair(1), "cust_a", "key_a"));
+        let s = sub(region_for(&keypair(1), "cust_a"));
         let r = s.authenticate_at(|_| panic!("must not ask"), "", NOW);
         assert!(r.reason.contains("km init"), "{}", r.reason);
+        // A build stamped in credentials format 1 says so, and asks nothing.
+        let mut legacy = EMPTY_REGION.to_vec();
+        credentials::stamp_format_1_for_tests(
+            &mut legacy,
+            &pk(&keypair(1)),
+            "key_a",
+            &Credentials {
+                customer_id: "cust_a".into(),
+                customer_token: SECRET.into(),
+                tier: Tier::Pro,
+                build_time: NOW,
+            },
+        )
+        .expect("stamps");
+        let s = sub(Box::leak(legacy.into_boxed_slice()));
+        let r = s.authenticate_at(|_| panic!("must not ask"), "key_a", NOW);
+        assert!(
+            !r.authorized && r.reason.contains("credentials format 1"),
+            "{}",
+            r.reason
+        );
     }
 
     #[test]
     fn an_unreachable_api_keeps_a_valid_token_until_it_expires_and_the_cache_survives_restarts() {
         let k = keypair(1);
-        let region = region_for(&k, "cust_a", "key_a");
-        let dir = std::env::temp_dir().join(format!("km-abi-auth-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let region = region_for(&k, "cust_a");
+        let dir = temp_dir("outage");
         let s = sub(region);
         s.cache_in(dir.clone());
         let t = token(
             &k,
             &payload("api-logger", "cust_a", Tier::Pro, NOW, NOW + 600),
         );
+        let seen = std::cell::RefCell::new(Seen::default());
         assert!(
-            s.authenticate_at(|_| answer(&t, "cust_a", "pro", NOW + 600), "key_a", NOW)
-                .authorized
+            s.authenticate_at(
+                api("key_a", &seen, |_| answer(&t, "cust_a", "pro", NOW + 600)),
+                "key_a",
+                NOW
+            )
+            .authorized
         );
         let down = |_req: HttpRequest| -> Result<HttpResponse, PluginError> {
             Err(PluginError::new(ErrorKind::NETWORK, "connection refused"))
@@ -1014,6 +1379,14 @@ mod tests {
                 .authenticate_at(down, "key_a", NOW + 300)
                 .authorized
         );
+        // Also right after a key rotation, when the kept build key does not open with the new
+        // key and the API cannot be asked for it: the token is checked against the build's
+        // customer hash instead.
+        assert!(
+            restarted
+                .authenticate_at(down, "key_rotated", NOW + 300)
+                .authorized
+        );
         // After expiry the cache no longer counts.
         assert!(
             !restarted
@@ -1021,12 +1394,19 @@ mod tests {
                 .authorized
         );
         // A hand-edited cache is verified like a fresh token.
-        std::fs::write(dir.join("subscription-token"), "km1.forged.token").expect("write");
+        std::fs::write(dir.join(TOKEN_FILE), "km1.forged.token").expect("write");
         let fresh = sub(region);
         fresh.cache_in(dir.clone());
         assert!(!fresh.authenticate_at(down, "key_a", NOW + 300).authorized);
+        // Another customer's valid token, cached by hand, too.
+        let theirs = token(
+            &k,
+            &payload("api-logger", "cust_b", Tier::Pro, NOW, NOW + 600),
+        );
+        std::fs::write(dir.join(TOKEN_FILE), &theirs).expect("write");
+        assert!(!fresh.authenticate_at(down, "key_a", NOW + 300).authorized);
         // A definite refusal clears the cache.
-        std::fs::write(dir.join("subscription-token"), &t).expect("write");
+        std::fs::write(dir.join(TOKEN_FILE), &t).expect("write");
         let refused = |_req: HttpRequest| -> Result<HttpResponse, PluginError> {
             Ok(HttpResponse {
                 status: 403,
@@ -1039,7 +1419,7 @@ mod tests {
                 .authenticate_at(refused, "key_a", NOW + 300)
                 .authorized
         );
-        assert!(!dir.join("subscription-token").exists());
+        assert!(!dir.join(TOKEN_FILE).exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -84,6 +84,7 @@ pub mod auth;
 pub mod credentials;
 mod interest;
 mod plugin;
+pub mod request;
 
 pub use auth::{verify_token, Subscription, SubscriptionState, TokenClaims, TokenError};
 pub use credentials::{Credentials, CredentialsError};

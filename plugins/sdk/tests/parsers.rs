@@ -123,6 +123,25 @@ proptest! {
     fn credentials_regions_in_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..4096), key in "[a-z_]{0,20}") {
         let _ = credentials::find_region(&bytes);
         let _ = credentials::region_info(&bytes);
-        let _ = credentials::open(&bytes, &key);
+        let _ = credentials::open(&bytes, &credentials::build_key(&key, &[7u8; 16]));
+    }
+
+    #[test]
+    fn wrapped_build_keys_and_request_headers_from_arbitrary_text(text in "\\PC{0,120}", build in "[0-9a-f]{0,40}") {
+        let info = credentials::RegionInfo {
+            api_public_key: [1u8; 32],
+            customer_hash: [2u8; 32],
+            build_id: [3u8; 16],
+        };
+        prop_assert!(credentials::unwrap_build_key(&text, "km_live_k", &info).is_err());
+        let lookup = |name: &str| match name {
+            "km-build" => Some(build.as_str()),
+            "km-timestamp" | "km-nonce" | "km-signature" => Some(text.as_str()),
+            _ => None,
+        };
+        if let Ok(Some(signature)) = km_plugin_sdk::request::RequestSignature::from_headers(lookup) {
+            let key = credentials::request_key("ct-x", &[3u8; 16]);
+            prop_assert!(signature.verify(&key, "POST", "/p", b"").is_err());
+        }
     }
 }

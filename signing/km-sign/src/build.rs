@@ -1,7 +1,10 @@
 //! `km-sign build-plugin`: a customer-specific build without recompiling. Stamps the customer's
-//! credentials into the region the compiled plugin reserves (encrypted so that only the
-//! customer's API key opens them), signs the stamped copy with `customer` in the manifest, and
-//! packs it.
+//! credentials into the region the compiled plugin reserves (encrypted under a build key derived
+//! from the customer secret the API holds, which the API hands only to the holder of the
+//! customer's current API key; see `km_plugin_sdk::credentials`), signs the stamped copy with
+//! `customer` in the manifest, and packs it.
+//!
+//! The customer's API key is not an input: a build keeps working when the customer rotates it.
 //!
 //! Output in `--out-dir` (default: the current directory): `libkm-plugin-NAME-<hash8>.so` (the
 //! customer hash names the build without spelling the customer id; the platform's library
@@ -31,17 +34,11 @@ pub(crate) struct BuildArgs {
     /// The customer's id at the Kilometers API.
     #[arg(long, value_name = "ID")]
     pub(crate) customer: String,
-    /// The customer's API key: only it opens the stamped credentials. Prefer KM_BUILD_API_KEY
-    /// in the environment to keep it out of process listings.
-    #[arg(
-        long,
-        env = "KM_BUILD_API_KEY",
-        hide_env_values = true,
-        value_name = "KEY"
-    )]
-    pub(crate) api_key: String,
-    /// The customer's token, as the API knows it for this build [default: 32 random bytes in
-    /// hex, printed once on stderr to register with the API].
+    /// The customer secret, as the API holds it for this customer (`customer_token` in its
+    /// records): the build key and the request key of the build are derived from it, so it must
+    /// be the API's [default: 32 random bytes in hex, printed once on stderr to register with
+    /// the API]. Prefer KM_BUILD_CUSTOMER_TOKEN in the environment to keep it out of process
+    /// listings.
     #[arg(
         long,
         env = "KM_BUILD_CUSTOMER_TOKEN",
@@ -131,7 +128,7 @@ pub(crate) fn run(args: &BuildArgs) -> Result<()> {
         tier,
         build_time,
     };
-    let (stamped, report) = stamp_library(&pristine, &creds, &args.api_key, &api_public_key)
+    let (stamped, report) = stamp_library(&pristine, &creds, &api_public_key)
         .map_err(|e| anyhow::anyhow!("{}: cannot stamp credentials: {e}", args.lib.display()))?;
     std::fs::create_dir_all(&args.out_dir)
         .with_context(|| format!("creating {}", args.out_dir.display()))?;
@@ -153,9 +150,10 @@ pub(crate) fn run(args: &BuildArgs) -> Result<()> {
     crate::commands::sign(&args.key, &manifest, &out_lib)?;
     let pkg = crate::pack::pack(&out_lib, None)?;
     eprintln!(
-        "km-sign: customer build of {} for customer hash {} (region at offset {}):\n  {}\n  {}\n  {}",
+        "km-sign: customer build of {} for customer hash {}, build id {} (region at offset {}):\n  {}\n  {}\n  {}",
         args.plugin,
         &report.customer_hash[..16],
+        report.build_id,
         report.offset,
         out_lib.display(),
         SignatureFile::path_for(&out_lib).display(),
@@ -163,7 +161,7 @@ pub(crate) fn run(args: &BuildArgs) -> Result<()> {
     );
     if generated {
         eprintln!(
-            "km-sign: generated customer token (register it with the API for this customer): {customer_token}"
+            "km-sign: generated customer secret (register it with the API as this customer's customer_token; the build opens only once the API holds it): {customer_token}"
         );
     }
     Ok(())

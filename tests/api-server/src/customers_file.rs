@@ -4,8 +4,14 @@
 //! ```json
 //! {"customers": [{"id": "cust_a", "api_key_sha256": "<hex SHA-256 of the API key>",
 //!                 "tier": "pro", "features": ["api_logging"], "subscription_end": 1893456000,
-//!                 "customer_token": "optional: the token stamped into this customer's builds"}]}
+//!                 "customer_token": "the customer secret stamped into this customer's builds",
+//!                 "seats": 3}]}
 //! ```
+//!
+//! `customer_token` is the customer secret the customer's builds are stamped with (`km-sign
+//! build-plugin --customer-token`): the API derives their build keys and request keys from it, so
+//! a customer without one cannot use customer builds. `seats` limits how many installations (km
+//! device identities) may use the subscription at once; without it there is no limit.
 //!
 //! JSON, or TOML with `[[customers]]` tables when the name ends in `.toml`. Unknown fields are
 //! refused (a misspelt `customer_token` would otherwise silently turn a check off). It is read at
@@ -40,6 +46,10 @@ struct Entry {
     subscription_end: i64,
     #[serde(default)]
     customer_token: Option<String>,
+    /// Left out of the entry's digest when absent, so that entries written before seats existed
+    /// keep their digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seats: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +106,12 @@ pub(crate) fn parse(text: &str, toml: bool) -> anyhow::Result<Vec<FileCustomer>>
         if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!("customer {id}: api_key_sha256 is not 64 hexadecimal characters");
         }
+        if entry.seats == Some(0) {
+            bail!("customer {id}: seats must be at least 1 (leave it out for no limit)");
+        }
+        if entry.customer_token.as_deref() == Some("") {
+            bail!("customer {id}: customer_token is empty (leave it out, or give the secret)");
+        }
         if let Some(other) = listed.iter().find(|l| l.customer.id == *id) {
             bail!("customer {}: listed twice", other.customer.id);
         }
@@ -120,6 +136,7 @@ pub(crate) fn parse(text: &str, toml: bool) -> anyhow::Result<Vec<FileCustomer>>
                 features: entry.features,
                 subscription_end: entry.subscription_end,
                 customer_token: entry.customer_token,
+                seat_limit: entry.seats,
             },
             entry_sha256,
         });
@@ -167,6 +184,13 @@ impl CustomersFile {
             report.unchanged,
             report.deactivated
         );
+        for id in &report.rotated_kept {
+            eprintln!(
+                "km-api-server: customer {id}: {} names an API key rotated away through the API; \
+                 keeping the current key (put its SHA-256 in the file)",
+                self.path.display()
+            );
+        }
         Ok(Some(report))
     }
 }

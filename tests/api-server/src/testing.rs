@@ -3,10 +3,83 @@
 
 use std::path::{Path, PathBuf};
 
+use km_plugin_sdk::credentials::request_key;
+use km_plugin_sdk::request::RequestSignature;
 use serde_json::{json, Value};
 
 use crate::config::{DbLocation, ServeConfig};
+use crate::http::{Method, Request};
 use crate::state::AppState;
+
+/// The build id the unit tests' customer builds have.
+pub(crate) const BUILD: [u8; 16] = [0x5a; 16];
+
+/// An authentication request for `api_key`, of the build [`BUILD`] of customer `customer`
+/// (whose secret is `ct-<customer>`, as [`customer`] writes it), signed at `timestamp` with
+/// `nonce` (32 hex digits).
+pub(crate) fn signed_auth(api_key: &str, customer: &str, timestamp: i64, nonce: &str) -> Request {
+    signed_auth_of("api-logger", "pro", api_key, customer, timestamp, nonce)
+}
+
+/// [`signed_auth`] for `plugin`, which needs `tier`.
+pub(crate) fn signed_auth_of(
+    plugin: &str,
+    tier: &str,
+    api_key: &str,
+    customer: &str,
+    timestamp: i64,
+    nonce: &str,
+) -> Request {
+    let body = json!({
+        "plugin_name": plugin,
+        "plugin_version": "1.0.0",
+        "required_tier": tier,
+        "api_key": api_key,
+        "customer_id": customer,
+    })
+    .to_string()
+    .into_bytes();
+    let mut request = Request::new(Method::Post, "/api/plugins/authenticate");
+    let signature = RequestSignature::sign_with_nonce(
+        &request_key(&format!("ct-{customer}"), &BUILD),
+        "POST",
+        "/api/plugins/authenticate",
+        &body,
+        &km_durable::digest::hex(&BUILD),
+        timestamp,
+        nonce,
+    );
+    for (name, value) in signature.headers() {
+        request.headers.push((name.to_owned(), value));
+    }
+    request.body = body;
+    request
+}
+
+/// A fresh random nonce.
+pub(crate) fn nonce() -> String {
+    crate::keys::random_hex(16).expect("randomness")
+}
+
+/// Adds `key`'s device headers to `request`, signed over it as km signs them.
+pub(crate) fn with_device(mut request: Request, key: &km_signing::PrivateKey) -> Request {
+    let request_signature = request
+        .header(km_plugin_sdk::request::HEADER_SIGNATURE)
+        .map(str::to_owned);
+    let headers = km_signing::device::sign_request(
+        key,
+        request.method.as_str(),
+        &request.path,
+        &request.body,
+        crate::store::now(),
+        request_signature.as_deref(),
+    )
+    .expect("device signature");
+    for (name, value) in headers {
+        request.headers.push((name.to_owned(), value));
+    }
+    request
+}
 
 /// A customer for the customers file: `(id, api_key, tier)`, ending in 30 days.
 pub(crate) fn customer(id: &str, api_key: &str, tier: &str) -> Value {

@@ -2,9 +2,9 @@
 //! does: a fresh Ed25519 key signs every plugin (the real `km-sign sign`) and is trusted with
 //! the real `km trust add`. Free plugins are signed as published; Pro and Enterprise plugins
 //! become customer builds for the demo customer, exactly as `km-sign build-plugin` makes them
-//! (the same `km_signing::stamp_library`: the customer's credentials encrypted for its API key,
-//! with the API's public key they will trust; signed with the customer in the manifest, and
-//! named `libkm-plugin-NAME-<hash8>`).
+//! (the same `km_signing::stamp_library`: the customer's credentials encrypted under a build key
+//! derived from the customer secret the demo API holds, with the API's public key they will
+//! trust; signed with the customer in the manifest, and named `libkm-plugin-NAME-<hash8>`).
 //!
 //! The libraries are written straight into the plugin directory rather than packed and put
 //! through `km install-plugin`: packing and unpacking a debug build's libraries (10+ MB each)
@@ -78,11 +78,8 @@ pub(super) fn install(
             )
             .unwrap_or(i64::MAX),
         };
-        let (stamped, _) =
-            km_signing::stamp_library(&pristine, &credentials, &customer.api_key, &api.public_key)
-                .map_err(|e| {
-                    anyhow::anyhow!("{}: cannot stamp credentials: {e}", source.display())
-                })?;
+        let (stamped, _) = km_signing::stamp_library(&pristine, &credentials, &api.public_key)
+            .map_err(|e| anyhow::anyhow!("{}: cannot stamp credentials: {e}", source.display()))?;
         (
             km_signing::customer_build_file_name(plugin.name, customer.id),
             stamped,

@@ -2,8 +2,14 @@
 //!
 //! Endpoints:
 //! - [`account`]: `GET /api/account` (whose API key this is: customer, tier, subscription end).
-//! - [`auth`]: `POST /api/plugins/authenticate` (a subscription token for a plugin) and
-//!   `GET /api/public-key` (the token-signing key).
+//! - [`auth`]: `POST /api/plugins/build-key` (a customer build's key, wrapped for the caller's
+//!   API key), `POST /api/plugins/authenticate` (a subscription token for a plugin, for a request
+//!   signed with the build's stamped credentials and km's device identity, within the seat
+//!   limit) and `GET /api/public-key` (the token-signing key).
+//! - [`rotation`]: `POST /api/account/rotate-key` (a new API key; the old one is refused from
+//!   then on).
+//! - [`seats`]: `GET /api/seats` and `DELETE /api/seats/{device}` (the installations using the
+//!   subscription, and releasing one).
 //! - [`audit`]: `POST /api/audit/checkpoints` and `GET /api/audit/checkpoints?key_id=...`
 //!   (compliance-reporting's signed checkpoints, each checked to extend the last one held).
 //! - [`events`]: `POST /api/events/batch` (api-logger's events, deduplicated by id).
@@ -34,6 +40,8 @@ pub(crate) mod auth;
 pub(crate) mod control;
 pub(crate) mod events;
 pub(crate) mod plugins;
+pub(crate) mod rotation;
+pub(crate) mod seats;
 pub(crate) mod teams;
 
 use crate::http::{Request, Response};
@@ -92,6 +100,8 @@ pub(crate) fn router() -> Router<AppState> {
     control::register(&mut router);
     auth::register(&mut router);
     account::register(&mut router);
+    rotation::register(&mut router);
+    seats::register(&mut router);
     audit::register(&mut router);
     events::register(&mut router);
     plugins::register(&mut router);

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::router;
 use crate::http::{Method, Request, Response};
 use crate::state::AppState;
-use crate::testing::{customer, write_customers, Fixture};
+use crate::testing::{customer, nonce, signed_auth, write_customers, Fixture};
 
 fn call(state: &AppState, method: Method, target: &str, body: &Value) -> Response {
     let mut request = Request::new(method, target);
@@ -35,16 +35,15 @@ fn auth_body(api_key: &str, customer_id: Option<&str>) -> Value {
         "required_tier": "pro",
         "api_key": api_key,
         "customer_id": customer_id,
-        "customer_token": customer_id.map(|id| format!("ct-{id}")),
     })
 }
 
+/// A signed authentication by the build of the customer whose key is `key-<customer>`.
 fn authenticate(state: &AppState, api_key: &str) -> Response {
-    call(
+    let customer = api_key.trim_start_matches("key-");
+    router().handle(
         state,
-        Method::Post,
-        "/api/plugins/authenticate",
-        &auth_body(api_key, None),
+        &signed_auth(api_key, customer, crate::store::now(), &nonce()),
     )
 }
 
@@ -65,12 +64,14 @@ fn the_table_lists_every_endpoint_once() {
     assert_eq!(
         table,
         [
+            "DELETE /api/seats/{device}",
             "DELETE /control/teams/{team}/policies/{policy}",
             "GET /api/account",
             "GET /api/audit/checkpoints",
             "GET /api/plugins/download/{file}",
             "GET /api/plugins/latest",
             "GET /api/public-key",
+            "GET /api/seats",
             "GET /api/teams/{team}/approvals",
             "GET /api/teams/{team}/me",
             "GET /api/teams/{team}/members",
@@ -79,9 +80,11 @@ fn the_table_lists_every_endpoint_once() {
             "GET /control/abuse",
             "GET /control/rate-limit",
             "GET /control/stats",
+            "POST /api/account/rotate-key",
             "POST /api/audit/checkpoints",
             "POST /api/events/batch",
             "POST /api/plugins/authenticate",
+            "POST /api/plugins/build-key",
             "POST /api/teams/{team}/approvals",
             "POST /api/teams/{team}/key",
             "POST /api/teams/{team}/members",
@@ -158,15 +161,12 @@ fn authentication_signs_tokens_for_known_customers_only() {
         &auth_body("key-alice", Some("bob")),
     );
     assert_eq!(foreign.status, 403, "bob's build with alice's key");
-    let mut wrong_token = auth_body("key-alice", Some("alice"));
-    wrong_token["customer_token"] = "ct-forged".into();
-    let answer = call(
-        &state,
-        Method::Post,
-        "/api/plugins/authenticate",
-        &wrong_token,
-    );
+    // Unsigned, as builds of credentials format 1 asked (their customer token in clear).
+    let mut legacy = auth_body("key-alice", Some("alice"));
+    legacy["customer_token"] = "ct-alice".into();
+    let answer = call(&state, Method::Post, "/api/plugins/authenticate", &legacy);
     assert_eq!(answer.status, 403);
+    assert_eq!(answer.body_json()["code"], "unsigned_request");
     let answer = call(
         &state,
         Method::Post,
@@ -530,7 +530,13 @@ fn repeated_failed_authentications_raise_an_abuse_signal_per_subject() {
 
     // An unknown key that claims no customer: the subject is a digest prefix, never the key.
     for _ in 0..3 {
-        assert_eq!(authenticate(&state, "leaked-key-0123").status, 401);
+        let answer = call(
+            &state,
+            Method::Post,
+            "/api/plugins/authenticate",
+            &auth_body("leaked-key-0123", None),
+        );
+        assert_eq!(answer.status, 401);
     }
     let all = call(&state, Method::Get, "/control/abuse", &Value::Null);
     let text = String::from_utf8_lossy(&all.body).into_owned();
@@ -543,7 +549,8 @@ fn repeated_failed_authentications_raise_an_abuse_signal_per_subject() {
         "{text}"
     );
 
-    // A real key with a forged customer token: a failure of the key's customer.
+    // A real key in a request not signed with the build's credentials (a stolen key, a forged
+    // customer token in clear): a failure of the key's customer.
     let mut forged = auth_body("key-bob", Some("bob"));
     forged["customer_token"] = json!("ct-forged");
     for _ in 0..3 {
@@ -554,7 +561,7 @@ fn repeated_failed_authentications_raise_an_abuse_signal_per_subject() {
         signals(&state).iter().any(|s| s["subject"] == "bob"
             && s["last_reason"]
                 .as_str()
-                .is_some_and(|r| r.contains("customer token"))),
+                .is_some_and(|r| r.contains("unsigned authentication request"))),
         "{:?}",
         signals(&state)
     );

@@ -6,7 +6,11 @@
 //!   an unchanged entry leaves its row alone even when other entries change;
 //! - a customer the file managed and no longer lists is made inactive (kept, so that what refers
 //!   to it stays valid; its API key no longer authenticates); listed again, it is active again;
-//! - customers the file never listed (made through the API by later features) are left alone.
+//! - customers the file never listed (made through the API by later features) are left alone;
+//! - an API key rotated through the API ([`crate::store::api_keys`]) is never reinstated by the
+//!   file: an entry that still names the key rotated away keeps the customer's current key (and
+//!   the sync reports it, so that the file gets updated); an entry naming a new key is a rotation
+//!   made in the file, and applies.
 //!
 //! A sync is one transaction: a file that cannot be applied whole changes nothing.
 
@@ -25,8 +29,11 @@ pub(crate) struct Customer {
     pub(crate) features: Vec<String>,
     /// Unix seconds.
     pub(crate) subscription_end: i64,
-    /// The token stamped into this customer's builds, when the server checks it.
+    /// The customer secret stamped into this customer's builds: their build keys and request
+    /// keys derive from it. A customer without one has no usable customer builds.
     pub(crate) customer_token: Option<String>,
+    /// How many installations may hold a seat at once (`None`: no limit).
+    pub(crate) seat_limit: Option<u32>,
 }
 
 /// A customer as the customers file lists it, with the digest of its entry.
@@ -38,12 +45,15 @@ pub(crate) struct FileCustomer {
 }
 
 /// What a sync did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct SyncReport {
     pub(crate) added: usize,
     pub(crate) updated: usize,
     pub(crate) unchanged: usize,
     pub(crate) deactivated: usize,
+    /// Customers whose entry names an API key rotated away through the API: their current key
+    /// was kept.
+    pub(crate) rotated_kept: Vec<String>,
 }
 
 fn customer_from_row(row: &Row<'_>) -> rusqlite::Result<Customer> {
@@ -63,6 +73,7 @@ fn customer_from_row(row: &Row<'_>) -> rusqlite::Result<Customer> {
             .map_err(|e| conversion("features", Box::new(e)))?,
         subscription_end: row.get("subscription_end")?,
         customer_token: row.get("customer_token")?,
+        seat_limit: row.get("seat_limit")?,
     })
 }
 
@@ -108,26 +119,36 @@ impl Store {
                 let c = &entry.customer;
                 let features = serde_json::to_string(&c.features)
                     .map_err(|e| Error::Invalid(format!("customer {}: features: {e}", c.id)))?;
+                let api_key_sha256 =
+                    match super::api_keys::rotated_away(tx, &c.id, &c.api_key_sha256)? {
+                        Some(current) => {
+                            report.rotated_kept.push(c.id.clone());
+                            current
+                        }
+                        None => c.api_key_sha256.clone(),
+                    };
                 let written = tx.execute(
                     "INSERT INTO customers (id, api_key_sha256, tier, features, subscription_end,
-                                            customer_token, active, file_entry_sha256, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8)
+                                            customer_token, active, file_entry_sha256, updated_at,
+                                            seat_limit)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8, ?9)
                      ON CONFLICT (id) DO UPDATE SET
                          api_key_sha256 = excluded.api_key_sha256, tier = excluded.tier,
                          features = excluded.features,
                          subscription_end = excluded.subscription_end,
                          customer_token = excluded.customer_token, active = 1,
                          file_entry_sha256 = excluded.file_entry_sha256,
-                         updated_at = excluded.updated_at",
+                         updated_at = excluded.updated_at, seat_limit = excluded.seat_limit",
                     (
                         &c.id,
-                        &c.api_key_sha256,
+                        &api_key_sha256,
                         c.tier.as_str(),
                         features,
                         c.subscription_end,
                         &c.customer_token,
                         &entry.entry_sha256,
                         now,
+                        c.seat_limit,
                     ),
                 );
                 match written {
@@ -178,6 +199,20 @@ impl Store {
                 )
                 .optional()?)
         })
+    }
+
+    /// The id of the customer (active or not) whose customer hash (the clear header of their
+    /// builds, `km_plugin_sdk::credentials::customer_hash`) is `customer_hash`: whom a build
+    /// claims to be stamped for. A scan: the reference server has few customers.
+    pub(crate) fn customer_with_hash(&self, customer_hash: &str) -> Result<Option<String>, Error> {
+        let ids: Vec<String> = self.read(|conn| {
+            let mut statement = conn.prepare("SELECT id FROM customers")?;
+            let rows = statement.query_map([], |row| row.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })?;
+        Ok(ids
+            .into_iter()
+            .find(|id| km_plugin_sdk::credentials::customer_hash(id) == customer_hash))
     }
 
     /// How many customers are active.

@@ -203,6 +203,47 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         CREATE INDEX team_sessions_by_time ON team_sessions (team, ended_at);
     "#,
     },
+    Migration {
+        version: 5,
+        name: "signed requests, seats and API key rotation",
+        sql: r#"
+        -- The seat limit of a customer's subscription (NULL: no limit), from the customers file.
+        ALTER TABLE customers ADD COLUMN seat_limit INTEGER
+            CHECK (seat_limit IS NULL OR seat_limit >= 1);
+
+        -- The nonces of the signed authentication requests accepted, each kept until its
+        -- request's timestamp leaves the accepted window (after which the timestamp alone refuses
+        -- a replay), so that a captured request is accepted once.
+        CREATE TABLE request_nonces (
+            customer_id TEXT NOT NULL REFERENCES customers (id),
+            nonce       TEXT NOT NULL CHECK (length(nonce) = 32),
+            expires_at  INTEGER NOT NULL,
+            PRIMARY KEY (customer_id, nonce)
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX request_nonces_by_expiry ON request_nonces (expires_at);
+
+        -- The installations holding a seat of a customer's subscription: km's device identity
+        -- (the key id of its Ed25519 public key, and the key), claimed by the installation's
+        -- first authentication and held until released.
+        CREATE TABLE seats (
+            customer_id TEXT NOT NULL REFERENCES customers (id),
+            device_id   TEXT NOT NULL CHECK (length(device_id) = 32),
+            public_key  TEXT NOT NULL,
+            first_seen  INTEGER NOT NULL,
+            last_seen   INTEGER NOT NULL,
+            last_plugin TEXT NOT NULL,
+            PRIMARY KEY (customer_id, device_id)
+        ) STRICT;
+
+        -- API keys replaced by a rotation through the API: never accepted again, even when the
+        -- customers file still names one (the file is then out of date, not a reinstatement).
+        CREATE TABLE revoked_api_keys (
+            api_key_sha256 TEXT PRIMARY KEY NOT NULL CHECK (length(api_key_sha256) = 64),
+            customer_id    TEXT NOT NULL REFERENCES customers (id),
+            revoked_at     INTEGER NOT NULL
+        ) STRICT;
+    "#,
+    },
 ];
 
 /// The version the newest migration brings a database to.

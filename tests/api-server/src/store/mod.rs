@@ -1,5 +1,6 @@
 //! The server's database: SQLite (rusqlite, SQLite compiled in by the `bundled` feature), holding
-//! customers and events, and what later areas add (seats, teams, audit checkpoints).
+//! customers and events, and what later areas add (seats, request nonces and API key rotations,
+//! teams, audit checkpoints).
 //!
 //! **Where it lives.** `--db FILE` keeps it in a file (created with mode 0600: it holds API key
 //! digests; SQLite gives its `-wal` and `-shm` files the same mode). Without `--db` it lives in
@@ -33,10 +34,13 @@
 //! poisoned mutex still guards a consistent connection and is recovered rather than propagated.
 
 pub(crate) mod abuse;
+pub(crate) mod api_keys;
 pub(crate) mod audit;
 pub(crate) mod customers;
 pub(crate) mod events;
 mod migrations;
+pub(crate) mod nonces;
+pub(crate) mod seats;
 pub(crate) mod teams;
 
 use std::path::Path;

@@ -61,14 +61,17 @@ fn migrations_bring_an_empty_database_to_the_latest_schema() {
             "auth_failures",
             "customers",
             "events",
+            "request_nonces",
+            "revoked_api_keys",
             "schema_version",
+            "seats",
             "team_approvals",
             "team_members",
             "team_policies",
             "team_sessions",
-            "teams"
+            "teams",
         ],
-        "the tables of migrations 1 to 4"
+        "the tables of migrations 1 to 5"
     );
 }
 

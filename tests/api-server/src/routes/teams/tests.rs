@@ -81,16 +81,18 @@ impl Team {
         write_file(&fixture.path("teams/acme/team.toml"), &text);
     }
 
+    /// A token for the customer of `api_key` (`key-x` is `cust_x`'s), asked as their build
+    /// asks: signed with its stamped credentials.
     fn token(&self, api_key: &str) -> String {
-        let mut request = Request::new(Method::Post, "/api/plugins/authenticate");
-        request.body = json!({
-            "plugin_name": "team-collaboration",
-            "plugin_version": "1.0.0",
-            "required_tier": "enterprise",
-            "api_key": api_key,
-        })
-        .to_string()
-        .into_bytes();
+        let customer = format!("cust_{}", api_key.trim_start_matches("key-"));
+        let request = crate::testing::signed_auth_of(
+            "team-collaboration",
+            "enterprise",
+            api_key,
+            &customer,
+            crate::store::now(),
+            &crate::testing::nonce(),
+        );
         let answer = router().handle(&self.state, &request);
         assert_eq!(answer.status, 200, "{:?}", answer.body_json());
         answer.body_json()["token"]

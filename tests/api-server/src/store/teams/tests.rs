@@ -20,6 +20,7 @@ fn store_with_team() -> Arc<Store> {
                 features: vec![],
                 subscription_end: i64::MAX,
                 customer_token: None,
+                seat_limit: None,
             },
             entry_sha256: format!("{i}"),
         })
