@@ -1,5 +1,6 @@
 //! The services km offers each plugin (the `HostServices` object of the ABI): logging into km's
-//! log, the plugin's own data directory, HTTP to the configured Kilometers API, and from ABI 1.1
+//! log, the plugin's own data directory, HTTP to the configured Kilometers API (every request
+//! signed with this installation's device identity, [`crate::device`]), and from ABI 1.1
 //! events to the other plugins ([`crate::events`]), standard input for plugin commands, and the
 //! policy files under `KM_HOME/policies/`, read and written by km with the checks of every file
 //! that decides trust.
@@ -17,6 +18,7 @@ use km_abi::{
     PluginError,
 };
 
+use crate::device::DeviceIdentity;
 use crate::events::EventBus;
 
 /// The largest policy file km reads.
@@ -87,6 +89,8 @@ pub struct PluginHost {
     data_dir: PathBuf,
     verbosity: Verbosity,
     api: Option<Arc<dyn ApiTransport>>,
+    /// Signs the plugin's requests to the API (None: sent as the plugin made them).
+    device: Option<Arc<DeviceIdentity>>,
     events: Option<Arc<EventBus>>,
     /// `KM_HOME/policies`.
     policies: Option<PathBuf>,
@@ -141,10 +145,18 @@ impl PluginHost {
             data_dir,
             verbosity,
             api,
+            device: None,
             events: None,
             policies: None,
             stdin: None,
         }
+    }
+
+    /// Signs the plugin's requests to the API with `device` (the installation's identity, which
+    /// the API counts against the customer's seats).
+    pub fn with_device(mut self, device: Arc<DeviceIdentity>) -> Self {
+        self.device = Some(device);
+        self
     }
 
     /// Lets the plugin emit events on `events`.
@@ -201,10 +213,15 @@ impl HostServices for PluginHost {
         RString::from(self.data_dir.to_string_lossy().into_owned())
     }
 
-    fn http(&self, request: HttpRequest) -> RResult<HttpResponse, PluginError> {
+    fn http(&self, mut request: HttpRequest) -> RResult<HttpResponse, PluginError> {
         match &self.api {
             Some(api) => {
                 crate::telemetry::http_request();
+                if let Some(device) = &self.device {
+                    if let Err(e) = device.sign(&mut request, crate::subscription::now_unix()) {
+                        return RErr(e);
+                    }
+                }
                 api.request(&request).into()
             }
             None => RErr(PluginError::new(

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod clients;
 pub mod commands;
 pub mod config;
+pub mod device;
 pub mod events;
 pub mod exit;
 pub mod gateway;

@@ -461,6 +461,8 @@ pub fn load_plugins(options: &LoadOptions) -> Result<LoadReport> {
             return Ok(report);
         }
     };
+    // One identity for the installation, shared by its plugins; made at their first request.
+    let device = crate::device::DeviceIdentity::new(&options.home);
     let mut loaded_names = HashSet::new();
     for name in plugins.names() {
         let started = std::time::Instant::now();
@@ -505,6 +507,7 @@ pub fn load_plugins(options: &LoadOptions) -> Result<LoadReport> {
             options.verbosity,
             options.api.clone(),
         )
+        .with_device(device.clone())
         .with_policies(options.home.policies_dir());
         if let Some(events) = &options.events {
             host = host.with_events(events.clone());

@@ -22,8 +22,13 @@
 //! ```
 //!
 //! The token that lets a restarted plugin run without network is kept by the plugin itself, in
-//! its data directory (see `km_abi::auth`): what km records here is for people, and a plugin
-//! never trusts it.
+//! its data directory (see `km_plugin_sdk::auth`): what km records here is for people, and a
+//! plugin never trusts it.
+//!
+//! The API key is read again from `config.toml` (and `KM_API_KEY`) before every refresh, so that
+//! after `km init --api-key NEW` (a rotated key) the sessions already running authenticate with
+//! the new key at their next refresh instead of degrading with the old one, which the API
+//! refuses from the moment of the rotation.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -385,7 +390,7 @@ pub fn start_refresher(
             if stopped(&stop) || plugin.is_disabled() {
                 return;
             }
-            let record = refresh_one(&home, &key, &plugin);
+            let record = refresh_one(&home, &current_api_key(&home, &key), &plugin);
             let mut delay = next_delay(interval, &record, now_unix());
             if let Some(held) = rate_limit.as_ref().and_then(|l| l.remaining()) {
                 delay = delay.max(past_rate_limit(held));
@@ -405,6 +410,16 @@ pub fn start_refresher(
         }
     }
     RefresherHandle { stop, threads }
+}
+
+/// The API key in force now: the configuration's (file, then `KM_API_KEY`), or `started_with`
+/// (the key the session started with) when the configuration names none or cannot be read right
+/// now (a half-edited file is not a reason to drop a working key).
+fn current_api_key(home: &KmHome, started_with: &str) -> String {
+    Config::load(home)
+        .ok()
+        .and_then(|config| config.api_key)
+        .unwrap_or_else(|| started_with.to_owned())
 }
 
 fn stopped(stop: &(Mutex<bool>, Condvar)) -> bool {
@@ -491,6 +506,19 @@ mod tests {
                 delay >= held && delay <= held + spread,
                 "{held:?} -> {delay:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_refresher_takes_the_key_configured_now() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = KmHome::resolve(Some(dir.path())).expect("home");
+        // Nothing configured: the key the session started with.
+        assert_eq!(current_api_key(&home, "km_live_started"), "km_live_started");
+        // `km init --api-key NEW` while the session runs.
+        crate::config::write_settings(&home, Some("km_live_rotated"), None).expect("write");
+        if std::env::var_os(crate::config::ENV_API_KEY).is_none() {
+            assert_eq!(current_api_key(&home, "km_live_started"), "km_live_rotated");
         }
     }
 

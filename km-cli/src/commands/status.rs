@@ -6,6 +6,9 @@
 //! the refresher keeps in `KM_HOME/state/auth` (see [`crate::subscription`]); `plugin-refresh`
 //! loads the plugins (verifying them as `km monitor` does), authenticates them and updates the
 //! records.
+//!
+//! Both also name this installation's device identity ([`crate::device`]): the id the API lists
+//! among the customer's seats, which is what to release to free a seat for another installation.
 
 use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
@@ -56,6 +59,7 @@ pub(crate) fn run_status(globals: &Globals, args: PluginStatusArgs) -> Result<Ex
         }
         records.sort_by(|a, b| a.plugin.cmp(&b.plugin));
     }
+    let device = device_id(globals);
     if args.json {
         let mut value = records_json(&records);
         if let Some(items) = value.as_array_mut() {
@@ -63,6 +67,7 @@ pub(crate) fn run_status(globals: &Globals, args: PluginStatusArgs) -> Result<Ex
                 let name = item["plugin"].as_str().unwrap_or_default().to_owned();
                 item["last_session"] =
                     serde_json::to_value(subscription::load_session_stats(&globals.home, &name))?;
+                item["device_id"] = serde_json::to_value(&device)?;
             }
         }
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -87,7 +92,36 @@ pub(crate) fn run_status(globals: &Globals, args: PluginStatusArgs) -> Result<Ex
             );
         }
     }
+    println!("{}", describe_device(globals, device.as_deref()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// This installation's device id, when km has made its identity; a problem with the key file
+/// is a warning (the status itself is still worth showing).
+fn device_id(globals: &Globals) -> Option<String> {
+    match crate::device::existing_id(&globals.home) {
+        Ok(id) => id.map(|id| id.to_string()),
+        Err(e) => {
+            eprintln!("km: warning: {e:#}");
+            None
+        }
+    }
+}
+
+fn describe_device(globals: &Globals, id: Option<&str>) -> String {
+    let path = globals.home.root().join(crate::device::DEVICE_KEY_FILE);
+    match id {
+        Some(id) => format!(
+            "this installation: device {id} ({}); the API counts it as one seat of the \
+             subscription",
+            path.display()
+        ),
+        None => format!(
+            "this installation has no device identity yet: km makes {} at the first request a \
+             plugin sends to the API",
+            path.display()
+        ),
+    }
 }
 
 /// (name, version, tier) of the plugins in KM_HOME/plugins whose signature verifies, without
@@ -163,6 +197,12 @@ pub(crate) fn run_refresh(globals: &Globals, args: PluginRefreshArgs) -> Result<
             print!("{}", describe(record, now));
         }
     }
+    if !args.json && !globals.quiet {
+        eprintln!(
+            "km: {}",
+            describe_device(globals, device_id(globals).as_deref())
+        );
+    }
     let all_ok = records.iter().all(|r| r.authorized);
     // The process may still have a refresh thread stuck in a hung plugin: exit, do not wait.
     Ok(ExitCode::from(if all_ok {
@@ -227,10 +267,13 @@ fn describe(r: &AuthRecord, now: i64) -> String {
         (false, "error") => "degraded: the plugin failed to authenticate".to_owned(),
         (false, "timeout") => "degraded: the plugin did not answer".to_owned(),
         (false, "never") => "not authenticated yet".to_owned(),
-        (false, _) => format!(
+        // With a token the API said which tier the subscription has; without one (refused,
+        // unreachable) nothing is known about it.
+        (false, _) if r.expires_at > 0 => format!(
             "degraded to Free behaviour (subscription: {})",
             tier_name(&r.tier)
         ),
+        (false, _) => "degraded to Free behaviour".to_owned(),
     };
     out.push_str(&format!("  status:       {state}\n"));
     if !r.reason.is_empty() {
