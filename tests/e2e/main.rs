@@ -21,6 +21,7 @@ mod rate_limits;
 mod setup;
 mod signing;
 mod strict_modes;
+mod subscription_security;
 mod subscriptions;
 mod telemetry;
 mod tool_guard;

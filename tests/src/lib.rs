@@ -380,9 +380,10 @@ pub fn unix_now() -> i64 {
 }
 
 /// Writes the reference API's customers file: each customer with its tier, the `api_logging`
-/// feature and a subscription that ends in 30 days. Written atomically, so that the server,
-/// which re-reads the file when it changes, never reads half of it.
-fn write_customers(path: &Path, customers: &[(&Customer, &str)]) {
+/// feature, a subscription that ends in 30 days and the seat limit `seats` names for it (none
+/// otherwise). Written atomically, so that the server, which re-reads the file when it changes,
+/// never reads half of it.
+fn write_customers(path: &Path, customers: &[(&Customer, &str)], seats: &[(String, u32)]) {
     let list: Vec<Value> = customers
         .iter()
         .map(|(c, tier)| {
@@ -390,14 +391,18 @@ fn write_customers(path: &Path, customers: &[(&Customer, &str)]) {
                 &ring::digest::SHA256,
                 c.api_key.as_bytes(),
             ));
-            json!({
+            let mut entry = json!({
                 "id": c.id,
                 "api_key_sha256": api_key_sha256,
                 "tier": tier,
                 "features": ["api_logging"],
                 "subscription_end": unix_now() + 30 * 24 * 3600,
                 "customer_token": c.customer_token(),
-            })
+            });
+            if let Some((_, limit)) = seats.iter().find(|(id, _)| id == c.id) {
+                entry["seats"] = json!(limit);
+            }
+            entry
         })
         .collect();
     let text = json!({ "customers": list }).to_string();
@@ -506,6 +511,7 @@ pub struct ApiServer {
     /// The same key in base64 in a file, as `km-sign build-plugin --api-public-key` takes it.
     pub public_key_file: PathBuf,
     customers_file: PathBuf,
+    seats: Vec<(String, u32)>,
     plugins_dir: Option<PathBuf>,
     /// The CA of its certificate when it serves https (for the test controls).
     ca_der: Option<Vec<u8>>,
@@ -516,6 +522,7 @@ pub struct ApiServer {
 pub struct ApiServerBuilder<'a> {
     dir: PathBuf,
     customers: Vec<(&'a Customer, &'a str)>,
+    seats: Vec<(String, u32)>,
     plugins_dir: Option<PathBuf>,
     events: Option<PathBuf>,
     tls: Option<(Vec<u8>, PathBuf, PathBuf)>,
@@ -552,6 +559,13 @@ impl<'a> ApiServerBuilder<'a> {
         self
     }
 
+    /// Limits `customer` to `seats` installations (the customers file's `seats`), also in the
+    /// files [`ApiServer::set_customers`] writes later.
+    pub fn seat_limit(mut self, customer: &Customer, seats: u32) -> Self {
+        self.seats.push((customer.id.to_owned(), seats));
+        self
+    }
+
     /// Serves the packages in `dir` (created if missing) for downloads and updates.
     pub fn plugins_dir(mut self, dir: &Path) -> Self {
         self.plugins_dir = Some(dir.to_path_buf());
@@ -583,7 +597,7 @@ impl<'a> ApiServerBuilder<'a> {
         let public_key_file = self.dir.join("api.pub");
         std::fs::write(&public_key_file, &b64).expect("writing api.pub");
         let customers_file = self.dir.join("customers.json");
-        write_customers(&customers_file, &self.customers);
+        write_customers(&customers_file, &self.customers, &self.seats);
         let log = std::fs::File::create(self.dir.join("api-server.log")).expect("log file");
 
         let mut cmd = Command::new(&exe);
@@ -619,6 +633,7 @@ impl<'a> ApiServerBuilder<'a> {
             public_key,
             public_key_file,
             customers_file,
+            seats: self.seats,
             plugins_dir: self.plugins_dir,
             ca_der: self.tls.map(|(der, _, _)| der),
         };
@@ -646,6 +661,7 @@ impl ApiServer {
         ApiServerBuilder {
             dir: dir.to_path_buf(),
             customers: Vec::new(),
+            seats: Vec::new(),
             plugins_dir: None,
             events: None,
             tls: None,
@@ -665,7 +681,7 @@ impl ApiServer {
     pub fn set_customers(&self, customers: &[(&Customer, &str)]) {
         // Make sure the modification time moves even on coarse clocks.
         std::thread::sleep(Duration::from_millis(20));
-        write_customers(&self.customers_file, customers);
+        write_customers(&self.customers_file, customers, &self.seats);
     }
 
     /// `POST /control/{path_and_query}` (`down`, `up`, `delay?ms=N`, `tamper?mode=M`),
@@ -686,17 +702,38 @@ impl ApiServer {
     /// One request without a body: (status, body). Over TLS when the server serves https
     /// (any version it offers, trusting its test CA).
     pub fn request(&self, method: &str, path: &str) -> (u16, String) {
-        let addr = self
-            .url
-            .trim_start_matches("http://")
-            .trim_start_matches("https://");
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\n\
-             connection: close\r\n\r\n"
+        self.send(method, path, &[], b"")
+    }
+
+    /// One request with `headers` and `body`: (status, body).
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n\
+             connection: close\r\n",
+            self.addr(),
+            body.len()
         );
-        let stream = TcpStream::connect(addr).expect("connect to km-api-server");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send_raw(&bytes)
+    }
+
+    /// Sends `bytes` as they are (a whole HTTP/1.1 request that asks for `connection: close`,
+    /// such as one [`RecordingProxy`] recorded): (status, body).
+    pub fn send_raw(&self, bytes: &[u8]) -> (u16, String) {
+        let stream = TcpStream::connect(self.addr()).expect("connect to km-api-server");
         let text = match &self.ca_der {
-            None => exchange(stream, &head),
+            None => exchange(stream, bytes),
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
                 roots
@@ -712,7 +749,7 @@ impl ApiServer {
                 let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
                 let conn = rustls::ClientConnection::new(Arc::new(config), name)
                     .expect("a TLS connection");
-                exchange(rustls::StreamOwned::new(conn, stream), &head)
+                exchange(rustls::StreamOwned::new(conn, stream), bytes)
             }
         };
         let status = text
@@ -725,13 +762,105 @@ impl ApiServer {
     }
 }
 
-/// Writes `head` and reads the answer until the server closes (a TLS close without
+/// Writes `request` and reads the answer until the server closes (a TLS close without
 /// close_notify is not an error here: the answer is in by then).
-fn exchange(mut stream: impl std::io::Read + std::io::Write, head: &str) -> String {
-    stream.write_all(head.as_bytes()).expect("request");
+fn exchange(mut stream: impl std::io::Read + std::io::Write, request: &[u8]) -> String {
+    stream.write_all(request).expect("request");
     let mut bytes = Vec::new();
     let _ = stream.read_to_end(&mut bytes);
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+impl ApiServer {
+    /// `host:port`.
+    fn addr(&self) -> &str {
+        self.url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+    }
+}
+
+/// A loopback HTTP proxy in front of a plain-http [`ApiServer`] that records every request it
+/// forwards, byte for byte (with `connection: close`, so that a recorded request can be sent
+/// again as it is): how a test captures what km really sends, to replay it. One request per
+/// connection; the thread ends with the test process.
+pub struct RecordingProxy {
+    /// The proxy's base URL, for km's `api_url`.
+    pub url: String,
+    recorded: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl RecordingProxy {
+    /// A proxy forwarding to `server`.
+    pub fn start(server: &ApiServer) -> RecordingProxy {
+        assert!(server.ca_der.is_none(), "the proxy forwards plain http");
+        let upstream = server.addr().to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listening on loopback");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let log = recorded.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Some(request) = read_request(&client) else {
+                    continue;
+                };
+                log.lock().expect("record").push(request.clone());
+                let Ok(stream) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let answer = exchange(stream, &request);
+                let mut client = client;
+                let _ = client.write_all(answer.as_bytes());
+            }
+        });
+        RecordingProxy { url, recorded }
+    }
+
+    /// The requests recorded so far for `path`, oldest first.
+    pub fn requests_to(&self, path: &str) -> Vec<Vec<u8>> {
+        let prefix = format!(" {path} ");
+        self.recorded
+            .lock()
+            .expect("record")
+            .iter()
+            .filter(|r| {
+                let line = r.split(|&b| b == b'\n').next().unwrap_or_default();
+                String::from_utf8_lossy(line).contains(&prefix)
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// One HTTP/1.1 request read from `stream` (head and `content-length` body), with its
+/// `connection` header replaced by `connection: close`.
+fn read_request(stream: &TcpStream) -> Option<Vec<u8>> {
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap_or((&line, ""));
+        if name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.trim().parse().ok()?;
+        }
+        head.push_str(&line);
+    }
+    head.push_str("connection: close\r\n\r\n");
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    let mut request = head.into_bytes();
+    request.extend_from_slice(&body);
+    Some(request)
 }
 
 impl Drop for ApiServer {
