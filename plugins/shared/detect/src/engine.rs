@@ -7,9 +7,9 @@
 //! anchor with its position in one pass, and the anchors are literals anyway. The automaton is
 //! ASCII case-insensitive (keywords are); token rules re-check their prefix's exact case.
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use ring::hmac;
 
+use crate::anchors::Anchors;
 use crate::finding::{Fingerprint, Incomplete};
 use crate::rules::{self, generic, injection, pii, secrets, Hit, RuleInfo};
 
@@ -139,7 +139,7 @@ pub(crate) struct StrCtx<'a> {
 /// every scan method takes `&self`.
 #[derive(Clone)]
 pub struct Detector {
-    ac: AhoCorasick,
+    anchors: Anchors,
     triggers: Vec<Vec<Trigger>>,
     pub(crate) limits: Limits,
     pub(crate) fingerprinter: Option<Fingerprinter>,
@@ -203,58 +203,23 @@ impl Detector {
     }
 
     fn compile() -> Detector {
-        let mut patterns: Vec<Vec<u8>> = Vec::new();
-        let mut triggers: Vec<Vec<Trigger>> = Vec::new();
-        let mut add = |p: &[u8], t: Trigger| {
-            let lower: Vec<u8> = p.iter().map(|c| c.to_ascii_lowercase()).collect();
-            match patterns.iter().position(|x| *x == lower) {
-                Some(i) => {
-                    // One Keyword trigger per pattern is enough.
-                    if !(matches!(t, Trigger::Keyword)
-                        && triggers[i].iter().any(|x| matches!(x, Trigger::Keyword)))
-                    {
-                        triggers[i].push(t);
-                    }
-                }
-                None => {
-                    patterns.push(lower);
-                    triggers.push(vec![t]);
-                }
-            }
-        };
-        for (i, r) in secrets::TOKEN_RULES.iter().enumerate() {
-            for p in r.prefixes {
-                add(p.as_bytes(), Trigger::Token(i));
-            }
-        }
-        for a in secrets::CUSTOM_ANCHORS {
-            add(a.as_bytes(), Trigger::Custom(a));
-        }
-        for k in generic::KEYWORDS
-            .iter()
-            .copied()
-            .chain(secrets::context_keywords())
-        {
-            add(k.as_bytes(), Trigger::Keyword);
-        }
-        for (p, kind) in injection::ANCHORS {
-            add(p, Trigger::Injection(*kind));
-        }
-        let ac = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            // A full DFA: one table lookup per byte (measured faster than the NFAs here; the
-            // table is a few hundred KiB, built once per detector).
-            .kind(Some(AhoCorasickKind::DFA))
-            .build(&patterns)
-            .expect("the rule patterns are a fixed, valid set of literals");
+        let (patterns, triggers) = anchor_table();
+        // A full DFA: one table lookup per byte (measured faster than the NFAs here; the table
+        // is about a MiB, built once per detector), walked by the loop of `anchors`.
+        let anchors = Anchors::new(&patterns);
         Detector {
-            ac,
+            anchors,
             triggers,
             limits: Limits::default(),
             fingerprinter: None,
             catalogue: rules::catalogue(),
         }
+    }
+
+    /// The anchor automaton (for tests).
+    #[cfg(test)]
+    pub(crate) fn anchors(&self) -> &Anchors {
+        &self.anchors
     }
 
     /// Every rule, each id once, in catalogue order.
@@ -295,32 +260,31 @@ impl Detector {
         }
         let first = out.len();
         let mut kw_done = 0usize;
-        for m in self.ac.find_overlapping_iter(s) {
-            for t in &self.triggers[m.pattern().as_usize()] {
+        self.anchors.for_each(s, |m| {
+            for t in &self.triggers[m.pattern] {
                 match *t {
                     Trigger::Token(i) => {
-                        if let Some(h) =
-                            secrets::token_match(&secrets::TOKEN_RULES[i], s, m.start())
+                        if let Some(h) = secrets::token_match(&secrets::TOKEN_RULES[i], s, m.start)
                         {
                             out.push(h);
                         }
                     }
-                    Trigger::Custom(a) => secrets::custom_match(a, s, m.start(), out),
+                    Trigger::Custom(a) => secrets::custom_match(a, s, m.start, out),
                     Trigger::Keyword => {
                         // Fragment concatenations look for split token formats only: an
                         // assignment stitched from unrelated fields means nothing.
                         if !ctx.secrets_only {
-                            generic::text_assignment(s, m.start(), m.end(), &mut kw_done, out);
+                            generic::text_assignment(s, m.start, m.end, &mut kw_done, out);
                         }
                     }
                     Trigger::Injection(kind) => {
                         if !ctx.secrets_only {
-                            injection::anchor(kind, s, m.start(), m.end(), ctx.inj, out);
+                            injection::anchor(kind, s, m.start, m.end, ctx.inj, out);
                         }
                     }
                 }
             }
-        }
+        });
         if let Some(k) = ctx.key {
             generic::json_member(k.key, k.parent, s, out);
         }
@@ -340,6 +304,54 @@ impl Detector {
         }
         out.truncate(k);
     }
+}
+
+/// Every anchor of every rule, lower-cased and each once, with what each one triggers.
+fn anchor_table() -> (Vec<Vec<u8>>, Vec<Vec<Trigger>>) {
+    let mut patterns: Vec<Vec<u8>> = Vec::new();
+    let mut triggers: Vec<Vec<Trigger>> = Vec::new();
+    let mut add = |p: &[u8], t: Trigger| {
+        let lower: Vec<u8> = p.iter().map(|c| c.to_ascii_lowercase()).collect();
+        match patterns.iter().position(|x| *x == lower) {
+            Some(i) => {
+                // One Keyword trigger per pattern is enough.
+                if !(matches!(t, Trigger::Keyword)
+                    && triggers[i].iter().any(|x| matches!(x, Trigger::Keyword)))
+                {
+                    triggers[i].push(t);
+                }
+            }
+            None => {
+                patterns.push(lower);
+                triggers.push(vec![t]);
+            }
+        }
+    };
+    for (i, r) in secrets::TOKEN_RULES.iter().enumerate() {
+        for p in r.prefixes {
+            add(p.as_bytes(), Trigger::Token(i));
+        }
+    }
+    for a in secrets::CUSTOM_ANCHORS {
+        add(a.as_bytes(), Trigger::Custom(a));
+    }
+    for k in generic::KEYWORDS
+        .iter()
+        .copied()
+        .chain(secrets::context_keywords())
+    {
+        add(k.as_bytes(), Trigger::Keyword);
+    }
+    for (p, kind) in injection::ANCHORS {
+        add(p, Trigger::Injection(*kind));
+    }
+    (patterns, triggers)
+}
+
+/// The anchors the automaton is built from (for tests that compare it with aho-corasick's).
+#[cfg(test)]
+pub(crate) fn anchor_patterns() -> Vec<Vec<u8>> {
+    anchor_table().0
 }
 
 /// Overlapping hits of one category: the more specific (lower priority value) wins, then the

@@ -251,7 +251,7 @@ impl<'d, 's> Walker<'d, 's> {
                 return Err(s.len());
             };
             let j = i + p;
-            if let Some(bad) = s[i..j].iter().position(|&c| c < 0x20) {
+            if let Some(bad) = crate::swar::first_control(&s[i..j]) {
                 return Err(i + bad);
             }
             if s[j] == b'"' {

@@ -37,6 +37,7 @@
 
 #![forbid(unsafe_code)]
 
+mod anchors;
 mod decode;
 mod engine;
 pub mod eval;
@@ -45,6 +46,7 @@ mod json;
 mod redact;
 mod rules;
 mod spec;
+mod swar;
 mod tool;
 mod validate;
 

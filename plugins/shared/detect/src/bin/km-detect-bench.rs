@@ -91,6 +91,52 @@ fn clean_mix(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
     out
 }
 
+/// The stream of km-bench's relay section (`bench/src/relay.rs`, same generator and seed): 60%
+/// `tools/call` requests with a 20-340 letter query, 25% progress notifications, 14% text
+/// results of 1-64 KiB, 1% of 100-512 KiB, all of random lower-case letters. Dominated by long
+/// strings: what advanced-filters scans when it intercepts everything on that stream.
+fn relay_mix(n: usize) -> Vec<Vec<u8>> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let roll = (next() % 100) as usize;
+        let mut range = |lo: usize, hi: usize| lo + (next() % (hi - lo) as u64) as usize;
+        let len = if roll < 60 {
+            range(20, 340)
+        } else if roll < 85 {
+            range(20, 200)
+        } else if roll < 99 {
+            range(1024, 64 * 1024)
+        } else {
+            range(100 * 1024, 512 * 1024)
+        };
+        let text: String = (0..len)
+            .map(|_| (b'a' + (next() % 26) as u8) as char)
+            .collect();
+        let line = if roll < 60 {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"search","arguments":{{"q":"{text}"}}}}}}"#
+            )
+        } else if roll < 85 {
+            format!(
+                r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{i},"message":"{text}"}}}}"#
+            )
+        } else {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{i},"result":{{"content":[{{"type":"text","text":"{text}"}}]}}}}"#
+            )
+        };
+        out.push(line.into_bytes());
+    }
+    out
+}
+
 fn dirty_mix(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
@@ -178,6 +224,7 @@ fn measure(name: &str, lines: &[Vec<u8>], seconds: f64, f: &dyn Fn(&[u8])) {
 fn main() {
     let mut seconds = 5.0f64;
     let mut only: Option<usize> = None;
+    let mut relay_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--seconds" {
@@ -185,6 +232,9 @@ fn main() {
         } else if a == "--only" {
             // Profiling aid: time only one kind of clean line (0..6, in the order printed).
             only = args.next().and_then(|s| s.parse().ok());
+        } else if a == "--relay" {
+            // Profiling aid: time only km-bench's relay stream.
+            relay_only = true;
         }
     }
     let det = Detector::new();
@@ -199,6 +249,13 @@ fn main() {
         "km-detect-bench: {} rules; clean mix has {with_findings} lines with findings",
         det.rules().len()
     );
+    let relay = relay_mix(2000);
+    if relay_only {
+        measure("relay stream of km-bench", &relay, seconds, &|l| {
+            black_box(det.scan_line(black_box(l)));
+        });
+        return;
+    }
     if let Some(k) = only {
         let subset: Vec<Vec<u8>> = clean.iter().skip(k).step_by(6).cloned().collect();
         measure(&format!("only kind {k}"), &subset, seconds, &|l| {
@@ -228,6 +285,14 @@ fn main() {
             },
         );
     }
+    measure(
+        "scan_line, km-bench's relay stream",
+        &relay,
+        seconds,
+        &|l| {
+            black_box(det.scan_line(black_box(l)));
+        },
+    );
     measure("scan_line, lines with findings", &dirty, seconds, &|l| {
         black_box(det.scan_line(black_box(l)));
     });

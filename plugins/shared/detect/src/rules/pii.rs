@@ -85,21 +85,6 @@ fn hit(
     }
 }
 
-/// Bytes that can start a candidate: digits, `@`, `+`, `(`, `:`.
-static TRIGGER: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut c = b'0';
-    while c <= b'9' {
-        t[c as usize] = true;
-        c += 1;
-    }
-    t[b'@' as usize] = true;
-    t[b'+' as usize] = true;
-    t[b'(' as usize] = true;
-    t[b':' as usize] = true;
-    t
-};
-
 /// Scans one decoded string for personal data.
 pub(crate) fn scan(s: &[u8], out: &mut Vec<Hit>) {
     let mut i = 0;
@@ -107,10 +92,8 @@ pub(crate) fn scan(s: &[u8], out: &mut Vec<Hit>) {
     // Positions before `skip` are inside something already reported.
     let mut skip = 0;
     while i < n {
-        // Skip quickly to the next byte that can start a candidate.
-        while i < n && !TRIGGER[s[i] as usize] {
-            i += 1;
-        }
+        // Skip quickly to the next byte that can start a candidate: a digit, `@`, `+`, `(`, `:`.
+        i = crate::swar::next_pii_trigger(s, i);
         if i >= n {
             break;
         }
