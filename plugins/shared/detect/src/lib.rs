@@ -56,7 +56,7 @@ pub use finding::{
     Category, Confidence, Encoding, Finding, Fingerprint, Incomplete, Location, Report, Severity,
     Span,
 };
-pub use redact::{redact, Marker};
+pub use redact::{matched_value, redact, Marker};
 pub use rules::RuleInfo;
 pub use tool::ToolDefinition;
 

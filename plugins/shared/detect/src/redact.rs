@@ -52,21 +52,7 @@ pub fn redact<'l>(
         let text = match marker {
             Marker::Rule => format!("[REDACTED:{}]", f.rule),
             Marker::Keyed(fp) => {
-                let mut value = Vec::new();
-                for sp in &f.spans {
-                    let part = decoded_slice(line, sp, &mut buf)?;
-                    // A nested finding's range holds the inner document's encoding of the
-                    // value: decode it once more so the hash is over the value itself, as
-                    // the finding's own fingerprint is.
-                    let mut inner = Vec::new();
-                    if f.location == crate::Location::Nested
-                        && decode_into(part, &mut inner).is_ok()
-                    {
-                        value.extend_from_slice(&inner);
-                    } else {
-                        value.extend_from_slice(part);
-                    }
-                }
+                let value = matched_value_with(line, f, &mut buf)?;
                 format!("[REDACTED:{}:{}]", f.rule, fp.fingerprint(&value))
             }
         };
@@ -101,6 +87,30 @@ pub fn redact<'l>(
     }
     out.extend_from_slice(&line[at..]);
     Ok(Cow::Owned(out))
+}
+
+/// The value a finding matched, decoded (across all its fragments; for a finding in JSON nested
+/// in a string, decoded once more, as its fingerprint is). For callers that must compare it
+/// with something (an allowlist pattern, a keyed hash): it is the secret itself, so never log
+/// or keep it. Errors like [`redact`] when the finding does not come from this line.
+pub fn matched_value(line: &[u8], finding: &Finding) -> Result<Vec<u8>, Error> {
+    matched_value_with(line, finding, &mut Vec::new())
+}
+
+fn matched_value_with(line: &[u8], f: &Finding, buf: &mut Vec<u8>) -> Result<Vec<u8>, Error> {
+    let mut value = Vec::new();
+    for sp in &f.spans {
+        let part = decoded_slice(line, sp, buf)?;
+        // A nested finding's range holds the inner document's encoding of the value: decode it
+        // once more so that the value is the value itself.
+        let mut inner = Vec::new();
+        if f.location == crate::Location::Nested && decode_into(part, &mut inner).is_ok() {
+            value.extend_from_slice(&inner);
+        } else {
+            value.extend_from_slice(part);
+        }
+    }
+    Ok(value)
 }
 
 fn check_span(line: &[u8], sp: &crate::Span) -> Result<(), Error> {
