@@ -2,6 +2,7 @@
 //! One binary, a module per topic. Run `cargo build --workspace` first (see README).
 
 mod abi_compat;
+mod advanced_filters;
 mod chaos;
 mod cli;
 mod compliance;
