@@ -11,6 +11,7 @@ mod analytics;
 mod callgrind;
 mod dispatch;
 mod env;
+mod filters;
 mod intercept;
 mod latency;
 mod long;
@@ -74,6 +75,8 @@ pub(crate) enum Section {
     /// Instructions per message under valgrind's callgrind (needs valgrind; not in the default
     /// run: ask for it with --only callgrind, or --all).
     Callgrind,
+    /// advanced-filters, authorised by the reference API: scanning, relay and latency.
+    Filters,
 }
 
 /// Validated command-line options.
@@ -143,6 +146,9 @@ fn run(options: &Options) -> Result<()> {
     }
     if options.wants(Section::Callgrind) {
         callgrind::run(&env, options, &mut report)?;
+    }
+    if options.wants(Section::Filters) {
+        filters::run(&env, options, &mut report)?;
     }
     report.print(options.json)?;
     Ok(())

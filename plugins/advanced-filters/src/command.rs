@@ -44,6 +44,8 @@ pub(crate) struct Context<'a> {
     pub(crate) filter: &'a Filter,
     pub(crate) policy_error: Option<&'a PolicyError>,
     pub(crate) policy_found: bool,
+    pub(crate) team: Option<&'a str>,
+    pub(crate) team_problems: &'a [String],
     pub(crate) subscription: SubscriptionView,
 }
 
@@ -187,19 +189,26 @@ fn policy_summary(cx: &Context<'_>) -> String {
         layers.rule_default("", km_detect::Category::PII),
         layers.rule_default("", km_detect::Category::INJECTION),
     );
-    match (cx.policy_error, cx.policy_found) {
+    let mut summary = match (cx.policy_error, cx.policy_found) {
         (Some(e), _) => {
             format!("INVALID: {e}; until it is fixed, every finding blocks its message")
         }
-        (None, false) => format!(
-            "policies/{} not found: built-in defaults ({defaults})",
-            policy::FILE
-        ),
-        (None, true) => format!(
-            "policies/{} ({defaults}; {overrides} overrides, {allows} allowlist entries)",
-            policy::FILE
-        ),
+        (None, false) => format!("policies/{} not found", policy::FILE),
+        (None, true) => format!("policies/{}", policy::FILE),
+    };
+    if let Some(team) = cx.team {
+        summary.push_str(&format!(
+            ", with the {team} (policies/{})",
+            policy::TEAM_FILE
+        ));
     }
+    summary.push_str(&format!(
+        ": {defaults}; {overrides} overrides, {allows} allowlist entries"
+    ));
+    for p in cx.team_problems {
+        summary.push_str(&format!("\n  {p}"));
+    }
+    summary
 }
 
 fn check(args: &[String], cx: &Context<'_>) -> CommandOutput {
@@ -294,6 +303,7 @@ fn result_json(n: usize, j: &Judgement) -> Value {
                 "example": f.example,
                 "path": f.path,
                 "action": x.action.as_str(),
+                "overruled": x.overruled.map(|o| o.as_str()),
                 "hmac8": f.fingerprint.map(|fp| fp.to_string()),
             })
         })

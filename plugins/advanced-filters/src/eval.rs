@@ -99,7 +99,7 @@ pub fn eval_filter() -> anyhow::Result<EvalFilter> {
     let detector = km_detect::Detector::new();
     let policy = Policy::parse(EVAL_POLICY, &detector).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(EvalFilter(Filter::new(
-        Layers::new(vec![policy]),
+        Layers::local(policy),
         Some(&[0x5a; 32]),
     )))
 }

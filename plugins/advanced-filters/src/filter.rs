@@ -27,6 +27,8 @@ use crate::policy::{Action, Layers, MarkerKind, Subject, ValueHash, ValueProbe};
 pub(crate) struct Judged {
     pub(crate) finding: Finding,
     pub(crate) action: Action,
+    /// A looser answer of the local policy that the team's overruled.
+    pub(crate) overruled: Option<Action>,
 }
 
 /// What to do with a line.
@@ -146,14 +148,18 @@ impl Filter {
         let incomplete = report.incomplete;
         let mut findings = Vec::with_capacity(report.findings.len());
         for finding in report.findings {
-            let mut probe = Probe {
+            let probe = Probe {
                 filter: self,
                 line,
                 finding: &finding,
-                value: None,
+                value: std::cell::OnceCell::new(),
             };
-            let action = self.layers.decide(&finding, subject, &mut probe);
-            findings.push(Judged { finding, action });
+            let decided = self.layers.decide(&finding, subject, &probe);
+            findings.push(Judged {
+                finding,
+                action: decided.value,
+                overruled: decided.overruled,
+            });
         }
         let score = findings
             .iter()
@@ -291,33 +297,30 @@ struct Probe<'a> {
     filter: &'a Filter,
     line: &'a [u8],
     finding: &'a Finding,
-    value: Option<Option<(Vec<u8>, String)>>,
+    value: std::cell::OnceCell<Option<(Vec<u8>, String)>>,
 }
 
 impl Probe<'_> {
-    fn value(&mut self) -> Option<&(Vec<u8>, String)> {
-        if self.value.is_none() {
-            self.value = Some(
+    fn value(&self) -> Option<&(Vec<u8>, String)> {
+        self.value
+            .get_or_init(|| {
                 km_detect::matched_value(self.line, self.finding)
                     .ok()
                     .map(|v| {
                         let text = String::from_utf8_lossy(&v).into_owned();
                         (v, text)
-                    }),
-            );
-        }
-        self.value.as_ref().and_then(Option::as_ref)
+                    })
+            })
+            .as_ref()
     }
 }
 
 impl ValueProbe for Probe<'_> {
-    fn hash(&mut self) -> Option<ValueHash> {
-        let filter = self.filter;
-        let bytes = self.value()?.0.clone();
-        filter.value_hash(&bytes)
+    fn hash(&self) -> Option<ValueHash> {
+        self.filter.value_hash(&self.value()?.0)
     }
 
-    fn text(&mut self) -> Option<&str> {
+    fn text(&self) -> Option<&str> {
         self.value().map(|(_, t)| t.as_str())
     }
 }
@@ -330,7 +333,7 @@ mod tests {
     fn filter(policy: &str) -> Filter {
         let d = Detector::new();
         Filter::new(
-            Layers::new(vec![Policy::parse(policy, &d).expect("valid policy")]),
+            Layers::local(Policy::parse(policy, &d).expect("valid policy")),
             Some(&[9u8; 32]),
         )
     }

@@ -51,7 +51,7 @@ use km_plugin_sdk::{
 };
 
 use crate::filter::{Filter, Judgement, Outcome};
-use crate::policy::{Layers, Policy, PolicyError, ServerNames, Subject};
+use crate::policy::{PolicyError, ServerNames, Subject};
 use crate::report::Place;
 use crate::risk::{RiskPolicy, Session};
 
@@ -84,6 +84,10 @@ struct Engine {
     filter: Filter,
     policy_error: Option<PolicyError>,
     policy_found: bool,
+    /// The team policy in force, for people: `team acme version 7`.
+    team: Option<String>,
+    /// What was refused about the team's policy (the last verified one stays in force).
+    team_problems: Vec<String>,
     risk: RiskPolicy,
 }
 
@@ -104,17 +108,8 @@ pub struct AdvancedFilters {
     session: Mutex<Session>,
 }
 
-/// A policy that blocks every finding: what runs while the policy file is broken.
-fn fail_closed(detector: &km_detect::Detector) -> Layers {
-    let text = "[defaults]\nsecrets = \"block\"\npii = \"block\"\ninjection = \"block\"\nuninspectable = \"block\"\n";
-    Layers::new(
-        Policy::parse(text, detector)
-            .map(|p| vec![p])
-            .unwrap_or_default(),
-    )
-}
-
-/// Reads and compiles the policy through `host`.
+/// Reads the policies through `host` and compiles them ([`policy::load`]), with the
+/// installation's key; reports problems in km's log.
 fn load_engine(host: &Host, data_dir: &std::path::Path) -> Engine {
     let key = match key::load_or_create(data_dir) {
         Ok(key) => Some(key),
@@ -126,27 +121,17 @@ fn load_engine(host: &Host, data_dir: &std::path::Path) -> Engine {
         }
     };
     let detector = km_detect::Detector::new();
-    let (layers, policy_error, found) = match host.read_policy(policy::FILE) {
-        Ok(None) => (Layers::default(), None, false),
-        Ok(Some(text)) => match Policy::parse(&text, &detector) {
-            Ok(p) => (Layers::new(vec![p]), None, true),
-            Err(e) => (fail_closed(&detector), Some(e), true),
-        },
-        Err(e) => (
-            fail_closed(&detector),
-            Some(PolicyError::Read {
-                file: policy::FILE.to_owned(),
-                message: e.message.to_string(),
-            }),
-            true,
-        ),
-    };
-    if let Some(e) = &policy_error {
+    let loaded = policy::load(host, &detector);
+    if let Some(e) = &loaded.error {
         host.log(
             km_plugin_sdk::LogLevel::Error,
             &format!("{e}; until it is fixed, every finding blocks its message"),
         );
     }
+    for p in &loaded.team_problems {
+        host.warn(p);
+    }
+    let layers = loaded.layers;
     let risk = RiskPolicy {
         flag_at: layers.flag_at(),
         block_calls_at: layers.block_calls_at(),
@@ -154,8 +139,10 @@ fn load_engine(host: &Host, data_dir: &std::path::Path) -> Engine {
     };
     Engine {
         filter: Filter::new(layers, key.as_deref()),
-        policy_error,
-        policy_found: found,
+        policy_error: loaded.error,
+        policy_found: loaded.found,
+        team: loaded.team,
+        team_problems: loaded.team_problems,
         risk,
     }
 }
@@ -427,6 +414,8 @@ impl Plugin for AdvancedFilters {
                 filter: &engine.filter,
                 policy_error: engine.policy_error.as_ref(),
                 policy_found: engine.policy_found,
+                team: engine.team.as_deref(),
+                team_problems: &engine.team_problems,
                 subscription,
             },
         ))

@@ -41,13 +41,16 @@
 //! max_line_bytes = 8388608  # longer lines are not scanned: they are uninspectable
 //! ```
 //!
-//! Actions are ordered `allow < log < redact < block`, so that policies can be combined by
-//! taking the stricter: the decision for a finding is made in each layer on its own (its
-//! defaults, then its `[rules]`, then its overrides in order, then its `[allow]`), and the
-//! layers' answers are combined by [`Layers::decide`], the stricter winning. Today there is one
-//! layer, the local file; the team's verified policy (`policies/team/advanced-filters.toml`)
-//! will be the second when the shared policy crate lands, so this module keeps the decision per
-//! layer and the combination apart.
+//! Actions are ordered `allow < log < redact < block`, so that policies combine by taking the
+//! stricter. There are two layers, read by the shared km-policy crate ([`load`]): the local
+//! file, and the team's policy (`policies/team/advanced-filters.toml`, the same keys, signed
+//! by a team admin key and verified by km-policy, rollbacks refused). The decision for a
+//! finding is made in each layer on its own (its defaults, then its `[rules]`, then its
+//! overrides in order, then its `[allow]`), and the answers are combined by km-policy's
+//! `Layered`: the stricter wins, and a looser local answer is reported as overruled. So a local
+//! override or allowlist can tighten the team's policy, never loosen it; the team may loosen
+//! the built-in defaults. A layer that cannot be used (a local file that does not parse, a
+//! team policy this build cannot apply) is replaced by one that blocks every finding.
 //!
 //! Values are never written in clear in a policy: an exact value is allowed by its keyed hash
 //! (`hmac:` and 32 hex digits: HMAC-SHA256 under this installation's key, whose first 8 digits
@@ -56,13 +59,23 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use std::cmp::Reverse;
+
 use km_detect::{Category, Detector, Finding};
+use km_policy::{Decided, Layer, Layered};
 use serde::Deserialize;
 
 use crate::glob::Glob;
 
-/// The policy file's name under `KM_HOME/policies/`.
+/// The policy's name for km-policy: `KM_HOME/policies/advanced-filters.toml` and the team's
+/// `policies/team/advanced-filters.toml`.
+pub(crate) const NAME: &str = "advanced-filters";
+
+/// The local policy file's name under `KM_HOME/policies/`.
 pub(crate) const FILE: &str = "advanced-filters.toml";
+
+/// The team policy file's name under `KM_HOME/policies/`.
+pub(crate) const TEAM_FILE: &str = "team/advanced-filters.toml";
 
 /// What is done about a finding. Ordered: greater is stricter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
@@ -107,7 +120,7 @@ pub(crate) enum MarkerKind {
 }
 
 /// What happens to documentation examples.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum ExampleAction {
     Allow,
@@ -143,7 +156,7 @@ impl DirectionName {
 
 // ---- the file as written -------------------------------------------------------------------
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileDefaults {
     secrets: Option<Action>,
@@ -154,7 +167,7 @@ struct FileDefaults {
     marker: Option<MarkerKind>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileOverride {
     server: Option<String>,
@@ -173,7 +186,7 @@ struct FileOverride {
     action: Action,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileAllow {
     #[serde(default)]
@@ -184,7 +197,7 @@ struct FileAllow {
     paths: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileRisk {
     flag: Option<u32>,
@@ -192,15 +205,15 @@ struct FileRisk {
     exfiltration: Option<UninspectableAction>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileLimits {
     max_line_bytes: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PolicyFile {
+pub(crate) struct PolicyFile {
     #[serde(default)]
     defaults: FileDefaults,
     #[serde(default)]
@@ -221,10 +234,10 @@ struct PolicyFile {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub(crate) enum PolicyError {
-    /// km could not read the file (its checks of owner and mode, or I/O).
-    #[error("cannot read policies/{file}: {message}")]
-    Read { file: String, message: String },
-    /// Not valid TOML, or not this policy's shape (toml's message names the key and line).
+    /// km-policy could not read or parse it (its message names the file, the key and the line).
+    #[error("{0}")]
+    Load(km_policy::Error),
+    /// Not valid TOML, or not this policy's shape.
     #[error("policies/{file}: {message}")]
     Parse { file: String, message: String },
     /// A value that parses but means nothing (an unknown rule id, a bad hash).
@@ -255,9 +268,9 @@ impl fmt::Display for ValueHash {
 /// What matchers of values need to know about a matched value: its keyed hash and its text.
 pub(crate) trait ValueProbe {
     /// The keyed hash of the value (None when no key is available).
-    fn hash(&mut self) -> Option<ValueHash>;
+    fn hash(&self) -> Option<ValueHash>;
     /// The value as text (lossy for bytes that are not UTF-8).
-    fn text(&mut self) -> Option<&str>;
+    fn text(&self) -> Option<&str>;
 }
 
 /// The facts about one finding that scopes can match.
@@ -292,7 +305,7 @@ struct Override {
 }
 
 impl Override {
-    fn matches(&self, f: &Finding, s: &Subject<'_>, probe: &mut dyn ValueProbe) -> bool {
+    fn matches(&self, f: &Finding, s: &Subject<'_>, probe: &dyn ValueProbe) -> bool {
         if let Some(g) = &self.server {
             if !(g.matches(&s.server.label)
                 || g.matches(&s.server.id)
@@ -320,7 +333,7 @@ impl Override {
 }
 
 /// Whether a value matcher (hashes or patterns, either) holds; true when there is none.
-fn values_match(values: &[ValueHash], patterns: &[Glob], probe: &mut dyn ValueProbe) -> bool {
+fn values_match(values: &[ValueHash], patterns: &[Glob], probe: &dyn ValueProbe) -> bool {
     if values.is_empty() && patterns.is_empty() {
         return true;
     }
@@ -371,17 +384,32 @@ fn category(name: &str) -> Option<Category> {
 }
 
 impl Policy {
-    /// Parses and checks a policy's text; `detector` knows the rule ids.
+    /// Parses and checks a local policy's text; `detector` knows the rule ids.
     pub(crate) fn parse(text: &str, detector: &Detector) -> Result<Policy, PolicyError> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| PolicyError::Parse {
             file: FILE.to_owned(),
             message: toml_message(text, &e),
         })?;
+        Policy::compile(&file, detector, Layer::Local)
+    }
+
+    /// Checks and compiles one layer. In the local file an unknown rule id is an error (a
+    /// typo must not go unnoticed); in the team's it matches nothing (a newer version of the
+    /// plugin may know it), and the rest of the team's policy applies.
+    pub(crate) fn compile(
+        file: &PolicyFile,
+        detector: &Detector,
+        layer: Layer,
+    ) -> Result<Policy, PolicyError> {
+        let file_name = match layer {
+            Layer::Team => TEAM_FILE,
+            _ => FILE,
+        };
         let invalid = |what: String| PolicyError::Invalid {
-            file: FILE.to_owned(),
+            file: file_name.to_owned(),
             what,
         };
-        let known = |id: &str| detector.rule(id).is_some();
+        let known = |id: &str| layer == Layer::Team || detector.rule(id).is_some();
         for id in file.rules.keys() {
             if !known(id) {
                 return Err(invalid(format!(
@@ -453,7 +481,7 @@ impl Policy {
             examples: file.defaults.examples,
             uninspectable: file.defaults.uninspectable,
             marker: file.defaults.marker,
-            rules: file.rules,
+            rules: file.rules.clone(),
             overrides,
             allow_values: hashes(&file.allow.values, "[allow] values")?,
             allow_patterns: file
@@ -475,8 +503,30 @@ impl Policy {
         })
     }
 
+    /// The policy that stands in for one that cannot be used: every finding, and every line
+    /// that cannot be inspected completely, blocks its message.
+    pub(crate) fn blocking() -> Policy {
+        Policy {
+            secrets: Some(Action::Block),
+            pii: Some(Action::Block),
+            injection: Some(Action::Block),
+            examples: None,
+            uninspectable: Some(UninspectableAction::Block),
+            marker: None,
+            rules: BTreeMap::new(),
+            overrides: Vec::new(),
+            allow_values: Vec::new(),
+            allow_patterns: Vec::new(),
+            allow_paths: Vec::new(),
+            flag: None,
+            block_calls_at: None,
+            exfiltration: None,
+            max_line_bytes: None,
+        }
+    }
+
     /// This layer's action for a finding; `None` when the layer says nothing about it.
-    fn action(&self, f: &Finding, s: &Subject<'_>, probe: &mut dyn ValueProbe) -> Option<Action> {
+    fn action(&self, f: &Finding, s: &Subject<'_>, probe: &dyn ValueProbe) -> Option<Action> {
         if f.example {
             return self.examples.map(|e| match e {
                 ExampleAction::Allow => Action::Allow,
@@ -518,16 +568,32 @@ fn builtin(category: Category) -> Action {
     }
 }
 
-/// The layers in force: today the local policy; the team's when the shared policy crate lands.
+/// The layers in force: the team's verified policy and the local one, either or both absent.
+/// Every decision is made in each layer on its own and combined by km-policy's [`Layered`]:
+/// the stricter answer wins, a looser local answer is reported as overruled.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Layers {
-    layers: Vec<Policy>,
+    team: Option<Policy>,
+    local: Option<Policy>,
 }
 
 impl Layers {
-    /// The layers, stricter-wins, in no particular order.
-    pub(crate) fn new(layers: Vec<Policy>) -> Layers {
-        Layers { layers }
+    /// Both layers.
+    pub(crate) fn new(team: Option<Policy>, local: Option<Policy>) -> Layers {
+        Layers { team, local }
+    }
+
+    /// A local policy alone.
+    pub(crate) fn local(policy: Policy) -> Layers {
+        Layers::new(None, Some(policy))
+    }
+
+    fn layered(&self) -> Layered<'_, Policy> {
+        Layered::new(self.team.as_ref(), self.local.as_ref())
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Policy> {
+        self.team.iter().chain(self.local.iter())
     }
 
     /// The action for a finding: each layer decides on its own, the stricter answer wins; the
@@ -536,90 +602,95 @@ impl Layers {
         &self,
         f: &Finding,
         s: &Subject<'_>,
-        probe: &mut dyn ValueProbe,
-    ) -> Action {
-        let answers = self.layers.iter().filter_map(|l| l.action(f, s, probe));
-        let decided = answers.max().unwrap_or(if f.example {
+        probe: &dyn ValueProbe,
+    ) -> Decided<Action> {
+        let builtin = if f.example {
             Action::Log
         } else {
             builtin(f.category)
-        });
+        };
+        let mut decided = self.layered().decide(builtin, |l| l.action(f, s, probe));
         if f.example {
-            decided.min(Action::Log)
-        } else {
-            decided
+            decided.value = decided.value.min(Action::Log);
         }
-    }
-
-    fn strictest<T: Ord + Copy>(&self, pick: impl Fn(&Policy) -> Option<T>) -> Option<T> {
-        self.layers.iter().filter_map(pick).max()
+        decided
     }
 
     /// Whether a line that could not be inspected completely is blocked.
     pub(crate) fn blocks_uninspectable(&self) -> bool {
-        self.strictest(|p| p.uninspectable)
-            .map_or(true, |a| a == UninspectableAction::Block)
+        self.layered()
+            .decide(UninspectableAction::Block, |p| p.uninspectable)
+            .value
+            == UninspectableAction::Block
     }
 
     /// The marker redaction writes (keyed if any layer asks for it).
     pub(crate) fn marker(&self) -> MarkerKind {
-        if self
-            .layers
-            .iter()
-            .any(|p| p.marker == Some(MarkerKind::Keyed))
-        {
+        if self.all().any(|p| p.marker == Some(MarkerKind::Keyed)) {
             MarkerKind::Keyed
         } else {
             MarkerKind::Rule
         }
     }
 
-    /// The session score at which a session is flagged (the lowest any layer sets; 50).
+    /// The session score at which a session is flagged (lower is stricter; 50).
     pub(crate) fn flag_at(&self) -> u32 {
-        self.layers
-            .iter()
-            .filter_map(|p| p.flag)
-            .min()
-            .unwrap_or(50)
+        self.layered()
+            .decide(Reverse(50), |p| p.flag.map(Reverse))
+            .value
+            .0
     }
 
-    /// The session score from which calls of tools that are not read-only are blocked.
+    /// The session score from which calls of tools that are not read-only are blocked (a
+    /// score is stricter than none, a lower one stricter than a higher one).
     pub(crate) fn block_calls_at(&self) -> Option<u32> {
-        self.layers.iter().filter_map(|p| p.block_calls_at).min()
+        self.layered()
+            .decide(None, |p| p.block_calls_at.map(|n| Some(Reverse(n))))
+            .value
+            .map(|r| r.0)
     }
 
     /// Whether an open-world call after exposure is blocked (else logged).
     pub(crate) fn blocks_exfiltration(&self) -> bool {
-        self.strictest(|p| p.exfiltration) == Some(UninspectableAction::Block)
+        self.layered()
+            .decide(UninspectableAction::Log, |p| p.exfiltration)
+            .value
+            == UninspectableAction::Block
     }
 
-    /// The longest line scanned.
+    /// The longest line scanned. A smaller limit makes more lines uninspectable, which is
+    /// stricter only while uninspectable lines are blocked: the local policy may lower the
+    /// team's limit then, never otherwise.
     pub(crate) fn max_line_bytes(&self) -> usize {
-        let limit = self
-            .layers
-            .iter()
-            .filter_map(|p| p.max_line_bytes)
-            .min()
-            .unwrap_or(8 << 20);
+        let default = 8u64 << 20;
+        let team = self.team.as_ref().and_then(|p| p.max_line_bytes);
+        let local = self.local.as_ref().and_then(|p| p.max_line_bytes);
+        let limit = match (team, local) {
+            (Some(t), Some(l)) if l < t && self.blocks_uninspectable() => l,
+            (Some(t), _) => t,
+            (None, Some(l)) if self.team.is_none() || self.blocks_uninspectable() => l,
+            _ => default,
+        };
         usize::try_from(limit).unwrap_or(usize::MAX)
     }
 
     /// What a rule gets by default (no scope, a value no allowlist names): for `rules`.
     pub(crate) fn rule_default(&self, rule: &str, category: Category) -> Action {
-        let probe_less = |p: &Policy| -> Option<Action> {
-            p.rules.get(rule).copied().or(match category {
-                Category::SECRET => p.secrets,
-                Category::PII => p.pii,
-                Category::INJECTION => p.injection,
-                _ => p.secrets,
+        self.layered()
+            .decide(builtin(category), |p| {
+                p.rules.get(rule).copied().or(match category {
+                    Category::SECRET => p.secrets,
+                    Category::PII => p.pii,
+                    Category::INJECTION => p.injection,
+                    _ => p.secrets,
+                })
             })
-        };
-        self.strictest(probe_less).unwrap_or(builtin(category))
+            .value
     }
 
     /// How many overrides and allowlist entries the layers hold (for `check`'s summary).
     pub(crate) fn counts(&self) -> (usize, usize) {
-        self.layers.iter().fold((0, 0), |(o, a), p| {
+        self.all().fold((0, 0), |(o, a), p| {
             (
                 o + p.overrides.len(),
                 a + p.allow_values.len() + p.allow_patterns.len() + p.allow_paths.len(),
@@ -628,10 +699,89 @@ impl Layers {
     }
 }
 
+/// The policies in force, as [`load`] found them.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) layers: Layers,
+    /// Why the local policy could not be used (it is then [`Policy::blocking`]).
+    pub(crate) error: Option<PolicyError>,
+    /// Whether the local file exists.
+    pub(crate) found: bool,
+    /// The team policy in force, for people: `team acme version 7`.
+    pub(crate) team: Option<String>,
+    /// What was refused about the team's files (km-policy keeps the last verified version).
+    pub(crate) team_problems: Vec<String>,
+}
+
+/// Reads the local policy and the team's verified one through km-policy and compiles both.
+/// A layer that cannot be used is replaced by [`Policy::blocking`]: a broken policy never
+/// lets through what a working one might have stopped.
+pub(crate) fn load(host: &impl km_policy::PolicyHost, detector: &Detector) -> Loaded {
+    let loaded = match km_policy::load::<PolicyFile, PolicyFile>(host, NAME) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            return Loaded {
+                layers: Layers::local(Policy::blocking()),
+                error: Some(PolicyError::Load(e)),
+                found: true,
+                team: None,
+                team_problems: Vec::new(),
+            }
+        }
+    };
+    let mut team_problems: Vec<String> = loaded
+        .team_problems
+        .iter()
+        .map(|p| format!("team policy: {p}"))
+        .collect();
+    let team_label = loaded.team.as_ref().map(|t| {
+        format!(
+            "team {} version {}{}",
+            t.bundle.team(),
+            t.bundle.version(),
+            if t.from_record {
+                " (as last verified)"
+            } else {
+                ""
+            }
+        )
+    });
+    let team = loaded.team.as_ref().map(|t| {
+        Policy::compile(&t.policy, detector, Layer::Team).unwrap_or_else(|e| {
+            team_problems.push(format!(
+                "team policy: {e}; until it is fixed, every finding blocks its message"
+            ));
+            Policy::blocking()
+        })
+    });
+    let (local, error) = match loaded
+        .local
+        .as_ref()
+        .map(|l| Policy::compile(l, detector, Layer::Local))
+    {
+        Some(Ok(p)) => (Some(p), None),
+        Some(Err(e)) => (Some(Policy::blocking()), Some(e)),
+        None => (None, None),
+    };
+    Loaded {
+        layers: Layers::new(team, local),
+        error,
+        found: loaded.local.is_some(),
+        team: team_label,
+        team_problems,
+    }
+}
+
 /// toml's error on one line, without the excerpt of the file it quotes (a line of a policy
 /// might hold something its author should not have written there, and this goes to km's log).
 fn toml_message(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim();
+    let message = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];
@@ -639,7 +789,7 @@ fn toml_message(text: &str, e: &toml::de::Error) -> String {
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             format!("line {line}, column {column}: {message}")
         }
-        None => message.to_owned(),
+        None => message,
     }
 }
 
@@ -657,22 +807,26 @@ fn abbreviate(s: &str) -> String {
 mod tests {
     use super::*;
 
+    fn act(layers: &Layers, f: &Finding, s: &Subject<'_>, probe: &dyn ValueProbe) -> Action {
+        layers.decide(f, s, probe).value
+    }
+
     struct NoValue;
     impl ValueProbe for NoValue {
-        fn hash(&mut self) -> Option<ValueHash> {
+        fn hash(&self) -> Option<ValueHash> {
             None
         }
-        fn text(&mut self) -> Option<&str> {
+        fn text(&self) -> Option<&str> {
             None
         }
     }
 
     struct Value(&'static str, ValueHash);
     impl ValueProbe for Value {
-        fn hash(&mut self) -> Option<ValueHash> {
+        fn hash(&self) -> Option<ValueHash> {
             Some(self.1)
         }
-        fn text(&mut self) -> Option<&str> {
+        fn text(&self) -> Option<&str> {
             Some(self.0)
         }
     }
@@ -704,11 +858,11 @@ mod tests {
         let server = ServerNames::default();
         let none = Layers::default();
         assert_eq!(
-            none.decide(&finding(&d, KEY), &subject(&server), &mut NoValue),
+            act(&none, &finding(&d, KEY), &subject(&server), &NoValue),
             Action::Redact
         );
         assert_eq!(
-            none.decide(&finding(&d, EMAIL), &subject(&server), &mut NoValue),
+            act(&none, &finding(&d, EMAIL), &subject(&server), &NoValue),
             Action::Log
         );
         let p = Policy::parse(
@@ -716,13 +870,13 @@ mod tests {
             &d,
         )
         .expect("the minimal shape");
-        let layers = Layers::new(vec![p]);
+        let layers = Layers::local(p);
         assert_eq!(
-            layers.decide(&finding(&d, KEY), &subject(&server), &mut NoValue),
+            act(&layers, &finding(&d, KEY), &subject(&server), &NoValue),
             Action::Block
         );
         assert_eq!(
-            layers.decide(&finding(&d, EMAIL), &subject(&server), &mut NoValue),
+            act(&layers, &finding(&d, EMAIL), &subject(&server), &NoValue),
             Action::Redact
         );
         assert!(layers.blocks_uninspectable());
@@ -752,49 +906,46 @@ action = "block"
 path = "params.arguments.cc"
 action = "log"
 "#;
-        let layers = Layers::new(vec![Policy::parse(text, &d).expect("valid")]);
+        let layers = Layers::local(Policy::parse(text, &d).expect("valid"));
         let f = finding(&d, EMAIL);
-        assert_eq!(
-            layers.decide(&f, &subject(&server), &mut NoValue),
-            Action::Block
-        );
+        assert_eq!(act(&layers, &f, &subject(&server), &NoValue), Action::Block);
         let response = Subject {
             request: false,
             ..subject(&server)
         };
-        assert_eq!(layers.decide(&f, &response, &mut NoValue), Action::Redact);
+        assert_eq!(act(&layers, &f, &response, &NoValue), Action::Redact);
         let other = ServerNames::default();
-        assert_eq!(
-            layers.decide(&f, &subject(&other), &mut NoValue),
-            Action::Redact
-        );
+        assert_eq!(act(&layers, &f, &subject(&other), &NoValue), Action::Redact);
 
         let hash = ValueHash([7; 16]);
         let text = format!(
             "[defaults]\npii = \"block\"\n[allow]\nvalues = [\"{hash}\"]\npatterns = [\"*@example.org\"]\n"
         );
-        let layers = Layers::new(vec![Policy::parse(&text, &d).expect("valid")]);
+        let layers = Layers::local(Policy::parse(&text, &d).expect("valid"));
         assert_eq!(
-            layers.decide(
+            act(
+                &layers,
                 &f,
                 &subject(&server),
-                &mut Value("jane.doe@acme-corp.io", hash)
+                &Value("jane.doe@acme-corp.io", hash)
             ),
             Action::Allow
         );
         assert_eq!(
-            layers.decide(
+            act(
+                &layers,
                 &f,
                 &subject(&server),
-                &mut Value("jane.doe@acme-corp.io", ValueHash([8; 16]))
+                &Value("jane.doe@acme-corp.io", ValueHash([8; 16]))
             ),
             Action::Block
         );
         assert_eq!(
-            layers.decide(
+            act(
+                &layers,
                 &f,
                 &subject(&server),
-                &mut Value("bob@example.org", ValueHash([8; 16]))
+                &Value("bob@example.org", ValueHash([8; 16]))
             ),
             Action::Allow
         );
@@ -806,26 +957,137 @@ action = "log"
         let server = ServerNames::default();
         let loose = Policy::parse("[defaults]\nsecrets = \"allow\"\n", &d).expect("valid");
         let strict = Policy::parse("[defaults]\nsecrets = \"block\"\n", &d).expect("valid");
-        let layers = Layers::new(vec![loose, strict]);
+        let layers = Layers::new(Some(strict), Some(loose));
         assert_eq!(
-            layers.decide(&finding(&d, KEY), &subject(&server), &mut NoValue),
+            act(&layers, &finding(&d, KEY), &subject(&server), &NoValue),
             Action::Block
         );
         let example = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"key":"AKIAIOSFODNN7EXAMPLE"}}}"#;
         let f = finding(&d, example);
         assert!(f.example);
-        assert_eq!(
-            layers.decide(&f, &subject(&server), &mut NoValue),
-            Action::Log
-        );
-        let quiet = Layers::new(vec![Policy::parse(
-            "[defaults]\nexamples = \"allow\"\n",
-            &d,
+        assert_eq!(act(&layers, &f, &subject(&server), &NoValue), Action::Log);
+        let quiet =
+            Layers::local(Policy::parse("[defaults]\nexamples = \"allow\"\n", &d).expect("valid"));
+        assert_eq!(act(&quiet, &f, &subject(&server), &NoValue), Action::Allow);
+    }
+
+    #[test]
+    fn a_looser_local_answer_is_overruled_by_the_team() {
+        let d = Detector::new();
+        let server = ServerNames::default();
+        let team = Policy::parse("[defaults]\nsecrets = \"block\"\n", &d).expect("valid");
+        let local = Policy::parse("[[override]]\ntool = \"send_*\"\naction = \"allow\"\n", &d)
+            .expect("valid");
+        let layers = Layers::new(Some(team), Some(local));
+        let decided = layers.decide(&finding(&d, KEY), &subject(&server), &NoValue);
+        assert_eq!(decided.value, Action::Block);
+        assert_eq!(decided.overruled, Some(Action::Allow));
+    }
+
+    /// A real team bundle, signed with an admin key the trust file lists, read by km-policy.
+    #[test]
+    fn the_teams_signed_policy_is_a_layer_the_local_one_cannot_loosen() {
+        use km_policy::team::{
+            payload, seal_ed25519, AdminKey, BundleHeader, TeamTrust, TRUST_FILE,
+        };
+        use ring::signature::KeyPair as _;
+        let d = Detector::new();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(policies.join("team")).expect("policies/team");
+        let host = km_policy::PolicyDir::new(&policies, dir.path().join("state"));
+        let doc = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .expect("a key");
+        let admin = ring::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).expect("a key");
+        let public: [u8; 32] = admin.public_key().as_ref().try_into().expect("32 bytes");
+        let trust =
+            TeamTrust::new("acme", vec![(None, AdminKey::from_raw(public))]).expect("trust");
+        std::fs::write(policies.join(TRUST_FILE), trust.to_toml()).expect("trust file");
+        let header = BundleHeader {
+            team: "acme".into(),
+            policy: NAME.into(),
+            version: 3,
+            issued_at: None,
+            issued_by: None,
+        };
+        let body = "[defaults]\npii = \"block\"\n[rules]\nsome-rule-of-a-newer-version = \"log\"\n";
+        let sealed = seal_ed25519(payload(&header, body).expect("payload").as_bytes(), &admin)
+            .expect("sealed");
+        std::fs::write(policies.join(TEAM_FILE), sealed).expect("team file");
+        std::fs::write(
+            policies.join(FILE),
+            "[defaults]\npii = \"allow\"\nsecrets = \"block\"\n",
         )
-        .expect("valid")]);
+        .expect("local file");
+        let loaded = load(&host, &d);
+        assert!(loaded.error.is_none(), "{:?}", loaded.error);
+        assert_eq!(loaded.team.as_deref(), Some("team acme version 3"));
+        assert!(
+            loaded.team_problems.is_empty(),
+            "{:?}",
+            loaded.team_problems
+        );
+        let server = ServerNames::default();
+        let email = loaded
+            .layers
+            .decide(&finding(&d, EMAIL), &subject(&server), &NoValue);
         assert_eq!(
-            quiet.decide(&f, &subject(&server), &mut NoValue),
-            Action::Allow
+            (email.value, email.overruled),
+            (Action::Block, Some(Action::Allow))
+        );
+        assert_eq!(
+            act(
+                &loaded.layers,
+                &finding(&d, KEY),
+                &subject(&server),
+                &NoValue
+            ),
+            Action::Block
+        );
+
+        // A local file that does not parse: km-policy's error, and the blocking policy.
+        std::fs::write(policies.join(FILE), "[defaults]\nsecrets = \"redcat\"\n").expect("local");
+        let loaded = load(&host, &d);
+        assert!(
+            loaded
+                .error
+                .as_ref()
+                .is_some_and(|e| e.to_string().contains("redcat")),
+            "{:?}",
+            loaded.error
+        );
+        assert_eq!(
+            act(
+                &loaded.layers,
+                &finding(&d, KEY),
+                &subject(&server),
+                &NoValue
+            ),
+            Action::Block
+        );
+        // An altered team file: refused, the last verified version stays in force.
+        std::fs::write(policies.join(FILE), "").expect("local");
+        let mut tampered = std::fs::read_to_string(policies.join(TEAM_FILE)).expect("team file");
+        tampered = tampered.replacen("payload = \"\"\"\n", "payload = \"\"\"\nAAAA", 1);
+        std::fs::write(policies.join(TEAM_FILE), tampered).expect("team file");
+        let loaded = load(&host, &d);
+        assert!(!loaded.team_problems.is_empty());
+        assert!(
+            loaded
+                .team
+                .as_deref()
+                .is_some_and(|t| t.contains("as last verified")),
+            "{:?}",
+            loaded.team
+        );
+        assert_eq!(
+            act(
+                &loaded.layers,
+                &finding(&d, EMAIL),
+                &subject(&server),
+                &NoValue
+            ),
+            Action::Block
         );
     }
 
@@ -847,7 +1109,7 @@ action = "log"
             ("[[override]]\npath = \"x\"\n", "action"),
             ("[risk]\nflag = 0\n", "flag"),
             ("[limits]\nmax_line_bytes = 10\n", "max_line_bytes"),
-            ("[defaults\n", "defaults"),
+            ("[defaults\n", "line 1, column 10"),
         ];
         for (text, named) in cases {
             let e = Policy::parse(text, &d).expect_err(text).to_string();

@@ -292,11 +292,9 @@ mod tests {
     fn redacted_data_is_no_exposure_and_the_score_can_block_calls() {
         let d = km_detect::Detector::new();
         let filter = Filter::new(
-            Layers::new(vec![crate::policy::Policy::parse(
-                "[defaults]\npii = \"redact\"\n",
-                &d,
-            )
-            .expect("valid")]),
+            Layers::local(
+                crate::policy::Policy::parse("[defaults]\npii = \"redact\"\n", &d).expect("valid"),
+            ),
             None,
         );
         let mut s = Session::default();

@@ -1,0 +1,620 @@
+//! advanced-filters: what the Pro content filter costs, measured on the real signed customer
+//! build, authorised by the reference Kilometers API (`km-api-server`, started here on
+//! loopback), so that what is measured is the filter at work and not its degraded pass-through.
+//!
+//! - **Scanning**: MB/s and µs per line of the plugin's `intercept` (detection, the policy and
+//!   the session's risk, through km's gateway into the loaded library) on a realistic mix of an
+//!   agent's traffic (tool calls with nested arguments, prose and code results, JSON documents
+//!   in results, `tools/list` results, notifications, and 1% of lines with findings, which are
+//!   redacted), and on the relay section's stream (long strings of random letters).
+//! - **Relay**: the relay section's stream through `km monitor -- cat` with advanced-filters
+//!   alone, intercepting every line in both directions, beside `cat | cat` and km without
+//!   plugins in the same run. Target: at most 3x `cat | cat`.
+//! - **Latency**: the latency section's round trip (a 130-byte `tools/call`) through km with
+//!   advanced-filters, beside km without plugins, interleaved round by round. Target: at most
+//!   25 µs added at p50.
+//!
+//! Before any figure is taken the bench checks that the filter is on: a `tools/call` carrying a
+//! synthetic AWS key goes through `km monitor -- cat` and must come back redacted, and km's
+//! record of the plugin's authentication must say `authorized`. Either failing is an error, not
+//! a figure.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use km_abi::abi_stable::std_types::{ROption, RSlice, RStr};
+use km_abi::{Direction, InterceptContext, Message, MessageKind, VerdictAction};
+use km_cli::api::ApiClient;
+use km_cli::home::KmHome;
+use km_cli::host::{ApiTransport, PluginHost, Verbosity};
+use km_cli::loader::{self, CheckContext};
+use serde_json::{json, Value};
+
+use crate::env::{median, percentile, BenchEnv};
+use crate::latency::Probe;
+use crate::relay::{messages, pass};
+use crate::report::{Report, Row};
+use crate::Options;
+
+const CUSTOMER: &str = "cust_bench";
+const API_KEY: &str = "km_live_bench_filters_0123456789";
+const PLUGIN: &str = "advanced-filters";
+
+/// The reference API, killed when dropped.
+struct ApiServer {
+    child: Child,
+    url: String,
+    public_key_file: PathBuf,
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
+}
+
+fn run_ok(cmd: &mut Command) -> Result<std::process::Output> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// Starts `km-api-server` with one Pro customer whose key is [`API_KEY`].
+fn start_api(env: &BenchEnv) -> Result<ApiServer> {
+    let exe = env.bin_dir.join("km-api-server");
+    if !exe.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release --workspace` first",
+            exe.display()
+        );
+    }
+    let dir = env.dir.path().join("filters-api");
+    std::fs::create_dir_all(&dir)?;
+    let key = dir.join("api.key");
+    let out = run_ok(Command::new(&exe).arg("--gen-key").arg(&key))?;
+    let public_key_file = dir.join("api.pub");
+    std::fs::write(
+        &public_key_file,
+        String::from_utf8_lossy(&out.stdout).trim(),
+    )?;
+    let sha: String = ring::digest::digest(&ring::digest::SHA256, API_KEY.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let customers = json!({"customers": [{
+        "id": CUSTOMER,
+        "api_key_sha256": sha,
+        "tier": "pro",
+        "features": [],
+        "subscription_end": km_plugin_sdk::auth::now_unix() + 30 * 86_400,
+        "customer_token": "ct-bench",
+    }]});
+    let customers_file = dir.join("customers.json");
+    std::fs::write(&customers_file, customers.to_string())?;
+    set_mode(&customers_file, 0o600)?;
+    let log = std::fs::File::create(dir.join("api-server.log"))?;
+    let mut child = Command::new(&exe)
+        .arg("--signing-key")
+        .arg(&key)
+        .arg("--customers")
+        .arg(&customers_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .context("starting km-api-server")?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut server = ApiServer {
+        child,
+        url: String::new(),
+        public_key_file,
+    };
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .context("reading km-api-server's address")?;
+    server.url = first.trim().to_owned();
+    if !server.url.starts_with("http://127.0.0.1:") {
+        bail!("km-api-server said {first:?} instead of its address");
+    }
+    Ok(server)
+}
+
+/// A `KM_HOME` of its own holding only the customer build of advanced-filters (made by the real
+/// `km-sign build-plugin --capability intercept`), trusting the bench's key, with the API's key
+/// and address in config.toml.
+fn filters_home(env: &BenchEnv, api: &ApiServer) -> Result<PathBuf> {
+    let home = env.dir.path().join("home-filters");
+    let plugins = home.join("plugins");
+    let keys = home.join("trusted-keys");
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::create_dir_all(&keys)?;
+    for dir in [&home, &plugins, &keys] {
+        set_mode(dir, 0o700)?;
+    }
+    for entry in std::fs::read_dir(env.home.join("trusted-keys"))? {
+        let entry = entry?;
+        let to = keys.join(entry.file_name());
+        std::fs::copy(entry.path(), &to)?;
+        set_mode(&to, 0o600)?;
+    }
+    let out_dir = env.dir.path().join("filters-build");
+    let mut build = env.command(&env.bin_dir.join("km-sign"));
+    build
+        .args(["build-plugin", "--plugin", PLUGIN, "--customer", CUSTOMER])
+        .args(["--api-key", API_KEY, "--customer-token", "ct-bench"])
+        .args(["--tier", "pro", "--version", crate::env::PLUGIN_VERSION])
+        .args(["--capability", "intercept"])
+        .arg("--key")
+        .arg(env.key.with_extension("key"))
+        .arg("--api-public-key")
+        .arg(&api.public_key_file)
+        .arg("--out-dir")
+        .arg(&out_dir)
+        .arg(env.plugin_lib(PLUGIN)?);
+    run_ok(&mut build)?;
+    let mut installed = 0;
+    for entry in std::fs::read_dir(&out_dir)? {
+        let path = entry?.path();
+        let name = path.file_name().context("a file name")?.to_owned();
+        if path.extension().is_some_and(|e| e == "kmpkg") {
+            continue;
+        }
+        let to = plugins.join(&name);
+        std::fs::copy(&path, &to)?;
+        set_mode(&to, 0o644)?;
+        installed += 1;
+    }
+    if installed != 2 {
+        bail!(
+            "km-sign build-plugin wrote {installed} files instead of a library and its signature"
+        );
+    }
+    let config = home.join("config.toml");
+    std::fs::write(
+        &config,
+        format!("api_key = \"{API_KEY}\"\napi_url = \"{}\"\n", api.url),
+    )?;
+    set_mode(&config, 0o600)?;
+    Ok(home)
+}
+
+/// `km monitor -- cat` with the plugins and configuration of `home`.
+fn km_with(env: &BenchEnv, home: &Path) -> Command {
+    let mut cmd = env.km_monitor_in(Some(home.join("plugins")), &["cat"]);
+    cmd.env("KM_HOME", home);
+    cmd
+}
+
+/// Fails unless the filter is on: a secret must come back redacted, and km's record of the
+/// plugin's authentication must say so.
+fn check_active(env: &BenchEnv, home: &Path) -> Result<()> {
+    let secret = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"http","arguments":{"key":"AKIAZ7QW3RT5YU2IOP4N"}}}"#;
+    let mut cmd = km_with(env, home);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().context("starting km monitor")?;
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().context("no stdin")?;
+        stdin.write_all(format!("{secret}\n").as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let echoed = String::from_utf8_lossy(&out.stdout);
+    if echoed.contains("AKIAZ7QW3RT5YU2IOP4N") || !echoed.contains("[REDACTED:aws-access-key-id]") {
+        bail!(
+            "advanced-filters is not filtering (is it authorised?): the secret came back as {echoed:?}; km said:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let auth = home.join("state/auth/advanced-filters.json");
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(&auth).with_context(|| format!("reading {}", auth.display()))?,
+    )?;
+    if record["authorized"] != true {
+        bail!("advanced-filters is not authorised: {record}");
+    }
+    Ok(())
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
+        xs[(self.next() % xs.len() as u64) as usize]
+    }
+
+    fn word(&mut self, n: usize) -> String {
+        (0..n)
+            .map(|_| (b'a' + (self.next() % 26) as u8) as char)
+            .collect()
+    }
+}
+
+const PROSE: &[&str] = &[
+    "The deployment finished without errors and the health checks are green.",
+    "We refactored the session handling so that reconnects keep their subscriptions.",
+    "See the release notes for the list of breaking changes in version 3.",
+    "The query planner now uses the index on created_at for range scans.",
+    "Unit tests passed on all platforms; the integration suite takes 4 minutes.",
+];
+
+const CODE: &[&str] = &[
+    "fn main() {\n    let args: Vec<String> = std::env::args().collect();\n    println!(\"{:?}\", args);\n}\n",
+    "def handler(event, context):\n    items = event.get('items', [])\n    return {'count': len(items)}\n",
+    "export async function load({ params }) {\n  const res = await fetch(`/api/items/${params.id}`);\n  return res.json();\n}\n",
+];
+
+/// One line of a mix: its bytes and what km tells the plugin about it.
+struct Line {
+    bytes: Vec<u8>,
+    direction: Direction,
+    kind: MessageKind,
+    method: &'static str,
+    target: &'static str,
+}
+
+/// An agent's traffic: requests and their results of six kinds, 1% with a finding.
+fn realistic_mix(n: usize) -> Vec<Line> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    (0..n)
+        .map(|i| {
+            let (direction, kind, method, target, v) = match i % 6 {
+                0 => (Direction::Request, MessageKind::REQUEST, "tools/call", "search_code", json!({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "search_code", "arguments": {"query": rng.word(8), "path": format!("src/{}/{}.rs", rng.word(5), rng.word(6)), "limit": 20, "options": {"caseSensitive": false}}}})),
+                1 => {
+                    let text: Vec<&str> = (0..12).map(|_| rng.pick(PROSE)).collect();
+                    (Direction::Response, MessageKind::RESPONSE, "tools/call", "search_code", json!({"jsonrpc": "2.0", "id": i, "result": {"content": [{"type": "text", "text": text.join(" ")}], "isError": false}}))
+                }
+                2 => {
+                    let code: String = (0..20).map(|_| rng.pick(CODE)).collect();
+                    (Direction::Response, MessageKind::RESPONSE, "resources/read", "file:///src/app.py", json!({"jsonrpc": "2.0", "id": i, "result": {"contents": [{"uri": "file:///src/app.py", "mimeType": "text/x-python", "text": code}]}}))
+                }
+                3 => {
+                    let rows: Vec<Value> = (0..25).map(|k| json!({"id": k, "name": rng.word(7), "status": rng.pick(&["open", "closed"]), "updated_at": "2026-03-14T09:12:44Z"})).collect();
+                    (Direction::Response, MessageKind::RESPONSE, "tools/call", "query", json!({"jsonrpc": "2.0", "id": i, "result": {"content": [{"type": "text", "text": json!({"rows": rows}).to_string()}]}}))
+                }
+                4 => {
+                    let tools: Vec<Value> = (0..8).map(|_| json!({"name": rng.word(9), "description": rng.pick(PROSE), "inputSchema": {"type": "object", "properties": {"path": {"type": "string", "description": "Relative path of the file"}}}, "annotations": {"readOnlyHint": true}})).collect();
+                    (Direction::Response, MessageKind::RESPONSE, "tools/list", "", json!({"jsonrpc": "2.0", "id": i, "result": {"tools": tools}}))
+                }
+                _ => (Direction::Response, MessageKind::NOTIFICATION, "notifications/progress", "", json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": i, "progress": i % 100, "total": 100, "message": rng.pick(PROSE)}})),
+            };
+            let mut bytes = serde_json::to_vec(&v).unwrap_or_default();
+            if i % 100 == 7 {
+                // A result that quotes a configuration with a key in it: redacted.
+                bytes = serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": i, "result": {"content": [{"type": "text", "text": format!("{}\nAWS_ACCESS_KEY_ID=AKIAZ7QW3RT5YU2IOP4N", rng.pick(PROSE))}]}})).unwrap_or_default();
+            }
+            Line {
+                bytes,
+                direction,
+                kind,
+                method,
+                target,
+            }
+        })
+        .collect()
+}
+
+/// The relay section's stream as lines the client sends.
+fn relay_lines(n: usize) -> Vec<Line> {
+    messages(n)
+        .into_iter()
+        .map(|mut m| {
+            m.pop();
+            let kind = if m.starts_with(br#"{"jsonrpc":"2.0","method""#) {
+                MessageKind::NOTIFICATION
+            } else if m.windows(9).any(|w| w == br#""result":"#) {
+                MessageKind::RESPONSE
+            } else {
+                MessageKind::REQUEST
+            };
+            Line {
+                bytes: m,
+                direction: Direction::Request,
+                kind,
+                method: "tools/call",
+                target: "search",
+            }
+        })
+        .collect()
+}
+
+/// CPU time of this thread (user + system) from /proc/thread-self/stat, in seconds; `None`
+/// where that file is not available. On a shared, loaded machine wall-clock rates depend on
+/// the other processes; CPU-time rates much less.
+fn thread_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // Clock ticks of USER_HZ, 100 on every mainstream configuration.
+    Some((utime + stime) / 100.0)
+}
+
+/// What one pass of `intercept` over a mix cost.
+struct Rate {
+    /// µs per line, wall clock (median of the passes).
+    us_per_line: f64,
+    /// MB/s, wall clock.
+    mbs: f64,
+    /// MB/s of this thread's CPU time over all passes, when known.
+    cpu_mbs: Option<f64>,
+    /// Lines not passed unchanged.
+    changed: usize,
+}
+
+impl Rate {
+    fn text(&self) -> String {
+        let cpu = self
+            .cpu_mbs
+            .map(|c| format!(" ({c:.0} MB/s of CPU time)"))
+            .unwrap_or_default();
+        format!("{:.0} MB/s{cpu}, {:.2} us/line", self.mbs, self.us_per_line)
+    }
+}
+
+/// The loaded plugin's `intercept` on `lines`, `reps` passes.
+fn intercept_rate(
+    plugin: &km_cli::gateway::LoadedPlugin,
+    lines: &[Line],
+    reps: usize,
+) -> Result<Rate> {
+    let bytes: usize = lines.iter().map(|l| l.bytes.len()).sum();
+    let mut per_line = Vec::new();
+    let mut changed = 0;
+    let cpu_start = thread_cpu_seconds();
+    for rep in 0..reps {
+        let start = Instant::now();
+        for (seq, line) in lines.iter().enumerate() {
+            let message = Message {
+                seq: seq as u64,
+                direction: line.direction,
+                kind: line.kind,
+                is_error: false,
+                data: RSlice::from_slice(&line.bytes),
+                correlation_id: RStr::from_str(""),
+                id: RStr::from_str(""),
+                method: RStr::from_str(if line.kind == MessageKind::RESPONSE {
+                    ""
+                } else {
+                    line.method
+                }),
+                timestamp_us: 0,
+                latency_us: ROption::RNone,
+            };
+            let context = InterceptContext {
+                request_method: RStr::from_str(line.method),
+                target: RStr::from_str(line.target),
+                batch_index: ROption::RNone,
+                session_id: RStr::from_str("bench"),
+            };
+            let verdict = plugin
+                .intercept(&message, &context)
+                .map_err(|e| anyhow!("intercept failed: {e}"))?;
+            if rep == 0 && verdict.action.effective() != VerdictAction::PASS {
+                changed += 1;
+            }
+        }
+        per_line.push(start.elapsed().as_secs_f64() / lines.len() as f64);
+    }
+    let cpu_mbs = match (cpu_start, thread_cpu_seconds()) {
+        (Some(a), Some(b)) if b > a => Some((bytes * reps) as f64 / (b - a) / 1e6),
+        _ => None,
+    };
+    let s = median(&mut per_line);
+    Ok(Rate {
+        us_per_line: s * 1e6,
+        mbs: bytes as f64 / lines.len() as f64 / s / 1e6,
+        cpu_mbs,
+        changed,
+    })
+}
+
+/// Loads the customer build in-process through km's loader and gateway, authenticated with the
+/// reference API by km's own API client.
+fn load_plugin(
+    env: &BenchEnv,
+    home: &Path,
+    api: &ApiServer,
+) -> Result<km_cli::gateway::LoadedPlugin> {
+    let km_home = KmHome::resolve(Some(home))?;
+    let trust = loader::trust_store(&km_home)?;
+    let seen = loader::seen_versions(&km_home)?;
+    let dir = home.join("plugins");
+    let dir_fd = loader::open_checked_dir(&dir).map_err(|r| anyhow!("{r}"))?;
+    let cx = CheckContext {
+        trust: &trust,
+        seen: &seen,
+        allow_downgrade: true,
+        size_cap: loader::size_cap(),
+    };
+    let name = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .find(|n| n.to_string_lossy().ends_with(std::env::consts::DLL_SUFFIX))
+        .context("the installed library")?;
+    let checked = loader::check(&dir_fd, &dir, &name, &cx).map_err(|r| anyhow!("{r}"))?;
+    let data = env
+        .dir
+        .path()
+        .join("plugin-data")
+        .join("filters-in-process");
+    std::fs::create_dir_all(&data)?;
+    set_mode(&data, 0o700)?;
+    let client: Arc<dyn ApiTransport> = Arc::new(ApiClient::new(&api.url)?);
+    let host = PluginHost::new(PLUGIN, data.clone(), Verbosity::Quiet, Some(client))
+        .with_policies(home.join("policies"));
+    let plugin = loader::load(checked, host).map_err(|r| anyhow!("{r}"))?;
+    let config = km_abi::PluginConfig {
+        data_dir: data.to_string_lossy().into_owned().into(),
+        api_url: api.url.clone().into(),
+        settings_json: "{}".into(),
+        host_version: env!("CARGO_PKG_VERSION").into(),
+        verbose: false,
+    };
+    plugin.initialize(&config).map_err(|e| anyhow!("{e}"))?;
+    let _ = plugin.interest();
+    plugin
+        .begin_session(r#"{"session_id":"bench","command":["cat"],"cwd":"/","km_version":"bench"}"#)
+        .map_err(|e| anyhow!("{e}"))?;
+    let auth = plugin.authenticate(API_KEY).map_err(|e| anyhow!("{e}"))?;
+    if !auth.authorized {
+        bail!(
+            "the reference API did not authorise advanced-filters: {}",
+            auth.reason
+        );
+    }
+    Ok(plugin)
+}
+
+/// Runs the advanced-filters section.
+pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Result<()> {
+    let api = start_api(env)?;
+    let home = filters_home(env, &api)?;
+    check_active(env, &home)?;
+
+    // Scanning, in-process.
+    let plugin = load_plugin(env, &home, &api)?;
+    let reps = if options.quick { 3 } else { 9 };
+    let mix = realistic_mix(if options.quick { 1200 } else { 3000 });
+    let mix_bytes: usize = mix.iter().map(|l| l.bytes.len()).sum();
+    let rate = intercept_rate(&plugin, &mix, reps)?;
+    eprintln!(
+        "filters: realistic mix of {} lines, {:.1} MB ({} changed), median of {reps} passes",
+        mix.len(),
+        mix_bytes as f64 / 1e6,
+        rate.changed
+    );
+    report.add(Row {
+        section: "filters",
+        figure: "scanning, realistic mix (intercept, in-process)".to_owned(),
+        value: rate.text(),
+        baseline: format!(
+            "{} lines, mean {} B, {} redacted",
+            mix.len(),
+            mix_bytes / mix.len(),
+            rate.changed
+        ),
+        ratio: None,
+        target: None,
+    });
+    let relay_mix = relay_lines(if options.quick { 1000 } else { 3000 });
+    let rate = intercept_rate(&plugin, &relay_mix, reps)?;
+    report.add(Row {
+        section: "filters",
+        figure: "scanning, the relay stream (intercept, in-process)".to_owned(),
+        value: rate.text(),
+        baseline: "long strings of random letters".to_owned(),
+        ratio: None,
+        target: None,
+    });
+    let _ = plugin.shutdown();
+    // Loaded libraries are never unloaded.
+    std::mem::forget(plugin);
+
+    // The relay.
+    let (n, reps) = if options.quick {
+        (3000, 1)
+    } else {
+        (10_000, 5)
+    };
+    let msgs = messages(n);
+    let expected: Vec<u8> = msgs.concat();
+    let mb = expected.len() as f64 / 1e6;
+    eprintln!("filters: relay, {n} messages, {mb:.1} MB, median of {reps} runs");
+    let log = env.dir.path().join("filters-relay.log");
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for _ in 0..reps {
+        let mut base = env.command(Path::new("sh"));
+        base.args(["-c", "cat | cat"]);
+        times[0].push(pass(&mut base, &msgs, &expected, &log)?.seconds);
+        let mut bare = env.km_monitor(false, &["cat"]);
+        times[1].push(pass(&mut bare, &msgs, &expected, &log)?.seconds);
+        times[2].push(pass(&mut km_with(env, &home), &msgs, &expected, &log)?.seconds);
+    }
+    let [base, bare, with] = times.map(|mut t| median(&mut t));
+    let rate = |s: f64| format!("{:.0} MB/s, {:.0} msg/s", mb / s, n as f64 / s);
+    report.add(Row {
+        section: "filters",
+        figure: "relay, advanced-filters intercepting everything".to_owned(),
+        value: rate(with),
+        baseline: format!("cat|cat {}; km without {}", rate(base), rate(bare)),
+        ratio: Some(with / base),
+        target: Some(("time <= 3x cat|cat".to_owned(), with / base <= 3.0)),
+    });
+
+    // Latency.
+    let (rounds, warmup) = if options.quick {
+        (1500, 100)
+    } else {
+        (10_000, 500)
+    };
+    let plog = |name: &str| env.dir.path().join(format!("filters-latency-{name}.log"));
+    let mut paths = vec![
+        Probe::start("km", env.km_monitor(false, &["cat"]), &plog("km"))?,
+        Probe::start("km+advanced-filters", km_with(env, &home), &plog("filters"))?,
+    ];
+    let mut line = Vec::with_capacity(256);
+    for round in 0..rounds + warmup {
+        for path in &mut paths {
+            let dt = path.round_trip(&mut line)?;
+            if round >= warmup {
+                path.samples.push(dt);
+            }
+        }
+    }
+    for path in &mut paths {
+        path.samples.sort_by(f64::total_cmp);
+    }
+    let us = |s: f64| s * 1e6;
+    for q in [50.0, 99.0] {
+        let (km, with) = (
+            percentile(&paths[0].samples, q),
+            percentile(&paths[1].samples, q),
+        );
+        report.add(Row {
+            section: "filters",
+            figure: format!("added round trip p{q:.0}, advanced-filters"),
+            value: format!(
+                "{:.1} us over km without (total {:.1})",
+                us(with - km),
+                us(with)
+            ),
+            baseline: format!("km without {:.1} us", us(km)),
+            ratio: None,
+            target: (q == 50.0).then(|| ("<= 25 us over km".to_owned(), us(with - km) <= 25.0)),
+        });
+    }
+    for path in paths {
+        path.finish();
+    }
+    // The filter must still have been on at the end.
+    check_active(env, &home)?;
+    Ok(())
+}
