@@ -31,7 +31,7 @@ use km_abi::{Direction, InterceptContext, Message, MessageKind, VerdictAction};
 use km_cli::api::ApiClient;
 use km_cli::home::KmHome;
 use km_cli::host::{ApiTransport, PluginHost, Verbosity};
-use km_cli::loader::{self, CheckContext};
+use km_cli::verifier::Verifier;
 use serde_json::{json, Value};
 
 use crate::env::{median, percentile, BenchEnv};
@@ -445,21 +445,12 @@ fn load_plugin(
     api: &ApiServer,
 ) -> Result<km_cli::gateway::LoadedPlugin> {
     let km_home = KmHome::resolve(Some(home))?;
-    let trust = loader::trust_store(&km_home)?;
-    let seen = loader::seen_versions(&km_home)?;
-    let dir = home.join("plugins");
-    let dir_fd = loader::open_checked_dir(&dir).map_err(|r| anyhow!("{r}"))?;
-    let cx = CheckContext {
-        trust: &trust,
-        seen: &seen,
-        allow_downgrade: true,
-        size_cap: loader::size_cap(),
-    };
-    let name = std::fs::read_dir(&dir)?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .find(|n| n.to_string_lossy().ends_with(std::env::consts::DLL_SUFFIX))
+    let mut verifier = Verifier::open(&km_home)?.allow_downgrade(true);
+    let name = std::fs::read_dir(home.join("plugins"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with(std::env::consts::DLL_SUFFIX))
         .context("the installed library")?;
-    let checked = loader::check(&dir_fd, &dir, &name, &cx).map_err(|r| anyhow!("{r}"))?;
+    let checked = verifier.check_file(&name)?;
     let data = env
         .dir
         .path()
@@ -470,7 +461,7 @@ fn load_plugin(
     let client: Arc<dyn ApiTransport> = Arc::new(ApiClient::new(&api.url)?);
     let host = PluginHost::new(PLUGIN, data.clone(), Verbosity::Quiet, Some(client))
         .with_policies(home.join("policies"));
-    let plugin = loader::load(checked, host).map_err(|r| anyhow!("{r}"))?;
+    let plugin = verifier.load(checked, host)?;
     let config = km_abi::PluginConfig {
         data_dir: data.to_string_lossy().into_owned().into(),
         api_url: api.url.clone().into(),
