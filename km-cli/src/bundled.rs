@@ -79,6 +79,13 @@ pub const BUNDLED: &[Bundled] = &[
         capabilities: &[],
     },
     Bundled {
+        name: "advanced-filters",
+        version: "1.0.0",
+        tier: Tier::Pro,
+        crate_name: "advanced_filters",
+        capabilities: INTERCEPT,
+    },
+    Bundled {
         name: "compliance-reporting",
         version: "1.0.0",
         tier: Tier::Enterprise,
