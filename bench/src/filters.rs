@@ -159,7 +159,7 @@ fn filters_home(env: &BenchEnv, api: &ApiServer) -> Result<PathBuf> {
     let mut build = env.command(&env.bin_dir.join("km-sign"));
     build
         .args(["build-plugin", "--plugin", PLUGIN, "--customer", CUSTOMER])
-        .args(["--api-key", API_KEY, "--customer-token", "ct-bench"])
+        .args(["--customer-token", "ct-bench"])
         .args(["--tier", "pro", "--version", crate::env::PLUGIN_VERSION])
         .args(["--capability", "intercept"])
         .arg("--key")

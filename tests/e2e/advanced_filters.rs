@@ -44,7 +44,7 @@ fn setup(tier: &str) -> Pro {
     let mut build = env.km_sign();
     build
         .args(["build-plugin", "--plugin", "advanced-filters"])
-        .args(["--customer", ALICE.id, "--api-key", ALICE.api_key])
+        .args(["--customer", ALICE.id])
         .args([
             "--tier",
             "pro",
