@@ -8,8 +8,9 @@
 //! `Cargo.toml`.
 //!
 //! Capabilities are the grants each plugin needs for what it does by default or by a documented
-//! policy option: tool-guard and advanced-filters act on the path; compliance-reporting needs
-//! `intercept` for its write-ahead mode (records before forwarding), which a policy turns on.
+//! policy option: tool-guard, advanced-filters and team-collaboration act on the path;
+//! compliance-reporting needs `intercept` for its write-ahead mode (records before forwarding),
+//! which a policy turns on.
 
 use km_abi::Tier;
 
@@ -90,6 +91,13 @@ pub const BUNDLED: &[Bundled] = &[
         version: "1.0.0",
         tier: Tier::Enterprise,
         crate_name: "compliance_reporting",
+        capabilities: INTERCEPT,
+    },
+    Bundled {
+        name: "team-collaboration",
+        version: "1.0.0",
+        tier: Tier::Enterprise,
+        crate_name: "team_collaboration",
         capabilities: INTERCEPT,
     },
 ];
