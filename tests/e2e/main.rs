@@ -24,6 +24,7 @@ mod signing;
 mod strict_modes;
 mod subscription_security;
 mod subscriptions;
+mod team;
 mod telemetry;
 mod tool_guard;
 mod transport;

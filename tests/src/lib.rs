@@ -515,10 +515,12 @@ pub struct ApiServer {
     plugins_dir: Option<PathBuf>,
     /// The CA of its certificate when it serves https (for the test controls).
     ca_der: Option<Vec<u8>>,
+    /// The file its stderr goes to.
+    pub log: PathBuf,
 }
 
 /// What an [`ApiServer`] starts with: its customers, and optionally a package directory
-/// (`--plugins-dir`) and an events file (`--events`).
+/// (`--plugins-dir`), an events file (`--events`) and a teams directory (`--teams-dir`).
 pub struct ApiServerBuilder<'a> {
     dir: PathBuf,
     customers: Vec<(&'a Customer, &'a str)>,
@@ -528,6 +530,7 @@ pub struct ApiServerBuilder<'a> {
     tls: Option<(Vec<u8>, PathBuf, PathBuf)>,
     tls_versions: Option<String>,
     extra: Vec<String>,
+    teams_dir: Option<PathBuf>,
 }
 
 impl<'a> ApiServerBuilder<'a> {
@@ -578,6 +581,12 @@ impl<'a> ApiServerBuilder<'a> {
         self
     }
 
+    /// Reads teams, members and signed team policies from `dir` (which must exist).
+    pub fn teams_dir(mut self, dir: &Path) -> Self {
+        self.teams_dir = Some(dir.to_path_buf());
+        self
+    }
+
     /// Makes the server's key, writes its files into the builder's directory (key, `api.pub`,
     /// `customers.json`, `api-server.log` with what it prints on stderr), starts it and waits
     /// for the address it listens on.
@@ -598,7 +607,8 @@ impl<'a> ApiServerBuilder<'a> {
         std::fs::write(&public_key_file, &b64).expect("writing api.pub");
         let customers_file = self.dir.join("customers.json");
         write_customers(&customers_file, &self.customers, &self.seats);
-        let log = std::fs::File::create(self.dir.join("api-server.log")).expect("log file");
+        let log_path = self.dir.join("api-server.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
 
         let mut cmd = Command::new(&exe);
         cmd.arg("--signing-key")
@@ -620,6 +630,9 @@ impl<'a> ApiServerBuilder<'a> {
             cmd.args(["--tls-versions", versions]);
         }
         cmd.args(&self.extra);
+        if let Some(dir) = &self.teams_dir {
+            cmd.arg("--teams-dir").arg(dir);
+        }
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -636,6 +649,7 @@ impl<'a> ApiServerBuilder<'a> {
             seats: self.seats,
             plugins_dir: self.plugins_dir,
             ca_der: self.tls.map(|(der, _, _)| der),
+            log: log_path,
         };
         let mut first = String::new();
         BufReader::new(stdout)
@@ -667,6 +681,7 @@ impl ApiServer {
             tls: None,
             tls_versions: None,
             extra: Vec::new(),
+            teams_dir: None,
         }
     }
 
