@@ -59,6 +59,7 @@ fn km_demo_shows_every_plugin_at_work_and_exits_0() {
         "✓ console-logger v1.0.0 (Free tier)",
         "✓ tool-guard v1.0.0 (Free tier)",
         "✓ ml-analytics v1.0.0 (Pro tier)",
+        "✓ advanced-filters v1.0.0 (Pro tier)",
         "✓ api-logger v1.0.0 (Pro tier)",
         "✓ compliance-reporting v1.0.0 (Enterprise tier)",
         // The relay.
@@ -74,6 +75,8 @@ fn km_demo_shows_every_plugin_at_work_and_exits_0() {
         // One line per step.
         "✓ km monitor: relayed the whole session",
         "✓ console-logger: logged every message, one line each",
+        "tools/call echo with an AWS access key in its text → \"deploy with access key [REDACTED:",
+        "✓ advanced-filters: redacted the secret on its way to the server",
         "notifications/cancelled",
         "✓ ml-analytics: noticed an anomaly: tools/call divide failed",
         "✓ tool-guard: held back the changed definition of divide",
@@ -81,7 +84,8 @@ fn km_demo_shows_every_plugin_at_work_and_exits_0() {
         "events of the session reached the Kilometers API",
         "✓ compliance-reporting: audit trail verified",
         "witnessed by the API",
-        "done: all 6 steps did what they show",
+        "the secret in none of them",
+        "done: all 7 steps did what they show",
     ] {
         assert!(
             stderr.contains(expected),
@@ -89,6 +93,10 @@ fn km_demo_shows_every_plugin_at_work_and_exits_0() {
         );
     }
     assert!(!stderr.contains('✗'), "a step failed:\n{stderr}");
+    assert!(
+        !stderr.contains("AKIAZ7QW3RT5YU2IOP4N"),
+        "the secret is shown nowhere, not even in what the server echoed"
+    );
     // The events the API stored are counted, not claimed: more than the client's requests.
     let events: usize = stderr
         .lines()
@@ -159,7 +167,12 @@ fn km_demo_fails_when_a_plugin_does_not_do_its_job() {
         "{stderr}"
     );
     // The other plugins still did theirs.
-    for plugin in ["ml-analytics", "api-logger", "compliance-reporting"] {
+    for plugin in [
+        "advanced-filters",
+        "ml-analytics",
+        "api-logger",
+        "compliance-reporting",
+    ] {
         assert!(
             stderr.contains(&format!("✓ {plugin}: ")),
             "{plugin}:\n{stderr}"

@@ -9,7 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use super::api::ApiServer;
-use super::session::{Facts, DIVIDE_BY_ZERO};
+use super::session::{Facts, DIVIDE_BY_ZERO, SECRET};
 use super::{output_of, Layout, Steps, Tools};
 
 /// Runs every check, in the order the session showed the plugins at work.
@@ -22,6 +22,7 @@ pub(super) fn run(
 ) {
     steps.record("km monitor", session_end(facts));
     steps.record("console-logger", console_logger(layout));
+    steps.record("advanced-filters", advanced_filters(layout, facts));
     steps.record("ml-analytics", ml_analytics(tools, layout));
     steps.record("tool-guard", tool_guard(tools, layout, facts));
     steps.record("api-logger", api_logger(api));
@@ -57,6 +58,34 @@ fn console_logger(layout: &Layout) -> Result<String> {
         "logged every message, one line each ({} lines), e.g. {:?}",
         lines.len(),
         squeeze(sample)
+    ))
+}
+
+fn advanced_filters(layout: &Layout, facts: &Facts) -> Result<String> {
+    let record = std::fs::read_to_string(&layout.server_record).with_context(|| {
+        format!(
+            "reading what the server received, {}",
+            layout.server_record.display()
+        )
+    })?;
+    ensure!(
+        !record.contains(SECRET),
+        "the secret reached the server, as its record shows"
+    );
+    let call = received(&layout.server_record)?
+        .into_iter()
+        .find(|m| m["id"] == facts.secret_call && m["method"] == "tools/call")
+        .context("the call with the secret never reached the server")?;
+    let got = call["params"]["arguments"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    ensure!(
+        got.contains("[REDACTED:"),
+        "the server received {got:?}, without the redaction marker"
+    );
+    Ok(format!(
+        "redacted the secret on its way to the server, which received {got:?}"
     ))
 }
 
@@ -144,8 +173,14 @@ fn api_logger(api: &ApiServer) -> Result<String> {
         "the API received no events; its log:\n{}",
         api.log().unwrap_or_default()
     );
+    // Observers see what km forwarded: the secret advanced-filters redacted is not in them.
+    let stored = Value::Array(events.clone()).to_string();
+    ensure!(
+        !stored.contains(SECRET),
+        "the secret reached the API in api-logger's events"
+    );
     Ok(format!(
-        "{} events of the session reached the Kilometers API (POST /api/events/batch, stored by the reference server)",
+        "{} events of the session reached the Kilometers API (POST /api/events/batch, stored by the reference server), the secret in none of them",
         events.len()
     ))
 }

@@ -1,7 +1,8 @@
 //! The demo's MCP session through the real `km monitor`, narrated on stderr one exchange per
 //! line: the handshake, plain calls, progress, a cancellation, then what the plugins are there
-//! for: an agent whose tool starts failing in a row (for ml-analytics), and a server that
-//! changes a tool's definition mid-session (for tool-guard).
+//! for: a secret in a tool call (for advanced-filters), an agent whose tool starts failing in a
+//! row (for ml-analytics), and a server that changes a tool's definition mid-session (for
+//! tool-guard).
 //!
 //! The session only gathers [`Facts`]; whether each plugin did its job is judged afterwards by
 //! [`super::checks`], from the effects (what the server received, what the plugins recorded).
@@ -23,8 +24,14 @@ pub(super) const DIVIDE_OK: usize = 40;
 /// Divisions by zero in a row: ml-analytics' default `error_min` is 5 failures in the window.
 pub(super) const DIVIDE_BY_ZERO: usize = 5;
 
+/// A secret in a request, for advanced-filters: a synthetic AWS access key id of the documented
+/// format (not the documentation's example key, which the plugin only logs).
+pub(super) const SECRET: &str = "AKIAZ7QW3RT5YU2IOP4N";
+
 /// What the session showed, for the checks.
 pub(super) struct Facts {
+    /// The id of the `echo` call whose text carried [`SECRET`].
+    pub(super) secret_call: u64,
     /// Whether the server's `notifications/tools/list_changed` reached the client.
     pub(super) list_changed_seen: bool,
     /// The tool names listed after the server changed `divide`, or the error the list got.
@@ -129,8 +136,28 @@ fn converse(client: &mut ScriptedClient, layout: &Layout, notices: &Notices) -> 
     client.call("ping", json!({}))?;
     say(notices, "ping → pong");
 
+    let secret_call = secret_call(client, notices)?;
     failing_tool(client, notices)?;
-    rug_pull(client, layout, notices)
+    let mut facts = rug_pull(client, layout, notices)?;
+    facts.secret_call = secret_call;
+    Ok(facts)
+}
+
+/// A call whose argument carries a secret, as when an agent pastes a key into a tool call.
+fn secret_call(client: &mut ScriptedClient, notices: &Notices) -> Result<u64> {
+    let id = client.request(
+        "tools/call",
+        json!({ "name": "echo", "arguments": { "text": format!("deploy with access key {SECRET}") } }),
+    )?;
+    let result = client.response(id, |_| {})?;
+    say(
+        notices,
+        &format!(
+            "tools/call echo with an AWS access key in its text → {:?}",
+            text(&result["content"][0]["text"])
+        ),
+    );
+    Ok(id)
 }
 
 /// Starts a long count, cancels it after its first progress, and checks that no answer comes.
@@ -243,6 +270,7 @@ fn rug_pull(client: &mut ScriptedClient, layout: &Layout, notices: &Notices) -> 
         },
     );
     Ok(Facts {
+        secret_call: 0,
         list_changed_seen,
         tools_after_change,
         changed_call: (id, answer),
