@@ -5,7 +5,7 @@
 //! everything back; the bytes that came back are compared with those sent. km's peak RSS (VmHWM)
 //! is read while it still runs, just before its stdin is closed.
 //!
-//! Two mixes (issue 23): the agent mix of the first round (about 8 KB a line, with results up to
+//! Two mixes: the agent mix of the first round (about 8 KB a line, with results up to
 //! 512 KiB) and a small-message mix (80–2000 B: mostly `tools/call` requests, their results and
 //! progress notifications), which is what MCP traffic mostly is and where the cost per message
 //! shows. Pipes and the Unix stream socketpairs that Node-based clients hand their servers side

@@ -1,4 +1,4 @@
-//! advanced-filters end to end (issue 14): the real `km monitor`, a customer build of the real
+//! advanced-filters end to end: the real `km monitor`, a customer build of the real
 //! plugin made by the real `km-sign build-plugin --capability intercept` and authorised by the
 //! reference API server (`km-api-server`) on loopback, real child processes as MCP servers, and
 //! the real test-observer recording the events other plugins receive.

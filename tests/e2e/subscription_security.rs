@@ -1,4 +1,4 @@
-//! Subscription security, round two (issue 20), end to end against the real `km-api-server` on
+//! Subscription security, round two, end to end against the real `km-api-server` on
 //! loopback, with the real api-logger stamped for a customer and the real `km`:
 //!
 //! - the customer's API key is rotated (through the API, then by the operator in the customers

@@ -1,4 +1,4 @@
-//! Subscriptions end to end (issue 4): `km init`, and the real api-logger, stamped with the
+//! Subscriptions end to end: `km init`, and the real api-logger, stamped with the
 //! credentials of a customer and the public key of a real `km-api-server` on loopback, signed,
 //! then authenticated by the real `km plugin-refresh` and reported by `km plugin-status`.
 

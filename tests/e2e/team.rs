@@ -1,4 +1,4 @@
-//! team-collaboration end to end (issue 18): three KM_HOMEs (alice, an approver; bob, a member;
+//! team-collaboration end to end: three KM_HOMEs (alice, an approver; bob, a member;
 //! carol, an admin), one real `km-api-server` with a teams directory, the real
 //! team-collaboration cdylib stamped for each member's customer, the real tool-guard, the real
 //! `km-sign team-policy`, and `km-test-defs-server` as the MCP server.

@@ -1,4 +1,4 @@
-//! Telemetry end to end (issue 19): the real `km monitor` exports OTLP over http/protobuf to a
+//! Telemetry end to end: the real `km monitor` exports OTLP over http/protobuf to a
 //! real receiver on loopback, `tests/otlp/receiver.py`, which decodes with the official
 //! OpenTelemetry protobuf definitions (`opentelemetry-proto`, installed by scripts/test beside
 //! the MCP SDK) and writes what it decoded as JSON lines.

@@ -28,8 +28,8 @@
 //! - **splice(2)**, pipe to pipe inside the kernel, only when the input is a pipe and the output a
 //!   pipe or a regular file (with plugins too: see *Forwarding with plugins* below). splice holds the pipe it fills or drains locked while it waits on the
 //!   other file: from a socket or a terminal it sits on the child's stdin pipe waiting for *more*
-//!   client input, so the server can never read the request already in the pipe (issue 10: the
-//!   Inspector timed out); into a socket or terminal it sits on the child's stdout pipe while the
+//!   client input, so the server can never read the request already in the pipe (the MCP
+//!   Inspector timed out so); into a socket or terminal it sits on the child's stdout pipe while the
 //!   client is slow to read, and the server's next write blocks (uninterruptibly) although the
 //!   pipe has room. Pipe to pipe the kernel waits with the locks released, and a regular file
 //!   never makes it wait for the client. A regular file opened for appending refuses splice
@@ -76,7 +76,7 @@
 //!
 //! # Forwarding with plugins: splice, and a tee(2) duplicate for the framer
 //!
-//! Where splice applies (above), a pump with observers forwards in the kernel too (issue 23):
+//! Where splice applies (above), a pump with observers forwards in the kernel too:
 //! `tee(2)` duplicates what is in the input pipe into a pipe of km's own without consuming it,
 //! `splice(2)` then moves exactly those bytes to the output, and only then does the framer read
 //! the duplicate (one copy into km, instead of the copy loop's two, and none on the forwarding
@@ -670,7 +670,7 @@ mod tests {
         }
     }
 
-    /// Issue 10: from a socket, splice waited for more input while holding the child's pipe,
+    /// From a socket, splice waited for more input while holding the child's pipe,
     /// so the request already in it never reached the server.
     #[test]
     fn what_a_socket_delivers_reaches_the_pipe_while_the_socket_stays_open() {
@@ -833,7 +833,7 @@ mod tests {
     }
 }
 
-/// The splice + tee path (issue 23): byte identity and order on the forwarding side, and the
+/// The splice + tee path: byte identity and order on the forwarding side, and the
 /// plugins handed exactly what went out, through the edge cases that path has and the copy
 /// loop did not (a tee that duplicates part of what is waiting, a line cut between chunks or by
 /// the end of the stream, an output that goes away part way, a plugin slower than the relay).

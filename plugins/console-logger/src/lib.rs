@@ -17,7 +17,7 @@
 //!
 //! A relay moves hundreds of thousands of small messages a second; a logger that makes one
 //! `write(2)` per message (and several allocations to format it) falls behind, and km then drops
-//! what its queue cannot hold (issue 23 measured half the messages of a busy session dropped).
+//! what its queue cannot hold (a busy session once lost half its messages that way).
 //! So lines are formatted into one reused buffer, without allocating, and written out in large
 //! pieces: when the buffer holds [`FLUSH_AT`] bytes, and otherwise by a flusher thread at most
 //! [`FLUSH_DELAY`] after the first line that is waiting, so a quiet session's lines still show

@@ -338,7 +338,7 @@ fn hundred_thousand_mixed_messages_pass_byte_identical_both_ways() {
     }
 }
 
-/// Issue 23: with `--lossless` the plugins are handed every line, each once and in order, on
+/// With `--lossless` the plugins are handed every line, each once and in order, on
 /// every kind of stdio (on pipes km forwards with splice and frames a tee(2) duplicate, on
 /// socketpairs it copies): console-logger's log holds exactly one line per message and
 /// direction, numbered in sequence, while the stream comes back byte for byte. The client

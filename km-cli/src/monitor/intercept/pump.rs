@@ -45,7 +45,7 @@ const WRITE_FROM: usize = 1024 * 1024;
 /// Everything an intercepting pump needs (see the module documentation).
 pub(crate) struct Pump {
     direction: Direction,
-    /// Read through [`End`], whatever kind of file the client gave (issue 10).
+    /// Read through [`End`], whatever kind of file the client gave (pipe, socket, terminal).
     input: End,
     framer: Framer,
     output: Arc<Output>,
