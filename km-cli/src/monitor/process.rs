@@ -310,6 +310,12 @@ pub(crate) async fn supervise(
             }
         }
     }
+    // Reports already sent are counted too, none is waited for: the client's side often ends
+    // with the server (its EOF is what made the server exit), and its report may be queued
+    // behind the child's exit and the output's report.
+    while let Ok(report) = reports.try_recv() {
+        on_report(&report);
+    }
     Ok(status)
 }
 
