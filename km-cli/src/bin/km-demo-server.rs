@@ -2,8 +2,9 @@
 //! can run a real MCP session with no network and nothing to install.
 //!
 //! It speaks enough of MCP to show what km sees: `initialize`, `ping`, `tools/list` and
-//! `tools/call` with three tools, `echo` (answers at once), `divide` (a tool error, `isError`,
-//! for a zero divisor) and `slow_count` (counts with a delay, sending `notifications/progress`
+//! `tools/call` with four tools, `echo` (answers at once), `divide` (a tool error, `isError`,
+//! for a zero divisor), `delete_notes` (destructive, says so in its annotations, and keeps no
+//! notes to delete) and `slow_count` (counts with a delay, sending `notifications/progress`
 //! when the call carries a progress token, and stopping without an answer when a
 //! `notifications/cancelled` names it, as MCP asks). Slow calls run on their own threads so that
 //! the server keeps reading (and can be cancelled) meanwhile. It exits when its stdin closes.
@@ -244,6 +245,12 @@ fn tools(pulled: bool) -> Value {
         },
         divide,
         {
+            "name": "delete_notes",
+            "description": "Deletes all of the user's notes.",
+            "inputSchema": { "type": "object", "properties": {} },
+            "annotations": { "destructiveHint": true }
+        },
+        {
             "name": "slow_count",
             "description": "Counts to `count`, one step every `delay_ms`, reporting progress; can be cancelled.",
             "inputSchema": {
@@ -288,6 +295,10 @@ fn call(id: &Value, params: &Value, out: &Out, in_flight: &InFlight) {
                 json!({ "content": [{ "type": "text", "text": text }], "isError": is_error }),
             );
         }
+        Some("delete_notes") => out.result(
+            id,
+            json!({ "content": [{ "type": "text", "text": "deleted all notes" }], "isError": false }),
+        ),
         Some("slow_count") => {
             let count = arguments
                 .get("count")

@@ -62,6 +62,10 @@ fn km_demo_shows_every_plugin_at_work_and_exits_0() {
         "✓ advanced-filters v1.0.0 (Pro tier)",
         "✓ api-logger v1.0.0 (Pro tier)",
         "✓ compliance-reporting v1.0.0 (Enterprise tier)",
+        "✓ team-collaboration v1.0.0 (Enterprise tier)",
+        // The team: its admin key pinned, its signed policy fetched from the API.
+        "with a demo customer on the Enterprise tier and its team demo-team",
+        "km plugin team-collaboration join demo-team → ",
         // The relay.
         "initialize → km-demo-server",
         "tools/list → echo, divide, slow_count",
@@ -78,6 +82,9 @@ fn km_demo_shows_every_plugin_at_work_and_exits_0() {
         "tools/call echo with an AWS access key in its text → \"deploy with access key [REDACTED:",
         "✓ advanced-filters: redacted the secret on its way to the server",
         "notifications/cancelled",
+        "tools/call delete_notes → error ",
+        "✓ team-collaboration: team demo-team's policy (version 1), signed by its admin key, refused delete_notes before it reached the server",
+        "the session's summary (no content) is in the team feed",
         "✓ ml-analytics: noticed an anomaly: tools/call divide failed",
         "✓ tool-guard: held back the changed definition of divide",
         "without reaching the server, HELD in km plugin tool-guard list",
@@ -85,7 +92,7 @@ fn km_demo_shows_every_plugin_at_work_and_exits_0() {
         "✓ compliance-reporting: audit trail verified",
         "witnessed by the API",
         "the secret in none of them",
-        "done: all 7 steps did what they show",
+        "done: all 8 steps did what they show",
     ] {
         assert!(
             stderr.contains(expected),
@@ -172,6 +179,7 @@ fn km_demo_fails_when_a_plugin_does_not_do_its_job() {
         "ml-analytics",
         "api-logger",
         "compliance-reporting",
+        "team-collaboration",
     ] {
         assert!(
             stderr.contains(&format!("✓ {plugin}: ")),

@@ -1,5 +1,5 @@
 //! The reference Kilometers API (`km-api-server`, built beside km) run by `km demo` on loopback,
-//! with one demo customer on the Enterprise tier, so that the Pro and Enterprise plugins
+//! with one demo customer on the Enterprise tier (and its team, see [`super::team`]), so that the Pro and Enterprise plugins
 //! authenticate for real: the same token signing, customer tokens and endpoints as the tests use.
 //!
 //! The customer's API key and token are fresh random values for each run (nothing secret is
@@ -60,7 +60,12 @@ pub(super) struct ApiServer {
 
 impl ApiServer {
     /// Makes the server's key and customers file in `dir` and starts it on a free loopback port.
-    pub(super) fn start(exe: &Path, dir: &Path, customer: &Customer) -> Result<ApiServer> {
+    pub(super) fn start(
+        exe: &Path,
+        dir: &Path,
+        customer: &Customer,
+        teams_dir: &Path,
+    ) -> Result<ApiServer> {
         let key = dir.join("api-server.key");
         let output = Command::new(exe)
             .arg("--gen-key")
@@ -111,6 +116,8 @@ impl ApiServer {
             .arg(&customers)
             .arg("--events")
             .arg(&events_file)
+            .arg("--teams-dir")
+            .arg(teams_dir)
             .args(["--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

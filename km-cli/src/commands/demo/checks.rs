@@ -9,7 +9,9 @@ use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 
 use super::api::ApiServer;
+use super::client::text;
 use super::session::{Facts, DIVIDE_BY_ZERO, SECRET};
+use super::team::{MEMBER, TEAM, VERSION};
 use super::{output_of, Layout, Steps, Tools};
 
 /// Runs every check, in the order the session showed the plugins at work.
@@ -25,6 +27,10 @@ pub(super) fn run(
     steps.record("advanced-filters", advanced_filters(layout, facts));
     steps.record("ml-analytics", ml_analytics(tools, layout));
     steps.record("tool-guard", tool_guard(tools, layout, facts));
+    steps.record(
+        "team-collaboration",
+        team_collaboration(tools, layout, facts),
+    );
     steps.record("api-logger", api_logger(api));
     steps.record("compliance-reporting", compliance_reporting(tools, layout));
 }
@@ -164,6 +170,41 @@ fn tool_guard(tools: &Tools, layout: &Layout, facts: &Facts) -> Result<String> {
         "km plugin tool-guard list does not show divide held:\n{listing}"
     );
     Ok("held back the changed definition of divide: left out of the client's tools/list, its call answered with error -32050 without reaching the server, HELD in km plugin tool-guard list".to_owned())
+}
+
+fn team_collaboration(tools: &Tools, layout: &Layout, facts: &Facts) -> Result<String> {
+    let (id, answer) = &facts.team_call;
+    let error = match answer {
+        Err(error) => error,
+        Ok(result) => bail!("the call of delete_notes was answered: {result}"),
+    };
+    let policy = format!("team {TEAM}'s policy (version {VERSION})");
+    let said = format!("{} {}", text(&error["message"]), error["data"]);
+    ensure!(
+        said.contains(&policy),
+        "the call of delete_notes got {error}, which does not name {policy}"
+    );
+    let reached = received(&layout.server_record)?
+        .iter()
+        .any(|m| m["id"] == *id && m["method"] == "tools/call");
+    ensure!(!reached, "the call of delete_notes reached the server");
+    let feed = json_output(
+        tools,
+        layout,
+        &["plugin", "team-collaboration", "sessions", "--json"],
+    )?;
+    let ours = feed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|s| s["member"] == MEMBER && s["server"]["name"] == "km-demo-server");
+    ensure!(
+        ours,
+        "the session's summary is not in the team feed: {feed}"
+    );
+    Ok(format!(
+        "{policy}, signed by its admin key, refused delete_notes before it reached the server; the session's summary (no content) is in the team feed"
+    ))
 }
 
 fn api_logger(api: &ApiServer) -> Result<String> {

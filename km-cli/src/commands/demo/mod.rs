@@ -4,10 +4,11 @@
 //! Nothing is faked. In a temporary `KM_HOME` the demo:
 //!
 //! 1. starts the reference Kilometers API (`km-api-server`, built beside km) on loopback with a
-//!    demo customer on the Enterprise tier ([`api`]);
+//!    demo customer on the Enterprise tier and that customer's team, whose admin key and signed
+//!    policy the demo makes ([`team`]);
 //! 2. makes a fresh Ed25519 signing key, trusts it, and installs every bundled plugin: Free
 //!    plugins signed as published, Pro and Enterprise plugins as customer builds for the demo
-//!    customer, and runs `km init` against the API ([`install`]);
+//!    customer, runs `km init` against the API and joins the team ([`install`]);
 //! 3. runs the real `km monitor` (this very binary) in front of `km-demo-server`, the small MCP
 //!    server shipped in the workspace, and drives it with a scripted MCP client that narrates
 //!    the session on stderr ([`session`]);
@@ -25,6 +26,7 @@ mod checks;
 mod client;
 mod install;
 mod session;
+mod team;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -155,12 +157,19 @@ pub fn run(globals: &Globals, args: DemoArgs) -> Result<ExitCode> {
     );
 
     let customer = api::Customer::new()?;
-    let api = api::ApiServer::start(&tools.api_server, &root.join("api"), &customer)?;
+    let team = team::Team::create(&tools, &root.join("keys"), customer.id)?;
+    let api = api::ApiServer::start(
+        &tools.api_server,
+        &root.join("api"),
+        &customer,
+        &team.teams_dir,
+    )?;
     say(
         &notices,
         &format!(
-            "the reference Kilometers API (km-api-server) listens on {}, with a demo customer on the Enterprise tier",
-            api.url
+            "the reference Kilometers API (km-api-server) listens on {}, with a demo customer on the Enterprise tier and its team {}",
+            api.url,
+            team::TEAM
         ),
     );
 
@@ -184,6 +193,14 @@ pub fn run(globals: &Globals, args: DemoArgs) -> Result<ExitCode> {
         "km init",
     )?;
     say(&notices, &installed_summary());
+    let joined = team.join(&tools, &layout.home)?;
+    say(
+        &notices,
+        &format!(
+            "km plugin team-collaboration join {} → {joined}",
+            team::TEAM
+        ),
+    );
 
     let mut steps = Steps::new(notices);
     let facts = session::run(&tools, &layout, globals, &notices)?;

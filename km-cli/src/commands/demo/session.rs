@@ -36,6 +36,8 @@ pub(super) struct Facts {
     pub(super) list_changed_seen: bool,
     /// The tool names listed after the server changed `divide`, or the error the list got.
     pub(super) tools_after_change: std::result::Result<Vec<String>, Value>,
+    /// The id of the `delete_notes` call (which the team policy blocks), and its answer.
+    pub(super) team_call: (u64, Answer),
     /// The id of the `divide` call made after the change, and its answer.
     pub(super) changed_call: (u64, Answer),
     /// km's exit status.
@@ -137,9 +139,11 @@ fn converse(client: &mut ScriptedClient, layout: &Layout, notices: &Notices) -> 
     say(notices, "ping → pong");
 
     let secret_call = secret_call(client, notices)?;
+    let team_call = team_blocked_call(client, notices)?;
     failing_tool(client, notices)?;
     let mut facts = rug_pull(client, layout, notices)?;
     facts.secret_call = secret_call;
+    facts.team_call = team_call;
     Ok(facts)
 }
 
@@ -158,6 +162,30 @@ fn secret_call(client: &mut ScriptedClient, notices: &Notices) -> Result<u64> {
         ),
     );
     Ok(id)
+}
+
+/// A call of a tool the team's policy forbids (an agent working from an old list, or guessing).
+fn team_blocked_call(client: &mut ScriptedClient, notices: &Notices) -> Result<(u64, Answer)> {
+    let id = client.request(
+        "tools/call",
+        json!({ "name": "delete_notes", "arguments": {} }),
+    )?;
+    let answer = client.answer(id, |_| {})?;
+    say(
+        notices,
+        &match &answer {
+            Ok(result) => format!(
+                "tools/call delete_notes → {:?}",
+                text(&result["content"][0]["text"])
+            ),
+            Err(error) => format!(
+                "tools/call delete_notes → error {}: {}",
+                error["code"],
+                text(&error["message"])
+            ),
+        },
+    );
+    Ok((id, answer))
 }
 
 /// Starts a long count, cancels it after its first progress, and checks that no answer comes.
@@ -271,6 +299,7 @@ fn rug_pull(client: &mut ScriptedClient, layout: &Layout, notices: &Notices) -> 
     );
     Ok(Facts {
         secret_call: 0,
+        team_call: (0, Ok(Value::Null)),
         list_changed_seen,
         tools_after_change,
         changed_call: (id, answer),
