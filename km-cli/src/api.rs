@@ -849,7 +849,7 @@ mod tests {
         // Also without a content-length: chunks are counted as they arrive.
         let (url, _) = server(|_| {
             let mut out = b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_vec();
-            out.extend(std::iter::repeat(b'y').take(1024 * 1024 + 10));
+            out.extend(std::iter::repeat_n(b'y', 1024 * 1024 + 10));
             Some(out)
         });
         let client = ApiClient::with_policy(&url, fast_policy()).expect("client");

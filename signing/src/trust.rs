@@ -52,7 +52,7 @@ impl TrustedKey {
     pub fn allows(&self, name: &str) -> bool {
         self.scope
             .as_ref()
-            .map_or(true, |names| names.iter().any(|n| n == name))
+            .is_none_or(|names| names.iter().any(|n| n == name))
     }
 }
 

@@ -360,9 +360,7 @@ fn find<'a>(spans: &'a [Value], name: &str, kind: &str, id: Option<&str>) -> &'a
         .find(|s| {
             s["name"] == name
                 && s["kind"] == kind
-                && id.map_or(true, |id| {
-                    attr(s, "jsonrpc.request.id").as_deref() == Some(id)
-                })
+                && id.is_none_or(|id| attr(s, "jsonrpc.request.id").as_deref() == Some(id))
         })
         .unwrap_or_else(|| {
             let all: Vec<String> = spans
@@ -930,5 +928,5 @@ fn propagation_is_opt_in_and_points_the_server_at_kms_client_span() {
     // km's own edits are not plugin verdicts: no verdict events, no verdict metric.
     assert!(spans.iter().all(|s| s["events"]
         .as_array()
-        .map_or(true, |e| e.iter().all(|e| e["name"] != "km.verdict"))));
+        .is_none_or(|e| e.iter().all(|e| e["name"] != "km.verdict"))));
 }

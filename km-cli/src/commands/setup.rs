@@ -217,7 +217,7 @@ fn installed_same(home: &KmHome, plugin: &Bundled, sha256: &str) -> Result<Optio
     let dir = home.plugins_dir();
     let verifier = Verifier::open(home).map_err(|r| anyhow::anyhow!("{r}"))?;
     for (path, manifest) in install::installed_files(&dir, plugin.name)? {
-        if !manifest.as_ref().is_some_and(|m| m.sha256 == sha256) {
+        if manifest.as_ref().is_none_or(|m| m.sha256 != sha256) {
             continue;
         }
         if let Ok(checked) = verifier.check_file(&path) {

@@ -66,7 +66,7 @@ fn reassemble(mut framer: Framer, input: &[u8], cuts: &[usize], cap: usize, keep
             assert!(!keep, "keeping mode never skips");
             assert!(n > cap);
             // Skipped for the plugins (the relay forwarded the bytes): stand-ins of that length.
-            out.extend(std::iter::repeat(b'#').take(n));
+            out.extend(std::iter::repeat_n(b'#', n));
             out.extend_from_slice(framer.ending().bytes());
         }
         Frame::OversizeStart(bytes) => {
@@ -107,7 +107,7 @@ fn masked(input: &[u8], cap: usize) -> Vec<u8> {
             (piece, b"")
         };
         if body.len() > cap {
-            out.extend(std::iter::repeat(b'#').take(body.len()));
+            out.extend(std::iter::repeat_n(b'#', body.len()));
         } else {
             out.extend_from_slice(body);
         }
@@ -119,7 +119,7 @@ fn masked(input: &[u8], cap: usize) -> Vec<u8> {
 fn in_bounds(range: &Option<Range<usize>>, len: usize) -> bool {
     range
         .as_ref()
-        .map_or(true, |r| r.start <= r.end && r.end <= len)
+        .is_none_or(|r| r.start <= r.end && r.end <= len)
 }
 
 /// JSON-RPC-like lines with members in any order, odd whitespace and escapes.

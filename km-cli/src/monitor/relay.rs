@@ -945,7 +945,7 @@ mod tee_tests {
                 3 => out.extend_from_slice(b"\n"),
                 4 if i % 500 == 4 => {
                     out.extend_from_slice(b"{\"big\":\"");
-                    out.extend(std::iter::repeat(b'x').take(3 * TEE_PIPE / 2));
+                    out.extend(std::iter::repeat_n(b'x', 3 * TEE_PIPE / 2));
                     out.extend_from_slice(b"\"}\n");
                 }
                 _ => out.extend_from_slice(format!("line {i}\n").as_bytes()),

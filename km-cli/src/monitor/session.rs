@@ -1079,7 +1079,7 @@ mod holds {
         let h = harness(LONG);
         h.session.forwarding(C2S, 100);
         let mut lines = vec![r#"{"jsonrpc":"2.0","id":1,"result":{}}"#];
-        lines.extend(std::iter::repeat("x").take(HOLD_LINES));
+        lines.extend(std::iter::repeat_n("x", HOLD_LINES));
         chunk(&h.session, S2C, &lines, 50);
         assert_eq!(
             h.session.counts().server_to_client,

@@ -314,7 +314,7 @@ impl Override {
                 return false;
             }
         }
-        let glob_ok = |g: &Option<Glob>, v: &str| g.as_ref().map_or(true, |g| g.matches(v));
+        let glob_ok = |g: &Option<Glob>, v: &str| g.as_ref().is_none_or(|g| g.matches(v));
         if !glob_ok(&self.tool, s.tool)
             || !glob_ok(&self.method, s.method)
             || !glob_ok(&self.path, &f.path)

@@ -426,7 +426,7 @@ fn report_command(shared: &Shared, args: &Args<'_>) -> Outcome {
         }
         if let Ok(r) = serde_json::from_slice::<Record>(line) {
             let t = record::parse_rfc3339_us(&r.t).unwrap_or(0);
-            if since.map_or(true, |s| t >= s) && until.map_or(true, |u| t < u) {
+            if since.is_none_or(|s| t >= s) && until.is_none_or(|u| t < u) {
                 records.push((i, r));
             }
         }

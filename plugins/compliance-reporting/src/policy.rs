@@ -224,9 +224,9 @@ impl Policy {
             let server_ok = rule
                 .server
                 .as_deref()
-                .map_or(true, |s| s == server.0 || s == server.1);
-            let tool_ok = rule.tool.as_deref().map_or(true, |t| t == tool);
-            let method_ok = rule.method.as_deref().map_or(true, |m| m == method);
+                .is_none_or(|s| s == server.0 || s == server.1);
+            let tool_ok = rule.tool.as_deref().is_none_or(|t| t == tool);
+            let method_ok = rule.method.as_deref().is_none_or(|m| m == method);
             if !(server_ok && tool_ok && method_ok) {
                 return None;
             }

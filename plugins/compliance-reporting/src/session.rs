@@ -172,7 +172,7 @@ impl Recording {
                             .failing
                             .store(true, std::sync::atomic::Ordering::Relaxed);
                         self.failures += 1;
-                        if self.failures == 1 || self.failures % 1000 == 0 {
+                        if self.failures == 1 || self.failures.is_multiple_of(1000) {
                             shared.host.warn(&format!(
                                 "{NAME}: cannot write the audit trail ({e}); {} record(s) lost so far",
                                 self.failures

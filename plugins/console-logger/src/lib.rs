@@ -434,7 +434,10 @@ fn pretty_line(out: &mut Vec<u8>, message: &Message<'_>, request_method: Option<
     };
     out.extend_from_slice(kind.as_bytes());
     // `{:<12}`: padded to 12 characters.
-    out.extend(std::iter::repeat(b' ').take(12usize.saturating_sub(kind.len())));
+    out.extend(std::iter::repeat_n(
+        b' ',
+        12usize.saturating_sub(kind.len()),
+    ));
     if !method.is_empty() {
         out.push(b' ');
         out.extend_from_slice(method.as_bytes());

@@ -244,7 +244,7 @@ impl Shared {
             }
             self.tick();
             self.flush();
-            if last_maintenance.map_or(true, |t| t.elapsed() >= MAINTENANCE_INTERVAL) {
+            if last_maintenance.is_none_or(|t| t.elapsed() >= MAINTENANCE_INTERVAL) {
                 self.maintain();
                 last_maintenance = Some(Instant::now());
             }

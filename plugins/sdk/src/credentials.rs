@@ -750,7 +750,7 @@ mod tests {
     fn library() -> Vec<u8> {
         let mut lib = vec![0x7fu8; 1000];
         lib.extend_from_slice(&EMPTY_REGION);
-        lib.extend(std::iter::repeat(0x90u8).take(777));
+        lib.extend(std::iter::repeat_n(0x90u8, 777));
         lib
     }
 

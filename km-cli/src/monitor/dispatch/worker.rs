@@ -212,7 +212,7 @@ impl ErrorLimiter {
         let due = self.shown < Self::BURST
             || self
                 .last
-                .map_or(true, |last| now.duration_since(last) >= Self::INTERVAL);
+                .is_none_or(|last| now.duration_since(last) >= Self::INTERVAL);
         if !due {
             self.suppressed += 1;
             return None;

@@ -217,7 +217,7 @@ pub(crate) fn build(store: &Store, query: &Query, now_ms: i64) -> Result<Report>
         query
             .server
             .as_deref()
-            .map_or(true, |w| server_matches(w, id, &label_of(id)))
+            .is_none_or(|w| server_matches(w, id, &label_of(id)))
     };
 
     let first = loaded
@@ -306,7 +306,7 @@ pub(crate) fn build(store: &Store, query: &Query, now_ms: i64) -> Result<Report>
             query
                 .server
                 .as_deref()
-                .map_or(true, |w| server_matches(w, &a.server, &a.server_label))
+                .is_none_or(|w| server_matches(w, &a.server, &a.server_label))
         })
         .collect();
     let mut warnings = loaded.warnings;

@@ -180,7 +180,7 @@ fn digit_groups(
             && cur > 0
             && i + 1 < s.len()
             && s[i + 1].is_ascii_digit()
-            && sep.map_or(true, |x| x == c)
+            && sep.is_none_or(|x| x == c)
         {
             sep = Some(c);
             groups.push(cur);

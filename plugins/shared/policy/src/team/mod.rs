@@ -129,9 +129,7 @@ pub fn load_team<T: DeserializeOwned>(host: &impl PolicyHost, policy: &str) -> T
     if let Some(text) = text {
         match accept::<T>(&file, &text, &trust, policy, record.as_ref()) {
             Ok((bundle, parsed)) => {
-                let newer = record
-                    .as_ref()
-                    .map_or(true, |r| bundle.version() > r.version);
+                let newer = record.as_ref().is_none_or(|r| bundle.version() > r.version);
                 if newer && lock.is_some() {
                     let applied = Applied {
                         team: bundle.team().to_owned(),
@@ -240,9 +238,7 @@ pub fn accept_offered<T: DeserializeOwned>(
     let _lock = state.lock()?;
     let record = state.read()?.filter(|r| r.team == trust.team());
     let (bundle, parsed) = accept::<T>(&file, text, &trust, policy, record.as_ref())?;
-    let newer = record
-        .as_ref()
-        .map_or(true, |r| bundle.version() > r.version);
+    let newer = record.as_ref().is_none_or(|r| bundle.version() > r.version);
     if newer {
         state.write(&Applied {
             team: bundle.team().to_owned(),
