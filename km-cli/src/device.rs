@@ -13,7 +13,6 @@
 //! anything is sent, so a plugin can neither forge another installation's identity nor hide its
 //! own.
 
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -119,46 +118,16 @@ pub fn existing_id(home: &KmHome) -> Result<Option<KeyId>> {
 }
 
 /// The key in `path`, `None` when there is no file; an error naming the file when it is not a
-/// private regular file of the user's own holding an Ed25519 key.
+/// private regular file of the user's own (StrictModes' [`Expect::Secret`](crate::strict::Expect),
+/// checked on the descriptor it is read from) holding an Ed25519 key.
 fn read(path: &Path) -> Result<Option<PrivateKey>> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    let Some(bytes) = crate::strict::read_secret(path, MAX_KEY_BYTES, "device key")
+        .map_err(|refusal| anyhow::anyhow!("{refusal}"))?
+    else {
+        return Ok(None);
     };
-    if !meta.file_type().is_file() {
-        bail!(
-            "{} is not a regular file (a link or a directory); remove it and km makes a new \
-             device identity",
-            path.display()
-        );
-    }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        bail!(
-            "{} is owned by uid {}, not by you (uid {me})",
-            path.display(),
-            meta.uid()
-        );
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "{} is this installation's private key but is accessible by others (mode {mode:04o}); \
-             run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        );
-    }
-    if meta.len() > MAX_KEY_BYTES {
-        bail!(
-            "{} is {} bytes, larger than a device key can be",
-            path.display(),
-            meta.len()
-        );
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("{} is not a PEM file", path.display()))?;
     let key = PrivateKey::from_pem(&text).with_context(|| format!("reading {}", path.display()))?;
     if key.algorithm() != Algorithm::Ed25519 {
         bail!("{} is not an Ed25519 key", path.display());
@@ -182,6 +151,7 @@ fn create(home: &Path, path: &Path) -> Result<PrivateKey> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     fn home() -> (tempfile::TempDir, KmHome) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -256,10 +226,7 @@ mod tests {
         std::fs::write(&elsewhere, "x").expect("write");
         std::os::unix::fs::symlink(&elsewhere, identity.path()).expect("link");
         let error = DeviceIdentity::new(&home).key().expect_err("refused");
-        assert!(
-            format!("{error:#}").contains("not a regular file"),
-            "{error:#}"
-        );
+        assert!(format!("{error:#}").contains("symbolic link"), "{error:#}");
     }
 
     #[test]

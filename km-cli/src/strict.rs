@@ -14,6 +14,9 @@
 //!   accepted, as OpenSSH accepts it: there nobody can rename or remove what you own. A
 //!   symbolic link on the way (`/var/run`, a home on another disk) is accepted when it is owned
 //!   by you or root; the directories it leads to are checked like the rest.
+//! - A file that holds a secret (the device key, the local signing key) is besides yours alone:
+//!   owned by you and neither readable nor writable by group or others ([`Expect::Secret`],
+//!   [`read_secret`]).
 //! - Files are opened without following links and without blocking (`O_NOFOLLOW | O_NONBLOCK`),
 //!   then `fstat`ed: a FIFO or a device where a file is expected is refused, not read, and
 //!   reads are capped, so that a report never hangs or balloons.
@@ -56,6 +59,10 @@ pub enum Expect {
     Dir,
     /// A regular file.
     File,
+    /// A regular file that holds a secret (a private key): as [`Expect::File`], and besides
+    /// owned by you (not root: km must be able to read it) and neither readable nor writable
+    /// by group or others (mode 0600 or stricter).
+    Secret,
 }
 
 /// The effective user id km runs as.
@@ -228,7 +235,7 @@ fn check_stat(path: &Path, stat: &Stat, what: &str, expect: Expect) -> Result<()
     }
     let wanted = match expect {
         Expect::Dir => FileType::Directory,
-        Expect::File => FileType::RegularFile,
+        Expect::File | Expect::Secret => FileType::RegularFile,
     };
     if kind != wanted {
         return Err(Refusal::new(
@@ -238,12 +245,50 @@ fn check_stat(path: &Path, stat: &Stat, what: &str, expect: Expect) -> Result<()
                 "the {what} is not a {}",
                 match expect {
                     Expect::Dir => "directory",
-                    Expect::File => "regular file",
+                    Expect::File | Expect::Secret => "regular file",
                 }
             ),
         ));
     }
-    check_owner_and_mode(path, stat.st_uid, stat.st_mode, what, Writable::Never)
+    check_owner_and_mode(path, stat.st_uid, stat.st_mode, what, Writable::Never)?;
+    if expect == Expect::Secret {
+        check_secret(path, stat.st_uid, stat.st_mode, what)?;
+    }
+    Ok(())
+}
+
+/// A secret's file is yours alone: owned by you, no access for group or others.
+fn check_secret(path: &Path, uid: u32, mode: u32, what: &str) -> Result<(), Refusal> {
+    let me = me();
+    if uid != me {
+        return Err(Refusal::new(
+            path,
+            Check::Owner,
+            format!(
+                "the {what} is a secret owned by uid {uid}, not by you (uid {me}); \
+                 run `chown {} {}`, or remove it",
+                my_name(),
+                path.display()
+            ),
+        ));
+    }
+    if mode & 0o077 != 0 {
+        return Err(Refusal::new(
+            path,
+            Check::Permissions,
+            format!(
+                "the {what} is a secret but is accessible by {} (mode {:o}); run `chmod 600 {}`",
+                if mode & 0o007 != 0 {
+                    "others"
+                } else {
+                    "its group"
+                },
+                mode & 0o7777,
+                path.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a directory inside `KM_HOME` and the files in it whose names end with one of
@@ -351,6 +396,19 @@ pub fn read_at(
     cap: u64,
     what: &str,
 ) -> Result<Vec<u8>, Refusal> {
+    read_checked_at(dir_fd, dir, name, cap, what, Expect::File)
+}
+
+/// [`read_at`] for a file that must be what `expect` says ([`Expect::File`] or
+/// [`Expect::Secret`]), checked on the open descriptor.
+fn read_checked_at(
+    dir_fd: &OwnedFd,
+    dir: &Path,
+    name: &OsStr,
+    cap: u64,
+    what: &str,
+    expect: Expect,
+) -> Result<Vec<u8>, Refusal> {
     let path = dir.join(name);
     // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer for ever; the
     // fstat below then refuses it. O_NOCTTY: a terminal never becomes km's controlling one.
@@ -378,7 +436,7 @@ pub fn read_at(
         Err(e) => return Err(io(&path, &format!("open the {what}"), e)),
     };
     let stat = rustix::fs::fstat(&fd).map_err(|e| io(&path, &format!("stat the {what}"), e))?;
-    check_stat(&path, &stat, what, Expect::File)?;
+    check_stat(&path, &stat, what, expect)?;
     let size = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
     if size > cap {
         return Err(Refusal::new(
@@ -406,6 +464,21 @@ pub fn read_at(
 /// Reads the file `path` inside `KM_HOME` (its directory is opened and checked first), capped
 /// and checked as [`read_at`] does; `Ok(None)` when the file or its directory does not exist.
 pub fn read_file(path: &Path, cap: u64, what: &str) -> Result<Option<Vec<u8>>, Refusal> {
+    read_file_expecting(path, cap, what, Expect::File)
+}
+
+/// [`read_file`] for a secret (a private key): the file is checked as [`Expect::Secret`] on
+/// the descriptor it is read from, so what is read is what was checked.
+pub fn read_secret(path: &Path, cap: u64, what: &str) -> Result<Option<Vec<u8>>, Refusal> {
+    read_file_expecting(path, cap, what, Expect::Secret)
+}
+
+fn read_file_expecting(
+    path: &Path,
+    cap: u64,
+    what: &str,
+    expect: Expect,
+) -> Result<Option<Vec<u8>>, Refusal> {
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
         return Err(io(path, &format!("read the {what}"), "not a file path"));
     };
@@ -418,7 +491,7 @@ pub fn read_file(path: &Path, cap: u64, what: &str) -> Result<Option<Vec<u8>>, R
         return Ok(None);
     }
     let dir_fd = open_dir(dir, &format!("directory of the {what}"))?;
-    match read_at(&dir_fd, dir, name, cap, what) {
+    match read_checked_at(&dir_fd, dir, name, cap, what, expect) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(refusal) if refusal.check == Check::Missing => Ok(None),
         Err(refusal) => Err(refusal),

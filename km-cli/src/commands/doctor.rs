@@ -210,15 +210,17 @@ fn check_home(globals: &Globals, report: &mut Report) -> Option<Verifier> {
         }
     }
     let key = home.local_signing_key();
-    if let Ok(meta) = std::fs::symlink_metadata(&key) {
-        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
-        if mode & 0o077 != 0 {
+    match strict::check_entry(&key, "local signing key", Expect::Secret) {
+        Ok(_) => {}
+        // Readable by others is not fixed by a chmod: whoever read it can sign plugins.
+        Err(refusal) if refusal.check == km_signing::Check::Permissions => {
             report.fail(
                 "km_home",
                 format!(
-                    "{}: the local signing key is readable by others (mode {mode:o}): whoever \
-                     read it can sign plugins this km trusts",
-                    key.display()
+                    "{}: the local signing key is readable by others ({}): whoever read it can \
+                     sign plugins this km trusts",
+                    key.display(),
+                    refusal.reason
                 ),
                 format!(
                     "remove it and its trust entry (`km trust list`, `km trust remove KEY_ID`), \
@@ -226,6 +228,10 @@ fn check_home(globals: &Globals, report: &mut Report) -> Option<Verifier> {
                     key.display()
                 ),
             );
+            sound = false;
+        }
+        Err(refusal) => {
+            report.refusal("km_home", &refusal);
             sound = false;
         }
     }

@@ -36,7 +36,7 @@ use crate::config::Config;
 use crate::exit;
 use crate::home::KmHome;
 use crate::install::{self, InstallRefused};
-use crate::strict::{self, Expect};
+use crate::strict;
 use crate::verifier::{Verifier, SIGNATURE_SUFFIX};
 
 /// The label of the local signing key in the trust store.
@@ -257,27 +257,21 @@ fn local_signer(home: &KmHome) -> Result<LocalSigner> {
     Ok(LocalSigner { key })
 }
 
-/// Reads the local signing key: a regular file of yours, readable by nobody else.
+/// Reads the local signing key: a regular file of yours, readable by nobody else
+/// (StrictModes' [`Expect::Secret`](strict::Expect::Secret), checked on the descriptor it is read from).
 fn read_private_key(path: &Path) -> Result<Option<PrivateKey>> {
-    let refusal = |r: crate::verifier::Refusal| anyhow::anyhow!("{r}");
-    if !strict::check_entry(path, "local signing key", Expect::File).map_err(refusal)? {
-        return Ok(None);
-    }
-    let meta = std::fs::symlink_metadata(path)
-        .with_context(|| format!("looking at {}", path.display()))?;
-    let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "the local signing key {} is readable by others (mode {mode:o}): anyone who read it \
-             can sign plugins this km trusts. Remove it and its trust entry (`km trust remove \
-             KEY_ID`) and run `km setup` again",
-            path.display()
-        );
-    }
-    let Some(bytes) =
-        strict::read_file(path, MAX_KEY_BYTES, "local signing key").map_err(refusal)?
-    else {
-        return Ok(None);
+    let bytes = match strict::read_secret(path, MAX_KEY_BYTES, "local signing key") {
+        Ok(None) => return Ok(None),
+        Ok(Some(bytes)) => bytes,
+        // Readable by others is not fixed by a chmod: whoever read it can sign plugins.
+        Err(refusal) if refusal.check == km_signing::Check::Permissions => bail!(
+            "the local signing key {} is accessible by others: anyone who read it can sign \
+             plugins this km trusts. Remove it and its trust entry (`km trust remove KEY_ID`) \
+             and run `km setup` again ({})",
+            path.display(),
+            refusal.reason
+        ),
+        Err(refusal) => bail!("{refusal}"),
     };
     let text = String::from_utf8(bytes)
         .with_context(|| format!("{} is not a PEM file", path.display()))?;

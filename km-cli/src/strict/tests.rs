@@ -239,3 +239,71 @@ fn the_base_of_private_copies_must_be_safe() {
     chmod(dir.path(), 0o1777);
     check_copy_base(dir.path()).expect("sticky, like /tmp");
 }
+
+#[test]
+fn a_secret_is_read_only_when_nobody_else_can_read_it() {
+    let (_dir, home) = home();
+    let key = home.root().join("device.key");
+    km_durable::write_atomic(&key, b"secret", 0o600).expect("write");
+    assert_eq!(
+        read_secret(&key, 64, "device key").expect("0600 is private"),
+        Some(b"secret".to_vec())
+    );
+    // Readable by the group or by others: refused, naming the file and the fix; a plain
+    // read_file (which only cares who can write) takes the same file.
+    for (mode, who) in [(0o640, "its group"), (0o604, "others")] {
+        chmod(&key, mode);
+        let refusal = read_secret(&key, 64, "device key").expect_err("not private");
+        assert_eq!(refusal.check, Check::Permissions, "{mode:o}");
+        assert!(refusal.reason.contains(who), "{mode:o}: {}", refusal.reason);
+        assert!(
+            refusal
+                .reason
+                .contains(&format!("chmod 600 {}", key.display())),
+            "{}",
+            refusal.reason
+        );
+        assert_eq!(
+            check_entry(&key, "device key", Expect::Secret)
+                .expect_err("not private")
+                .check,
+            Check::Permissions
+        );
+        read_file(&key, 64, "device key").expect("only writers matter to read_file");
+    }
+    // Writable by others is refused as for any file km trusts.
+    chmod(&key, 0o660);
+    assert_eq!(
+        read_secret(&key, 64, "device key")
+            .expect_err("group-writable")
+            .check,
+        Check::Permissions
+    );
+    chmod(&key, 0o400);
+    read_secret(&key, 64, "device key").expect("read-only for you is private");
+    // A link to a private file is not the file.
+    std::fs::remove_file(&key).expect("rm");
+    let elsewhere = home.root().join("elsewhere");
+    km_durable::write_atomic(&elsewhere, b"secret", 0o600).expect("write");
+    symlink(&elsewhere, &key).expect("link");
+    assert_eq!(
+        read_secret(&key, 64, "device key")
+            .expect_err("a link")
+            .check,
+        Check::Symlink
+    );
+    std::fs::remove_file(&key).expect("rm");
+    assert_eq!(read_secret(&key, 64, "device key").expect("missing"), None);
+}
+
+#[test]
+fn a_secret_owned_by_root_or_another_user_is_refused() {
+    let (_dir, home) = home();
+    let key = home.root().join("device.key");
+    km_durable::write_atomic(&key, b"secret", 0o600).expect("write");
+    if chown_to_other(&key) {
+        let refusal = read_secret(&key, 64, "device key").expect_err("another user's");
+        assert_eq!(refusal.check, Check::Owner);
+        assert!(refusal.reason.contains("chown"), "{}", refusal.reason);
+    }
+}
