@@ -6,6 +6,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Instant;
 
 use abi_stable::std_types::{RStr, RString};
 use km_abi::{
@@ -34,6 +36,20 @@ pub struct LoadedPlugin {
     object: PluginBox,
     /// Set when a call panicked: km calls it no more (the dispatcher and the refresher check).
     disabled: AtomicBool,
+    /// Whether the session's first authentication is still to come; see
+    /// [`LoadedPlugin::wait_for_first_authentication`].
+    first_auth: (Mutex<FirstAuth>, Condvar),
+}
+
+/// Where a plugin's first authentication of the session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstAuth {
+    /// Nobody will authenticate it (no refresher: `km plugin`, the bench, tests).
+    NotExpected,
+    /// A refresher was started for it and has not had its first answer yet.
+    Pending,
+    /// The first answer came (authorized or not), or the refresher gave up.
+    Settled,
 }
 
 /// What a plugin's signed manifest grants beyond observing.
@@ -108,7 +124,49 @@ impl LoadedPlugin {
             grants,
             object,
             disabled: AtomicBool::new(false),
+            first_auth: (Mutex::new(FirstAuth::NotExpected), Condvar::new()),
         }
+    }
+
+    /// Says that a refresher is about to authenticate the plugin (before it is started, so
+    /// that the end of a session never misses it).
+    pub fn expect_first_authentication(&self) {
+        let mut state = self
+            .first_auth
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *state == FirstAuth::NotExpected {
+            *state = FirstAuth::Pending;
+        }
+    }
+
+    /// Says that the first authentication answered (or will not happen after all).
+    pub fn first_authentication_settled(&self) {
+        let (lock, cv) = &self.first_auth;
+        *lock.lock().unwrap_or_else(PoisonError::into_inner) = FirstAuth::Settled;
+        cv.notify_all();
+    }
+
+    /// Waits until the first authentication the refresher makes has answered, at most until
+    /// `deadline`; `false` when it is still pending then. Premium plugins hold what they see
+    /// before that answer (an audit trail cannot tell yet whether it may record), so a session
+    /// shorter than the authentication must not end them before it: what they held would be
+    /// lost to a race with the API's answer.
+    pub fn wait_for_first_authentication(&self, deadline: Instant) -> bool {
+        let (lock, cv) = &self.first_auth;
+        let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        while *state == FirstAuth::Pending {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = cv
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
     }
 
     /// Whether the plugin panicked in a call: km disables it for the rest of the process.

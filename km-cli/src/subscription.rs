@@ -385,12 +385,16 @@ pub fn start_refresher(
         let (stop, home, key) = (stop.clone(), home.clone(), api_key.clone());
         let rate_limit = rate_limit.clone();
         let name = format!("km-refresh-{}", plugin.name());
+        // Before the thread starts: the session's end waits for this first answer.
+        plugin.expect_first_authentication();
+        let first = Settles(plugin.clone());
         let spawned = std::thread::Builder::new().name(name).spawn(move || loop {
             // A plugin km disabled (it panicked) is never called again, also not from here.
             if stopped(&stop) || plugin.is_disabled() {
                 return;
             }
             let record = refresh_one(&home, &current_api_key(&home, &key), &plugin);
+            first.0.first_authentication_settled();
             let mut delay = next_delay(interval, &record, now_unix());
             if let Some(held) = rate_limit.as_ref().and_then(|l| l.remaining()) {
                 delay = delay.max(past_rate_limit(held));
@@ -410,6 +414,16 @@ pub fn start_refresher(
         }
     }
     RefresherHandle { stop, threads }
+}
+
+/// Marks a plugin's first authentication settled when dropped: however its refresher ends (or
+/// fails to start), the session's end does not wait for an answer that will never come.
+struct Settles(Arc<LoadedPlugin>);
+
+impl Drop for Settles {
+    fn drop(&mut self) {
+        self.0.first_authentication_settled();
+    }
 }
 
 /// The API key in force now: the configuration's (file, then `KM_API_KEY`), or `started_with`

@@ -78,9 +78,15 @@ impl Setup {
 
     /// Like [`Setup::new`], compliance-reporting signed with `extra` `km-sign` arguments.
     fn signed(tier: &str, extra: &[&str]) -> Setup {
+        Setup::with(tier, extra, &[])
+    }
+
+    /// Like [`Setup::signed`], the API started with `api_args` besides.
+    fn with(tier: &str, extra: &[&str], api_args: &[&str]) -> Setup {
         let env = KmEnv::new();
         let server = ApiServer::builder(env.dir.path())
             .customers(&[(&ACME, tier)])
+            .args(api_args)
             .start();
         run_ok(
             env.km()
@@ -378,6 +384,37 @@ fn sessions_through_km_monitor_leave_a_trail_that_verifies() {
     let out = s.plugin(&["verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK: the audit trail verifies"));
+}
+
+#[test]
+fn a_session_that_ends_before_the_first_authentication_answers_is_recorded_whole() {
+    // The API answers every request 1.5 s late, so the session below (a handshake and one
+    // call) ends long before the plugin's first authentication does. What the plugin held
+    // meanwhile must be recorded once the answer comes, not lost to the race between the
+    // answer and the end of the session (a busy machine or a slow API made this trail empty).
+    let s = Setup::with("enterprise", &[], &["--delay-ms", "1500"]);
+    let (answers, stderr) = s.session(&[
+        initialize(),
+        call(2, "lookup_customer", json!({"customer_id": "c-1"})),
+    ]);
+    assert_eq!(answers.len(), 2, "{answers:?}\n{stderr}");
+    let recs = records(&s.trail());
+    let kinds: Vec<&str> = recs
+        .iter()
+        .map(|r| r["type"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds.first(), Some(&"session.start"), "{kinds:?}\n{stderr}");
+    assert_eq!(kinds.last(), Some(&"session.end"), "{kinds:?}\n{stderr}");
+    let calls: Vec<&Value> = recs.iter().filter(|r| r["type"] == "call").collect();
+    // One record per request/response pair: the handshake and the call.
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    assert_eq!(calls[0]["method"], "initialize");
+    assert_eq!(calls[1]["tool"], "lookup_customer");
+    assert_eq!(calls[1]["outcome"], "ok");
+    assert!(
+        !stderr.contains("did not shut down in time"),
+        "the wait for the answer is not counted against the shutdown deadline:\n{stderr}"
+    );
 }
 
 #[test]

@@ -50,6 +50,10 @@ pub const QUEUE_CAPACITY: usize = 8192;
 /// changes it (for tests).
 pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(10);
 
+/// How long the end of a session waits for a plugin's first authentication that is still in
+/// flight (an API slower than a short session): the API client's own deadline for one call.
+pub(crate) const FIRST_AUTH_LIMIT: Duration = Duration::from_secs(10);
+
 /// Room in each plugin's queue, in bytes of lines: with lines of any size, a count alone would not
 /// bound memory. A single line larger than this still goes into an empty queue. Lines may share
 /// read buffers a few times their size (see `frame`), so the memory held is a small multiple.
@@ -195,6 +199,8 @@ pub struct Dispatcher {
 /// The receiving side: waits for the workers at the end.
 pub struct Workers {
     states: Vec<Arc<LaneState>>,
+    /// The lanes' plugins, in the order of `states`.
+    plugins: Vec<Arc<LoadedPlugin>>,
     progress: Receiver<(usize, Phase)>,
     end: Arc<OnceLock<EndOfStream>>,
     notices: Notices,
@@ -236,6 +242,7 @@ pub fn start_lanes(
     let end = Arc::new(OnceLock::new());
     let mut lanes = Vec::with_capacity(specs.len());
     let mut states = Vec::with_capacity(specs.len());
+    let mut started = Vec::with_capacity(specs.len());
     for (index, spec) in specs.into_iter().enumerate() {
         let LaneSpec {
             plugin,
@@ -257,6 +264,7 @@ pub fn start_lanes(
             queued_bytes: AtomicUsize::new(0),
             abort: AtomicBool::new(false),
         });
+        let kept = plugin.clone();
         let worker = Worker {
             index,
             plugin,
@@ -276,6 +284,7 @@ pub fn start_lanes(
             continue;
         }
         states.push(state.clone());
+        started.push(kept);
         lanes.push(Lane {
             tx,
             state,
@@ -296,6 +305,7 @@ pub fn start_lanes(
         },
         Workers {
             states,
+            plugins: started,
             progress,
             end,
             notices,
@@ -460,6 +470,20 @@ impl Workers {
         for (state, done) in self.states.iter().zip(&drained) {
             if !done && state.lossless {
                 self.skip_rest(state, drain);
+            }
+        }
+        // A premium plugin holds what it saw before its first authentication answered; its
+        // worker waits for that answer before the end of stream (`Worker::run`), and the
+        // shutdown deadline starts once it came (at most FIRST_AUTH_LIMIT from now).
+        let auth_deadline = Instant::now() + FIRST_AUTH_LIMIT;
+        for (state, plugin) in self.states.iter().zip(&self.plugins) {
+            if !plugin.wait_for_first_authentication(auth_deadline) {
+                self.notices.warn(&format!(
+                    "the first authentication of plugin {} had not answered {} s after the \
+                     session ended; what it held until then is let go",
+                    state.name,
+                    FIRST_AUTH_LIMIT.as_secs()
+                ));
             }
         }
         let deadline = Instant::now() + shutdown;

@@ -72,6 +72,11 @@ impl Worker {
                 self.failed(&failure, &mut limiter);
             }
         }
+        // What a premium plugin held before its first authentication is recorded or let go by
+        // the API's answer, not by a race with the end of a short session (see
+        // `Workers::finish`, which waits as long).
+        self.plugin
+            .wait_for_first_authentication(std::time::Instant::now() + super::FIRST_AUTH_LIMIT);
         if !self.state.disabled.load(Ordering::Relaxed) {
             if let Some(end) = self.end.get() {
                 let mut data = end.data.clone();
