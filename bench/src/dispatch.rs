@@ -43,12 +43,15 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
         None,
     );
     let plugin = Arc::new(verifier.load(checked, host)?);
+    // As in `km monitor`: the workers run on the blocking pool of km's runtime.
+    let runtime = km_cli::runtime::Runtime::new()?;
     let line = Bytes::from_static(LINE);
     let method = memchr_range(LINE, b"\"method\":\"", b'"');
     for per_batch in [1usize, 64] {
         let mut rates = Vec::new();
         for _ in 0..reps {
             let (dispatcher, workers) = dispatch::start(
+                runtime.handle(),
                 vec![plugin.clone()],
                 dispatch::QUEUE_CAPACITY,
                 true,

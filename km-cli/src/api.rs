@@ -23,9 +23,9 @@
 //!   (`crate::subscription::start_refresher`).
 //! - Bounded memory: a response body larger than 1 MiB is an error, detected while reading.
 //!
-//! Plugins call in from km's worker threads, synchronously. The client runs reqwest (rustls) on a
-//! small runtime of its own and the calling thread waits on a channel, so it works from any
-//! thread, including one that belongs to another tokio runtime.
+//! Plugins call in from km's worker threads, synchronously. The client runs reqwest (rustls) on
+//! km's one runtime ([`crate::runtime`]) and the calling thread waits on a channel, so it works
+//! from any thread, including one that belongs to another tokio runtime.
 
 use std::net::IpAddr;
 use std::sync::mpsc;
@@ -37,6 +37,7 @@ use km_abi::{ErrorKind, HttpRequest, HttpResponse, PluginError};
 use reqwest::Url;
 
 use crate::host::ApiTransport;
+use crate::runtime::Handle;
 use crate::tls::EndpointTrust;
 
 /// Retry, timeout and size limits.
@@ -123,7 +124,7 @@ fn ceil_secs(d: Duration) -> u64 {
 pub struct ApiClient {
     base: Url,
     client: reqwest::Client,
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: Handle,
     policy: ApiPolicy,
     rate_limit: Arc<RateLimit>,
 }
@@ -133,16 +134,6 @@ impl std::fmt::Debug for ApiClient {
         f.debug_struct("ApiClient")
             .field("base", &self.base.as_str())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for ApiClient {
-    fn drop(&mut self) {
-        // Dropping a runtime blocks on its tasks, which panics inside another runtime: let its
-        // threads wind down on their own instead.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }
 
@@ -157,19 +148,21 @@ fn is_loopback(url: &Url) -> bool {
 }
 
 impl ApiClient {
-    /// A client for the API at `base_url` with the default policy.
-    pub fn new(base_url: &str) -> Result<Self> {
-        Self::with_policy(base_url, ApiPolicy::default())
+    /// A client for the API at `base_url` with the default policy, on `runtime`.
+    pub fn new(runtime: &Handle, base_url: &str) -> Result<Self> {
+        Self::with_policy(runtime, base_url, ApiPolicy::default())
     }
 
     /// A client for the API at `base_url` with `policy`, the default roots and no pins.
-    pub fn with_policy(base_url: &str, policy: ApiPolicy) -> Result<Self> {
-        Self::with_trust(base_url, policy, None)
+    pub fn with_policy(runtime: &Handle, base_url: &str, policy: ApiPolicy) -> Result<Self> {
+        Self::with_trust(runtime, base_url, policy, None)
     }
 
     /// A client for the API at `base_url` with `policy`, checking the server as `trust` says
-    /// (roots and pins for its host; `None`: the default roots, no pins).
+    /// (roots and pins for its host; `None`: the default roots, no pins). Its requests run on
+    /// `runtime`.
     pub fn with_trust(
+        runtime: &Handle,
         base_url: &str,
         policy: ApiPolicy,
         trust: Option<&EndpointTrust>,
@@ -211,16 +204,10 @@ impl ApiClient {
             builder = builder.no_proxy();
         }
         let client = builder.build().context("building the HTTP client")?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("km-api")
-            .enable_all()
-            .build()
-            .context("starting the API client's runtime")?;
         Ok(ApiClient {
             base,
             client,
-            runtime: Some(runtime),
+            runtime: runtime.clone(),
             policy,
             rate_limit: Arc::new(RateLimit::default()),
         })
@@ -228,12 +215,16 @@ impl ApiClient {
 
     /// The client for the API `config` names, if it names one, with its roots and pins: the one
     /// way km's commands make their client.
-    pub fn for_config(config: &crate::config::Config) -> Result<Option<ApiClient>> {
+    pub fn for_config(
+        runtime: &Handle,
+        config: &crate::config::Config,
+    ) -> Result<Option<ApiClient>> {
         let Some(url) = config.api_url.as_deref() else {
             return Ok(None);
         };
         let trust = EndpointTrust::for_config(config)?;
         Ok(Some(ApiClient::with_trust(
+            runtime,
             url,
             ApiPolicy::default(),
             trust.as_ref(),
@@ -242,8 +233,11 @@ impl ApiClient {
 
     /// The transport for the configured API, if one is configured: what `km monitor` and
     /// `km plugin-refresh` put in `LoadOptions::api`.
-    pub fn from_config(config: &crate::config::Config) -> Result<Option<Arc<dyn ApiTransport>>> {
-        Ok(Self::for_config(config)?.map(|c| Arc::new(c) as Arc<dyn ApiTransport>))
+    pub fn from_config(
+        runtime: &Handle,
+        config: &crate::config::Config,
+    ) -> Result<Option<Arc<dyn ApiTransport>>> {
+        Ok(Self::for_config(runtime, config)?.map(|c| Arc::new(c) as Arc<dyn ApiTransport>))
     }
 
     /// The rate limit the API imposed on this client (for the refresher).
@@ -326,12 +320,9 @@ impl ApiClient {
             policy: self.policy.clone(),
             rate_limit: self.rate_limit.clone(),
         };
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| PluginError::failed("the API client is shut down"))?;
         let (tx, rx) = mpsc::sync_channel(1);
-        runtime.spawn(async move {
+        // Once km's runtime is shut down the task is dropped unrun, and with it `tx`.
+        self.runtime.spawn(async move {
             let _ = tx.send(call.run().await);
         });
         rx.recv()
@@ -655,6 +646,10 @@ mod tests {
         out
     }
 
+    fn rt() -> Handle {
+        crate::runtime::for_tests()
+    }
+
     fn fast_policy() -> ApiPolicy {
         ApiPolicy {
             base_delay: Duration::from_millis(20),
@@ -674,7 +669,7 @@ mod tests {
 
     #[test]
     fn paths_are_confined_to_the_configured_api() {
-        let client = ApiClient::new("https://api.example.test/base/").expect("client");
+        let client = ApiClient::new(&rt(), "https://api.example.test/base/").expect("client");
         assert_eq!(
             client
                 .url_for("/api/plugins/authenticate")
@@ -704,13 +699,13 @@ mod tests {
 
     #[test]
     fn plain_http_is_only_for_loopback() {
-        assert!(ApiClient::new("http://127.0.0.1:1").is_ok());
-        assert!(ApiClient::new("http://localhost:1").is_ok());
-        assert!(ApiClient::new("http://[::1]:1").is_ok());
-        assert!(ApiClient::new("http://api.example.test").is_err());
-        assert!(ApiClient::new("ftp://127.0.0.1").is_err());
-        assert!(ApiClient::new("https://user:pw@api.example.test").is_err());
-        assert!(ApiClient::new("not a url").is_err());
+        assert!(ApiClient::new(&rt(), "http://127.0.0.1:1").is_ok());
+        assert!(ApiClient::new(&rt(), "http://localhost:1").is_ok());
+        assert!(ApiClient::new(&rt(), "http://[::1]:1").is_ok());
+        assert!(ApiClient::new(&rt(), "http://api.example.test").is_err());
+        assert!(ApiClient::new(&rt(), "ftp://127.0.0.1").is_err());
+        assert!(ApiClient::new(&rt(), "https://user:pw@api.example.test").is_err());
+        assert!(ApiClient::new(&rt(), "not a url").is_err());
     }
 
     #[test]
@@ -722,7 +717,7 @@ mod tests {
                 _ => reply("200 OK", b"{\"ok\":true}"),
             })
         });
-        let client = ApiClient::with_policy(&url, fast_policy()).expect("client");
+        let client = ApiClient::with_policy(&rt(), &url, fast_policy()).expect("client");
         let response = client.request(&get("/api/x")).expect("answered");
         assert_eq!(response.status, 200);
         assert_eq!(response.body.as_slice(), b"{\"ok\":true}");
@@ -749,7 +744,7 @@ mod tests {
                 _ => reply("200 OK", b"ok"),
             })
         });
-        let client = ApiClient::with_policy(&url, fast_policy()).expect("client");
+        let client = ApiClient::with_policy(&rt(), &url, fast_policy()).expect("client");
         let response = client.request(&get("/api/x")).expect("the 429 itself");
         assert_eq!(response.status, 429);
         assert_eq!(count.load(Ordering::SeqCst), 1, "a 429 was retried");
@@ -796,7 +791,7 @@ mod tests {
     #[test]
     fn gives_up_after_three_attempts_with_the_last_answer() {
         let (url, count) = server(|_| Some(reply("502 Bad Gateway", b"")));
-        let client = ApiClient::with_policy(&url, fast_policy()).expect("client");
+        let client = ApiClient::with_policy(&rt(), &url, fast_policy()).expect("client");
         let response = client.request(&get("/api/x")).expect("an answer");
         assert_eq!(response.status, 502);
         assert_eq!(count.load(Ordering::SeqCst), 3);
@@ -805,7 +800,7 @@ mod tests {
     #[test]
     fn a_4xx_is_not_retried() {
         let (url, count) = server(|_| Some(reply("403 Forbidden", b"{\"error\":\"no\"}")));
-        let client = ApiClient::with_policy(&url, fast_policy()).expect("client");
+        let client = ApiClient::with_policy(&rt(), &url, fast_policy()).expect("client");
         assert_eq!(client.request(&get("/api/x")).expect("answer").status, 403);
         assert_eq!(count.load(Ordering::SeqCst), 1);
     }
@@ -813,7 +808,7 @@ mod tests {
     #[test]
     fn a_silent_server_times_out_within_the_deadline() {
         let (url, _count) = server(|_| None);
-        let client = ApiClient::with_policy(&url, fast_policy()).expect("client");
+        let client = ApiClient::with_policy(&rt(), &url, fast_policy()).expect("client");
         let mut request = get("/api/x");
         request.timeout_ms = 400;
         let started = Instant::now();
@@ -832,8 +827,9 @@ mod tests {
             let l = TcpListener::bind("127.0.0.1:0").expect("bind");
             l.local_addr().expect("addr").port()
         };
-        let client = ApiClient::with_policy(&format!("http://127.0.0.1:{port}"), fast_policy())
-            .expect("client");
+        let client =
+            ApiClient::with_policy(&rt(), &format!("http://127.0.0.1:{port}"), fast_policy())
+                .expect("client");
         let started = Instant::now();
         let error = client.request(&get("/api/x")).expect_err("refused");
         assert_eq!(error.kind, ErrorKind::NETWORK, "{error}");
@@ -843,7 +839,7 @@ mod tests {
     #[test]
     fn an_oversized_body_is_refused() {
         let (url, _) = server(|_| Some(reply("200 OK", &vec![b'x'; 2 * 1024 * 1024])));
-        let client = ApiClient::with_policy(&url, fast_policy()).expect("client");
+        let client = ApiClient::with_policy(&rt(), &url, fast_policy()).expect("client");
         let error = client.request(&get("/api/x")).expect_err("too big");
         assert!(error.message.contains("larger than"), "{error}");
         // Also without a content-length: chunks are counted as they arrive.
@@ -852,7 +848,7 @@ mod tests {
             out.extend(std::iter::repeat_n(b'y', 1024 * 1024 + 10));
             Some(out)
         });
-        let client = ApiClient::with_policy(&url, fast_policy()).expect("client");
+        let client = ApiClient::with_policy(&rt(), &url, fast_policy()).expect("client");
         let error = client.request(&get("/api/x")).expect_err("too big");
         assert!(error.message.contains("larger than"), "{error}");
     }
@@ -860,12 +856,12 @@ mod tests {
     #[test]
     fn works_from_inside_another_runtime_and_drops_cleanly_there() {
         let (url, _) = server(|_| Some(reply("200 OK", b"hi")));
-        let rt = tokio::runtime::Builder::new_current_thread()
+        let other = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("rt");
-        rt.block_on(async move {
-            let client = ApiClient::with_policy(&url, fast_policy()).expect("client");
+        other.block_on(async move {
+            let client = ApiClient::with_policy(&rt(), &url, fast_policy()).expect("client");
             assert_eq!(
                 client.request(&get("/x")).expect("ok").body.as_slice(),
                 b"hi"

@@ -160,8 +160,10 @@ fn redirect_target(from: &Url, location: &str) -> Result<Url> {
 /// stderr when `progress`. Plain `http://` only to loopback; at most 5 redirects, followed by
 /// hand so that `headers` (credentials) go only to `url`'s origin; an overall deadline. `tls` is
 /// km's client config ([`crate::tls::client_config_for`]): TLS 1.3 only, and the API endpoint's
-/// roots and pins when `url` is on the API's host.
+/// roots and pins when `url` is on the API's host. Runs on `runtime`, from a thread outside it
+/// (a command's; see [`crate::runtime`]).
 pub fn download(
+    runtime: &crate::runtime::Handle,
     tls: &rustls::ClientConfig,
     url: &Url,
     max: u64,
@@ -170,10 +172,6 @@ pub fn download(
 ) -> Result<Vec<u8>> {
     check_scheme(url)?;
     let deadline = download_deadline();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the download runtime")?;
     runtime.block_on(async {
         match tokio::time::timeout(deadline, fetch(tls, url, max, headers, progress)).await {
             Ok(result) => result,
@@ -690,7 +688,8 @@ mod tests {
     fn plain_http_only_to_loopback() {
         let remote = Url::parse("http://example.com/p").expect("url");
         let tls = crate::tls::client_config(None).expect("tls");
-        let err = download(&tls, &remote, 10, &[], false).expect_err("refused");
+        let err = download(&crate::runtime::for_tests(), &tls, &remote, 10, &[], false)
+            .expect_err("refused");
         assert!(format!("{err:#}").contains("loopback"), "{err:#}");
     }
 }

@@ -4,8 +4,8 @@
 //! ([`home`]) and the StrictModes rules for them ([`strict`]), the one verifier every path checks
 //! plugins with ([`verifier`]), loading what it accepted ([`loader`]), the one gateway through
 //! which every call into plugin code passes ([`gateway`]), the services km offers plugins
-//! ([`host`]), the monitor that relays the MCP stream ([`monitor`]), and km's own telemetry
-//! ([`telemetry`]).
+//! ([`host`]), the monitor that relays the MCP stream ([`monitor`]), km's own telemetry
+//! ([`telemetry`]), and the one tokio runtime all of them are handed ([`runtime`]).
 
 pub mod api;
 pub mod bundled;
@@ -24,6 +24,7 @@ pub mod journal;
 pub mod loader;
 pub mod monitor;
 pub mod policy_files;
+pub mod runtime;
 pub mod strict;
 pub mod subscription;
 pub mod telemetry;
@@ -34,7 +35,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// Parses the command line, runs the command, prints an error chain on failure.
+/// Parses the command line, starts km's runtime, runs the command, prints an error chain on
+/// failure, and shuts the runtime down without waiting for what is left in it (a thread stuck in
+/// a hung plugin; see [`runtime`]).
 pub fn main() -> ExitCode {
     let args = match cli::Cli::try_parse() {
         Ok(args) => args,
@@ -50,7 +53,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    match commands::run(args) {
+    let outcome = runtime::Runtime::new().and_then(|runtime| {
+        let outcome = commands::run(args, runtime.handle());
+        drop(runtime);
+        outcome
+    });
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("km: error: {e:#}");

@@ -4,8 +4,9 @@
 //! km calls each loaded plugin's `authenticate` at start and again before its authorization
 //! expires: every 5 minutes, every 3 for Enterprise plugins (`refresh_interval_secs` in
 //! config.toml, or `KM_REFRESH_INTERVAL_SECS`, overrides both; tests use seconds). Each plugin has
-//! its own refresh thread, so a plugin that hangs in `authenticate` stalls only itself, and the
-//! relay never waits on any of them.
+//! its own refresh thread (on the blocking pool of km's runtime, see [`crate::runtime`]), so a
+//! plugin that hangs in `authenticate` stalls only itself, and the relay never waits on any of
+//! them.
 //!
 //! When the API answers 429, km's client holds every request until its `Retry-After`
 //! ([`crate::api::RateLimit`]); the refreshers sleep past that time, plus a random part of it
@@ -41,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{write_private_atomically, Config};
 use crate::gateway::LoadedPlugin;
 use crate::home::KmHome;
+use crate::runtime::Handle;
 
 /// The environment variable that overrides the refresh interval (seconds).
 pub const ENV_REFRESH_INTERVAL: &str = "KM_REFRESH_INTERVAL_SECS";
@@ -249,10 +251,11 @@ pub fn refresh_one(home: &KmHome, api_key: &str, plugin: &LoadedPlugin) -> AuthR
     record
 }
 
-/// Authenticates every plugin now, each on its own thread, waiting at most `deadline` in all.
-/// A plugin that has not answered by then is reported (and recorded) as `timeout`; its thread
-/// is left behind, so call this from a short-lived command.
+/// Authenticates every plugin now, each on its own thread of `runtime`'s blocking pool, waiting
+/// at most `deadline` in all. A plugin that has not answered by then is reported (and recorded)
+/// as `timeout`; its thread is left behind, so call this from a short-lived command.
 pub fn refresh_all(
+    runtime: &Handle,
     home: &KmHome,
     config: &Config,
     plugins: &[Arc<LoadedPlugin>],
@@ -262,14 +265,9 @@ pub fn refresh_all(
     let (tx, rx) = std::sync::mpsc::channel();
     for (index, plugin) in plugins.iter().enumerate() {
         let (tx, plugin, home, key) = (tx.clone(), plugin.clone(), home.clone(), api_key.clone());
-        let spawned = std::thread::Builder::new()
-            .name(format!("km-refresh-{}", plugin.name()))
-            .spawn(move || {
-                let _ = tx.send((index, refresh_one(&home, &key, &plugin)));
-            });
-        if let Err(e) = spawned {
-            eprintln!("km: warning: cannot start a refresh thread: {e}");
-        }
+        runtime.spawn_blocking(move || {
+            let _ = tx.send((index, refresh_one(&home, &key, &plugin)));
+        });
     }
     drop(tx);
     let mut results: Vec<Option<AuthRecord>> = vec![None; plugins.len()];
@@ -367,11 +365,12 @@ impl Drop for RefresherHandle {
     }
 }
 
-/// Starts one refresh thread per plugin: authenticate now, then again every
-/// [`refresh_interval`] (sooner if the authorization would expire first, never before the API's
-/// `Retry-After` when `rate_limit`, the API client's, holds requests), until the handle is
-/// dropped. Never blocks the caller.
+/// Starts one refresh thread per plugin on `runtime`'s blocking pool: authenticate now, then
+/// again every [`refresh_interval`] (sooner if the authorization would expire first, never
+/// before the API's `Retry-After` when `rate_limit`, the API client's, holds requests), until
+/// the handle is dropped. Never blocks the caller.
 pub fn start_refresher(
+    runtime: &Handle,
     home: &KmHome,
     config: &Config,
     plugins: Vec<Arc<LoadedPlugin>>,
@@ -384,11 +383,10 @@ pub fn start_refresher(
         let interval = refresh_interval(config, plugin.tier());
         let (stop, home, key) = (stop.clone(), home.clone(), api_key.clone());
         let rate_limit = rate_limit.clone();
-        let name = format!("km-refresh-{}", plugin.name());
         // Before the thread starts: the session's end waits for this first answer.
         plugin.expect_first_authentication();
         let first = Settles(plugin.clone());
-        let spawned = std::thread::Builder::new().name(name).spawn(move || loop {
+        runtime.spawn_blocking(move || loop {
             // A plugin km disabled (it panicked) is never called again, also not from here.
             if stopped(&stop) || plugin.is_disabled() {
                 return;
@@ -408,16 +406,13 @@ pub fn start_refresher(
                 return;
             }
         });
-        match spawned {
-            Ok(_) => threads += 1,
-            Err(e) => eprintln!("km: warning: cannot start a subscription refresher: {e}"),
-        }
+        threads += 1;
     }
     RefresherHandle { stop, threads }
 }
 
 /// Marks a plugin's first authentication settled when dropped: however its refresher ends (or
-/// fails to start), the session's end does not wait for an answer that will never come.
+/// never starts, its task dropped unrun by a runtime shut down first), the session's end does not wait for an answer that will never come.
 struct Settles(Arc<LoadedPlugin>);
 
 impl Drop for Settles {

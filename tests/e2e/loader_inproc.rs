@@ -183,8 +183,10 @@ fn the_refresher_does_not_call_a_plugin_disabled_after_a_panic() {
         api_key: Some("km_test_key".to_owned()),
         ..Default::default()
     };
+    let runtime = km_cli::runtime::Runtime::new().expect("km's runtime");
     // Before the panic the refresher calls it (the SDK's default answer: not authorized).
     let before = km_cli::subscription::refresh_all(
+        runtime.handle(),
         &setup.home,
         &config,
         std::slice::from_ref(&panicky),
@@ -196,6 +198,7 @@ fn the_refresher_does_not_call_a_plugin_disabled_after_a_panic() {
         .expect_err("test-panicky panics");
     assert!(panicky.is_disabled());
     let after = km_cli::subscription::refresh_all(
+        runtime.handle(),
         &setup.home,
         &config,
         std::slice::from_ref(&panicky),

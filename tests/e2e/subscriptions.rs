@@ -376,14 +376,24 @@ mod delivery {
     use km_cli::home::KmHome;
     use km_cli::host::{ApiTransport, Verbosity};
     use km_cli::loader::{load_plugins, LoadOptions};
+    use km_cli::runtime::{Handle, Runtime};
 
     use super::*;
+
+    /// km's runtime for the clients and refreshers these tests make, as `km monitor` has one.
+    fn runtime() -> &'static Handle {
+        static RUNTIME: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
+        RUNTIME
+            .get_or_init(|| Runtime::new().expect("km's runtime"))
+            .handle()
+    }
 
     fn load(env: &KmEnv, server: &ApiServer) -> Arc<LoadedPlugin> {
         let home = KmHome::resolve(Some(&env.home)).expect("home");
         let mut options = LoadOptions::new(env.plugins.clone(), home);
         options.verbosity = Verbosity::Quiet;
-        let api: Arc<dyn ApiTransport> = Arc::new(ApiClient::new(&server.url).expect("client"));
+        let api: Arc<dyn ApiTransport> =
+            Arc::new(ApiClient::new(runtime(), &server.url).expect("client"));
         options.api = Some(api);
         let report = load_plugins(&options).expect("loads");
         assert!(report.refused.is_empty(), "{:?}", report.refused);
@@ -413,6 +423,7 @@ mod delivery {
             ..Config::default()
         };
         let records = km_cli::subscription::refresh_all(
+            runtime(),
             &home,
             &config,
             std::slice::from_ref(plugin),
@@ -564,8 +575,13 @@ mod delivery {
             refresh_interval_secs: Some(1),
             ..Config::default()
         };
-        let refresher =
-            km_cli::subscription::start_refresher(&home, &config, vec![plugin.clone()], None);
+        let refresher = km_cli::subscription::start_refresher(
+            runtime(),
+            &home,
+            &config,
+            vec![plugin.clone()],
+            None,
+        );
         let status = |authorized: bool| {
             let started = Instant::now();
             while started.elapsed() < Duration::from_secs(10) {

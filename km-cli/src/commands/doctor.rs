@@ -454,7 +454,7 @@ fn check_api(globals: &Globals, offline: bool, report: &mut Report) {
         );
         return;
     }
-    let client = match ApiClient::for_config(&config) {
+    let client = match ApiClient::for_config(&globals.runtime, &config) {
         Ok(Some(client)) => client,
         Ok(None) => return,
         Err(e) => {

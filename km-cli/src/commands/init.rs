@@ -72,7 +72,7 @@ pub(crate) fn run(globals: &Globals, args: InitArgs) -> Result<ExitCode> {
         api_url: Some(api_url.clone()),
         ..existing.clone()
     };
-    ApiClient::for_config(&checked)
+    ApiClient::for_config(&globals.runtime, &checked)
         .with_context(|| format!("checking the endpoint {api_url:?}"))?;
 
     config::write_settings(home, Some(&api_key), Some(&api_url))?;

@@ -68,7 +68,7 @@ pub(super) fn run(globals: &Globals, args: InstallPluginArgs) -> Result<ExitCode
             let tls = crate::tls::client_config_for(&Config::load(&globals.home)?)?;
             (
                 url.to_string(),
-                install::download(&tls, url, max, &[], progress)?,
+                install::download(&globals.runtime, &tls, url, max, &[], progress)?,
             )
         }
         Source::Name(name) => {
@@ -80,7 +80,7 @@ pub(super) fn run(globals: &Globals, args: InstallPluginArgs) -> Result<ExitCode
             let headers = api_headers(&config, args.customer_token.as_deref());
             (
                 name.clone(),
-                install::download(&tls, &url, max, &headers, progress)?,
+                install::download(&globals.runtime, &tls, &url, max, &headers, progress)?,
             )
         }
     };

@@ -24,6 +24,7 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Command};
 use crate::home::KmHome;
+use crate::runtime::Handle;
 
 /// What every command gets besides its own arguments.
 #[derive(Debug, Clone)]
@@ -34,14 +35,17 @@ pub struct Globals {
     pub verbose: u8,
     /// `-q`.
     pub quiet: bool,
+    /// km's one runtime ([`crate::runtime`]).
+    pub runtime: Handle,
 }
 
-/// Runs the parsed command line.
-pub fn run(cli: Cli) -> Result<ExitCode> {
+/// Runs the parsed command line on `runtime`.
+pub fn run(cli: Cli, runtime: &Handle) -> Result<ExitCode> {
     let globals = Globals {
         home: KmHome::resolve(cli.home.as_deref())?,
         verbose: cli.verbose,
         quiet: cli.quiet,
+        runtime: runtime.clone(),
     };
     // What a command saw of plugins, subscriptions and sessions goes to `km stats` (not what
     // `km demo` does in its own throw-away home).

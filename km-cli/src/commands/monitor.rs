@@ -25,11 +25,17 @@ pub(crate) fn run(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
     let _telemetry = crate::telemetry::start(&globals.home, &args.command, globals.quiet);
     if args.no_plugins {
         let config = MonitorConfig::new(args.command, args.lossless, None)?;
-        return monitor::run(&config, Prepared::default(), notices, None);
+        return monitor::run(
+            &globals.runtime,
+            &config,
+            Prepared::default(),
+            notices,
+            None,
+        );
     }
     let settings = Config::load(&globals.home)?;
     let config = MonitorConfig::new(args.command, args.lossless, Some(&settings))?;
-    let client = ApiClient::for_config(&settings)?.map(Arc::new);
+    let client = ApiClient::for_config(&globals.runtime, &settings)?.map(Arc::new);
     // The refreshers honour the API's Retry-After through the client's rate limit.
     let rate_limit = client.as_ref().map(|c| c.rate_limit());
     let api: Option<Arc<dyn ApiTransport>> = client.map(|c| c as Arc<dyn ApiTransport>);
@@ -61,7 +67,20 @@ pub(crate) fn run(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
     // degrades on its own until it is authorized); dropping the handle stops the refreshers.
     let plugins: Vec<Arc<LoadedPlugin>> =
         prepared.plugins.iter().map(|p| p.plugin.clone()).collect();
-    let _refresher = (!plugins.is_empty())
-        .then(|| subscription::start_refresher(&globals.home, &settings, plugins, rate_limit));
-    monitor::run(&config, prepared, notices, Some(&globals.home))
+    let _refresher = (!plugins.is_empty()).then(|| {
+        subscription::start_refresher(
+            &globals.runtime,
+            &globals.home,
+            &settings,
+            plugins,
+            rate_limit,
+        )
+    });
+    monitor::run(
+        &globals.runtime,
+        &config,
+        prepared,
+        notices,
+        Some(&globals.home),
+    )
 }

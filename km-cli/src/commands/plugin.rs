@@ -68,7 +68,7 @@ fn load(
 ) -> Result<LoadReport> {
     let mut options = LoadOptions::new(dir.to_path_buf(), globals.home.clone());
     options.verbosity = Verbosity::from_flags(globals.quiet, globals.verbose);
-    options.api = ApiClient::from_config(settings)?;
+    options.api = ApiClient::from_config(&globals.runtime, settings)?;
     // Events a command emits have no session to go to: the next session hands them over.
     let events = EventBus::new();
     events.attach(crate::journal::JournalSink::new(globals.home.clone()));
@@ -88,6 +88,7 @@ fn start(globals: &Globals, settings: &Config, plugin: &Arc<LoadedPlugin>) -> Re
         .map_err(|failure| anyhow::anyhow!("{failure}"))?;
     if settings.api_key.is_some() {
         subscription::refresh_all(
+            &globals.runtime,
             &globals.home,
             settings,
             std::slice::from_ref(plugin),

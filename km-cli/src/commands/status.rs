@@ -148,7 +148,7 @@ fn installed_plugins(globals: &Globals) -> Option<Vec<(String, String, km_abi::T
 /// Runs `km plugin-refresh [NAME]`.
 pub(crate) fn run_refresh(globals: &Globals, args: PluginRefreshArgs) -> Result<ExitCode> {
     let config = Config::load(&globals.home)?;
-    let api = ApiClient::from_config(&config)?;
+    let api = ApiClient::from_config(&globals.runtime, &config)?;
     let mut options = LoadOptions::new(
         args.plugins_dir
             .clone()
@@ -188,7 +188,13 @@ pub(crate) fn run_refresh(globals: &Globals, args: PluginRefreshArgs) -> Result<
     if config.api_key.is_none() && !globals.quiet {
         eprintln!("km: no API key configured (run `km init`): premium plugins will run degraded");
     }
-    let records = subscription::refresh_all(&globals.home, &config, &plugins, REFRESH_DEADLINE);
+    let records = subscription::refresh_all(
+        &globals.runtime,
+        &globals.home,
+        &config,
+        &plugins,
+        REFRESH_DEADLINE,
+    );
     if args.json {
         println!("{}", serde_json::to_string_pretty(&records_json(&records))?);
     } else {

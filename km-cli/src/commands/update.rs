@@ -62,7 +62,7 @@ fn update_one(
     url.query_pairs_mut().append_pair("name", name);
     let headers = api_headers(config, None);
     let tls = crate::tls::client_config_for(config)?;
-    let body = install::download(&tls, &url, 64 * 1024, &headers, false)?;
+    let body = install::download(&globals.runtime, &tls, &url, 64 * 1024, &headers, false)?;
     let latest: Latest = serde_json::from_slice(&body)
         .with_context(|| format!("{url}: not a latest-version answer"))?;
     if latest.name != name {
@@ -83,6 +83,7 @@ fn update_one(
     let same_origin = pkg_url.origin() == base.origin();
     let pkg_headers: &[(&str, String)] = if same_origin { &headers } else { &[] };
     let bytes = install::download(
+        &globals.runtime,
         &tls,
         &pkg_url,
         install::max_package_bytes(),

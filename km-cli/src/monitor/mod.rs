@@ -53,6 +53,7 @@ use crate::config::Config;
 use crate::events::EventBus;
 use crate::gateway::LoadedPlugin;
 use crate::home::KmHome;
+use crate::runtime::Handle;
 use crate::subscription;
 
 /// How long the server may run on after its stdin closed, and after TERM, unless `KM_GRACE_MS`
@@ -294,9 +295,11 @@ struct Backlog {
     data: serde_json::Value,
 }
 
-/// Runs the session: starts the server, relays until it ends, and returns km's exit code. With
-/// `home`, what each plugin handled and missed is recorded for `km plugin-status`.
+/// Runs the session on `runtime`, from a thread outside it: starts the server, relays until it
+/// ends, and returns km's exit code. With `home`, what each plugin handled and missed is
+/// recorded for `km plugin-status`.
 pub(crate) fn run(
+    runtime: &Handle,
     config: &MonitorConfig,
     prepared: Prepared,
     notices: Notices,
@@ -324,8 +327,13 @@ pub(crate) fn run(
                 lossless: r.interest.lossless || config.lossless,
             })
             .collect();
-        let (dispatcher, workers) =
-            dispatch::start_lanes(lanes, config.queue_capacity, config.backpressure, notices);
+        let (dispatcher, workers) = dispatch::start_lanes(
+            runtime,
+            lanes,
+            config.queue_capacity,
+            config.backpressure,
+            notices,
+        );
         let session = if chain.is_empty() {
             Session::new(dispatcher)
         } else {
@@ -336,11 +344,8 @@ pub(crate) fn run(
         }
         (Some(session), Some(workers))
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     let relay = Relay {
+        runtime: runtime.clone(),
         session: session.clone(),
         chain,
         session_id: Arc::from(prepared.session.id.as_str()),
@@ -350,12 +355,12 @@ pub(crate) fn run(
             Vec::new()
         },
     };
+    // A pump may still be blocked reading a stdin that never closes when this returns: it is
+    // left behind on the runtime's blocking pool, which km does not wait for at exit.
     let outcome = runtime.block_on(relay_session(config, relay, notices));
     if let Some(events) = &prepared.events {
         events.detach_all();
     }
-    // A pump may still be blocked reading a stdin that never closes; it is left behind.
-    runtime.shutdown_background();
     let (code, status) = match outcome {
         Ok(Outcome::Exited(status)) => (process::exit_code(status), Some(status)),
         Ok(Outcome::NotStarted(error)) => {
@@ -431,6 +436,8 @@ enum Outcome {
 
 /// What the relay of a session works with.
 struct Relay {
+    /// The runtime the session runs on: its blocking pool runs the pumps.
+    runtime: Handle,
     session: Option<Arc<Session>>,
     chain: Arc<intercept::Chain>,
     session_id: Arc<str>,
@@ -439,6 +446,7 @@ struct Relay {
 
 async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -> Result<Outcome> {
     let Relay {
+        runtime,
         session,
         chain,
         session_id,
@@ -494,10 +502,12 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
             }
         }
     }
+    // Tasks of this session, aborted when it ends (the runtime outlives it).
+    let mut background = tokio::task::JoinSet::new();
     if let Some(session) = &session {
-        // Releases held responses when both pumps are idle; ends with the runtime.
+        // Releases held responses when both pumps are idle.
         let session = session.clone();
-        tokio::spawn(async move { session.expire_holds().await });
+        background.spawn(async move { session.expire_holds().await });
     }
     let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
     // Kept for the session: the watchdog of interceptors' time budgets stops when dropped.
@@ -505,23 +515,21 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
     match session.clone().filter(|_| !chain.is_empty()) {
         None => {
             let pumps = [
-                (Direction::Request, stdin, child_stdin, "km-relay-c2s"),
-                (Direction::Response, child_stdout, stdout, "km-relay-s2c"),
+                (Direction::Request, stdin, child_stdin),
+                (Direction::Response, child_stdout, stdout),
             ];
-            for (direction, input, output, name) in pumps {
+            for (direction, input, output) in pumps {
                 let tx = tx.clone();
                 let session = session.clone();
-                std::thread::Builder::new()
-                    .name(name.into())
-                    .spawn(move || {
-                        let report = relay::pump(direction, input, output, session);
-                        let _ = tx.send(report);
-                    })
-                    .context("starting a relay thread")?;
+                runtime.spawn_blocking(move || {
+                    let report = relay::pump(direction, input, output, session);
+                    let _ = tx.send(report);
+                });
             }
         }
         Some(session) => {
             _watchdog = Some(start_intercepting(
+                &runtime,
                 session,
                 chain,
                 session_id,
@@ -552,9 +560,11 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
     Ok(Outcome::Exited(status))
 }
 
-/// Starts the pumps of a session with interceptors: an intercepting pump for each direction an
-/// interceptor asked for, a registering one for the other, and the watchdog of their budgets.
+/// Starts the pumps of a session with interceptors on `runtime`'s blocking pool: an intercepting
+/// pump for each direction an interceptor asked for, a registering one for the other, and the
+/// watchdog of their budgets.
 fn start_intercepting(
+    runtime: &Handle,
     session: Arc<Session>,
     chain: Arc<intercept::Chain>,
     session_id: Arc<str>,
@@ -572,21 +582,14 @@ fn start_intercepting(
             client_in,
             to_server.clone(),
             to_client.clone(),
-            "km-relay-c2s",
         ),
-        (
-            Direction::Response,
-            server_in,
-            to_client,
-            to_server,
-            "km-relay-s2c",
-        ),
+        (Direction::Response, server_in, to_client, to_server),
     ];
     let mut watched = Vec::new();
-    for (direction, input, output, peer, name) in pumps {
+    for (direction, input, output, peer) in pumps {
         let tx = tx.clone();
         let session = session.clone();
-        let spawned = if chain.intercepts(direction) {
+        if chain.intercepts(direction) {
             let baton = Baton::new();
             watched.push(Watched {
                 baton: baton.clone(),
@@ -604,21 +607,16 @@ fn start_intercepting(
                 session_id: session_id.clone(),
                 report: tx,
             };
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || intercept::pump::start(parts))
+            runtime.spawn_blocking(move || intercept::pump::start(parts));
         } else {
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || {
-                    let report = relay::pump_shared(direction, input, output, session);
-                    let _ = tx.send(report);
-                })
-        };
-        spawned.context("starting a relay thread")?;
+            runtime.spawn_blocking(move || {
+                let report = relay::pump_shared(direction, input, output, session);
+                let _ = tx.send(report);
+            });
+        }
     }
     let tick = Watchdog::tick_for(chain.shortest_budget().unwrap_or(intercept::DEFAULT_BUDGET));
-    Watchdog::start(watched, tick).context("starting the interceptors' watchdog")
+    Watchdog::start(runtime, watched, tick).context("starting the interceptors' watchdog")
 }
 
 fn report_pump(report: &PumpReport, session: Option<&Session>, notices: Notices) {

@@ -531,7 +531,7 @@ impl Session {
     }
 
     /// Releases held responses whose limit passed while both pumps are idle: run for the whole
-    /// session on the supervisor's runtime. It sleeps until a hold begins.
+    /// session as a task of km's runtime. It sleeps until a hold begins.
     pub(crate) async fn expire_holds(&self) {
         loop {
             self.holding.notified().await;
@@ -699,7 +699,13 @@ mod tests {
     fn plugins_see_numbered_correlated_messages() {
         use Direction::{Request as C2S, Response as S2C};
         let (plugin, log) = probe(Mode::Record);
-        let (dispatcher, workers) = dispatch::start(vec![plugin], 64, false, Notices::new(true, 0));
+        let (dispatcher, workers) = dispatch::start(
+            &crate::runtime::for_tests(),
+            vec![plugin],
+            64,
+            false,
+            Notices::new(true, 0),
+        );
         let session = Session::new(dispatcher);
         observe(
             &session,
@@ -785,7 +791,13 @@ mod holds {
 
     fn harness(hold_limit: Duration) -> Harness {
         let (plugin, log) = probe(Mode::Record);
-        let (dispatcher, workers) = dispatch::start(vec![plugin], 64, false, Notices::new(true, 0));
+        let (dispatcher, workers) = dispatch::start(
+            &crate::runtime::for_tests(),
+            vec![plugin],
+            64,
+            false,
+            Notices::new(true, 0),
+        );
         Harness {
             session: Session::with_hold_limit(dispatcher, hold_limit),
             workers,
@@ -1039,19 +1051,9 @@ mod holds {
     #[test]
     fn the_timer_releases_a_hold_while_both_pumps_are_idle() {
         let h = harness(Duration::from_millis(20));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("a runtime");
         let session = h.session.clone();
-        let timer = std::thread::spawn(move || {
-            runtime.block_on(async {
-                tokio::select! {
-                    () = session.expire_holds() => {}
-                    () = tokio::time::sleep(Duration::from_secs(10)) => {}
-                }
-            });
-        });
+        // As in a session: the timer is a task of km's runtime.
+        let timer = crate::runtime::for_tests().spawn(async move { session.expire_holds().await });
         for round in 0..2 {
             h.session.forwarding(C2S, 100);
             chunk(
@@ -1070,7 +1072,7 @@ mod holds {
                 "round {round}"
             );
         }
-        drop(timer);
+        timer.abort();
         let _ = h.seen();
     }
 
@@ -1133,6 +1135,7 @@ mod throughput {
         }
         let (plugin, _) = probe(Mode::Noop);
         let (dispatcher, workers) = dispatch::start(
+            &crate::runtime::for_tests(),
             vec![plugin],
             dispatch::QUEUE_CAPACITY,
             true,

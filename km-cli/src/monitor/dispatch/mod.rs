@@ -1,7 +1,8 @@
 //! Handing messages to plugins without letting any plugin slow the relay.
 //!
 //! Every plugin gets one bounded queue and one worker thread, and is only ever called from that
-//! thread. The relay puts an [`Item`] into each queue without waiting: when a plugin's queue is
+//! thread: a dedicated thread of km's runtime's blocking pool (why a thread and not an async task:
+//! see [`crate::runtime`]). The relay puts an [`Item`] into each queue without waiting: when a plugin's queue is
 //! full (a slow or hung plugin) that plugin's copy is dropped and counted, and the relay moves
 //! on. With `--lossless` the relay waits for room instead (back-pressure, for audit use).
 //!
@@ -41,6 +42,7 @@ use km_abi::{Direction, MessageKind, PluginError, StreamEvent, StreamEventKind};
 use super::banner::Notices;
 use super::correlate::CorrelationId;
 use crate::gateway::LoadedPlugin;
+use crate::runtime::Handle;
 
 /// Room in each plugin's queue, in messages.
 pub const QUEUE_CAPACITY: usize = 8192;
@@ -212,8 +214,10 @@ enum Phase {
     Finished,
 }
 
-/// Starts one worker thread per plugin, every plugin observing, all lossless or none.
+/// Starts one worker thread per plugin on `runtime`'s blocking pool, every plugin observing, all
+/// lossless or none.
 pub fn start(
+    runtime: &Handle,
     plugins: Vec<Arc<LoadedPlugin>>,
     capacity: usize,
     lossless: bool,
@@ -227,12 +231,13 @@ pub fn start(
             lossless,
         })
         .collect();
-    start_lanes(specs, capacity, true, notices)
+    start_lanes(runtime, specs, capacity, true, notices)
 }
 
-/// Starts one worker thread per plugin, each fed as its spec says; `backpressure` false turns
-/// lossless lanes' waits into gap events.
+/// Starts one worker thread per plugin on `runtime`'s blocking pool, each fed as its spec says;
+/// `backpressure` false turns lossless lanes' waits into gap events.
 pub fn start_lanes(
+    runtime: &Handle,
     specs: Vec<LaneSpec>,
     capacity: usize,
     backpressure: bool,
@@ -273,16 +278,7 @@ pub fn start_lanes(
             notices,
         };
         let progress_tx = progress_tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("km-plugin-{}", state.name))
-            .spawn(move || worker.run(rx, progress_tx));
-        if let Err(e) = spawned {
-            notices.error(&format!(
-                "cannot start a thread for plugin {}: {e}; it is not used",
-                state.name
-            ));
-            continue;
-        }
+        runtime.spawn_blocking(move || worker.run(rx, progress_tx));
         states.push(state.clone());
         started.push(kept);
         lanes.push(Lane {

@@ -51,7 +51,13 @@ const SHORT: Duration = Duration::from_millis(300);
 fn a_hung_plugin_never_blocks_the_sender_and_its_drops_are_counted() {
     let (hung, _) = probe(Mode::Hang);
     let (healthy, healthy_log) = probe(Mode::Record);
-    let (dispatcher, workers) = start(vec![hung, healthy], 64, false, QUIET);
+    let (dispatcher, workers) = start(
+        &crate::runtime::for_tests(),
+        vec![hung, healthy],
+        64,
+        false,
+        QUIET,
+    );
     let closing = AtomicBool::new(false);
     for seq in 1..=1000 {
         dispatcher.send(envelope(seq), &closing);
@@ -93,7 +99,7 @@ fn a_hung_plugin_never_blocks_the_sender_and_its_drops_are_counted() {
 #[test]
 fn lossless_waits_for_a_slow_plugin_instead_of_dropping() {
     let (slow, log) = probe(Mode::Slow(Duration::from_millis(1)));
-    let (dispatcher, workers) = start(vec![slow], 4, true, QUIET);
+    let (dispatcher, workers) = start(&crate::runtime::for_tests(), vec![slow], 4, true, QUIET);
     let closing = AtomicBool::new(false);
     for seq in 1..=200 {
         dispatcher.send(envelope(seq), &closing);
@@ -114,7 +120,7 @@ fn lossless_waits_for_a_slow_plugin_instead_of_dropping() {
 #[test]
 fn lossless_stops_waiting_when_the_session_closes() {
     let (hung, _) = probe(Mode::Hang);
-    let (dispatcher, workers) = start(vec![hung], 1, true, QUIET);
+    let (dispatcher, workers) = start(&crate::runtime::for_tests(), vec![hung], 1, true, QUIET);
     let closing = Arc::new(AtomicBool::new(false));
     dispatcher.send(envelope(1), &closing);
     let closer = {
@@ -142,7 +148,13 @@ fn lossless_stops_waiting_when_the_session_closes() {
 fn a_panicking_plugin_is_disabled_and_the_others_carry_on() {
     let (panicky, panicky_log) = probe(Mode::PanicAt(3));
     let (healthy, healthy_log) = probe(Mode::Record);
-    let (dispatcher, workers) = start(vec![panicky, healthy], 64, false, QUIET);
+    let (dispatcher, workers) = start(
+        &crate::runtime::for_tests(),
+        vec![panicky, healthy],
+        64,
+        false,
+        QUIET,
+    );
     let closing = AtomicBool::new(false);
     for seq in 1..=10 {
         dispatcher.send(envelope(seq), &closing);
@@ -170,7 +182,13 @@ fn a_panicking_plugin_is_disabled_and_the_others_carry_on() {
 #[test]
 fn ordinary_errors_do_not_disable_a_plugin() {
     let (failing, _) = probe(Mode::Fail);
-    let (dispatcher, workers) = start(vec![failing], 64, false, QUIET);
+    let (dispatcher, workers) = start(
+        &crate::runtime::for_tests(),
+        vec![failing],
+        64,
+        false,
+        QUIET,
+    );
     let closing = AtomicBool::new(false);
     for seq in 1..=10 {
         dispatcher.send(envelope(seq), &closing);
@@ -186,7 +204,7 @@ fn ordinary_errors_do_not_disable_a_plugin() {
 #[test]
 fn a_slow_queue_is_cut_short_at_the_drain_deadline() {
     let (slow, log) = probe(Mode::Slow(Duration::from_millis(50)));
-    let (dispatcher, workers) = start(vec![slow], 1000, false, QUIET);
+    let (dispatcher, workers) = start(&crate::runtime::for_tests(), vec![slow], 1000, false, QUIET);
     let closing = AtomicBool::new(false);
     for seq in 1..=1000 {
         dispatcher.send(envelope(seq), &closing);
@@ -225,7 +243,13 @@ fn limiter_shows_a_burst_then_one_per_interval() {
 #[test]
 fn a_byte_budget_bounds_what_a_hung_plugin_holds() {
     let (hung, _) = probe(Mode::Hang);
-    let (dispatcher, workers) = start(vec![hung], 1_000_000, false, QUIET);
+    let (dispatcher, workers) = start(
+        &crate::runtime::for_tests(),
+        vec![hung],
+        1_000_000,
+        false,
+        QUIET,
+    );
     let closing = AtomicBool::new(false);
     let big = Bytes::from(vec![b'x'; QUEUE_BYTES / 4]);
     for seq in 1..=10 {
@@ -245,7 +269,7 @@ fn a_byte_budget_bounds_what_a_hung_plugin_holds() {
 #[test]
 fn lossless_drains_past_the_deadline_while_the_plugin_makes_progress() {
     let (slow, log) = probe(Mode::Slow(Duration::from_millis(20)));
-    let (dispatcher, workers) = start(vec![slow], 1000, true, QUIET);
+    let (dispatcher, workers) = start(&crate::runtime::for_tests(), vec![slow], 1000, true, QUIET);
     let closing = AtomicBool::new(false);
     for seq in 1..=50 {
         dispatcher.send(envelope(seq), &closing);
@@ -267,7 +291,13 @@ fn lossless_drains_past_the_deadline_while_the_plugin_makes_progress() {
 fn a_batch_is_delivered_in_order_and_dropped_whole_when_it_does_not_fit() {
     let (hung, _) = probe(Mode::Hang);
     let (healthy, log) = probe(Mode::Record);
-    let (dispatcher, workers) = start(vec![hung, healthy], 10, false, QUIET);
+    let (dispatcher, workers) = start(
+        &crate::runtime::for_tests(),
+        vec![hung, healthy],
+        10,
+        false,
+        QUIET,
+    );
     let closing = AtomicBool::new(false);
     dispatcher.send(batch((1..=8).map(one).collect()), &closing);
     std::thread::sleep(Duration::from_millis(50)); // the healthy plugin catches up

@@ -7,9 +7,10 @@
 //! call returns in time, the pump takes its state back: two uncontended lock operations. When it
 //! does not, the [`Watchdog`] (one thread per session, waking a few times per budget) takes the
 //! state from the baton, tells the pump's resume function that the call failed, and starts a new
-//! thread that carries the pump on from there. The stuck call is left behind on its old thread;
-//! if it ever returns, that thread finds the baton's generation moved on and ends without
-//! touching anything.
+//! thread (on the blocking pool of km's runtime, like the pumps: see [`crate::runtime`]) that
+//! carries the pump on from there. The stuck call is left behind on its old thread; if it ever
+//! returns, that thread finds the baton's generation moved on and ends without touching
+//! anything.
 //!
 //! The state is only ever touched by the one thread holding it: the pump between calls, or the
 //! watchdog after taking it. A call gets everything it reads as its own values (shared,
@@ -18,8 +19,10 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::runtime::Handle;
+
 /// What the watchdog does with a state it took from a call past its deadline: mark the call
-/// failed, then run the pump on (on a new thread).
+/// failed, then run the pump on (on a new thread of the blocking pool).
 pub(crate) type Resume<S> = fn(Box<S>, usize);
 
 struct Slot<S> {
@@ -113,36 +116,15 @@ pub(crate) struct Watched<S> {
     pub(crate) resume: Resume<S>,
 }
 
-/// Runs `resume(state, index)` on a new thread; on this one when no thread can be started (the
-/// pump must go on either way).
-fn carry_on<S: Send + 'static>(resume: Resume<S>, state: Box<S>, index: usize) {
-    let handoff = Arc::new(Mutex::new(Some(state)));
-    let theirs = handoff.clone();
-    let spawned = std::thread::Builder::new()
-        .name("km-relay-resumed".into())
-        .spawn(move || {
-            let state = theirs.lock().unwrap_or_else(PoisonError::into_inner).take();
-            if let Some(state) = state {
-                resume(state, index);
-            }
-        });
-    if spawned.is_err() {
-        let state = handoff
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(state) = state {
-            resume(state, index);
-        }
-    }
-}
-
 impl Watchdog {
-    /// Watches `batons`, looking every `tick`.
+    /// Watches `batons`, looking every `tick`; a pump taken over goes on on `runtime`'s blocking
+    /// pool.
     pub(crate) fn start<S: Send + 'static>(
+        runtime: &Handle,
         batons: Vec<Watched<S>>,
         tick: Duration,
     ) -> std::io::Result<Self> {
+        let runtime = runtime.clone();
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
@@ -158,7 +140,8 @@ impl Watchdog {
                     let now = Instant::now();
                     for watched in &batons {
                         if let Some((state, index)) = watched.baton.take_overdue(now) {
-                            carry_on(watched.resume, state, index);
+                            let resume = watched.resume;
+                            runtime.spawn_blocking(move || resume(state, index));
                         }
                     }
                 }
@@ -217,6 +200,7 @@ mod tests {
         let baton = Baton::<State>::new();
         let (tx, rx) = mpsc::channel();
         let _watchdog = Watchdog::start(
+            &crate::runtime::for_tests(),
             vec![Watched {
                 baton: baton.clone(),
                 resume,
