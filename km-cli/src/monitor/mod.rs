@@ -345,7 +345,6 @@ pub(crate) fn run(
         (Some(session), Some(workers))
     };
     let relay = Relay {
-        runtime: runtime.clone(),
         session: session.clone(),
         chain,
         session_id: Arc::from(prepared.session.id.as_str()),
@@ -436,8 +435,6 @@ enum Outcome {
 
 /// What the relay of a session works with.
 struct Relay {
-    /// The runtime the session runs on: its blocking pool runs the pumps.
-    runtime: Handle,
     session: Option<Arc<Session>>,
     chain: Arc<intercept::Chain>,
     session_id: Arc<str>,
@@ -446,7 +443,6 @@ struct Relay {
 
 async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -> Result<Outcome> {
     let Relay {
-        runtime,
         session,
         chain,
         session_id,
@@ -502,6 +498,8 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
             }
         }
     }
+    // This runs on km's runtime (`run` blocks on it): its blocking pool runs the pumps.
+    let runtime = Handle::current();
     // Tasks of this session, aborted when it ends (the runtime outlives it).
     let mut background = tokio::task::JoinSet::new();
     if let Some(session) = &session {
@@ -529,7 +527,6 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
         }
         Some(session) => {
             _watchdog = Some(start_intercepting(
-                &runtime,
                 session,
                 chain,
                 session_id,
@@ -560,11 +557,10 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
     Ok(Outcome::Exited(status))
 }
 
-/// Starts the pumps of a session with interceptors on `runtime`'s blocking pool: an intercepting
-/// pump for each direction an interceptor asked for, a registering one for the other, and the
-/// watchdog of their budgets.
+/// Starts the pumps of a session with interceptors on the blocking pool of the runtime it is
+/// called on (km's): an intercepting pump for each direction an interceptor asked for, a
+/// registering one for the other, and the watchdog of their budgets.
 fn start_intercepting(
-    runtime: &Handle,
     session: Arc<Session>,
     chain: Arc<intercept::Chain>,
     session_id: Arc<str>,
@@ -574,6 +570,7 @@ fn start_intercepting(
     notices: Notices,
 ) -> Result<intercept::baton::Watchdog> {
     use intercept::baton::{Baton, Watchdog, Watched};
+    let runtime = Handle::current();
     let to_server = Arc::new(output::Output::new(server_out));
     let to_client = Arc::new(output::Output::new(client_out));
     let pumps = [
@@ -616,7 +613,7 @@ fn start_intercepting(
         }
     }
     let tick = Watchdog::tick_for(chain.shortest_budget().unwrap_or(intercept::DEFAULT_BUDGET));
-    Watchdog::start(runtime, watched, tick).context("starting the interceptors' watchdog")
+    Watchdog::start(&runtime, watched, tick).context("starting the interceptors' watchdog")
 }
 
 fn report_pump(report: &PumpReport, session: Option<&Session>, notices: Notices) {
