@@ -437,6 +437,19 @@ fn intercept_rate(
     })
 }
 
+/// km's runtime for the in-process plugin's API client, as `km monitor` has one: built once and
+/// kept for the bench's process, since the loaded plugin holds the client to its end.
+fn runtime() -> Result<&'static km_cli::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<km_cli::runtime::Runtime> = std::sync::OnceLock::new();
+    if RUNTIME.get().is_none() {
+        let _ = RUNTIME.set(km_cli::runtime::Runtime::new()?);
+    }
+    RUNTIME
+        .get()
+        .map(km_cli::runtime::Runtime::handle)
+        .context("km's runtime")
+}
+
 /// Loads the customer build in-process through km's loader and gateway, authenticated with the
 /// reference API by km's own API client.
 fn load_plugin(
@@ -458,7 +471,7 @@ fn load_plugin(
         .join("filters-in-process");
     std::fs::create_dir_all(&data)?;
     set_mode(&data, 0o700)?;
-    let client: Arc<dyn ApiTransport> = Arc::new(ApiClient::new(&api.url)?);
+    let client: Arc<dyn ApiTransport> = Arc::new(ApiClient::new(runtime()?, &api.url)?);
     let host = PluginHost::new(PLUGIN, data.clone(), Verbosity::Quiet, Some(client))
         .with_policies(home.join("policies"));
     let plugin = verifier.load(checked, host)?;

@@ -855,8 +855,13 @@ mod tee_tests {
     /// A session with one probe plugin in `mode`.
     fn probe_session(mode: Mode, lossless: bool) -> (Arc<Session>, dispatch::Workers, Log) {
         let (plugin, log) = probe(mode);
-        let (dispatcher, workers) =
-            dispatch::start(vec![plugin], 64, lossless, Notices::new(true, 0));
+        let (dispatcher, workers) = dispatch::start(
+            &crate::runtime::for_tests(),
+            vec![plugin],
+            64,
+            lossless,
+            Notices::new(true, 0),
+        );
         (Session::new(dispatcher), workers, log)
     }
 

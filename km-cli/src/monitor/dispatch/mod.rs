@@ -1,10 +1,11 @@
 //! Handing messages to plugins without letting any plugin slow the relay.
 //!
 //! Every plugin gets one bounded queue and one worker thread, and is only ever called from that
-//! thread: a dedicated thread of km's runtime's blocking pool (why a thread and not an async task:
-//! see [`crate::runtime`]). The relay puts an [`Item`] into each queue without waiting: when a plugin's queue is
-//! full (a slow or hung plugin) that plugin's copy is dropped and counted, and the relay moves
-//! on. With `--lossless` the relay waits for room instead (back-pressure, for audit use).
+//! thread: a dedicated thread of km's runtime's blocking pool (why a thread and not an async
+//! task: see [`crate::runtime`]). The relay puts an [`Item`] into each queue without waiting:
+//! when a plugin's queue is full (a slow or hung plugin) that plugin's copy is dropped and
+//! counted, and the relay moves on. With `--lossless` the relay waits for room instead
+//! (back-pressure, for audit use).
 //!
 //! The lines of one read travel together as one [`Batch`], shared by all queues (`Arc`): one
 //! queue operation per read and plugin, not per message, and a line's bytes are never copied per
