@@ -1,7 +1,7 @@
 //! km's one tokio runtime: built by [`crate::main`] once the command line is parsed, handed by
 //! [`Handle`] to everything that needs async work or threads (the API client, downloads, the
-//! monitor's supervision of the server, the plugin workers), and shut down in the background
-//! when the command is done.
+//! monitor's supervision of the server, the plugin workers, telemetry's exports), and shut down
+//! in the background when the command is done.
 //!
 //! One runtime, so that there is one set of drivers (I/O, time, signals, child processes) per
 //! process instead of one per subsystem, one place the threads that run plugin code come from,
@@ -33,6 +33,14 @@
 //!   the background ([`tokio::runtime::Runtime::shutdown_background`]): everything km waits for
 //!   (plugin queues, shutdown calls, the end of a telemetry export) has its own deadline and has
 //!   been waited for by then, and what is still running is left to the end of the process.
+//!
+//! Three kinds of thread stay outside the runtime, each for a reason given where it is started:
+//! the interceptors' watchdog (`monitor::intercept::baton`), a timer that runs no plugin code;
+//! the telemetry thread, which lowers its own CPU priority and so must not be a pooled thread
+//! that serves other work afterwards; and the OpenTelemetry SDK's batch processor and periodic
+//! reader, which the SDK starts (`telemetry::export` says why km uses those and not the SDK's
+//! async-runtime variants). No part of km starts a tokio runtime of its own, and none uses
+//! reqwest's blocking client (which runs one).
 
 use anyhow::{Context, Result};
 pub use tokio::runtime::Handle;

@@ -22,7 +22,12 @@ use crate::subscription;
 /// Runs `km monitor`.
 pub(crate) fn run(globals: &Globals, args: MonitorArgs) -> Result<ExitCode> {
     let notices = Notices::new(globals.quiet, globals.verbose);
-    let _telemetry = crate::telemetry::start(&globals.home, &args.command, globals.quiet);
+    let _telemetry = crate::telemetry::start(
+        &globals.runtime,
+        &globals.home,
+        &args.command,
+        globals.quiet,
+    );
     if args.no_plugins {
         let config = MonitorConfig::new(args.command, args.lossless, None)?;
         return monitor::run(

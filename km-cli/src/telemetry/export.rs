@@ -7,10 +7,29 @@
 //! their built-in clients would bring a second reqwest (0.13) and TLS stack into the build. The
 //! protocol (protobuf encoding, endpoints, headers, retries) stays the exporter's.
 //!
+//! # Which threads, and why not all of them are km's runtime's
+//!
+//! The requests run on km's one runtime ([`crate::runtime`]): the client is reqwest's async one,
+//! each export is a task there, and nothing in telemetry starts a runtime or an HTTP thread of
+//! its own (reqwest's blocking client, used before, ran a runtime on a thread of its own per
+//! client). The SDK's batch span processor and periodic reader still own one thread each, and
+//! that is a choice. They are the SDK's default, stable processors; the variants that run on an
+//! async runtime instead (`span_processor_with_async_runtime` and
+//! `periodic_reader_with_async_runtime`) are behind the SDK's `experimental_*` features and need
+//! its `rt-tokio` feature, which brings `tokio-stream` into the build (it is not in the lock
+//! file). They would also move the batching
+//! and the protobuf encoding, the CPU part of an export, onto the runtime's two worker threads at
+//! normal priority, next to the supervision of the server and the plugins' API calls. On their
+//! own threads that work inherits the telemetry thread's lowest CPU priority (see [`super`]), so
+//! that encoding never competes with the relay; what they hand the runtime is one task per
+//! request, which only writes and reads a socket. The shutdowns, which block until those threads
+//! answer, run on km's runtime's blocking pool.
+//!
 //! Both exporters are wrapped to count what was delivered and what failed, so that the end of a
 //! session can say what was lost (the SDK's own queues drop silently when full). Shutting down
 //! has a deadline: a Collector that hangs costs the session at most `flush_timeout`, after which
-//! the export threads are left behind (km is about to exit).
+//! the export threads are left behind (km is about to exit, and its runtime is shut down
+//! without waiting for them).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,6 +51,7 @@ use opentelemetry_sdk::trace::{
 use opentelemetry_sdk::Resource;
 
 use super::settings::Resolved;
+use crate::runtime::Handle;
 
 /// What the exporters delivered, counted as they go.
 #[derive(Debug, Default)]
@@ -65,11 +85,12 @@ pub(crate) struct Pipeline {
     pub(crate) delivery: Arc<Delivery>,
 }
 
-/// Builds the exporters and providers `settings` ask for. An error names what was wrong (an
-/// endpoint from the environment that is not a URL, a client that cannot be built).
-pub(crate) fn build(settings: &Resolved) -> Result<Pipeline, String> {
+/// Builds the exporters and providers `settings` ask for, their requests to run on `runtime`. An
+/// error names what was wrong (an endpoint from the environment that is not a URL, a client
+/// that cannot be built).
+pub(crate) fn build(settings: &Resolved, runtime: &Handle) -> Result<Pipeline, String> {
     let delivery = Arc::new(Delivery::default());
-    let client = http_client(settings.timeout)?;
+    let client = http_client(settings.timeout, runtime)?;
     let resource = resource(settings);
     let headers: HashMap<String, String> = settings
         .headers
@@ -168,21 +189,25 @@ fn resource(settings: &Resolved) -> Resource {
         .build()
 }
 
-/// Ends both providers, waiting at most `deadline` in all. `false` when it had to give up.
-pub(crate) fn shutdown(pipeline: &Pipeline, deadline: Duration) -> bool {
+/// Ends both providers, waiting at most `deadline` in all. `false` when it had to give up. Each
+/// shutdown blocks until the SDK's thread answers, so they run side by side on `runtime`'s
+/// blocking pool; one that overruns is left there.
+pub(crate) fn shutdown(pipeline: &Pipeline, deadline: Duration, runtime: &Handle) -> bool {
     let (tx, rx) = std::sync::mpsc::channel();
     let mut started = 0;
     if let Some(tracer) = pipeline.tracer.clone() {
         let tx = tx.clone();
-        started += spawn_shutdown("km-otel-traces", tx, move || {
-            tracer.shutdown_with_timeout(deadline)
+        runtime.spawn_blocking(move || {
+            let _ = tx.send(tracer.shutdown_with_timeout(deadline));
         });
+        started += 1;
     }
     if let Some(meter) = pipeline.meter.clone() {
         let tx = tx.clone();
-        started += spawn_shutdown("km-otel-metrics", tx, move || {
-            meter.shutdown_with_timeout(deadline)
+        runtime.spawn_blocking(move || {
+            let _ = tx.send(meter.shutdown_with_timeout(deadline));
         });
+        started += 1;
     }
     drop(tx);
     let until = std::time::Instant::now() + deadline;
@@ -203,71 +228,70 @@ pub(crate) fn shutdown(pipeline: &Pipeline, deadline: Duration) -> bool {
     true
 }
 
-fn spawn_shutdown(
-    name: &str,
-    tx: std::sync::mpsc::Sender<OTelSdkResult>,
-    f: impl FnOnce() -> OTelSdkResult + Send + 'static,
-) -> usize {
-    let spawned = std::thread::Builder::new()
-        .name(name.to_owned())
-        .spawn(move || {
-            let _ = tx.send(f());
-        });
-    usize::from(spawned.is_ok())
+/// km's reqwest as the exporters' HTTP client: the async client, its requests run as tasks of
+/// km's runtime.
+#[derive(Debug, Clone)]
+struct Http {
+    client: reqwest::Client,
+    runtime: Handle,
 }
 
-/// km's reqwest as the exporters' HTTP client.
-#[derive(Debug, Clone)]
-struct Http(reqwest::blocking::Client);
-
-/// The blocking client runs its own small runtime on a thread of its own; it is built on a
-/// short-lived thread so that building it can never meet a Tokio runtime of the caller's. https
-/// gets km's TLS ([`crate::tls`]): TLS 1.3 only, the built-in roots (a Collector is not the
-/// API endpoint: no pins, no `api_ca`).
-fn http_client(timeout: Duration) -> Result<Http, String> {
+/// https gets km's TLS ([`crate::tls`]): TLS 1.3 only, the built-in roots (a Collector is not
+/// the API endpoint: no pins, no `api_ca`). `timeout` bounds each request, body included.
+fn http_client(timeout: Duration, runtime: &Handle) -> Result<Http, String> {
     let tls = crate::tls::client_config(None).map_err(|e| format!("TLS: {e:#}"))?;
-    let built = std::thread::Builder::new()
-        .name("km-otel-client".into())
-        .spawn(move || {
-            reqwest::blocking::Client::builder()
-                .use_preconfigured_tls(tls)
-                .timeout(timeout)
-                .connect_timeout(timeout.min(Duration::from_secs(5)))
-                .user_agent(concat!("km/", env!("CARGO_PKG_VERSION")))
-                .build()
-        })
-        .map_err(|e| format!("cannot start the HTTP client: {e}"))?
-        .join()
-        .map_err(|_| "building the HTTP client panicked".to_owned())?;
-    built
-        .map(Http)
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("km/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+    Ok(Http {
+        client,
+        runtime: runtime.clone(),
+    })
 }
 
 /// Largest response body km reads from a Collector (they answer with a few bytes).
-const MAX_RESPONSE: u64 = 4 * 1024 * 1024;
+const MAX_RESPONSE: usize = 4 * 1024 * 1024;
 
 #[async_trait::async_trait]
 impl HttpClient for Http {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        use std::io::Read as _;
-        // Called on the SDK's export threads, which block on each export: a blocking call is
-        // what they expect.
-        let request = reqwest::blocking::Request::try_from(request)?;
-        let response = self.0.execute(request)?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let mut body = Vec::new();
-        response.take(MAX_RESPONSE + 1).read_to_end(&mut body)?;
-        if body.len() as u64 > MAX_RESPONSE {
+        let request = reqwest::Request::try_from(request)?;
+        let client = self.client.clone();
+        // The SDK's export threads poll this future with an executor of their own (`futures`'
+        // `block_on`), which has no I/O driver for a socket: the request runs on km's runtime
+        // and the export thread waits for its task. Once the runtime is shut down the task is
+        // cancelled, and the export fails instead of waiting.
+        self.runtime
+            .spawn(async move { exchange(&client, request).await })
+            .await
+            .map_err(|e| HttpError::from(format!("the export did not finish: {e}")))?
+    }
+}
+
+/// Sends `request` and reads the answer, at most [`MAX_RESPONSE`] of body.
+async fn exchange(
+    client: &reqwest::Client,
+    request: reqwest::Request,
+) -> Result<Response<Bytes>, HttpError> {
+    let mut response = client.execute(request).await?;
+    let status = response.status();
+    let headers = std::mem::take(response.headers_mut());
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_RESPONSE {
             return Err("the collector's response is larger than 4 MiB".into());
         }
-        let mut answer = Response::builder().status(status);
-        if let Some(map) = answer.headers_mut() {
-            *map = headers;
-        }
-        Ok(answer.body(Bytes::from(body))?)
+        body.extend_from_slice(&chunk);
     }
+    let mut answer = Response::builder().status(status);
+    if let Some(map) = answer.headers_mut() {
+        *map = headers;
+    }
+    Ok(answer.body(Bytes::from(body))?)
 }
 
 /// The span exporter, counting.

@@ -64,7 +64,8 @@
 //! The relay's hooks run on the pumps; they only put what was forwarded (shared bytes, no copy)
 //! into a bounded queue ([`Pipeline::push`]), and drop it, counted, when the queue is full. The
 //! telemetry thread does the parsing and the SDK work; the SDK's batch processor and periodic
-//! reader do the exporting on threads of their own. A Collector that is down or hangs changes
+//! reader batch and encode on threads of their own, and the requests run on km's runtime
+//! (why not everything does: see [`export`]). A Collector that is down or hangs changes
 //! nothing in the MCP stream: exports fail or time out off the path, and the end of the session
 //! waits for the last export at most `flush_timeout` (1 s by default). What was lost is reported
 //! on stderr at the end of the session and counted in `km stats`.
@@ -90,6 +91,7 @@ use crate::events::PluginEvent;
 use crate::home::KmHome;
 use crate::monitor::correlate::CorrelationId;
 use crate::monitor::dispatch::{Batch, Envelope, Item, LaneTotals};
+use crate::runtime::Handle;
 
 /// The CPU priority (nice value) of km's telemetry threads: the lowest, so that export only
 /// takes what the relay (and everything else on the machine) leaves. On a saturated machine
@@ -431,15 +433,17 @@ impl std::fmt::Debug for Session {
 
 struct Running {
     pipeline: export::Pipeline,
+    /// km's runtime: the exports' requests and the providers' shutdowns run there.
+    runtime: Handle,
     worker: std::thread::JoinHandle<()>,
     flush_timeout: Duration,
     endpoints: Vec<String>,
 }
 
 /// Starts the telemetry of a `km monitor` session of `command`, if `KM_HOME/config.toml` or
-/// the environment asks for export. Problems are warnings (on stderr unless `quiet`): km's
-/// telemetry never stops a session.
-pub fn start(home: &KmHome, command: &[OsString], quiet: bool) -> Session {
+/// the environment asks for export, its exports running on `runtime`. Problems are warnings (on
+/// stderr unless `quiet`): km's telemetry never stops a session.
+pub fn start(runtime: &Handle, home: &KmHome, command: &[OsString], quiet: bool) -> Session {
     let warn = |message: &str| {
         if !quiet {
             eprintln!("km: warning: telemetry: {message}");
@@ -478,17 +482,21 @@ pub fn start(home: &KmHome, command: &[OsString], quiet: bool) -> Session {
         })
         .unwrap_or_default();
     // The exporters are built on the telemetry thread, after it lowered its CPU priority: the
-    // threads they start (the batch processor's, the periodic reader's, the HTTP client's)
-    // inherit it, so that on a busy machine the relay is served first and telemetry takes
-    // what is left (its queue drops, counted, if that is not enough).
+    // threads they start (the batch processor's, the periodic reader's) inherit it, so that on
+    // a busy machine the relay is served first and telemetry takes what is left (its queue
+    // drops, counted, if that is not enough). That is also why the telemetry thread is a thread
+    // of its own and not one of the runtime's blocking pool: a pooled thread, niced, would go
+    // back to the pool at the end of the session and serve whatever comes next at the lowest
+    // priority.
     let (ready, built) = mpsc::channel();
     let queued = queued_bytes.clone();
     let for_thread = resolved.clone();
+    let for_exports = runtime.clone();
     let spawned = std::thread::Builder::new()
         .name("km-telemetry".into())
         .spawn(move || {
             let _ = rustix::process::setpriority_process(None, NICE);
-            let pipeline = match export::build(&for_thread) {
+            let pipeline = match export::build(&for_thread, &for_exports) {
                 Ok(pipeline) => pipeline,
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -561,6 +569,7 @@ pub fn start(home: &KmHome, command: &[OsString], quiet: bool) -> Session {
     Session {
         running: Some(Running {
             pipeline,
+            runtime: runtime.clone(),
             worker,
             flush_timeout,
             endpoints,
@@ -601,7 +610,7 @@ impl Drop for Session {
             let _ = running.worker.join();
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let flushed = finished && export::shutdown(&running.pipeline, left);
+        let flushed = finished && export::shutdown(&running.pipeline, left, &running.runtime);
         let delivery = running.pipeline.delivery.clone();
         let ended = delivery.spans_ended.load(Ordering::Relaxed);
         let exported = delivery.spans_exported.load(Ordering::Relaxed);
