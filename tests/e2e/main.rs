@@ -19,6 +19,7 @@ mod ml_analytics;
 mod monitor;
 mod plugin_commands;
 mod rate_limits;
+mod runtime;
 mod setup;
 mod signing;
 mod strict_modes;
