@@ -103,6 +103,31 @@ pub enum Command {
     /// authentication outcomes and latency, token cache hits, messages each plugin handled and
     /// dropped, verdicts, relayed bytes (kept in KM_HOME/state; no collector needed).
     Stats(StatsArgs),
+    /// Show the installations that hold a seat of your subscription, this one marked; `km seats
+    /// release DEVICE` frees one for another machine (authenticated with the configured API key).
+    Seats(SeatsArgs),
+}
+
+/// `km seats`.
+#[derive(Debug, Args)]
+pub struct SeatsArgs {
+    #[command(subcommand)]
+    pub command: Option<SeatsCommand>,
+
+    /// Print JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `km seats` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SeatsCommand {
+    /// Free the seat a device holds (a device id from `km seats`), so that another installation
+    /// can take it at its next authentication.
+    Release {
+        /// The device id.
+        device: String,
+    },
 }
 
 /// `km stats`.

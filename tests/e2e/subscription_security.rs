@@ -443,3 +443,87 @@ fn a_second_installation_beyond_the_seat_limit_degrades_until_a_seat_is_released
     );
     assert_eq!(status, 404, "{body}");
 }
+
+#[test]
+fn km_seats_lists_the_seats_and_releases_one_for_this_installation() {
+    let first = KmEnv::new();
+    let server = ApiServer::builder(first.dir.path())
+        .customers(&[(&DANA, "pro")])
+        .seat_limit(&DANA, 1)
+        .start();
+    let lib = first.install_stamped_api_logger(&server, &DANA);
+    init(&first, &server.url, DANA.api_key);
+    assert_authorized(&first, None);
+    let first_device = device_id(&first);
+
+    // From the first installation: its seat, marked as this one.
+    let listed = run_ok(first.km().args(["seats"]));
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains("1 seat(s) held, a limit of 1")
+            && text.contains(&format!("{first_device} (this installation)")),
+        "{text}"
+    );
+
+    // A second installation over the limit sees that it holds none, frees the first one's
+    // seat with `km seats release`, and is then let in.
+    let (second, _) = second_installation(&first, &lib);
+    init(&second, &server.url, DANA.api_key);
+    assert_refused(&second, None);
+    let second_device = device_id(&second);
+    let listed = run_ok(second.km().args(["seats", "--json"]));
+    let seats: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert_eq!(seats["seat_limit"], 1, "{seats:#}");
+    assert_eq!(seats["seats"][0]["device_id"], first_device.as_str());
+    assert_eq!(seats["seats"][0]["this_installation"], false, "{seats:#}");
+    let text = String::from_utf8_lossy(&run_ok(second.km().args(["seats"])).stdout).into_owned();
+    assert!(
+        text.contains(&format!(
+            "this installation ({second_device}) holds no seat"
+        )),
+        "{text}"
+    );
+    let released = run_ok(second.km().args(["seats", "release", &first_device]));
+    assert!(
+        String::from_utf8_lossy(&released.stdout).contains("released the seat of"),
+        "{}",
+        describe(&released)
+    );
+    assert_authorized(&second, None);
+
+    // A seat nobody holds, a malformed id, a wrong key: errors naming what is wrong.
+    let again = second
+        .km()
+        .args(["seats", "release", &first_device])
+        .output()
+        .expect("km runs");
+    assert_eq!(again.status.code(), Some(2), "{}", describe(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("no seat is held by that device"),
+        "{}",
+        describe(&again)
+    );
+    let bad = second
+        .km()
+        .args(["seats", "release", "../api/account"])
+        .output()
+        .expect("km runs");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("is not a device id"),
+        "{}",
+        describe(&bad)
+    );
+    let wrong = second
+        .km()
+        .args(["seats"])
+        .env("KM_API_KEY", "km_live_not_a_key")
+        .output()
+        .expect("km runs");
+    assert_eq!(wrong.status.code(), Some(2), "{}", describe(&wrong));
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("refuses the API key"),
+        "{}",
+        describe(&wrong)
+    );
+}

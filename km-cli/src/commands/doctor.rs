@@ -525,7 +525,7 @@ fn check_api(globals: &Globals, offline: bool, report: &mut Report) {
     }
 }
 
-fn error_text(body: &[u8], status: u16) -> String {
+pub(super) fn error_text(body: &[u8], status: u16) -> String {
     serde_json::from_slice::<Value>(body)
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_owned))

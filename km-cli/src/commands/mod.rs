@@ -9,6 +9,7 @@ mod install;
 mod list;
 mod monitor;
 mod plugin;
+mod seats;
 mod setup;
 mod stats;
 mod status;
@@ -79,6 +80,7 @@ pub fn run(cli: Cli, runtime: &Handle) -> Result<ExitCode> {
         Command::Wrap(args) => wrap::run(&globals, args, wrap::Direction::Wrap),
         Command::Unwrap(args) => wrap::run(&globals, args, wrap::Direction::Unwrap),
         Command::Stats(args) => stats::run(&globals, args),
+        Command::Seats(args) => seats::run(&globals, args),
     };
     if keeps_stats {
         if let Err(e) = crate::telemetry::stats::persist(&globals.home) {
