@@ -336,7 +336,7 @@ fn check_seat(
             &format!(
                 "seat limit reached: the subscription of {} allows {limit} installation(s) and \
                  {held} other installation(s) hold the seats; this one (device {}) has none \
-                 (release a seat: `km seats` lists them, `km seats release DEVICE` frees one)",
+                 (release a seat: `km seats` lists them and `km seats release DEVICE` frees one; the API's GET /api/seats and DELETE /api/seats/DEVICE)",
                 customer.id,
                 device.id.as_str()
             ),
