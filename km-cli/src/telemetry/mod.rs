@@ -65,7 +65,9 @@
 //! into a bounded queue ([`Pipeline::push`]), and drop it, counted, when the queue is full. The
 //! telemetry thread does the parsing and the SDK work; the SDK's batch processor and periodic
 //! reader batch and encode on threads of their own, and the requests run on km's runtime
-//! (why not everything does: see [`export`]). A Collector that is down or hangs changes
+//! (why not everything does: see [`export`]). The telemetry thread and the SDK's threads run at
+//! the lowest CPU priority (`SCHED_IDLE` on Linux, see [`lower_priority`]): a pump that wakes
+//! takes its core back at once. A Collector that is down or hangs changes
 //! nothing in the MCP stream: exports fail or time out off the path, and the end of the session
 //! waits for the last export at most `flush_timeout` (1 s by default). What was lost is reported
 //! on stderr at the end of the session and counted in `km stats`.
@@ -93,9 +95,8 @@ use crate::monitor::correlate::CorrelationId;
 use crate::monitor::dispatch::{Batch, Envelope, Item, LaneTotals};
 use crate::runtime::Handle;
 
-/// The CPU priority (nice value) of km's telemetry threads: the lowest, so that export only
-/// takes what the relay (and everything else on the machine) leaves. On a saturated machine
-/// the queue fills and drops, counted and reported, rather than the relay slowing down.
+/// The nice value of km's telemetry threads where `SCHED_IDLE` is not to be had (see
+/// [`lower_priority`]).
 const NICE: i32 = 19;
 
 /// The most bytes of lines waiting for the telemetry thread (the plugins' queues have the same
@@ -495,7 +496,7 @@ pub fn start(runtime: &Handle, home: &KmHome, command: &[OsString], quiet: bool)
     let spawned = std::thread::Builder::new()
         .name("km-telemetry".into())
         .spawn(move || {
-            let _ = rustix::process::setpriority_process(None, NICE);
+            lower_priority();
             let pipeline = match export::build(&for_thread, &for_exports) {
                 Ok(pipeline) => pipeline,
                 Err(e) => {
@@ -576,6 +577,40 @@ pub fn start(runtime: &Handle, home: &KmHome, command: &[OsString], quiet: bool)
         }),
         quiet,
     }
+}
+
+/// Puts the calling thread (and the threads it starts, which inherit it) at the lowest CPU
+/// priority there is, so that export only takes what the relay (and everything else on the
+/// machine) leaves. On a saturated machine the queue fills and drops, counted and reported,
+/// rather than the relay slowing down.
+///
+/// On Linux that is the `SCHED_IDLE` policy, not only nice 19: under the EEVDF scheduler a
+/// nice-19 thread that got a core keeps it until its slice is used up (`RUN_TO_PARITY`), so a
+/// pump woken by new input waited behind span encoding for up to a slice, many times per
+/// second (the relay ran 1.3-1.7x slower with export on, with its own instructions up by under
+/// 5%: BENCHMARKS.md). A normal thread that wakes preempts a `SCHED_IDLE` one at once. An
+/// unprivileged thread may always lower its own policy; it can never raise it again, which is
+/// why this runs on km's own telemetry thread only.
+fn lower_priority() {
+    if !idle_policy() {
+        let _ = rustix::process::setpriority_process(None, NICE);
+    }
+}
+
+/// Sets the calling thread's policy to `SCHED_IDLE`; whether that worked.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn idle_policy() -> bool {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler with pid 0 changes the calling thread's policy only; it reads
+    // the `sched_param` it is given (a valid, initialised local that outlives the call) and
+    // writes no memory of ours. SCHED_IDLE requires priority 0.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn idle_policy() -> bool {
+    false
 }
 
 /// An id for the session's `mcp.session.id`: random hex, like the monitor's session ids.
