@@ -222,11 +222,12 @@ pub(crate) struct Worker {
     tracer: Option<SdkTracer>,
     instruments: Option<Instruments>,
     delivery: Arc<Delivery>,
-    session_id: String,
+    /// `mcp.session.id`, shared by every span (a reference count, not a copy, per span).
+    session_id: Value,
     session: Option<opentelemetry_sdk::trace::Span>,
     session_context: SpanContext,
     started: SystemTime,
-    protocol_version: Option<String>,
+    protocol_version: Option<Value>,
     entries: HashMap<Key, Entry>,
     /// Keys in the order they came, for the bound.
     order: VecDeque<Key>,
@@ -285,7 +286,7 @@ impl Worker {
                 .with_kind(SpanKind::Internal)
                 .with_start_time(started)
                 .with_attributes([
-                    KeyValue::new("mcp.session.id", session_id.clone()),
+                    KeyValue::new("mcp.session.id", shared(&session_id)),
                     KeyValue::new("network.transport", "pipe"),
                     KeyValue::new("km.server.command", command.to_owned()),
                 ])
@@ -299,7 +300,7 @@ impl Worker {
             tracer,
             instruments,
             delivery,
-            session_id,
+            session_id: shared(&session_id),
             session,
             session_context,
             started,
@@ -613,7 +614,7 @@ impl Worker {
             Some(Entry::Request(open)) if open.end.is_none() => {
                 if open.call.method == "initialize" {
                     if let Some(version) = &end.answer.protocol_version {
-                        self.protocol_version = Some(version.clone());
+                        self.protocol_version = Some(shared(version));
                     }
                 }
                 open.end = Some(end);
@@ -836,16 +837,18 @@ impl Worker {
     fn attributes(&self, open: &Open, end: &End) -> (Vec<KeyValue>, Vec<KeyValue>, Option<String>) {
         let call = &open.call;
         let method = call.method.as_str();
-        let mut metric = vec![
-            KeyValue::new("mcp.method.name", call.method.clone()),
-            KeyValue::new("network.transport", "pipe"),
-        ];
+        // Values are shared (`Arc<str>`) or static, so that the copies below (metric to span,
+        // SERVER to CLIENT span) only count references: the SDK copies each value once more
+        // when it encodes the span, whatever it holds.
+        let mut metric = Vec::with_capacity(8);
+        metric.push(KeyValue::new("mcp.method.name", method_value(method)));
+        metric.push(KeyValue::new("network.transport", "pipe"));
         match (method, &call.name) {
             ("tools/call", Some(name)) => {
-                metric.push(KeyValue::new("gen_ai.tool.name", name.clone()));
+                metric.push(KeyValue::new("gen_ai.tool.name", shared(name)));
             }
             ("prompts/get", Some(name)) => {
-                metric.push(KeyValue::new("gen_ai.prompt.name", name.clone()));
+                metric.push(KeyValue::new("gen_ai.prompt.name", shared(name)));
             }
             _ => {}
         }
@@ -867,11 +870,12 @@ impl Worker {
             metric.push(KeyValue::new("error.type", why));
             status = Some(why.to_owned());
         }
-        let mut span = metric.clone();
+        let mut span = Vec::with_capacity(metric.len() + 6);
+        span.extend(metric.iter().cloned());
         span.push(KeyValue::new("mcp.session.id", self.session_id.clone()));
         span.push(KeyValue::new("km.initiator", initiator_name(open.sender)));
         if let Some(id) = &call.id {
-            span.push(KeyValue::new("jsonrpc.request.id", id.clone()));
+            span.push(KeyValue::new("jsonrpc.request.id", shared(id)));
         }
         let names_resource = matches!(
             method,
@@ -881,7 +885,7 @@ impl Worker {
                 | "notifications/resources/updated"
         );
         if let (true, Some(uri)) = (names_resource, &call.uri) {
-            span.push(KeyValue::new("mcp.resource.uri", uri.clone()));
+            span.push(KeyValue::new("mcp.resource.uri", shared(uri)));
         }
         if method == "tools/call" {
             if let Some(arguments) = &call.arguments {
@@ -1047,4 +1051,47 @@ pub(crate) fn parse_correlation(text: &str) -> Option<Key> {
         _ => return None,
     };
     Some((direction, seq.parse().ok()?))
+}
+
+/// A string attribute value that clones by reference count.
+fn shared(text: &str) -> Value {
+    Value::from(Arc::<str>::from(text))
+}
+
+/// `mcp.method.name`: the methods of the MCP specification as static text (no allocation per
+/// span), any other as a shared copy.
+fn method_value(method: &str) -> Value {
+    const KNOWN: [&str; 27] = [
+        "initialize",
+        "ping",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "sampling/createMessage",
+        "elicitation/create",
+        "roots/list",
+        "notifications/initialized",
+        "notifications/cancelled",
+        "notifications/progress",
+        "notifications/message",
+        "notifications/resources/updated",
+        "notifications/resources/list_changed",
+        "notifications/tools/list_changed",
+        "notifications/prompts/list_changed",
+        "notifications/roots/list_changed",
+        "notifications/elicitation/complete",
+        "tasks/get",
+    ];
+    match KNOWN.iter().find(|known| **known == method) {
+        Some(known) => Value::from(*known),
+        None => shared(method),
+    }
 }
