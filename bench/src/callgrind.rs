@@ -33,7 +33,7 @@ const FEW: usize = 1_000;
 const MANY: usize = 6_000;
 
 /// Whether valgrind can be run.
-fn valgrind_version() -> Option<String> {
+pub(crate) fn valgrind_version() -> Option<String> {
     let out = Command::new("valgrind").arg("--version").output().ok()?;
     out.status
         .success()
@@ -41,7 +41,7 @@ fn valgrind_version() -> Option<String> {
 }
 
 /// The total instructions (`Ir`) of a callgrind output file.
-fn total_ir(file: &Path) -> Result<u64> {
+pub(crate) fn total_ir(file: &Path) -> Result<u64> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     text.lines()

@@ -75,6 +75,9 @@ pub(crate) enum Section {
     /// Instructions per message under valgrind's callgrind (needs valgrind; not in the default
     /// run: ask for it with --only callgrind, or --all).
     Callgrind,
+    /// Instructions per message that OTLP export adds, under callgrind (needs valgrind; not in
+    /// the default run: ask for it with --only telemetry-callgrind, or --all).
+    TelemetryCallgrind,
     /// advanced-filters, authorised by the reference API: scanning, relay and latency.
     Filters,
 }
@@ -108,7 +111,8 @@ impl Options {
     pub(crate) fn wants(&self, section: Section) -> bool {
         if self.only.is_empty() {
             // callgrind takes minutes and needs valgrind: only when asked for.
-            return section != Section::Callgrind || self.all;
+            return !matches!(section, Section::Callgrind | Section::TelemetryCallgrind)
+                || self.all;
         }
         self.only.contains(&section)
     }
@@ -146,6 +150,9 @@ fn run(options: &Options) -> Result<()> {
     }
     if options.wants(Section::Callgrind) {
         callgrind::run(&env, options, &mut report)?;
+    }
+    if options.wants(Section::TelemetryCallgrind) {
+        telemetry::instructions(&env, options, &mut report)?;
     }
     if options.wants(Section::Filters) {
         filters::run(&env, options, &mut report)?;

@@ -9,6 +9,16 @@
 //! received, so that a run where nothing was exported cannot pass for a cheap one. The sink is
 //! hand-written (a loop over `TcpListener`) because it only has to drain HTTP/1.1 requests;
 //! it is no OTLP implementation.
+//!
+//! [`instructions`] (section `telemetry-callgrind`, not in the default run: it needs valgrind)
+//! counts what export costs in instructions, the figure a busy machine does not move: km under
+//! `valgrind --tool=callgrind` relaying the same mix with test-noop, export off, on and with the
+//! Collector down, each with [`FEW`] and [`MANY`] messages, the difference per message crossing
+//! km (as the callgrind section does). All of km's threads are counted (the pumps, the plugin's
+//! worker, km's telemetry thread, the SDK's batch and export threads), so the figure is
+//! everything export costs, on and off the relay's path. A run in which km's telemetry dropped
+//! anything or did not deliver everything (its stderr says so) fails: a cheaper figure must not
+//! come from exporting less.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,12 +26,14 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
+use crate::callgrind::{total_ir, valgrind_version};
 use crate::env::{median, percentile, BenchEnv};
 use crate::latency::Probe;
-use crate::relay::{messages, pass};
+use crate::relay::{messages, pass, pass_with_deadline, ClientStdio};
 use crate::report::{Report, Row};
 use crate::Options;
 
@@ -85,6 +97,20 @@ fn drain(stream: TcpStream, requests: &AtomicU64) {
     }
 }
 
+/// What km's stderr in `log` says its telemetry lost, if anything.
+fn loss(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .find(|l| l.contains("warning: telemetry"))
+        .map(|l| {
+            // "km: warning: telemetry to URL, URL: what was lost (last error: ...)"
+            l.split_once("telemetry to ")
+                .and_then(|(_, rest)| rest.split_once(": "))
+                .map_or(l, |(_, lost)| lost)
+                .to_owned()
+        })
+}
+
 /// `km monitor -- cat` with test-noop (or no plugin), exporting to `endpoint` (or not).
 fn km(env: &BenchEnv, plugin: bool, endpoint: Option<&str>) -> Command {
     let dir = plugin.then(|| env.single_plugin_dir("test-noop"));
@@ -120,10 +146,21 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
         (false, Some(&sink.url)),
     ];
     let mut times: [Vec<f64>; 5] = Default::default();
+    // Runs exporting to the sink in which km's telemetry lost anything (a read not traced, a
+    // span not exported), and the last such warning: a fast run that exported less is no
+    // figure of what export costs, so the rows say it.
+    let mut lossy = 0usize;
+    let mut last_loss = None;
     for _ in 0..reps {
         for (i, (plugin, endpoint)) in paths.iter().enumerate() {
             let mut cmd = km(env, *plugin, *endpoint);
             times[i].push(pass(&mut cmd, &msgs, &expected, &log)?.seconds);
+            if *endpoint == Some(sink.url.as_str()) {
+                if let Some(warning) = loss(&log) {
+                    lossy += 1;
+                    last_loss = Some(warning);
+                }
+            }
         }
     }
     let exports = sink.requests.load(Ordering::Relaxed);
@@ -166,6 +203,16 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
             target: target.map(|x: f64| (format!("time <= {x}x export off"), t / base <= x)),
         });
     }
+
+    report.add(Row {
+        section: "telemetry",
+        figure: "export runs in which km's telemetry lost something".to_owned(),
+        value: format!("{lossy} of {}", 2 * reps),
+        baseline: last_loss
+            .unwrap_or_else(|| "(every read traced, every span exported)".to_owned()),
+        ratio: None,
+        target: None,
+    });
 
     let plog = |name: &str| env.dir.path().join(format!("telemetry-latency-{name}.log"));
     let mut direct = env.command(Path::new("cat"));
@@ -219,5 +266,171 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
         ratio: None,
         target: None,
     });
+    Ok(())
+}
+
+/// Messages of the shorter and the longer callgrind run (the first [`FEW`] of the [`MANY`] are
+/// the same lines: the mix is generated in order from a fixed seed).
+const FEW: usize = 500;
+const MANY: usize = 2_500;
+
+/// The configurations [`instructions`] counts: label, plugin loaded, where export goes.
+#[derive(Clone, Copy)]
+enum Export {
+    Off,
+    On,
+    Down,
+}
+
+/// km under callgrind relaying the first `n` messages of the mix with test-noop (or none),
+/// exporting as `export` says; returns the instructions km executed.
+fn count(
+    env: &BenchEnv,
+    plugin: bool,
+    export: Export,
+    sink: &Sink,
+    down: &str,
+    n: usize,
+) -> Result<u64> {
+    let dir = std::env::var_os("KM_BENCH_CALLGRIND_DIR")
+        .map_or_else(|| env.dir.path().to_owned(), std::path::PathBuf::from);
+    let tag = format!(
+        "telemetry-{}-{}",
+        if plugin { "test-noop" } else { "bare" },
+        match export {
+            Export::Off => "off",
+            Export::On => "on",
+            Export::Down => "down",
+        }
+    );
+    let out = dir.join(format!("callgrind-{tag}-{n}.out"));
+    let mut cmd = env.command(Path::new("valgrind"));
+    cmd.arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(env.bin_dir.join("km"))
+        .arg("monitor");
+    match plugin {
+        true => cmd
+            .arg("--plugins-dir")
+            .arg(env.single_plugin_dir("test-noop")),
+        false => cmd.arg("--no-plugins"),
+    };
+    cmd.args(["--", "cat"]);
+    match export {
+        Export::Off => {}
+        Export::On => {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", &sink.url);
+        }
+        Export::Down => {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", down);
+        }
+    }
+    let msgs = messages(n);
+    let expected: Vec<u8> = msgs.concat();
+    let log = env.dir.path().join(format!("callgrind-{tag}.log"));
+    pass_with_deadline(
+        &mut cmd,
+        ClientStdio::Pipes,
+        &msgs,
+        &expected,
+        &log,
+        Duration::from_secs(900),
+    )
+    .with_context(|| format!("km under callgrind ({tag}); see {}", log.display()))?;
+    if let (Export::On, Some(warning)) = (export, loss(&log)) {
+        bail!("{tag}, {n} messages: km did not export everything: {warning}");
+    }
+    if plugin {
+        env.check_run("only-test-noop")?;
+    }
+    total_ir(&out)
+}
+
+/// Instructions per message crossing km.
+fn per_message(
+    env: &BenchEnv,
+    plugin: bool,
+    export: Export,
+    sink: &Sink,
+    down: &str,
+) -> Result<f64> {
+    let few = count(env, plugin, export, sink, down, FEW)?;
+    let many = count(env, plugin, export, sink, down, MANY)?;
+    anyhow::ensure!(
+        many > few,
+        "{many} instructions for {MANY} messages, {few} for {FEW}"
+    );
+    Ok((many - few) as f64 / ((MANY - FEW) * 2) as f64)
+}
+
+/// Runs the `telemetry-callgrind` section.
+pub(crate) fn instructions(env: &BenchEnv, _options: &Options, report: &mut Report) -> Result<()> {
+    let Some(version) = valgrind_version() else {
+        bail!("the telemetry-callgrind section needs valgrind on PATH (Debian: apt-get install valgrind)");
+    };
+    eprintln!("telemetry-callgrind ({version}): {FEW} and {MANY} messages of the relay's mix per configuration");
+    let sink = Sink::start()?;
+    let down = {
+        let closed = TcpListener::bind("127.0.0.1:0")?;
+        format!("http://{}", closed.local_addr()?)
+    };
+    // Under valgrind km runs ~50x slower: the last export gets a minute instead of a second,
+    // and the queues room for every span of the run (the requests of this mix are never
+    // answered, so the end of the session makes the spans of all of them at once, more than
+    // the SDK's default queue of 2048 holds), so that a run delivers everything (checked in
+    // `count`).
+    let config = env.home.join("config.toml");
+    let original = std::fs::read_to_string(&config)
+        .with_context(|| format!("reading {}", config.display()))?;
+    anyhow::ensure!(
+        !original.contains("[telemetry]"),
+        "{} already has a [telemetry] section",
+        config.display()
+    );
+    std::fs::write(
+        &config,
+        format!("{original}\n[telemetry]\nflush_timeout_ms = 60000\nqueue_size = 16384\n"),
+    )
+    .with_context(|| format!("writing {}", config.display()))?;
+    let counted = (|| -> Result<[f64; 5]> {
+        Ok([
+            per_message(env, true, Export::Off, &sink, &down)?,
+            per_message(env, true, Export::On, &sink, &down)?,
+            per_message(env, true, Export::Down, &sink, &down)?,
+            per_message(env, false, Export::Off, &sink, &down)?,
+            per_message(env, false, Export::On, &sink, &down)?,
+        ])
+    })();
+    std::fs::write(&config, original).with_context(|| format!("restoring {}", config.display()))?;
+    let [off, on, down_ir, bare_off, bare_on] = counted?;
+    for (label, value, base, base_label) in [
+        (
+            "instructions per message, test-noop, export on",
+            on,
+            off,
+            "export off",
+        ),
+        (
+            "instructions per message, test-noop, collector down",
+            down_ir,
+            off,
+            "export off",
+        ),
+        (
+            "instructions per message, no plugins, export on",
+            bare_on,
+            bare_off,
+            "export off (spliced)",
+        ),
+    ] {
+        report.add(Row {
+            section: "telemetry-callgrind",
+            figure: label.to_owned(),
+            value: format!("{value:.0}"),
+            baseline: format!("{base_label} {base:.0}"),
+            ratio: (base > 0.0).then(|| value / base),
+            target: None,
+        });
+    }
     Ok(())
 }
