@@ -274,7 +274,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
 const FEW: usize = 500;
 const MANY: usize = 2_500;
 
-/// The configurations [`instructions`] counts: label, plugin loaded, where export goes.
+/// Where km exports in a counted run: nowhere, to the sink, to a closed port.
 #[derive(Clone, Copy)]
 enum Export {
     Off,
