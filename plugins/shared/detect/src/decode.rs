@@ -16,13 +16,11 @@ pub(crate) fn decode_into(raw: &[u8], out: &mut Vec<u8>) -> Result<(), usize> {
     while i < raw.len() {
         let b = raw[i];
         if b != b'\\' {
-            if b < 0x20 {
-                return Err(i);
-            }
-            // Copy the run up to the next backslash in one go.
-            let next = memchr::memchr(b'\\', &raw[i..]).map_or(raw.len(), |p| i + p);
-            if let Some(bad) = raw[i..next].iter().position(|&c| c < 0x20) {
-                return Err(i + bad);
+            // Copy the run up to the next backslash in one go; a control character in it is
+            // an error.
+            let next = crate::swar::next_escape_or_control(raw, i);
+            if raw.get(next).is_some_and(|&c| c < 0x20) {
+                return Err(next);
             }
             out.extend_from_slice(&raw[i..next]);
             i = next;

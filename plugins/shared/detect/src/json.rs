@@ -247,14 +247,22 @@ impl<'d, 's> Walker<'d, 's> {
         let mut i = start + 1;
         let mut escaped = false;
         loop {
-            let Some(p) = memchr::memchr2(b'"', b'\\', &s[i..]) else {
+            // One search for whichever comes first: the closing quote, an escape, or a control
+            // character (invalid in a string).
+            let j = crate::swar::next_string_special(s, i);
+            let Some(&c) = s.get(j) else {
                 return Err(s.len());
             };
-            let j = i + p;
-            if let Some(bad) = crate::swar::first_control(&s[i..j]) {
-                return Err(i + bad);
+            if c < 0x20 {
+                // As if the quote or backslash were searched first: a string that never ends
+                // is reported at the end of the line.
+                return Err(if memchr::memchr2(b'"', b'\\', &s[j..]).is_some() {
+                    j
+                } else {
+                    s.len()
+                });
             }
-            if s[j] == b'"' {
+            if c == b'"' {
                 self.pos = j + 1;
                 return Ok((start..j + 1, escaped));
             }
@@ -379,9 +387,8 @@ impl<'d, 's> Walker<'d, 's> {
             Parsed::Str { raw }
                 if raw.len() - 2 <= FRAGMENT_MAX
                     && raw.len() > 2
-                    && !self.src[raw.start + 1..raw.end - 1]
-                        .iter()
-                        .any(|&c| c == b' ' || c == b'\\') =>
+                    && memchr::memchr2(b' ', b'\\', &self.src[raw.start + 1..raw.end - 1])
+                        .is_none() =>
             {
                 let _ = run;
                 self.frags.push(raw)
@@ -832,5 +839,108 @@ impl Detector {
                 fingerprint: self.fingerprint(&text[h.start..h.end]),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The string tokenizer written the plain way, byte by byte: the reference for the fused
+    /// block search of `string_token`.
+    fn reference_token(s: &[u8]) -> Result<(Range<usize>, bool), usize> {
+        let mut i = 1;
+        let mut escaped = false;
+        // The first quote or backslash; a control character before it is the error.
+        loop {
+            let Some(j) = (i..s.len()).find(|&j| s[j] == b'"' || s[j] == b'\\') else {
+                return Err(s.len());
+            };
+            if let Some(bad) = (i..j).find(|&k| s[k] < 0x20) {
+                return Err(bad);
+            }
+            if s[j] == b'"' {
+                return Ok((0..j + 1, escaped));
+            }
+            escaped = true;
+            match s.get(j + 1) {
+                Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => i = j + 2,
+                Some(b'u') => {
+                    let h = s.get(j + 2..j + 6).ok_or(j)?;
+                    if !h.iter().all(u8::is_ascii_hexdigit) {
+                        return Err(j);
+                    }
+                    i = j + 6;
+                }
+                _ => return Err(j),
+            }
+        }
+    }
+
+    /// What the string tokens are made of: letters in runs long and short (so that the quote
+    /// lands in every position of a block), escapes whole and broken, control characters,
+    /// non-ASCII.
+    const PARTS: &[&[u8]] = &[
+        b"a",
+        b"abcdefgh",
+        b"abcdefghijklmnopqrstuvwxyzabcdef",
+        b" ",
+        b"\"",
+        b"\\\"",
+        b"\\\\",
+        b"\\n",
+        b"\\/",
+        b"\\u0041",
+        b"\\ud83d\\ude00",
+        b"\\u12",
+        b"\\x",
+        b"\\",
+        b"\x01",
+        b"\x1f",
+        b"\t",
+        b"\n",
+        b"\x7f",
+        "é".as_bytes(),
+        "\u{200b}".as_bytes(),
+        b"\xff",
+        b"0123",
+    ];
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn string_tokens_end_and_fail_where_a_byte_by_byte_tokenizer_says(
+            parts in proptest::collection::vec(0..PARTS.len(), 0..60),
+        ) {
+            let mut s = vec![b'"'];
+            for &p in &parts {
+                s.extend_from_slice(PARTS[p]);
+            }
+            static DETECTOR: std::sync::OnceLock<crate::Detector> = std::sync::OnceLock::new();
+            let det = DETECTOR.get_or_init(crate::Detector::new);
+            let mut w = Walker::new(det, &s, String::new(), 0);
+            let got = w.string_token();
+            proptest::prop_assert_eq!(&got, &reference_token(&s));
+            if let Ok((raw, escaped)) = got {
+                proptest::prop_assert_eq!(w.pos, raw.end);
+                // A valid token decodes as serde_json decodes it, escapes or not.
+                let content = &s[raw.start + 1..raw.end - 1];
+                let mut out = Vec::new();
+                proptest::prop_assert!(crate::decode::decode_into(content, &mut out).is_ok());
+                match serde_json::from_slice::<String>(&s[raw.clone()]) {
+                    Ok(want) => proptest::prop_assert_eq!(&out, want.as_bytes()),
+                    // serde_json refuses invalid UTF-8 and lone surrogates (which decode to
+                    // U+FFFD here, as most parsers do); nothing else.
+                    Err(_) => {
+                        let replacement = "\u{FFFD}".as_bytes();
+                        let refused = std::str::from_utf8(content).is_err()
+                            || out.windows(3).any(|w| w == replacement);
+                        proptest::prop_assert!(refused);
+                    }
+                }
+                proptest::prop_assert_eq!(escaped, content.contains(&b'\\'));
+            }
+        }
     }
 }

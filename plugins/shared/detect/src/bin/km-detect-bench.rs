@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run -p km-detect --release --bin km-detect-bench [-- --seconds N]
+//! valgrind --tool=callgrind target/release/km-detect-bench --passes N [--relay | --only K]
 //! ```
 //!
 //! Builds a deterministic mix (tool calls with nested arguments, tool results with prose, code
@@ -11,6 +12,10 @@
 //! `serde_json::from_slice` on the same lines as a reference. Timing only: not a test (the
 //! machine is shared and noisy; tests never assert speed). Prints the median of five rounds,
 //! in wall-clock time and in this thread's CPU time (which a loaded machine disturbs less).
+//!
+//! `--passes N` does a fixed amount of work instead (N scans of the clean mix, of the relay
+//! stream with `--relay`, or of one kind with `--only K`) and prints no timing: the run to give
+//! `valgrind --tool=callgrind`, whose instruction counts are repeatable on a busy machine.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -225,6 +230,7 @@ fn main() {
     let mut seconds = 5.0f64;
     let mut only: Option<usize> = None;
     let mut relay_only = false;
+    let mut passes: Option<usize> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--seconds" {
@@ -232,6 +238,8 @@ fn main() {
         } else if a == "--only" {
             // Profiling aid: time only one kind of clean line (0..6, in the order printed).
             only = args.next().and_then(|s| s.parse().ok());
+        } else if a == "--passes" {
+            passes = args.next().and_then(|s| s.parse().ok());
         } else if a == "--relay" {
             // Profiling aid: time only km-bench's relay stream.
             relay_only = true;
@@ -250,6 +258,25 @@ fn main() {
         det.rules().len()
     );
     let relay = relay_mix(2000);
+    if let Some(n) = passes {
+        let lines: Vec<Vec<u8>> = match (relay_only, only) {
+            (true, _) => relay,
+            (false, Some(k)) => clean.iter().skip(k).step_by(6).cloned().collect(),
+            (false, None) => clean,
+        };
+        let bytes: usize = lines.iter().map(Vec::len).sum();
+        let mut found = 0usize;
+        for _ in 0..n {
+            for l in &lines {
+                found += black_box(det.scan_line(black_box(l))).findings.len();
+            }
+        }
+        println!(
+            "{n} passes over {} lines, {bytes} bytes each pass, {found} findings",
+            lines.len()
+        );
+        return;
+    }
     if relay_only {
         measure("relay stream of km-bench", &relay, seconds, &|l| {
             black_box(det.scan_line(black_box(l)));

@@ -423,6 +423,15 @@ fn strip_scheme(v: &[u8]) -> (usize, bool) {
         b"dsn ",
         b"sso-key ",
     ];
+    // Every scheme starts with one of these letters and ends with a space: most values are
+    // told apart by their first byte or by having no space at all.
+    if !matches!(
+        v.first().map(u8::to_ascii_lowercase),
+        Some(b'a' | b'b' | b'd' | b'k' | b's' | b't')
+    ) || memchr::memchr(b' ', v).is_none()
+    {
+        return (0, false);
+    }
     for s in SCHEMES {
         if v.len() >= s.len() && v[..s.len()].eq_ignore_ascii_case(s) {
             let mut off = s.len();
