@@ -12,10 +12,9 @@
 //!   answers "pass");
 //! - `example` lines (documentation example keys) are counted, never scored.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use km_detect::eval::{load, Case};
+use km_detect::eval::{load, needles_gone, tally, Case, Outcome as Scored, Summary};
 use serde_json::Value;
 
 use crate::filter::{Filter, Outcome};
@@ -25,73 +24,14 @@ use crate::policy::{Layers, Policy, ServerNames, Subject};
 pub const EVAL_POLICY: &str =
     "[defaults]\nsecrets = \"redact\"\npii = \"redact\"\ninjection = \"block\"\n";
 
-/// The figures of one corpus.
+/// The figures of one corpus: km-detect's tally of the plugin's outcomes, and the lines whose
+/// output was not valid JSON though the input was.
 #[derive(Debug, Default, Clone)]
 pub struct Figures {
-    /// group -> (caught, total).
-    pub recall: BTreeMap<String, (usize, usize)>,
-    /// Negatives: (false positives, total).
-    pub negatives: (usize, usize),
-    /// Example lines: (changed or blocked, total).
-    pub examples: (usize, usize),
-    /// Ids and rules of the positives that were missed.
-    pub missed: Vec<(String, String)>,
-    /// Ids and labels of the false positives, with the rules that fired.
-    pub false_positives: Vec<(String, String, Vec<String>)>,
-    /// Lines whose output was not valid JSON though the input was.
+    /// Recall by group, false positives, examples (changed or blocked), misses.
+    pub summary: Summary,
+    /// Ids of the lines whose output was not valid JSON though the input was.
     pub broken_json: Vec<String>,
-}
-
-impl Figures {
-    /// Recall of `group` in [0, 1] (1 when it is empty).
-    pub fn recall_of(&self, group: &str) -> f64 {
-        match self.recall.get(group) {
-            Some(&(c, t)) if t > 0 => c as f64 / t as f64,
-            _ => 1.0,
-        }
-    }
-
-    /// Recall over every positive.
-    pub fn overall_recall(&self) -> f64 {
-        let (c, t) = self
-            .recall
-            .values()
-            .fold((0, 0), |a, &(c, t)| (a.0 + c, a.1 + t));
-        if t == 0 {
-            1.0
-        } else {
-            c as f64 / t as f64
-        }
-    }
-
-    /// The false-positive rate on the negatives.
-    pub fn fp_rate(&self) -> f64 {
-        if self.negatives.1 == 0 {
-            0.0
-        } else {
-            self.negatives.0 as f64 / self.negatives.1 as f64
-        }
-    }
-}
-
-fn strings_of(v: &Value, depth: usize, out: &mut Vec<String>) {
-    match v {
-        Value::String(s) => {
-            out.push(s.clone());
-            let t = s.trim_start();
-            if depth < 3 && (t.starts_with('{') || t.starts_with('[')) {
-                if let Ok(inner) = serde_json::from_str::<Value>(s) {
-                    strings_of(&inner, depth + 1, out);
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| strings_of(x, depth, out)),
-        Value::Object(o) => o.iter().for_each(|(k, x)| {
-            out.push(k.clone());
-            strings_of(x, depth, out);
-        }),
-        _ => {}
-    }
 }
 
 /// A filter with the figures' policy (and a fixed fingerprint key).
@@ -111,8 +51,8 @@ pub struct EvalFilter(Filter);
 /// Scores every case of a corpus.
 pub fn evaluate(filter: &EvalFilter, cases: &[Case]) -> Figures {
     let server = ServerNames::default();
-    let mut fig = Figures::default();
-    for case in cases {
+    let mut broken_json = Vec::new();
+    let summary = tally(cases, |case| {
         let line = case.message.as_bytes();
         // The figures' policy has no scopes: direction, method and tool do not change them.
         let subject = Subject {
@@ -122,62 +62,45 @@ pub fn evaluate(filter: &EvalFilter, cases: &[Case]) -> Figures {
             request: true,
         };
         let j = filter.0.judge(line, &subject);
-        let input_json = serde_json::from_slice::<Value>(line).is_ok();
         if let Outcome::Replace { line: out, .. } = &j.outcome {
-            if input_json && serde_json::from_slice::<Value>(out).is_err() {
-                fig.broken_json.push(case.id.clone());
+            if serde_json::from_slice::<Value>(line).is_ok()
+                && serde_json::from_slice::<Value>(out).is_err()
+            {
+                broken_json.push(case.id.clone());
             }
         }
         match case.category.as_str() {
+            "negative" if j.outcome == Outcome::Pass => Scored::Clean,
             "negative" => {
-                fig.negatives.1 += 1;
-                if j.outcome != Outcome::Pass {
-                    fig.negatives.0 += 1;
-                    let mut rules: Vec<String> =
-                        j.reported().map(|x| x.finding.rule.to_owned()).collect();
-                    rules.dedup();
-                    if rules.is_empty() {
-                        rules.push("uninspectable".into());
-                    }
-                    fig.false_positives
-                        .push((case.id.clone(), case.rule.clone(), rules));
+                let mut rules: Vec<String> =
+                    j.reported().map(|x| x.finding.rule.to_owned()).collect();
+                rules.dedup();
+                if rules.is_empty() {
+                    rules.push("uninspectable".into());
                 }
+                Scored::FalsePositive(rules)
             }
-            "example" => {
-                fig.examples.1 += 1;
-                if j.outcome != Outcome::Pass {
-                    fig.examples.0 += 1;
-                }
-            }
+            "example" => Scored::Example(j.outcome != Outcome::Pass),
             category => {
-                let entry = fig.recall.entry(case.group.clone()).or_default();
-                entry.1 += 1;
                 let caught = match &j.outcome {
                     Outcome::Block { .. } => true,
                     Outcome::Pass => false,
                     Outcome::Replace { line: out, .. } => {
-                        category == "injection" || {
-                            let text = String::from_utf8_lossy(out);
-                            let mut strings = Vec::new();
-                            if let Ok(v) = serde_json::from_slice::<Value>(out) {
-                                strings_of(&v, 0, &mut strings);
-                            }
-                            case.needles.iter().all(|n| {
-                                !text.contains(n.as_str())
-                                    && strings.iter().all(|s| !s.contains(n.as_str()))
-                            })
-                        }
+                        category == "injection" || needles_gone(out, &case.needles)
                     }
                 };
                 if caught {
-                    entry.0 += 1;
+                    Scored::Caught
                 } else {
-                    fig.missed.push((case.id.clone(), case.rule.clone()));
+                    Scored::Missed
                 }
             }
         }
+    });
+    Figures {
+        summary,
+        broken_json,
     }
-    fig
 }
 
 /// Where the shared corpus is: `KM_DETECT_SHARED_CORPUS`, else `../shared/corpus` beside the

@@ -15,9 +15,21 @@ fn the_repository_corpus_meets_its_targets_on_the_wire_path() {
     let filter = eval_filter().expect("the figures' policy");
     let f = evaluate_file(&filter, &root().join("tests/corpus/detect.jsonl"))
         .expect("the corpus loads");
-    assert!(f.recall_of("documented") >= 0.98, "{:?}", f.missed);
-    assert!(f.recall_of("pii-checksum") >= 0.98, "{:?}", f.missed);
-    assert!(f.fp_rate() <= 0.005, "{:?}", f.false_positives);
+    assert!(
+        f.summary.recall_of("documented") >= 0.98,
+        "{:?}",
+        f.summary.missed
+    );
+    assert!(
+        f.summary.recall_of("pii-checksum") >= 0.98,
+        "{:?}",
+        f.summary.missed
+    );
+    assert!(
+        f.summary.fp_rate() <= 0.005,
+        "{:?}",
+        f.summary.false_positives
+    );
     assert!(
         f.broken_json.is_empty(),
         "redaction broke JSON: {:?}",
@@ -37,8 +49,12 @@ fn the_shared_corpus_meets_the_held_out_targets_on_the_wire_path() {
     }
     let filter = eval_filter().expect("the figures' policy");
     let f = evaluate_file(&filter, &file).expect("the shared corpus loads");
-    assert!(f.overall_recall() >= 0.90, "{:?}", f.missed);
-    assert!(f.fp_rate() <= 0.02, "{:?}", f.false_positives);
+    assert!(f.summary.overall_recall() >= 0.90, "{:?}", f.summary.missed);
+    assert!(
+        f.summary.fp_rate() <= 0.02,
+        "{:?}",
+        f.summary.false_positives
+    );
     assert!(
         f.broken_json.is_empty(),
         "redaction broke JSON: {:?}",

@@ -27,28 +27,9 @@ fn workspace_root() -> PathBuf {
 
 fn print(name: &str, f: &Figures, seconds: f64, lines: usize, verbose: bool) {
     println!("{name}");
-    for (group, (c, t)) in &f.recall {
-        println!(
-            "  recall {group:<14} {c:>4}/{t:<4} {:6.2}%",
-            100.0 * *c as f64 / (*t).max(1) as f64
-        );
-    }
-    println!(
-        "  recall {:<14} {:>11.2}%",
-        "overall",
-        100.0 * f.overall_recall()
-    );
-    println!(
-        "  false positives      {:>4}/{:<4} {:6.2}%",
-        f.negatives.0,
-        f.negatives.1,
-        100.0 * f.fp_rate()
-    );
-    if f.examples.1 > 0 {
-        println!(
-            "  examples changed     {:>4}/{:<4} (documentation examples: logged, never redacted; not scored)",
-            f.examples.0, f.examples.1
-        );
+    print!("{}", f.summary.render("examples changed", verbose));
+    if f.summary.examples.1 > 0 {
+        println!("  (documentation examples: logged, never redacted)");
     }
     println!(
         "  output not valid JSON {:>3} lines; {lines} lines judged in {:.1} ms",
@@ -56,12 +37,6 @@ fn print(name: &str, f: &Figures, seconds: f64, lines: usize, verbose: bool) {
         seconds * 1e3
     );
     if verbose {
-        for (id, rule) in &f.missed {
-            println!("    missed {id} {rule}");
-        }
-        for (id, label, rules) in &f.false_positives {
-            println!("    false positive {id} {label}: {}", rules.join(", "));
-        }
         for id in &f.broken_json {
             println!("    broken JSON {id}");
         }
@@ -99,9 +74,9 @@ fn run() -> anyhow::Result<bool> {
         lines(&corpus),
         verbose,
     );
-    let mut ok = repo.recall_of("documented") >= 0.98
-        && repo.recall_of("pii-checksum") >= 0.98
-        && repo.fp_rate() <= 0.005
+    let mut ok = repo.summary.recall_of("documented") >= 0.98
+        && repo.summary.recall_of("pii-checksum") >= 0.98
+        && repo.summary.fp_rate() <= 0.005
         && repo.broken_json.is_empty();
     let shared_file = shared.join("messages.jsonl");
     if shared_file.exists() {
@@ -114,8 +89,8 @@ fn run() -> anyhow::Result<bool> {
             lines(&shared_file),
             verbose,
         );
-        ok &= held_out.overall_recall() >= 0.90
-            && held_out.fp_rate() <= 0.02
+        ok &= held_out.summary.overall_recall() >= 0.90
+            && held_out.summary.fp_rate() <= 0.02
             && held_out.broken_json.is_empty();
     } else {
         println!(

@@ -90,7 +90,7 @@ pub enum Outcome {
     /// A negative with no finding.
     Clean,
     /// A negative with findings: the rules that fired.
-    FalsePositive(Vec<&'static str>),
+    FalsePositive(Vec<String>),
     /// An example line: whether anything (example or not) was reported.
     Example(bool),
 }
@@ -123,7 +123,7 @@ pub fn score(det: &Detector, case: &Case) -> Outcome {
     let report = det.scan_line(line);
     match case.category.as_str() {
         "negative" => {
-            let mut rules: Vec<&'static str> = report.leaks().map(|f| f.rule).collect();
+            let mut rules: Vec<String> = report.leaks().map(|f| f.rule.to_owned()).collect();
             rules.dedup();
             if rules.is_empty() {
                 Outcome::Clean
@@ -161,21 +161,27 @@ pub fn score(det: &Detector, case: &Case) -> Outcome {
             let Ok(red) = redact(line, &chosen, Marker::Rule) else {
                 return Outcome::Missed;
             };
-            let red_text = String::from_utf8_lossy(&red);
-            let mut strings = Vec::new();
-            if let Ok(v) = serde_json::from_slice::<Value>(&red) {
-                strings_of(&v, 0, &mut strings);
-            }
-            let gone = case.needles.iter().all(|n| {
-                !red_text.contains(n.as_str()) && strings.iter().all(|s| !s.contains(n.as_str()))
-            });
-            if gone {
+            if needles_gone(&red, &case.needles) {
                 Outcome::Caught
             } else {
                 Outcome::Missed
             }
         }
     }
+}
+
+/// Whether every needle is gone from `out` (a line as forwarded): from its raw bytes, from
+/// its decoded strings and keys, and from JSON nested in them. The scoring of a positive, for
+/// the detector's figures and for a plugin's.
+pub fn needles_gone(out: &[u8], needles: &[String]) -> bool {
+    let text = String::from_utf8_lossy(out);
+    let mut strings = Vec::new();
+    if let Ok(v) = serde_json::from_slice::<Value>(out) {
+        strings_of(&v, 0, &mut strings);
+    }
+    needles
+        .iter()
+        .all(|n| !text.contains(n.as_str()) && strings.iter().all(|s| !s.contains(n.as_str())))
 }
 
 /// Figures for one corpus.
@@ -190,7 +196,7 @@ pub struct Summary {
     /// ids of missed positives with their rule
     pub missed: Vec<(String, String)>,
     /// ids of false positives with the rules that fired
-    pub false_positives: Vec<(String, String, Vec<&'static str>)>,
+    pub false_positives: Vec<(String, String, Vec<String>)>,
 }
 
 impl Summary {
@@ -221,13 +227,48 @@ impl Summary {
             self.negatives.0 as f64 / self.negatives.1 as f64
         }
     }
+
+    /// The figures as text, one per line: recall by group and overall, false positives,
+    /// examples (counted under `examples`, never scored), and with `verbose` the ids and
+    /// rules of every miss and false positive (never the values).
+    pub fn render(&self, examples: &str, verbose: bool) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for (group, (c, t)) in &self.recall {
+            let pct = 100.0 * *c as f64 / (*t).max(1) as f64;
+            let _ = writeln!(out, "  recall {group:<14} {c:>4}/{t:<4} {pct:6.2}%");
+        }
+        let overall = 100.0 * self.overall_recall();
+        let _ = writeln!(out, "  recall {:<14} {overall:>11.2}%", "overall");
+        let (fp, negatives) = self.negatives;
+        let rate = 100.0 * self.fp_rate();
+        let _ = writeln!(
+            out,
+            "  false positives      {fp:>4}/{negatives:<4} {rate:6.2}%"
+        );
+        if self.examples.1 > 0 {
+            let (hit, total) = self.examples;
+            let _ = writeln!(out, "  {examples:<20} {hit:>4}/{total:<4} (not scored)");
+        }
+        if verbose {
+            for (id, rule) in &self.missed {
+                let _ = writeln!(out, "    missed {id} {rule}");
+            }
+            for (id, label, rules) in &self.false_positives {
+                let _ = writeln!(out, "    false positive {id} {label}: {}", rules.join(", "));
+            }
+        }
+        out
+    }
 }
 
-/// Scores every case.
-pub fn evaluate(det: &Detector, cases: &[Case]) -> Summary {
+/// Counts every case with the outcome `judge` gives it: the one tally behind the detector's
+/// figures ([`evaluate`]) and a plugin's (advanced-filters judges through its own decision
+/// path).
+pub fn tally(cases: &[Case], mut judge: impl FnMut(&Case) -> Outcome) -> Summary {
     let mut s = Summary::default();
     for c in cases {
-        match score(det, c) {
+        match judge(c) {
             Outcome::Caught => s.recall.entry(c.group.clone()).or_default().0 += 1,
             Outcome::Missed => s.missed.push((c.id.clone(), c.rule.clone())),
             Outcome::Clean => {}
@@ -250,4 +291,9 @@ pub fn evaluate(det: &Detector, cases: &[Case]) -> Summary {
         }
     }
     s
+}
+
+/// Scores every case with the detector alone.
+pub fn evaluate(det: &Detector, cases: &[Case]) -> Summary {
+    tally(cases, |c| score(det, c))
 }

@@ -25,37 +25,7 @@ fn workspace_root() -> PathBuf {
 
 fn print(name: &str, s: &Summary, verbose: bool) {
     println!("{name}");
-    for (group, (c, t)) in &s.recall {
-        println!(
-            "  recall {group:<14} {c:>4}/{t:<4} {:6.2}%",
-            100.0 * *c as f64 / (*t).max(1) as f64
-        );
-    }
-    println!(
-        "  recall {:<14} {:>11.2}%",
-        "overall",
-        100.0 * s.overall_recall()
-    );
-    println!(
-        "  false positives      {:>4}/{:<4} {:6.2}%",
-        s.negatives.0,
-        s.negatives.1,
-        100.0 * s.fp_rate()
-    );
-    if s.examples.1 > 0 {
-        println!(
-            "  examples reported    {:>4}/{:<4} (not scored)",
-            s.examples.0, s.examples.1
-        );
-    }
-    if verbose {
-        for (id, rule) in &s.missed {
-            println!("    missed {id} {rule}");
-        }
-        for (id, label, rules) in &s.false_positives {
-            println!("    false positive {id} {label}: {}", rules.join(", "));
-        }
-    }
+    print!("{}", s.render("examples reported", verbose));
 }
 
 fn run() -> anyhow::Result<ExitCode> {
