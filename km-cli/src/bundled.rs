@@ -32,12 +32,7 @@ pub struct Bundled {
 impl Bundled {
     /// The file name of its library on this platform (`libconsole_logger.so`).
     pub fn library_file(&self) -> String {
-        format!(
-            "{}{}{}",
-            std::env::consts::DLL_PREFIX,
-            self.crate_name,
-            std::env::consts::DLL_SUFFIX
-        )
+        km_signing::library_file_name(self.crate_name)
     }
 
     /// Free plugins run as any signed build; Pro and Enterprise ones authorise only as a

@@ -371,10 +371,9 @@ fn verify_read_package(
             check: Check::Package,
             reason: format!(
                 "the package names its library {:?}, which is not a file name of plugin {name} \
-                 (lib{}{} or a customer build of it)",
+                 ({} or a customer build of it)",
                 pkg.lib_name,
-                name.replace('-', "_"),
-                std::env::consts::DLL_SUFFIX
+                km_signing::library_file_name(&name.replace('-', "_")),
             ),
         });
     }

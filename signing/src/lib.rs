@@ -99,7 +99,9 @@ pub use manifest::{
     check_name, format_timestamp, parse_date, parse_timestamp, sha256_hex, target_triple, Claims,
     Manifest, CAPABILITY_INTERCEPT, KNOWN_CAPABILITIES, MANIFEST_KIND, MANIFEST_KIND_V2,
 };
-pub use package::{read_package, write_package, Limits, Package, PackageError, PACKAGE_SUFFIX};
+pub use package::{
+    library_file_name, read_package, write_package, Limits, Package, PackageError, PACKAGE_SUFFIX,
+};
 pub use rollback::SeenVersions;
 pub use sigfile::SignatureFile;
 pub use stamp::{customer_build_file_name, stamp_library};

@@ -123,6 +123,19 @@ pub struct Package {
     pub manifest: Manifest,
 }
 
+/// The platform's file name of the plugin library whose stem is `stem`: `lib<stem>.so` on Linux,
+/// `lib<stem>.dylib` on macOS, `<stem>.dll` on Windows. A cargo `cdylib` is named after its crate
+/// with `-` written `_` (`console_logger`); a customer build after its plugin
+/// ([`crate::customer_build_file_name`]). The one place the platform's naming is spelled, so that
+/// what km installs, what `km-sign build-plugin` writes and what the tests look for agree.
+pub fn library_file_name(stem: &str) -> String {
+    format!(
+        "{}{stem}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
 /// Is `name` acceptable as the library's file name inside a package (and then in the plugin
 /// directory)? A plain name of `[A-Za-z0-9._-]`, not starting with `.`, ending with the platform's
 /// library suffix, at most 255 bytes.

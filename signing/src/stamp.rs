@@ -18,12 +18,10 @@ pub const CUSTOMER_HASH_DIGITS: usize = 8;
 /// prefix and suffix, so that km's loader picks it up). The customer id itself is not spelled.
 pub fn customer_build_file_name(name: &str, customer_id: &str) -> String {
     let hash = credentials::customer_hash(customer_id);
-    format!(
-        "{}km-plugin-{name}-{}{}",
-        std::env::consts::DLL_PREFIX,
-        &hash[..CUSTOMER_HASH_DIGITS],
-        std::env::consts::DLL_SUFFIX
-    )
+    crate::package::library_file_name(&format!(
+        "km-plugin-{name}-{}",
+        &hash[..CUSTOMER_HASH_DIGITS]
+    ))
 }
 
 /// Returns a stamped copy of `library`: `creds` encrypted under the build key of a fresh build id
