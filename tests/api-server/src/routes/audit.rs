@@ -25,7 +25,7 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use km_audit::{parse_hash, verify_consistency, SignedCheckpoint, SignedCheckpointJson};
-use km_plugin_sdk::auth::{verify_token, TokenClaims};
+use km_plugin_sdk::auth::TokenClaims;
 use km_plugin_sdk::Tier;
 use serde::Deserialize;
 use serde_json::json;
@@ -34,9 +34,8 @@ use crate::http::{Request, Response};
 use crate::router::{Params, Router};
 use crate::state::AppState;
 use crate::store::audit::{Added, NewCheckpoint};
-use crate::store::now;
 
-use super::{internal, json_body};
+use super::{claims_of_tier, internal, json_body};
 
 /// The plugin whose tokens these endpoints take.
 const PLUGIN: &str = "compliance-reporting";
@@ -47,18 +46,13 @@ pub(super) fn register(router: &mut Router<AppState>) {
 }
 
 fn authorize(state: &AppState, request: &Request) -> Result<TokenClaims, Response> {
-    let token = request
-        .bearer_token()
-        .ok_or_else(|| Response::error(401, "missing bearer token"))?;
-    let claims = verify_token(token, state.signer.public_key(), PLUGIN, None, now())
-        .map_err(|e| Response::error(401, &format!("bad token: {e}")))?;
-    if !claims.tier.satisfies(Tier::Enterprise) {
-        return Err(Response::error(
-            403,
-            "audit checkpoints need an Enterprise subscription",
-        ));
-    }
-    Ok(claims)
+    claims_of_tier(
+        state,
+        request,
+        PLUGIN,
+        Tier::Enterprise,
+        "audit checkpoints need an Enterprise subscription",
+    )
 }
 
 #[derive(Deserialize)]

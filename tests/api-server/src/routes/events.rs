@@ -7,7 +7,6 @@
 //! event without a string id (then nothing of the batch is stored). Past `--rate-limit`, 429 with
 //! `Retry-After` (counted for the token's customer).
 
-use km_plugin_sdk::auth::verify_token;
 use km_plugin_sdk::Tier;
 use serde_json::{json, Value};
 
@@ -15,21 +14,17 @@ use crate::http::{Request, Response};
 use crate::router::{Params, Router};
 use crate::state::{AppState, Stats};
 use crate::store::events::event_id;
-use crate::store::now;
 
-use super::{admit, internal};
+use super::{admit, internal, token_claims};
 
 pub(super) fn register(router: &mut Router<AppState>) {
     router.post("/api/events/batch", batch);
 }
 
 fn batch(state: &AppState, request: &Request, _: &Params) -> Response {
-    let Some(token) = request.bearer_token() else {
-        return Response::error(401, "missing bearer token");
-    };
-    let claims = match verify_token(token, state.signer.public_key(), "api-logger", None, now()) {
-        Ok(c) => c,
-        Err(e) => return Response::error(401, &format!("bad token: {e}")),
+    let claims = match token_claims(state, request, "api-logger") {
+        Ok(claims) => claims,
+        Err(refused) => return refused,
     };
     if let Err(limited) = admit(state, &claims.customer_id, request) {
         return limited;

@@ -44,9 +44,48 @@ pub(crate) mod rotation;
 pub(crate) mod seats;
 pub(crate) mod teams;
 
+use km_plugin_sdk::auth::{verify_token, TokenClaims};
+use km_plugin_sdk::Tier;
+
 use crate::http::{Request, Response};
 use crate::router::Router;
 use crate::state::AppState;
+
+/// The claims of the request's bearer token, a subscription token of ours for `plugin`, or the
+/// request's 401 answer (no token, or one that does not verify).
+pub(crate) fn token_claims(
+    state: &AppState,
+    request: &Request,
+    plugin: &str,
+) -> Result<TokenClaims, Response> {
+    let token = request
+        .bearer_token()
+        .ok_or_else(|| Response::error(401, "missing bearer token"))?;
+    verify_token(
+        token,
+        state.signer.public_key(),
+        plugin,
+        None,
+        crate::store::now(),
+    )
+    .map_err(|e| Response::error(401, &format!("bad token: {e}")))
+}
+
+/// [`token_claims`] of a token whose subscription is of `tier` at least; otherwise the request's
+/// 403 answer, `refusal` (what needs the tier).
+pub(crate) fn claims_of_tier(
+    state: &AppState,
+    request: &Request,
+    plugin: &str,
+    tier: Tier,
+    refusal: &str,
+) -> Result<TokenClaims, Response> {
+    let claims = token_claims(state, request, plugin)?;
+    if !claims.tier.satisfies(tier) {
+        return Err(Response::error(403, refusal));
+    }
+    Ok(claims)
+}
 
 /// Admits a request of `customer` under the rate limit, or answers it 429 with `Retry-After`
 /// (which also counts on the customer's `rate-limited` abuse signal).

@@ -35,7 +35,6 @@
 //!   policy in place of the latest, unchecked; `DELETE` ends it.
 //! - `POST /control/teams/{team}/approvals` `{policy, member, envelope}`: stored unchecked.
 
-use km_plugin_sdk::auth::verify_token;
 use km_plugin_sdk::Tier;
 use km_policy::team::roster::valid_member_id;
 use km_policy::team::{verify, verify_approval, AdminKey, TeamTrust};
@@ -46,7 +45,7 @@ use crate::http::{Method, Request, Response};
 use crate::router::{Params, Router};
 use crate::state::AppState;
 use crate::store::teams::{Member, NewPolicy, PolicyAdded, Role, Team};
-use crate::store::{now, Error as StoreError};
+use crate::store::Error as StoreError;
 
 use super::{internal, json_body};
 
@@ -94,17 +93,13 @@ struct Caller {
 }
 
 fn authorize(state: &AppState, request: &Request, params: &Params) -> Result<Caller, Response> {
-    let token = request
-        .bearer_token()
-        .ok_or_else(|| Response::error(401, "missing bearer token"))?;
-    let claims = verify_token(token, state.signer.public_key(), PLUGIN, None, now())
-        .map_err(|e| Response::error(401, &format!("bad token: {e}")))?;
-    if !claims.tier.satisfies(Tier::Enterprise) {
-        return Err(Response::error(
-            403,
-            "team collaboration needs an Enterprise subscription",
-        ));
-    }
+    let claims = super::claims_of_tier(
+        state,
+        request,
+        PLUGIN,
+        Tier::Enterprise,
+        "team collaboration needs an Enterprise subscription",
+    )?;
     state.refresh_customers();
     state.refresh_teams();
     let name = params.get("team").unwrap_or_default();
