@@ -16,9 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use km_abi::Tier;
-use km_plugin_sdk::credentials::{stamp, StampInput};
-use km_plugin_sdk::Credentials;
-use km_tests::{chmod, describe, plugin_lib, run_ok, unix_now, ApiServer, Customer, KmEnv};
+use km_tests::{chmod, describe, recv_until, run_ok, settle, ApiServer, Customer, KmEnv};
 use serde_json::{json, Value};
 
 const ACME: Customer = Customer {
@@ -88,34 +86,8 @@ impl Setup {
             .customers(&[(&ACME, tier)])
             .args(api_args)
             .start();
-        run_ok(
-            env.km()
-                .args(["init", "--api-key", ACME.api_key, "--api-url", &server.url])
-                .stdin(Stdio::null()),
-        );
-        let mut bytes = std::fs::read(plugin_lib(NAME)).expect("the built plugin");
-        let credentials = Credentials {
-            customer_id: ACME.id.to_owned(),
-            customer_token: ACME.customer_token(),
-            tier: Tier::Enterprise,
-            build_time: unix_now(),
-        };
-        stamp(
-            &mut bytes,
-            &StampInput {
-                api_public_key: &server.public_key,
-                credentials: &credentials,
-            },
-        )
-        .expect("compliance-reporting reserves a credentials region");
-        let dest = env.plugins.join(format!(
-            "{}compliance_reporting{}",
-            std::env::consts::DLL_PREFIX,
-            std::env::consts::DLL_SUFFIX
-        ));
-        std::fs::write(&dest, &bytes).expect("installing");
-        chmod(&dest, 0o644);
-        env.sign_with(&dest, &env.key, NAME, "1.0.0", "enterprise", extra);
+        env.init(ACME.api_key, &server.url);
+        env.install_customer_build(NAME, NAME, Tier::Enterprise, &server, &ACME, extra);
         env.install_signed(
             "test-verdicts",
             "test-verdicts",
@@ -180,14 +152,12 @@ impl Setup {
         for r in requests {
             writeln!(stdin, "{r}").expect("km reads its stdin");
         }
-        let mut answers = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while answers.len() < expected {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = rx.recv_timeout(left) else {
-                break;
-            };
-            answers.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
+        let mut answers: Vec<Value> = Vec::new();
+        if expected > 0 {
+            recv_until(&rx, Duration::from_secs(60), |line| {
+                answers.push(serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")));
+                answers.len() >= expected
+            });
         }
         drop(stdin);
         child.wait().expect("km ends");
@@ -615,23 +585,21 @@ fn concurrent_sessions_and_a_sigkill_lose_nothing_that_was_written() {
         stdout.read_line(&mut line).expect("an answer");
     }
     // The durability point: a call is in the trail once the plugin handled its response.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while records(&s.trail())
-        .iter()
-        .filter(|r| r["type"] == "call")
-        .count()
-        < before + 5
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the calls never reached the trail"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let calls = settle(
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            records(&s.trail())
+                .iter()
+                .filter(|r| r["type"] == "call")
+                .count()
+        },
+        |calls| *calls >= before + 5,
+    );
+    assert!(calls >= before + 5, "the calls never reached the trail");
     // A sixth request that will never be answered, then the kill.
     writeln!(stdin, "{}", call(6, "hang", json!({}))).expect("writes");
     // Its journal holds the five calls, then the sixth request (after its header line).
-    let deadline = Instant::now() + Duration::from_secs(30);
     let pending = s.trail().join("sessions");
     let journalled = || {
         std::fs::read_dir(&pending)
@@ -640,13 +608,15 @@ fn concurrent_sessions_and_a_sigkill_lose_nothing_that_was_written() {
             .filter(|e| e.path().extension().is_some_and(|x| x == "pending"))
             .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.lines().count() >= 12))
     };
-    while !journalled() {
-        assert!(
-            Instant::now() < deadline,
-            "the sixth request was never journalled"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        settle(
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            journalled,
+            |done| *done
+        ),
+        "the sixth request was never journalled"
+    );
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
     drop(stdin);

@@ -6,7 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 
-use km_tests::{chmod, command, describe, km_bin, plugin_lib, run_ok, ApiServer, Customer, KmEnv};
+use km_tests::{
+    chmod, command, describe, km_bin, lib_file_name, plugin_lib, run_ok, ApiServer, Customer, KmEnv,
+};
 use serde_json::Value;
 
 const ALICE: Customer = Customer {
@@ -26,14 +28,6 @@ fn start_api(dir: &Path) -> ApiServer {
         .start()
 }
 
-fn lib_file(stem: &str) -> String {
-    format!(
-        "{}{stem}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    )
-}
-
 /// Signs a copy of console-logger as `version` with `key` and packs it; returns the package.
 fn package(env: &KmEnv, key: &Path, version: &str) -> PathBuf {
     let work = env
@@ -41,7 +35,7 @@ fn package(env: &KmEnv, key: &Path, version: &str) -> PathBuf {
         .path()
         .join(format!("pkg-{version}-{}", key.display().to_string().len()));
     std::fs::create_dir_all(&work).expect("work dir");
-    let lib = work.join(lib_file("console_logger"));
+    let lib = work.join(lib_file_name("console_logger"));
     std::fs::copy(plugin_lib("console-logger"), &lib).expect("copy");
     chmod(&lib, 0o644);
     env.sign_with(&lib, key, "console-logger", version, "free", &[]);
@@ -51,7 +45,7 @@ fn package(env: &KmEnv, key: &Path, version: &str) -> PathBuf {
 }
 
 fn installed_lib(env: &KmEnv) -> PathBuf {
-    env.plugins.join(lib_file("console_logger"))
+    env.plugins.join(lib_file_name("console_logger"))
 }
 
 /// The plugin directory's listing, and the installed library's bytes.
@@ -175,26 +169,12 @@ fn built_files(out_dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn refresh_record(env: &KmEnv) -> (Value, Output) {
-    let output = env
-        .km()
-        .args(["plugin-refresh", "--json"])
-        .output()
-        .expect("km runs");
-    let records: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("no JSON ({e})\n{}", describe(&output)));
-    let record = records
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["plugin"] == "api-logger").cloned())
-        .unwrap_or_else(|| panic!("no api-logger\n{}", describe(&output)));
+    let (_, record, output) = env.plugin_refresh("api-logger");
     (record, output)
 }
 
 fn init(env: &KmEnv, server: &ApiServer, api_key: &str) {
-    run_ok(
-        env.km()
-            .args(["init", "--api-key", api_key, "--api-url", &server.url])
-            .stdin(Stdio::null()),
-    );
+    env.init(api_key, &server.url);
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use std::process::Output;
 
-use km_tests::{chmod, describe, ApiServer, Customer, FreshHome};
+use km_tests::{chmod, describe, lib_file_name, ApiServer, Customer, FreshHome};
 use serde_json::Value;
 
 const DORA: Customer = Customer {
@@ -153,11 +153,10 @@ fn no_trusted_keys_fails() {
 #[test]
 fn a_tampered_plugin_fails_and_names_the_library() {
     let fresh = set_up();
-    let lib = fresh.km_home().join("plugins").join(format!(
-        "{}console_logger{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
+    let lib = fresh
+        .km_home()
+        .join("plugins")
+        .join(lib_file_name("console-logger"));
     let mut bytes = std::fs::read(&lib).expect("read");
     bytes[4096] ^= 1;
     std::fs::write(&lib, &bytes).expect("tamper");

@@ -13,22 +13,14 @@ use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use km_tests::{chmod, describe, plugin_lib, run_ok, KmEnv};
+use km_tests::{chmod, describe, lib_file_name, plugin_lib, run_ok, settle, KmEnv};
 use serde_json::Value;
 
 use crate::strict_modes::{is_root, output_within, OTHER_UID};
 
 const HANG: Duration = Duration::from_secs(120);
-
-fn lib_file(stem: &str) -> String {
-    format!(
-        "{}{stem}{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    )
-}
 
 /// Copies workspace crate `krate`'s library to `work/FILE`, signs it as `name` `version` and
 /// packs it; returns the package.
@@ -54,18 +46,18 @@ fn a_signed_package_of_one_plugin_cannot_overwrite_anothers_library() {
     let logger = package(
         &env,
         "console-logger",
-        &lib_file("console_logger"),
+        &lib_file_name("console_logger"),
         "console-logger",
         "1.0.0",
     );
     run_ok(env.km().arg("install-plugin").arg(&logger));
-    let installed = env.plugins.join(lib_file("console_logger"));
+    let installed = env.plugins.join(lib_file_name("console_logger"));
     let before = std::fs::read(&installed).expect("installed");
     // test-noop, validly signed as test-noop, packed under console-logger's file name.
     let evil = package(
         &env,
         "test-noop",
-        &lib_file("console_logger"),
+        &lib_file_name("console_logger"),
         "test-noop",
         "9.0.0",
     );
@@ -80,7 +72,7 @@ fn a_signed_package_of_one_plugin_cannot_overwrite_anothers_library() {
     let good = package(
         &env,
         "test-noop",
-        &lib_file("test_noop"),
+        &lib_file_name("test_noop"),
         "test-noop",
         "9.0.0",
     );
@@ -102,7 +94,7 @@ fn the_rollback_check_runs_again_under_the_install_lock() {
     let v1 = package(
         &env,
         "console-logger",
-        &lib_file("console_logger"),
+        &lib_file_name("console_logger"),
         "console-logger",
         "1.0.0",
     );
@@ -120,14 +112,15 @@ fn the_rollback_check_runs_again_under_the_install_lock() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("km starts");
-    let start = Instant::now();
-    while !someone_waits_for_a_flock() {
-        assert!(
-            start.elapsed() < HANG,
-            "km never waited for the install lock"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        settle(
+            HANG,
+            Duration::from_millis(20),
+            someone_waits_for_a_flock,
+            |waits| *waits
+        ),
+        "km never waited for the install lock"
+    );
     // ... and, before releasing it, records 2.0.0 as seen.
     km_durable::write_atomic(
         &state.join("seen-versions.json"),
@@ -144,7 +137,7 @@ fn the_rollback_check_runs_again_under_the_install_lock() {
         describe(&out)
     );
     assert!(
-        !env.plugins.join(lib_file("console_logger")).exists(),
+        !env.plugins.join(lib_file_name("console_logger")).exists(),
         "1.0.0 must not be installed over a 2.0.0 recorded meanwhile"
     );
 }
@@ -158,15 +151,14 @@ fn serve(answers: Vec<Answer>) -> (u16, JoinHandle<Vec<String>>) {
     let handle = std::thread::spawn(move || {
         let mut heads = Vec::new();
         for answer in answers {
-            let start = Instant::now();
-            let mut stream = loop {
-                match listener.accept() {
-                    Ok((stream, _)) => break stream,
-                    Err(_) if start.elapsed() < HANG => {
-                        std::thread::sleep(Duration::from_millis(10))
-                    }
-                    Err(_) => return heads,
-                }
+            let accepted = settle(
+                HANG,
+                Duration::from_millis(10),
+                || listener.accept().ok(),
+                Option::is_some,
+            );
+            let Some((mut stream, _)) = accepted else {
+                return heads;
             };
             stream.set_nonblocking(false).expect("blocking");
             heads.push(read_head(&mut stream));

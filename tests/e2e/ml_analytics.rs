@@ -14,10 +14,8 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use km_abi::Tier;
-use km_plugin_sdk::credentials::{stamp, StampInput};
-use km_plugin_sdk::Credentials;
 use km_tests::{
-    bin_dir, chmod, describe, plugin_lib, run_ok, unix_now, ApiServer, Customer, KmEnv,
+    bin_dir, chmod, describe, lib_file_name, library, run_ok, ApiServer, Customer, KmEnv,
 };
 use serde_json::{json, Value};
 
@@ -38,36 +36,26 @@ impl Fixture {
         let api = ApiServer::builder(env.dir.path())
             .customers(&[(&CAROL, tier)])
             .start();
-        let mut bytes = std::fs::read(plugin_lib("ml-analytics")).expect("the built ml-analytics");
         if stamped {
-            let credentials = Credentials {
-                customer_id: CAROL.id.to_owned(),
-                customer_token: CAROL.customer_token(),
-                tier: Tier::Pro,
-                build_time: unix_now(),
-            };
-            stamp(
-                &mut bytes,
-                &StampInput {
-                    api_public_key: &api.public_key,
-                    credentials: &credentials,
-                },
-            )
-            .expect("ml-analytics reserves a credentials region");
+            env.install_customer_build(
+                "ml-analytics",
+                "ml-analytics",
+                Tier::Pro,
+                &api,
+                &CAROL,
+                &[],
+            );
+        } else {
+            env.place_signed(
+                &env.plugins.join(lib_file_name("ml-analytics")),
+                &library("ml-analytics"),
+                "ml-analytics",
+                "1.0.0",
+                "pro",
+                &[],
+            );
         }
-        let dest = env.plugins.join(format!(
-            "{}ml_analytics{}",
-            std::env::consts::DLL_PREFIX,
-            std::env::consts::DLL_SUFFIX
-        ));
-        std::fs::write(&dest, &bytes).expect("installing");
-        chmod(&dest, 0o644);
-        env.sign_with(&dest, &env.key, "ml-analytics", "1.0.0", "pro", &[]);
-        run_ok(
-            env.km()
-                .args(["init", "--api-key", CAROL.api_key, "--api-url", &api.url])
-                .stdin(Stdio::null()),
-        );
+        env.init(CAROL.api_key, &api.url);
         Fixture { env, _api: api }
     }
 

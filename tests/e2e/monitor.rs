@@ -16,8 +16,9 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 
+use km_tests::settle;
 pub(crate) use km_tests::wait_within;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// `km monitor` with a throw-away `KM_HOME` under `home`, stdio piped, and a short grace period.
 fn monitor(home: &Path, km_args: &[&str], child: &[&str]) -> Command {
@@ -98,14 +99,12 @@ fn alive(pid: u32) -> bool {
 
 /// Waits up to `limit` for `pid` to be gone.
 fn gone_within(pid: u32, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while alive(pid) {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    true
+    !settle(
+        limit,
+        Duration::from_millis(20),
+        || alive(pid),
+        |alive| !alive,
+    )
 }
 
 /// Sends `signal` (e.g. `TERM`) to `pid` with the system's `kill`.

@@ -5,11 +5,11 @@
 //! byte-identical meanwhile, and the plugin keeps its token. Repeated failed authentications
 //! become abuse signals the server lists.
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use km_tests::{describe, run_ok, spare_pin, ApiServer, Customer, KmEnv, TestCa};
+use km_tests::{
+    describe, run_ok, settle, spare_pin, ApiServer, Customer, EchoSession, KmEnv, TestCa,
+};
 use serde_json::Value;
 
 const ALICE: Customer = Customer {
@@ -30,64 +30,6 @@ fn configure(env: &KmEnv, server: &ApiServer, ca: &TestCa, pin: &str) {
     ));
 }
 
-struct Session {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Session {
-    fn start(env: &KmEnv) -> Session {
-        let mut child = env
-            .km()
-            .args(["monitor", "--", "cat"])
-            .env("KM_REFRESH_INTERVAL_SECS", "1")
-            .env("KM_GRACE_MS", "300")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(env.dir.path().join("km-monitor.log")).expect("log"),
-            ))
-            .spawn()
-            .expect("km monitor starts");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Session {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    /// Sends `line` and reads cat's echo back through km, byte for byte.
-    fn echo(&mut self, line: &[u8]) {
-        let stdin = self.stdin.as_mut().expect("open");
-        stdin.write_all(line).expect("write");
-        stdin.flush().expect("flush");
-        let mut back = Vec::new();
-        self.stdout.read_until(b'\n', &mut back).expect("read");
-        assert_eq!(
-            back,
-            line,
-            "the relay changed a line: {:?}",
-            String::from_utf8_lossy(&back)
-        );
-    }
-
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        let status = self.child.wait().expect("km exits");
-        assert!(status.success(), "{status:?}");
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Alice's rate-limit decisions in the server's log, oldest first.
 fn decisions(server: &ApiServer) -> Vec<Value> {
     server.control_json("rate-limit")["decisions"]
@@ -99,6 +41,21 @@ fn decisions(server: &ApiServer) -> Vec<Value> {
         .collect()
 }
 
+/// The reference API behind TLS with a test CA's certificate, started with `args`, Alice's
+/// stamped api-logger installed, and `env` configured for the API with its pin.
+fn pinned_api(env: &KmEnv, args: &[&str]) -> ApiServer {
+    let ca = TestCa::new(env.dir.path(), "api");
+    let cert = ca.issue("server");
+    let server = ApiServer::builder(env.dir.path())
+        .customers(&[(&ALICE, "pro")])
+        .tls(&ca, &cert)
+        .args(args)
+        .start();
+    env.install_stamped_api_logger(&server, &ALICE);
+    configure(env, &server, &ca, &cert.pin);
+    server
+}
+
 fn refused(decisions: &[Value]) -> usize {
     decisions.iter().filter(|d| d["status"] == 429).count()
 }
@@ -106,17 +63,9 @@ fn refused(decisions: &[Value]) -> usize {
 #[test]
 fn under_a_burst_of_refreshes_km_waits_as_told_and_the_relay_is_undisturbed() {
     let env = KmEnv::new();
-    let ca = TestCa::new(env.dir.path(), "api");
-    let cert = ca.issue("server");
-    let server = ApiServer::builder(env.dir.path())
-        .customers(&[(&ALICE, "pro")])
-        .tls(&ca, &cert)
-        .args(&["--rate-limit", "2/4s"])
-        .start();
-    env.install_stamped_api_logger(&server, &ALICE);
-    configure(&env, &server, &ca, &cert.pin);
+    let server = pinned_api(&env, &["--rate-limit", "2/4s"]);
 
-    let mut session = Session::start(&env);
+    let mut session = EchoSession::start(&env);
     let lines: [&[u8]; 4] = [
         b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}\n",
         b"not json at all \xff\xfe\n",
@@ -125,25 +74,28 @@ fn under_a_burst_of_refreshes_km_waits_as_told_and_the_relay_is_undisturbed() {
     ];
     // Relay while the refresher runs into the limit, until the server has refused km twice
     // and admitted it again after each refusal.
-    let started = Instant::now();
-    let log = loop {
-        for line in lines {
-            session.echo(line);
-        }
-        let log = decisions(&server);
+    let refused_twice = |log: &Vec<Value>| {
         let admitted_after_last_refusal = log
             .iter()
             .rposition(|d| d["status"] == 429)
             .is_some_and(|i| log[i + 1..].iter().any(|d| d["status"] == 200));
-        if refused(&log) >= 2 && admitted_after_last_refusal {
-            break log;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "the server did not refuse km twice: {log:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        refused(log) >= 2 && admitted_after_last_refusal
     };
+    let log = settle(
+        Duration::from_secs(90),
+        Duration::from_millis(100),
+        || {
+            for line in lines {
+                session.echo(line);
+            }
+            decisions(&server)
+        },
+        refused_twice,
+    );
+    assert!(
+        refused_twice(&log),
+        "the server did not refuse km twice: {log:#?}"
+    );
     // The log is read while km still runs, so every request in it was one of the refresher's,
     // made one after the other.
     for (i, decision) in log.iter().enumerate() {
@@ -192,15 +144,7 @@ fn under_a_burst_of_refreshes_km_waits_as_told_and_the_relay_is_undisturbed() {
 #[test]
 fn repeated_failed_authentications_are_listed_as_abuse_signals() {
     let env = KmEnv::new();
-    let ca = TestCa::new(env.dir.path(), "api");
-    let cert = ca.issue("server");
-    let server = ApiServer::builder(env.dir.path())
-        .customers(&[(&ALICE, "pro")])
-        .tls(&ca, &cert)
-        .args(&["--abuse-threshold", "3/10m"])
-        .start();
-    env.install_stamped_api_logger(&server, &ALICE);
-    configure(&env, &server, &ca, &cert.pin);
+    let server = pinned_api(&env, &["--abuse-threshold", "3/10m"]);
     // The customer is gone from the API (a cancelled account): its build keeps asking.
     server.set_customers(&[]);
     for attempt in 1..=4 {

@@ -9,7 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use km_tests::{describe, km_sign_bin, plugin_lib, FreshHome};
+use km_tests::{describe, km_sign_bin, lib_file_name, plugin_lib, FreshHome};
 
 /// Every file and directory under `root`: (mode, size, mtime in ns, contents for files).
 fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, u64, i128, Vec<u8>)> {
@@ -30,15 +30,6 @@ fn tree(root: &Path) -> BTreeMap<PathBuf, (u32, u64, i128, Vec<u8>)> {
         }
     }
     out
-}
-
-fn lib_name(crate_name: &str) -> String {
-    format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        crate_name.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    )
 }
 
 #[test]
@@ -137,7 +128,10 @@ fn the_local_key_vouches_for_no_plugin_outside_the_bundled_names() {
 
     // Someone who can run code as the user signs their own library with the local key, under a
     // name of their choosing: km must refuse it, because the key is trusted for two names only.
-    let rogue = fresh.km_home().join("plugins").join(lib_name("test-noop"));
+    let rogue = fresh
+        .km_home()
+        .join("plugins")
+        .join(lib_file_name("test-noop"));
     std::fs::copy(plugin_lib("test-noop"), &rogue).expect("copy");
     let signed = Command::new(km_sign_bin())
         .env_clear()
@@ -179,7 +173,7 @@ fn a_tampered_installed_copy_is_replaced_and_a_newer_installed_version_is_kept()
     let fresh = FreshHome::new();
     assert!(fresh.km(&["setup"]).status.success());
     let plugins = fresh.km_home().join("plugins");
-    let logger = plugins.join(lib_name("console-logger"));
+    let logger = plugins.join(lib_file_name("console-logger"));
     let mut bytes = std::fs::read(&logger).expect("read");
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -204,7 +198,7 @@ fn a_tampered_installed_copy_is_replaced_and_a_newer_installed_version_is_kept()
     // by the local key: setup must not put the older bundled build back.
     let work = fresh.home.join("pkg");
     std::fs::create_dir(&work).expect("pkg dir");
-    let lib = work.join(lib_name("console-logger"));
+    let lib = work.join(lib_file_name("console-logger"));
     std::fs::copy(plugin_lib("console-logger"), &lib).expect("copy");
     let key = fresh.km_home().join("keys").join("local-signing.pem");
     let km_sign = |args: &[&std::ffi::OsStr]| {

@@ -17,7 +17,9 @@ use std::process::{Output, Stdio};
 use km_plugin_sdk::auth::{AuthRequestBody, AUTHENTICATE_PATH, BUILD_KEY_PATH};
 use km_plugin_sdk::credentials::{find_region, region_info, request_key, RegionInfo, REGION_SIZE};
 use km_plugin_sdk::request::RequestSignature;
-use km_tests::{describe, run_ok, unix_now, ApiServer, Customer, KmEnv, RecordingProxy};
+use km_tests::{
+    describe, refresh_with, run_ok, unix_now, ApiServer, Customer, KmEnv, RecordingProxy,
+};
 use serde_json::{json, Value};
 
 const DANA: Customer = Customer {
@@ -32,34 +34,17 @@ const DANA_BY_OPERATOR: Customer = Customer {
 };
 
 fn init(env: &KmEnv, url: &str, api_key: &str) {
-    run_ok(
-        env.km()
-            .args(["init", "--api-key", api_key, "--api-url", url])
-            .stdin(Stdio::null()),
-    );
+    env.init(api_key, url);
 }
 
 /// `km plugin-refresh --json` (with `KM_API_KEY` when given): (exit code, the api-logger record,
 /// the output).
 fn refresh(env: &KmEnv, env_key: Option<&str>) -> (i32, Value, Output) {
     let mut cmd = env.km();
-    cmd.args(["plugin-refresh", "--json"]);
     if let Some(key) = env_key {
         cmd.env("KM_API_KEY", key);
     }
-    let output = cmd.output().expect("km runs");
-    let records: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "plugin-refresh --json printed no JSON ({e})\n{}",
-            describe(&output)
-        )
-    });
-    let record = records
-        .as_array()
-        .and_then(|r| r.iter().find(|r| r["plugin"] == "api-logger"))
-        .cloned()
-        .unwrap_or_else(|| panic!("no api-logger\n{}", describe(&output)));
-    (output.status.code().unwrap_or(-1), record, output)
+    refresh_with(cmd, "api-logger")
 }
 
 fn assert_authorized(env: &KmEnv, env_key: Option<&str>) {

@@ -3,13 +3,12 @@
 //! then authenticated by the real `km plugin-refresh` and reported by `km plugin-status`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use km_abi::Tier;
-use km_plugin_sdk::credentials::{stamp, StampInput};
-use km_plugin_sdk::Credentials;
-use km_tests::{chmod, describe, plugin_lib, run_ok, unix_now, ApiServer, Customer, KmEnv};
+use km_tests::{
+    chmod, describe, lib_file_name, library, run_ok, settle, unix_now, ApiServer, Customer, KmEnv,
+};
 use serde_json::{json, Value};
 
 const ALICE: Customer = Customer {
@@ -32,58 +31,28 @@ fn start_api(dir: &Path, customers: &[(&Customer, &str)]) -> ApiServer {
 
 /// Installs api-logger stamped for `customer` (or unstamped) and signed with the trusted key.
 fn install_api_logger(env: &KmEnv, server: &ApiServer, customer: Option<&Customer>) -> PathBuf {
-    let mut bytes = std::fs::read(plugin_lib("api-logger")).expect("the built api-logger");
-    if let Some(c) = customer {
-        let credentials = Credentials {
-            customer_id: c.id.to_owned(),
-            customer_token: c.customer_token(),
-            tier: Tier::Pro,
-            build_time: unix_now(),
-        };
-        stamp(
-            &mut bytes,
-            &StampInput {
-                api_public_key: &server.public_key,
-                credentials: &credentials,
-            },
-        )
-        .expect("api-logger reserves a credentials region");
-    }
-    let dest = env.plugins.join(format!(
-        "{}api_logger{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
-    std::fs::write(&dest, &bytes).expect("installing");
-    chmod(&dest, 0o644);
-    env.sign_with(&dest, &env.key, "api-logger", "1.0.0", "pro", &[]);
-    dest
+    let Some(customer) = customer else {
+        let dest = env.plugins.join(lib_file_name("api-logger"));
+        env.place_signed(
+            &dest,
+            &library("api-logger"),
+            "api-logger",
+            "1.0.0",
+            "pro",
+            &[],
+        );
+        return dest;
+    };
+    env.install_stamped_api_logger(server, customer)
 }
 
 fn init(env: &KmEnv, server: &ApiServer, api_key: &str) {
-    run_ok(
-        env.km()
-            .args(["init", "--api-key", api_key, "--api-url", &server.url])
-            .stdin(Stdio::null()),
-    );
+    env.init(api_key, &server.url);
 }
 
-/// `km plugin-refresh --json`: (exit code, the api-logger record).
+/// `km plugin-refresh --json`: (exit code, the api-logger record, the output).
 fn refresh(env: &KmEnv) -> (i32, Value, Output) {
-    let output = env
-        .km()
-        .args(["plugin-refresh", "--json"])
-        .output()
-        .expect("km runs");
-    let records: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "plugin-refresh --json printed no JSON ({e})\n{}",
-            describe(&output)
-        )
-    });
-    let record = find(&records, "api-logger")
-        .unwrap_or_else(|| panic!("no api-logger\n{}", describe(&output)));
-    (output.status.code().unwrap_or(-1), record, output)
+    env.plugin_refresh("api-logger")
 }
 
 fn status_json(env: &KmEnv) -> Value {
@@ -366,7 +335,6 @@ fn a_response_slower_than_the_timeout_is_rejected() {
 
 mod delivery {
     use std::sync::Arc;
-    use std::time::Instant;
 
     use km_abi::abi_stable::std_types::{ROption, RSlice, RStr};
     use km_abi::{Direction, Message, MessageKind, PluginConfig};
@@ -461,14 +429,12 @@ mod delivery {
     }
 
     fn wait_for_events(dir: &Path, count: usize) -> Vec<Value> {
-        let started = Instant::now();
-        loop {
-            let events = stored_events(dir);
-            if events.len() >= count || started.elapsed() > Duration::from_secs(20) {
-                return events;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        settle(
+            Duration::from_secs(20),
+            Duration::from_millis(100),
+            || stored_events(dir),
+            |events| events.len() >= count,
+        )
     }
 
     /// Bytes in all of api-logger's journals.
@@ -583,15 +549,16 @@ mod delivery {
             None,
         );
         let status = |authorized: bool| {
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(10) {
-                let records = km_cli::subscription::load_records(&home).expect("records");
-                if records.first().is_some_and(|r| r.authorized == authorized) {
-                    return records[0].clone();
-                }
-                std::thread::sleep(Duration::from_millis(100));
+            let records = settle(
+                Duration::from_secs(10),
+                Duration::from_millis(100),
+                || km_cli::subscription::load_records(&home).expect("records"),
+                |records| records.first().is_some_and(|r| r.authorized == authorized),
+            );
+            match records.first() {
+                Some(record) if record.authorized == authorized => record.clone(),
+                _ => panic!("the plugin never became authorized={authorized}"),
             }
-            panic!("the plugin never became authorized={authorized}");
         };
         status(true);
         send(&plugin, 0..10);
@@ -654,9 +621,7 @@ mod delivery {
 // --- a real `km monitor` session ---
 
 mod monitor_session {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::{ChildStdin, ChildStdout};
-    use std::time::Instant;
+    use km_tests::EchoSession;
 
     use super::*;
 
@@ -668,53 +633,11 @@ mod monitor_session {
         chmod(&path, 0o600);
     }
 
-    struct Session {
-        child: Child,
-        stdin: Option<ChildStdin>,
-        stdout: BufReader<ChildStdout>,
-    }
-
-    fn start(env: &KmEnv) -> Session {
-        let mut child = env
-            .km()
-            .args(["monitor", "--", "cat"])
-            .env("KM_REFRESH_INTERVAL_SECS", "1")
-            .env("KM_GRACE_MS", "300")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(
-                std::fs::File::create(env.dir.path().join("km-monitor.log")).expect("log"),
-            ))
-            .spawn()
-            .expect("km monitor starts");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        Session {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    impl Session {
-        /// Sends requests `seqs` and reads each echo back (cat answers every line).
-        fn exchange(&mut self, ids: std::ops::Range<u64>) {
-            for id in ids {
-                let line =
-                    format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/list\"}}\n");
-                let stdin = self.stdin.as_mut().expect("open");
-                stdin.write_all(line.as_bytes()).expect("write");
-                stdin.flush().expect("flush");
-                let mut echo = String::new();
-                self.stdout.read_line(&mut echo).expect("read");
-                assert_eq!(echo, line, "the relay changed a line");
-            }
-        }
-
-        fn finish(mut self) {
-            drop(self.stdin.take());
-            let status = self.child.wait().expect("km exits");
-            assert!(status.success(), "{status:?}");
+    /// Sends requests `ids` and reads each echo back (cat answers every line).
+    fn exchange(session: &mut EchoSession, ids: std::ops::Range<u64>) {
+        for id in ids {
+            let line = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"tools/list\"}}\n");
+            session.echo(line.as_bytes());
         }
     }
 
@@ -727,14 +650,12 @@ mod monitor_session {
     }
 
     fn wait_for(dir: &Path, count: usize) -> Vec<Value> {
-        let started = Instant::now();
-        loop {
-            let events = stored(dir);
-            if events.len() >= count || started.elapsed() > Duration::from_secs(30) {
-                return events;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        settle(
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || stored(dir),
+            |events| events.len() >= count,
+        )
     }
 
     fn assert_each_once(events: &[Value], expected: usize) {
@@ -758,21 +679,20 @@ mod monitor_session {
         init(&env, &server, ALICE.api_key);
         write_settings(&env);
 
-        let mut session = start(&env);
-        session.exchange(0..20);
+        let mut session = EchoSession::start(&env);
+        exchange(&mut session, 0..20);
         // Each line is two messages: the request and cat's echo as the response.
         assert_each_once(&wait_for(dir, 40), 40);
 
         server.control("down");
-        session.exchange(20..30);
+        exchange(&mut session, 20..30);
         std::thread::sleep(Duration::from_millis(800));
         assert_eq!(stored(dir).len(), 40);
-        session.child.kill().expect("kill km");
-        let _ = session.child.wait();
+        session.kill();
 
         server.control("up");
-        let mut session = start(&env);
-        session.exchange(30..31);
+        let mut session = EchoSession::start(&env);
+        exchange(&mut session, 30..31);
         assert_each_once(&wait_for(dir, 62), 62);
         session.finish();
     }
@@ -785,13 +705,13 @@ mod monitor_session {
         install_api_logger(&env, &server, Some(&ALICE));
         init(&env, &server, ALICE.api_key);
         write_settings(&env);
-        let mut session = start(&env);
-        session.exchange(0..5);
+        let mut session = EchoSession::start(&env);
+        exchange(&mut session, 0..5);
         assert_each_once(&wait_for(dir, 10), 10);
         server.set_customers(&[(&ALICE, "free")]);
         // Within one refresh interval (1 s here) the plugin degrades.
         std::thread::sleep(Duration::from_millis(2500));
-        session.exchange(5..15);
+        exchange(&mut session, 5..15);
         std::thread::sleep(Duration::from_millis(800));
         assert_eq!(stored(dir).len(), 10, "a degraded api-logger sent events");
         session.finish();
@@ -814,26 +734,25 @@ mod monitor_session {
         install_api_logger(&env, &server, Some(&ALICE));
         init(&env, &server, ALICE.api_key);
         write_settings(&env);
-        let mut session = start(&env);
-        session.exchange(0..3);
+        let mut session = EchoSession::start(&env);
+        exchange(&mut session, 0..3);
         assert_each_once(&wait_for(dir, 6), 6);
         session.finish();
 
         server.control("down");
-        let mut session = start(&env);
-        session.exchange(3..6);
-        let started = Instant::now();
-        let status = loop {
-            let status = status_json(&env);
-            let cached = status["reason"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("cached");
-            if cached || started.elapsed() > Duration::from_secs(10) {
-                break status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
+        let mut session = EchoSession::start(&env);
+        exchange(&mut session, 3..6);
+        let status = settle(
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+            || status_json(&env),
+            |status| {
+                status["reason"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("cached")
+            },
+        );
         assert_eq!(status["authorized"], true, "{status:#}");
         server.control("up");
         assert_each_once(&wait_for(dir, 12), 12);

@@ -19,12 +19,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Output, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use km_abi::Tier;
-use km_plugin_sdk::credentials::{stamp, StampInput};
-use km_plugin_sdk::Credentials;
-use km_tests::{chmod, describe, plugin_lib, run_ok, unix_now, ApiServer, Customer, KmEnv};
+use km_tests::{
+    chmod, customer_build, describe, lib_file_name, recv_until, run_ok, ApiServer, Customer, KmEnv,
+};
 use serde_json::{json, Value};
 
 const NAME: &str = "team-collaboration";
@@ -140,40 +140,12 @@ struct Member {
 impl Member {
     fn new(server: &ApiServer, customer: &Customer, tier: Tier) -> Member {
         let env = KmEnv::new();
-        run_ok(
-            env.km()
-                .args([
-                    "init",
-                    "--api-key",
-                    customer.api_key,
-                    "--api-url",
-                    &server.url,
-                ])
-                .stdin(Stdio::null()),
-        );
-        let mut bytes = std::fs::read(plugin_lib(NAME)).expect("the built plugin");
-        let credentials = Credentials {
-            customer_id: customer.id.to_owned(),
-            customer_token: customer.customer_token(),
-            tier,
-            build_time: unix_now(),
-        };
-        stamp(
-            &mut bytes,
-            &StampInput {
-                api_public_key: &server.public_key,
-                credentials: &credentials,
-            },
-        )
-        .expect("team-collaboration reserves a credentials region");
-        let dest = env.plugins.join(format!(
-            "{}team_collaboration{}",
-            std::env::consts::DLL_PREFIX,
-            std::env::consts::DLL_SUFFIX
-        ));
-        std::fs::write(&dest, &bytes).expect("installing");
-        chmod(&dest, 0o644);
-        env.sign_with(&dest, &env.key, NAME, "1.0.0", "enterprise", INTERCEPT);
+        env.init(customer.api_key, &server.url);
+        // Signed as an Enterprise plugin whatever tier its credentials say, as the vendor signs
+        // team-collaboration.
+        let dest = env.plugins.join(lib_file_name(NAME));
+        let bytes = customer_build(NAME, &server.public_key, customer, tier);
+        env.place_signed(&dest, &bytes, NAME, "1.0.0", "enterprise", INTERCEPT);
         env.install_signed("tool-guard", "tool-guard", INTERCEPT);
         let dir = env.dir.path().join("mcp");
         std::fs::create_dir_all(&dir).expect("server dir");
@@ -355,22 +327,17 @@ impl Client {
         if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
             return line.clone();
         }
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "km never logged {needle:?}; its log:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
+        let seen = &mut self.seen;
+        let line = recv_until(&self.log, WAIT, |line| {
+            seen.push(line.clone());
+            line.contains(needle)
+        });
+        line.unwrap_or_else(|| {
+            panic!(
+                "km never logged {needle:?}; its log:\n{}",
+                self.seen.join("\n")
+            )
+        })
     }
 
     /// Ends the session; km's log.

@@ -18,14 +18,9 @@ use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use km_abi::Tier;
-use km_plugin_sdk::credentials::{stamp, StampInput};
-use km_plugin_sdk::Credentials;
-use km_tests::{
-    bin_dir, chmod, describe, plugin_lib, run_ok, unix_now, ApiServer, Customer, KmEnv,
-};
+use km_tests::{bin_dir, describe, recv_until, run_ok, wait_within, ApiServer, Customer, KmEnv};
 use serde_json::{json, Value};
 
 /// The conventions' bucket boundaries for the MCP duration histograms.
@@ -231,20 +226,13 @@ impl Session {
 
     /// Reads messages until one satisfies `wanted`, which it returns.
     fn read_until(&mut self, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {what} from km within 60 s"));
-            self.stdout.extend_from_slice(&line);
-            if let Ok(message) = serde_json::from_slice::<Value>(&line) {
-                if wanted(&message) {
-                    return message;
-                }
-            }
-        }
+        let stdout = &mut self.stdout;
+        let line = recv_until(&self.lines, Duration::from_secs(60), |line| {
+            stdout.extend_from_slice(line);
+            serde_json::from_slice::<Value>(line).is_ok_and(|message| wanted(&message))
+        })
+        .unwrap_or_else(|| panic!("no {what} from km within 60 s"));
+        serde_json::from_slice(&line).expect("a message it parsed before")
     }
 
     /// Sends request `message` and reads until its answer.
@@ -260,16 +248,9 @@ impl Session {
     /// for) fails the test: the exporters' timeout is set far beyond that.
     fn end(mut self) -> Ended {
         drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                panic!("km did not end within 60 s of its client closing stdin");
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let Some(status) = wait_within(&mut self.child, Duration::from_secs(60)) else {
+            let _ = self.child.kill();
+            panic!("km did not end within 60 s of its client closing stdin");
         };
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.stdout.extend_from_slice(&line);
@@ -743,29 +724,7 @@ const ALICE: Customer = Customer {
 
 /// api-logger stamped for Alice with the API's key, signed with the trusted key.
 fn install_api_logger(env: &KmEnv, server: &ApiServer) {
-    let mut bytes = std::fs::read(plugin_lib("api-logger")).expect("the built api-logger");
-    let credentials = Credentials {
-        customer_id: ALICE.id.to_owned(),
-        customer_token: ALICE.customer_token(),
-        tier: Tier::Pro,
-        build_time: unix_now(),
-    };
-    stamp(
-        &mut bytes,
-        &StampInput {
-            api_public_key: &server.public_key,
-            credentials: &credentials,
-        },
-    )
-    .expect("api-logger reserves a credentials region");
-    let dest = env.plugins.join(format!(
-        "{}api_logger{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
-    std::fs::write(&dest, &bytes).expect("installing");
-    chmod(&dest, 0o644);
-    env.sign_with(&dest, &env.key, "api-logger", "1.0.0", "pro", &[]);
+    env.install_stamped_api_logger(server, &ALICE);
 }
 
 fn stats(env: &KmEnv) -> Value {
@@ -795,11 +754,7 @@ fn km_stats_counts_refusals_by_check_and_authentication_outcomes() {
         .customers(&[(&ALICE, "pro")])
         .start();
     install_api_logger(&env, &api);
-    run_ok(
-        env.km()
-            .args(["init", "--api-key", ALICE.api_key, "--api-url", &api.url])
-            .stdin(Stdio::null()),
-    );
+    env.init(ALICE.api_key, &api.url);
 
     // One session (refused at load), one refresh (refused again; api-logger authenticates).
     let mut cmd = env.km();

@@ -29,18 +29,7 @@ fn configure(env: &KmEnv, url: &str, ca: Option<&TestCa>, pins: &[&str]) {
 
 /// `km plugin-refresh --json`: (exit code, api-logger's record, the output).
 fn refresh(env: &KmEnv) -> (i32, Value, Output) {
-    let output = env
-        .km()
-        .args(["plugin-refresh", "--json"])
-        .output()
-        .expect("km runs");
-    let records: Value = serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("no JSON ({e})\n{}", describe(&output)));
-    let record = records
-        .as_array()
-        .and_then(|all| all.iter().find(|r| r["plugin"] == "api-logger").cloned())
-        .unwrap_or_else(|| panic!("no api-logger record\n{}", describe(&output)));
-    (output.status.code().unwrap_or(-1), record, output)
+    env.plugin_refresh("api-logger")
 }
 
 fn reason(record: &Value) -> String {

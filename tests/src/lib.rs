@@ -7,6 +7,12 @@
 //! The test binaries cannot build cdylibs or other packages' binaries themselves (cargo holds the
 //! build lock while tests run, and `km-api-server` is not this package's binary), so the README's
 //! test command builds the workspace first.
+//!
+//! km-bench uses this harness too (a normal library: what only the tests need, `km-cli` among
+//! it, is in `[dev-dependencies]`, and km itself depends on none of this): the bench's world is
+//! the same throw-away installation, made the same way, only with release binaries. What fails
+//! here panics with the failing command's output, which is how the bench fails loudly as well:
+//! a bench that cannot build its world has no figure to give.
 
 #![forbid(unsafe_code)]
 
@@ -25,25 +31,31 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-/// The cargo target directory's profile folder (`target/debug`) holding `km`, `km-sign` and the
-/// plugin libraries.
+/// The cargo target directory's profile folder (`target/debug`, `target/release`) holding `km`,
+/// `km-sign` and the plugin libraries: `KM_TEST_BIN_DIR` if set, else the folder of the running
+/// executable, or the folder above it for a test executable (which lives in
+/// `target/<profile>/deps/`; km-bench lives beside km).
 pub fn bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("KM_TEST_BIN_DIR") {
         return PathBuf::from(dir);
     }
-    // The test executable lives in target/<profile>/deps/.
-    let exe = std::env::current_exe().expect("the test executable has a path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("the test executable lives in target/<profile>/deps")
-        .to_path_buf()
+    let exe = std::env::current_exe().expect("the running executable has a path");
+    let dir = exe
+        .parent()
+        .expect("the running executable lives in a directory");
+    match dir.parent() {
+        Some(profile) if dir.file_name().is_some_and(|n| n == "deps") => profile.to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
 }
 
-fn built(name: &str) -> PathBuf {
+/// `bin_dir()/name`, which must exist.
+pub fn built(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build --workspace` before the tests (see README)",
+        "{} is missing: run `cargo build --workspace` first (with `--release` for km-bench; see \
+         README)",
         path.display()
     );
     path
@@ -59,15 +71,16 @@ pub fn km_sign_bin() -> PathBuf {
     built("km-sign")
 }
 
+/// The file name cargo gives the library of workspace plugin crate `crate_name`:
+/// `console-logger` -> `libconsole_logger.so` (see [`km_signing::library_file_name`]).
+pub fn lib_file_name(crate_name: &str) -> String {
+    km_signing::library_file_name(&crate_name.replace('-', "_"))
+}
+
 /// The library file of a workspace plugin crate, e.g. `console-logger` ->
 /// `target/debug/libconsole_logger.so`.
 pub fn plugin_lib(crate_name: &str) -> PathBuf {
-    built(&format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        crate_name.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    ))
+    built(&lib_file_name(crate_name))
 }
 
 /// A command for `program` with a clean environment except PATH and HOME (so that tests never
@@ -139,6 +152,24 @@ pub fn wait_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
         || child.try_wait().expect("try_wait"),
         Option::is_some,
     )
+}
+
+/// Receives from `rx` until `wanted` says yes of a value, which it returns, or `limit` has passed
+/// (`None`; also when the sender is gone). `wanted` sees every value received, in order, so that
+/// the caller can keep what went by. (How a test waits for a line from a reader thread.)
+pub fn recv_until<T>(
+    rx: &mpsc::Receiver<T>,
+    limit: Duration,
+    mut wanted: impl FnMut(&T) -> bool,
+) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let value = rx.recv_timeout(left).ok()?;
+        if wanted(&value) {
+            return Some(value);
+        }
+    }
 }
 
 /// A fresh HOME in a private temp directory, and nothing else: `KM_HOME` is `HOME/.km`, as km
@@ -248,6 +279,15 @@ impl KmEnv {
         run_ok(&mut cmd);
     }
 
+    /// `km init --api-key API_KEY --api-url URL`: points this `KM_HOME` at a Kilometers API.
+    pub fn init(&self, api_key: &str, api_url: &str) {
+        run_ok(
+            self.km()
+                .args(["init", "--api-key", api_key, "--api-url", api_url])
+                .stdin(Stdio::null()),
+        );
+    }
+
     /// Signs `lib` with the key at `key_prefix`, adding `extra` arguments to `km-sign sign`.
     pub fn sign_with(
         &self,
@@ -268,6 +308,23 @@ impl KmEnv {
         run_ok(&mut cmd);
     }
 
+    /// Writes `library` to `dest` (mode 0644, as km wants a plugin file) and signs it with the
+    /// trusted key as `name` `version` `tier`, adding `extra` arguments to `km-sign sign`.
+    pub fn place_signed(
+        &self,
+        dest: &Path,
+        library: &[u8],
+        name: &str,
+        version: &str,
+        tier: &str,
+        extra: &[&str],
+    ) {
+        std::fs::write(dest, library)
+            .unwrap_or_else(|e| panic!("writing the plugin library {}: {e}", dest.display()));
+        chmod(dest, 0o644);
+        self.sign_with(dest, &self.key, name, version, tier, extra);
+    }
+
     /// Copies the built library of workspace crate `crate_name` into the plugin directory as
     /// `file_name` (mode 0644) and signs it with the trusted key as `name` `version` `tier`.
     pub fn install_as(
@@ -279,9 +336,7 @@ impl KmEnv {
         tier: &str,
     ) -> PathBuf {
         let dest = self.plugins.join(file_name);
-        std::fs::copy(plugin_lib(crate_name), &dest).expect("copying the plugin library");
-        chmod(&dest, 0o644);
-        self.sign_with(&dest, &self.key, name, version, tier, &[]);
+        self.place_signed(&dest, &library(crate_name), name, version, tier, &[]);
         dest
     }
 
@@ -293,16 +348,27 @@ impl KmEnv {
     /// Like [`KmEnv::install`], with `extra` arguments to `km-sign sign` (for example
     /// `--capability intercept`).
     pub fn install_signed(&self, crate_name: &str, name: &str, extra: &[&str]) -> PathBuf {
-        let file = format!(
-            "{}{}{}",
-            std::env::consts::DLL_PREFIX,
-            crate_name.replace('-', "_"),
-            std::env::consts::DLL_SUFFIX
-        );
-        let dest = self.plugins.join(file);
-        std::fs::copy(plugin_lib(crate_name), &dest).expect("copying the plugin library");
-        chmod(&dest, 0o644);
-        self.sign_with(&dest, &self.key, name, "1.0.0", "free", extra);
+        let dest = self.plugins.join(lib_file_name(crate_name));
+        self.place_signed(&dest, &library(crate_name), name, "1.0.0", "free", extra);
+        dest
+    }
+
+    /// Installs a customer build of workspace crate `crate_name` (see [`customer_build`]) for
+    /// `customer` at `tier`, under the crate's usual file name, signed with the trusted key as
+    /// `name` 1.0.0 of that tier (as the vendor signs one), with `extra` arguments to `km-sign
+    /// sign` (`--capability intercept`).
+    pub fn install_customer_build(
+        &self,
+        crate_name: &str,
+        name: &str,
+        tier: km_abi::Tier,
+        server: &ApiServer,
+        customer: &Customer,
+        extra: &[&str],
+    ) -> PathBuf {
+        let dest = self.plugins.join(lib_file_name(crate_name));
+        let bytes = customer_build(crate_name, &server.public_key, customer, tier);
+        self.place_signed(&dest, &bytes, name, "1.0.0", tier.as_str(), extra);
         dest
     }
 
@@ -316,31 +382,19 @@ impl KmEnv {
     /// Installs the real api-logger stamped for `customer` with `server`'s public key, signed
     /// with the trusted key as api-logger 1.0.0, Pro (as a customer build is).
     pub fn install_stamped_api_logger(&self, server: &ApiServer, customer: &Customer) -> PathBuf {
-        use km_plugin_sdk::credentials::{stamp, StampInput};
-        let mut bytes = std::fs::read(plugin_lib("api-logger")).expect("the built api-logger");
-        let credentials = km_plugin_sdk::Credentials {
-            customer_id: customer.id.to_owned(),
-            customer_token: customer.customer_token(),
-            tier: km_abi::Tier::Pro,
-            build_time: unix_now(),
-        };
-        stamp(
-            &mut bytes,
-            &StampInput {
-                api_public_key: &server.public_key,
-                credentials: &credentials,
-            },
+        self.install_customer_build(
+            "api-logger",
+            "api-logger",
+            km_abi::Tier::Pro,
+            server,
+            customer,
+            &[],
         )
-        .expect("api-logger reserves a credentials region");
-        let dest = self.plugins.join(format!(
-            "{}api_logger{}",
-            std::env::consts::DLL_PREFIX,
-            std::env::consts::DLL_SUFFIX
-        ));
-        std::fs::write(&dest, &bytes).expect("installing");
-        chmod(&dest, 0o644);
-        self.sign_with(&dest, &self.key, "api-logger", "1.0.0", "pro", &[]);
-        dest
+    }
+
+    /// `km plugin-refresh --json` with this `KM_HOME`; see [`refresh_with`].
+    pub fn plugin_refresh(&self, plugin: &str) -> (i32, Value, Output) {
+        refresh_with(self.km(), plugin)
     }
 
     /// A plugin's data directory in this `KM_HOME`.
@@ -352,6 +406,134 @@ impl KmEnv {
 impl Default for KmEnv {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The bytes of the built library of workspace crate `crate_name`.
+pub fn library(crate_name: &str) -> Vec<u8> {
+    let path = plugin_lib(crate_name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// The built library of workspace crate `crate_name` as a customer build of `customer` at `tier`:
+/// the customer's credentials and the API's public key (raw Ed25519, [`ApiServer::public_key`])
+/// stamped into the region the plugin reserves, as `km-sign build-plugin` stamps them (not yet
+/// signed).
+pub fn customer_build(
+    crate_name: &str,
+    api_public_key: &[u8],
+    customer: &Customer,
+    tier: km_abi::Tier,
+) -> Vec<u8> {
+    use km_plugin_sdk::credentials::{stamp, StampInput};
+    let mut bytes = library(crate_name);
+    let credentials = km_plugin_sdk::Credentials {
+        customer_id: customer.id.to_owned(),
+        customer_token: customer.customer_token(),
+        tier,
+        build_time: unix_now(),
+    };
+    stamp(
+        &mut bytes,
+        &StampInput {
+            api_public_key,
+            credentials: &credentials,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{crate_name} reserves no usable credentials region: {e}"));
+    bytes
+}
+
+/// Runs `km` (a command made by [`KmEnv::km`], with what else the test sets) as `km
+/// plugin-refresh --json`: its exit code, the record of `plugin` in what it printed, and its
+/// output. Panics, showing the output, when it printed no JSON or no record of `plugin`.
+pub fn refresh_with(mut km: Command, plugin: &str) -> (i32, Value, Output) {
+    let output = km
+        .args(["plugin-refresh", "--json"])
+        .output()
+        .expect("km runs");
+    let records: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "plugin-refresh --json printed no JSON ({e})\n{}",
+            describe(&output)
+        )
+    });
+    let record = records
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["plugin"] == plugin))
+        .cloned()
+        .unwrap_or_else(|| panic!("no record of {plugin}\n{}", describe(&output)));
+    (output.status.code().unwrap_or(-1), record, output)
+}
+
+/// A real `km monitor -- cat` of a [`KmEnv`], its subscriptions refreshed every second
+/// (`KM_REFRESH_INTERVAL_SECS=1`) and a short grace period, its stderr in `DIR/km-monitor.log`:
+/// a session that relays while the refresher talks to the API. Killed on drop.
+pub struct EchoSession {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl EchoSession {
+    /// Starts the session.
+    pub fn start(env: &KmEnv) -> EchoSession {
+        let log = env.dir.path().join("km-monitor.log");
+        let mut child = env
+            .km()
+            .args(["monitor", "--", "cat"])
+            .env("KM_REFRESH_INTERVAL_SECS", "1")
+            .env("KM_GRACE_MS", "300")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(
+                std::fs::File::create(&log).expect("km monitor's log"),
+            ))
+            .spawn()
+            .expect("km monitor starts");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        EchoSession {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends `line` (ending in a newline) and reads cat's echo back through km, asserting it is
+    /// the same, byte for byte.
+    pub fn echo(&mut self, line: &[u8]) {
+        let stdin = self.stdin.as_mut().expect("the session is open");
+        stdin.write_all(line).expect("write");
+        stdin.flush().expect("flush");
+        let mut back = Vec::new();
+        self.stdout.read_until(b'\n', &mut back).expect("read");
+        assert_eq!(
+            back,
+            line,
+            "the relay changed a line: {:?}",
+            String::from_utf8_lossy(&back)
+        );
+    }
+
+    /// Ends the session as a client does (closes km's stdin) and asserts km exits 0.
+    pub fn finish(mut self) {
+        drop(self.stdin.take());
+        let status = self.child.wait().expect("km exits");
+        assert!(status.success(), "{status:?}");
+    }
+
+    /// Kills km (SIGKILL) and reaps it.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill km");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EchoSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
