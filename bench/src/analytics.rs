@@ -31,19 +31,22 @@ use km_cli::home::KmHome;
 use km_cli::host::{ApiTransport, PluginHost, Verbosity};
 use km_cli::verifier::Verifier;
 use km_plugin_sdk::auth::{encode_token, now_unix, TokenPayload, BUILD_KEY_PATH};
-use km_plugin_sdk::credentials::{build_key, stamp, wrap_build_key, StampInput, BUILD_ID_LEN};
-use km_plugin_sdk::Credentials;
+use km_plugin_sdk::credentials::{build_key, wrap_build_key, BUILD_ID_LEN};
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::{json, Value};
 
-use crate::env::{lib_file_name, median, BenchEnv, PLUGIN_VERSION};
+use km_tests::{lib_file_name, Customer};
+
+use crate::env::{make_dir, median, BenchEnv, PLUGIN_VERSION};
 use crate::report::{Report, Row};
 use crate::Options;
 
-const CUSTOMER: &str = "cust_bench";
-const API_KEY: &str = "km_live_bench_0123456789";
-const CUSTOMER_SECRET: &str = "ct-bench";
+/// The customer ml-analytics is built for, answered by [`BenchApi`].
+const CUSTOMER: Customer = Customer {
+    id: "cust_bench",
+    api_key: "km_live_bench_0123456789",
+};
 
 /// The Kilometers API's `authenticate`, answered in-process with a token the bench signs.
 struct BenchApi {
@@ -60,7 +63,7 @@ impl BenchApi {
         let now = now_unix();
         let payload = TokenPayload {
             v: 1,
-            cus: CUSTOMER.to_owned(),
+            cus: CUSTOMER.id.to_owned(),
             plg: body["plugin_name"].as_str().unwrap_or_default().to_owned(),
             tier: Tier::Pro,
             feat: Vec::new(),
@@ -69,7 +72,7 @@ impl BenchApi {
             jti: "bench".to_owned(),
         };
         let token = encode_token(&payload, |m| self.key.sign(m).as_ref().to_vec());
-        let answer = json!({"token": token, "customer_id": CUSTOMER, "tier": "pro",
+        let answer = json!({"token": token, "customer_id": CUSTOMER.id, "tier": "pro",
             "features": [], "expires_at": now + 3600});
         Ok(answer.to_string().into_bytes())
     }
@@ -146,9 +149,9 @@ fn build_key_answer(body: &Value) -> Result<Vec<u8>, String> {
     let customer_hash: [u8; 32] = hex_field("customer_hash")?
         .try_into()
         .map_err(|_| "customer_hash: not 32 bytes".to_owned())?;
-    let key = build_key(CUSTOMER_SECRET, &build_id);
-    let wrapped =
-        wrap_build_key(&key, API_KEY, &build_id, &customer_hash).map_err(|e| e.to_string())?;
+    let key = build_key(&CUSTOMER.customer_token(), &build_id);
+    let wrapped = wrap_build_key(&key, CUSTOMER.api_key, &build_id, &customer_hash)
+        .map_err(|e| e.to_string())?;
     Ok(json!({ "build_key": wrapped }).to_string().into_bytes())
 }
 
@@ -308,46 +311,21 @@ fn install(
     } else {
         "plain"
     };
-    let dir = env.dir.path().join(format!("analytics-{krate}-{variant}"));
-    std::fs::create_dir_all(&dir)?;
-    set_mode(&dir, 0o700)?;
-    let dest = dir.join(lib_file_name(krate));
-    let mut bytes = std::fs::read(env.plugin_lib(krate)?)?;
-    if let Some(key) = api_public_key {
-        let credentials = Credentials {
-            customer_id: CUSTOMER.to_owned(),
-            customer_token: CUSTOMER_SECRET.to_owned(),
-            tier: Tier::Pro,
-            build_time: now_unix(),
-        };
-        stamp(
-            &mut bytes,
-            &StampInput {
-                api_public_key: key,
-                credentials: &credentials,
-            },
-        )
-        .map_err(|e| anyhow!("stamping {krate}: {e:?}"))?;
-    }
-    std::fs::write(&dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
-    set_mode(&dest, 0o644)?;
-    let mut sign = env.command(&env.bin_dir.join("km-sign"));
-    sign.arg("sign")
-        .arg("--key")
-        .arg(env.key.with_extension("key"))
-        .args(["--name", name, "--version", PLUGIN_VERSION, "--tier", tier])
-        .arg(&dest);
-    let out = sign.output().context("running km-sign")?;
-    if !out.status.success() {
-        bail!("km-sign failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    let dir = env.dir().join(format!("analytics-{krate}-{variant}"));
+    make_dir(&dir)?;
+    let bytes = match api_public_key {
+        Some(key) => km_tests::customer_build(krate, key, &CUSTOMER, Tier::Pro),
+        None => km_tests::library(krate),
+    };
+    env.world.place_signed(
+        &dir.join(lib_file_name(krate)),
+        &bytes,
+        name,
+        PLUGIN_VERSION,
+        tier,
+        &[],
+    );
     Ok(dir)
-}
-
-fn set_mode(path: &std::path::Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))
 }
 
 /// Nanoseconds per line of `handle_message` of the plugin in `dir`, median of `reps` passes.
@@ -362,7 +340,7 @@ fn ns_per_line(
     let home = KmHome::resolve(Some(&env.home))?;
     let mut verifier = Verifier::open(&home)?.allow_downgrade(true);
     let checked = verifier.check_file(&dir.join(lib_file_name(krate)))?;
-    let data = env.dir.path().join("plugin-data").join(format!(
+    let data = env.dir().join("plugin-data").join(format!(
         "analytics-{}",
         dir.file_name()
             .map(|n| n.to_string_lossy())
@@ -372,7 +350,7 @@ fn ns_per_line(
     let host = PluginHost::new(krate, data, Verbosity::Quiet, api);
     let plugin = verifier.load(checked, host)?;
     let authorized = plugin
-        .authenticate(API_KEY)
+        .authenticate(CUSTOMER.api_key)
         .map_err(|e| anyhow!("{e}"))?
         .authorized;
     let mut per_line = Vec::new();
@@ -471,26 +449,21 @@ fn relay(
     ml_dir: &std::path::Path,
 ) -> Result<()> {
     let url = api.serve()?;
-    let (n, reps) = if options.quick {
-        (3000, 1)
-    } else {
-        (10_000, 5)
-    };
-    let msgs = crate::relay::messages(n);
-    let expected: Vec<u8> = msgs.concat();
-    let mb = expected.len() as f64 / 1e6;
-    let log = env.dir.path().join("analytics-relay.log");
-    let (mut base, mut noop, mut with) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..reps {
-        let mut cat = env.command(std::path::Path::new("sh"));
-        cat.args(["-c", "cat | cat"]);
-        base.push(crate::relay::pass(&mut cat, &msgs, &expected, &log)?.seconds);
-        let mut km = env.km_monitor_in(Some(env.single_plugin_dir("test-noop")), &["cat"]);
-        noop.push(crate::relay::pass(&mut km, &msgs, &expected, &log)?.seconds);
-        let mut km = env.km_monitor_in(Some(ml_dir.to_path_buf()), &["cat"]);
-        km.env("KM_API_KEY", API_KEY).env("KM_API_URL", &url);
-        with.push(crate::relay::pass(&mut km, &msgs, &expected, &log)?.seconds);
-    }
+    let stream = crate::relay::Stream::agent(options);
+    let log = env.dir().join("analytics-relay.log");
+    let [base, noop, with] = stream.medians(
+        [
+            &|| crate::relay::cat_cat(env),
+            &|| env.km_monitor_in(Some(env.single_plugin_dir("test-noop")), &["cat"]),
+            &|| {
+                let mut km = env.km_monitor_in(Some(ml_dir.to_path_buf()), &["cat"]);
+                km.env("KM_API_KEY", CUSTOMER.api_key)
+                    .env("KM_API_URL", &url);
+                km
+            },
+        ],
+        &log,
+    )?;
     let stderr = std::fs::read_to_string(&log).unwrap_or_default();
     if !stderr.contains("ml-analytics") {
         bail!("km did not load ml-analytics; its log says:\n{stderr}");
@@ -508,21 +481,19 @@ fn relay(
     if record["authorized"] != true {
         bail!("ml-analytics ran degraded in the relay: {record}");
     }
-    let (base, noop, with) = (median(&mut base), median(&mut noop), median(&mut with));
-    let rate = |s: f64| format!("{:.0} MB/s, {:.0} msg/s", mb / s, n as f64 / s);
     report.add(Row {
         section: "analytics",
         figure: "relay throughput, test-noop alone (the same run)".to_owned(),
-        value: rate(noop),
-        baseline: format!("cat|cat {}", rate(base)),
+        value: stream.rate(noop),
+        baseline: format!("cat|cat {}", stream.rate(base)),
         ratio: Some(noop / base),
         target: None,
     });
     report.add(Row {
         section: "analytics",
         figure: "relay throughput, ml-analytics alone (Pro active)".to_owned(),
-        value: rate(with),
-        baseline: format!("cat|cat {}", rate(base)),
+        value: stream.rate(with),
+        baseline: format!("cat|cat {}", stream.rate(base)),
         ratio: Some(with / base),
         target: Some(("time <= 1.5x".to_owned(), with / base <= 1.5)),
     });

@@ -22,9 +22,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use km_tests::ClientStdio;
 
 use crate::env::BenchEnv;
-use crate::relay::{pass_with_deadline, small_messages, ClientStdio};
+use crate::relay::{pass_with_deadline, small_messages};
 use crate::report::{Report, Row};
 use crate::Options;
 
@@ -66,7 +67,7 @@ fn count(
     // Kept where KM_BENCH_CALLGRIND_DIR says, for `callgrind_annotate` (the profile of
     // BENCHMARKS.md); otherwise in the temporary directory, removed at the end.
     let dir = std::env::var_os("KM_BENCH_CALLGRIND_DIR")
-        .map_or_else(|| env.dir.path().to_owned(), std::path::PathBuf::from);
+        .map_or_else(|| env.dir().to_owned(), std::path::PathBuf::from);
     let out = dir.join(format!("callgrind-{tag}-{n}.out"));
     let km = env.bin_dir.join("km");
     let mut cmd = env.command(Path::new("valgrind"));
@@ -82,16 +83,9 @@ fn count(
     cmd.args(["--", "cat"]);
     let msgs = small_messages(n);
     let expected: Vec<u8> = msgs.concat();
-    let log = env.dir.path().join(format!("callgrind-{tag}.log"));
-    pass_with_deadline(
-        &mut cmd,
-        stdio,
-        &msgs,
-        &expected,
-        &log,
-        Duration::from_secs(900),
-    )
-    .with_context(|| format!("km under callgrind ({tag}); see {}", log.display()))?;
+    let log = env.dir().join(format!("callgrind-{tag}.log"));
+    pass_with_deadline(cmd, stdio, &msgs, &expected, &log, Duration::from_secs(900))
+        .with_context(|| format!("km under callgrind ({tag}); see {}", log.display()))?;
     if let Some(set) = set {
         env.check_run(set)?;
     }
@@ -148,11 +142,11 @@ pub(crate) fn run(env: &BenchEnv, _options: &Options, report: &mut Report) -> Re
         target: None,
     });
     for b in env.bundled.clone() {
-        let set = format!("only-{}", b.krate);
-        let with = per_message(env, Some(&set), b.krate)?;
+        let set = format!("only-{}", b.name());
+        let with = per_message(env, Some(&set), b.name())?;
         report.add(Row {
             section: "callgrind",
-            figure: format!("instructions per message in {}", b.name),
+            figure: format!("instructions per message in {}", b.name()),
             value: format!("{:.0}", with - noop),
             baseline: format!("km with it {with:.0}, with test-noop {noop:.0}"),
             ratio: None,

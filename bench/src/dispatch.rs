@@ -18,8 +18,9 @@ use km_cli::host::{PluginHost, Verbosity};
 use km_cli::monitor::banner::Notices;
 use km_cli::monitor::dispatch::{self, Batch, Envelope, Item};
 use km_cli::verifier::Verifier;
+use km_tests::lib_file_name;
 
-use crate::env::{lib_file_name, median, BenchEnv};
+use crate::env::{median, BenchEnv};
 use crate::report::{Report, Row};
 use crate::Options;
 
@@ -38,7 +39,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
     let checked = verifier.check_file(&dir.join(lib_file_name("test-noop")))?;
     let host = PluginHost::new(
         "test-noop",
-        env.dir.path().join("plugin-data").join("test-noop"),
+        env.dir().join("plugin-data").join("test-noop"),
         Verbosity::Quiet,
         None,
     );

@@ -3,6 +3,16 @@
 //! reference Kilometers API (`km-api-server`) on loopback authorising the premium ones, and child
 //! processes that cannot hang the run (every child has a watchdog that kills it at a deadline).
 //!
+//! The installation, the keys, the signing, the customer builds and the API server are the e2e
+//! harness's (`km-tests`, `tests/src/lib.rs`), so that the bench measures km set up exactly as
+//! the tests check it. km-bench depends on that library as it is: its dependencies are normal
+//! ones (rcgen and rustls for the tests' certificates among them, which the bench links too), and
+//! none of it reaches km, which depends on neither. The harness panics with the failing
+//! command's output where it cannot go on: a bench that cannot build its world has no figure to
+//! give, and fails loudly either way. Which plugins are bundled, their
+//! crates, versions, tiers and capabilities come from km's own table
+//! ([`km_cli::bundled::BUNDLED`]).
+//!
 //! Premium plugins (Pro, Enterprise) do nothing without a valid subscription, so a figure taken
 //! with an unauthorised one measures a no-op. Each is installed as a customer build (stamped
 //! with the bench customer's credentials and the API server's public key, as `km-sign
@@ -12,94 +22,71 @@
 //! handed and what it missed (`KM_HOME/state/sessions`, written by km at the end of a session),
 //! so that a figure taken while a plugin dropped messages is reported as such.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use km_tests::{
+    chmod, customer_build, lib_file_name, library, ApiServer, Customer, KmEnv, Watched,
+};
 use serde_json::Value;
 
-/// What a bundled plugin does on the path.
+/// What a bundled plugin does on the path, as the bench measures it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
-    /// Watches what was forwarded.
+    /// Watches what was forwarded (signed without capabilities).
     Observer,
-    /// Judges lines before they are forwarded (signed with the `intercept` capability).
+    /// Judges lines before they are forwarded (signed with the capabilities km's table gives it).
     Interceptor,
 }
 
-/// A bundled (shipped, non-test) plugin.
+/// The bundled plugins the bench measures on the path. km's table grants `intercept` to two
+/// more, which are measured as observers, signed without it (km then lets them only observe):
+/// compliance-reporting intercepts only in its write-ahead mode, which a policy turns on, and
+/// team-collaboration enforces a team's policy, which the bench has no team for; so that "every
+/// bundled observer" stays a set of observers and the interceptors have figures of their own.
+const ON_THE_PATH: &[&str] = &["tool-guard", "advanced-filters"];
+
+/// A bundled (shipped, non-test) plugin: km's table entry, and its role in the bench.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bundled {
-    pub(crate) krate: &'static str,
-    pub(crate) name: &'static str,
-    pub(crate) tier: &'static str,
+    pub(crate) plugin: &'static km_cli::bundled::Bundled,
     pub(crate) role: Role,
 }
 
 impl Bundled {
+    /// Its name, as it reports it and as it is signed.
+    pub(crate) fn name(&self) -> &'static str {
+        self.plugin.name
+    }
+
     /// Whether it needs a subscription (and so a customer build and the API).
     pub(crate) fn premium(&self) -> bool {
-        self.tier != "free"
+        self.plugin.is_premium()
+    }
+
+    /// What its signature grants here (see [`Role`]), as `km-sign sign` arguments.
+    fn capability_args(&self) -> Vec<&'static str> {
+        let granted = match self.role {
+            Role::Interceptor => self.plugin.capabilities,
+            Role::Observer => &[],
+        };
+        granted
+            .iter()
+            .flat_map(|capability| ["--capability", capability])
+            .collect()
     }
 }
 
-/// Every bundled plugin km ships. One whose library is not built (a plugin not yet in this
-/// workspace) is left out with a note: [`BenchEnv::bundled`] lists those present.
-pub(crate) const BUNDLED: &[Bundled] = &[
-    Bundled {
-        krate: "console-logger",
-        name: "console-logger",
-        tier: "free",
-        role: Role::Observer,
-    },
-    Bundled {
-        krate: "api-logger",
-        name: "api-logger",
-        tier: "pro",
-        role: Role::Observer,
-    },
-    Bundled {
-        krate: "ml-analytics",
-        name: "ml-analytics",
-        tier: "pro",
-        role: Role::Observer,
-    },
-    Bundled {
-        krate: "compliance-reporting",
-        name: "compliance-reporting",
-        tier: "enterprise",
-        role: Role::Observer,
-    },
-    Bundled {
-        krate: "team-collaboration",
-        name: "team-collaboration",
-        tier: "enterprise",
-        role: Role::Observer,
-    },
-    Bundled {
-        krate: "tool-guard",
-        name: "tool-guard",
-        tier: "free",
-        role: Role::Interceptor,
-    },
-    Bundled {
-        krate: "advanced-filters",
-        name: "advanced-filters",
-        tier: "pro",
-        role: Role::Interceptor,
-    },
-];
-
-/// The version every workspace plugin reports.
+/// The version the bench's own copies of test plugins are signed as (what they report).
 pub(crate) const PLUGIN_VERSION: &str = "1.0.0";
 
 /// The bench's customer of the reference API: an Enterprise subscription covers every tier.
-const CUSTOMER: &str = "cust_bench";
-const API_KEY: &str = "km_live_bench_0123456789abcdef";
+const CUSTOMER: Customer = Customer {
+    id: "cust_bench",
+    api_key: "km_live_bench_0123456789abcdef",
+};
 
 /// How many test-noop copies the largest scaling run loads.
 pub(crate) const MAX_NOOPS: usize = 20;
@@ -127,30 +114,15 @@ impl Handed {
     }
 }
 
-/// A running `km-api-server`; killed on drop.
-struct ApiServer {
-    child: Child,
-    url: String,
-    public_key: Vec<u8>,
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The binaries and a prepared `KM_HOME`; the temporary directory goes when this is dropped.
 pub(crate) struct BenchEnv {
-    /// Owns the temporary directory.
-    pub(crate) dir: tempfile::TempDir,
+    /// The installation: its temporary directory, `KM_HOME` (pointed at the API server) and the
+    /// trusted key everything here is signed with.
+    pub(crate) world: KmEnv,
     /// Where `km`, `km-sign` and the plugin libraries are.
     pub(crate) bin_dir: PathBuf,
-    /// `KM_HOME`, pointed at the API server, trusting the bench's key.
+    /// `KM_HOME`.
     pub(crate) home: PathBuf,
-    /// The trusted key's prefix (`.key`, `.pub`).
-    pub(crate) key: PathBuf,
     /// The bundled plugins whose libraries are built.
     pub(crate) bundled: Vec<Bundled>,
     api: ApiServer,
@@ -160,29 +132,23 @@ impl BenchEnv {
     /// Makes the environment: key, trust, API server, `km init`, and a plugin directory for
     /// each set the sections load.
     pub(crate) fn new() -> Result<Self> {
-        let exe = std::env::current_exe().context("finding km-bench's own path")?;
-        let bin_dir = exe
-            .parent()
-            .context("km-bench has no parent directory")?
-            .to_path_buf();
-        let dir = tempfile::Builder::new()
-            .prefix("km-bench-")
-            .tempdir()
-            .context("making a temporary directory")?;
-        chmod(dir.path(), 0o700)?;
+        let bin_dir = km_tests::bin_dir();
         for needed in ["km", "km-sign", "km-api-server"] {
-            if !bin_dir.join(needed).exists() {
+            km_tests::built(needed);
+        }
+        for name in ON_THE_PATH {
+            if !km_cli::bundled::find(name)
+                .is_some_and(|b| b.capabilities.contains(&km_signing::CAPABILITY_INTERCEPT))
+            {
                 bail!(
-                    "{} is missing: run `cargo build --release --workspace` first",
-                    bin_dir.join(needed).display()
+                    "{name} is measured on the path, but km does not bundle it as an interceptor"
                 );
             }
         }
-        let bundled: Vec<Bundled> = BUNDLED
+        let bundled: Vec<Bundled> = km_cli::bundled::BUNDLED
             .iter()
-            .copied()
             .filter(|b| {
-                let built = bin_dir.join(lib_file_name(b.krate)).exists();
+                let built = bin_dir.join(b.library_file()).exists();
                 if !built {
                     eprintln!(
                         "km-bench: {} is not built here; the figures leave it out",
@@ -191,38 +157,33 @@ impl BenchEnv {
                 }
                 built
             })
+            .map(|plugin| Bundled {
+                plugin,
+                role: if ON_THE_PATH.contains(&plugin.name) {
+                    Role::Interceptor
+                } else {
+                    Role::Observer
+                },
+            })
             .collect();
-        let api = start_api(&bin_dir, dir.path())?;
-        let home = dir.path().join("km-home");
+        let world = KmEnv::new();
+        let api = ApiServer::builder(world.dir.path())
+            .customers(&[(&CUSTOMER, "enterprise")])
+            .start();
+        world.init(CUSTOMER.api_key, &api.url);
         let env = BenchEnv {
-            key: dir.path().join("bench-key"),
+            home: world.home.clone(),
+            world,
             bin_dir,
-            home,
-            dir,
             bundled,
             api,
         };
-        std::fs::create_dir_all(env.home.join("plugins"))?;
-        chmod(&env.home, 0o700)?;
-        chmod(&env.home.join("plugins"), 0o700)?;
-        let mut keygen = env.command(&env.bin_dir.join("km-sign"));
-        keygen.args(["keygen", "--out"]).arg(&env.key);
-        run_ok(&mut keygen)?;
-        let mut trust = env.command(&env.bin_dir.join("km"));
-        trust
-            .args(["trust", "add", "--label", "bench"])
-            .arg(env.key.with_extension("pub"));
-        run_ok(&mut trust)?;
-        let mut init = env.command(&env.bin_dir.join("km"));
-        init.args(["init", "--api-key", API_KEY, "--api-url", &env.api.url])
-            .stdin(Stdio::null());
-        run_ok(&mut init)?;
         // Every plugin set a section loads, each in a directory of its own.
         let observers: Vec<Bundled> = env.of_role(Role::Observer);
         env.install_set("observers", &observers)?;
         env.install_set("bundled", &env.bundled.clone())?;
         for b in env.bundled.clone() {
-            env.install_set(&format!("only-{}", b.krate), &[b])?;
+            env.install_set(&format!("only-{}", b.name()), &[b])?;
         }
         let noop = env.single_plugin_dir("test-noop");
         make_dir(&noop)?;
@@ -236,6 +197,11 @@ impl BenchEnv {
             env.install_noops(n)?;
         }
         Ok(env)
+    }
+
+    /// The temporary directory everything of this run goes into.
+    pub(crate) fn dir(&self) -> &Path {
+        self.world.dir.path()
     }
 
     /// The bundled plugins of `role`.
@@ -263,27 +229,31 @@ impl BenchEnv {
         names
     }
 
-    /// The directory of plugin set `set`: `observers`, `bundled`, `only-CRATE`, `noop-N`.
+    /// The directory of plugin set `set`: `observers`, `bundled`, `only-NAME`, `noop-N`.
     pub(crate) fn set_dir(&self, set: &str) -> PathBuf {
-        self.dir.path().join(format!("set-{set}"))
+        self.dir().join(format!("set-{set}"))
     }
 
     fn install_set(&self, set: &str, plugins: &[Bundled]) -> Result<()> {
         let dir = self.set_dir(set);
         make_dir(&dir)?;
         for b in plugins {
-            let dest = dir.join(lib_file_name(b.krate));
-            if b.premium() {
-                self.install_customer_build(b, &dest)?;
+            let p = b.plugin;
+            let bytes = if b.premium() {
+                customer_build(p.crate_name, &self.api.public_key, &CUSTOMER, p.tier)
             } else {
-                let extra: &[&str] = match b.role {
-                    Role::Interceptor => &["--capability", "intercept"],
-                    Role::Observer => &[],
-                };
-                self.install_with(b.krate, &dest, b.name, b.tier, extra)?;
-            }
+                library(p.crate_name)
+            };
+            self.world.place_signed(
+                &dir.join(p.library_file()),
+                &bytes,
+                p.name,
+                p.version,
+                p.tier.as_str(),
+                &b.capability_args(),
+            );
             // The names km will report, for the run checks (km ignores other files).
-            std::fs::write(dir.join(format!("{}.name", b.name)), b.name)?;
+            std::fs::write(dir.join(format!("{}.name", p.name)), p.name)?;
         }
         Ok(())
     }
@@ -294,50 +264,17 @@ impl BenchEnv {
     fn install_noops(&self, n: usize) -> Result<()> {
         let dir = self.set_dir(&format!("noop-{n}"));
         make_dir(&dir)?;
-        let original = std::fs::read(self.plugin_lib("test-noop")?)?;
+        let original = library("test-noop");
         let needle = b"test-noop";
         for i in 0..n {
             let name = format!("test-n{:03}", i + 1);
             let patched = replace_all(&original, needle, name.as_bytes());
-            let dest = dir.join(format!("libnoop_{:03}.so", i + 1));
-            std::fs::write(&dest, &patched)?;
-            chmod(&dest, 0o644)?;
-            self.sign(&dest, &name, "free", &[])?;
+            let dest = dir.join(km_signing::library_file_name(&format!("noop_{:03}", i + 1)));
+            self.world
+                .place_signed(&dest, &patched, &name, PLUGIN_VERSION, "free", &[]);
             std::fs::write(dir.join(format!("{name}.name")), &name)?;
         }
         Ok(())
-    }
-
-    /// Installs `b` as a customer build of the bench's customer, signed like the vendor signs
-    /// one.
-    fn install_customer_build(&self, b: &Bundled, dest: &Path) -> Result<()> {
-        use km_plugin_sdk::credentials::{stamp, StampInput};
-        let mut bytes = std::fs::read(self.plugin_lib(b.krate)?)?;
-        let tier = match b.tier {
-            "enterprise" => km_abi::Tier::Enterprise,
-            _ => km_abi::Tier::Pro,
-        };
-        let credentials = km_plugin_sdk::Credentials {
-            customer_id: CUSTOMER.to_owned(),
-            customer_token: format!("ct-{CUSTOMER}"),
-            tier,
-            build_time: km_plugin_sdk::auth::now_unix(),
-        };
-        stamp(
-            &mut bytes,
-            &StampInput {
-                api_public_key: &self.api.public_key,
-                credentials: &credentials,
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("stamping {}: {e:?}", b.krate))?;
-        std::fs::write(dest, &bytes).with_context(|| format!("writing {}", dest.display()))?;
-        chmod(dest, 0o644)?;
-        let extra: &[&str] = match b.role {
-            Role::Interceptor => &["--capability", "intercept"],
-            Role::Observer => &[],
-        };
-        self.sign(dest, b.name, b.tier, extra)
     }
 
     /// Reads what km recorded of its last run with the plugins of `set`: what each was handed
@@ -365,7 +302,7 @@ impl BenchEnv {
                 .push((name.clone(), count("handled"), count("dropped")));
             // Removed, so that the next run's figures are its own.
             std::fs::remove_file(&stats)?;
-            if let Some(b) = self.bundled.iter().find(|b| b.name == name) {
+            if let Some(b) = self.bundled.iter().find(|b| b.name() == name) {
                 if b.premium() {
                     self.check_authorised(b)?;
                 }
@@ -379,39 +316,65 @@ impl BenchEnv {
             .home
             .join("state")
             .join("auth")
-            .join(format!("{}.json", b.name));
+            .join(format!("{}.json", b.name()));
         let text = std::fs::read_to_string(&record)
-            .with_context(|| format!("no authorisation record of {}", b.name))?;
+            .with_context(|| format!("no authorisation record of {}", b.name()))?;
         let v: Value = serde_json::from_str(&text)?;
         if v["authorized"] != Value::Bool(true) {
             bail!(
                 "{} was not authorised by the API server ({}): an unauthorised premium plugin is \
                  a no-op, and its figures would measure nothing",
-                b.name,
+                b.name(),
                 v["reason"]
             );
         }
         Ok(())
     }
 
-    /// A command with a clean environment: PATH, HOME inside the temp dir, this `KM_HOME`,
-    /// console-logger writing to /dev/null, a short grace period.
+    /// A command with the harness's clean environment (PATH, a HOME that does not exist, this
+    /// `KM_HOME`), console-logger writing to /dev/null, a short grace period.
     pub(crate) fn command(&self, program: &Path) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env_clear();
-        if let Some(path) = std::env::var_os("PATH") {
-            cmd.env("PATH", path);
-        }
-        cmd.env("HOME", self.dir.path().join("no-such-home"));
-        cmd.env("KM_HOME", &self.home);
+        let mut cmd = km_tests::command(program, &self.home);
         cmd.env("KM_CONSOLE_LOGGER_OUTPUT", "/dev/null");
         cmd.env("KM_GRACE_MS", "200");
         cmd
     }
 
-    /// A plugin directory holding only `krate`'s library (`only-CRATE`).
-    pub(crate) fn single_plugin_dir(&self, krate: &str) -> PathBuf {
-        self.set_dir(&format!("only-{krate}"))
+    /// A plugin directory holding only the plugin called `name` (`only-NAME`).
+    pub(crate) fn single_plugin_dir(&self, name: &str) -> PathBuf {
+        self.set_dir(&format!("only-{name}"))
+    }
+
+    /// A `KM_HOME` of its own at `DIR/NAME`, trusting what the bench signs, with an empty plugin
+    /// directory and `config` (TOML), if any, as its config.toml: for sections that run km with a
+    /// configuration of their own.
+    pub(crate) fn own_home(&self, name: &str, config: Option<&str>) -> Result<PathBuf> {
+        let home = self.dir().join(name);
+        let plugins = home.join("plugins");
+        let keys = home.join("trusted-keys");
+        for dir in [&home, &plugins, &keys] {
+            make_dir(dir)?;
+        }
+        for entry in std::fs::read_dir(self.home.join("trusted-keys"))? {
+            let entry = entry?;
+            let to = keys.join(entry.file_name());
+            std::fs::copy(entry.path(), &to)?;
+            chmod(&to, 0o600);
+        }
+        if let Some(config) = config {
+            let path = home.join("config.toml");
+            km_durable::write_atomic(&path, config.as_bytes(), km_durable::PRIVATE)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(home)
+    }
+
+    /// `km monitor -- cat` with the plugins and configuration of `home` (see
+    /// [`BenchEnv::own_home`]).
+    pub(crate) fn km_in_home(&self, home: &Path) -> Command {
+        let mut cmd = self.km_monitor_in(Some(home.join("plugins")), &["cat"]);
+        cmd.env("KM_HOME", home);
+        cmd
     }
 
     /// `km monitor [--no-plugins] -- SERVER`: with `plugins`, every bundled observer.
@@ -461,24 +424,13 @@ impl BenchEnv {
         cmd
     }
 
-    /// The built library of workspace crate `krate`.
-    pub(crate) fn plugin_lib(&self, krate: &str) -> Result<PathBuf> {
-        let path = self.bin_dir.join(lib_file_name(krate));
-        if !path.exists() {
-            bail!(
-                "{} is missing: run `cargo build --release --workspace` first",
-                path.display()
-            );
-        }
-        Ok(path)
-    }
-
     /// Copies `krate`'s library to `dest` (0644) and signs it as `name` 1.0.0 `tier`.
     pub(crate) fn install(&self, krate: &str, dest: &Path, name: &str, tier: &str) -> Result<()> {
         self.install_with(krate, dest, name, tier, &[])
     }
 
-    fn install_with(
+    /// [`BenchEnv::install`] with `extra` arguments to `km-sign sign`.
+    pub(crate) fn install_with(
         &self,
         krate: &str,
         dest: &Path,
@@ -486,84 +438,10 @@ impl BenchEnv {
         tier: &str,
         extra: &[&str],
     ) -> Result<()> {
-        std::fs::copy(self.plugin_lib(krate)?, dest)
-            .with_context(|| format!("copying {krate} to {}", dest.display()))?;
-        chmod(dest, 0o644)?;
-        self.sign(dest, name, tier, extra)
+        self.world
+            .place_signed(dest, &library(krate), name, PLUGIN_VERSION, tier, extra);
+        Ok(())
     }
-
-    fn sign(&self, lib: &Path, name: &str, tier: &str, extra: &[&str]) -> Result<()> {
-        let mut sign = self.command(&self.bin_dir.join("km-sign"));
-        sign.arg("sign")
-            .arg("--key")
-            .arg(self.key.with_extension("key"))
-            .args(["--name", name, "--version", PLUGIN_VERSION, "--tier", tier])
-            .args(extra)
-            .arg(lib);
-        run_ok(&mut sign)
-    }
-}
-
-/// Starts `km-api-server` with a key of its own and the bench's customer (Enterprise).
-fn start_api(bin_dir: &Path, dir: &Path) -> Result<ApiServer> {
-    use base64::Engine as _;
-    let exe = bin_dir.join("km-api-server");
-    let key = dir.join("api-server.key");
-    let out = Command::new(&exe)
-        .arg("--gen-key")
-        .arg(&key)
-        .output()
-        .with_context(|| format!("running {}", exe.display()))?;
-    if !out.status.success() {
-        bail!(
-            "km-api-server --gen-key: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let public_key = base64::engine::general_purpose::STANDARD
-        .decode(String::from_utf8_lossy(&out.stdout).trim())
-        .context("km-api-server printed no base64 public key")?;
-    let customers = dir.join("customers.json");
-    let api_key_sha256: String = ring::digest::digest(&ring::digest::SHA256, API_KEY.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let now = km_plugin_sdk::auth::now_unix();
-    let text = serde_json::json!({"customers": [{
-        "id": CUSTOMER,
-        "api_key_sha256": api_key_sha256,
-        "tier": "enterprise",
-        "features": ["api_logging"],
-        "subscription_end": now + 30 * 24 * 3600,
-        "customer_token": format!("ct-{CUSTOMER}"),
-    }]});
-    std::fs::write(&customers, text.to_string())?;
-    chmod(&customers, 0o600)?;
-    let log = std::fs::File::create(dir.join("api-server.log"))?;
-    let mut child = Command::new(&exe)
-        .arg("--signing-key")
-        .arg(&key)
-        .arg("--customers")
-        .arg(&customers)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut server = ApiServer {
-        child,
-        url: String::new(),
-        public_key,
-    };
-    let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first)?;
-    server.url = first.trim().to_owned();
-    if !server.url.starts_with("http://127.0.0.1:") {
-        bail!("km-api-server said {first:?} instead of its address");
-    }
-    Ok(server)
 }
 
 /// `haystack` with every `needle` replaced by `with` (of the same length).
@@ -577,83 +455,27 @@ fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
     out
 }
 
-fn make_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    chmod(dir, 0o700)
-}
-
-/// `libfoo_bar.so` for crate `foo-bar`.
-pub(crate) fn lib_file_name(krate: &str) -> String {
-    format!(
-        "{}{}{}",
-        std::env::consts::DLL_PREFIX,
-        krate.replace('-', "_"),
-        std::env::consts::DLL_SUFFIX
-    )
-}
-
-fn chmod(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))
-}
-
-fn run_ok(cmd: &mut Command) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+/// Creates `dir` (and its parents) and makes it 0700, as km wants its directories.
+pub(crate) fn make_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    chmod(dir, 0o700);
     Ok(())
 }
 
-/// Kills a child process if it is still running at the deadline; disarmed on drop.
-pub(crate) struct Watchdog {
-    disarm: Option<mpsc::Sender<()>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Watchdog {
-    /// Arms a watchdog for `child`.
-    pub(crate) fn arm(child: &Child, deadline: Duration) -> Self {
-        let pid = child.id();
-        let (tx, rx) = mpsc::channel::<()>();
-        let thread = thread::spawn(move || {
-            if let Err(mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(deadline) {
-                eprintln!("km-bench: process {pid} ran past {deadline:?}; killing it");
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-        });
-        Watchdog {
-            disarm: Some(tx),
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        drop(self.disarm.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Spawns `cmd` with piped stdin/stdout and stderr to `stderr_log`.
-pub(crate) fn spawn_piped(cmd: &mut Command, stderr_log: &Path) -> Result<Child> {
+/// Starts `cmd` with piped stdin and stdout and its stderr to `stderr_log`, watched by the
+/// harness's watchdog, which kills it if it runs past `limit` (so that a hung km cannot hang the
+/// bench).
+pub(crate) fn spawn_watched(
+    cmd: &mut Command,
+    stderr_log: &Path,
+    limit: Duration,
+) -> Result<Watched> {
     let log = std::fs::File::create(stderr_log)
         .with_context(|| format!("creating {}", stderr_log.display()))?;
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .with_context(|| format!("starting {cmd:?}"))
+        .stderr(Stdio::from(log));
+    Ok(Watched::spawn(cmd, limit))
 }
 
 /// The value in kB of `field` (e.g. `VmHWM`) in `/proc/<pid>/status`.

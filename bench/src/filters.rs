@@ -19,9 +19,8 @@
 //! record of the plugin's authentication must say `authorized`. Either failing is an error, not
 //! a figure.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,144 +31,68 @@ use km_cli::api::ApiClient;
 use km_cli::home::KmHome;
 use km_cli::host::{ApiTransport, PluginHost, Verbosity};
 use km_cli::verifier::Verifier;
+use km_tests::{ApiServer, Customer};
 use serde_json::{json, Value};
 
-use crate::env::{median, percentile, BenchEnv};
-use crate::latency::Probe;
-use crate::relay::{messages, pass};
+use crate::env::{make_dir, median, percentile, BenchEnv};
+use crate::latency::{interleave, Probe};
+use crate::relay::{cat_cat, messages, Stream};
 use crate::report::{Report, Row};
 use crate::Options;
 
-const CUSTOMER: &str = "cust_bench";
-const API_KEY: &str = "km_live_bench_filters_0123456789";
+/// The customer the filter is built for: Pro, on a reference API of its own.
+const CUSTOMER: Customer = Customer {
+    id: "cust_bench",
+    api_key: "km_live_bench_filters_0123456789",
+};
 const PLUGIN: &str = "advanced-filters";
 
-/// The reference API, killed when dropped.
-struct ApiServer {
-    child: Child,
-    url: String,
-    public_key_file: PathBuf,
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {}", path.display()))
-}
-
-fn run_ok(cmd: &mut Command) -> Result<std::process::Output> {
-    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out)
-}
-
-/// Starts `km-api-server` with one Pro customer whose key is [`API_KEY`].
+/// Starts the reference API (the harness's) with one Pro customer, [`CUSTOMER`].
 fn start_api(env: &BenchEnv) -> Result<ApiServer> {
-    let exe = env.bin_dir.join("km-api-server");
-    if !exe.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release --workspace` first",
-            exe.display()
-        );
-    }
-    let dir = env.dir.path().join("filters-api");
-    std::fs::create_dir_all(&dir)?;
-    let key = dir.join("api.key");
-    let out = run_ok(Command::new(&exe).arg("--gen-key").arg(&key))?;
-    let public_key_file = dir.join("api.pub");
-    std::fs::write(
-        &public_key_file,
-        String::from_utf8_lossy(&out.stdout).trim(),
-    )?;
-    let sha: String = ring::digest::digest(&ring::digest::SHA256, API_KEY.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let customers = json!({"customers": [{
-        "id": CUSTOMER,
-        "api_key_sha256": sha,
-        "tier": "pro",
-        "features": [],
-        "subscription_end": km_plugin_sdk::auth::now_unix() + 30 * 86_400,
-        "customer_token": "ct-bench",
-    }]});
-    let customers_file = dir.join("customers.json");
-    std::fs::write(&customers_file, customers.to_string())?;
-    set_mode(&customers_file, 0o600)?;
-    let log = std::fs::File::create(dir.join("api-server.log"))?;
-    let mut child = Command::new(&exe)
-        .arg("--signing-key")
-        .arg(&key)
-        .arg("--customers")
-        .arg(&customers_file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .context("starting km-api-server")?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut server = ApiServer {
-        child,
-        url: String::new(),
-        public_key_file,
-    };
-    let mut first = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut first)
-        .context("reading km-api-server's address")?;
-    server.url = first.trim().to_owned();
-    if !server.url.starts_with("http://127.0.0.1:") {
-        bail!("km-api-server said {first:?} instead of its address");
-    }
-    Ok(server)
+    let dir = env.dir().join("filters-api");
+    make_dir(&dir)?;
+    Ok(ApiServer::builder(&dir)
+        .customers(&[(&CUSTOMER, "pro")])
+        .start())
 }
 
 /// A `KM_HOME` of its own holding only the customer build of advanced-filters (made by the real
-/// `km-sign build-plugin --capability intercept`), trusting the bench's key, with the API's key
-/// and address in config.toml.
+/// `km-sign build-plugin` with the capabilities km's table gives it), trusting the bench's key,
+/// with the API's key and address in config.toml.
 fn filters_home(env: &BenchEnv, api: &ApiServer) -> Result<PathBuf> {
-    let home = env.dir.path().join("home-filters");
+    let plugin = km_cli::bundled::find(PLUGIN).context("advanced-filters is not bundled")?;
+    let home = env.own_home(
+        "home-filters",
+        Some(&format!(
+            "api_key = \"{}\"\napi_url = \"{}\"\n",
+            CUSTOMER.api_key, api.url
+        )),
+    )?;
     let plugins = home.join("plugins");
-    let keys = home.join("trusted-keys");
-    std::fs::create_dir_all(&plugins)?;
-    std::fs::create_dir_all(&keys)?;
-    for dir in [&home, &plugins, &keys] {
-        set_mode(dir, 0o700)?;
-    }
-    for entry in std::fs::read_dir(env.home.join("trusted-keys"))? {
-        let entry = entry?;
-        let to = keys.join(entry.file_name());
-        std::fs::copy(entry.path(), &to)?;
-        set_mode(&to, 0o600)?;
-    }
-    let out_dir = env.dir.path().join("filters-build");
-    let mut build = env.command(&env.bin_dir.join("km-sign"));
+    let out_dir = env.dir().join("filters-build");
+    let mut build = env.command(&km_tests::km_sign_bin());
     build
-        .args(["build-plugin", "--plugin", PLUGIN, "--customer", CUSTOMER])
-        .args(["--customer-token", "ct-bench"])
-        .args(["--tier", "pro", "--version", crate::env::PLUGIN_VERSION])
-        .args(["--capability", "intercept"])
+        .args([
+            "build-plugin",
+            "--plugin",
+            PLUGIN,
+            "--customer",
+            CUSTOMER.id,
+        ])
+        .args(["--customer-token", &CUSTOMER.customer_token()])
+        .args(["--tier", plugin.tier.as_str(), "--version", plugin.version]);
+    for capability in plugin.capabilities {
+        build.args(["--capability", capability]);
+    }
+    build
         .arg("--key")
-        .arg(env.key.with_extension("key"))
+        .arg(env.world.key.with_extension("key"))
         .arg("--api-public-key")
         .arg(&api.public_key_file)
         .arg("--out-dir")
         .arg(&out_dir)
-        .arg(env.plugin_lib(PLUGIN)?);
-    run_ok(&mut build)?;
+        .arg(km_tests::plugin_lib(PLUGIN));
+    km_tests::run_ok(&mut build);
     let mut installed = 0;
     for entry in std::fs::read_dir(&out_dir)? {
         let path = entry?.path();
@@ -179,7 +102,7 @@ fn filters_home(env: &BenchEnv, api: &ApiServer) -> Result<PathBuf> {
         }
         let to = plugins.join(&name);
         std::fs::copy(&path, &to)?;
-        set_mode(&to, 0o644)?;
+        km_tests::chmod(&to, 0o644);
         installed += 1;
     }
     if installed != 2 {
@@ -187,27 +110,14 @@ fn filters_home(env: &BenchEnv, api: &ApiServer) -> Result<PathBuf> {
             "km-sign build-plugin wrote {installed} files instead of a library and its signature"
         );
     }
-    let config = home.join("config.toml");
-    std::fs::write(
-        &config,
-        format!("api_key = \"{API_KEY}\"\napi_url = \"{}\"\n", api.url),
-    )?;
-    set_mode(&config, 0o600)?;
     Ok(home)
-}
-
-/// `km monitor -- cat` with the plugins and configuration of `home`.
-fn km_with(env: &BenchEnv, home: &Path) -> Command {
-    let mut cmd = env.km_monitor_in(Some(home.join("plugins")), &["cat"]);
-    cmd.env("KM_HOME", home);
-    cmd
 }
 
 /// Fails unless the filter is on: a secret must come back redacted, and km's record of the
 /// plugin's authentication must say so.
 fn check_active(env: &BenchEnv, home: &Path) -> Result<()> {
     let secret = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"http","arguments":{"key":"AKIAZ7QW3RT5YU2IOP4N"}}}"#;
-    let mut cmd = km_with(env, home);
+    let mut cmd = env.km_in_home(home);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -459,18 +369,12 @@ fn load_plugin(
 ) -> Result<km_cli::gateway::LoadedPlugin> {
     let km_home = KmHome::resolve(Some(home))?;
     let mut verifier = Verifier::open(&km_home)?.allow_downgrade(true);
-    let name = std::fs::read_dir(home.join("plugins"))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.to_string_lossy().ends_with(std::env::consts::DLL_SUFFIX))
-        .context("the installed library")?;
-    let checked = verifier.check_file(&name)?;
-    let data = env
-        .dir
-        .path()
-        .join("plugin-data")
-        .join("filters-in-process");
-    std::fs::create_dir_all(&data)?;
-    set_mode(&data, 0o700)?;
+    let library = home
+        .join("plugins")
+        .join(km_signing::customer_build_file_name(PLUGIN, CUSTOMER.id));
+    let checked = verifier.check_file(&library)?;
+    let data = env.dir().join("plugin-data").join("filters-in-process");
+    make_dir(&data)?;
     let client: Arc<dyn ApiTransport> = Arc::new(ApiClient::new(runtime()?, &api.url)?);
     let host = PluginHost::new(PLUGIN, data.clone(), Verbosity::Quiet, Some(client))
         .with_policies(home.join("policies"));
@@ -487,7 +391,9 @@ fn load_plugin(
     plugin
         .begin_session(r#"{"session_id":"bench","command":["cat"],"cwd":"/","km_version":"bench"}"#)
         .map_err(|e| anyhow!("{e}"))?;
-    let auth = plugin.authenticate(API_KEY).map_err(|e| anyhow!("{e}"))?;
+    let auth = plugin
+        .authenticate(CUSTOMER.api_key)
+        .map_err(|e| anyhow!("{e}"))?;
     if !auth.authorized {
         bail!(
             "the reference API did not authorise advanced-filters: {}",
@@ -543,59 +449,46 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
     std::mem::forget(plugin);
 
     // The relay.
-    let (n, reps) = if options.quick {
-        (3000, 1)
-    } else {
-        (10_000, 5)
-    };
-    let msgs = messages(n);
-    let expected: Vec<u8> = msgs.concat();
-    let mb = expected.len() as f64 / 1e6;
-    eprintln!("filters: relay, {n} messages, {mb:.1} MB, median of {reps} runs");
-    let log = env.dir.path().join("filters-relay.log");
-    let mut times: [Vec<f64>; 3] = Default::default();
-    for _ in 0..reps {
-        let mut base = env.command(Path::new("sh"));
-        base.args(["-c", "cat | cat"]);
-        times[0].push(pass(&mut base, &msgs, &expected, &log)?.seconds);
-        let mut bare = env.km_monitor(false, &["cat"]);
-        times[1].push(pass(&mut bare, &msgs, &expected, &log)?.seconds);
-        times[2].push(pass(&mut km_with(env, &home), &msgs, &expected, &log)?.seconds);
-    }
-    let [base, bare, with] = times.map(|mut t| median(&mut t));
-    let rate = |s: f64| format!("{:.0} MB/s, {:.0} msg/s", mb / s, n as f64 / s);
+    let stream = Stream::agent(options);
+    eprintln!(
+        "filters: relay, {} messages, {:.1} MB, median of {} runs",
+        stream.msgs.len(),
+        stream.mb(),
+        stream.passes
+    );
+    let log = env.dir().join("filters-relay.log");
+    let [base, bare, with] = stream.medians(
+        [
+            &|| cat_cat(env),
+            &|| env.km_monitor(false, &["cat"]),
+            &|| env.km_in_home(&home),
+        ],
+        &log,
+    )?;
     report.add(Row {
         section: "filters",
         figure: "relay, advanced-filters intercepting everything".to_owned(),
-        value: rate(with),
-        baseline: format!("cat|cat {}; km without {}", rate(base), rate(bare)),
+        value: stream.rate(with),
+        baseline: format!(
+            "cat|cat {}; km without {}",
+            stream.rate(base),
+            stream.rate(bare)
+        ),
         ratio: Some(with / base),
         target: Some(("time <= 3x cat|cat".to_owned(), with / base <= 3.0)),
     });
 
     // Latency.
-    let (rounds, warmup) = if options.quick {
-        (1500, 100)
-    } else {
-        (10_000, 500)
-    };
-    let plog = |name: &str| env.dir.path().join(format!("filters-latency-{name}.log"));
+    let plog = |name: &str| env.dir().join(format!("filters-latency-{name}.log"));
     let mut paths = vec![
         Probe::start("km", env.km_monitor(false, &["cat"]), &plog("km"))?,
-        Probe::start("km+advanced-filters", km_with(env, &home), &plog("filters"))?,
+        Probe::start(
+            "km+advanced-filters",
+            env.km_in_home(&home),
+            &plog("filters"),
+        )?,
     ];
-    let mut line = Vec::with_capacity(256);
-    for round in 0..rounds + warmup {
-        for path in &mut paths {
-            let dt = path.round_trip(&mut line)?;
-            if round >= warmup {
-                path.samples.push(dt);
-            }
-        }
-    }
-    for path in &mut paths {
-        path.samples.sort_by(f64::total_cmp);
-    }
+    interleave(&mut paths, options.round_trips())?;
     let us = |s: f64| s * 1e6;
     for q in [50.0, 99.0] {
         let (km, with) = (

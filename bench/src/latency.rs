@@ -7,20 +7,20 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command};
+use std::process::{ChildStdin, ChildStdout, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use km_tests::Watched;
 
-use crate::env::{percentile, spawn_piped, BenchEnv, Watchdog};
+use crate::env::{percentile, spawn_watched, BenchEnv};
 use crate::report::{Report, Row};
 use crate::Options;
 
 /// One path a request travels and comes back on, with its samples.
 pub(crate) struct Probe {
     label: &'static str,
-    child: Child,
-    _watchdog: Watchdog,
+    child: Watched,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
     request: Vec<u8>,
@@ -33,22 +33,25 @@ const REQUEST: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params
 impl Probe {
     /// Ends the path: closes its input and waits for it.
     pub(crate) fn finish(self) {
-        let mut child = self.child;
-        drop(self.stdin);
-        let _ = child.wait();
+        let Probe {
+            label,
+            child,
+            stdin,
+            ..
+        } = self;
+        drop(stdin);
+        child.wait(label, String::new);
     }
 
     /// Starts `cmd` and makes its first round trip.
     pub(crate) fn start(label: &'static str, mut cmd: Command, log: &Path) -> Result<Self> {
         let started = Instant::now();
-        let mut child = spawn_piped(&mut cmd, log)?;
-        let watchdog = Watchdog::arm(&child, Duration::from_secs(120));
-        let stdin = child.stdin.take().context("no stdin")?;
-        let stdout = BufReader::new(child.stdout.take().context("no stdout")?);
+        let child = spawn_watched(&mut cmd, log, Duration::from_secs(120))?;
+        let stdin = child.take_stdin().context("no stdin")?;
+        let stdout = BufReader::new(child.take_stdout().context("no stdout")?);
         let mut path = Probe {
             label,
             child,
-            _watchdog: watchdog,
             stdin,
             stdout,
             request: [REQUEST, b"\n"].concat(),
@@ -59,6 +62,20 @@ impl Probe {
         path.round_trip(&mut line)?;
         path.first = started.elapsed().as_secs_f64();
         Ok(path)
+    }
+
+    /// The echo server directly: `cat -u`.
+    pub(crate) fn direct(env: &BenchEnv, log: &Path) -> Result<Self> {
+        let mut direct = env.command(Path::new("cat"));
+        direct.arg("-u");
+        Probe::start("direct", direct, log)
+    }
+
+    /// A plain byte relay in front of the echo server, one `cat` per direction.
+    pub(crate) fn relay(env: &BenchEnv, log: &Path) -> Result<Self> {
+        let mut relay = env.command(Path::new("sh"));
+        relay.args(["-c", "cat | cat | cat"]);
+        Probe::start("relay", relay, log)
     }
 
     /// One round trip, in seconds.
@@ -76,22 +93,36 @@ impl Probe {
     }
 }
 
+/// Makes round trips on every path in turn, round by round (so that the machine's noise falls
+/// on all of them alike): `warmup` rounds not counted, then `rounds` sampled; then sorts each
+/// path's samples, for [`percentile`].
+pub(crate) fn interleave(paths: &mut [Probe], (rounds, warmup): (usize, usize)) -> Result<()> {
+    let mut line = Vec::with_capacity(256);
+    for round in 0..rounds + warmup {
+        for path in paths.iter_mut() {
+            let dt = path.round_trip(&mut line)?;
+            if round >= warmup {
+                path.samples.push(dt);
+            }
+        }
+    }
+    for path in paths {
+        path.samples.sort_by(f64::total_cmp);
+    }
+    Ok(())
+}
+
 /// Runs the latency section.
 pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Result<()> {
-    let (rounds, warmup) = if options.quick {
-        (1500, 100)
-    } else {
-        (10_000, 500)
-    };
-    eprintln!("latency: {rounds} round trips per path, interleaved");
-    let log = |name: &str| env.dir.path().join(format!("latency-{name}.log"));
-    let mut direct = env.command(Path::new("cat"));
-    direct.arg("-u");
-    let mut relay = env.command(Path::new("sh"));
-    relay.args(["-c", "cat | cat | cat"]);
+    let round_trips = options.round_trips();
+    eprintln!(
+        "latency: {} round trips per path, interleaved",
+        round_trips.0
+    );
+    let log = |name: &str| env.dir().join(format!("latency-{name}.log"));
     let mut paths = vec![
-        Probe::start("direct", direct, &log("direct"))?,
-        Probe::start("relay", relay, &log("relay"))?,
+        Probe::direct(env, &log("direct"))?,
+        Probe::relay(env, &log("relay"))?,
         Probe::start("km", env.km_monitor(false, &["cat"]), &log("km"))?,
         Probe::start(
             "km+test-noop",
@@ -104,18 +135,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
             &log("km-plugins"),
         )?,
     ];
-    let mut line = Vec::with_capacity(256);
-    for round in 0..rounds + warmup {
-        for path in &mut paths {
-            let dt = path.round_trip(&mut line)?;
-            if round >= warmup {
-                path.samples.push(dt);
-            }
-        }
-    }
-    for path in &mut paths {
-        path.samples.sort_by(f64::total_cmp);
-    }
+    interleave(&mut paths, round_trips)?;
     let first = (
         paths[0].first,
         paths[1].first,

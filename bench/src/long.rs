@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::env::{proc_status_kb, spawn_piped, BenchEnv, Watchdog};
+use crate::env::{proc_status_kb, spawn_watched, BenchEnv};
 use crate::relay::SmallMix;
 use crate::report::{Report, Row};
 use crate::Options;
@@ -25,13 +25,12 @@ use crate::Options;
 pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Result<()> {
     let n: u64 = if options.quick { 200_000 } else { 2_000_000 };
     eprintln!("long session: {n} messages of the small mix, every bundled plugin");
-    let log = env.dir.path().join("long-stderr.log");
+    let log = env.dir().join("long-stderr.log");
     let mut cmd = env.km_monitor_in(Some(env.set_dir("bundled")), &["cat"]);
-    let mut child = spawn_piped(&mut cmd, &log)?;
-    let _watchdog = Watchdog::arm(&child, Duration::from_secs(1200));
+    let child = spawn_watched(&mut cmd, &log, Duration::from_secs(1200))?;
     let pid = child.id();
-    let mut stdin = child.stdin.take().context("no stdin")?;
-    let mut stdout = child.stdout.take().context("no stdout")?;
+    let mut stdin = child.take_stdin().context("no stdin")?;
+    let mut stdout = child.take_stdout().context("no stdout")?;
     let received = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -100,7 +99,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
     })?;
     let seconds = start.elapsed().as_secs_f64();
     let peak = proc_status_kb(pid, "VmHWM").unwrap_or(0);
-    let status = child.wait().context("waiting for km")?;
+    let status = child.wait("km's long session", || format!("see {}", log.display()));
     if let Some(at) = mismatch {
         bail!("km's output differs from what was sent from byte {at} on (exit {status})");
     }

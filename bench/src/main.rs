@@ -107,6 +107,24 @@ impl From<Cli> for Options {
 }
 
 impl Options {
+    /// How many passes each relay variant gets (the median is reported).
+    pub(crate) fn passes(&self) -> usize {
+        if self.quick {
+            1
+        } else {
+            5
+        }
+    }
+
+    /// Round trips per latency path, and the warm-up rounds before them that are not counted.
+    pub(crate) fn round_trips(&self) -> (usize, usize) {
+        if self.quick {
+            (1500, 100)
+        } else {
+            (10_000, 500)
+        }
+    }
+
     /// Whether `section` is to run.
     pub(crate) fn wants(&self, section: Section) -> bool {
         if self.only.is_empty() {

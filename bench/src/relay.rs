@@ -18,15 +18,14 @@
 //! plugin dropped a message is reported as such and not judged against its target.
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
-use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use km_tests::{spawn_client, ClientStdio};
 
-use crate::env::{median, proc_status_kb, spawn_piped, BenchEnv, Handed, Watchdog, MAX_NOOPS};
+use crate::env::{median, proc_status_kb, BenchEnv, Handed, MAX_NOOPS};
 use crate::report::{Report, Row};
 use crate::Options;
 
@@ -167,48 +166,9 @@ pub(crate) struct Pass {
     pub(crate) peak_rss_kb: Option<u64>,
 }
 
-/// What the relay gets as stdin and stdout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ClientStdio {
-    /// Pipes, as Python's `subprocess` and shells give.
-    Pipes,
-    /// A Unix stream socketpair each, as Node gives.
-    SocketPairs,
-}
-
-/// A started relay and the client's ends of its stdin and stdout.
-type Spawned = (Child, Box<dyn Write + Send>, Box<dyn Read + Send>);
-
-/// Starts `cmd` with stdio of the kind `stdio` (stderr to `log`).
-fn spawn(cmd: &mut Command, stdio: ClientStdio, log: &std::path::Path) -> Result<Spawned> {
-    match stdio {
-        ClientStdio::Pipes => {
-            let mut child = spawn_piped(cmd, log)?;
-            let stdin = child.stdin.take().context("no stdin")?;
-            let stdout = child.stdout.take().context("no stdout")?;
-            Ok((child, Box::new(stdin), Box::new(stdout)))
-        }
-        ClientStdio::SocketPairs => {
-            let (stdin, theirs_in) = UnixStream::pair().context("socketpair")?;
-            let (stdout, theirs_out) = UnixStream::pair().context("socketpair")?;
-            let log = std::fs::File::create(log)
-                .with_context(|| format!("creating {}", log.display()))?;
-            let child = cmd
-                .stdin(Stdio::from(OwnedFd::from(theirs_in)))
-                .stdout(Stdio::from(OwnedFd::from(theirs_out)))
-                .stderr(Stdio::from(log))
-                .spawn()
-                .with_context(|| format!("starting {cmd:?}"));
-            // The command holds the child's ends until told otherwise: let them go.
-            cmd.stdin(Stdio::null()).stdout(Stdio::null());
-            Ok((child?, Box::new(stdin), Box::new(stdout)))
-        }
-    }
-}
-
 /// Sends `msgs` through the process `cmd` (which must echo them), checks what came back.
 pub(crate) fn pass(
-    cmd: &mut Command,
+    cmd: Command,
     msgs: &[Vec<u8>],
     expected: &[u8],
     log: &std::path::Path,
@@ -218,7 +178,7 @@ pub(crate) fn pass(
 
 /// [`pass`] with stdio of the kind `stdio`.
 pub(crate) fn pass_with(
-    cmd: &mut Command,
+    cmd: Command,
     stdio: ClientStdio,
     msgs: &[Vec<u8>],
     expected: &[u8],
@@ -227,17 +187,20 @@ pub(crate) fn pass_with(
     pass_with_deadline(cmd, stdio, msgs, expected, log, Duration::from_secs(120))
 }
 
-/// [`pass_with`] whose process is killed after `deadline` (under valgrind, km is 50x slower).
+/// [`pass_with`] whose process the harness's watchdog kills after `deadline` (under valgrind,
+/// km is 50x slower). Its stderr goes to `log`.
 pub(crate) fn pass_with_deadline(
-    cmd: &mut Command,
+    mut cmd: Command,
     stdio: ClientStdio,
     msgs: &[Vec<u8>],
     expected: &[u8],
     log: &std::path::Path,
     deadline: Duration,
 ) -> Result<Pass> {
-    let (mut child, mut stdin, mut stdout) = spawn(cmd, stdio, log)?;
-    let _watchdog = Watchdog::arm(&child, deadline);
+    let what = format!("{cmd:?}");
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.stderr(Stdio::from(file));
+    let (child, mut stdin, mut stdout) = spawn_client(cmd, stdio, deadline);
     let pid = child.id();
     let total = expected.len();
     let start = Instant::now();
@@ -273,10 +236,10 @@ pub(crate) fn pass_with_deadline(
     })?;
     let peak_rss_kb = proc_status_kb(pid, "VmHWM");
     drop(stdin);
-    let status = child.wait().context("waiting for the relay")?;
+    let status = child.wait(&what, || format!("see {}", log.display()));
     if back != expected {
         bail!(
-            "{cmd:?} returned {} bytes that differ from the {} sent (exit {status}); see {}",
+            "{what} returned {} bytes that differ from the {} sent (exit {status}); see {}",
             back.len(),
             total,
             log.display()
@@ -348,12 +311,11 @@ pub(crate) fn rounds(
     log_name: &str,
 ) -> Result<Vec<Runs>> {
     let expected: Vec<u8> = msgs.concat();
-    let log = env.dir.path().join(log_name);
+    let log = env.dir().join(log_name);
     let mut runs = vec![Runs::default(); variants.len()];
     for _ in 0..reps {
         for (v, r) in variants.iter().zip(&mut runs) {
-            let mut cmd = (v.make)();
-            let p = pass_with(&mut cmd, v.stdio, msgs, &expected, &log)
+            let p = pass_with((v.make)(), v.stdio, msgs, &expected, &log)
                 .with_context(|| v.label.clone())?;
             r.seconds.push(p.seconds);
             r.peak_rss_kb = r.peak_rss_kb.max(p.peak_rss_kb.unwrap_or(0));
@@ -427,17 +389,68 @@ pub(crate) fn rows(
     }
 }
 
-fn cat_cat(env: &BenchEnv) -> Box<dyn Fn() -> Command + '_> {
-    Box::new(move || {
-        let mut base = env.command(std::path::Path::new("sh"));
-        base.args(["-c", "cat | cat"]);
-        base
-    })
+/// `sh -c 'cat | cat'`: the plain byte relay (one `cat` per direction) that relay figures are
+/// compared with.
+pub(crate) fn cat_cat(env: &BenchEnv) -> Command {
+    let mut base = env.command(std::path::Path::new("sh"));
+    base.args(["-c", "cat | cat"]);
+    base
+}
+
+/// The agent mix of the sections that time a relay with and without what they measure: its
+/// messages, and how many passes each command gets.
+pub(crate) struct Stream {
+    pub(crate) msgs: Vec<Vec<u8>>,
+    expected: Vec<u8>,
+    pub(crate) passes: usize,
+}
+
+impl Stream {
+    /// The agent mix at the size `options` ask for.
+    pub(crate) fn agent(options: &Options) -> Stream {
+        let msgs = Mix::Agent.stream(options.quick);
+        Stream {
+            expected: msgs.concat(),
+            msgs,
+            passes: options.passes(),
+        }
+    }
+
+    /// Its size in MB.
+    pub(crate) fn mb(&self) -> f64 {
+        self.expected.len() as f64 / 1e6
+    }
+
+    /// The rate of one pass that took `seconds`: `N MB/s, N msg/s`.
+    pub(crate) fn rate(&self, seconds: f64) -> String {
+        format!(
+            "{:.0} MB/s, {:.0} msg/s",
+            self.mb() / seconds,
+            self.msgs.len() as f64 / seconds
+        )
+    }
+
+    /// Sends the stream through each of `commands` in turn, [`Stream::passes`] times (so that
+    /// the machine's noise falls on all of them alike), checking what comes back; the median
+    /// time of each. Their stderr goes to `log`.
+    pub(crate) fn medians<const N: usize>(
+        &self,
+        commands: [&dyn Fn() -> Command; N],
+        log: &std::path::Path,
+    ) -> Result<[f64; N]> {
+        let mut times: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
+        for _ in 0..self.passes {
+            for (make, t) in commands.iter().zip(&mut times) {
+                t.push(pass(make(), &self.msgs, &self.expected, log)?.seconds);
+            }
+        }
+        Ok(times.map(|mut t| median(&mut t)))
+    }
 }
 
 /// Runs the throughput section: both mixes, every variant, interleaved.
 pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Result<()> {
-    let reps = if options.quick { 1 } else { 5 };
+    let reps = options.passes();
     let mut rss = 0u64;
     for mix in [Mix::Agent, Mix::Small] {
         let msgs = mix.stream(options.quick);
@@ -459,7 +472,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
         let mut variants = vec![
             Variant {
                 label: label("cat|cat"),
-                make: cat_cat(env),
+                make: Box::new(move || cat_cat(env)),
                 stdio: pipes,
                 set: None,
                 baseline: 0,
@@ -467,7 +480,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
             },
             Variant {
                 label: label("cat|cat on socketpairs"),
-                make: cat_cat(env),
+                make: Box::new(move || cat_cat(env)),
                 stdio: sockets,
                 set: None,
                 baseline: 1,
@@ -534,9 +547,9 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
                 target: None,
             });
             for b in &env.bundled {
-                let set: &'static str = Box::leak(format!("only-{}", b.krate).into_boxed_str());
+                let set: &'static str = Box::leak(format!("only-{}", b.name()).into_boxed_str());
                 variants.push(Variant {
-                    label: label(&format!("{} alone", b.name)),
+                    label: label(&format!("{} alone", b.name())),
                     make: km(Some(set), false),
                     stdio: pipes,
                     set: Some(set.to_owned()),
@@ -570,7 +583,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
 /// Scaling: the small mix through km with 1, 5 and 20 test-noop copies loaded, beside cat|cat;
 /// the figure is km's time with 20 against its time with one.
 pub(crate) fn scaling(env: &BenchEnv, options: &Options, report: &mut Report) -> Result<()> {
-    let reps = if options.quick { 1 } else { 5 };
+    let reps = options.passes();
     let msgs = Mix::Small.stream(options.quick);
     eprintln!(
         "scaling: {} messages, 1/5/{MAX_NOOPS} plugins, {reps} rounds",
@@ -578,7 +591,7 @@ pub(crate) fn scaling(env: &BenchEnv, options: &Options, report: &mut Report) ->
     );
     let mut variants = vec![Variant {
         label: "small mix, cat|cat".to_owned(),
-        make: cat_cat(env),
+        make: Box::new(move || cat_cat(env)),
         stdio: ClientStdio::Pipes,
         set: None,
         baseline: 0,

@@ -14,7 +14,6 @@
 //! Hashing throughput: km's hash function against raw `ring` SHA-256 of the same bytes in memory.
 
 use std::ffi::OsString;
-use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
@@ -23,14 +22,16 @@ use km_cli::host::{PluginHost, Verbosity};
 use km_cli::verifier::{Verifier, SIGNATURE_SUFFIX};
 use km_signing::{target_triple, verify_library, Policy, SignatureFile};
 
-use crate::env::{median, BenchEnv};
+use crate::env::{make_dir, median, BenchEnv};
 
-/// The libraries the start-up figures load copies of: the first two bundled plugins, of
-/// realistic size (0.9 / 1.3 MB), so that the figures stay comparable across rounds.
-const REALISTIC: [(&str, &str, &str); 2] = [
-    ("console-logger", "console-logger", "free"),
-    ("api-logger", "api-logger", "pro"),
-];
+/// The bundled plugins the start-up figures load copies of: of realistic size (0.9 / 1.3 MB),
+/// always these two, so that the figures stay comparable across rounds.
+const REALISTIC: [&str; 2] = ["console-logger", "api-logger"];
+
+/// km's table entry of the realistic plugin `name`.
+fn realistic(name: &str) -> Result<&'static km_cli::bundled::Bundled> {
+    km_cli::bundled::find(name).with_context(|| format!("{name} is not a bundled plugin"))
+}
 use crate::report::{Report, Row};
 use crate::Options;
 
@@ -76,26 +77,24 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
             )),
         });
     }
-    hashing(env, reps, report)
+    hashing(reps, report)
 }
 
 fn measure(env: &BenchEnv, n: usize, reps: usize) -> Result<Phases> {
-    let dir = env.dir.path().join(format!("startup-{n}"));
-    let home_dir = env.dir.path().join(format!("startup-home-{n}"));
-    std::fs::create_dir_all(&dir)?;
-    chmod700(&dir)?;
+    let dir = env.dir().join(format!("startup-{n}"));
+    make_dir(&dir)?;
     // A KM_HOME sharing the bench's trusted key.
-    std::fs::create_dir_all(&home_dir)?;
-    chmod700(&home_dir)?;
-    copy_dir(
-        &env.home.join("trusted-keys"),
-        &home_dir.join("trusted-keys"),
-    )?;
+    let home_dir = env.own_home(&format!("startup-home-{n}"), None)?;
     let mut names = Vec::new();
     for i in 0..n {
-        let (krate, name, tier) = REALISTIC[i % REALISTIC.len()];
-        let file = format!("libbench{i:02}{}", std::env::consts::DLL_SUFFIX);
-        env.install(krate, &dir.join(&file), name, tier)?;
+        let plugin = realistic(REALISTIC[i % REALISTIC.len()])?;
+        let file = km_signing::library_file_name(&format!("bench{i:02}"));
+        env.install(
+            plugin.crate_name,
+            &dir.join(&file),
+            plugin.name,
+            plugin.tier.as_str(),
+        )?;
         names.push(OsString::from(file));
     }
     let home = KmHome::resolve(Some(&home_dir))?;
@@ -147,7 +146,7 @@ fn measure(env: &BenchEnv, n: usize, reps: usize) -> Result<Phases> {
         load: 0.0,
         bytes: samples.first().map_or(0, |p| p.bytes),
     };
-    let data = env.dir.path().join("plugin-data");
+    let data = env.dir().join("plugin-data");
     for checked in last {
         let name = checked.verified().manifest().name.clone();
         let host = PluginHost::new(&name, data.join(&name), Verbosity::Quiet, None);
@@ -161,10 +160,10 @@ fn measure(env: &BenchEnv, n: usize, reps: usize) -> Result<Phases> {
 }
 
 /// km's hashing against raw ring SHA-256 over the same bytes, in memory.
-fn hashing(env: &BenchEnv, reps: usize, report: &mut Report) -> Result<()> {
+fn hashing(reps: usize, report: &mut Report) -> Result<()> {
     let mut bytes = Vec::new();
-    for (krate, _, _) in REALISTIC {
-        bytes.extend(std::fs::read(env.plugin_lib(krate)?)?);
+    for name in REALISTIC {
+        bytes.extend(km_tests::library(realistic(name)?.crate_name));
     }
     let rounds = reps.max(5) * 3;
     let time = |f: &dyn Fn()| {
@@ -193,21 +192,5 @@ fn hashing(env: &BenchEnv, reps: usize, report: &mut Report) -> Result<()> {
         ratio: Some(ratio),
         target: Some((">= 0.80x".to_owned(), ratio >= 0.8)),
     });
-    Ok(())
-}
-
-fn chmod700(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("chmod {}", path.display()))
-}
-
-fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    std::fs::create_dir_all(to)?;
-    chmod700(to)?;
-    for entry in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
-        let entry = entry?;
-        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
-    }
     Ok(())
 }

@@ -29,11 +29,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use km_tests::ClientStdio;
 
 use crate::callgrind::{total_ir, valgrind_version};
 use crate::env::{median, percentile, BenchEnv};
-use crate::latency::Probe;
-use crate::relay::{messages, pass, pass_with_deadline, ClientStdio};
+use crate::latency::{interleave, Probe};
+use crate::relay::{messages, pass, pass_with_deadline};
 use crate::report::{Report, Row};
 use crate::Options;
 
@@ -137,7 +138,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
     let expected: Vec<u8> = msgs.concat();
     let mb = expected.len() as f64 / 1e6;
     eprintln!("telemetry: {n} messages, {mb:.1} MB, median of {reps} runs; {rounds} round trips");
-    let log = env.dir.path().join("telemetry-stderr.log");
+    let log = env.dir().join("telemetry-stderr.log");
     let paths: [(bool, Option<&str>); 5] = [
         (true, None),
         (true, Some(&sink.url)),
@@ -153,8 +154,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
     let mut last_loss = None;
     for _ in 0..reps {
         for (i, (plugin, endpoint)) in paths.iter().enumerate() {
-            let mut cmd = km(env, *plugin, *endpoint);
-            times[i].push(pass(&mut cmd, &msgs, &expected, &log)?.seconds);
+            times[i].push(pass(km(env, *plugin, *endpoint), &msgs, &expected, &log)?.seconds);
             if *endpoint == Some(sink.url.as_str()) {
                 if let Some(warning) = loss(&log) {
                     lossy += 1;
@@ -163,14 +163,14 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
             }
         }
     }
+    let [off, on, down_t, bare_off, bare_on] = times.map(|mut t| median(&mut t));
+    let rate = |s: f64| format!("{:.0} MB/s, {:.0} msg/s", mb / s, n as f64 / s);
     let exports = sink.requests.load(Ordering::Relaxed);
     anyhow::ensure!(
         exports > 0,
         "the sink received no export: km exported nothing (see {})",
         log.display()
     );
-    let [off, on, down_t, bare_off, bare_on] = times.map(|mut t| median(&mut t));
-    let rate = |s: f64| format!("{:.0} MB/s, {:.0} msg/s", mb / s, n as f64 / s);
     for (label, t, base, base_label, target) in [
         (
             "relay, test-noop, export on",
@@ -214,11 +214,9 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
         target: None,
     });
 
-    let plog = |name: &str| env.dir.path().join(format!("telemetry-latency-{name}.log"));
-    let mut direct = env.command(Path::new("cat"));
-    direct.arg("-u");
+    let plog = |name: &str| env.dir().join(format!("telemetry-latency-{name}.log"));
     let mut probes = vec![
-        Probe::start("direct", direct, &plog("direct"))?,
+        Probe::direct(env, &plog("direct"))?,
         Probe::start("km+test-noop", km(env, true, None), &plog("off"))?,
         Probe::start(
             "km+test-noop+export",
@@ -226,18 +224,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
             &plog("on"),
         )?,
     ];
-    let mut line = Vec::with_capacity(256);
-    for round in 0..rounds + warmup {
-        for probe in &mut probes {
-            let dt = probe.round_trip(&mut line)?;
-            if round >= warmup {
-                probe.samples.push(dt);
-            }
-        }
-    }
-    for probe in &mut probes {
-        probe.samples.sort_by(f64::total_cmp);
-    }
+    interleave(&mut probes, (rounds, warmup))?;
     let us = |s: f64| s * 1e6;
     let p = |i: usize, q: f64| percentile(&probes[i].samples, q);
     for q in [50.0, 99.0] {
@@ -293,7 +280,7 @@ fn count(
     n: usize,
 ) -> Result<u64> {
     let dir = std::env::var_os("KM_BENCH_CALLGRIND_DIR")
-        .map_or_else(|| env.dir.path().to_owned(), std::path::PathBuf::from);
+        .map_or_else(|| env.dir().to_owned(), std::path::PathBuf::from);
     let tag = format!(
         "telemetry-{}-{}",
         if plugin { "test-noop" } else { "bare" },
@@ -327,9 +314,9 @@ fn count(
     }
     let msgs = messages(n);
     let expected: Vec<u8> = msgs.concat();
-    let log = env.dir.path().join(format!("callgrind-{tag}.log"));
+    let log = env.dir().join(format!("callgrind-{tag}.log"));
     pass_with_deadline(
-        &mut cmd,
+        cmd,
         ClientStdio::Pipes,
         &msgs,
         &expected,
