@@ -327,6 +327,7 @@ fn a_valid_pro_answer_activates_full_features() {
     let dir = temp_dir("valid");
     s.cache_in(dir.clone());
     assert_eq!(s.state(NOW), SubscriptionState::Pending);
+    assert!(!s.is_active(NOW));
     let t = token(
         &k,
         &payload("api-logger", "cust_a", Tier::Pro, NOW, NOW + 600),
@@ -345,6 +346,8 @@ fn a_valid_pro_answer_activates_full_features() {
     assert!(r.authorized, "{r:?}");
     assert!(s.has_feature("api_logging", NOW));
     assert!(s.current(NOW + 599).is_some());
+    assert!(s.is_active(NOW + 599));
+    assert!(!s.is_active(NOW + 600));
     assert!(
         s.current(NOW + 600).is_none(),
         "expired tokens stop counting without a refresh"
@@ -434,6 +437,7 @@ fn a_free_subscription_degrades_with_a_reason() {
     assert_eq!(r.tier, Tier::Free);
     assert!(r.reason.contains("needs Pro"), "{}", r.reason);
     assert_eq!(s.state(NOW), SubscriptionState::Degraded);
+    assert!(!s.is_active(NOW));
 }
 
 #[test]
