@@ -220,6 +220,72 @@ fn every_proof_of_every_size_verifies_and_every_altered_one_fails() {
     assert!(verify_consistency(1, 2, &[0; 32], &[0; 32], &[[0; 32]; 70]).is_err());
 }
 
+/// RFC 6962 §2.1's MTH, straight from the definition.
+fn mth(leaves: &[Hash]) -> Hash {
+    match leaves.len() {
+        0 => empty_root(),
+        1 => leaves[0],
+        n => {
+            let k = split(n as u64) as usize;
+            node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
+        }
+    }
+}
+
+/// RFC 6962 §2.1.2's SUBPROOF, straight from the definition.
+fn reference_subproof(m: usize, leaves: &[Hash], complete: bool) -> Vec<Hash> {
+    let n = leaves.len();
+    if m == n {
+        return if complete {
+            Vec::new()
+        } else {
+            vec![mth(leaves)]
+        };
+    }
+    let k = split(n as u64) as usize;
+    if m <= k {
+        let mut proof = reference_subproof(m, &leaves[..k], complete);
+        proof.push(mth(&leaves[k..]));
+        proof
+    } else {
+        let mut proof = reference_subproof(m - k, &leaves[k..], false);
+        proof.push(mth(&leaves[..k]));
+        proof
+    }
+}
+
+#[test]
+fn the_kept_subtrees_give_exactly_the_rfc_s_roots_and_proofs() {
+    let n = 300u64;
+    let leaves: Vec<Hash> = (0..n).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+    let full = tree_of(n);
+    // Bases that cut kept subtrees, fall on their edges, or hold most of the tree.
+    for base in [0u64, 13, 16, 17, 64, 100, 255, 256, 290] {
+        let mut tree = Tree::from_base(full.frontier_at(base).expect("held"));
+        for leaf in &leaves[base as usize..] {
+            tree.push(*leaf);
+        }
+        for size in (base.max(1)..=n).step_by(7).chain([n]) {
+            let s = size as usize;
+            assert_eq!(
+                tree.root_at(size).expect("held"),
+                mth(&leaves[..s]),
+                "{base}: {size}"
+            );
+            for old in (base.max(1)..size).step_by(5) {
+                assert_eq!(
+                    tree.consistency_proof(old, size).expect("held"),
+                    reference_subproof(old as usize, &leaves[..s], true),
+                    "base {base}: {old} -> {size}"
+                );
+            }
+        }
+    }
+    // What is kept is about an eighth of the leaves.
+    let kept: usize = full.kept.iter().map(Vec::len).sum();
+    assert!(kept * 7 <= leaves.len(), "{kept} kept for {n} leaves");
+}
+
 #[test]
 fn a_pruned_tree_answers_like_the_full_one() {
     let full = tree_of(70);
