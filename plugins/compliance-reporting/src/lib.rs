@@ -59,7 +59,7 @@ pub use error::Error;
 
 use crate::policy::Policy;
 use crate::record::Actor;
-use crate::session::{Input, Recording};
+use crate::session::{Input, InputRef, Recording};
 
 km_plugin_sdk::credentials_region!();
 
@@ -106,6 +106,8 @@ pub(crate) struct Shared {
     /// The policy's `write_ahead`, read on every line.
     write_ahead: AtomicBool,
     early: Mutex<Vec<Input>>,
+    /// Set when an input is held in `early`, so that the path of every line need not lock it.
+    early_waiting: AtomicBool,
     stop: (Mutex<bool>, Condvar),
 }
 
@@ -120,6 +122,10 @@ impl Shared {
         self.subscription.state(now_unix())
     }
 
+    fn active(&self) -> bool {
+        self.subscription.is_active(now_unix())
+    }
+
     fn policy(&self) -> Policy {
         self.policy.lock().map(|p| p.clone()).unwrap_or_default()
     }
@@ -127,15 +133,37 @@ impl Shared {
     /// Handles an input now, holds it until the subscription is known, or drops it. The input
     /// is made (a line copied) only when it is kept.
     fn feed(&self, input: impl FnOnce() -> Input) {
+        if self.active() {
+            self.settle_early();
+            self.process(input().as_ref());
+            return;
+        }
+        self.hold(input);
+    }
+
+    /// Handles a line from km's buffer: copied only if it must be held.
+    fn feed_line(&self, message: &Message<'_>) {
+        if self.active() {
+            self.settle_early();
+            self.process(InputRef::Line(session::line_of(message)));
+            return;
+        }
+        self.hold(|| Input::line(message));
+    }
+
+    /// Not active (or no longer): holds the input until the first answer, or drops it.
+    fn hold(&self, input: impl FnOnce() -> Input) {
         match self.state() {
             SubscriptionState::Active(_) => {
+                // Became active since the caller looked.
                 self.settle_early();
-                self.process(input());
+                self.process(input().as_ref());
             }
             SubscriptionState::Pending => {
                 if let Ok(mut early) = self.early.lock() {
                     if early.len() < MAX_EARLY {
                         early.push(input());
+                        self.early_waiting.store(true, Ordering::Release);
                     }
                 }
             }
@@ -149,18 +177,21 @@ impl Shared {
     }
 
     fn settle_early(&self) {
+        if !self.early_waiting.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let early = match self.early.lock() {
             Ok(mut e) => std::mem::take(&mut *e),
             Err(_) => return,
         };
-        if matches!(self.state(), SubscriptionState::Active(_)) {
+        if self.active() {
             for input in early {
-                self.process(input);
+                self.process(input.as_ref());
             }
         }
     }
 
-    fn process(&self, input: Input) {
+    fn process(&self, input: InputRef<'_>) {
         let submissions = {
             let Ok(mut slot) = self.recording.lock() else {
                 return;
@@ -279,6 +310,7 @@ impl Plugin for ComplianceReporting {
                 failing: AtomicBool::new(false),
                 write_ahead: AtomicBool::new(false),
                 early: Mutex::new(Vec::new()),
+                early_waiting: AtomicBool::new(false),
                 stop: (Mutex::new(false), Condvar::new()),
             }),
             ticker: Mutex::new(None),
@@ -347,7 +379,7 @@ impl Plugin for ComplianceReporting {
         _context: &InterceptContext<'_>,
     ) -> Result<Verdict, PluginError> {
         if self.shared.write_ahead.load(Ordering::Relaxed) {
-            self.shared.feed(|| Input::line(message));
+            self.shared.feed_line(message);
             if self.shared.broken.load(Ordering::Relaxed)
                 || self.shared.failing.load(Ordering::Relaxed)
             {
@@ -367,7 +399,7 @@ impl Plugin for ComplianceReporting {
     fn handle_message(&self, message: &Message<'_>) -> Result<(), PluginError> {
         // With write-ahead the line was recorded before it was forwarded.
         if !self.shared.write_ahead.load(Ordering::Relaxed) {
-            self.shared.feed(|| Input::line(message));
+            self.shared.feed_line(message);
         }
         Ok(())
     }

@@ -12,6 +12,11 @@
 //!   later join it. A blocked request is never forwarded: its call is made from the verdict, and
 //!   the error km answers the client with becomes its response (whichever of the two comes first).
 //! - team-collaboration's `member` event sets the actor's member id for the rest of the session.
+//! - Every table is bounded, whatever the peers send. At most [`MAX_PENDING`] requests wait for
+//!   their responses: beyond it the oldest is written at once as an `unanswered` call whose
+//!   `detail.why` says so, and `session.end` counts them (`detail.pending_evicted`), so that a
+//!   server that never answers costs records, not memory. Calls settle in the order they are
+//!   due, so writing the settled ones costs nothing per line while none is due.
 //!
 //! # The `member` event (for team-collaboration)
 //!
@@ -28,7 +33,7 @@
 //! - `anomaly` (ml-analytics): an `anomaly` record (CC7.2).
 //! - anything else: a `plugin-event` record. Of every event only short scalar fields are kept.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use km_plugin_sdk::{Direction, MessageKind, StreamEventKind};
 use serde_json::{json, Map, Value};
@@ -38,6 +43,15 @@ use crate::record::{self, Actor, Part, Record, Server};
 
 /// Annotations kept for lines not yet seen.
 const MAX_EARLY: usize = 4096;
+/// Requests awaiting their responses, at most. km's own table of pending requests holds as many
+/// (`MAX_PENDING` of km-cli's correlator) and forgets the oldest beyond it: the response to a
+/// request km forgot carries no correlation id and could never be paired here, so holding more
+/// would keep records that cannot complete. Beyond the bound the oldest request is recorded
+/// `unanswered` at once (its record says why) and counted in the session's end record.
+pub const MAX_PENDING: usize = 4096;
+/// `detail.why` of a request recorded unanswered because [`MAX_PENDING`] others came after it.
+pub const EVICTED_WHY: &str =
+    "more requests awaited their responses than the recording holds (4096); the oldest is recorded unanswered";
 /// Correlation ids of blocked requests remembered, to ignore km's made-up answers to them.
 const MAX_CLOSED: usize = 1024;
 /// How long a call waits after its response for the verdicts and findings km delivers after the
@@ -161,6 +175,8 @@ fn outcome(notes: &Notes, is_error: bool) -> &'static str {
 
 #[derive(Debug)]
 struct Pending {
+    /// km's sequence number of the request: its place in [`Recorder::order`].
+    seq: u64,
     record: Record,
     notes: Notes,
     request_line: Option<Vec<u8>>,
@@ -178,10 +194,15 @@ pub struct Recorder {
     server: Option<Server>,
     started: bool,
     pending: HashMap<String, Pending>,
+    /// The pending requests by km's sequence number (oldest first), for the bound and expiry.
+    order: BTreeMap<u64, String>,
+    /// Requests recorded unanswered because of the bound.
+    evicted: u64,
     early: HashMap<String, Notes>,
     early_order: VecDeque<String>,
     closed: VecDeque<String>,
-    settling: Vec<Settling>,
+    /// Calls settling, in the order they are due.
+    settling: VecDeque<Settling>,
     written: VecDeque<String>,
 }
 
@@ -224,10 +245,12 @@ impl Recorder {
             server: None,
             started: false,
             pending: HashMap::new(),
+            order: BTreeMap::new(),
+            evicted: 0,
             early: HashMap::new(),
             early_order: VecDeque::new(),
             closed: VecDeque::new(),
-            settling: Vec::new(),
+            settling: VecDeque::new(),
             written: VecDeque::new(),
         }
     }
@@ -245,6 +268,57 @@ impl Recorder {
     /// Requests awaiting their responses.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Requests recorded unanswered because [`MAX_PENDING`] others were awaited.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Calls whose response was handled, not yet written.
+    pub fn settling(&self) -> usize {
+        self.settling.len()
+    }
+
+    /// What the session's journal must hold now: the last note of every call not yet written
+    /// (a pending request as the `unanswered` call it would be, oldest first, then the settling
+    /// calls as they stand), for rewriting the journal without the calls already written.
+    pub fn journal_notes(&self) -> Vec<Record> {
+        let mut notes = Vec::with_capacity(self.pending.len() + self.settling.len());
+        for corr in self.order.values() {
+            if let Some(p) = self.pending.get(corr) {
+                let mut awaiting = p.record.clone();
+                awaiting.outcome = "unanswered".to_owned();
+                p.notes.apply(&mut awaiting);
+                notes.push(awaiting);
+            }
+        }
+        // A response to no request was never journalled: it waits for a verdict to name it.
+        for s in self.settling.iter().filter(|s| !s.unmatched) {
+            let mut provisional = s.record.clone();
+            provisional.outcome = outcome(&s.notes, s.is_error).to_owned();
+            s.notes.apply(&mut provisional);
+            notes.push(provisional);
+        }
+        notes
+    }
+
+    /// Takes the pending request `corr` out of both tables.
+    fn take_pending(&mut self, corr: &str) -> Option<Pending> {
+        let pending = self.pending.remove(corr)?;
+        self.order.remove(&pending.seq);
+        Some(pending)
+    }
+
+    /// Queues a settling call in the order calls are due (almost always at the end: responses
+    /// come in the order km read them).
+    fn push_settling(&mut self, settling: Settling) {
+        let at = self
+            .settling
+            .iter()
+            .rposition(|s| s.due_us <= settling.due_us)
+            .map_or(0, |p| p + 1);
+        self.settling.insert(at, settling);
     }
 
     fn base(&self, kind: &str, t_us: u64) -> Record {
@@ -391,7 +465,7 @@ impl Recorder {
         r.direction = line.direction.as_str().to_owned();
         r.request = Some(Part {
             seq: Some(line.seq),
-            at: record::rfc3339_us(line.timestamp_us),
+            at: r.t.clone(), // the same instant: formatted once
             bytes: line.bytes.len() as u64,
             sha256: payload.sha256,
         });
@@ -416,9 +490,22 @@ impl Recorder {
         let mut awaiting = r.clone();
         awaiting.outcome = "unanswered".to_owned();
         notes.apply(&mut awaiting);
-        self.pending.insert(
+        let mut out = Vec::new();
+        while self.pending.len() >= MAX_PENDING {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some(effect) = self.unanswered(&oldest, EVICTED_WHY) {
+                self.evicted += 1;
+                self.remember_written(&oldest);
+                out.push(effect);
+            }
+        }
+        self.order.insert(line.seq, line.corr.to_owned());
+        let replaced = self.pending.insert(
             line.corr.to_owned(),
             Pending {
+                seq: line.seq,
                 record: r,
                 notes,
                 request_line: (capture && line.bytes.len() <= self.policy.capture.max_bytes)
@@ -428,12 +515,18 @@ impl Recorder {
                 cancelled: false,
             },
         );
-        vec![Effect::Journal(awaiting)]
+        if let Some(old) = replaced.filter(|old| old.seq != line.seq) {
+            // km never gives two requests one correlation id; should it, the order follows
+            // the newer one.
+            self.order.remove(&old.seq);
+        }
+        out.push(Effect::Journal(awaiting));
+        out
     }
 
     fn response(&mut self, line: &Line<'_>) -> Vec<Effect> {
         let due_us = line.timestamp_us.saturating_add(SETTLE_US);
-        let Some(pending) = self.pending.remove(line.corr) else {
+        let Some(pending) = self.take_pending(line.corr) else {
             if !line.corr.is_empty() && self.closed.iter().any(|c| c == line.corr) {
                 // km's answer to a request a verdict blocked: already recorded.
                 return Vec::new();
@@ -451,7 +544,7 @@ impl Recorder {
             r.detail
                 .insert("unmatched".into(), json!("a response to no request km saw"));
             let notes = self.take_early(line.corr);
-            self.settling.push(Settling {
+            self.push_settling(Settling {
                 due_us,
                 record: r,
                 notes,
@@ -493,7 +586,7 @@ impl Recorder {
         let mut provisional = record.clone();
         provisional.outcome = outcome(&notes, line.is_error).to_owned();
         notes.apply(&mut provisional);
-        self.settling.push(Settling {
+        self.push_settling(Settling {
             due_us,
             record,
             notes,
@@ -506,24 +599,18 @@ impl Recorder {
 
     /// Calls whose settle time has come (all of them with `u64::MAX`), written.
     pub fn flush(&mut self, now_us: u64) -> Vec<Effect> {
-        if self.settling.iter().all(|s| s.due_us > now_us) {
-            return Vec::new();
-        }
-        let (due, keep): (Vec<Settling>, Vec<Settling>) = std::mem::take(&mut self.settling)
-            .into_iter()
-            .partition(|s| s.due_us <= now_us);
-        self.settling = keep;
-        for s in &due {
+        let mut out = Vec::new();
+        while self.settling.front().is_some_and(|s| s.due_us <= now_us) {
+            let Some(s) = self.settling.pop_front() else {
+                break;
+            };
             self.remember_written(&s.record.corr);
+            let mut record = s.record;
+            record.outcome = outcome(&s.notes, s.is_error).to_owned();
+            s.notes.apply(&mut record);
+            out.push(Effect::Write(record, s.captured));
         }
-        due.into_iter()
-            .map(|s| {
-                let mut record = s.record;
-                record.outcome = outcome(&s.notes, s.is_error).to_owned();
-                s.notes.apply(&mut record);
-                Effect::Write(record, s.captured)
-            })
-            .collect()
+        out
     }
 
     fn notification(&mut self, line: &Line<'_>) -> Vec<Effect> {
@@ -753,7 +840,7 @@ impl Recorder {
             notes,
             cancelled,
             ..
-        } = self.pending.remove(corr)?;
+        } = self.take_pending(corr)?;
         record.outcome = if notes.blocked {
             "blocked"
         } else if cancelled {
@@ -771,35 +858,39 @@ impl Recorder {
     pub fn expire(&mut self, now_us: u64) -> Vec<Effect> {
         let mut out = self.flush(now_us);
         let limit = u64::try_from(self.policy.pending_timeout.as_micros()).unwrap_or(u64::MAX);
-        let mut old: Vec<(u64, String)> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| now_us.saturating_sub(p.since_us) >= limit)
-            .map(|(c, p)| (p.since_us, c.clone()))
+        // Oldest first, by km's sequence number (the order it read them, so the order of their
+        // times): the walk stops at the first request still within the timeout.
+        let old: Vec<String> = self
+            .order
+            .values()
+            .take_while(|c| {
+                self.pending
+                    .get(*c)
+                    .is_some_and(|p| now_us.saturating_sub(p.since_us) >= limit)
+            })
+            .cloned()
             .collect();
-        old.sort();
         out.extend(
             old.into_iter()
-                .filter_map(|(_, c)| self.unanswered(&c, "no response within the pending timeout")),
+                .filter_map(|c| self.unanswered(&c, "no response within the pending timeout")),
         );
         out
     }
 
     /// The session ends: what is still pending, then `session.end`.
     pub fn end(&mut self, data: &Value, t_us: u64) -> Vec<Effect> {
-        let mut left: Vec<(u64, String)> = self
-            .pending
-            .iter()
-            .map(|(c, p)| (p.since_us, c.clone()))
-            .collect();
-        left.sort();
+        let left: Vec<String> = self.order.values().cloned().collect();
         let mut out = self.flush(u64::MAX);
         out.extend(
             left.into_iter()
-                .filter_map(|(_, c)| self.unanswered(&c, "the session ended before the response")),
+                .filter_map(|c| self.unanswered(&c, "the session ended before the response")),
         );
         let mut r = self.base("session.end", t_us);
         r.detail = record::summary(data);
+        if self.evicted > 0 {
+            r.detail
+                .insert("pending_evicted".into(), json!(self.evicted));
+        }
         if let Some(messages) = data.get("messages").filter(|m| m.is_object()) {
             r.detail.insert("messages".into(), messages.clone());
         }

@@ -18,7 +18,8 @@ use crate::trail::{self, SessionJournal, Upkeep, Writer};
 use crate::witness::{Submission, WitnessState};
 use crate::{keys, local_actor, Shared, NAME};
 
-/// A line, copied out of km's buffer.
+/// A line, copied out of km's buffer (only while the first authentication is pending: once the
+/// subscription is known, lines are recorded from km's buffer).
 #[derive(Debug, Clone)]
 pub(crate) struct OwnedLine {
     seq: u64,
@@ -66,6 +67,60 @@ impl Input {
             timestamp_ms: e.timestamp_ms,
         }
     }
+
+    /// The input, borrowed.
+    pub(crate) fn as_ref(&self) -> InputRef<'_> {
+        match self {
+            Input::Begin(info) => InputRef::Begin(info),
+            Input::Line(l) => InputRef::Line(Line {
+                seq: l.seq,
+                direction: l.direction,
+                kind: l.kind,
+                is_error: l.is_error,
+                bytes: &l.bytes,
+                corr: &l.corr,
+                method: &l.method,
+                timestamp_us: l.timestamp_us,
+                latency_us: l.latency_us,
+            }),
+            Input::Event {
+                kind,
+                data,
+                timestamp_ms,
+            } => InputRef::Event {
+                kind: *kind,
+                data,
+                timestamp_ms: *timestamp_ms,
+            },
+        }
+    }
+}
+
+/// What the plugin is handed, borrowed: a line straight from km's buffer, or an [`Input`] kept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum InputRef<'a> {
+    Begin(&'a SessionInfo),
+    Line(Line<'a>),
+    Event {
+        kind: StreamEventKind,
+        data: &'a Value,
+        timestamp_ms: i64,
+    },
+}
+
+/// The recorder's view of a line km handed the plugin.
+pub(crate) fn line_of<'a>(m: &'a Message<'_>) -> Line<'a> {
+    Line {
+        seq: m.seq,
+        direction: m.direction,
+        kind: m.kind,
+        is_error: m.is_error,
+        bytes: m.bytes(),
+        corr: m.correlation_id.as_str(),
+        method: m.method.as_str(),
+        timestamp_us: m.timestamp_us,
+        latency_us: m.latency_us.into_option(),
+    }
 }
 
 /// A session being recorded.
@@ -80,6 +135,8 @@ pub(crate) struct Recording {
     last_checkpoint: Instant,
     ended: bool,
     failures: u64,
+    /// Whether the warning that the pending bound was reached was given.
+    warned_evicted: bool,
 }
 
 fn random_id() -> String {
@@ -94,15 +151,15 @@ fn random_id() -> String {
     format!("{a:016x}{:016x}", h2.finish())
 }
 
-fn session_id_of(input: &Input) -> String {
+fn session_id_of(input: &InputRef<'_>) -> String {
     let id = match input {
-        Input::Begin(info) => info.session_id.clone(),
-        Input::Event { data, .. } => data
+        InputRef::Begin(info) => info.session_id.clone(),
+        InputRef::Event { data, .. } => data
             .get("session_id")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned(),
-        Input::Line(_) => String::new(),
+        InputRef::Line(_) => String::new(),
     };
     if km_audit::checkpoint::is_word(&id) {
         id
@@ -122,7 +179,7 @@ fn now_ms() -> i64 {
     i64::try_from(record::now_us() / 1000).unwrap_or(i64::MAX)
 }
 
-fn start(shared: &Shared, input: &Input) -> Result<Recording, crate::Error> {
+fn start(shared: &Shared, input: &InputRef<'_>) -> Result<Recording, crate::Error> {
     let policy = shared.policy();
     let session = session_id_of(input);
     let actor = local_actor();
@@ -152,6 +209,7 @@ fn start(shared: &Shared, input: &Input) -> Result<Recording, crate::Error> {
         last_checkpoint: Instant::now(),
         ended: false,
         failures: 0,
+        warned_evicted: false,
     })
 }
 
@@ -210,6 +268,19 @@ impl Recording {
                     }
                 }
             }
+        }
+    }
+
+    /// Rewrites the session's journal without the calls already written, once it has grown.
+    fn compact_journal(&mut self, shared: &Shared) {
+        let Some(journal) = self.journal.as_mut().filter(|j| j.needs_compaction()) else {
+            return;
+        };
+        if let Err(e) = journal.compact(&self.recorder.journal_notes()) {
+            // The journal as it was still holds everything: appending goes on.
+            shared
+                .host
+                .debug(&format!("{NAME}: cannot rewrite the session journal: {e}"));
         }
     }
 
@@ -288,7 +359,7 @@ impl Recording {
 pub(crate) fn process(
     shared: &Shared,
     slot: &mut Option<Recording>,
-    input: Input,
+    input: InputRef<'_>,
 ) -> Vec<Submission> {
     if slot.is_none() {
         if shared.broken.load(std::sync::atomic::Ordering::Relaxed) {
@@ -316,35 +387,32 @@ pub(crate) fn process(
     }
     let mut end = false;
     let effects = match input {
-        Input::Begin(info) => {
+        InputRef::Begin(info) => {
             let mut detail = Map::new();
             detail.insert("km_version".into(), json!(info.km_version));
             detail.insert("cwd".into(), json!(info.cwd));
             rec.recorder.start(&info.command, detail, record::now_us())
         }
-        Input::Line(l) => rec.recorder.line(&Line {
-            seq: l.seq,
-            direction: l.direction,
-            kind: l.kind,
-            is_error: l.is_error,
-            bytes: &l.bytes,
-            corr: &l.corr,
-            method: &l.method,
-            timestamp_us: l.timestamp_us,
-            latency_us: l.latency_us,
-        }),
-        Input::Event {
+        InputRef::Line(line) => rec.recorder.line(&line),
+        InputRef::Event {
             kind,
             data,
             timestamp_ms,
         } => {
             end = kind == StreamEventKind::END;
-            rec.recorder.event(kind, &data, timestamp_ms)
+            rec.recorder.event(kind, data, timestamp_ms)
         }
     };
-    let member = rec.recorder.actor().clone();
-    rec.writer.set_actor(&member);
+    if !rec.warned_evicted && rec.recorder.evicted() > 0 {
+        rec.warned_evicted = true;
+        shared.host.warn(&format!(
+            "{NAME}: more than {} requests await their responses; from now on the oldest is recorded as unanswered at once (the session's end record counts them)",
+            crate::recorder::MAX_PENDING
+        ));
+    }
+    rec.writer.set_actor(rec.recorder.actor());
     rec.apply(shared, effects);
+    rec.compact_journal(shared);
     if end {
         return rec.end(shared);
     }

@@ -22,7 +22,10 @@
 //! - `sessions/<session>.lock` and `.pending`: each running session holds its lock and appends
 //!   the calls it has not written yet (metadata only: a request waiting for its response, a call
 //!   settling). A session that finds another's lock free (its km was killed) writes that
-//!   session's calls from it, the unanswered ones as such, and its abnormal end.
+//!   session's calls from it, the unanswered ones as such, and its abnormal end. The journal
+//!   is rewritten with only the calls still unwritten whenever it has grown by
+//!   [`JOURNAL_COMPACT_BYTES`] (or by three times what that left, if more), so that a session
+//!   of any length keeps a journal of about the size of what it awaits.
 //!
 //! # Durability
 //!
@@ -334,7 +337,10 @@ impl Writer {
 
     /// The actor subsequent records of this writer's own (repairs, recoveries) name.
     pub fn set_actor(&mut self, actor: &Actor) {
-        self.actor = actor.clone();
+        // Called for every input: a copy only when the actor changed.
+        if self.actor != *actor {
+            self.actor = actor.clone();
+        }
     }
 
     /// The trail directory.
@@ -812,12 +818,22 @@ pub fn for_each_record(
     Ok(())
 }
 
+/// A session journal is rewritten with what it must still hold once it has grown by this much
+/// since it last was (see [`SessionJournal::needs_compaction`]).
+pub const JOURNAL_COMPACT_BYTES: u64 = 4 * 1024 * 1024;
+
 /// A running session's journal of the requests it awaits, and the lock that says it is alive.
 #[derive(Debug)]
 pub struct SessionJournal {
     _lock: Lock,
     file: AppendFile,
+    /// Where the journal is (`file` was opened under another name when it was rewritten).
+    path: PathBuf,
     lock_path: PathBuf,
+    /// The header line, newline included (the first line of every rewrite).
+    header: Vec<u8>,
+    /// The journal's length after it was last written whole.
+    compacted_len: u64,
 }
 
 /// The first line of a session journal.
@@ -875,8 +891,51 @@ impl SessionJournal {
         Ok(SessionJournal {
             _lock: lock,
             file,
+            path,
             lock_path,
+            compacted_len: line.len() as u64,
+            header: line,
         })
+    }
+
+    /// Whether the journal has grown enough since it was last written whole to be rewritten:
+    /// by [`JOURNAL_COMPACT_BYTES`], or by three times its size then if that is more (so that
+    /// rewriting costs at most a third of a byte per byte noted, however much is awaited).
+    pub fn needs_compaction(&self) -> bool {
+        let grown = self.file.len().saturating_sub(self.compacted_len);
+        grown > JOURNAL_COMPACT_BYTES.max(3 * self.compacted_len)
+    }
+
+    /// Rewrites the journal with `live` only: the last state of every call the session has not
+    /// written to the trail (what [`crate::recorder::Recorder::journal_notes`] gives). Replaced
+    /// whole by a rename, so a km killed meanwhile leaves the old journal or the new one.
+    pub fn compact(&mut self, live: &[Record]) -> Result<(), Error> {
+        let mut bytes = self.header.clone();
+        for record in live {
+            // A record always serialises.
+            let _ = serde_json::to_writer(&mut bytes, record);
+            bytes.push(b'\n');
+        }
+        // Should the rewrite fail, the journal as it was still holds everything; it is tried
+        // again only once it has grown as much again.
+        self.compacted_len = self.file.len();
+        let staged = km_durable::stage(&self.path, &bytes, PRIVATE)?;
+        // Opened before it is put in place: once renamed, appends must go to the new file.
+        let file = AppendFile::open_existing(staged.temp_path())?;
+        staged.commit()?;
+        self.file = file;
+        self.compacted_len = bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The journal's size in bytes.
+    pub fn len(&self) -> u64 {
+        self.file.len()
+    }
+
+    /// Whether the journal holds nothing (never: it has its header).
+    pub fn is_empty(&self) -> bool {
+        self.file.is_empty()
     }
 
     /// Notes a request the session awaits: the call record it would be, were no response to
@@ -889,7 +948,7 @@ impl SessionJournal {
 
     /// The session ended cleanly: removes the journal and its lock file.
     pub fn finish(self) {
-        let _ = fs::remove_file(self.file.path());
+        let _ = fs::remove_file(&self.path);
         let _ = fs::remove_file(&self.lock_path);
     }
 }
@@ -926,13 +985,17 @@ pub fn recover_dead_sessions(
         // The last state noted for each call: unanswered while it waited, complete once its
         // response was handled.
         let mut pending: Vec<Record> = Vec::new();
+        let mut place: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for record in lines[1..]
             .iter()
             .filter_map(|l| serde_json::from_slice::<Record>(l).ok())
         {
-            match pending.iter_mut().find(|p| p.corr == record.corr) {
-                Some(earlier) => *earlier = record,
-                None => pending.push(record),
+            match place.get(&record.corr) {
+                Some(&at) => pending[at] = record,
+                None => {
+                    place.insert(record.corr.clone(), pending.len());
+                    pending.push(record);
+                }
             }
         }
         // What the dead session did record: its calls and whether it ended.

@@ -359,6 +359,151 @@ fn what_is_left_at_the_end_or_too_long_is_unanswered_or_cancelled() {
 }
 
 #[test]
+fn requests_beyond_the_pending_bound_are_recorded_unanswered_at_once_and_counted() {
+    let mut r = recorder(Policy::default());
+    let over = 10;
+    let mut early = Vec::new();
+    for n in 1..=(MAX_PENDING + over) as u64 {
+        let corr = format!("c:{n}");
+        early.extend(written(r.line(&line(
+            n,
+            Direction::Request,
+            MessageKind::REQUEST,
+            CALL,
+            &corr,
+            "tools/call",
+        ))));
+    }
+    assert_eq!(r.pending(), MAX_PENDING, "the table stays at its bound");
+    assert_eq!(r.evicted(), over as u64);
+    // The oldest ones, in order, each said why.
+    let corrs: Vec<&str> = early.iter().map(|(c, _)| c.corr.as_str()).collect();
+    let want: Vec<String> = (1..=over).map(|n| format!("c:{n}")).collect();
+    assert_eq!(corrs, want);
+    for (call, _) in &early {
+        assert_eq!(call.kind, "call");
+        assert_eq!(call.outcome, "unanswered");
+        assert_eq!(call.detail["why"], EVICTED_WHY);
+    }
+    // A late annotation for one of them still reaches the trail, as its own record.
+    let late = one(r.event(
+        StreamEventKind::VERDICT,
+        &json!({"plugin": "f", "action": "replace", "rules": ["r"], "kind": "response", "correlation_id": "c:1"}),
+        1,
+    ));
+    assert!(late.detail.contains_key("late"), "{late:?}");
+    // The answered ones leave the table; the rest are unanswered at the end, which counts the
+    // evicted.
+    let answered = (MAX_PENDING + over) as u64;
+    respond(
+        &mut r,
+        line(
+            answered + 1,
+            Direction::Response,
+            MessageKind::RESPONSE,
+            OK,
+            &format!("c:{answered}"),
+            "",
+        ),
+    );
+    assert_eq!(r.pending(), MAX_PENDING - 1);
+    let end = written(r.event(StreamEventKind::END, &json!({}), 1));
+    assert_eq!(end.len(), MAX_PENDING);
+    assert_eq!(end[0].0.corr, format!("c:{}", over + 1), "oldest first");
+    let last = &end[MAX_PENDING - 1].0;
+    assert_eq!(last.kind, "session.end");
+    assert_eq!(last.detail["pending_evicted"], over as u64);
+}
+
+#[test]
+fn the_journal_notes_are_every_call_not_yet_written_as_it_stands() {
+    let mut r = recorder(Policy::default());
+    for n in 1..=3u64 {
+        r.line(&line(
+            n,
+            Direction::Request,
+            MessageKind::REQUEST,
+            CALL,
+            &format!("c:{n}"),
+            "tools/call",
+        ));
+    }
+    r.line(&line(
+        4,
+        Direction::Response,
+        MessageKind::RESPONSE,
+        ERR,
+        "c:2",
+        "",
+    ));
+    // A response to no request is not journalled (it waits for a verdict to name it).
+    let mut odd = line(5, Direction::Response, MessageKind::RESPONSE, OK, "c:9", "");
+    odd.timestamp_us = 4_000_001; // before the call above settles
+    r.line(&odd);
+    let notes = r.journal_notes();
+    let summary: Vec<(&str, &str)> = notes
+        .iter()
+        .map(|n| (n.corr.as_str(), n.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("c:1", "unanswered"),
+            ("c:3", "unanswered"),
+            ("c:2", "error")
+        ]
+    );
+    assert!(notes[2].response.is_some());
+    written(r.flush(u64::MAX));
+    assert_eq!(
+        r.journal_notes().len(),
+        2,
+        "written calls leave the journal"
+    );
+}
+
+#[test]
+fn settling_calls_are_written_in_the_order_they_are_due() {
+    let mut r = recorder(Policy::default());
+    for n in [1u64, 2, 3] {
+        r.line(&line(
+            n,
+            Direction::Request,
+            MessageKind::REQUEST,
+            CALL,
+            &format!("c:{n}"),
+            "tools/call",
+        ));
+    }
+    // Responses read out of order of their requests, and one whose time is earlier than the
+    // one before it (the two directions are read by different threads).
+    let mut respond_at = |corr: &str, seq: u64, t: u64| {
+        let mut l = line(
+            seq,
+            Direction::Response,
+            MessageKind::RESPONSE,
+            OK,
+            corr,
+            "",
+        );
+        l.timestamp_us = t;
+        r.line(&l)
+    };
+    respond_at("c:2", 4, 10_000_000);
+    respond_at("c:1", 5, 10_000_050);
+    respond_at("c:3", 6, 10_000_020);
+    assert!(written(r.flush(10_000_000 + SETTLE_US - 1)).is_empty());
+    assert_eq!(r.settling(), 3);
+    let first = written(r.flush(10_000_020 + SETTLE_US));
+    let corrs: Vec<&str> = first.iter().map(|(c, _)| c.corr.as_str()).collect();
+    assert_eq!(corrs, ["c:2", "c:3"]);
+    let rest = written(r.flush(u64::MAX));
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].0.corr, "c:1");
+    assert_eq!(r.settling(), 0);
+}
+
+#[test]
 fn notifications_events_and_odd_lines_each_get_a_record() {
     let mut r = recorder(Policy::default());
     let progress = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#;

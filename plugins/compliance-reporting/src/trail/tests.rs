@@ -419,3 +419,47 @@ fn a_dead_sessions_pending_requests_are_recorded_once() {
     );
     live.finish();
 }
+
+#[test]
+fn a_long_sessions_journal_is_rewritten_with_only_what_it_awaits() {
+    let f = Fixture::new();
+    let _w = f.writer(); // makes the trail's directories
+    let noted = |n: u64| {
+        let mut r = rec(n);
+        r.session = "long".into();
+        r.outcome = "unanswered".into();
+        r
+    };
+    let mut journal = SessionJournal::create(f.data(), "long", 0, &actor()).expect("creates");
+    let mut n = 0;
+    while !journal.needs_compaction() {
+        journal.open(&noted(n)).expect("notes");
+        n += 1;
+    }
+    assert!(journal.len() > JOURNAL_COMPACT_BYTES);
+    // Of all those calls, two are still unwritten.
+    journal
+        .compact(&[noted(0), noted(n - 1)])
+        .expect("rewrites");
+    assert!(journal.len() < 4096, "{} bytes", journal.len());
+    assert!(!journal.needs_compaction());
+    // Appending goes on in the rewritten journal, and a killed km's calls are all recovered.
+    journal.open(&noted(n)).expect("notes");
+    // Killed: the file left as it is, the lock gone with the process.
+    let SessionJournal {
+        file, _lock: lock, ..
+    } = journal;
+    std::mem::forget(file);
+    drop(lock);
+    let mut written = Vec::new();
+    recover_dead_sessions(f.data(), |r| {
+        written.push(r.clone());
+        Ok(())
+    })
+    .expect("recovers");
+    let corrs: Vec<&str> = written.iter().map(|r| r.corr.as_str()).collect();
+    let (last, more) = (format!("c{}", n - 1), format!("c{n}"));
+    assert_eq!(corrs, ["c0", last.as_str(), more.as_str(), ""]);
+    assert_eq!(written[3].kind, "session.end");
+    assert!(written[..3].iter().all(|r| r.outcome == "unanswered"));
+}
