@@ -38,7 +38,7 @@ use km_plugin_sdk::{
     AuthResponse, Host, HttpRequest, Message, Plugin, PluginConfig, PluginError, Subscription,
     SubscriptionState, Tier,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::journal::Journal;
 
@@ -114,6 +114,8 @@ struct Shared {
     adopted: Mutex<Vec<Journal>>,
     /// Events seen before the first authentication answer.
     early: Mutex<Vec<Vec<u8>>>,
+    /// Set when an event is held in `early`, so that the path of every message need not lock it.
+    early_waiting: AtomicBool,
     settings: Mutex<Settings>,
     /// Number of events appended since the sender last looked; wakes it at a full batch.
     wake: (Mutex<usize>, Condvar),
@@ -146,10 +148,7 @@ fn random_id() -> String {
 
 impl Shared {
     fn active(&self) -> bool {
-        matches!(
-            self.subscription.state(now_unix()),
-            SubscriptionState::Active(_)
-        )
+        self.subscription.is_active(now_unix())
     }
 
     fn record(&self, line: Vec<u8>) {
@@ -186,6 +185,9 @@ impl Shared {
 
     /// Moves events held during the first authentication into the journal, or drops them.
     fn settle_early(&self) {
+        if !self.early_waiting.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let early = match self.early.lock() {
             Ok(mut e) => std::mem::take(&mut *e),
             Err(_) => return,
@@ -385,7 +387,131 @@ impl ApiLogger {
 
 /// One event: the message's metadata, and its payload as JSON, text or base64 (or left out
 /// beyond `max_payload`). The id `<session>:<seq>` is what makes a retried batch harmless.
+///
+/// Written straight into its buffer, the payload as the bytes that crossed: building a
+/// `serde_json::Value` of the event and of the whole message, then serialising both, cost most
+/// of the plugin's time per message. The payload is checked to be JSON exactly as a `Value` would
+/// read it ([`JsonChecked`]), so that the API, which reads it so, never gets a batch it refuses.
 fn event_json(session_id: &str, message: &Message<'_>, max_payload: usize) -> Vec<u8> {
+    let bytes = message.bytes();
+    let mut out = Vec::with_capacity(bytes.len() + 320);
+    out.extend_from_slice(b"{\"id\":\"");
+    // A session id is 32 hex digits (`random_id`): nothing to escape.
+    out.extend_from_slice(session_id.as_bytes());
+    out.push(b':');
+    out.extend_from_slice(message.seq.to_string().as_bytes());
+    out.extend_from_slice(b"\",\"session_id\":");
+    json_str(&mut out, session_id);
+    out.extend_from_slice(b",\"seq\":");
+    out.extend_from_slice(message.seq.to_string().as_bytes());
+    out.extend_from_slice(b",\"timestamp_us\":");
+    out.extend_from_slice(message.timestamp_us.to_string().as_bytes());
+    out.extend_from_slice(b",\"direction\":");
+    json_str(&mut out, message.direction.as_str());
+    out.extend_from_slice(b",\"kind\":");
+    json_str(&mut out, message.kind.as_str());
+    out.extend_from_slice(b",\"method\":");
+    json_str(&mut out, message.method.as_str());
+    out.extend_from_slice(b",\"jsonrpc_id\":");
+    json_str(&mut out, message.id.as_str());
+    out.extend_from_slice(b",\"correlation_id\":");
+    json_str(&mut out, message.correlation_id.as_str());
+    out.extend_from_slice(b",\"is_error\":");
+    out.extend_from_slice(if message.is_error { b"true" } else { b"false" });
+    out.extend_from_slice(b",\"size\":");
+    out.extend_from_slice(bytes.len().to_string().as_bytes());
+    if let Some(latency) = message.latency_us.into_option() {
+        out.extend_from_slice(b",\"latency_us\":");
+        out.extend_from_slice(latency.to_string().as_bytes());
+    }
+    let json = bytes.trim_ascii();
+    if bytes.len() > max_payload {
+        out.extend_from_slice(b",\"truncated\":true");
+    } else if !json.contains(&b'\n') && serde_json::from_slice::<JsonChecked>(json).is_ok() {
+        // One line of the journal per event: a payload with a newline between its tokens (km
+        // frames on newlines, so it has none) goes through the `Value` below.
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(json);
+    } else if let Ok(value) = serde_json::from_slice::<Value>(bytes) {
+        out.extend_from_slice(b",\"payload\":");
+        // A Value always serialises.
+        let _ = serde_json::to_writer(&mut out, &value);
+    } else if let Ok(text) = std::str::from_utf8(bytes) {
+        out.extend_from_slice(b",\"payload_text\":");
+        json_str(&mut out, text);
+    } else {
+        out.extend_from_slice(b",\"payload_b64\":\"");
+        out.extend_from_slice(STANDARD.encode(bytes).as_bytes());
+        out.push(b'"');
+    }
+    out.push(b'}');
+    out
+}
+
+/// `text` as a JSON string.
+fn json_str(out: &mut Vec<u8>, text: &str) {
+    // A string always serialises.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
+/// Reads any JSON value and keeps nothing: through `deserialize_any`, as `serde_json::Value`
+/// reads one, so it accepts exactly what a `Value` accepts (numbers in range, strings without
+/// lone surrogates, the same nesting limit) without building it.
+struct JsonChecked;
+
+impl<'de> serde::Deserialize<'de> for JsonChecked {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(JsonChecked)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonChecked {
+    type Value = JsonChecked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(JsonChecked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(JsonChecked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(JsonChecked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(JsonChecked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(JsonChecked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(JsonChecked)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<JsonChecked>()?.is_some() {}
+        Ok(JsonChecked)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while map.next_entry::<JsonChecked, JsonChecked>()?.is_some() {}
+        Ok(JsonChecked)
+    }
+}
+
+/// The event as the plugin built it before writing it directly (serde_json `Value`s): the
+/// reference the direct writer is tested against.
+#[cfg(test)]
+fn event_json_by_value(session_id: &str, message: &Message<'_>, max_payload: usize) -> Vec<u8> {
+    use serde_json::json;
     let bytes = message.bytes();
     let mut event = json!({
         "id": format!("{}:{}", session_id, message.seq),
@@ -438,6 +564,7 @@ impl Plugin for ApiLogger {
             journal: Mutex::new(None),
             adopted: Mutex::new(Vec::new()),
             early: Mutex::new(Vec::new()),
+            early_waiting: AtomicBool::new(false),
             settings: Mutex::new(Settings::default()),
             wake: (Mutex::new(0), Condvar::new()),
             stop: AtomicBool::new(false),
@@ -498,6 +625,12 @@ impl Plugin for ApiLogger {
             .settings
             .lock()
             .map_or(256 * 1024, |s| s.max_payload);
+        // The common case without copying the subscription's claims.
+        if self.shared.active() {
+            self.shared.settle_early();
+            self.shared.record(self.event(message, max_payload));
+            return Ok(());
+        }
         match self.shared.subscription.state(now_unix()) {
             SubscriptionState::Active(_) => {
                 self.shared.settle_early();
@@ -508,6 +641,7 @@ impl Plugin for ApiLogger {
                 if let Ok(mut early) = self.shared.early.lock() {
                     if early.len() < MAX_PENDING_IN_MEMORY {
                         early.push(event);
+                        self.shared.early_waiting.store(true, Ordering::Release);
                     }
                 }
             }
@@ -582,6 +716,40 @@ mod tests {
     fn event(data: &[u8], max_payload: usize) -> Value {
         let line = event_json("sess", &message(data), max_payload);
         serde_json::from_slice(&line).expect("an event is JSON")
+    }
+
+    #[test]
+    fn events_written_directly_say_what_the_value_built_ones_said() {
+        let deep = format!("{{\"deep\":{}{}}}", "[".repeat(130), "]".repeat(130));
+        let lines: &[&[u8]] = &[
+            br#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"a\"b\\c\u00e9"}]}}"#,
+            br#"  {"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1.5e3,"t":-0}}  "#,
+            b"{\"jsonrpc\":\"2.0\",\"id\":\"x\",\"result\":{\"s\":\"caf\xc3\xa9 \xe2\x9c\x93\"}}\r",
+            br#"{"z":1,"a":[true,false,null,{}],"m":{"b":2,"a":1}}"#,
+            br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+            br#"{"big":1e400}"#,
+            br#"{"lone":"\ud800"}"#,
+            deep.as_bytes(),
+            br#"{"id":1,"method":"x"} trailing"#,
+            b"not json at all",
+            b"{\"a\":\"\xff\"}",
+            &[0xff, 0xfe],
+            b"",
+            &[b'x'; 100],
+        ];
+        for line in lines {
+            for max in [1024, 10] {
+                let direct: Value =
+                    serde_json::from_slice(&event_json("sess", &message(line), max))
+                        .expect("the event is JSON");
+                let by_value: Value =
+                    serde_json::from_slice(&event_json_by_value("sess", &message(line), max))
+                        .expect("JSON");
+                assert_eq!(direct, by_value, "{}", String::from_utf8_lossy(line));
+            }
+        }
+        // One line of the journal per event.
+        assert!(!event_json("sess", &message(br#"{"a":"x\ny"}"#), 1024).contains(&b'\n'));
     }
 
     #[test]
