@@ -15,7 +15,9 @@
 //!
 //! Needs valgrind on PATH (BENCHMARKS.md gives the pinned Debian package); without it this
 //! section fails with that message. `KM_BENCH_CALLGRIND_DIR=DIR` keeps callgrind's output files
-//! in DIR, for `callgrind_annotate`.
+//! in DIR, for `callgrind_annotate`. `KM_BENCH_CALLGRIND_PLUGINS=NAME,...` counts only those
+//! bundled plugins (beside test-noop), for profiling one plugin in minutes instead of the
+//! whole section.
 
 use std::path::Path;
 use std::process::Command;
@@ -113,6 +115,28 @@ pub(crate) fn run(env: &BenchEnv, _options: &Options, report: &mut Report) -> Re
         bail!("the callgrind section needs valgrind on PATH (Debian: apt-get install valgrind)");
     };
     eprintln!("callgrind ({version}): {FEW} and {MANY} small-mix messages per configuration");
+    let only: Option<Vec<String>> = std::env::var("KM_BENCH_CALLGRIND_PLUGINS")
+        .ok()
+        .map(|list| list.split(',').map(str::to_owned).collect());
+    if let Some(only) = &only {
+        let noop = per_message(env, Some("only-test-noop"), "test-noop")?;
+        for b in env
+            .bundled
+            .iter()
+            .filter(|b| only.iter().any(|o| o == b.name()))
+        {
+            let with = per_message(env, Some(&format!("only-{}", b.name())), b.name())?;
+            report.add(Row {
+                section: "callgrind",
+                figure: format!("instructions per message in {}", b.name()),
+                value: format!("{:.0}", with - noop),
+                baseline: format!("km with it {with:.0}, with test-noop {noop:.0}"),
+                ratio: None,
+                target: None,
+            });
+        }
+        return Ok(());
+    }
     let bare = per_message(env, None, "bare")?;
     report.add(Row {
         section: "callgrind",

@@ -8,6 +8,10 @@
 //! the bench itself holds no gigabyte of messages. The growth figure is the resident size at
 //! the end against the size once a tenth of the stream had passed (start-up, first allocations
 //! and the plugins' warm-up are behind by then).
+//!
+//! To find which component grows, `KM_BENCH_LONG_SET=only-NAME` runs the session with one
+//! plugin set instead (`bundled`, `observers`, `only-NAME`, `noop-N`; see
+//! [`BenchEnv::set_dir`]) and `KM_BENCH_LONG_MESSAGES=N` sets the number of messages.
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,10 +27,25 @@ use crate::Options;
 
 /// Runs the long-session section.
 pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Result<()> {
-    let n: u64 = if options.quick { 200_000 } else { 2_000_000 };
-    eprintln!("long session: {n} messages of the small mix, every bundled plugin");
+    let n: u64 = match std::env::var("KM_BENCH_LONG_MESSAGES") {
+        Ok(text) => text
+            .parse()
+            .with_context(|| format!("KM_BENCH_LONG_MESSAGES={text:?} is not a number"))?,
+        Err(_) if options.quick => 200_000,
+        Err(_) => 2_000_000,
+    };
+    let set = std::env::var("KM_BENCH_LONG_SET").unwrap_or_else(|_| "bundled".to_owned());
+    if !env.set_dir(&set).is_dir() {
+        bail!("KM_BENCH_LONG_SET={set:?}: no such plugin set");
+    }
+    let plugins = if set == "bundled" {
+        "every bundled plugin".to_owned()
+    } else {
+        format!("plugin set {set}")
+    };
+    eprintln!("long session: {n} messages of the small mix, {plugins}");
     let log = env.dir().join("long-stderr.log");
-    let mut cmd = env.km_monitor_in(Some(env.set_dir("bundled")), &["cat"]);
+    let mut cmd = env.km_monitor_in(Some(env.set_dir(&set)), &["cat"]);
     let child = spawn_watched(&mut cmd, &log, Duration::from_secs(1200))?;
     let pid = child.id();
     let mut stdin = child.take_stdin().context("no stdin")?;
@@ -103,7 +122,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
     if let Some(at) = mismatch {
         bail!("km's output differs from what was sent from byte {at} on (exit {status})");
     }
-    let handed = env.check_run("bundled")?;
+    let handed = env.check_run(&set)?;
     eprintln!("  long session: {}", handed.describe());
     let warm = samples
         .iter()
@@ -127,7 +146,7 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
     report.add_counted(
         Row {
             section: "long",
-            figure: format!("{n} messages, every bundled plugin: peak RSS (VmHWM)"),
+            figure: format!("{n} messages, {plugins}: peak RSS (VmHWM)"),
             value: format!(
                 "{:.1} MB; {:.0} msg/s, {:.0} MB in {seconds:.1} s",
                 mb(peak),
