@@ -221,7 +221,7 @@ impl Tree {
     /// completed since the base.
     fn kept(&self, lo: u64, hi: u64) -> Option<Hash> {
         let width = hi - lo;
-        if !width.is_power_of_two() || lo % width != 0 {
+        if !width.is_power_of_two() || !lo.is_multiple_of(width) {
             return None;
         }
         let j = width.trailing_zeros();
