@@ -516,7 +516,7 @@ impl Writer {
         let index = self.tree.size();
         let prev = self
             .last_leaf
-            .map_or_else(|| ZERO_HASH.to_owned(), hex::encode);
+            .map_or_else(|| ZERO_HASH.to_owned(), |h| km_durable::digest::hex(&h));
         let mut line = record.encode(index, &prev);
         if line.len() > MAX_RECORD_BYTES {
             let mut lean = record.clone();

@@ -3,7 +3,9 @@
 //! written the same way.
 //!
 //! The hash is ring's (already in every crate that needs a digest: km, the signing library and
-//! the plugin SDK); the encoding is the `hex` crate's.
+//! the plugin SDK). The encoding is a table lookup per byte, hand-written because the `hex`
+//! crate's encoder collects an iterator of `char`s: about 1 000 instructions per digest, which
+//! compliance-reporting pays twice for every record of its audit trail (callgrind).
 
 /// The SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -21,7 +23,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// `bytes` in lower-case hex, two characters a byte.
 pub fn hex(bytes: &[u8]) -> String {
-    ::hex::encode(bytes)
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -38,5 +46,7 @@ mod tests {
         assert_eq!(sha256(b"abc")[..2], [0xba, 0x78]);
         assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
         assert_eq!(hex(&[]), "");
+        let every: Vec<u8> = (0..=255).collect();
+        assert_eq!(hex(&every), ::hex::encode(&every));
     }
 }
