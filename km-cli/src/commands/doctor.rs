@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use km_abi::{HttpRequest, Tier};
+use km_abi::Tier;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -466,17 +466,7 @@ fn check_api(globals: &Globals, offline: bool, report: &mut Report) {
             return;
         }
     };
-    let request = HttpRequest {
-        method: "GET".into(),
-        path: "/api/account".into(),
-        headers: vec![abi_stable::std_types::Tuple2(
-            "authorization".into(),
-            format!("Bearer {api_key}").into(),
-        )]
-        .into(),
-        body: Vec::new().into(),
-        timeout_ms: API_TIMEOUT_MS,
-    };
+    let request = super::seats::with_api_key("GET", "/api/account", &api_key, API_TIMEOUT_MS);
     match client.request(&request) {
         Ok(answer) if answer.status == 200 => {
             let account: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);

@@ -125,10 +125,15 @@ fn release(client: &ApiClient, api_key: &str, device: &str, json: bool) -> Resul
     Ok(ExitCode::from(exit::OK))
 }
 
-/// One call with the API key; the body of a 2xx answer, an error naming the endpoint otherwise.
-fn call(client: &ApiClient, api_key: &str, method: &str, path: &str) -> Result<Vec<u8>> {
-    use crate::host::ApiTransport as _;
-    let request = HttpRequest {
+/// A request without a body, authenticated with the customer's API key (`Bearer`), as the
+/// account routes (`/api/account`, `/api/seats`) take it.
+pub(super) fn with_api_key(
+    method: &str,
+    path: &str,
+    api_key: &str,
+    timeout_ms: u32,
+) -> HttpRequest {
+    HttpRequest {
         method: method.into(),
         path: path.into(),
         headers: vec![Tuple2(
@@ -137,8 +142,14 @@ fn call(client: &ApiClient, api_key: &str, method: &str, path: &str) -> Result<V
         )]
         .into(),
         body: Vec::new().into(),
-        timeout_ms: TIMEOUT_MS,
-    };
+        timeout_ms,
+    }
+}
+
+/// One call with the API key; the body of a 2xx answer, an error naming the endpoint otherwise.
+fn call(client: &ApiClient, api_key: &str, method: &str, path: &str) -> Result<Vec<u8>> {
+    use crate::host::ApiTransport as _;
+    let request = with_api_key(method, path, api_key, TIMEOUT_MS);
     let url = client.base_url();
     let answer = client
         .request(&request)
