@@ -656,6 +656,57 @@ fn a_request_from_the_server_is_the_mirror_image_configured_by_environment_alone
         .all(|e| e["headers"]["x-km-test"] == "from-env"));
 }
 
+/// A session that ends with thousands of requests open (a server that never answers) makes
+/// their spans all at once, about three times what the SDK's span queue holds by default:
+/// km paces them through the queue, and every one arrives.
+#[test]
+fn a_session_that_ends_with_thousands_of_open_requests_exports_every_span() {
+    const OPEN: u64 = 3000;
+    let env = KmEnv::new();
+    let receiver = Receiver::start(env.dir.path(), "otlp", false);
+    env.write_config(&format!(
+        "[telemetry]\nendpoint = \"{}\"\nflush_timeout_ms = 30000\n",
+        receiver.url
+    ));
+    let mut cmd = env.km();
+    cmd.args([
+        "monitor",
+        "--no-plugins",
+        "--",
+        "sh",
+        "-c",
+        "exec cat > /dev/null",
+    ]);
+    let mut session = Session::start(cmd);
+    for id in 1..=OPEN {
+        session.send(&tool_call(id, "echo", json!({"text": "never answered"})));
+    }
+    let ended = session.end();
+    assert!(ended.status.success(), "km failed:\n{}", ended.stderr);
+    assert!(
+        !ended.stderr.contains("telemetry"),
+        "nothing was lost:\n{}",
+        ended.stderr
+    );
+    let spans = receiver.spans();
+    let unanswered: std::collections::HashSet<String> = spans
+        .iter()
+        .filter(|s| s["name"] == "tools/call echo" && s["kind"] == "SPAN_KIND_SERVER")
+        .inspect(|s| assert_eq!(attr(s, "error.type").as_deref(), Some("unanswered"), "{s}"))
+        .filter_map(|s| attr(s, "jsonrpc.request.id"))
+        .collect();
+    assert_eq!(
+        unanswered.len() as u64,
+        OPEN,
+        "every open request's span arrived, once per id ({} spans in all)",
+        spans.len()
+    );
+    assert!(
+        spans.iter().any(|s| s["name"] == "km monitor"),
+        "and the session's own span"
+    );
+}
+
 /// The MCP stream of the scripted session (what the client got, what the server got) with
 /// the telemetry `config` (empty: none).
 fn stream_with(env: &KmEnv, config: &str, name: &str) -> (Vec<u8>, Vec<u8>, String) {

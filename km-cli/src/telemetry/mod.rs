@@ -168,8 +168,9 @@ pub(crate) enum Record {
         failed: bool,
         dropped: u64,
     },
-    /// The session is over: make every span, then answer.
-    Finish(mpsc::Sender<worker::Done>),
+    /// The session is over: make every span, then answer; the instant is the session's
+    /// deadline for its last exports.
+    Finish(mpsc::Sender<worker::Done>, Instant),
 }
 
 impl Record {
@@ -506,6 +507,7 @@ pub fn start(runtime: &Handle, home: &KmHome, command: &[OsString], quiet: bool)
             };
             let worker = worker::Worker::new(
                 pipeline.tracer.as_ref(),
+                pipeline.span_queue,
                 pipeline.meter.as_ref(),
                 pipeline.delivery.clone(),
                 session_id(),
@@ -636,7 +638,7 @@ impl Drop for Session {
         // The worker makes the last spans (it is never blocked by the exporter: the batch
         // processor's queue drops instead).
         let (reply, done) = mpsc::channel();
-        let _ = pipeline.tx.send(Record::Finish(reply));
+        let _ = pipeline.tx.send(Record::Finish(reply, deadline));
         pipeline.closed.store(true, Ordering::Relaxed);
         let finished = done
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))

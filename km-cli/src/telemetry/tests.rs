@@ -43,6 +43,7 @@ fn harness(capture: bool) -> Harness {
         .build();
     let worker = Worker::new(
         Some(&provider),
+        2048,
         None,
         Arc::new(Delivery::default()),
         "session-1".into(),
@@ -90,7 +91,8 @@ impl Harness {
     }
 
     fn finish(mut self) -> Vec<SpanData> {
-        self.worker.finish();
+        self.worker
+            .finish(std::time::Instant::now() + std::time::Duration::from_secs(10));
         let spans = self.spans.0.lock().expect("lock").clone();
         spans
     }

@@ -220,6 +220,10 @@ pub(crate) struct Done {
 /// The worker's state.
 pub(crate) struct Worker {
     tracer: Option<SdkTracer>,
+    /// The provider, to flush its queue while the end of a session makes many spans at once.
+    provider: Option<SdkTracerProvider>,
+    /// The batch processor's span queue (what it holds before it drops).
+    span_queue: usize,
     instruments: Option<Instruments>,
     delivery: Arc<Delivery>,
     /// `mcp.session.id`, shared by every span (a reference count, not a copy, per span).
@@ -263,9 +267,11 @@ fn initiator_name(sender: Direction) -> &'static str {
 }
 
 impl Worker {
-    /// A worker exporting through `tracer` and `meter` (either may be absent).
+    /// A worker exporting through `tracer` and `meter` (either may be absent); `span_queue` is
+    /// the size of the tracer's batch queue.
     pub(crate) fn new(
         tracer: Option<&SdkTracerProvider>,
+        span_queue: usize,
         meter: Option<&opentelemetry_sdk::metrics::SdkMeterProvider>,
         delivery: Arc<Delivery>,
         session_id: String,
@@ -277,6 +283,7 @@ impl Worker {
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build()
         };
+        let provider = tracer.cloned();
         let tracer = tracer.map(|p| p.tracer_with_scope(scope()));
         let instruments = meter.map(|p| Instruments::new(&p.meter_with_scope(scope())));
         let started = SystemTime::now();
@@ -298,6 +305,8 @@ impl Worker {
             .unwrap_or_else(SpanContext::empty_context);
         Worker {
             tracer,
+            provider,
+            span_queue,
             instruments,
             delivery,
             session_id: shared(&session_id),
@@ -348,8 +357,8 @@ impl Worker {
                 Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
             };
             match next {
-                Ok(Record::Finish(reply)) => {
-                    let done = self.finish();
+                Ok(Record::Finish(reply, deadline)) => {
+                    let done = self.finish(deadline);
                     let _ = reply.send(done);
                     return;
                 }
@@ -363,7 +372,8 @@ impl Worker {
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.finish();
+                    // Nobody waits for this end: no time for pacing.
+                    self.finish(Instant::now());
                     return;
                 }
             }
@@ -485,7 +495,7 @@ impl Worker {
                 failed,
                 dropped,
             } => self.ended(exit_code, failed, dropped),
-            Record::Finish(_) => {}
+            Record::Finish(..) => {}
         }
     }
 
@@ -1014,10 +1024,24 @@ impl Worker {
 
     /// The session is over: every request still followed gets its spans now (unanswered ones
     /// end with `error.type` `unanswered`), then the session's span ends.
-    pub(crate) fn finish(&mut self) -> Done {
+    ///
+    /// That can be thousands of spans at once (up to [`MAX_OPEN`] requests, two spans each),
+    /// more than the batch processor's queue holds: it would drop the burst (it did, in
+    /// km-bench's stream, whose requests are never answered). So the queue is flushed first and
+    /// again each time half of it has been filled, until `deadline` (the session's flush
+    /// timeout): past it, or with a Collector that fails, what does not fit is dropped and
+    /// counted as before.
+    pub(crate) fn finish(&mut self, deadline: Instant) -> Done {
+        let pace = (self.span_queue / 2).max(1) as u64;
+        let mut flushed_at = self.flush(deadline);
         self.settle(Instant::now() + SETTLE + SETTLE);
         let open: Vec<Key> = self.order.drain(..).collect();
         for key in open {
+            if let Some(at) = flushed_at {
+                if self.delivery.spans_ended.load(Ordering::Relaxed) - at >= pace {
+                    flushed_at = self.flush(deadline);
+                }
+            }
             self.give_up(key, "unanswered");
         }
         self.entries.clear();
@@ -1032,6 +1056,20 @@ impl Worker {
             }
         }
         self.done
+    }
+}
+
+impl Worker {
+    /// Exports what the batch processor holds, waiting for it; the count of spans ended then,
+    /// or `None` when pacing should stop (past `deadline`, no tracer, or an export that failed
+    /// or timed out: waiting again would only spend the time the session's end has).
+    fn flush(&self, deadline: Instant) -> Option<u64> {
+        let provider = self.provider.as_ref()?;
+        if Instant::now() >= deadline {
+            return None;
+        }
+        provider.force_flush().ok()?;
+        Some(self.delivery.spans_ended.load(Ordering::Relaxed))
     }
 }
 
