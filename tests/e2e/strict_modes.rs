@@ -394,3 +394,190 @@ fn km_creates_km_home_private() {
         assert_eq!(mode, 0o700, "{} is created 0700", path.display());
     }
 }
+
+/// Every entry under `dir`, not following links: a file's bytes, a link's target, a
+/// directory's name alone. What "nothing was written" is checked against.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Option<Vec<u8>>> {
+    let mut entries = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(at) = todo.pop() {
+        for entry in std::fs::read_dir(&at).unwrap_or_else(|e| panic!("ls {}: {e}", at.display())) {
+            let path = entry.expect("entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("lstat");
+            let content = if meta.is_symlink() {
+                Some(
+                    std::fs::read_link(&path)
+                        .expect("readlink")
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
+            } else if meta.is_dir() {
+                todo.push(path.clone());
+                None
+            } else {
+                Some(std::fs::read(&path).expect("read"))
+            };
+            entries.insert(path, content);
+        }
+    }
+    entries
+}
+
+/// A way a home can be one the loader refuses: what the refusal must name and the fix it must
+/// give, and how to make it so and undo it. `km_home` is the path `km` is given (a link, in
+/// one case).
+struct Unsafe {
+    what: &'static str,
+    km_home: PathBuf,
+    named: PathBuf,
+    fix: &'static str,
+    apply: Box<dyn Fn()>,
+    undo: Box<dyn Fn()>,
+}
+
+fn unsafe_homes(env: &KmEnv) -> Vec<Unsafe> {
+    let home = env.home.clone();
+    let keys = home.join("trusted-keys");
+    let mode = |path: &Path, what: &'static str, bad: u32, good: u32| {
+        let (a, u) = (path.to_path_buf(), path.to_path_buf());
+        Unsafe {
+            what,
+            km_home: home.clone(),
+            named: path.to_path_buf(),
+            fix: "chmod go-w",
+            apply: Box::new(move || chmod(&a, bad)),
+            undo: Box::new(move || chmod(&u, good)),
+        }
+    };
+    let elsewhere = env.dir.path().join("elsewhere-trusted-keys");
+    let (k1, e1, k2, e2) = (keys.clone(), elsewhere.clone(), keys.clone(), elsewhere);
+    let mut cases = vec![
+        mode(&home, "KM_HOME writable by its group", 0o770, 0o700),
+        mode(&keys, "trusted-keys/ writable by its group", 0o770, 0o700),
+        mode(
+            env.dir.path(),
+            "a parent of KM_HOME writable by all",
+            0o777,
+            0o700,
+        ),
+        Unsafe {
+            what: "trusted-keys/ a symbolic link",
+            km_home: home.clone(),
+            named: keys.clone(),
+            fix: "symbolic link",
+            apply: Box::new(move || {
+                std::fs::rename(&k1, &e1).expect("move away");
+                symlink(&e1, &k1).expect("symlink");
+            }),
+            undo: Box::new(move || {
+                std::fs::remove_file(&k2).expect("rm link");
+                std::fs::rename(&e2, &k2).expect("move back");
+            }),
+        },
+    ];
+    if !is_root() {
+        eprintln!("skipped: the cases owned by another user need root to chown (CI runs as root)");
+        return cases;
+    }
+    let owner = |path: &Path, what: &'static str| {
+        let (a, u) = (path.to_path_buf(), path.to_path_buf());
+        Unsafe {
+            what,
+            km_home: home.clone(),
+            named: path.to_path_buf(),
+            fix: "chown",
+            apply: Box::new(move || {
+                chown_to_other(&a);
+            }),
+            undo: Box::new(move || {
+                std::os::unix::fs::lchown(&u, Some(0), None).expect("chown back");
+            }),
+        }
+    };
+    cases.push(owner(&home, "KM_HOME owned by another user"));
+    cases.push(owner(&keys, "trusted-keys/ owned by another user"));
+    // KM_HOME reached through a link that another user owns (and so can point elsewhere).
+    let via = env.dir.path().join("home-link");
+    symlink(&home, &via).expect("symlink");
+    let mut swappable = owner(&via, "KM_HOME reached through another user's link");
+    swappable.km_home = via;
+    cases.push(swappable);
+    cases
+}
+
+#[test]
+fn trust_commands_refuse_an_unsafe_home_and_write_nothing() {
+    let env = KmEnv::new();
+    let other = env.dir.path().join("keys").join("other");
+    env.keygen(&other);
+    let listed = run_ok(env.km().args(["trust", "list", "--json"]));
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    let test_key = listed["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["label"] == "test")
+        .expect("the test key")["key_id"]
+        .as_str()
+        .expect("key id")
+        .to_owned();
+    // revocations.json exists, so that a revoke would have to rewrite it.
+    run_ok(env.km().args(["trust", "revoke"]).arg("cd".repeat(32)));
+    let revoke = "ab".repeat(32);
+    let other_pub = other.with_extension("pub").display().to_string();
+    let commands: [&[&str]; 4] = [
+        &["trust", "add", "--label", "other", &other_pub],
+        &["trust", "remove", &test_key],
+        &["trust", "revoke", &revoke],
+        &["trust", "list"],
+    ];
+    for case in unsafe_homes(&env) {
+        (case.apply)();
+        for args in commands {
+            let before = snapshot(env.dir.path());
+            let output = output_within(env.km().env("KM_HOME", &case.km_home).args(args), HANG);
+            let context = format!("`km {}` with {}", args.join(" "), case.what);
+            assert!(
+                String::from_utf8_lossy(&output.stderr).contains("refused"),
+                "{context}: the loader's refusal, not another error:\n{}",
+                describe(&output)
+            );
+            assert_refuses(&output, &case.named, case.fix);
+            assert_eq!(snapshot(env.dir.path()), before, "{context}: files changed");
+        }
+        (case.undo)();
+    }
+
+    // On the home made safe again, each command works.
+    for args in commands {
+        run_ok(env.km().args(args));
+    }
+    let listed = run_ok(env.km().args(["trust", "list", "--json"]));
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    let labels: Vec<&str> = listed["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|k| k["builtin"] == false)
+        .map(|k| k["label"].as_str().expect("label"))
+        .collect();
+    assert_eq!(labels, ["other"], "test removed, other added: {listed:#}");
+    assert!(
+        listed["revoked"]
+            .as_array()
+            .expect("revoked")
+            .iter()
+            .any(|r| r["what"] == revoke.as_str()),
+        "{listed:#}"
+    );
+    // The key file the user names is read without blocking: a FIFO is refused, not waited on.
+    let fifo = env.dir.path().join("fifo.pub");
+    mkfifo(&fifo);
+    let output = output_within(env.km().args(["trust", "add"]).arg(&fifo), HANG);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("not a regular file"),
+        "{}",
+        describe(&output)
+    );
+}
