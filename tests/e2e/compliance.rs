@@ -210,7 +210,7 @@ fn list(id: u64) -> Value {
 }
 
 /// The records of the trail, in order.
-fn records(trail: &Path) -> Vec<Value> {
+pub(crate) fn records(trail: &Path) -> Vec<Value> {
     let Ok(entries) = std::fs::read_dir(trail) else {
         return Vec::new();
     };

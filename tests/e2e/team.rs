@@ -12,6 +12,13 @@
 //!   approval; bob's next session accepts the change as the team's. bob, without the role,
 //!   cannot approve for the team, and an approval signed with his key that a lying API serves
 //!   is refused by alice's tool-guard.
+//! - The team's settings for the other plugins reach them: tool-guard holds a new tool by the
+//!   team's `new = "block"` (not its default), advanced-filters redacts by the team's
+//!   `pii = "redact"` (its default only logs), and a looser local policy changes neither.
+//! - A server the team blocks (by label, or by its serverInfo name) gets none of the session's
+//!   requests but the one that names it; each is answered with an error naming the team policy.
+//! - The member id team-collaboration announces reaches the real compliance-reporting: its
+//!   trail names bob in every call, and verifies.
 //! - Both members' sessions appear in `sessions`, without any message content.
 //! - Without an Enterprise subscription the plugin enforces nothing and `plugin-status` says why.
 
@@ -36,6 +43,14 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// What a tool's arguments carry, to show that no content reaches the team feed.
 const MARKER: &str = "private-argument-4242";
+
+/// The team's tool-guard settings: `new = "block"` is not tool-guard's default (`approve`), so
+/// a new tool held shows that the team's setting arrived.
+const TEAM_GUARD: &str = "[tool-guard.defaults]\nchanged = \"block\"\nnew = \"block\"\n";
+
+/// A card number that passes Luhn and an issuer range (Visa; synthetic): personal data
+/// advanced-filters finds, and by default only logs.
+const CARD: &str = "4539 5787 6362 1486";
 
 const ALICE: Customer = Customer {
     id: "cust_team_alice",
@@ -157,6 +172,27 @@ impl Member {
         };
         member.set_defs(&defs("Echo the input."));
         member
+    }
+
+    /// Installs a customer build of `name` stamped for `customer` at `tier`, signed with `extra`
+    /// `km-sign sign` arguments.
+    fn install(
+        &self,
+        server: &ApiServer,
+        customer: &Customer,
+        name: &str,
+        tier: Tier,
+        extra: &[&str],
+    ) {
+        self.env
+            .install_customer_build(name, name, tier, server, customer, extra);
+    }
+
+    /// Writes the local policy `name` (`KM_HOME/policies/NAME.toml`).
+    fn local_policy(&self, name: &str, text: &str) {
+        let path = self.env.home.join("policies").join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("local policy");
+        chmod(&path, 0o600);
     }
 
     fn set_defs(&self, defs: &Value) {
@@ -312,6 +348,14 @@ impl Client {
         )
     }
 
+    fn call_with(&mut self, id: u64, tool: &str, arguments: Value) -> Value {
+        self.request(
+            id,
+            "tools/call",
+            json!({"name": tool, "arguments": arguments}),
+        )
+    }
+
     fn tools(&mut self, id: u64) -> Vec<String> {
         let answer = self.request(id, "tools/list", json!({}));
         answer["result"]["tools"]
@@ -400,7 +444,7 @@ fn world() -> World {
     assert!(!roster.contains("id = \"bob\""), "{roster}");
     admin.publish_to_teams_dir(
         1,
-        &format!("{roster}\n[team-collaboration]\n\n[tool-guard.defaults]\nchanged = \"block\"\n"),
+        &format!("{roster}\n[team-collaboration]\n\n{TEAM_GUARD}"),
     );
     World {
         admin,
@@ -434,7 +478,7 @@ fn a_published_policy_reaches_a_running_session_and_forged_older_or_missing_ones
     let out = w.admin.dir.path().join("v2");
     w.admin.sign(
         2,
-        "[team-collaboration]\nblocked_tools = [\"remove\"]\n\n[tool-guard.defaults]\nchanged = \"block\"\n",
+        &format!("[team-collaboration]\nblocked_tools = [\"remove\"]\n\n{TEAM_GUARD}"),
         &out,
     );
     let published = w.carol.team_ok(&[
@@ -528,25 +572,43 @@ fn a_published_policy_reaches_a_running_session_and_forged_older_or_missing_ones
     let log = bob.finish();
     assert!(!log.contains(MARKER), "no content in km's log");
 
-    // A local policy can tighten the team's, never loosen it.
-    let policies = w.bob.env.home.join("policies");
-    std::fs::write(
-        policies.join("team-collaboration.toml"),
-        "allowed_tools = [\"remove\", \"echo\"]\nblocked_tools = [\"echo\"]\n",
-    )
-    .expect("local policy");
-    chmod(&policies.join("team-collaboration.toml"), 0o600);
+    // A local policy can tighten the team's, never loosen it: team-collaboration's own rules,
+    // and the tool-guard settings the team's bundle carried (the server adds a tool, which the
+    // team's `new = "block"` holds whatever the local policy says).
+    w.bob.local_policy(
+        "team-collaboration",
+        "allowed_tools = [\"remove\", \"echo\", \"fetch\"]\nblocked_tools = [\"echo\"]\n",
+    );
+    w.bob
+        .local_policy("tool-guard", "[defaults]\nnew = \"approve\"\n");
+    let mut added = defs("Echo the input.");
+    added["tools"].as_array_mut().expect("tools").push(
+        json!({"name": "fetch", "description": "Fetch a URL.", "inputSchema": {"type": "object"}}),
+    );
+    w.bob.set_defs(&added);
     let mut bob = w.bob.session();
     bob.initialize();
     assert_eq!(
         bob.tools(2),
         Vec::<String>::new(),
-        "echo blocked locally, remove by the team"
+        "echo blocked locally, remove by the team, fetch held by the team's tool-guard setting"
     );
     assert_blocked_by_team(&bob.call(3, "remove"), 3, 2);
     let echo = bob.call(4, "echo");
     let message = echo["error"]["message"].to_string() + &echo["error"]["data"].to_string();
     assert!(message.contains("the local policy"), "{echo}");
+    bob.wait_for_log(
+        "the local policy's new = \"approve\" is looser than the team's \"block\": the team's applies",
+    );
+    let fetch = bob.call(5, "fetch");
+    assert_eq!(
+        fetch["error"]["data"]["km"]["plugin"], "tool-guard",
+        "fetch is held by tool-guard: {fetch}"
+    );
+    assert!(
+        !w.bob.server_received_id(5),
+        "a held tool's call never reaches the server"
+    );
     bob.finish();
 
     let status = w.bob.status();
@@ -762,8 +824,13 @@ fn without_an_enterprise_subscription_nothing_is_enforced_and_status_says_why() 
         .cloned()
         .expect("a record");
     assert_eq!(record["authorized"], false, "{record:#}");
+    // The reason names the customer's tier and the one the plugin needs.
+    let reason = record["reason"].as_str().unwrap_or_default();
     assert!(
-        record["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        reason.contains(&format!(
+            "the subscription of {} is Pro; {NAME} needs Enterprise",
+            BOB.id
+        )),
         "{record:#}"
     );
     let join = w.bob.team(&[
@@ -781,4 +848,186 @@ fn without_an_enterprise_subscription_nothing_is_enforced_and_status_says_why() 
     // A Pro customer's sessions are not in the feed.
     let feed = w.carol.team_ok(&["sessions", "--member", "bob", "--json"]);
     assert_eq!(feed.trim(), "[]", "{feed}");
+}
+
+/// The records of `member`'s audit trail (compliance-reporting's).
+fn trail(member: &Member) -> Vec<Value> {
+    crate::compliance::records(&member.env.data_dir("compliance-reporting").join("trail"))
+}
+
+#[test]
+fn the_audit_trail_names_the_member_team_collaboration_announces() {
+    let w = world();
+    w.bob.install(
+        &w.server,
+        &BOB,
+        "compliance-reporting",
+        Tier::Enterprise,
+        &[],
+    );
+    let mut bob = w.bob.session();
+    bob.initialize();
+    assert_eq!(bob.tools(2), ["echo", "remove"]);
+    assert!(bob.call(3, "echo").get("result").is_some());
+    bob.finish();
+
+    let records = trail(&w.bob);
+    let kinds: Vec<&str> = records.iter().filter_map(|r| r["type"].as_str()).collect();
+    let at = records
+        .iter()
+        .position(|r| r["type"] == "actor")
+        .unwrap_or_else(|| panic!("no actor record: {kinds:?}"));
+    let actor = &records[at];
+    assert_eq!(actor["plugins"], json!([NAME]), "{actor:#}");
+    assert_eq!(actor["detail"]["member"], "bob", "{actor:#}");
+    assert_eq!(actor["detail"]["team"], "acme", "{actor:#}");
+    assert_eq!(actor["detail"]["role"], "member", "{actor:#}");
+    // Every record from the announcement on names the member, and so does every call: the
+    // announcement comes at the session's start, before the first line.
+    for record in &records[at..] {
+        assert_eq!(record["actor"]["member"], "bob", "{record:#}");
+    }
+    let calls: Vec<&Value> = records.iter().filter(|r| r["type"] == "call").collect();
+    let methods: Vec<&str> = calls.iter().filter_map(|c| c["method"].as_str()).collect();
+    assert_eq!(
+        methods,
+        ["initialize", "tools/list", "tools/call"],
+        "{kinds:?}"
+    );
+    for call in &calls {
+        assert_eq!(call["actor"]["member"], "bob", "{call:#}");
+    }
+    assert_eq!(kinds.last(), Some(&"session.end"), "{kinds:?}");
+
+    let out = w
+        .bob
+        .env
+        .km()
+        .args(["plugin", "compliance-reporting", "verify", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("km runs");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("verify --json");
+    assert_eq!(report["ok"], true, "{report:#}");
+}
+
+#[test]
+fn the_teams_filter_settings_reach_advanced_filters_and_a_local_policy_cannot_loosen_them() {
+    let w = world();
+    w.bob
+        .install(&w.server, &BOB, "advanced-filters", Tier::Pro, INTERCEPT);
+    let digits: String = CARD.chars().filter(char::is_ascii_digit).collect();
+    let card = json!({"note": format!("card {CARD}")});
+    let got = |id: u64| -> String {
+        w.bob
+            .received()
+            .into_iter()
+            .find(|m| m["id"] == id)
+            .map(|m| m["params"]["arguments"]["note"].to_string())
+            .unwrap_or_else(|| panic!("the server never got id {id}"))
+    };
+
+    // Version 1 has no filter settings: advanced-filters' defaults (pii = "log") pass the card.
+    let mut bob = w.bob.session();
+    bob.initialize();
+    let answer = bob.call_with(2, "echo", card.clone());
+    assert!(answer.to_string().contains(CARD), "{answer}");
+    bob.wait_for_log("log: pii payment-card-number");
+    bob.finish();
+    assert!(got(2).contains(CARD));
+
+    // Version 2 redacts personal data; the local policy would allow it.
+    let out = w.admin.dir.path().join("v2");
+    w.admin.sign(
+        2,
+        "[team-collaboration]\n\n[advanced-filters.defaults]\npii = \"redact\"\n",
+        &out,
+    );
+    w.carol.team_ok(&[
+        "publish",
+        &out.join("team-collaboration.toml").display().to_string(),
+        &out.join("advanced-filters.toml").display().to_string(),
+    ]);
+    let synced = w.bob.team_ok(&["sync"]);
+    assert!(synced.contains("advanced-filters v2"), "{synced}");
+    w.bob
+        .local_policy("advanced-filters", "[defaults]\npii = \"allow\"\n");
+    let mut bob = w.bob.session();
+    bob.initialize();
+    let answer = bob.call_with(3, "echo", card);
+    let text = answer.to_string();
+    assert!(text.contains("[REDACTED:payment-card-number]"), "{answer}");
+    assert!(!text.contains(CARD) && !text.contains(&digits), "{answer}");
+    bob.wait_for_log("redact: pii payment-card-number");
+    let log = bob.finish();
+    let note = got(3);
+    assert!(note.contains("[REDACTED:payment-card-number]"), "{note}");
+    assert!(!note.contains(CARD) && !note.contains(&digits), "{note}");
+    assert!(!log.contains(CARD) && !log.contains(&digits), "{log}");
+}
+
+#[test]
+fn a_blocked_server_gets_none_of_its_sessions_requests() {
+    let w = world();
+    // By label (what the SDK calls the command line): known before the server says anything.
+    let out = w.admin.dir.path().join("v2");
+    w.admin.sign(
+        2,
+        "[team-collaboration]\nblocked_servers = [\"km-test-defs-server *\"]\n",
+        &out,
+    );
+    w.carol.team_ok(&[
+        "publish",
+        &out.join("team-collaboration.toml").display().to_string(),
+    ]);
+    let synced = w.bob.team_ok(&["sync"]);
+    assert!(synced.contains("team-collaboration v2"), "{synced}");
+    let mut bob = w.bob.session();
+    let initialize = json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "e2e", "version": "1"}});
+    let assert_server_blocked = |answer: &Value, id: u64, version: u64| {
+        assert_blocked_by_team(answer, id, version);
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("blocks this server"), "{answer}");
+        assert_eq!(answer["error"]["data"]["km"]["plugin"], NAME, "{answer}");
+    };
+    assert_server_blocked(&bob.request(1, "initialize", initialize.clone()), 1, 2);
+    bob.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    assert_server_blocked(&bob.request(2, "tools/list", json!({})), 2, 2);
+    assert_server_blocked(&bob.call(3, "echo"), 3, 2);
+    assert_server_blocked(&bob.request(4, "ping", json!({})), 4, 2);
+    bob.finish();
+    assert_eq!(
+        w.bob.received(),
+        Vec::<Value>::new(),
+        "the server received nothing"
+    );
+
+    // By serverInfo name: only what the server says in its `initialize` answer names it, so
+    // that request reaches it; its answer is replaced by the error, and nothing follows.
+    let out = w.admin.dir.path().join("v3");
+    w.admin.sign(
+        3,
+        "[team-collaboration]\nblocked_servers = [\"km-test-server\"]\n",
+        &out,
+    );
+    w.carol.team_ok(&[
+        "publish",
+        &out.join("team-collaboration.toml").display().to_string(),
+    ]);
+    let synced = w.bob.team_ok(&["sync"]);
+    assert!(synced.contains("team-collaboration v3"), "{synced}");
+    let mut bob = w.bob.session();
+    assert_server_blocked(&bob.request(1, "initialize", initialize), 1, 3);
+    bob.send(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    assert_server_blocked(&bob.request(2, "tools/list", json!({})), 2, 3);
+    assert_server_blocked(&bob.call(3, "echo"), 3, 3);
+    bob.finish();
+    let received: Vec<String> = w
+        .bob
+        .received()
+        .iter()
+        .map(|m| m["method"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(received, ["initialize"], "only the request that names it");
 }
