@@ -3,7 +3,8 @@
 //! `--rate-limit 2/4s`. The server answers 429 with `Retry-After`; km waits as told (checked on
 //! the server's own log of decisions, not on timings measured here), the relay stays
 //! byte-identical meanwhile, and the plugin keeps its token. Repeated failed authentications
-//! become abuse signals the server lists.
+//! become abuse signals the server lists, of the customer and of the installation (km's device
+//! identity) that made them, a seat refused again and again included.
 
 use std::time::Duration;
 
@@ -54,6 +55,34 @@ fn pinned_api(env: &KmEnv, args: &[&str]) -> ApiServer {
     env.install_stamped_api_logger(&server, &ALICE);
     configure(env, &server, &ca, &cert.pin);
     server
+}
+
+/// This installation's device id, as `km plugin-status --json` shows it.
+fn device_id(env: &KmEnv) -> String {
+    let status = run_ok(env.km().args(["plugin-status", "--json"]));
+    let records: Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    records
+        .as_array()
+        .and_then(|all| all.iter().find(|r| r["plugin"] == "api-logger"))
+        .and_then(|r| r["device_id"].as_str())
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no device id\n{}", describe(&status)))
+}
+
+/// The abuse signals the server lists.
+fn signals(server: &ApiServer) -> Vec<Value> {
+    server.control_json("abuse")["signals"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The signal about `subject_kind` `subject`, if one was raised.
+fn signal_of(signals: &[Value], subject_kind: &str, subject: &str) -> Option<Value> {
+    signals
+        .iter()
+        .find(|s| s["subject_kind"] == subject_kind && s["subject"] == subject)
+        .cloned()
 }
 
 fn refused(decisions: &[Value]) -> usize {
@@ -145,8 +174,10 @@ fn under_a_burst_of_refreshes_km_waits_as_told_and_the_relay_is_undisturbed() {
 fn repeated_failed_authentications_are_listed_as_abuse_signals() {
     let env = KmEnv::new();
     let server = pinned_api(&env, &["--abuse-threshold", "3/10m"]);
-    // The customer is gone from the API (a cancelled account): its build keeps asking.
+    // The customer is gone from the API (a cancelled account): its build keeps asking, from
+    // this installation.
     server.set_customers(&[]);
+    let mut device = None;
     for attempt in 1..=4 {
         let out = env
             .km()
@@ -154,19 +185,73 @@ fn repeated_failed_authentications_are_listed_as_abuse_signals() {
             .output()
             .expect("km runs");
         assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-        let signals = server.control_json("abuse")["signals"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+        // km made the installation's identity for the first request to the API.
+        let device = device.get_or_insert_with(|| device_id(&env));
+        let signals = signals(&server);
         if attempt < 3 {
             assert!(signals.is_empty(), "raised after {attempt}: {signals:?}");
             continue;
         }
-        assert_eq!(signals.len(), 1, "{signals:?}");
-        assert_eq!(signals[0]["kind"], "repeated-auth-failures");
-        assert_eq!(signals[0]["subject_kind"], "customer");
-        assert_eq!(signals[0]["subject"], ALICE.id);
-        assert_eq!(signals[0]["count"], attempt);
-        assert_eq!(signals[0]["last_reason"], "unknown API key");
+        assert_eq!(signals.len(), 2, "{signals:#?}");
+        for (subject_kind, subject) in [("customer", ALICE.id), ("device", device.as_str())] {
+            let signal = signal_of(&signals, subject_kind, subject)
+                .unwrap_or_else(|| panic!("no signal of {subject_kind} {subject}: {signals:#?}"));
+            assert_eq!(signal["kind"], "repeated-auth-failures");
+            assert_eq!(signal["count"], attempt);
+            assert_eq!(signal["last_reason"], "unknown API key");
+        }
     }
+}
+
+#[test]
+fn an_installation_refused_a_seat_again_and_again_is_listed_as_an_abuse_signal() {
+    let first = KmEnv::new();
+    let ca = TestCa::new(first.dir.path(), "api");
+    let cert = ca.issue("server");
+    let server = ApiServer::builder(first.dir.path())
+        .customers(&[(&ALICE, "pro")])
+        .seat_limit(&ALICE, 1)
+        .tls(&ca, &cert)
+        .args(&["--abuse-threshold", "2/10m"])
+        .start();
+    // Two installations of Alice's build; the first takes her one seat.
+    let second = KmEnv::new();
+    for env in [&first, &second] {
+        env.install_stamped_api_logger(&server, &ALICE);
+        configure(env, &server, &ca, &cert.pin);
+    }
+    let (code, record, out) = first.plugin_refresh("api-logger");
+    assert_eq!(code, 0, "{record:#}\n{}", describe(&out));
+    assert_eq!(record["authorized"], true, "{record:#}");
+    for attempt in 1..=3 {
+        let (code, record, out) = second.plugin_refresh("api-logger");
+        assert_eq!(code, 1, "{record:#}\n{}", describe(&out));
+        assert!(
+            record["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("seat limit reached")),
+            "attempt {attempt}: {record:#}"
+        );
+    }
+    let (holder, refused) = (device_id(&first), device_id(&second));
+    assert_ne!(holder, refused);
+    let signals = signals(&server);
+    let signal = signal_of(&signals, "device", &refused)
+        .unwrap_or_else(|| panic!("no signal of the refused installation: {signals:#?}"));
+    assert_eq!(signal["kind"], "repeated-auth-failures");
+    assert_eq!(signal["count"], 3, "{signal}");
+    let reason = signal["last_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("seat limit reached") && reason.contains(&refused),
+        "{signal}"
+    );
+    // The customer's failures are the same three; the installation holding the seat failed
+    // nothing.
+    let customer = signal_of(&signals, "customer", ALICE.id)
+        .unwrap_or_else(|| panic!("no signal of the customer: {signals:#?}"));
+    assert_eq!(customer["count"], 3, "{customer}");
+    assert!(
+        signal_of(&signals, "device", &holder).is_none(),
+        "{signals:#?}"
+    );
 }

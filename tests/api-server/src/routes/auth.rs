@@ -35,7 +35,8 @@
 //!   corrupts answers here. Past `--rate-limit`, 429 with `Retry-After` (counted per customer,
 //!   once the API key names one). Every 401 and 403 is recorded as a failed authentication of
 //!   its subject (the customer of the key; for an unknown or rotated-away key, the customer the
-//!   build claims to be, else a digest prefix of the key).
+//!   build claims to be, else a digest prefix of the key) and, when the request names a device
+//!   (`km-device-key`, verified or not), of that device ([`named_device`]).
 //! - `GET /api/public-key`: `{"public_key": "<base64>"}`.
 
 use km_plugin_sdk::auth::{
@@ -90,6 +91,60 @@ pub(super) fn identify(state: &AppState, api_key: &str) -> Result<Customer, Resp
         )),
         Ok(None) => Err(refuse(401, "unknown_api_key", "unknown API key")),
         Err(e) => Err(internal("looking the key up", &e)),
+    }
+}
+
+/// The device a request names: the key id of the public key in its `km-device-key` header,
+/// whether or not the device signature verifies (a forged or stale signature is a failure of
+/// the device it claims to be, as an unknown key is one of the customer its build claims).
+/// `None` when the request names no device, or the header holds no public key: then there is
+/// no device id to record it under (its other subject still is).
+fn named_device(request: &Request) -> Option<String> {
+    use base64::Engine as _;
+    let key = request.header(km_signing::device::HEADER_KEY)?;
+    let spki = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key)
+        .ok()?;
+    let key = km_signing::PublicKey::from_spki_der(&spki).ok()?;
+    Some(key.key_id().to_string())
+}
+
+/// Records `answer`, when it refuses the authentication (401, 403), as a failure of `subject`
+/// and of the device the request names; returns it. Other answers (400 for a malformed
+/// request, 500 for the server's own failure) are no failed authentication.
+fn refused(
+    state: &AppState,
+    request: &Request,
+    kind: SubjectKind,
+    subject: &str,
+    answer: Response,
+) -> Response {
+    if matches!(answer.status, 401 | 403) {
+        let reason = error_of(&answer);
+        auth_failed(state, kind, subject, &reason);
+        if let Some(device) = named_device(request) {
+            auth_failed(state, SubjectKind::Device, &device, &reason);
+        }
+    }
+    answer
+}
+
+/// Records a refusal of `identify` under the subject a request with an unknown or
+/// rotated-away key has: the customer its build claims to be when that customer exists
+/// (`claimed`), else a digest prefix of the key (never the key itself).
+fn unidentified(
+    state: &AppState,
+    request: &Request,
+    claimed: Option<&str>,
+    api_key: &str,
+    answer: Response,
+) -> Response {
+    match claimed {
+        Some(customer) => refused(state, request, SubjectKind::Customer, customer, answer),
+        None => {
+            let hash = km_durable::digest::sha256_hex(api_key.as_bytes());
+            refused(state, request, SubjectKind::ApiKey, &hash[..16], answer)
+        }
     }
 }
 
@@ -148,22 +203,20 @@ fn build_key(state: &AppState, request: &Request, _: &Params) -> Response {
     let customer = match identify(state, &req.api_key) {
         Ok(c) => c,
         Err(answer) => {
-            // The subject: the customer the build claims to be stamped for, else a digest
-            // prefix of the key.
-            let reason = error_of(&answer);
-            match state.store.customer_with_hash(&req.customer_hash) {
-                Ok(Some(claimed)) => auth_failed(state, SubjectKind::Customer, &claimed, &reason),
-                _ => {
-                    let hash = km_durable::digest::sha256_hex(req.api_key.as_bytes());
-                    auth_failed(state, SubjectKind::ApiKey, &hash[..16], &reason);
-                }
-            }
-            return answer;
+            // The subject: the customer the build claims to be stamped for, else the key.
+            let claimed = state
+                .store
+                .customer_with_hash(&req.customer_hash)
+                .ok()
+                .flatten();
+            return unidentified(state, request, claimed.as_deref(), &req.api_key, answer);
         }
     };
     if let Err(limited) = admit(state, &customer.id, request) {
         return limited;
     }
+    // Every refusal from here on is a failed authentication of this customer.
+    let failed = |answer| refused(state, request, SubjectKind::Customer, &customer.id, answer);
     let (Some(build_id), Some(customer_hash)) = (
         hex_array::<BUILD_ID_LEN>(&req.build_id),
         hex_array::<32>(&req.customer_hash),
@@ -174,17 +227,10 @@ fn build_key(state: &AppState, request: &Request, _: &Params) -> Response {
         );
     };
     if req.customer_hash != credentials::customer_hash(&customer.id) {
-        let answer = another_customer();
-        auth_failed(
-            state,
-            SubjectKind::Customer,
-            &customer.id,
-            &error_of(&answer),
-        );
-        return answer;
+        return failed(another_customer());
     }
     let Some(secret) = &customer.customer_token else {
-        return no_secret(&customer);
+        return failed(no_secret(&customer));
     };
     // A device identity, when km added one, must be genuine; the seat is claimed by the signed
     // authentication that follows, not here.
@@ -195,11 +241,11 @@ fn build_key(state: &AppState, request: &Request, _: &Params) -> Response {
         &request.body,
         now(),
     ) {
-        return refuse(
+        return failed(refuse(
             401,
             "bad_device_signature",
             &format!("device identity: {e}"),
-        );
+        ));
     }
     let key = credentials::build_key(secret, &build_id);
     match credentials::wrap_build_key(&key, &req.api_key, &build_id, &customer_hash) {
@@ -357,32 +403,15 @@ fn authenticate(state: &AppState, request: &Request, _: &Params) -> Response {
     let customer = match identify(state, &req.api_key) {
         Ok(c) => c,
         Err(answer) => {
-            let reason = error_of(&answer);
-            match &req.customer_id {
-                Some(claimed) => auth_failed(state, SubjectKind::Customer, claimed, &reason),
-                None => {
-                    let hash = km_durable::digest::sha256_hex(req.api_key.as_bytes());
-                    auth_failed(state, SubjectKind::ApiKey, &hash[..16], &reason);
-                }
-            }
-            return answer;
+            let claimed = req.customer_id.as_deref();
+            return unidentified(state, request, claimed, &req.api_key, answer);
         }
     };
     if let Err(limited) = admit(state, &customer.id, request) {
         return limited;
     }
     // Every refusal from here on is a failed authentication of this customer.
-    let failed = |answer: Response| {
-        if matches!(answer.status, 401 | 403) {
-            auth_failed(
-                state,
-                SubjectKind::Customer,
-                &customer.id,
-                &error_of(&answer),
-            );
-        }
-        answer
-    };
+    let failed = |answer| refused(state, request, SubjectKind::Customer, &customer.id, answer);
     if req
         .customer_id
         .as_ref()

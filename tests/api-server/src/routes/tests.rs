@@ -569,3 +569,149 @@ fn repeated_failed_authentications_raise_an_abuse_signal_per_subject() {
     assert_eq!(authenticate(&state, "key-alice").status, 200);
     assert_eq!(signals(&state).len(), 3);
 }
+
+/// `request` with `key`'s device headers, then `key`'s public key swapped for `claimed`'s: a
+/// device signature that does not verify, naming `claimed`.
+fn with_forged_device(
+    request: Request,
+    key: &km_signing::PrivateKey,
+    claimed: &km_signing::PrivateKey,
+) -> Request {
+    let mut forged = crate::testing::with_device(request, key);
+    for header in &mut forged.headers {
+        if header.0 == km_signing::device::HEADER_KEY {
+            header.1 = base64::Engine::encode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                claimed.public_key().spki_der(),
+            );
+        }
+    }
+    forged
+}
+
+/// The signal of `subject_kind` and `subject`, if one was raised.
+fn signal_of(state: &AppState, subject_kind: &str, subject: &str) -> Option<Value> {
+    signals(state)
+        .into_iter()
+        .find(|s| s["subject_kind"] == subject_kind && s["subject"] == subject)
+}
+
+#[test]
+fn failed_authentications_of_a_request_that_names_a_device_are_the_devices_too() {
+    use crate::testing::with_device;
+    let fixture = Fixture::new();
+    let mut alice = customer("alice", "key-alice", "pro");
+    alice["seats"] = 1.into();
+    write_customers(
+        &fixture.customers(),
+        &[alice, customer("bob", "key-bob", "pro")],
+    );
+    // The fixture's threshold: 3 failures within 10 minutes.
+    let state = fixture.state(&fixture.config());
+    let device = || km_signing::PrivateKey::generate(km_signing::Algorithm::Ed25519).expect("key");
+    let id = |key: &km_signing::PrivateKey| key.public_key().key_id().to_string();
+    let alices = || signed_auth("key-alice", "alice", crate::store::now(), &nonce());
+    let (holder, other, forger, victim, stranger) =
+        (device(), device(), device(), device(), device());
+
+    // Seat-limit refusals: the installation beyond Alice's one seat is a subject of its own.
+    assert_eq!(
+        router()
+            .handle(&state, &with_device(alices(), &holder))
+            .status,
+        200
+    );
+    for attempt in 1..=3 {
+        let answer = router().handle(&state, &with_device(alices(), &other));
+        assert_eq!(answer.status, 403, "{:?}", answer.body_json());
+        assert_eq!(answer.body_json()["code"], "seat_limit");
+        let raised = signal_of(&state, "device", &id(&other));
+        assert_eq!(
+            raised.is_some(),
+            attempt == 3,
+            "after {attempt}: {:?}",
+            signals(&state)
+        );
+    }
+    let raised = signal_of(&state, "device", &id(&other)).expect("raised");
+    assert_eq!(raised["kind"], "repeated-auth-failures");
+    assert_eq!(raised["count"], 3);
+    assert!(
+        raised["last_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("seat limit reached") && r.contains(&id(&other))),
+        "{raised}"
+    );
+    // The same failures are Alice's; the device that holds the seat failed nothing.
+    assert_eq!(
+        signal_of(&state, "customer", "alice").expect("alice")["count"],
+        3
+    );
+    assert!(signal_of(&state, "device", &id(&holder)).is_none());
+    // A refusal of a request that names no device counts for the customer only.
+    let answer = router().handle(&state, &alices());
+    assert_eq!(answer.body_json()["code"], "device_required");
+    assert_eq!(
+        signal_of(&state, "customer", "alice").expect("alice")["count"],
+        4
+    );
+    assert_eq!(
+        signal_of(&state, "device", &id(&other)).expect("other")["count"],
+        3
+    );
+
+    // A device signature that does not verify: a failure of the device whose key it names (and
+    // of nobody's seat: Bob has no limit, and nothing was claimed).
+    let bobs = || signed_auth("key-bob", "bob", crate::store::now(), &nonce());
+    for _ in 0..3 {
+        let answer = router().handle(&state, &with_forged_device(bobs(), &forger, &victim));
+        assert_eq!(answer.body_json()["code"], "bad_device_signature");
+    }
+    let raised = signal_of(&state, "device", &id(&victim)).expect("the named device");
+    assert!(
+        raised["last_reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("device identity:")),
+        "{raised}"
+    );
+    assert!(signal_of(&state, "device", &id(&forger)).is_none());
+    assert_eq!(
+        signal_of(&state, "customer", "bob").expect("bob")["count"],
+        3
+    );
+
+    // build-key refuses a forged device signature too, and records it the same way.
+    let mut build_key = Request::new(Method::Post, "/api/plugins/build-key");
+    build_key.body = json!({
+        "plugin_name": "api-logger",
+        "api_key": "key-bob",
+        "build_id": km_durable::digest::hex(&crate::testing::BUILD),
+        "customer_hash": km_plugin_sdk::credentials::customer_hash("bob"),
+    })
+    .to_string()
+    .into_bytes();
+    let answer = router().handle(&state, &with_forged_device(build_key, &forger, &victim));
+    assert_eq!(answer.body_json()["code"], "bad_device_signature");
+    assert_eq!(
+        signal_of(&state, "device", &id(&victim)).expect("victim")["count"],
+        4
+    );
+    assert_eq!(
+        signal_of(&state, "customer", "bob").expect("bob")["count"],
+        4
+    );
+
+    // An unknown key from a device: the key's digest and the device, never the key.
+    for _ in 0..3 {
+        let mut request = Request::new(Method::Post, "/api/plugins/authenticate");
+        request.body = auth_body("leaked-key-0123", None).to_string().into_bytes();
+        let answer = router().handle(&state, &with_device(request, &stranger));
+        assert_eq!(answer.status, 401);
+    }
+    let raised = signal_of(&state, "device", &id(&stranger)).expect("the stranger");
+    assert_eq!(raised["last_reason"], "unknown API key");
+    let digest = km_durable::digest::sha256_hex(b"leaked-key-0123");
+    assert!(signal_of(&state, "api_key", &digest[..16]).is_some());
+    let listed = call(&state, Method::Get, "/control/abuse", &Value::Null);
+    assert!(!String::from_utf8_lossy(&listed.body).contains("leaked-key-0123"));
+}

@@ -2,9 +2,13 @@
 //!
 //! Every failed plugin authentication is recorded in `auth_failures` with its subject: the
 //! customer (the one the API key belongs to, or the one a build claims to be stamped for when
-//! the key is unknown), else a digest prefix of the API key (never the key); the tables also
-//! admit a `device` subject, for seats. When one subject's failures within the abuse window reach the
-//! threshold (`--abuse-threshold N/WINDOW`), an `abuse_signals` row of kind
+//! the key is unknown), else a digest prefix of the API key (never the key). A request that
+//! names a device (km's `km-device-key` header, on every request a plugin makes through km) is
+//! recorded once more, as a failure of that device: a device signature that does not verify, a
+//! seat refused at the limit, and every other refusal of it. So one installation that keeps
+//! failing is seen as such even when it cycles through keys or customers, and one customer's
+//! failures can be told apart by installation. When one subject's failures within the abuse
+//! window reach the threshold (`--abuse-threshold N/WINDOW`), an `abuse_signals` row of kind
 //! `repeated-auth-failures` is raised for it, and every later failure adds to its count. A
 //! rate-limit refusal (429) adds to a `rate-limited` signal of the customer. Signals are listed
 //! by `GET /control/abuse`; nothing is blocked because of them: deciding what to do about a
@@ -21,7 +25,10 @@ pub(crate) enum SubjectKind {
     Customer,
     /// The first 16 hex digits of the SHA-256 of an API key no customer has.
     ApiKey,
-    // Devices (seats) get a variant `device` here; the tables already admit that subject kind.
+    /// The device id (the key id of the device key, as `GET /api/seats` lists it) a request
+    /// names. Like a customer claimed by a build, it is what the request says: a device
+    /// signature that did not verify still names the device whose key it carries.
+    Device,
 }
 
 impl SubjectKind {
@@ -29,6 +36,7 @@ impl SubjectKind {
         match self {
             SubjectKind::Customer => "customer",
             SubjectKind::ApiKey => "api_key",
+            SubjectKind::Device => "device",
         }
     }
 }
