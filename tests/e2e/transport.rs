@@ -344,3 +344,71 @@ fn pins_built_into_km_apply_to_the_official_endpoint_only() {
         "{plain:#}"
     );
 }
+
+/// `km doctor` (`--json` when `json`), online: its `api` finding, and the whole output.
+fn doctor_api(env: &KmEnv, extra: &[&str]) -> (Value, Output) {
+    let out = env
+        .km()
+        .args(["doctor", "--json"])
+        .args(extra)
+        .output()
+        .expect("km runs");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor --json prints JSON ({e}): {}", describe(&out)));
+    let api = report["checks"]
+        .as_array()
+        .and_then(|all| all.iter().find(|f| f["area"] == "api"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no api finding: {report:#}"));
+    (api, out)
+}
+
+#[test]
+fn km_doctor_shows_the_pins_in_force_for_the_endpoint() {
+    let env = KmEnv::new();
+    let ca = TestCa::new(env.dir.path(), "api");
+    let cert = ca.issue("server");
+    let server = tls_server(&env, &ca, &cert);
+    let backup = spare_pin();
+    configure(&env, &server.url, Some(&ca), &[&cert.pin, &backup]);
+
+    // Online: the endpoint answered through the pinned handshake, and the finding names both
+    // pins and where they come from.
+    let pins = format!("pins {}, {backup} (from config.toml api_pins)", cert.pin);
+    let (api, out) = doctor_api(&env, &[]);
+    let summary = api["summary"].as_str().unwrap_or_default();
+    assert_eq!(api["status"], "ok", "{api:#}\n{}", describe(&out));
+    assert!(
+        summary.starts_with(&format!("{}: reachable, API key valid", server.url)),
+        "{summary}"
+    );
+    assert!(summary.contains("TLS 1.3 only"), "{summary}");
+    assert!(summary.contains(&pins), "{summary}");
+    assert!(
+        summary.contains(&ca.cert_file.display().to_string()),
+        "{summary}"
+    );
+    // The text report has the same line.
+    let out = env.km().arg("doctor").output().expect("km runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("API key valid"))
+        .unwrap_or_else(|| panic!("no api line: {}", describe(&out)));
+    assert!(line.contains(&pins), "{line}");
+    // Offline, the pins are shown all the same: they are what a connection would require.
+    let (api, _) = doctor_api(&env, &["--offline"]);
+    let summary = api["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("not contacted (--offline)") && summary.contains(&pins),
+        "{api:#}"
+    );
+
+    // Without pins, the doctor says that none are in force (the CA alone decides).
+    configure(&env, &server.url, Some(&ca), &[]);
+    let (api, out) = doctor_api(&env, &[]);
+    let summary = api["summary"].as_str().unwrap_or_default();
+    assert_eq!(api["status"], "ok", "{api:#}\n{}", describe(&out));
+    assert!(summary.ends_with(", no pins"), "{summary}");
+    assert!(!summary.contains(&cert.pin), "{summary}");
+}
