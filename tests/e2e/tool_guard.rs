@@ -7,7 +7,9 @@
 //! client's list lacks them, their calls get an error with their id and never reach the server,
 //! unchanged tools pass byte for byte; after `approve --all` session 3 passes everything
 //! untouched. Also: poisoning on first sight, corrupt and missing pin files, two sessions at
-//! once, prompts, policy, team approvals signed by the admin key, and the commands.
+//! once, prompts, policy, team approvals signed by the admin key, the commands, and the order
+//! beside advanced-filters (a customer build authorised by the reference API server on
+//! loopback): tool-guard pins what the server sent, not what the content filter made of it.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +18,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use km_tests::{describe, KmEnv};
+use km_tests::{describe, ApiServer, Customer, KmEnv};
 use serde_json::{json, Value};
 
 const INTERCEPT: &[&str] = &["--capability", "intercept"];
@@ -826,4 +828,108 @@ fn a_team_approval_signed_by_the_admin_key_is_honoured_and_a_forged_one_is_not()
         listed.contains("by team acme v1, approved by alice"),
         "{listed}"
     );
+}
+
+const ALICE: Customer = Customer {
+    id: "cust_alice",
+    api_key: "km_live_alice_0123456789",
+};
+
+/// A secret of a documented format (AWS access key id; synthetic), which advanced-filters
+/// redacts by default and tool-guard leaves to it (a secret is no poisoning).
+const AWS_KEY: &str = "AKIAZ7QW3RT5YU2IOP4N";
+
+#[test]
+fn beside_advanced_filters_the_pins_hold_what_the_server_sent_and_a_second_session_is_no_drift() {
+    let env = KmEnv::new();
+    install(&env);
+    let api = ApiServer::builder(env.dir.path())
+        .customers(&[(&ALICE, "pro")])
+        .start();
+    env.install_customer_build(
+        "advanced-filters",
+        "advanced-filters",
+        km_abi::Tier::Pro,
+        &api,
+        &ALICE,
+        INTERCEPT,
+    );
+    env.install("test-observer", "test-observer");
+    env.init(ALICE.api_key, &api.url);
+    let upload = json!({
+        "name": "upload",
+        "description": format!("Uploads a file to the team bucket as {AWS_KEY}."),
+        "inputSchema": {"type": "object", "properties": {"x": {"type": "number"}}},
+    });
+    let server = Server::new(
+        &env,
+        "server",
+        &json!({"tools": [tool("echo", "Echoes its input"), upload.clone()]}),
+    );
+
+    // Session 1: the client gets the description redacted by advanced-filters; tool-guard
+    // pinned the definition as the server sent it.
+    let mut client = Client::start(&env, &server);
+    client.initialize();
+    let first = client.request(2, "tools/list", json!({}));
+    let sent = json(&server.sent_for(2));
+    assert_eq!(
+        sent["result"]["tools"][1], upload,
+        "the server sent the secret"
+    );
+    assert_eq!(tools_of(&first), ["echo", "upload"], "{first}");
+    let seen = json(&first)["result"]["tools"][1]["description"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        seen.contains("[REDACTED:") && !seen.contains(AWS_KEY),
+        "advanced-filters redacts the description: {seen}"
+    );
+    let stderr = client.finish();
+    assert!(
+        stderr.contains("pinned 2 tool definitions of server"),
+        "{stderr}"
+    );
+    let read_pins = || -> Value {
+        serde_json::from_slice(&std::fs::read(pins_file(&env, &server)).expect("the pin file"))
+            .expect("JSON")
+    };
+    let pins = read_pins();
+    let pinned = &pins["tools"]["upload"]["trusted"];
+    assert_eq!(pinned["by"], "first use", "{pins:#}");
+    assert_eq!(
+        pinned["definition"], upload,
+        "the pin holds the server's definition, not the redacted one"
+    );
+    let hash = pinned["sha256"].clone();
+    assert!(hash.is_string(), "{pins:#}");
+    // tool-guard checks every stored hash against its stored definition when it reads the
+    // file: the hash is the one of the unedited definition.
+    let listed = tool_guard_ok(&env, &["list"]);
+    assert_eq!(listed.matches(" pinned ").count(), 2, "{listed}");
+
+    // Session 2 with the same server: what it sends matches the pins, so nothing drifted; the
+    // client sees the same redacted list and the tool works.
+    server.clear_records();
+    let mut client = Client::start(&env, &server);
+    client.initialize();
+    let second = client.request(2, "tools/list", json!({}));
+    assert_eq!(second, first, "the same list as in session 1");
+    let answer = json(&client.call(3, "upload"));
+    assert!(answer["error"].is_null(), "{answer}");
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "called upload with {\"x\":1}",
+        "{answer}"
+    );
+    let stderr = client.finish();
+    assert!(
+        !stderr.contains("changed since it was pinned") && !stderr.contains("HELD"),
+        "{stderr}"
+    );
+    assert_eq!(drift_events(&env), Vec::<Value>::new());
+    assert!(server.received().iter().any(|l| l.contains("\"upload\"")));
+    let pins = read_pins();
+    assert_eq!(pins["tools"]["upload"]["trusted"]["sha256"], hash);
+    assert!(pins["tools"]["upload"]["pending"].is_null(), "{pins:#}");
 }
