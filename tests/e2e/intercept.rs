@@ -2,9 +2,11 @@
 //! and `test-observer` cdylibs, real child processes. Replacement changes exactly the targeted
 //! lines; a blocked request is answered with its id and never reaches the server (even while the
 //! server is in the middle of a long line); a blocked response becomes an error for its id; an
-//! interceptor that panics, errs, hangs or answers badly fails closed and the session goes on;
-//! without the signed capability nothing is intercepted; events reach other plugins; a lossless
-//! observer misses nothing under a flood while a lossy one drops.
+//! interceptor that panics, errs, hangs or answers badly fails closed (or, when its manifest or
+//! config.toml says so, open) and the session goes on; a blocked notification is dropped; several
+//! interceptors run by priority (the plugin's, or config.toml's), then name, each on the previous
+//! one's output; without the signed capability nothing is intercepted; events reach other plugins;
+//! a lossless observer misses nothing under a flood while a lossy one drops.
 
 use std::io::{BufReader, Read, Write};
 use std::path::Path;
@@ -264,8 +266,17 @@ fn a_blocked_response_becomes_an_error_for_its_id() {
 
 /// A session where test-intercept is told to misbehave on the trigger `how`.
 fn misbehaving(how: &str, extra_config: &str) -> (bool, Vec<Value>, String, String) {
+    misbehaving_signed(INTERCEPT, how, extra_config)
+}
+
+/// [`misbehaving`], with test-intercept signed with `sign` (arguments to `km-sign sign`).
+fn misbehaving_signed(
+    sign: &[&str],
+    how: &str,
+    extra_config: &str,
+) -> (bool, Vec<Value>, String, String) {
     let env = KmEnv::new();
-    env.install_signed("test-intercept", "test-intercept", INTERCEPT);
+    env.install_signed("test-intercept", "test-intercept", sign);
     env.write_config(&format!(
         "[plugins.test-intercept]\ndirections = \"client-to-server\"\nmethods = [\"tools/call\"]\nbudget_ms = 300\n{how} = \"TRIGGER\"\n{extra_config}"
     ));
@@ -355,6 +366,58 @@ fn fail_open_lets_lines_pass_a_failed_interceptor() {
 }
 
 #[test]
+fn a_manifest_that_says_fail_open_lets_lines_pass_a_failed_interceptor() {
+    const FAIL_OPEN: &[&str] = &["--capability", "intercept", "--fail-open"];
+    // No `fail_open` in config.toml: the signed manifest alone opts the plugin in.
+    let (ok, answers, got, stderr) = misbehaving_signed(FAIL_OPEN, "fail", "");
+    assert!(ok, "{stderr}");
+    assert!(answers.is_empty(), "nothing was blocked: {answers:?}");
+    assert_eq!(
+        got,
+        format!(
+            "{}\n{}\n{}\n{}\n",
+            tool_call(1, "before"),
+            tool_call(2, "TRIGGER"),
+            tool_call(3, "after"),
+            r#"{"jsonrpc":"2.0","id":4,"method":"ping"}"#
+        ),
+        "everything reached the server, the failed line too"
+    );
+    assert!(
+        stderr.contains("plugin test-intercept") && stderr.contains("fails open"),
+        "{stderr}"
+    );
+    let env = KmEnv::new();
+    let lib = env.install_signed("test-intercept", "test-intercept", FAIL_OPEN);
+    let verify = env
+        .km()
+        .arg("verify-plugin")
+        .arg(&lib)
+        .output()
+        .expect("verify-plugin");
+    let shown = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        shown.contains("grants:   observe, intercept (fails open)\n"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn verify_plugin_shows_the_intercept_capability_it_grants() {
+    let env = KmEnv::new();
+    let lib = env.install_signed("test-intercept", "test-intercept", INTERCEPT);
+    let verify = env
+        .km()
+        .arg("verify-plugin")
+        .arg(&lib)
+        .output()
+        .expect("verify-plugin");
+    let shown = String::from_utf8_lossy(&verify.stderr);
+    assert!(verify.status.success(), "{shown}");
+    assert!(shown.contains("grants:   observe, intercept\n"), "{shown}");
+}
+
+#[test]
 fn without_the_signed_capability_nothing_is_intercepted() {
     let env = KmEnv::new();
     env.install("test-intercept", "test-intercept");
@@ -420,6 +483,113 @@ fn a_batch_is_judged_element_by_element() {
     assert_eq!(json(&lines(&stdout)[0])["id"], 2);
     let got = std::fs::read_to_string(&record).expect("record");
     assert_eq!(got, format!("[{},{initialized}]\n", tool_call(1, "fine")));
+}
+
+#[test]
+fn a_blocked_notification_is_dropped_and_answered_by_nothing() {
+    let env = KmEnv::new();
+    env.install_signed("test-intercept", "test-intercept", INTERCEPT);
+    env.write_config("[plugins.test-intercept]\nblock = \"FORBIDDEN\"\n");
+    let record = env.dir.path().join("server-got.jsonl");
+    let notification = |text: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"level":"info","data":"{text}"}}}}"#
+        )
+    };
+    // The server sends a blocked notification and a fine one, then records what it reads: the
+    // client's blocked notification must not reach it, and no error may come back for its own.
+    let script = format!(
+        "printf '%s\\n' '{}' '{}'; cat > '{}'",
+        notification("FORBIDDEN from the server"),
+        notification("fine from the server"),
+        record.display()
+    );
+    let ping = r#"{"jsonrpc":"2.0","id":3,"method":"ping"}"#;
+    let input = format!(
+        "{}\n{}\n{ping}\n",
+        notification("FORBIDDEN from the client"),
+        notification("fine from the client"),
+    );
+    let (ok, stdout, stderr) = run(&env, &["sh", "-c", &script], input.as_bytes());
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        lines(&stdout),
+        [notification("fine from the server")],
+        "the client got the fine notification only, and no error for its blocked one"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&record).expect("the server's record"),
+        format!("{}\n{ping}\n", notification("fine from the client")),
+        "the server got the fine notification and the ping, and no error for its blocked one"
+    );
+}
+
+/// A session through two interceptors: test-verdicts (priority 100), which in a `tools/call`
+/// result replaces `@example.com` by `@redacted.invalid`, and test-intercept (priority 500
+/// unless `settings` says otherwise), which replaces `redacted` by `C`; `config` is added to
+/// config.toml. Returns the result's text as the client got it: `bob@C.invalid` when
+/// test-verdicts ran first and test-intercept acted on its output, `bob@redacted.invalid` when
+/// test-intercept ran first (it then finds nothing to replace). test-verdicts' library file
+/// sorts first, so km loads it first: an order by name is not the order of loading.
+fn chained(settings: &str, config: &str) -> String {
+    let env = KmEnv::new();
+    env.install_signed("test-intercept", "test-intercept", INTERCEPT);
+    env.place_signed(
+        &env.plugins.join("a_verdicts.so"),
+        &km_tests::library("test-verdicts"),
+        "test-verdicts",
+        "1.0.0",
+        "free",
+        INTERCEPT,
+    );
+    env.write_config(&format!(
+        "[plugins.test-intercept]\nmethods = [\"tools/call\"]\nreplace = [\"redacted\", \"C\"]\n{settings}{config}"
+    ));
+    let result = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"mail bob@example.com"}]}}"#;
+    let script = format!("read call; printf '%s\\n' '{result}'; cat >/dev/null");
+    let input = format!("{}\n", tool_call(1, "hi"));
+    let (ok, stdout, stderr) = run(&env, &["sh", "-c", &script], input.as_bytes());
+    assert!(ok, "{stderr}");
+    let out = lines(&stdout);
+    assert_eq!(out.len(), 1, "{out:?}");
+    json(&out[0])["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text in {}", out[0]))
+        .to_owned()
+}
+
+#[test]
+fn interceptors_run_by_priority_and_each_sees_the_previous_ones_output() {
+    // test-verdicts (100) before test-intercept (500): the second replaces what the first wrote.
+    assert_eq!(chained("", ""), "mail bob@C.invalid");
+    // test-intercept asks for 50: it runs first, finds no `redacted`, and test-verdicts' output
+    // is final.
+    assert_eq!(chained("priority = 50\n", ""), "mail bob@redacted.invalid");
+}
+
+#[test]
+fn interceptors_of_equal_priority_run_by_name() {
+    // Both at 100: test-intercept before test-verdicts by name, although test-verdicts is loaded
+    // first.
+    assert_eq!(chained("priority = 100\n", ""), "mail bob@redacted.invalid");
+}
+
+#[test]
+fn config_toml_overrides_an_interceptors_priority() {
+    // test-intercept asks for 50, config.toml puts it at 200, after test-verdicts.
+    assert_eq!(
+        chained(
+            "priority = 50\n",
+            "[intercept.test-intercept]\npriority = 200\n"
+        ),
+        "mail bob@C.invalid"
+    );
+    // test-verdicts, which asks for 100 and has no settings of its own, is moved after
+    // test-intercept (500).
+    assert_eq!(
+        chained("", "[intercept.test-verdicts]\npriority = 900\n"),
+        "mail bob@redacted.invalid"
+    );
 }
 
 #[test]
