@@ -187,6 +187,3 @@ impl Chain {
         self.interceptors.iter().map(|i| i.budget).min()
     }
 }
-
-#[cfg(test)]
-mod tests;
