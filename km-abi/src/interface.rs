@@ -36,8 +36,9 @@ use crate::types::{
 };
 
 /// The plugin instance as km sees it. Plugin authors do not implement this directly: they
-/// implement [`crate::Plugin`] and call [`crate::export_plugin!`], which wraps every method so
-/// that a panic becomes an [`ErrorKind::PANICKED`](crate::ErrorKind::PANICKED) error value.
+/// implement the author SDK's `km_plugin_sdk::Plugin` trait and call its
+/// `km_plugin_sdk::export_plugin!` macro (the SDK crate, `plugins/sdk`, depends on this one, so
+/// these are not links), which wraps every method so that a panic becomes an [`ErrorKind::PANICKED`](crate::ErrorKind::PANICKED) error value.
 ///
 /// km calls `handle_*` from one worker thread per plugin, and `authenticate` from its refresh
 /// thread, so the object is `Send + Sync`.
@@ -178,7 +179,7 @@ fn unsupported(what: &str) -> PluginError {
 /// The host services as passed to a plugin.
 pub type HostBox = HostServices_TO<'static, RArc<()>>;
 
-/// The root module every plugin library exports (with [`crate::export_plugin!`]).
+/// The root module every plugin library exports (with the SDK's `km_plugin_sdk::export_plugin!`).
 #[repr(C)]
 #[derive(StableAbi)]
 #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
