@@ -78,6 +78,10 @@ pub(crate) enum Section {
     /// Instructions per message that OTLP export adds, under callgrind (needs valgrind; not in
     /// the default run: ask for it with --only telemetry-callgrind, or --all).
     TelemetryCallgrind,
+    /// Instructions per message of the direction no interceptor asked for, under callgrind
+    /// (needs valgrind; not in the default run: ask for it with --only intercept-callgrind, or
+    /// --all).
+    InterceptCallgrind,
     /// advanced-filters, authorised by the reference API: scanning, relay and latency.
     Filters,
 }
@@ -129,8 +133,10 @@ impl Options {
     pub(crate) fn wants(&self, section: Section) -> bool {
         if self.only.is_empty() {
             // callgrind takes minutes and needs valgrind: only when asked for.
-            return !matches!(section, Section::Callgrind | Section::TelemetryCallgrind)
-                || self.all;
+            return !matches!(
+                section,
+                Section::Callgrind | Section::TelemetryCallgrind | Section::InterceptCallgrind
+            ) || self.all;
         }
         self.only.contains(&section)
     }
@@ -171,6 +177,9 @@ fn run(options: &Options) -> Result<()> {
     }
     if options.wants(Section::TelemetryCallgrind) {
         telemetry::instructions(&env, options, &mut report)?;
+    }
+    if options.wants(Section::InterceptCallgrind) {
+        intercept::instructions(&env, options, &mut report)?;
     }
     if options.wants(Section::Filters) {
         filters::run(&env, options, &mut report)?;
