@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use km_abi::Tier;
 use km_tests::{
-    bin_dir, chmod, describe, lib_file_name, library, run_ok, ApiServer, Customer, KmEnv,
+    bin_dir, chmod, describe, headless, lib_file_name, library, run_ok, ApiServer, Customer, KmEnv,
 };
 use serde_json::{json, Value};
 
@@ -555,38 +555,6 @@ fn without_a_pro_subscription_nothing_is_recorded_and_the_status_says_why() {
         let value: Value = serde_json::from_slice(&report.stdout).expect("JSON");
         assert_eq!(value["tools"], json!([]));
     }
-}
-
-/// Chromium from Debian, as `scripts/test` installs it.
-fn chromium() -> PathBuf {
-    match std::env::var_os("KM_TEST_CHROMIUM") {
-        Some(path) => PathBuf::from(path),
-        None => panic!(
-            "KM_TEST_CHROMIUM is not set: run the tests with ./scripts/test, which installs \
-             Debian's chromium (README)"
-        ),
-    }
-}
-
-/// Headless Chromium with the flags this machine needs (no sandbox as root, no GPU, and no
-/// background network, which the closed network refuses).
-fn headless(profile: &Path) -> Command {
-    let mut cmd = Command::new(chromium());
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--hide-scrollbars",
-        "--virtual-time-budget=5000",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
-    cmd
 }
 
 #[test]

@@ -96,6 +96,39 @@ pub fn command(program: &Path, home: &Path) -> Command {
     cmd
 }
 
+/// Chromium from Debian, as `scripts/test` installs it (`KM_TEST_CHROMIUM`), for the tests of
+/// HTML reports (ml-analytics, compliance-reporting).
+pub fn chromium() -> PathBuf {
+    match std::env::var_os("KM_TEST_CHROMIUM") {
+        Some(path) => PathBuf::from(path),
+        None => panic!(
+            "KM_TEST_CHROMIUM is not set: run the tests with ./scripts/test, which installs \
+             Debian's chromium (README)"
+        ),
+    }
+}
+
+/// Headless Chromium with the flags this machine needs (no sandbox as root, no GPU, and no
+/// background network, which the closed network refuses), its profile in `profile`.
+pub fn headless(profile: &Path) -> Command {
+    let mut cmd = Command::new(chromium());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--virtual-time-budget=5000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    cmd
+}
+
 /// Output as text, for assertion messages.
 pub fn describe(output: &Output) -> String {
     format!(
