@@ -20,8 +20,9 @@
 //!   ([`commands`]).
 //!
 //! Without a valid Enterprise subscription it records nothing (lines seen before the first
-//! authentication are held in memory, bounded, until the answer is known) and
-//! `km plugin-status` says why. Checking a trail or a report and erasing a data subject work
+//! authentication are held in memory, bounded, until the answer is known: past the bound a line
+//! waits for the answer, which holds km's relay back, and what can be neither held nor waited for
+//! is counted in a `gap` record) and `km plugin-status` says why. Checking a trail or a report and erasing a data subject work
 //! without one: they are duties that outlive a subscription.
 //!
 //! It asks km for lossless delivery, so that a flood of messages never costs a record; where
@@ -43,9 +44,9 @@ pub mod verify;
 pub mod witness;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use km_plugin_sdk::abi::Verdict;
 use km_plugin_sdk::auth::now_unix;
@@ -67,6 +68,13 @@ km_plugin_sdk::credentials_region!();
 pub const NAME: &str = "compliance-reporting";
 /// Inputs held in memory while the first authentication is pending.
 const MAX_EARLY: usize = 10_000;
+/// How long an input that finds [`MAX_EARLY`] others held waits for the first authentication's
+/// answer. The plugin asks for lossless delivery, so km holds the relay back meanwhile instead
+/// of dropping; the wait stays well under km's limit for a lossless plugin that takes nothing
+/// (10 s), after which km would stop waiting for it altogether.
+const EARLY_WAIT: Duration = Duration::from_secs(5);
+/// `detail.why` of the `gap` record of inputs that could be neither held nor waited for.
+pub const EARLY_GAP_WHY: &str = "more arrived before the subscription's first answer than the recording holds (10000) or could wait for (5 s)";
 /// The write-ahead hook's place in the chain of interceptors: after every other, so that what
 /// it records is what km forwards.
 const WRITE_AHEAD_PRIORITY: i32 = 1_000_000;
@@ -106,8 +114,14 @@ pub(crate) struct Shared {
     /// The policy's `write_ahead`, read on every line.
     write_ahead: AtomicBool,
     early: Mutex<Vec<Input>>,
-    /// Set when an input is held in `early`, so that the path of every line need not lock it.
+    /// Set when an input is held in `early` (or missed), so that the path of every line need not
+    /// lock it.
     early_waiting: AtomicBool,
+    /// Inputs that found `early` full and waited [`EARLY_WAIT`] in vain: a `gap` record once the
+    /// recording starts.
+    early_missed: AtomicU64,
+    /// Set once an input waited in vain, so that the next ones do not each wait as long.
+    early_gave_up: AtomicBool,
     stop: (Mutex<bool>, Condvar),
 }
 
@@ -151,26 +165,45 @@ impl Shared {
         self.hold(|| Input::line(message));
     }
 
-    /// Not active (or no longer): holds the input until the first answer, or drops it.
+    /// Not active (or no longer): holds the input until the first answer, or drops it. With
+    /// [`MAX_EARLY`] inputs held, waits for the answer (km holds the relay back: lossless
+    /// delivery); what can be neither held nor waited for is counted, and recorded as a gap.
     fn hold(&self, input: impl FnOnce() -> Input) {
-        match self.state() {
-            SubscriptionState::Active(_) => {
-                // Became active since the caller looked.
-                self.settle_early();
-                self.process(input().as_ref());
-            }
-            SubscriptionState::Pending => {
-                if let Ok(mut early) = self.early.lock() {
+        let deadline = Instant::now() + EARLY_WAIT;
+        loop {
+            match self.state() {
+                SubscriptionState::Active(_) => {
+                    // Became active since the caller looked, or while it waited.
+                    self.settle_early();
+                    self.process(input().as_ref());
+                    return;
+                }
+                SubscriptionState::Pending => {
+                    let Ok(mut early) = self.early.lock() else {
+                        return;
+                    };
                     if early.len() < MAX_EARLY {
                         early.push(input());
                         self.early_waiting.store(true, Ordering::Release);
+                        return;
                     }
+                    drop(early);
+                    if self.early_gave_up.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                        self.early_gave_up.store(true, Ordering::Relaxed);
+                        self.early_missed.fetch_add(1, Ordering::Relaxed);
+                        self.early_waiting.store(true, Ordering::Release);
+                        return;
+                    }
+                    // The answer comes on km's refresher thread, not this one.
+                    std::thread::sleep(Duration::from_millis(5));
                 }
-            }
-            // Degraded: nothing is recorded and nothing kept.
-            SubscriptionState::Degraded => {
-                if let Ok(mut early) = self.early.lock() {
-                    early.clear();
+                // Degraded: nothing is recorded and nothing kept.
+                SubscriptionState::Degraded => {
+                    if let Ok(mut early) = self.early.lock() {
+                        early.clear();
+                    }
+                    self.early_missed.store(0, Ordering::Relaxed);
+                    return;
                 }
             }
         }
@@ -188,6 +221,17 @@ impl Shared {
             for input in early {
                 self.process(input.as_ref());
             }
+            let missed = self.early_missed.swap(0, Ordering::Relaxed);
+            if missed > 0 {
+                // Where the missed inputs would have been: after those held, before the next.
+                let gap = Input::Event {
+                    kind: km_plugin_sdk::StreamEventKind::GAP,
+                    data: serde_json::json!({"missed": missed, "why": EARLY_GAP_WHY}),
+                    timestamp_ms: i64::try_from(record::now_us() / 1000).unwrap_or(i64::MAX),
+                };
+                self.process(gap.as_ref());
+            }
+            self.early_gave_up.store(false, Ordering::Relaxed);
         }
     }
 
@@ -311,6 +355,8 @@ impl Plugin for ComplianceReporting {
                 write_ahead: AtomicBool::new(false),
                 early: Mutex::new(Vec::new()),
                 early_waiting: AtomicBool::new(false),
+                early_missed: AtomicU64::new(0),
+                early_gave_up: AtomicBool::new(false),
                 stop: (Mutex::new(false), Condvar::new()),
             }),
             ticker: Mutex::new(None),

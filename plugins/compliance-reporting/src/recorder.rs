@@ -681,10 +681,11 @@ impl Recorder {
             StreamEventKind::GAP => {
                 let mut r = self.base("gap", t_us);
                 r.detail = record::summary(data);
-                r.detail.insert(
-                    "why".into(),
-                    json!("km could not deliver these messages to the audit trail"),
-                );
+                // km's gap events say how many; the plugin's own (inputs it could not hold
+                // before its first authentication) also say why.
+                r.detail.entry("why").or_insert_with(|| {
+                    json!("km could not deliver these messages to the audit trail")
+                });
                 vec![Effect::Write(r, None)]
             }
             _ => Vec::new(),
