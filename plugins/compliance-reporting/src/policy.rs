@@ -4,6 +4,10 @@
 //! ```toml
 //! retention = "365d"              # prune segments whose records are all older (default: keep)
 //! checkpoint_interval = "60s"     # signed checkpoints while a session runs (and at its end)
+//! checkpoint_records = 1000       # ... and after this many records of a session, whichever first
+//! sync_interval = "1s"            # how often appended records are fdatasync'ed
+//! pending_timeout = "300s"        # a request without a response by then is recorded unanswered
+//! segment_records = 100000        # records per segment file (retention prunes whole segments)
 //! skip_notifications = ["notifications/progress"]   # notifications not recorded (this default)
 //! personal_data_categories = ["pii"]                # finding categories GDPR reports treat as personal data
 //! write_ahead = false             # record every line before km forwards it (see below)
