@@ -803,6 +803,12 @@ fn abbreviate(s: &str) -> String {
     out
 }
 
+// The path is explicit so that the fuzz target, which compiles this file with `#[path]`, finds
+// it too (there a child module would be looked up beside this file, not in `policy/`).
+#[cfg(test)]
+#[path = "policy/proptests.rs"]
+mod proptests;
+
 #[cfg(test)]
 mod tests {
     use super::*;

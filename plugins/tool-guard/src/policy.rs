@@ -345,6 +345,12 @@ impl Policy {
     }
 }
 
+// The path is explicit so that the fuzz target, which compiles this file with `#[path]`, finds
+// it too (there a child module would be looked up beside this file, not in `policy/`).
+#[cfg(test)]
+#[path = "policy/proptests.rs"]
+mod proptests;
+
 #[cfg(test)]
 mod tests {
     use km_policy::{Layer, PolicyDir};

@@ -199,8 +199,14 @@ fn check_header(
             header.policy
         )));
     }
-    if header.version == 0 {
-        return Err(bad("version must be 1 or more".to_owned()));
+    // TOML integers are 64-bit signed: a larger version would be written into a payload that
+    // no reader can parse, a bundle sealed and published that never verifies.
+    if header.version == 0 || i64::try_from(header.version).is_err() {
+        return Err(bad(format!(
+            "version must be 1 to {} (a TOML integer), not {}",
+            i64::MAX,
+            header.version
+        )));
     }
     if let Some(expected) = team {
         if header.team != expected {
