@@ -205,21 +205,25 @@ fn private_copy(name: &str, bytes: &[u8]) -> Result<Image, Refusal> {
             Mode::from_raw_mode(0o500),
         )
         .map_err(|e| refuse("creating the copy", &e))?;
-        let mut file = File::from(fd);
-        file.write_all(bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| refuse("writing the copy", &e))?;
-        let written = OwnedFd::from(file);
-        // A read-only descriptor of the same inode: the dynamic loader maps it through
-        // /proc/self/fd, which names this open file, not a path that could be swapped.
-        let reopened = rustix::fs::open(
-            format!("/proc/self/fd/{}", written.as_raw_fd()),
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| refuse("reopening the copy", &e))?;
+        let staged = (|| {
+            let mut file = File::from(fd);
+            file.write_all(bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| refuse("writing the copy", &e))?;
+            let written = OwnedFd::from(file);
+            // A read-only descriptor of the same inode: the dynamic loader maps it through
+            // /proc/self/fd, which names this open file, not a path that could be swapped.
+            rustix::fs::open(
+                format!("/proc/self/fd/{}", written.as_raw_fd()),
+                OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| refuse("reopening the copy", &e))
+        })();
+        // The name goes whether staging worked or not: a copy cut short by a full disk must not
+        // stay behind (nor keep its directory from being removed below).
         let _ = rustix::fs::unlinkat(&dir_fd, file_name.as_str(), rustix::fs::AtFlags::empty());
-        Ok(Image(reopened))
+        Ok(Image(staged?))
     })();
     let _ = rustix::fs::unlinkat(&base_fd, dir_name.as_str(), rustix::fs::AtFlags::REMOVEDIR);
     result

@@ -251,6 +251,76 @@ fn the_fallback_copy_is_private_and_what_is_mapped_is_its_descriptor() {
     );
 }
 
+/// The child of the next test (see the module docs) sees this variable.
+const FULL_COPY_CHILD: &str = "KM_TEST_PRIVATE_COPY_FULL_CHILD";
+
+/// A private copy that cannot be written whole (the file size limit stands in for a full disk)
+/// is refused, names what failed, and leaves nothing behind in the base directory: no partial
+/// copy, no directory.
+#[test]
+fn a_copy_cut_short_is_refused_and_leaves_nothing_behind() {
+    if std::env::var_os(FULL_COPY_CHILD).is_some() {
+        return cut_short_copy_in_this_process();
+    }
+    let base = tempfile::tempdir().expect("tempdir");
+    chmod(base.path(), 0o700);
+    let name = "loader_inproc::a_copy_cut_short_is_refused_and_leaves_nothing_behind";
+    // SIGXFSZ ignored (an ignored signal stays ignored across exec), so that a write past the
+    // limit fails with EFBIG instead of killing the child.
+    let out = Command::new("sh")
+        .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
+        .arg(std::env::current_exe().expect("this test binary"))
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(FULL_COPY_CHILD, "1")
+        .env("KM_LOAD_VIA_COPY", "1")
+        .env("XDG_RUNTIME_DIR", base.path())
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the child test (which must run, not be filtered out) failed:\n{}",
+        km_tests::describe(&out)
+    );
+    let left: Vec<_> = std::fs::read_dir(base.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert!(
+        left.is_empty(),
+        "no partial copy and no directory are left: {left:?}"
+    );
+}
+
+/// In the child: the plugin is installed first, then files are limited to 64 KiB, so that
+/// only the loader's copy (a library of about a megabyte) runs into the limit.
+fn cut_short_copy_in_this_process() {
+    use rustix::process::{setrlimit, Resource, Rlimit};
+    let setup = Setup::new();
+    setup.install("test-noop", "test-noop");
+    setrlimit(
+        Resource::Fsize,
+        Rlimit {
+            current: Some(64 * 1024),
+            maximum: None,
+        },
+    )
+    .expect("a lower file size limit");
+    let mut options = LoadOptions::new(setup.plugins.clone(), setup.home.clone());
+    options.verbosity = Verbosity::Quiet;
+    let report = loader::load_plugins(&options).expect("load");
+    assert!(
+        report.loaded.is_empty(),
+        "nothing loads from a partial copy"
+    );
+    let refusal = report.refused.first().expect("the plugin is refused");
+    assert!(
+        refusal.reason.contains("writing the copy"),
+        "the refusal says what failed: {}",
+        refusal.reason
+    );
+}
+
 /// One mapping of `/proc/self/maps`: permissions, inode, path.
 struct Mapping {
     perms: String,
