@@ -130,6 +130,14 @@ impl Hold {
             pending.scan.kind == MessageKind::REQUEST && pending.id().as_ref() == Some(id)
         })
     }
+
+    /// Whether a request asking for progress with `token` is among the held lines.
+    fn has_progress_token(&self, token: &IdKey) -> bool {
+        self.lines.iter().any(|pending| {
+            pending.scan.kind == MessageKind::REQUEST
+                && pending.key(&pending.scan.progress).as_ref() == Some(token)
+        })
+    }
 }
 
 impl Pending {
@@ -330,6 +338,23 @@ impl Session {
             if let Some(id) = pending.id() {
                 if !state.correlator.answers(direction, &id)
                     && self.may_register(state, 1 - this, &pending)
+                {
+                    return Some(pending);
+                }
+            }
+        }
+        // A progress notification names a request the other side sent, which that side may not
+        // have registered yet, exactly as a response may: it waits the same way, so that it
+        // carries its request's correlation. (A cancellation names a request of its own side,
+        // registered before it in this pump's order.)
+        if may_wait && pending.scan.kind == MessageKind::NOTIFICATION {
+            if let Some(token) = pending.key(&pending.scan.progress) {
+                if state
+                    .correlator
+                    .progress(direction, token.clone())
+                    .is_none()
+                    && (state.observed[1 - this] < self.forwarded[1 - this].load(Ordering::Acquire)
+                        || state.held[1 - this].has_progress_token(&token))
                 {
                     return Some(pending);
                 }
@@ -846,6 +871,38 @@ mod holds {
     }
 
     const LONG: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_progress_notification_that_overtakes_its_request_is_held_then_correlated() {
+        let h = harness(LONG);
+        // The client pump has forwarded a request asking for progress but not yet framed it;
+        // the server's progress for it comes first.
+        h.session.forwarding(C2S, 100);
+        chunk(
+            &h.session,
+            S2C,
+            &[
+                r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"tok","progress":1}}"#,
+            ],
+            80,
+        );
+        assert_eq!(h.session.counts().server_to_client, 0, "held, not dropped");
+        chunk(
+            &h.session,
+            C2S,
+            &[
+                r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"_meta":{"progressToken":"tok"}}}"#,
+            ],
+            100,
+        );
+        expect(
+            &h.seen(),
+            &[
+                "1 request request id=7 method=tools/call corr=c1 ",
+                "2 response notification id= method=notifications/progress corr=c1 ",
+            ],
+        );
+    }
 
     #[test]
     fn a_response_that_overtakes_its_request_is_held_then_paired() {
