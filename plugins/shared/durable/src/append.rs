@@ -163,10 +163,17 @@ mod tests {
         let mut other = AppendFile::open_existing(&path).expect("open");
         assert!(!other.try_lock().expect("tries"), "locked twice");
         drop(f);
-        assert!(
-            other.try_lock().expect("tries"),
-            "the lock went with the file"
-        );
+        // `flock` belongs to the open file description, and a child that another test of this
+        // binary forks at this moment holds a copy of every descriptor until it execs (the
+        // descriptors are close-on-exec, not close-on-fork): the lock can outlive `drop` by that
+        // long. Retry for a bounded while instead of taking the first refusal for a held lock.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut locked = other.try_lock().expect("tries");
+        while !locked && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            locked = other.try_lock().expect("tries");
+        }
+        assert!(locked, "the lock went with the file");
         assert_eq!(other.len(), 8);
         other.append(b"three\n").expect("append");
         other.truncate(4).expect("truncate");

@@ -128,7 +128,9 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert!(err.to_string().contains("state.lock"), "{err}");
         drop(held);
-        let again = Lock::acquire(&path, Some(Duration::from_millis(20))).expect("free again");
+        // Not a try: a child another test forks now holds the descriptor until it execs, and
+        // with it the lock (see `append`'s test of the same).
+        let again = Lock::acquire(&path, Some(Duration::from_secs(5))).expect("free again");
         drop(again);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).expect("kept").permissions().mode() & 0o777;
