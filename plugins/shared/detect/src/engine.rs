@@ -329,7 +329,16 @@ fn anchor_table() -> (Vec<Vec<u8>>, Vec<Vec<Trigger>>) {
     };
     for (i, r) in secrets::TOKEN_RULES.iter().enumerate() {
         for p in r.prefixes {
-            add(p.as_bytes(), Trigger::Token(i));
+            match narrowing(p.as_bytes(), r.body) {
+                Some(next) => {
+                    for b in next {
+                        let mut anchor = p.as_bytes().to_vec();
+                        anchor.push(b);
+                        add(&anchor, Trigger::Token(i));
+                    }
+                }
+                None => add(p.as_bytes(), Trigger::Token(i)),
+            }
         }
     }
     for a in secrets::CUSTOM_ANCHORS {
@@ -346,6 +355,35 @@ fn anchor_table() -> (Vec<Vec<u8>>, Vec<Vec<Trigger>>) {
         add(p, Trigger::Injection(*kind));
     }
     (patterns, triggers)
+}
+
+/// Prefixes shorter than this are anchored with their body's first byte as well.
+const SHORT_PREFIX: usize = 3;
+
+/// For a token prefix too short to be a selective anchor (Twilio's `SK`: in text of random
+/// letters one position in 676 starts it, and each hit costs the scan a stop and a rule
+/// check), the bytes its body can start with, when they are few (the body's first run of a
+/// class of at most 16 bytes, case-folded as the automaton folds them): the anchors are then
+/// the prefix followed by each of them (`sk0`..`skf`), which every match of the rule starts
+/// with, so the rule finds exactly what it found (its check still starts at the prefix).
+fn narrowing(prefix: &[u8], body: &[crate::spec::Seg]) -> Option<Vec<u8>> {
+    if prefix.len() >= SHORT_PREFIX {
+        return None;
+    }
+    let Some(&crate::spec::Seg::Run(class, min, _)) = body.first() else {
+        return None;
+    };
+    if min == 0 {
+        return None;
+    }
+    let mut next: Vec<u8> = (0..128u8)
+        .filter(|&b| crate::spec::in_class(class, b))
+        .map(|b| b.to_ascii_lowercase())
+        .collect();
+    next.dedup();
+    next.sort_unstable();
+    next.dedup();
+    (next.len() <= 16).then_some(next)
 }
 
 /// The anchors the automaton is built from (for tests that compare it with aho-corasick's).
