@@ -1253,14 +1253,10 @@ pub(crate) enum ContextVerdict {
 }
 
 pub(crate) fn context_match(window: &[u8], value: &[u8]) -> ContextVerdict {
-    let lower: Vec<u8> = window.iter().map(|c| c.to_ascii_lowercase()).collect();
+    let words = WordStarts::new(window);
     let mut named_exclusive = false;
     for r in CONTEXT_RULES {
-        if !r
-            .keywords
-            .iter()
-            .any(|k| keyword_at_word_start(window, &lower, k.as_bytes()))
-        {
+        if !r.keywords.iter().any(|k| words.starts_with(k.as_bytes())) {
             continue;
         }
         named_exclusive |= r.exclusive;
@@ -1280,33 +1276,50 @@ pub(crate) fn context_match(window: &[u8], value: &[u8]) -> ContextVerdict {
     }
 }
 
-/// Whether `kw` occurs in `window` where a word starts: after a non-letter, or at a camelCase
-/// boundary (`twilioAuthToken`, `TWILIO_AUTH`, `myTwilio`), so that `okta` is not found in
-/// `rookTable`.
-pub(crate) fn keyword_at_word_start(window: &[u8], lower: &[u8], kw: &[u8]) -> bool {
-    // Each occurrence of the keyword's first byte, then the rest compared in place: the
-    // windows are short (an identifier and some context), so a `memmem` searcher built per
-    // keyword per call cost more than the search (measured: a third of the scan of a long
-    // string of letters).
-    let Some(&head) = kw.first() else {
-        return true;
-    };
-    let mut from = 0;
-    while let Some(p) = memchr::memchr(head, &lower[from..]) {
-        let at = from + p;
-        if !lower[at..].starts_with(kw) {
-            from = at + 1;
-            continue;
+/// Where words start in a window (after a non-letter, or at a camelCase boundary:
+/// `twilioAuthToken`, `TWILIO_AUTH`, `myTwilio`), so that a provider keyword is found only
+/// there (`okta` is not in `rookTable`). Found once per window for all the rules' keywords:
+/// a search of the window per keyword cost a third of the scan of a long string of letters
+/// (measured), where a window has few word starts.
+struct WordStarts {
+    lower: Vec<u8>,
+    starts: Vec<usize>,
+    /// Bit `b & 63` for the lower-cased first byte `b` of each word.
+    heads: u64,
+}
+
+impl WordStarts {
+    fn new(window: &[u8]) -> WordStarts {
+        let lower: Vec<u8> = window.iter().map(|c| c.to_ascii_lowercase()).collect();
+        let mut starts = Vec::new();
+        let mut heads = 0u64;
+        for at in 0..window.len() {
+            let word_start = at == 0
+                || !window[at - 1].is_ascii_alphabetic()
+                || (window[at].is_ascii_uppercase() && window[at - 1].is_ascii_lowercase());
+            if word_start {
+                starts.push(at);
+                heads |= 1 << (lower[at] & 63);
+            }
         }
-        let prev_ok = at == 0
-            || !window[at - 1].is_ascii_alphabetic()
-            || (window[at].is_ascii_uppercase() && window[at - 1].is_ascii_lowercase());
-        if prev_ok {
-            return true;
+        WordStarts {
+            lower,
+            starts,
+            heads,
         }
-        from = at + 1;
     }
-    false
+
+    /// Whether `kw` (lower case) occurs where a word starts.
+    fn starts_with(&self, kw: &[u8]) -> bool {
+        let Some(&head) = kw.first() else {
+            return true;
+        };
+        self.heads & (1 << (head & 63)) != 0
+            && self
+                .starts
+                .iter()
+                .any(|&at| self.lower[at] == head && self.lower[at..].starts_with(kw))
+    }
 }
 
 /// All lower-case keywords of the context rules (for the prefilter).
