@@ -13,11 +13,16 @@
 //! and whatever its own threads do per message). `--lossless` makes every plugin handle every
 //! message, so the counts do not depend on how many were dropped.
 //!
+//! Both mixes: the small mix ([`FEW`] and [`MANY`] messages) and the agent mix of about 8 KB a
+//! line with results up to 512 KiB ([`AGENT_FEW`] and [`AGENT_MANY`]: fewer, as each is ten times
+//! larger), where what a plugin does per byte (reading a whole result to find a field, copying
+//! it) shows. `KM_BENCH_CALLGRIND_MIX=small` or `agent` counts one of them only.
+//!
 //! Needs valgrind on PATH (BENCHMARKS.md gives the pinned Debian package); without it this
 //! section fails with that message. `KM_BENCH_CALLGRIND_DIR=DIR` keeps callgrind's output files
 //! in DIR, for `callgrind_annotate`. `KM_BENCH_CALLGRIND_PLUGINS=NAME,...` counts only those
-//! bundled plugins (beside test-noop), for profiling one plugin in minutes instead of the
-//! whole section.
+//! bundled plugins (beside test-noop; `observers` in the list adds every observer together), for
+//! profiling one plugin in minutes instead of the whole section.
 
 use std::path::Path;
 use std::process::Command;
@@ -27,13 +32,57 @@ use anyhow::{bail, Context, Result};
 use km_tests::ClientStdio;
 
 use crate::env::BenchEnv;
-use crate::relay::{pass_with_deadline, small_messages};
+use crate::relay::{messages, pass_with_deadline, small_messages};
 use crate::report::{Report, Row};
 use crate::Options;
 
-/// Messages of the shorter and the longer run.
+/// Messages of the shorter and the longer run, small mix.
 const FEW: usize = 1_000;
 const MANY: usize = 6_000;
+
+/// Messages of the shorter and the longer run, agent mix (8.7 and 26 MB).
+const AGENT_FEW: usize = 1_000;
+const AGENT_MANY: usize = 3_000;
+
+/// The stream a count relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CgMix {
+    Small,
+    Agent,
+}
+
+impl CgMix {
+    /// Its messages; the shorter run's are a prefix of the longer's (the generators are seeded
+    /// alike), so the difference is the cost of the same extra messages every time.
+    fn messages(self, n: usize) -> Vec<Vec<u8>> {
+        match self {
+            CgMix::Small => small_messages(n),
+            CgMix::Agent => messages(n),
+        }
+    }
+
+    fn sizes(self) -> (usize, usize) {
+        match self {
+            CgMix::Small => (FEW, MANY),
+            CgMix::Agent => (AGENT_FEW, AGENT_MANY),
+        }
+    }
+
+    /// The suffix of its tags and figures.
+    fn tag(self) -> &'static str {
+        match self {
+            CgMix::Small => "",
+            CgMix::Agent => "-agent",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            CgMix::Small => "",
+            CgMix::Agent => ", agent mix",
+        }
+    }
+}
 
 /// Whether valgrind can be run.
 pub(crate) fn valgrind_version() -> Option<String> {
@@ -57,12 +106,13 @@ pub(crate) fn total_ir(file: &Path) -> Result<u64> {
         .with_context(|| format!("no instruction total in {}", file.display()))
 }
 
-/// km under callgrind with the plugins of `set` (or none) relaying `n` small-mix messages;
+/// km under callgrind with the plugins of `set` (or none) relaying `n` messages of `mix`;
 /// returns the instructions km executed.
 fn count(
     env: &BenchEnv,
     set: Option<&str>,
     stdio: ClientStdio,
+    mix: CgMix,
     n: usize,
     tag: &str,
 ) -> Result<u64> {
@@ -83,7 +133,7 @@ fn count(
         None => cmd.arg("--no-plugins"),
     };
     cmd.args(["--", "cat"]);
-    let msgs = small_messages(n);
+    let msgs = mix.messages(n);
     let expected: Vec<u8> = msgs.concat();
     let log = env.dir().join(format!("callgrind-{tag}.log"));
     pass_with_deadline(cmd, stdio, &msgs, &expected, &log, Duration::from_secs(900))
@@ -94,19 +144,92 @@ fn count(
     total_ir(&out)
 }
 
-/// Instructions per message crossing km, for `set`.
+/// Instructions per message crossing km, for `set`, on the small mix.
 fn per_message(env: &BenchEnv, set: Option<&str>, tag: &str) -> Result<f64> {
-    per_message_on(env, set, ClientStdio::Pipes, tag)
+    per_message_on(env, set, ClientStdio::Pipes, CgMix::Small, tag)
 }
 
-/// [`per_message`] with km given `stdio`.
-fn per_message_on(env: &BenchEnv, set: Option<&str>, stdio: ClientStdio, tag: &str) -> Result<f64> {
-    let few = count(env, set, stdio, FEW, tag)?;
-    let many = count(env, set, stdio, MANY, tag)?;
+/// [`per_message`] with km given `stdio`, on `mix`.
+fn per_message_on(
+    env: &BenchEnv,
+    set: Option<&str>,
+    stdio: ClientStdio,
+    mix: CgMix,
+    tag: &str,
+) -> Result<f64> {
+    let tag = format!("{tag}{}", mix.tag());
+    let (few_n, many_n) = mix.sizes();
+    let few = count(env, set, stdio, mix, few_n, &tag)?;
+    let many = count(env, set, stdio, mix, many_n, &tag)?;
     if many <= few {
-        bail!("{tag}: {many} instructions for {MANY} messages, {few} for {FEW}");
+        bail!("{tag}: {many} instructions for {many_n} messages, {few} for {few_n}");
     }
-    Ok((many - few) as f64 / ((MANY - FEW) * 2) as f64)
+    Ok((many - few) as f64 / ((many_n - few_n) * 2) as f64)
+}
+
+/// The mixes `KM_BENCH_CALLGRIND_MIX` asks for (both unless it says `small` or `agent`).
+fn mixes() -> Result<Vec<CgMix>> {
+    match std::env::var("KM_BENCH_CALLGRIND_MIX").ok().as_deref() {
+        None | Some("" | "both") => Ok(vec![CgMix::Small, CgMix::Agent]),
+        Some("small") => Ok(vec![CgMix::Small]),
+        Some("agent") => Ok(vec![CgMix::Agent]),
+        Some(other) => {
+            bail!("KM_BENCH_CALLGRIND_MIX={other:?}: expected small, agent or both")
+        }
+    }
+}
+
+/// Each bundled plugin's own instructions per message on `mix` (km with it, less km with
+/// test-noop), for the plugins `only` names (all without it), and every observer together.
+fn plugin_rows(
+    env: &BenchEnv,
+    mix: CgMix,
+    only: Option<&[String]>,
+    report: &mut Report,
+) -> Result<()> {
+    let pipes = ClientStdio::Pipes;
+    let noop = per_message_on(env, Some("only-test-noop"), pipes, mix, "test-noop")?;
+    report.add(Row {
+        section: "callgrind",
+        figure: format!(
+            "instructions per message, relay path with one plugin (test-noop){}",
+            mix.label()
+        ),
+        value: format!("{noop:.0}"),
+        baseline: "framing, classification, correlation, dispatch".to_owned(),
+        ratio: None,
+        target: None,
+    });
+    for b in env.bundled.clone() {
+        if only.is_some_and(|only| !only.iter().any(|o| o == b.name())) {
+            continue;
+        }
+        let set = format!("only-{}", b.name());
+        let with = per_message_on(env, Some(&set), pipes, mix, b.name())?;
+        report.add(Row {
+            section: "callgrind",
+            figure: format!("instructions per message in {}{}", b.name(), mix.label()),
+            value: format!("{:.0}", with - noop),
+            baseline: format!("km with it {with:.0}, with test-noop {noop:.0}"),
+            ratio: None,
+            target: None,
+        });
+    }
+    if only.is_none_or(|only| only.iter().any(|o| o == "observers")) {
+        let all = per_message_on(env, Some("observers"), pipes, mix, "observers")?;
+        report.add(Row {
+            section: "callgrind",
+            figure: format!(
+                "instructions per message, every bundled observer{}",
+                mix.label()
+            ),
+            value: format!("{all:.0}"),
+            baseline: format!("test-noop {noop:.0}"),
+            ratio: None,
+            target: None,
+        });
+    }
+    Ok(())
 }
 
 /// Runs the callgrind section.
@@ -114,77 +237,49 @@ pub(crate) fn run(env: &BenchEnv, _options: &Options, report: &mut Report) -> Re
     let Some(version) = valgrind_version() else {
         bail!("the callgrind section needs valgrind on PATH (Debian: apt-get install valgrind)");
     };
-    eprintln!("callgrind ({version}): {FEW} and {MANY} small-mix messages per configuration");
+    let mixes = mixes()?;
+    eprintln!(
+        "callgrind ({version}): {FEW} and {MANY} small-mix, {AGENT_FEW} and {AGENT_MANY} \
+         agent-mix messages per configuration ({mixes:?})"
+    );
     let only: Option<Vec<String>> = std::env::var("KM_BENCH_CALLGRIND_PLUGINS")
         .ok()
         .map(|list| list.split(',').map(str::to_owned).collect());
     if let Some(only) = &only {
-        let noop = per_message(env, Some("only-test-noop"), "test-noop")?;
-        for b in env
-            .bundled
-            .iter()
-            .filter(|b| only.iter().any(|o| o == b.name()))
-        {
-            let with = per_message(env, Some(&format!("only-{}", b.name())), b.name())?;
-            report.add(Row {
-                section: "callgrind",
-                figure: format!("instructions per message in {}", b.name()),
-                value: format!("{:.0}", with - noop),
-                baseline: format!("km with it {with:.0}, with test-noop {noop:.0}"),
-                ratio: None,
-                target: None,
-            });
+        for mix in mixes {
+            plugin_rows(env, mix, Some(only.as_slice()), report)?;
         }
         return Ok(());
     }
-    let bare = per_message(env, None, "bare")?;
-    report.add(Row {
-        section: "callgrind",
-        figure: "instructions per message, relay path, no plugins".to_owned(),
-        value: format!("{bare:.0}"),
-        baseline: "pipes: splice moves the bytes in the kernel, km runs no code per message"
-            .to_owned(),
-        ratio: None,
-        target: None,
-    });
-    let copied = per_message_on(env, None, ClientStdio::SocketPairs, "bare-sockets")?;
-    report.add(Row {
-        section: "callgrind",
-        figure: "instructions per message, relay path, no plugins, socketpair stdio".to_owned(),
-        value: format!("{copied:.0}"),
-        baseline: "the copy loop: read and write per chunk".to_owned(),
-        ratio: None,
-        target: None,
-    });
-    let noop = per_message(env, Some("only-test-noop"), "test-noop")?;
-    report.add(Row {
-        section: "callgrind",
-        figure: "instructions per message, relay path with one plugin (test-noop)".to_owned(),
-        value: format!("{noop:.0}"),
-        baseline: format!("no plugins {bare:.0}"),
-        ratio: None,
-        target: None,
-    });
-    for b in env.bundled.clone() {
-        let set = format!("only-{}", b.name());
-        let with = per_message(env, Some(&set), b.name())?;
+    if mixes.contains(&CgMix::Small) {
+        let bare = per_message(env, None, "bare")?;
         report.add(Row {
             section: "callgrind",
-            figure: format!("instructions per message in {}", b.name()),
-            value: format!("{:.0}", with - noop),
-            baseline: format!("km with it {with:.0}, with test-noop {noop:.0}"),
+            figure: "instructions per message, relay path, no plugins".to_owned(),
+            value: format!("{bare:.0}"),
+            baseline: "pipes: splice moves the bytes in the kernel, km runs no code per message"
+                .to_owned(),
+            ratio: None,
+            target: None,
+        });
+        let copied = per_message_on(
+            env,
+            None,
+            ClientStdio::SocketPairs,
+            CgMix::Small,
+            "bare-sockets",
+        )?;
+        report.add(Row {
+            section: "callgrind",
+            figure: "instructions per message, relay path, no plugins, socketpair stdio".to_owned(),
+            value: format!("{copied:.0}"),
+            baseline: "the copy loop: read and write per chunk".to_owned(),
             ratio: None,
             target: None,
         });
     }
-    let all = per_message(env, Some("observers"), "observers")?;
-    report.add(Row {
-        section: "callgrind",
-        figure: "instructions per message, every bundled observer".to_owned(),
-        value: format!("{all:.0}"),
-        baseline: format!("no plugins {bare:.0}, test-noop {noop:.0}"),
-        ratio: None,
-        target: None,
-    });
+    for mix in mixes {
+        plugin_rows(env, mix, None, report)?;
+    }
     Ok(())
 }
