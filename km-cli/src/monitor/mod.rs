@@ -548,7 +548,14 @@ async fn relay_session(config: &MonitorConfig, relay: Relay, notices: Notices) -
             notices,
             signals,
         },
-        || session.as_ref().map_or(0, |s| s.progress()),
+        || {
+            session
+                .as_ref()
+                .map_or_else(process::Progress::default, |s| process::Progress {
+                    handed: s.progress(),
+                    held_back: s.held_back(),
+                })
+        },
         on_report,
     )
     .await

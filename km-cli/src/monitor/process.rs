@@ -32,7 +32,10 @@ use super::relay::{PumpEnd, PumpReport};
 /// How long the child's output may keep flowing after the child exited without making progress
 /// (a grandchild may still hold the pipe open; km does not wait for it longer than this). While
 /// the output still moves (a lossless plugin holding the relay back through what the server
-/// wrote before exiting), km waits on.
+/// wrote before exiting), km waits on, and so it does while a pump waits for such a plugin to
+/// take what it was handed: on a loaded machine the plugin's thread may get no core for longer
+/// than this, and ending the session then would cost it the rest of the stream (the plugin's
+/// own stall limit still bounds a plugin that takes nothing).
 const OUTPUT_TAIL: Duration = Duration::from_millis(500);
 
 /// The size asked for the child's pipes.
@@ -215,6 +218,15 @@ pub(crate) struct Ending {
     pub(crate) signals: Forwarded,
 }
 
+/// How far the pumps have got, for the end of a session (see [`OUTPUT_TAIL`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Progress {
+    /// How often pumps have handed lines over.
+    pub(crate) handed: u64,
+    /// Whether a pump is waiting for a lossless plugin right now.
+    pub(crate) held_back: bool,
+}
+
 /// Watches the child and the pumps until the child has exited; returns its status. Pump reports
 /// are passed to `on_report` as they arrive; `progress` tells whether the pumps still hand lines
 /// over (see [`OUTPUT_TAIL`]).
@@ -223,7 +235,7 @@ pub(crate) async fn supervise(
     pid: Pid,
     reports: &mut UnboundedReceiver<PumpReport>,
     ending: Ending,
-    progress: impl Fn() -> u64,
+    progress: impl Fn() -> Progress,
     mut on_report: impl FnMut(&PumpReport),
 ) -> io::Result<ExitStatus> {
     let Ending {
@@ -279,6 +291,11 @@ pub(crate) async fn supervise(
             }
             () = next(&mut signals.hup) => send(Signal::HUP, "km got SIGHUP"),
             () = timer => match deadline.map(|(_, step)| step) {
+                // A server whose output km is holding back for a lossless plugin is not
+                // lingering: it cannot finish writing until the plugin catches up.
+                Some(Step::Term) if progress().held_back => {
+                    deadline = Some((Instant::now() + grace, Step::Term));
+                }
                 Some(Step::Term) => {
                     send(Signal::TERM, "still running after its stdin closed");
                     deadline = Some((Instant::now() + grace, Step::Kill));
@@ -302,7 +319,7 @@ pub(crate) async fn supervise(
             Ok(None) => break,
             Err(_) => {
                 let now = progress();
-                if now == moved {
+                if now.handed == moved.handed && !now.held_back {
                     break;
                 }
                 moved = now;

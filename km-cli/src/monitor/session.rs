@@ -223,6 +223,8 @@ pub(crate) struct Session {
     /// Bumped each time a pump hands lines over: read without the lock (which a lossless send
     /// may hold for long) by the supervisor, to tell a slow end of output from a stuck one.
     progress: AtomicU64,
+    /// The dispatcher's gauge of sends waiting for a lossless plugin ([`Dispatcher::held_back`]).
+    held_back: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Session {
@@ -243,6 +245,7 @@ impl Session {
 
     fn build(dispatcher: Dispatcher, hold_limit: Duration, keep_requests: bool) -> Arc<Self> {
         let observed = dispatcher.observes();
+        let held_back = dispatcher.held_back();
         let now = Instant::now();
         let hold = || Hold {
             lines: VecDeque::new(),
@@ -266,6 +269,7 @@ impl Session {
             keep_requests,
             observed,
             progress: AtomicU64::new(0),
+            held_back,
         })
     }
 
@@ -645,6 +649,12 @@ impl Session {
     /// How often pumps have handed lines over so far (without taking the lock).
     pub(crate) fn progress(&self) -> u64 {
         self.progress.load(Ordering::Relaxed)
+    }
+
+    /// Whether a pump is waiting right now for a lossless plugin to take messages (it is slow,
+    /// not stuck: one that takes nothing stops holding the pump after the stall limit).
+    pub(crate) fn held_back(&self) -> bool {
+        self.held_back.load(Ordering::Relaxed) > 0
     }
 
     /// The line counts so far.

@@ -197,6 +197,8 @@ pub struct Dispatcher {
     backpressure: bool,
     /// Room in each queue, in messages.
     capacity: usize,
+    /// Sends waiting for room in a lossless lane right now (see [`Dispatcher::held_back`]).
+    waiting: Arc<AtomicUsize>,
 }
 
 /// The receiving side: waits for the workers at the end.
@@ -299,6 +301,7 @@ pub fn start_lanes(
                 .map_or(STALL_LIMIT, Duration::from_millis),
             backpressure,
             capacity: capacity.max(1),
+            waiting: Arc::new(AtomicUsize::new(0)),
         },
         Workers {
             states,
@@ -316,6 +319,15 @@ impl Dispatcher {
     /// is set.
     pub fn send(&self, item: Item, closing: &AtomicBool) {
         self.send_except(item, None, closing);
+    }
+
+    /// A gauge of the sends that wait for room in a lossless lane right now, readable without
+    /// the session's lock (which a waiting send holds). While it is above zero, a live plugin
+    /// that asked for every message is holding the relay back, and the end of the session waits
+    /// for it rather than taking the pause for the end of the server's output; a plugin that
+    /// stopped taking messages stops holding it after the stall limit.
+    pub fn held_back(&self) -> Arc<AtomicUsize> {
+        self.waiting.clone()
     }
 
     /// Whether some plugin gets messages (not only events).
@@ -371,6 +383,7 @@ impl Dispatcher {
         // A lossless plugin that takes nothing for this long has stopped: it may not hold the
         // relay (and the MCP session) for ever; it loses messages from then on, with gap events.
         let mut watched: Option<(Instant, u64)> = None;
+        let mut waiting = None;
         loop {
             if lane.state.reserve(messages, bytes, self.capacity) {
                 let missed = lane.state.gap.swap(0, Ordering::Relaxed);
@@ -405,16 +418,35 @@ impl Dispatcher {
                     if since.elapsed() >= self.stall_limit {
                         lane.state.stalled.store(true, Ordering::Relaxed);
                         self.notices.warn(&format!(
-                            "plugin {} asked for every message but has taken none for {STALL_LIMIT:?};                              the relay no longer waits for it (what it misses is counted and reported to it)",
-                            lane.state.name
+                            "plugin {} asked for every message but has taken none for {:?}; \
+                             the relay no longer waits for it (what it misses is counted and \
+                             reported to it)",
+                            lane.state.name, self.stall_limit
                         ));
                     }
                 }
                 _ => watched = Some((Instant::now(), handled)),
             }
+            waiting.get_or_insert_with(|| Waiting::on(&self.waiting));
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(5));
         }
+    }
+}
+
+/// One send counted in [`Dispatcher::held_back`] for as long as it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn on(gauge: &'a AtomicUsize) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
