@@ -40,13 +40,25 @@ pub struct CorrelationId {
     pub(crate) seq: u64,
 }
 
-impl fmt::Display for CorrelationId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let side = match self.sender {
+impl CorrelationId {
+    /// Appends the id's text (`c12`, `s3`) to `out`, as [`fmt::Display`] writes it. Each plugin's
+    /// worker writes one per message, so without the formatting machinery (itoa, the integer
+    /// writer serde_json uses): through `write!` it was about 270 instructions a message and
+    /// plugin, a third of what each further plugin cost the relay (BENCHMARKS.md, scaling).
+    pub(crate) fn write_to(&self, out: &mut String) {
+        out.push(match self.sender {
             Direction::Request => 'c',
             Direction::Response => 's',
-        };
-        write!(f, "{side}{}", self.seq)
+        });
+        out.push_str(itoa::Buffer::new().format(self.seq));
+    }
+}
+
+impl fmt::Display for CorrelationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::with_capacity(21);
+        self.write_to(&mut text);
+        f.write_str(&text)
     }
 }
 
@@ -376,6 +388,19 @@ mod tests {
 
     fn int(n: i64) -> IdKey {
         IdKey::Int(n)
+    }
+
+    #[test]
+    fn a_correlation_id_is_written_as_its_side_and_sequence_number() {
+        for seq in [0, 1, 9, 10, 99, 100, 123_456_789, u64::MAX] {
+            for (sender, side) in [(C2S, "c"), (S2C, "s")] {
+                let id = CorrelationId { sender, seq };
+                let mut text = String::from("kept ");
+                id.write_to(&mut text);
+                assert_eq!(text, format!("kept {side}{seq}"));
+                assert_eq!(id.to_string(), format!("{side}{seq}"));
+            }
+        }
     }
 
     #[test]

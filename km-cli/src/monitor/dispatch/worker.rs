@@ -139,11 +139,10 @@ impl Worker {
     }
 
     fn deliver(&self, envelope: &Envelope, correlation: &mut String) -> Result<(), PluginFailure> {
-        use std::fmt::Write;
         let line = &envelope.line[..];
         correlation.clear();
         if let Some(id) = envelope.correlation {
-            let _ = write!(correlation, "{id}");
+            id.write_to(correlation);
         }
         let id = envelope
             .id
