@@ -144,6 +144,37 @@ fn lossless_stops_waiting_when_the_session_closes() {
     workers.finish(SHORT, SHORT);
 }
 
+/// The end of a session asks the gauge whether a pump is held back by a lossless plugin (and
+/// so waits for it rather than taking the pause for the end of the server's output): it counts
+/// a send while it waits for room, and nothing once the send is done.
+#[test]
+fn a_send_waiting_for_a_lossless_plugin_is_counted_while_it_waits() {
+    let (hung, _) = probe(Mode::Hang);
+    let (dispatcher, workers) = start(&crate::runtime::for_tests(), vec![hung], 1, true, QUIET);
+    let gauge = dispatcher.held_back();
+    let closing = AtomicBool::new(false);
+    dispatcher.send(envelope(1), &closing);
+    assert_eq!(gauge.load(Ordering::Relaxed), 0, "room was there: no wait");
+    std::thread::scope(|s| {
+        // The hung call holds the one message the queue has room for: this send waits.
+        let waiting = s.spawn(|| dispatcher.send(envelope(2), &closing));
+        let patience = Instant::now() + Duration::from_secs(30);
+        while gauge.load(Ordering::Relaxed) == 0 && Instant::now() < patience {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(
+            gauge.load(Ordering::Relaxed),
+            1,
+            "the waiting send is counted"
+        );
+        closing.store(true, Ordering::Relaxed);
+        waiting.join().expect("the waiting send");
+    });
+    assert_eq!(gauge.load(Ordering::Relaxed), 0, "a finished send is not");
+    drop(dispatcher);
+    workers.finish(SHORT, SHORT);
+}
+
 #[test]
 fn a_panicking_plugin_is_disabled_and_the_others_carry_on() {
     let (panicky, panicky_log) = probe(Mode::PanicAt(3));
