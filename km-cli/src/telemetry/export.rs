@@ -87,15 +87,11 @@ pub(crate) struct Pipeline {
     pub(crate) span_queue: usize,
 }
 
-/// The SDK's default span queue (`OTEL_BSP_MAX_QUEUE_SIZE`'s default in the specification).
-const SDK_SPAN_QUEUE: usize = 2048;
-
 /// Builds the exporters and providers `settings` ask for, their requests to run on `runtime`. An
 /// error names what was wrong (an endpoint from the environment that is not a URL, a client
 /// that cannot be built).
 pub(crate) fn build(settings: &Resolved, runtime: &Handle) -> Result<Pipeline, String> {
     let delivery = Arc::new(Delivery::default());
-    let mut span_queue = SDK_SPAN_QUEUE;
     let client = http_client(settings.timeout, runtime)?;
     let resource = resource(settings);
     let headers: HashMap<String, String> = settings
@@ -118,20 +114,10 @@ pub(crate) fn build(settings: &Resolved, runtime: &Handle) -> Result<Pipeline, S
             let exporter = builder
                 .build()
                 .map_err(|e| format!("the trace exporter for {}: {e}", signal.shown))?;
-            // The builder reads `OTEL_BSP_MAX_QUEUE_SIZE` itself; km's file setting applies when
-            // the variable is not set (`settings` says so).
-            let mut batch = BatchConfigBuilder::default();
-            if let Some(size) = settings.span_queue {
-                batch = batch.with_max_queue_size(size);
-            }
-            span_queue = settings
-                .span_queue
-                .or_else(|| {
-                    std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
-                        .ok()
-                        .and_then(|v| v.parse().ok())
-                })
-                .unwrap_or(SDK_SPAN_QUEUE);
+            // The queue size as settings resolved it (`OTEL_BSP_MAX_QUEUE_SIZE`, then the
+            // file, then the SDK's default), so that the telemetry thread paces by the same
+            // figure; the builder reads the other `OTEL_BSP_*` variables itself.
+            let batch = BatchConfigBuilder::default().with_max_queue_size(settings.span_queue);
             let processor = BatchSpanProcessor::builder(CountingSpans {
                 inner: exporter,
                 delivery: delivery.clone(),
@@ -181,7 +167,7 @@ pub(crate) fn build(settings: &Resolved, runtime: &Handle) -> Result<Pipeline, S
         tracer,
         meter,
         delivery,
-        span_queue,
+        span_queue: settings.span_queue,
     })
 }
 

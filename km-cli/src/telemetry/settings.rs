@@ -45,8 +45,9 @@ pub(crate) struct Resolved {
     pub(crate) resource_attributes: BTreeMap<String, String>,
     /// The file's metric export interval, when `OTEL_METRIC_EXPORT_INTERVAL` does not set one.
     pub(crate) metrics_interval: Option<Duration>,
-    /// The file's span queue size, when `OTEL_BSP_MAX_QUEUE_SIZE` does not set one.
-    pub(crate) span_queue: Option<usize>,
+    /// The SDK's span queue: `OTEL_BSP_MAX_QUEUE_SIZE`, else the file's `queue_size`, else
+    /// the specification's 2 048.
+    pub(crate) span_queue: usize,
     /// Room in km's own queue between the relay and the telemetry thread, in records.
     pub(crate) queue_size: usize,
     /// Tool call arguments and results on spans.
@@ -62,6 +63,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The default room in km's queue.
 pub(crate) const DEFAULT_QUEUE: usize = 2048;
+
+/// The SDK's default span queue (`OTEL_BSP_MAX_QUEUE_SIZE`'s default in the specification).
+const DEFAULT_SPAN_QUEUE: usize = 2048;
 
 /// How long the end of a session waits for the last export by default: long enough for a
 /// Collector on the same network, short enough that an MCP client closing km does not wait on
@@ -174,9 +178,19 @@ pub(crate) fn resolve(file: &TelemetrySettings, env: &dyn Fn(&str) -> Option<Str
         None => file.metrics_interval_ms.map(Duration::from_millis),
     };
     let span_queue = match var("OTEL_BSP_MAX_QUEUE_SIZE") {
-        Some(_) => None,
-        None => file.queue_size.map(clamp_queue),
-    };
+        Some(value) => match value.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Some(clamp_queue(n)),
+            _ => {
+                outcome.warnings.push(format!(
+                    "OTEL_BSP_MAX_QUEUE_SIZE={value:?} is not a positive number; ignored"
+                ));
+                None
+            }
+        },
+        None => None,
+    }
+    .or(file.queue_size.map(clamp_queue))
+    .unwrap_or(DEFAULT_SPAN_QUEUE);
     let service_name = var("OTEL_SERVICE_NAME")
         .map(|s| s.trim().to_owned())
         .or_else(|| file.service_name.clone())
@@ -359,7 +373,7 @@ mod tests {
         };
         let resolved = resolve(&settings, &env(&[])).resolved.expect("on");
         assert_eq!(resolved.metrics_interval, Some(Duration::from_millis(500)));
-        assert_eq!(resolved.span_queue, Some(16), "clamped");
+        assert_eq!(resolved.span_queue, 16, "clamped");
         assert_eq!(resolved.queue_size, 16);
         let e = env(&[
             ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
@@ -370,6 +384,18 @@ mod tests {
             resolved.metrics_interval, None,
             "the SDK reads the variable"
         );
-        assert_eq!(resolved.span_queue, None);
+        assert_eq!(resolved.span_queue, 64, "the variable wins");
+        let e = env(&[("OTEL_BSP_MAX_QUEUE_SIZE", "many")]);
+        let outcome = resolve(&settings, &e);
+        assert_eq!(outcome.resolved.expect("on").span_queue, 16, "the file's");
+        assert!(
+            outcome.warnings[0].contains("OTEL_BSP_MAX_QUEUE_SIZE"),
+            "{:?}",
+            outcome.warnings
+        );
+        let resolved = resolve(&file("http://c:4318"), &env(&[]))
+            .resolved
+            .expect("on");
+        assert_eq!(resolved.span_queue, DEFAULT_SPAN_QUEUE);
     }
 }
