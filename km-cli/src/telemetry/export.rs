@@ -1,11 +1,13 @@
 //! The OpenTelemetry SDK pipeline of a session: a tracer provider with the SDK's batch span
 //! processor and a meter provider with its periodic reader, both exporting OTLP over
-//! http/protobuf through the official `opentelemetry-otlp` exporters.
+//! http/protobuf: spans through km's exporter of the official protobuf messages
+//! ([`super::otlp`], which says why), metrics through the official `opentelemetry-otlp`
+//! exporter.
 //!
-//! The HTTP client is km's own reqwest (0.12, rustls), handed to the exporters through
+//! The HTTP client is km's own reqwest (0.12, rustls), handed to the metric exporter through
 //! `opentelemetry-http`'s `HttpClient` trait, the extension point the crates provide for this:
 //! their built-in clients would bring a second reqwest (0.13) and TLS stack into the build. The
-//! protocol (protobuf encoding, endpoints, headers, retries) stays the exporter's.
+//! metrics protocol (protobuf encoding, endpoints, headers, retries) stays the exporter's.
 //!
 //! # Which threads, and why not all of them are km's runtime's
 //!
@@ -25,7 +27,7 @@
 //! request, which only writes and reads a socket. The shutdowns, which block until those threads
 //! answer, run on km's runtime's blocking pool.
 //!
-//! Both exporters are wrapped to count what was delivered and what failed, so that the end of a
+//! Both exporters count what was delivered and what failed, so that the end of a
 //! session can say what was lost (the SDK's own queues drop silently when full). Shutting down
 //! has a deadline: a Collector that hangs costs the session at most `flush_timeout`, after which
 //! the export threads are left behind (km is about to exit, and its runtime is shut down
@@ -46,7 +48,6 @@ use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, IdGenerator, RandomIdGenerator, SdkTracerProvider,
-    SpanData, SpanExporter,
 };
 use opentelemetry_sdk::Resource;
 
@@ -70,7 +71,7 @@ pub(crate) struct Delivery {
 }
 
 impl Delivery {
-    fn failed(&self, error: &OTelSdkError) {
+    pub(crate) fn failed(&self, error: &OTelSdkError) {
         *self
             .last_error
             .lock()
@@ -102,28 +103,26 @@ pub(crate) fn build(settings: &Resolved, runtime: &Handle) -> Result<Pipeline, S
     let tracer = match &settings.traces {
         None => None,
         Some(signal) => {
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_http_client(client.clone())
-                .with_protocol(Protocol::HttpBinary)
-                .with_timeout(settings.timeout)
-                .with_headers(headers.clone());
-            if let Some(endpoint) = &signal.endpoint {
-                builder = builder.with_endpoint(endpoint.clone());
-            }
-            let exporter = builder
-                .build()
-                .map_err(|e| format!("the trace exporter for {}: {e}", signal.shown))?;
+            let target = super::otlp::Target::new(
+                &signal.shown,
+                &settings.headers,
+                settings.timeout,
+                &|name| std::env::var(name).ok(),
+            )
+            .map_err(|e| format!("the trace exporter: {e}"))?;
+            let exporter = super::otlp::Exporter::new(
+                client.client.clone(),
+                runtime.clone(),
+                target,
+                delivery.clone(),
+            );
             // The queue size as settings resolved it (`OTEL_BSP_MAX_QUEUE_SIZE`, then the
             // file, then the SDK's default), so that the telemetry thread paces by the same
             // figure; the builder reads the other `OTEL_BSP_*` variables itself.
             let batch = BatchConfigBuilder::default().with_max_queue_size(settings.span_queue);
-            let processor = BatchSpanProcessor::builder(CountingSpans {
-                inner: exporter,
-                delivery: delivery.clone(),
-            })
-            .with_batch_config(batch.build())
-            .build();
+            let processor = BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch.build())
+                .build();
             Some(
                 SdkTracerProvider::builder()
                     .with_span_processor(processor)
@@ -295,40 +294,6 @@ async fn exchange(
         *map = headers;
     }
     Ok(answer.body(Bytes::from(body))?)
-}
-
-/// The span exporter, counting.
-#[derive(Debug)]
-struct CountingSpans<E> {
-    inner: E,
-    delivery: Arc<Delivery>,
-}
-
-impl<E: SpanExporter> SpanExporter for CountingSpans<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let n = batch.len() as u64;
-        let result = self.inner.export(batch).await;
-        match &result {
-            Ok(()) => self.delivery.spans_exported.fetch_add(n, Ordering::Relaxed),
-            Err(e) => {
-                self.delivery.failed(e);
-                self.delivery.spans_failed.fetch_add(n, Ordering::Relaxed)
-            }
-        };
-        result
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
 }
 
 /// The metric exporter, counting.

@@ -76,6 +76,7 @@
 
 mod export;
 pub(crate) mod inject;
+mod otlp;
 pub(crate) mod settings;
 pub mod stats;
 mod wire;
