@@ -448,11 +448,43 @@ impl Stream {
     }
 }
 
-/// Runs the throughput section: both mixes, every variant, interleaved.
+/// The variants `KM_BENCH_RELAY_VARIANTS` (comma-separated parts of labels) asks for, with the
+/// baselines they are compared with; all of them when it is unset. For chasing one plugin's
+/// figure without the hour every variant takes.
+fn narrowed(variants: Vec<Variant<'_>>) -> Vec<Variant<'_>> {
+    let Ok(wanted) = std::env::var("KM_BENCH_RELAY_VARIANTS") else {
+        return variants;
+    };
+    let parts: Vec<&str> = wanted.split(',').filter(|p| !p.is_empty()).collect();
+    let keep: Vec<bool> = variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v.baseline == i || parts.iter().any(|p| v.label.contains(p)))
+        .collect();
+    // Baselines come first and are kept, so their new index is their count before them.
+    let new_index = |old: usize| keep[..old].iter().filter(|k| **k).count();
+    variants
+        .into_iter()
+        .zip(&keep)
+        .filter(|(_, k)| **k)
+        .map(|(mut v, _)| {
+            v.baseline = new_index(v.baseline);
+            v
+        })
+        .collect()
+}
+
+/// Runs the throughput section: both mixes (or the one `KM_BENCH_RELAY_MIX` names: `agent`,
+/// `small`), every variant (or those [`narrowed`] keeps), interleaved.
 pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Result<()> {
     let reps = options.passes();
     let mut rss = 0u64;
-    for mix in [Mix::Agent, Mix::Small] {
+    let mixes = match std::env::var("KM_BENCH_RELAY_MIX").as_deref() {
+        Ok("agent") => vec![Mix::Agent],
+        Ok("small") => vec![Mix::Small],
+        _ => vec![Mix::Agent, Mix::Small],
+    };
+    for mix in mixes {
         let msgs = mix.stream(options.quick);
         let mb = msgs.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
         eprintln!(
@@ -557,6 +589,10 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
                     target: None,
                 });
             }
+        }
+        let variants = narrowed(variants);
+        if variants.len() <= 2 {
+            continue;
         }
         let runs = rounds(env, &variants, &msgs, reps, "relay-stderr.log")?;
         for (v, r) in variants.iter().zip(&runs) {

@@ -561,10 +561,18 @@ impl Session {
 
     /// Releases held responses whose limit passed while both pumps are idle: run for the whole
     /// session as a task of km's runtime. It sleeps until a hold begins.
+    ///
+    /// Releasing hands lines to the plugins, which may wait (up to the stall limit, 10 s) for a
+    /// lossless plugin's full queue: that wait runs in `block_in_place`, which hands this worker's
+    /// other tasks to another thread first. Run in place, it held them all: among them the
+    /// connection task of the API request the lossless plugin itself was waiting for (a task a
+    /// worker is about to run cannot be stolen by the other), so plugin and relay waited for each
+    /// other until the stall limit gave up on the plugin (compliance-reporting's checkpoints in
+    /// km-bench's small-mix floods: "has taken none for 10s", and most of the flood dropped).
     pub(crate) async fn expire_holds(&self) {
         loop {
             self.holding.notified().await;
-            while let Some(due) = self.expire(Instant::now()) {
+            while let Some(due) = tokio::task::block_in_place(|| self.expire(Instant::now())) {
                 tokio::time::sleep_until(due.into()).await;
             }
         }
