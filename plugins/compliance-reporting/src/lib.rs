@@ -123,12 +123,19 @@ pub(crate) struct Shared {
     /// Set once an input waited in vain, so that the next ones do not each wait as long.
     early_gave_up: AtomicBool,
     stop: (Mutex<bool>, Condvar),
+    /// Checkpoints for the witness, sent by the sender thread ([`witness`]'s module doc says
+    /// why).
+    outbox: witness::Outbox,
+    /// Set while the sender thread runs; without it (a plugin command, or a thread the system
+    /// refused) checkpoints are sent on the caller's thread.
+    sending: AtomicBool,
 }
 
 /// The plugin.
 pub struct ComplianceReporting {
     shared: Arc<Shared>,
     ticker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    sender: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -171,17 +178,20 @@ impl Shared {
     fn hold(&self, input: impl FnOnce() -> Input) {
         let deadline = Instant::now() + EARLY_WAIT;
         loop {
+            // The state is read under the lock of the held inputs, so that an input is never
+            // held after [`Shared::settle_early`] emptied them for good.
+            let Ok(mut early) = self.early.lock() else {
+                return;
+            };
             match self.state() {
                 SubscriptionState::Active(_) => {
                     // Became active since the caller looked, or while it waited.
+                    drop(early);
                     self.settle_early();
                     self.process(input().as_ref());
                     return;
                 }
                 SubscriptionState::Pending => {
-                    let Ok(mut early) = self.early.lock() else {
-                        return;
-                    };
                     if early.len() < MAX_EARLY {
                         early.push(input());
                         self.early_waiting.store(true, Ordering::Release);
@@ -199,9 +209,7 @@ impl Shared {
                 }
                 // Degraded: nothing is recorded and nothing kept.
                 SubscriptionState::Degraded => {
-                    if let Ok(mut early) = self.early.lock() {
-                        early.clear();
-                    }
+                    early.clear();
                     self.early_missed.store(0, Ordering::Relaxed);
                     return;
                 }
@@ -209,16 +217,28 @@ impl Shared {
         }
     }
 
+    /// Records the inputs held while the first authentication was pending, once it answered.
+    ///
+    /// Called by the first input after the answer (on km's worker thread) and by
+    /// `authenticate` (on km's refresher thread), which may overlap: the held inputs are recorded
+    /// under their lock, and the flag that says some are held is cleared only after, so that an
+    /// input that finds the subscription active waits here for those before it (it finds the
+    /// flag set, or finds them recorded) and the trail keeps the stream's order. (The flag used
+    /// to be cleared first: the worker then recorded its newer line while the refresher was still
+    /// recording the held ones.)
     fn settle_early(&self) {
-        if !self.early_waiting.swap(false, Ordering::AcqRel) {
+        if !self.early_waiting.load(Ordering::Acquire) {
             return;
         }
-        let early = match self.early.lock() {
-            Ok(mut e) => std::mem::take(&mut *e),
-            Err(_) => return,
+        let Ok(mut early) = self.early.lock() else {
+            return;
         };
+        if !self.early_waiting.load(Ordering::Acquire) {
+            // Settled by the other thread while this one waited for the lock.
+            return;
+        }
         if self.active() {
-            for input in early {
+            for input in early.drain(..) {
                 self.process(input.as_ref());
             }
             let missed = self.early_missed.swap(0, Ordering::Relaxed);
@@ -232,6 +252,11 @@ impl Shared {
                 self.process(gap.as_ref());
             }
             self.early_gave_up.store(false, Ordering::Relaxed);
+            self.early_waiting.store(false, Ordering::Release);
+        } else if matches!(self.state(), SubscriptionState::Degraded) {
+            early.clear();
+            self.early_missed.store(0, Ordering::Relaxed);
+            self.early_waiting.store(false, Ordering::Release);
         }
     }
 
@@ -245,16 +270,42 @@ impl Shared {
         self.send(submissions);
     }
 
-    /// Sends checkpoints to the witness, outside the recording lock.
+    /// Hands checkpoints to the witness: to the sender thread while it runs (never waiting),
+    /// else sent here. Call outside the recording lock.
     pub(crate) fn send(&self, submissions: Vec<witness::Submission>) {
-        if submissions.is_empty() || !self.api.load(Ordering::Relaxed) {
+        if !self.api.load(Ordering::Relaxed) {
             return;
         }
+        for submission in submissions {
+            if self.sending.load(Ordering::Acquire) {
+                self.outbox.put(submission);
+            } else {
+                self.submit(submission);
+            }
+        }
+    }
+
+    /// The sender thread: sends what the outbox holds until it is stopped.
+    fn run_sender(&self) {
+        while let Some(submission) = self.outbox.take() {
+            self.submit(submission);
+            self.outbox.done();
+        }
+    }
+
+    /// Sends one checkpoint to the witness, its proof first brought up to date with what the
+    /// API acknowledged since it was made, and once more from the size the API says it holds
+    /// when that is another.
+    fn submit(&self, submission: witness::Submission) {
         let Some(token) = self.subscription.current_token(now_unix()) else {
             return;
         };
-        for submission in submissions {
-            let size = submission.size();
+        let size = submission.size();
+        let acked = witness::WitnessState::load(&self.data_dir).acked;
+        let Some(mut submission) = self.reprove(submission, acked) else {
+            return;
+        };
+        for attempt in 0..2 {
             match witness::submit(&self.host, &token, &submission) {
                 Ok(witness::Answer::Accepted) => {
                     let _ = witness::WitnessState { acked: size }.save(&self.data_dir);
@@ -262,8 +313,14 @@ impl Shared {
                 Ok(witness::Answer::Latest(latest)) => {
                     let _ = witness::WitnessState { acked: latest }.save(&self.data_dir);
                     self.host.debug(&format!(
-                        "{NAME}: the API holds the trail up to {latest} records; the next checkpoint proves consistency from there"
+                        "{NAME}: the API holds the trail up to {latest} records; proving consistency from there"
                     ));
+                    if attempt == 0 {
+                        if let Some(again) = self.reprove(submission, latest) {
+                            submission = again;
+                            continue;
+                        }
+                    }
                 }
                 Ok(witness::Answer::Refused(why)) => {
                     self.host.warn(&format!(
@@ -277,7 +334,31 @@ impl Shared {
                     "{NAME}: could not send checkpoint of {size} records to the API ({e}); the next one will carry the proof"
                 )),
             }
+            return;
         }
+    }
+
+    /// `submission` proving consistency from `acked`: as it is when it already does, with a
+    /// proof from the trail's tree when it does not; `None` when the API already holds as much
+    /// (another session's checkpoint got there first) or the tree cannot prove it (the
+    /// submission is then sent as it is, and the API's answer says from where to prove next).
+    fn reprove(&self, submission: witness::Submission, acked: u64) -> Option<witness::Submission> {
+        let size = submission.size();
+        if submission.from() == acked {
+            return Some(submission);
+        }
+        if acked >= size {
+            return None;
+        }
+        let proof = self
+            .recording
+            .lock()
+            .ok()
+            .and_then(|slot| session::consistency_proof(&slot, acked, size));
+        Some(match proof {
+            Some(proof) => submission.reproved(acked, &proof),
+            None => submission,
+        })
     }
 
     fn run_ticker(self: Arc<Self>) {
@@ -308,6 +389,7 @@ impl Shared {
 
 impl ComplianceReporting {
     fn start_ticker(&self) {
+        self.start_sender();
         let Ok(mut slot) = self.ticker.lock() else {
             return;
         };
@@ -323,6 +405,51 @@ impl ComplianceReporting {
             Err(e) => self.shared.host.warn(&format!(
                 "{NAME}: cannot start its background thread ({e}): periodic checkpoints and syncs are off"
             )),
+        }
+    }
+
+    fn start_sender(&self) {
+        let Ok(mut slot) = self.sender.lock() else {
+            return;
+        };
+        if slot.is_some() {
+            return;
+        }
+        let shared = self.shared.clone();
+        match std::thread::Builder::new()
+            .name("compliance-reporting-witness".into())
+            .spawn(move || shared.run_sender())
+        {
+            Ok(handle) => {
+                self.shared.sending.store(true, Ordering::Release);
+                *slot = Some(handle);
+            }
+            Err(e) => self.shared.host.warn(&format!(
+                "{NAME}: cannot start its thread for the witness ({e}): checkpoints are sent to the API on the recording thread"
+            )),
+        }
+    }
+
+    /// The end of the session for the witness: waits for the last checkpoint's answer (at most
+    /// [`witness::FLUSH_WAIT`]), then stops the sender. A sender still waiting for the API then
+    /// is left to finish on its own (km never unloads a plugin's library, so its code stays).
+    fn stop_sender(&self) {
+        let flushed = self
+            .shared
+            .outbox
+            .flush(Instant::now() + witness::FLUSH_WAIT);
+        self.shared.outbox.stop();
+        self.shared.sending.store(false, Ordering::Release);
+        let handle = self.sender.lock().ok().and_then(|mut s| s.take());
+        match handle {
+            Some(handle) if flushed => {
+                let _ = handle.join();
+            }
+            Some(_) => self.shared.host.debug(&format!(
+                "{NAME}: the API did not answer the session's last checkpoint within {:?}; the next session's first checkpoint proves consistency from what it holds",
+                witness::FLUSH_WAIT
+            )),
+            None => {}
         }
     }
 }
@@ -358,8 +485,11 @@ impl Plugin for ComplianceReporting {
                 early_missed: AtomicU64::new(0),
                 early_gave_up: AtomicBool::new(false),
                 stop: (Mutex::new(false), Condvar::new()),
+                outbox: witness::Outbox::default(),
+                sending: AtomicBool::new(false),
             }),
             ticker: Mutex::new(None),
+            sender: Mutex::new(None),
         })
     }
 
@@ -475,6 +605,7 @@ impl Plugin for ComplianceReporting {
             Err(_) => Vec::new(),
         };
         self.shared.send(submissions);
+        self.stop_sender();
         Ok(())
     }
 

@@ -2,7 +2,9 @@
 //! session's journal, content sealing, syncs and checkpoints, and what goes to the witness.
 //!
 //! Everything here runs under the plugin's recording lock, from the handler thread or the
-//! background thread; sending to the witness happens after the lock is released.
+//! background thread; what goes to the witness is handed to its sender after the lock is released
+//! (see [`crate::witness`]). An ended recording stays in its slot until the plugin is dropped, so
+//! that the sender can still prove the last checkpoint from what the API acknowledged.
 
 use std::time::Instant;
 
@@ -448,7 +450,7 @@ pub(crate) fn tick(shared: &Shared, slot: &mut Option<Recording>) -> Vec<Submiss
 
 /// The plugin shuts down: a session km did not end is ended here.
 pub(crate) fn close(shared: &Shared, slot: &mut Option<Recording>) -> Vec<Submission> {
-    let Some(mut rec) = slot.take() else {
+    let Some(rec) = slot.as_mut() else {
         return Vec::new();
     };
     if rec.ended {
@@ -462,9 +464,22 @@ pub(crate) fn close(shared: &Shared, slot: &mut Option<Recording>) -> Vec<Submis
     rec.end(shared)
 }
 
+/// A consistency proof from `old` to `new` records of the trail, for the witness.
+pub(crate) fn consistency_proof(
+    slot: &Option<Recording>,
+    old: u64,
+    new: u64,
+) -> Option<Vec<km_audit::Hash>> {
+    slot.as_ref()?.writer.consistency_proof(old, new)
+}
+
 /// The witness refused a checkpoint: that is evidence too.
 pub(crate) fn note_refusal(shared: &Shared, slot: &mut Option<Recording>, size: u64, why: &str) {
-    let Some(rec) = slot.as_mut() else { return };
+    // After the session's end the refusal is in km's log only: a record after `session.end`
+    // would be outside its last checkpoint.
+    let Some(rec) = slot.as_mut().filter(|r| !r.ended) else {
+        return;
+    };
     let mut r = Record::new(
         "witness",
         record::rfc3339_us(record::now_us()),

@@ -19,10 +19,30 @@
 //! host and user (a trail replaced together with its key).
 //!
 //! The witness is best effort while a session runs (a failed send is retried with the next
-//! checkpoint, which proves consistency with the last acknowledged one): recording never waits on
-//! the API beyond one request's timeout.
+//! checkpoint, which proves consistency with the last acknowledged one), and recording never
+//! waits on it: checkpoints leave through an [`Outbox`] that a thread of the plugin's own empties.
+//!
+//! # Why a thread of its own
+//!
+//! The recording thread used to send each checkpoint itself, every `checkpoint_records`
+//! (1 000) records, and wait for the answer: the API's latency was on the path of every
+//! thousandth message, and with lossless delivery km holds the MCP relay back while the plugin
+//! waits. In km-bench's small-mix floods that wait met a km bug (fixed in km's monitor: releasing
+//! held lines blocked a runtime worker that the API request needed) and each checkpoint could
+//! stall the session for km's 10 s stall limit. Now the recording thread leaves the submission in
+//! the outbox and goes on; a slow or absent API costs the recording nothing.
+//!
+//! The outbox holds one submission, the newest: a newer checkpoint proves consistency from what
+//! the API acknowledged, so an older one never sent is not needed by the witness (it stays in the
+//! local trail's `checkpoints.jsonl`), and an API slower than the recording costs neither memory
+//! nor time. A submission made while the one before was in flight proves from an older size than
+//! the API will then hold; the sender brings its proof up to date first ([`Outbox`]'s owner does,
+//! with the trail's tree). At the session's end the plugin waits for the last checkpoint's answer,
+//! at most [`FLUSH_WAIT`].
 
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -39,6 +59,9 @@ use crate::Error;
 pub const PATH: &str = "/api/audit/checkpoints";
 /// How long one request to the witness may take.
 const TIMEOUT_MS: u32 = 3000;
+/// How long the end of a session waits for its last checkpoint to reach the witness: under the
+/// 5 s km gives a plugin's shutdown, and above one request's [`TIMEOUT_MS`].
+pub const FLUSH_WAIT: Duration = Duration::from_millis(4000);
 
 /// What the plugin remembers of the witness: the size of the last checkpoint it acknowledged.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -109,6 +132,95 @@ impl Submission {
     /// The size the submission covers.
     pub fn size(&self) -> u64 {
         km_audit::Checkpoint::parse(&self.checkpoint).map_or(0, |c| c.size)
+    }
+
+    /// The size its proof starts from.
+    pub fn from(&self) -> u64 {
+        self.from
+    }
+
+    /// The same checkpoint, proving consistency from `from` with `proof` instead.
+    pub fn reproved(mut self, from: u64, proof: &[Hash]) -> Self {
+        self.from = from;
+        self.proof = proof.iter().map(hex::encode).collect();
+        self
+    }
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    next: Option<Submission>,
+    /// A submission is being sent.
+    busy: bool,
+    stopped: bool,
+}
+
+/// The checkpoints waiting for the sender thread: the newest only (see the module doc).
+#[derive(Debug, Default)]
+pub struct Outbox {
+    slot: Mutex<Slot>,
+    changed: Condvar,
+}
+
+impl Outbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        // The slot holds no invariant a panic elsewhere could break.
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Leaves `submission` for the sender, in place of one it has not taken yet. Never waits
+    /// for the network.
+    pub fn put(&self, submission: Submission) {
+        self.lock().next = Some(submission);
+        self.changed.notify_all();
+    }
+
+    /// The sender's turn: the next submission, once there is one; `None` once stopped.
+    pub fn take(&self) -> Option<Submission> {
+        let mut slot = self.lock();
+        loop {
+            if let Some(next) = slot.next.take() {
+                slot.busy = true;
+                return Some(next);
+            }
+            if slot.stopped {
+                return None;
+            }
+            slot = self
+                .changed
+                .wait(slot)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The sender is done with what it took.
+    pub fn done(&self) {
+        self.lock().busy = false;
+        self.changed.notify_all();
+    }
+
+    /// Waits until everything put was sent (answered or failed), at most until `deadline`;
+    /// whether it was.
+    pub fn flush(&self, deadline: Instant) -> bool {
+        let mut slot = self.lock();
+        while slot.next.is_some() || slot.busy {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            slot = self
+                .changed
+                .wait_timeout(slot, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
+    /// Ends the sender once it has sent what it holds.
+    pub fn stop(&self) {
+        self.lock().stopped = true;
+        self.changed.notify_all();
     }
 }
 
