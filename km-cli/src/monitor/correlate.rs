@@ -46,19 +46,24 @@ impl CorrelationId {
     /// writer serde_json uses): through `write!` it was about 270 instructions a message and
     /// plugin, a third of what each further plugin cost the relay (BENCHMARKS.md, scaling).
     pub(crate) fn write_to(&self, out: &mut String) {
-        out.push(match self.sender {
+        out.push(self.side());
+        out.push_str(itoa::Buffer::new().format(self.seq));
+    }
+
+    /// The letter of the side that sent the message: `c` for the client, `s` for the server.
+    fn side(&self) -> char {
+        match self.sender {
             Direction::Request => 'c',
             Direction::Response => 's',
-        });
-        out.push_str(itoa::Buffer::new().format(self.seq));
+        }
     }
 }
 
 impl fmt::Display for CorrelationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut text = String::with_capacity(21);
-        self.write_to(&mut text);
-        f.write_str(&text)
+        use fmt::Write;
+        f.write_char(self.side())?;
+        f.write_str(itoa::Buffer::new().format(self.seq))
     }
 }
 
