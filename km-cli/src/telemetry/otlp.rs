@@ -63,7 +63,7 @@ use crate::runtime::Handle;
 const MAX_RETRIES: u32 = 3;
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_millis(1600);
-const MAX_JITTER_MS: u64 = 100;
+const MAX_JITTER: Duration = Duration::from_millis(100);
 
 /// Largest response body km reads from a Collector (they answer with a few bytes).
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
@@ -357,7 +357,7 @@ async fn post(client: &reqwest::Client, target: &Target, body: Bytes) -> Result<
         if attempt >= MAX_RETRIES {
             return Err(failure.message);
         }
-        let wait = after.unwrap_or_else(|| delay + jitter());
+        let wait = after.unwrap_or_else(|| delay + crate::api::jitter(MAX_JITTER));
         if Instant::now() + wait >= deadline {
             return Err(failure.message);
         }
@@ -406,21 +406,11 @@ async fn once(client: &reqwest::Client, target: &Target, body: Bytes) -> Result<
     Ok(answer.freeze())
 }
 
-/// `Retry-After` in seconds or as an HTTP date, when it is one and at most a minute away (a
-/// longer wait is past any export timeout).
+/// `Retry-After` in seconds or as an HTTP date ([`crate::api::parse_retry_after`]), when it is
+/// one and at most a minute away (a longer wait is past any export timeout).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let wait = match value.parse::<u64>() {
-        Ok(seconds) => Duration::from_secs(seconds),
-        Err(_) => httpdate::parse_http_date(value)
-            .ok()?
-            .duration_since(SystemTime::now())
-            .unwrap_or_default(),
-    };
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    let wait = crate::api::parse_retry_after(value, SystemTime::now())?;
     (wait <= Duration::from_secs(60)).then_some(wait)
 }
 
@@ -431,14 +421,6 @@ fn rejected(answer: &[u8]) -> u64 {
         .ok()
         .and_then(|r| r.partial_success)
         .map_or(0, |p| u64::try_from(p.rejected_spans).unwrap_or(0))
-}
-
-/// Up to [`MAX_JITTER_MS`] of random delay.
-fn jitter() -> Duration {
-    use ring::rand::SecureRandom as _;
-    let mut byte = [0u8; 2];
-    let _ = ring::rand::SystemRandom::new().fill(&mut byte);
-    Duration::from_millis(u64::from(u16::from_le_bytes(byte)) % (MAX_JITTER_MS + 1))
 }
 
 /// Puts `batch` into `buffers.request`, reusing its messages.
