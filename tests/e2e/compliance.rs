@@ -1393,20 +1393,24 @@ fn a_running_session_signs_periodic_checkpoints() {
     };
     ask(initialize());
     ask(call(1, "lookup_customer", json!({"customer_id": "c-1"})));
+    // The plugin records the call after km forwarded its answer: on a loaded machine the first
+    // periodic checkpoint may come before that record and cover the session's start alone. The
+    // next one (a second later) covers the call.
     let periodic = settle(
         Duration::from_secs(30),
         Duration::from_millis(50),
         || {
             checkpoints(&s.trail())
                 .into_iter()
-                .filter(|(reason, _)| reason == "periodic")
+                .filter(|(reason, size)| reason == "periodic" && *size >= 2)
                 .collect::<Vec<_>>()
         },
         |p| !p.is_empty(),
     );
     assert!(
         !periodic.is_empty(),
-        "no periodic checkpoint while the session ran"
+        "no periodic checkpoint covering the call while the session ran: {:?}",
+        checkpoints(&s.trail())
     );
     // The session still runs: answered and recorded after the checkpoint.
     ask(call(2, "lookup_customer", json!({"customer_id": "c-2"})));
@@ -1416,8 +1420,8 @@ fn a_running_session_signs_periodic_checkpoints() {
     let (last_reason, last_size) = all.last().cloned().expect("checkpoints");
     assert_eq!(last_reason, "end", "{all:?}");
     assert!(
-        periodic[0].1 >= 2 && periodic[0].1 < last_size,
-        "the periodic checkpoint covers the start, and the end one more: {all:?}"
+        periodic[0].1 < last_size,
+        "the end checkpoint covers more than the periodic one: {all:?}"
     );
     let v = s.assert_verifies();
     assert_eq!(v["unsigned"], 0, "{v:#}");
