@@ -681,7 +681,7 @@ fn a_lossless_observer_gets_a_gap_event_when_backpressure_is_refused() {
     let env = KmEnv::new();
     env.install("test-observer", "test-observer");
     env.write_config(
-        "[monitor]\nbackpressure = false\n[plugins.test-observer]\nlossless = true\nslow_us = 2000\n",
+        "[monitor]\nbackpressure = false\n[plugins.test-observer]\nlossless = true\nslow_us = 500\n",
     );
     let count = 20_000;
     let input: String = (0..count)

@@ -14,6 +14,9 @@ pub(crate) fn github_pat(random30: &str) -> String {
 pub(crate) const AWS_KEY_ID: &str = "AKIAZ7QW3RT5YU2IOP4N";
 pub(crate) const STRIPE_LIVE: &str = "sk_live_51Hq8ZpLk2Rt7Vb9Xc3Nm5Qw1Ey4Ui6Oa0Sd8Fg2Hj4Kl6";
 
-pub(crate) fn detector() -> km_detect::Detector {
-    km_detect::Detector::new()
+/// One detector for every test of the binary: building one (its automaton) takes longer than the
+/// scans the tests make with it, and the property tests make hundreds of cases.
+pub(crate) fn detector() -> &'static km_detect::Detector {
+    static DETECTOR: std::sync::OnceLock<km_detect::Detector> = std::sync::OnceLock::new();
+    DETECTOR.get_or_init(km_detect::Detector::new)
 }
