@@ -7,6 +7,8 @@
 //! anchor with its position in one pass, and the anchors are literals anyway. The automaton is
 //! ASCII case-insensitive (keywords are); token rules re-check their prefix's exact case.
 
+use std::sync::{Arc, OnceLock};
+
 use ring::hmac;
 
 use crate::anchors::Anchors;
@@ -135,22 +137,50 @@ pub(crate) struct StrCtx<'a> {
     pub(crate) secrets_only: bool,
 }
 
-/// The detector. Build once (it compiles the prefilter) and share: it is `Send + Sync` and
-/// every scan method takes `&self`.
+/// The detector: `Send + Sync`, and every scan method takes `&self`. What it compiles from the
+/// rules (the prefilter's automaton, about 2.4 MB of table, and the rules' triggers and
+/// catalogue) depends on nothing a builder sets, so it is compiled once per process, on the
+/// first detector built, and shared by every detector and clone ([`Compiled::get`]).
 #[derive(Clone)]
 pub struct Detector {
-    anchors: Anchors,
-    triggers: Vec<Vec<Trigger>>,
+    compiled: Arc<Compiled>,
     pub(crate) limits: Limits,
     pub(crate) fingerprinter: Option<Fingerprinter>,
+}
+
+/// What the rules compile to: the same for every detector.
+struct Compiled {
+    anchors: Anchors,
+    triggers: Vec<Vec<Trigger>>,
     catalogue: Vec<RuleInfo>,
+}
+
+impl Compiled {
+    /// The process's one compilation. A plugin may build more than one detector (advanced-filters
+    /// builds one to check its policies and one to filter with): each used to hold a table of
+    /// its own, built anew (BENCHMARKS.md, "Long sessions").
+    fn get() -> Arc<Compiled> {
+        static COMPILED: OnceLock<Arc<Compiled>> = OnceLock::new();
+        COMPILED
+            .get_or_init(|| {
+                let (patterns, triggers) = anchor_table();
+                // A full DFA: one table lookup per byte (measured faster than the NFAs here),
+                // walked by the loop of `anchors`.
+                Arc::new(Compiled {
+                    anchors: Anchors::new(&patterns),
+                    triggers,
+                    catalogue: rules::catalogue(),
+                })
+            })
+            .clone()
+    }
 }
 
 impl std::fmt::Debug for Detector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Detector")
-            .field("rules", &self.catalogue.len())
-            .field("patterns", &self.triggers.len())
+            .field("rules", &self.compiled.catalogue.len())
+            .field("patterns", &self.compiled.triggers.len())
             .field("limits", &self.limits)
             .field("fingerprints", &self.fingerprinter.is_some())
             .finish()
@@ -203,33 +233,27 @@ impl Detector {
     }
 
     fn compile() -> Detector {
-        let (patterns, triggers) = anchor_table();
-        // A full DFA: one table lookup per byte (measured faster than the NFAs here; the table
-        // is about a MiB, built once per detector), walked by the loop of `anchors`.
-        let anchors = Anchors::new(&patterns);
         Detector {
-            anchors,
-            triggers,
+            compiled: Compiled::get(),
             limits: Limits::default(),
             fingerprinter: None,
-            catalogue: rules::catalogue(),
         }
     }
 
     /// The anchor automaton (for tests).
     #[cfg(test)]
     pub(crate) fn anchors(&self) -> &Anchors {
-        &self.anchors
+        &self.compiled.anchors
     }
 
     /// Every rule, each id once, in catalogue order.
     pub fn rules(&self) -> &[RuleInfo] {
-        &self.catalogue
+        &self.compiled.catalogue
     }
 
     /// The description of rule `id` (as found in [`crate::Finding::rule`]).
     pub fn rule(&self, id: &str) -> Option<&RuleInfo> {
-        self.catalogue.iter().find(|r| r.id == id)
+        self.compiled.catalogue.iter().find(|r| r.id == id)
     }
 
     /// The limits in force.
@@ -260,8 +284,8 @@ impl Detector {
         }
         let first = out.len();
         let mut kw_done = 0usize;
-        self.anchors.for_each(s, |m| {
-            for t in &self.triggers[m.pattern] {
+        self.compiled.anchors.for_each(s, |m| {
+            for t in &self.compiled.triggers[m.pattern] {
                 match *t {
                     Trigger::Token(i) => {
                         if let Some(h) = secrets::token_match(&secrets::TOKEN_RULES[i], s, m.start)
@@ -425,5 +449,36 @@ fn dedupe(hits: &mut [Hit]) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_detector_of_a_process_shares_one_compilation_of_the_rules() {
+        let plain = Detector::new();
+        let key = Fingerprinter::new(b"a key of thirty-two bytes, or so").expect("key");
+        let built = Detector::builder()
+            .limits(Limits::default().max_line_bytes(1024))
+            .fingerprints(key)
+            .build();
+        let cloned = built.clone();
+        // One table in memory, not one per detector (or clone): the same address.
+        assert!(std::ptr::eq(plain.anchors(), built.anchors()));
+        assert!(std::ptr::eq(built.anchors(), cloned.anchors()));
+        assert!(std::ptr::eq(plain.rules(), built.rules()));
+        // What the builder sets stays each detector's own.
+        assert_eq!(built.limits().max_line_bytes, 1024);
+        assert_eq!(plain.limits(), &Limits::default());
+        assert!(built.fingerprinter.is_some() && plain.fingerprinter.is_none());
+        // And the shared automaton still finds what it found.
+        let line = br#"{"params":{"apiKey":"AKIAIOSFODNN7EXAMPLE"}}"#;
+        assert_eq!(
+            plain.scan_line(line).findings.len(),
+            built.scan_line(line).findings.len()
+        );
+        assert!(!plain.scan_line(line).findings.is_empty());
     }
 }
