@@ -524,3 +524,113 @@ fn ids_written_into_a_forwarded_request_are_the_spans_ids() {
     assert_eq!(client.span_context.span_id(), client_id);
     assert_eq!(client.parent_span_id, server_id);
 }
+
+/// The duration histograms' data points as a periodic reader exports them: per attribute set
+/// (sorted), its count, sum, min, max and bucket counts.
+#[derive(Debug, Clone, Default)]
+struct Points(Arc<Mutex<Vec<Point>>>);
+
+/// Attributes, count, sum, min, max, bucket counts.
+type Point = (Vec<String>, u64, f64, Option<f64>, Option<f64>, Vec<u64>);
+
+impl opentelemetry_sdk::metrics::exporter::PushMetricExporter for Points {
+    async fn export(
+        &self,
+        metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics,
+    ) -> OTelSdkResult {
+        use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+        let mut points = self.0.lock().expect("lock");
+        points.clear();
+        for scope in metrics.scope_metrics() {
+            for metric in scope.metrics() {
+                if let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() {
+                    for p in h.data_points() {
+                        let mut attributes: Vec<String> = p
+                            .attributes()
+                            .map(|kv| format!("{}={}", kv.key, kv.value))
+                            .collect();
+                        attributes.sort();
+                        points.push((
+                            attributes,
+                            p.count(),
+                            p.sum(),
+                            p.min(),
+                            p.max(),
+                            p.bucket_counts().collect(),
+                        ));
+                    }
+                }
+            }
+        }
+        points.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(())
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn temporality(&self) -> opentelemetry_sdk::metrics::Temporality {
+        opentelemetry_sdk::metrics::Temporality::Cumulative
+    }
+}
+
+#[test]
+fn recording_through_bound_handles_exports_the_same_histogram() {
+    use opentelemetry::metrics::MeterProvider as _;
+    use opentelemetry::KeyValue;
+    use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+    let provider = |points: &Points| {
+        SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(points.clone()).build())
+            .build()
+    };
+    let histogram = |provider: &SdkMeterProvider| {
+        provider
+            .meter("km")
+            .f64_histogram("mcp.server.operation.duration")
+            .with_unit("s")
+            .with_boundaries(super::worker::MCP_BUCKETS.to_vec())
+            .build()
+    };
+    let (plain, bound) = (Points::default(), Points::default());
+    let (plain_provider, bound_provider) = (provider(&plain), provider(&bound));
+    let direct = histogram(&plain_provider);
+    let mut durations = super::worker::Durations::new(histogram(&bound_provider));
+    // More attribute sets than keep a handle (so that handles are dropped and sets bound
+    // again), each coming back at intervals, in both attribute orders, plus an empty set.
+    let mut recorded = 0;
+    for round in 0..3u32 {
+        for i in 0..40u32 {
+            let tool = format!("tool-{}", (i * 7 + round) % 23);
+            let mut attributes = vec![
+                KeyValue::new("mcp.method.name", "tools/call"),
+                KeyValue::new("gen_ai.tool.name", tool),
+            ];
+            if i % 5 == 0 {
+                attributes.push(KeyValue::new("error.type", "tool_error"));
+            }
+            if i % 3 == 0 {
+                attributes.reverse();
+            }
+            if i % 11 == 0 {
+                attributes.clear();
+            }
+            let seconds = f64::from(i * 37 % 101) * 0.003 + f64::from(round) * 0.5;
+            direct.record(seconds, &attributes);
+            durations.record(seconds, &attributes);
+            recorded += 1;
+        }
+        for p in [&plain_provider, &bound_provider] {
+            p.force_flush().expect("flush");
+        }
+        let (plain, bound) = (plain.0.lock().expect("lock"), bound.0.lock().expect("lock"));
+        assert!(plain.len() > 16, "{} sets", plain.len());
+        assert_eq!(plain.iter().map(|p| p.1).sum::<u64>(), recorded);
+        assert_eq!(*plain, *bound, "after round {round}");
+    }
+}

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use km_abi::{Direction, MessageKind};
-use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider as _};
+use opentelemetry::metrics::{BoundHistogram, Counter, Histogram, Meter, MeterProvider as _};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{
     Link, Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceId,
@@ -116,10 +116,58 @@ enum Entry {
     Orphan(End),
 }
 
+/// How many attribute sets of a duration histogram keep a bound handle (see [`Durations`]).
+const BOUND_SETS: usize = 16;
+
+/// A duration histogram that records through handles bound to the attribute sets it recorded
+/// last (the SDK's bound instruments), most recent first.
+///
+/// Recording with attributes makes the SDK hash the whole set (every key and value) to find
+/// its data point, twice per request (SERVER and CLIENT duration); a session's requests have a
+/// handful of sets (method, tool, error type), so comparing with the last few finds the handle
+/// for less. A bound handle updates the same data point `record` would: the exported histogram
+/// is the same (a unit test checks it). A set is bound when it is first recorded, never before
+/// (a bound set is exported even with no value in it); past [`BOUND_SETS`] sets the oldest
+/// handle is dropped and its set is bound again if it comes back.
+pub(crate) struct Durations {
+    histogram: Histogram<f64>,
+    bound: Vec<(Vec<KeyValue>, BoundHistogram<f64>)>,
+}
+
+impl Durations {
+    pub(crate) fn new(histogram: Histogram<f64>) -> Self {
+        Durations {
+            histogram,
+            bound: Vec::with_capacity(BOUND_SETS),
+        }
+    }
+
+    /// Records `value` in the data point of `attributes`.
+    pub(crate) fn record(&mut self, value: f64, attributes: &[KeyValue]) {
+        if let Some(i) = self
+            .bound
+            .iter()
+            .position(|(set, _)| set.as_slice() == attributes)
+        {
+            self.bound[i].1.record(value);
+            if i > 0 {
+                self.bound.swap(0, i);
+            }
+            return;
+        }
+        let handle = self.histogram.bind(attributes);
+        handle.record(value);
+        if self.bound.len() == BOUND_SETS {
+            self.bound.pop();
+        }
+        self.bound.insert(0, (attributes.to_vec(), handle));
+    }
+}
+
 /// The instruments of a session.
 struct Instruments {
-    server_duration: Histogram<f64>,
-    client_duration: Histogram<f64>,
+    server_duration: Durations,
+    client_duration: Durations,
     session_duration: Histogram<f64>,
     load_duration: Histogram<f64>,
     refusals: Counter<u64>,
@@ -150,16 +198,16 @@ impl Instruments {
                 .build()
         };
         Instruments {
-            server_duration: seconds(
+            server_duration: Durations::new(seconds(
                 "mcp.server.operation.duration",
                 "MCP request or notification duration as observed on the receiver from the time it was received until the result or ack is sent.",
                 &MCP_BUCKETS,
-            ),
-            client_duration: seconds(
+            )),
+            client_duration: Durations::new(seconds(
                 "mcp.client.operation.duration",
                 "The duration of the MCP request or notification as observed on the sender from the time it was sent until the response or ack is received.",
                 &MCP_BUCKETS,
-            ),
+            )),
             session_duration: seconds(
                 "mcp.server.session.duration",
                 "The duration of the MCP session as observed on the MCP server.",
@@ -923,7 +971,7 @@ impl Worker {
             let until = end.read_us.unwrap_or(end.forwarded_us).max(from);
             (at(from), at(until))
         });
-        if let Some(i) = &self.instruments {
+        if let Some(i) = &mut self.instruments {
             let seconds = |(a, b): (SystemTime, SystemTime)| {
                 b.duration_since(a).unwrap_or_default().as_secs_f64()
             };
