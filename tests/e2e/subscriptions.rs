@@ -626,11 +626,38 @@ mod monitor_session {
     use super::*;
 
     fn write_settings(env: &KmEnv) {
+        write_settings_as(
+            env,
+            "flush_interval_ms = 200\nretry_base_ms = 100\nretry_max_ms = 400\n",
+        );
+    }
+
+    /// Replaces api-logger's section of config.toml with `settings`.
+    fn write_settings_as(env: &KmEnv, settings: &str) {
         let path = env.home.join("config.toml");
-        let mut text = std::fs::read_to_string(&path).expect("config.toml");
-        text.push_str("\n[plugins.api-logger]\nflush_interval_ms = 200\nretry_base_ms = 100\nretry_max_ms = 400\n");
+        let text = std::fs::read_to_string(&path).expect("config.toml");
+        let mut text = match text.find("\n[plugins.api-logger]\n") {
+            Some(at) => text[..at].to_owned(),
+            None => text,
+        };
+        text.push_str("\n[plugins.api-logger]\n");
+        text.push_str(settings);
         std::fs::write(&path, text).expect("config.toml");
         chmod(&path, 0o600);
+    }
+
+    /// Whole event lines in all of api-logger's journals, as the files hold them.
+    fn journal_lines(env: &KmEnv) -> usize {
+        std::fs::read_dir(env.home.join("state/plugins/api-logger"))
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".journal"))
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .map(|bytes| bytes.iter().filter(|&&b| b == b'\n').count())
+                    .sum()
+            })
+            .unwrap_or(0)
     }
 
     /// Sends requests `ids` and reads each echo back (cat answers every line).
@@ -694,6 +721,43 @@ mod monitor_session {
         let mut session = EchoSession::start(&env);
         exchange(&mut session, 30..31);
         assert_each_once(&wait_for(dir, 62), 62);
+        session.finish();
+    }
+
+    /// The events a session hands api-logger reach the journal's file even while the sender has
+    /// no reason to look (a batch far from full, an interval of an hour), so that a kill loses
+    /// none of them: events kept in the plugin's memory until the sender took a batch were lost.
+    #[test]
+    fn events_reach_the_journal_file_without_the_sender_and_survive_a_kill() {
+        let env = KmEnv::new();
+        let dir = env.dir.path();
+        let server = start_api(dir, &[(&ALICE, "pro")]);
+        install_api_logger(&env, &server, Some(&ALICE));
+        init(&env, &server, ALICE.api_key);
+        write_settings_as(&env, "batch_size = 1000\nflush_interval_ms = 3600000\n");
+
+        let mut session = EchoSession::start(&env);
+        exchange(&mut session, 0..3);
+        let in_file = settle(
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || journal_lines(&env),
+            |&n| n >= 6,
+        );
+        assert_eq!(
+            in_file, 6,
+            "the events handed to api-logger never reached its journal's file"
+        );
+        assert!(
+            stored(dir).is_empty(),
+            "the sender sent before its interval"
+        );
+        session.kill();
+
+        write_settings(&env);
+        let mut session = EchoSession::start(&env);
+        exchange(&mut session, 3..4);
+        assert_each_once(&wait_for(dir, 8), 8);
         session.finish();
     }
 

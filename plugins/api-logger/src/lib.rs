@@ -1,12 +1,21 @@
 //! api-logger (Pro tier): sends every MCP message as an event to the Kilometers API
 //! (`POST {api}/api/events/batch`), in batches, losing none.
 //!
-//! - Batches of 10 events, or whatever is pending every 5 seconds, whichever comes first.
+//! - A batch goes out once 10 events wait, or every 5 seconds with whatever waits. It carries
+//!   every event waiting, up to [`MAX_BATCH_EVENTS`] or [`MAX_BATCH_BYTES`]: while a backlog
+//!   builds (a busy session, the API slow or back after an outage) each request carries many
+//!   events, so the fixed cost per request (its `fdatasync`, the acknowledged offset's atomic
+//!   rewrite, the HTTP exchange) does not set the pace; with batches of 10 it did, and the
+//!   plugin fell behind km and was dropped messages.
 //! - Every event has an id (`<session id>:<seq>`), so the API stores a retried batch once.
 //! - Events are written to an append-only journal in the plugin's data directory before they
 //!   are sent, and leave it only when the API acknowledges them: nothing is lost while the API is
 //!   down or km is stopped; the backlog is sent at the next start. Each session has its own
-//!   journal, so that several km monitors can run side by side (see [`journal`]).
+//!   journal, so that several km monitors can run side by side (see [`journal`]). An event
+//!   reaches the journal's file within 2 ms of being handed to the plugin (a journal writer
+//!   thread writes what gathered, one `write(2)` per burst instead of one per message), so that
+//!   a km killed outright loses at most the last 2 ms of events (never 64 KiB of them), where its
+//!   own queue to the plugin can hold 8 192 messages (see [`journal`], "What a kill can lose").
 //! - Failed sends back off exponentially (1 s doubling to 60 s). The backlog on disk is capped
 //!   at 256 MiB: beyond it, new events are dropped with one warning.
 //! - Without a valid Pro subscription it sends nothing and keeps nothing: it checks its
@@ -23,12 +32,13 @@
 #![deny(unsafe_code)]
 
 mod journal;
+mod valid;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
@@ -50,6 +60,11 @@ const BATCH_PATH: &str = "/api/events/batch";
 const MAX_PENDING_IN_MEMORY: usize = 10_000;
 /// How often the sender looks for journals of ended sessions to deliver.
 const ADOPTION_INTERVAL: Duration = Duration::from_secs(30);
+/// The most events one request carries.
+const MAX_BATCH_EVENTS: usize = 1000;
+/// The most bytes of events one request carries (beyond its first event): half of what the
+/// Kilometers API takes in one body (8 MiB).
+const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// The largest backlog kept on disk while the API is unreachable; newer events are dropped
 /// (with one warning) beyond it, so that a long outage cannot fill the disk.
 const MAX_BACKLOG_BYTES: u64 = 256 * 1024 * 1024;
@@ -101,7 +116,7 @@ impl Settings {
     }
 }
 
-/// What the handler thread and the sender thread share.
+/// What the handler thread, the sender thread and the journal writer share.
 struct Shared {
     host: Host,
     subscription: Subscription,
@@ -117,9 +132,16 @@ struct Shared {
     /// Set when an event is held in `early`, so that the path of every message need not lock it.
     early_waiting: AtomicBool,
     settings: Mutex<Settings>,
-    /// Number of events appended since the sender last looked; wakes it at a full batch.
-    wake: (Mutex<usize>, Condvar),
+    /// `settings.max_payload` and `settings.batch_size`, read on every message without a lock.
+    max_payload: AtomicUsize,
+    batch_size: AtomicUsize,
+    /// Number of events appended since the sender last looked: counted without a lock, and the
+    /// sender woken (under the lock of `wake`, which it waits with) when it reaches a batch.
+    appended: AtomicUsize,
+    wake: (Mutex<()>, Condvar),
     stop: AtomicBool,
+    /// The journal writer thread, woken when an event finds none waiting in memory.
+    writer: OnceLock<std::thread::Thread>,
     /// Whether the "backlog full" warning was given.
     warned_full: AtomicBool,
 }
@@ -129,6 +151,7 @@ pub struct ApiLogger {
     shared: Arc<Shared>,
     session_id: String,
     sender: Mutex<Option<(std::thread::JoinHandle<()>, mpsc::Receiver<()>)>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 fn random_id() -> String {
@@ -151,7 +174,7 @@ impl Shared {
         self.subscription.is_active(now_unix())
     }
 
-    fn record(&self, line: Vec<u8>) {
+    fn record(&self, mut line: Vec<u8>) {
         let Ok(mut guard) = self.journal.lock() else {
             return;
         };
@@ -167,19 +190,30 @@ impl Shared {
             }
             return;
         }
-        if let Err(e) = journal.append(&line) {
-            self.host
-                .warn(&format!("api-logger: cannot write its journal: {e}"));
-            return;
-        }
-        drop(guard);
-        let (count, cv) = &self.wake;
-        if let Ok(mut n) = count.lock() {
-            *n += 1;
-            let batch = self.settings.lock().map_or(10, |s| s.batch_size);
-            if *n >= batch {
-                cv.notify_one();
+        line.push(b'\n');
+        let first_waiting = match journal.append(&line) {
+            Ok(first) => first,
+            Err(e) => {
+                self.host
+                    .warn(&format!("api-logger: cannot write its journal: {e}"));
+                return;
             }
+        };
+        drop(guard);
+        if first_waiting {
+            // The writer writes it within `WRITE_WITHIN`; an unpark costs a syscall only when
+            // the writer is parked, once per burst of events.
+            if let Some(writer) = self.writer.get() {
+                writer.unpark();
+            }
+        }
+        let n = self.appended.fetch_add(1, Ordering::AcqRel) + 1;
+        if n == self.batch_size.load(Ordering::Relaxed) {
+            // Taking the lock the sender checks the count under means it is either before its
+            // check (and sees the count) or waiting (and gets the notification).
+            let (lock, cv) = &self.wake;
+            let _held = lock.lock();
+            cv.notify_one();
         }
     }
 
@@ -204,18 +238,11 @@ impl Shared {
         let Some(token) = self.subscription.current_token(now_unix()) else {
             return Ok(false);
         };
-        let batch_size = self.settings.lock().map_or(10, |s| s.batch_size);
-        let Some((from_adopted, lines, end)) = self.next_batch(batch_size)? else {
+        let mut body = Vec::with_capacity(64 * 1024);
+        body.extend_from_slice(b"{\"events\":[");
+        let Some((from_adopted, end)) = self.next_batch(&mut body)? else {
             return Ok(false);
         };
-        let mut body = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 16);
-        body.extend_from_slice(b"{\"events\":[");
-        for (i, line) in lines.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(line.as_bytes());
-        }
         body.extend_from_slice(b"]}");
         let mut request = HttpRequest::post_json(BATCH_PATH, body);
         request.headers.push(abi_stable_tuple(
@@ -232,28 +259,39 @@ impl Shared {
         Ok(true)
     }
 
-    /// The next batch: from the oldest adopted journal, else from this session's.
-    /// `(from_adopted, events, offset that acknowledges them)`.
-    fn next_batch(&self, max: usize) -> Result<Option<(bool, Vec<String>, u64)>, String> {
+    /// Appends the next batch's events to `body`: from the oldest adopted journal, else from
+    /// this session's. `(from_adopted, offset that acknowledges them)`, `None` when nothing
+    /// waits. This session's journal is locked only to write out what waits in memory: the
+    /// sync and the read go through the sender's own handle, so the handler never waits for
+    /// them.
+    fn next_batch(&self, body: &mut Vec<u8>) -> Result<Option<(bool, u64)>, String> {
         let read_error = |e: std::io::Error| format!("reading a journal: {e}");
         if let Ok(mut adopted) = self.adopted.lock() {
-            while let Some(journal) = adopted.first() {
-                let (lines, end) = journal.peek(max).map_err(read_error)?;
-                if !lines.is_empty() {
-                    return Ok(Some((true, lines, end)));
+            while let Some(journal) = adopted.first_mut() {
+                let window = journal.window().map_err(read_error)?;
+                let (n, end) = window
+                    .read_events(MAX_BATCH_EVENTS, MAX_BATCH_BYTES, body)
+                    .map_err(read_error)?;
+                if n > 0 {
+                    return Ok(Some((true, end)));
                 }
                 adopted.remove(0).delete();
             }
         }
-        let Ok(guard) = self.journal.lock() else {
-            return Ok(None);
+        let window = {
+            let Ok(mut guard) = self.journal.lock() else {
+                return Ok(None);
+            };
+            let Some(journal) = guard.as_mut() else {
+                return Ok(None);
+            };
+            journal.window().map_err(read_error)?
         };
-        let Some(journal) = guard.as_ref() else {
-            return Ok(None);
-        };
-        let _ = journal.sync();
-        let (lines, end) = journal.peek(max).map_err(read_error)?;
-        Ok((!lines.is_empty()).then_some((false, lines, end)))
+        let _ = window.sync();
+        let (n, end) = window
+            .read_events(MAX_BATCH_EVENTS, MAX_BATCH_BYTES, body)
+            .map_err(read_error)?;
+        Ok((n > 0).then_some((false, end)))
     }
 
     fn acknowledge(&self, from_adopted: bool, end: u64) -> std::io::Result<()> {
@@ -265,9 +303,27 @@ impl Shared {
                     }
                 }
             }
-        } else if let Ok(mut guard) = self.journal.lock() {
+            return Ok(());
+        }
+        // The offset file is rewritten (fsyncs and a rename) without holding the journal, which
+        // the handler appends under; only emptying a fully delivered journal needs it held.
+        let planned = match self.journal.lock() {
+            Ok(mut guard) => match guard.as_mut() {
+                Some(journal) => match journal.ack_outside(end) {
+                    Some(plan) => plan,
+                    None => {
+                        journal.ack(end)?;
+                        return Ok(());
+                    }
+                },
+                None => return Ok(()),
+            },
+            Err(_) => return Ok(()),
+        };
+        journal::write_acked(&planned.0, planned.1)?;
+        if let Ok(mut guard) = self.journal.lock() {
             if let Some(journal) = guard.as_mut() {
-                journal.ack(end)?;
+                journal.acked_to(planned.1);
             }
         }
         Ok(())
@@ -297,6 +353,31 @@ impl Shared {
         }
     }
 
+    /// The journal writer thread: woken by the handler when an event finds none waiting in
+    /// memory, it lets more gather for [`journal::WRITE_WITHIN`], then writes them all in one
+    /// `write(2)`, so that an event reaches the file (and survives a kill of km) within that
+    /// bound whatever the sender is doing.
+    fn run_writer(self: Arc<Self>) {
+        loop {
+            std::thread::park();
+            if self.stop.load(Ordering::SeqCst) {
+                // The sender's last flush and `shutdown` write what is left.
+                return;
+            }
+            std::thread::sleep(journal::WRITE_WITHIN);
+            let Ok(mut guard) = self.journal.lock() else {
+                return;
+            };
+            if let Some(journal) = guard.as_mut() {
+                if let Err(e) = journal.write_pending() {
+                    drop(guard);
+                    self.host
+                        .warn(&format!("api-logger: cannot write its journal: {e}"));
+                }
+            }
+        }
+    }
+
     /// The sender thread: flushes on a full batch or every flush interval, backs off on failure.
     fn run_sender(self: Arc<Self>, done: mpsc::Sender<()>) {
         let mut backoff: Option<Duration> = None;
@@ -309,24 +390,24 @@ impl Shared {
             let settings = self.settings.lock().map(|s| s.clone()).unwrap_or_default();
             let wait = backoff.unwrap_or(settings.flush_interval);
             {
-                let (count, cv) = &self.wake;
-                let Ok(n) = count.lock() else { break };
+                let (lock, cv) = &self.wake;
+                let Ok(mut held) = lock.lock() else { break };
                 let started = Instant::now();
-                let mut n = n;
                 // Wait for a full batch (unless backing off), the interval, or stop.
                 while !self.stop.load(Ordering::SeqCst)
-                    && (backoff.is_some() || *n < settings.batch_size)
+                    && (backoff.is_some()
+                        || self.appended.load(Ordering::Acquire) < settings.batch_size)
                 {
                     let left = wait.saturating_sub(started.elapsed());
                     if left.is_zero() {
                         break;
                     }
-                    match cv.wait_timeout(n, left) {
-                        Ok((guard, _)) => n = guard,
+                    match cv.wait_timeout(held, left) {
+                        Ok((guard, _)) => held = guard,
                         Err(_) => return,
                     }
                 }
-                *n = 0;
+                self.appended.store(0, Ordering::Release);
             }
             if self.stop.load(Ordering::SeqCst) {
                 break;
@@ -360,8 +441,8 @@ impl Shared {
                 _ => break,
             }
         }
-        if let Ok(guard) = self.journal.lock() {
-            if let Some(j) = guard.as_ref() {
+        if let Ok(mut guard) = self.journal.lock() {
+            if let Some(j) = guard.as_mut() {
                 let _ = j.sync();
             }
         }
@@ -390,22 +471,24 @@ impl ApiLogger {
 ///
 /// Written straight into its buffer, the payload as the bytes that crossed: building a
 /// `serde_json::Value` of the event and of the whole message, then serialising both, cost most
-/// of the plugin's time per message. The payload is checked to be JSON exactly as a `Value` would
-/// read it ([`JsonChecked`]), so that the API, which reads it so, never gets a batch it refuses.
+/// of the plugin's time per message. The payload is checked to be JSON as a `Value` would read
+/// it, so that the API, which reads it so, never gets a batch it refuses: by [`valid`]'s fast
+/// proof, and where that is not sure by serde_json itself ([`JsonChecked`]).
 fn event_json(session_id: &str, message: &Message<'_>, max_payload: usize) -> Vec<u8> {
     let bytes = message.bytes();
-    let mut out = Vec::with_capacity(bytes.len() + 320);
+    // Room for the metadata and the journal's newline: one allocation per event.
+    let mut out = Vec::with_capacity(bytes.len() + 384);
     out.extend_from_slice(b"{\"id\":\"");
     // A session id is 32 hex digits (`random_id`): nothing to escape.
     out.extend_from_slice(session_id.as_bytes());
     out.push(b':');
-    out.extend_from_slice(message.seq.to_string().as_bytes());
+    push_u64(&mut out, message.seq);
     out.extend_from_slice(b"\",\"session_id\":");
     json_str(&mut out, session_id);
     out.extend_from_slice(b",\"seq\":");
-    out.extend_from_slice(message.seq.to_string().as_bytes());
+    push_u64(&mut out, message.seq);
     out.extend_from_slice(b",\"timestamp_us\":");
-    out.extend_from_slice(message.timestamp_us.to_string().as_bytes());
+    push_u64(&mut out, message.timestamp_us);
     out.extend_from_slice(b",\"direction\":");
     json_str(&mut out, message.direction.as_str());
     out.extend_from_slice(b",\"kind\":");
@@ -419,15 +502,17 @@ fn event_json(session_id: &str, message: &Message<'_>, max_payload: usize) -> Ve
     out.extend_from_slice(b",\"is_error\":");
     out.extend_from_slice(if message.is_error { b"true" } else { b"false" });
     out.extend_from_slice(b",\"size\":");
-    out.extend_from_slice(bytes.len().to_string().as_bytes());
+    push_u64(&mut out, bytes.len() as u64);
     if let Some(latency) = message.latency_us.into_option() {
         out.extend_from_slice(b",\"latency_us\":");
-        out.extend_from_slice(latency.to_string().as_bytes());
+        push_u64(&mut out, latency);
     }
     let json = bytes.trim_ascii();
     if bytes.len() > max_payload {
         out.extend_from_slice(b",\"truncated\":true");
-    } else if !json.contains(&b'\n') && serde_json::from_slice::<JsonChecked>(json).is_ok() {
+    } else if valid::surely_json(json)
+        || !json.contains(&b'\n') && serde_json::from_slice::<JsonChecked>(json).is_ok()
+    {
         // One line of the journal per event: a payload with a newline between its tokens (km
         // frames on newlines, so it has none) goes through the `Value` below.
         out.extend_from_slice(b",\"payload\":");
@@ -448,10 +533,32 @@ fn event_json(session_id: &str, message: &Message<'_>, max_payload: usize) -> Ve
     out
 }
 
-/// `text` as a JSON string.
+/// `text` as a JSON string, escaped as serde_json escapes it.
 fn json_str(out: &mut Vec<u8>, text: &str) {
-    // A string always serialises.
-    let _ = serde_json::to_writer(&mut *out, text);
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        // The common case (methods, ids, kinds): nothing to escape.
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // A string always serialises.
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
+}
+
+/// `n` in decimal, without going through `fmt`.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Reads any JSON value and keeps nothing: through `deserialize_any`, as `serde_json::Value`
@@ -566,14 +673,19 @@ impl Plugin for ApiLogger {
             early: Mutex::new(Vec::new()),
             early_waiting: AtomicBool::new(false),
             settings: Mutex::new(Settings::default()),
-            wake: (Mutex::new(0), Condvar::new()),
+            max_payload: AtomicUsize::new(Settings::default().max_payload),
+            batch_size: AtomicUsize::new(Settings::default().batch_size),
+            appended: AtomicUsize::new(0),
+            wake: (Mutex::new(()), Condvar::new()),
             stop: AtomicBool::new(false),
+            writer: OnceLock::new(),
             warned_full: AtomicBool::new(false),
         });
         Ok(ApiLogger {
             shared,
             session_id: random_id(),
             sender: Mutex::new(None),
+            writer: Mutex::new(None),
         })
     }
 
@@ -590,6 +702,12 @@ impl Plugin for ApiLogger {
 
     fn initialize(&self, config: &PluginConfig) -> Result<(), PluginError> {
         let settings = Settings::from_json(config.settings_json.as_str());
+        self.shared
+            .max_payload
+            .store(settings.max_payload, Ordering::Relaxed);
+        self.shared
+            .batch_size
+            .store(settings.batch_size, Ordering::Relaxed);
         if let Ok(mut s) = self.shared.settings.lock() {
             *s = settings;
         }
@@ -609,6 +727,17 @@ impl Plugin for ApiLogger {
                 )),
             }
             let shared = self.shared.clone();
+            let writer = std::thread::Builder::new()
+                .name("api-logger-journal".into())
+                .spawn(move || shared.run_writer())
+                .map_err(|e| {
+                    PluginError::failed(format!("cannot start the journal writer thread: {e}"))
+                })?;
+            let _ = self.shared.writer.set(writer.thread().clone());
+            if let Ok(mut slot) = self.writer.lock() {
+                *slot = Some(writer);
+            }
+            let shared = self.shared.clone();
             let (tx, rx) = mpsc::channel();
             let handle = std::thread::Builder::new()
                 .name("api-logger-sender".into())
@@ -620,11 +749,7 @@ impl Plugin for ApiLogger {
     }
 
     fn handle_message(&self, message: &Message<'_>) -> Result<(), PluginError> {
-        let max_payload = self
-            .shared
-            .settings
-            .lock()
-            .map_or(256 * 1024, |s| s.max_payload);
+        let max_payload = self.shared.max_payload.load(Ordering::Relaxed);
         // The common case without copying the subscription's claims.
         if self.shared.active() {
             self.shared.settle_early();
@@ -661,9 +786,14 @@ impl Plugin for ApiLogger {
                 let _ = handle.join();
             }
         }
+        // The writer only ever waits for the journal's lock, which nothing holds for long.
+        if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            writer.thread().unpark();
+            let _ = writer.join();
+        }
         // Release the journals (and their locks): a delivered one is removed, one with events
         // left is adopted by the next session.
-        if let Some(own) = self.shared.journal.lock().ok().and_then(|mut j| j.take()) {
+        if let Some(mut own) = self.shared.journal.lock().ok().and_then(|mut j| j.take()) {
             if own.backlog_bytes() == 0 {
                 own.delete();
             } else {
