@@ -156,7 +156,7 @@ impl Pending {
 struct State {
     next_seq: u64,
     correlator: Correlator,
-    dispatcher: Option<Dispatcher>,
+    dispatcher: Option<Arc<Dispatcher>>,
     counts: Counts,
     /// Per side (client to server, server to client): bytes whose complete lines are numbered,
     /// queued or held.
@@ -225,6 +225,13 @@ pub(crate) struct Session {
     progress: AtomicU64,
     /// The dispatcher's gauge of sends waiting for a lossless plugin ([`Dispatcher::held_back`]).
     held_back: Arc<std::sync::atomic::AtomicUsize>,
+    /// The same dispatcher as the state's, for the events plugins emit, which must not take the
+    /// state's lock: a pump holds it while it waits for room in a lossless plugin's queue, and
+    /// that plugin's worker emits from inside `handle_message`, so it would wait for the pump
+    /// that waits for it (until the stall limit gave up on the plugin). Its own lock is held
+    /// only to clone the `Arc`; sending an event never waits for room (events weigh nothing in
+    /// the queues' budgets).
+    event_sink: Mutex<Option<Arc<Dispatcher>>>,
 }
 
 impl Session {
@@ -246,6 +253,7 @@ impl Session {
     fn build(dispatcher: Dispatcher, hold_limit: Duration, keep_requests: bool) -> Arc<Self> {
         let observed = dispatcher.observes();
         let held_back = dispatcher.held_back();
+        let dispatcher = Arc::new(dispatcher);
         let now = Instant::now();
         let hold = || Hold {
             lines: VecDeque::new(),
@@ -257,7 +265,7 @@ impl Session {
             state: Mutex::new(State {
                 next_seq: 1,
                 correlator: Correlator::new(),
-                dispatcher: Some(dispatcher),
+                dispatcher: Some(dispatcher.clone()),
                 counts: Counts::default(),
                 observed: [0, 0],
                 held: [hold(), hold()],
@@ -270,6 +278,7 @@ impl Session {
             observed,
             progress: AtomicU64::new(0),
             held_back,
+            event_sink: Mutex::new(Some(dispatcher)),
         })
     }
 
@@ -645,6 +654,12 @@ impl Session {
         let mut state = self.lock();
         state.correlator.clear();
         state.dispatcher = None;
+        // The queues close when the last `Arc` goes: at once, or when an event being sent right
+        // now is through (that send does not wait).
+        *self
+            .event_sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         state.counts
     }
 
@@ -684,8 +699,13 @@ impl crate::events::EventSink for Session {
             timestamp_ms: event.timestamp_ms,
             data: data.to_string().into(),
         };
-        let state = self.lock();
-        if let Some(dispatcher) = &state.dispatcher {
+        // Not under the state's lock: see `event_sink`.
+        let dispatcher = self
+            .event_sink
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(dispatcher) = dispatcher {
             dispatcher.send_except(
                 Item::Event(Arc::new(event_out)),
                 Some(&event.plugin),
@@ -736,6 +756,53 @@ mod tests {
             now_us(),
             0,
         );
+    }
+
+    /// A lossless plugin that emits an event while the pump waits for room in its queue (the
+    /// pump holds the session's lock meanwhile): the event must not wait for that lock, or the
+    /// plugin's worker and the pump wait for each other until the stall limit gives up on the
+    /// plugin, which then misses messages.
+    #[test]
+    fn a_lossless_plugin_emitting_while_the_pump_waits_for_it_misses_nothing() {
+        let emit = crate::monitor::testing::Emit::default();
+        let (plugin, log) = crate::monitor::testing::emitting_probe(
+            Mode::Slow(Duration::from_millis(1)),
+            emit.clone(),
+        );
+        let (dispatcher, workers) = dispatch::start(
+            &crate::runtime::for_tests(),
+            vec![plugin],
+            2,
+            true,
+            Notices::new(true, 0),
+        );
+        let session = Session::new(dispatcher);
+        let sink: Arc<dyn crate::events::EventSink> = session.clone();
+        assert!(emit.set(sink).is_ok());
+        let count = 40;
+        for i in 0..count {
+            observe(
+                &session,
+                Direction::Request,
+                &format!(
+                    r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"n":{i}}}}}"#
+                ),
+            );
+        }
+        workers.set_end(dispatch::EndOfStream {
+            data: serde_json::Map::new(),
+            timestamp_ms: 0,
+        });
+        session.close();
+        workers.finish(Duration::from_secs(10), Duration::from_secs(2));
+        let seen = lines(&log);
+        let handled = seen
+            .iter()
+            .filter(|l| l.contains("notifications/message"))
+            .count();
+        let gaps: Vec<&String> = seen.iter().filter(|l| l.starts_with("event gap")).collect();
+        assert_eq!(handled, count, "messages missed, gaps: {gaps:?}");
+        assert!(gaps.is_empty(), "{gaps:?}");
     }
 
     #[test]

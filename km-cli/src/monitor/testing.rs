@@ -3,7 +3,7 @@
 //! dispatch and the session can be tested without loading a library.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use abi_stable::sabi_trait::TD_Opaque;
@@ -13,6 +13,7 @@ use km_abi::{
     StreamEvent, Tier,
 };
 
+use crate::events::{EventSink, PluginEvent};
 use crate::gateway::{LoadedPlugin, Signer};
 
 /// How the probe behaves in `handle_message`.
@@ -35,9 +36,13 @@ pub(crate) enum Mode {
 /// What the probe saw, one line per call.
 pub(crate) type Log = Arc<Mutex<Vec<String>>>;
 
+/// Where an emitting probe sends an event for each message it handles, once set.
+pub(crate) type Emit = Arc<OnceLock<Arc<dyn EventSink>>>;
+
 struct Probe {
     mode: Mode,
     log: Log,
+    emit: Option<Emit>,
 }
 
 impl Probe {
@@ -89,6 +94,15 @@ impl KmPlugin for Probe {
             Mode::PanicAt(_) => {}
             Mode::Fail => return RResult::RErr(PluginError::failed("nope")),
         }
+        if let Some(sink) = self.emit.as_ref().and_then(|emit| emit.get()) {
+            // As a plugin's `host.emit` does: from inside `handle_message`, on its worker.
+            sink.plugin_event(PluginEvent {
+                plugin: "probe".into(),
+                kind: "finding".into(),
+                data: serde_json::Map::new(),
+                timestamp_ms: 0,
+            });
+        }
         let latency = m
             .latency_us
             .into_option()
@@ -119,11 +133,22 @@ impl KmPlugin for Probe {
 
 /// A loaded probe and its log.
 pub(crate) fn probe(mode: Mode) -> (Arc<LoadedPlugin>, Log) {
+    make(mode, None)
+}
+
+/// A loaded probe that also emits an event (through the sink set in `emit`) for every message
+/// it handles, and its log.
+pub(crate) fn emitting_probe(mode: Mode, emit: Emit) -> (Arc<LoadedPlugin>, Log) {
+    make(mode, Some(emit))
+}
+
+fn make(mode: Mode, emit: Option<Emit>) -> (Arc<LoadedPlugin>, Log) {
     let log = Log::default();
     let object = KmPlugin_TO::from_value(
         Probe {
             mode,
             log: log.clone(),
+            emit,
         },
         TD_Opaque,
     );
