@@ -206,16 +206,22 @@ impl Record {
     /// it is and its opening replaced by one with `i` and `prev`: the same bytes as serialising
     /// a copy with them set, without copying every string of the record for each line.
     pub fn encode(&self, i: u64, prev: &str) -> Vec<u8> {
-        // A struct of strings, numbers and JSON values always serialises.
-        let body = serde_json::to_vec(self).unwrap_or_default();
+        self.encode_from(&to_json(self), i, prev)
+    }
+
+    /// [`Record::encode`] from `json`, the record's JSON as [`to_json`] made it (a journal note
+    /// of the same record, say), so that a record already serialised is not serialised again.
+    /// With room for the newline that ends the line.
+    pub fn encode_from(&self, json: &[u8], i: u64, prev: &str) -> Vec<u8> {
         let own = head(self.v, self.i, &self.prev);
-        let Some(rest) = body.strip_prefix(own.as_slice()) else {
+        let Some(rest) = json.strip_prefix(own.as_slice()) else {
             let mut numbered = self.clone();
             numbered.i = i;
             numbered.prev = prev.to_owned();
-            return serde_json::to_vec(&numbered).unwrap_or_default();
+            return to_json(&numbered);
         };
-        let mut line = head(self.v, i, prev);
+        let mut line = Vec::with_capacity(HEAD_ROOM + prev.len() + rest.len() + 1);
+        write_head(&mut line, self.v, i, prev);
         line.extend_from_slice(rest);
         line
     }
@@ -228,18 +234,37 @@ impl Record {
     }
 }
 
+/// The JSON of a record, as `serde_json` writes it (what [`Record::encode`] numbers and the
+/// session journal notes), in a buffer sized for a typical record and its newline, so that it
+/// is not grown (and copied) field by field.
+pub fn to_json(record: &Record) -> Vec<u8> {
+    let mut out = Vec::with_capacity(TYPICAL_RECORD_BYTES);
+    // A struct of strings, numbers and JSON values always serialises.
+    let _ = serde_json::to_writer(&mut out, record);
+    out
+}
+
+/// What [`to_json`] reserves: a call record of the small mix is 600–800 bytes.
+const TYPICAL_RECORD_BYTES: usize = 1024;
+/// The opening of a record's JSON without the text of `prev`: `{"v":V,"i":I,"prev":"",`.
+const HEAD_ROOM: usize = 64;
+
 /// The opening of a record's JSON up to the field after `prev`: `{"v":V,"i":I,"prev":"…",`.
 fn head(v: u32, i: u64, prev: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(96);
-    out.extend_from_slice(b"{\"v\":");
-    out.extend_from_slice(v.to_string().as_bytes());
-    out.extend_from_slice(b",\"i\":");
-    out.extend_from_slice(i.to_string().as_bytes());
-    out.extend_from_slice(b",\"prev\":");
-    // A string always serialises.
-    let _ = serde_json::to_writer(&mut out, prev);
-    out.push(b',');
+    let mut out = Vec::with_capacity(HEAD_ROOM + prev.len());
+    write_head(&mut out, v, i, prev);
     out
+}
+
+fn write_head(out: &mut Vec<u8>, v: u32, i: u64, prev: &str) {
+    out.extend_from_slice(b"{\"v\":");
+    // Numbers and strings always serialise (numbers as serde_json writes every other one).
+    let _ = serde_json::to_writer(&mut *out, &v);
+    out.extend_from_slice(b",\"i\":");
+    let _ = serde_json::to_writer(&mut *out, &i);
+    out.extend_from_slice(b",\"prev\":");
+    let _ = serde_json::to_writer(&mut *out, prev);
+    out.push(b',');
 }
 
 /// Microseconds since the epoch as RFC 3339 UTC with microseconds.
@@ -322,12 +347,17 @@ pub fn payload(line: &[u8], method: &str, keep_params: bool) -> Payload {
     let raw = members.params.or(members.result).or(members.error);
     out.sha256 = raw.map(|r| sha256_hex(r.get().as_bytes()));
     if let Some(params) = members.params {
-        let target: Target = serde_json::from_str(params.get()).unwrap_or_default();
-        out.target = match method {
-            "tools/call" | "prompts/get" => target.name.unwrap_or_default(),
-            m if m.starts_with("resources/") => target.uri.unwrap_or_default(),
-            _ => String::new(),
-        };
+        // The params are read for a target only where the method has one (a progress
+        // notification's are not read again).
+        let wants =
+            matches!(method, "tools/call" | "prompts/get") || method.starts_with("resources/");
+        if wants {
+            let target: Target = serde_json::from_str(params.get()).unwrap_or_default();
+            out.target = match method {
+                "tools/call" | "prompts/get" => target.name.unwrap_or_default(),
+                _ => target.uri.unwrap_or_default(),
+            };
+        }
         if keep_params {
             out.params = serde_json::from_str(params.get()).ok();
         }
@@ -422,10 +452,12 @@ mod tests {
                 let mut numbered = record.clone();
                 numbered.i = i;
                 numbered.prev = prev.to_owned();
-                assert_eq!(
-                    record.encode(i, prev),
-                    serde_json::to_vec(&numbered).expect("serialises")
-                );
+                let expected = serde_json::to_vec(&numbered).expect("serialises");
+                assert_eq!(record.encode(i, prev), expected);
+                // From the record's JSON made beforehand (a journal note of it), and from JSON
+                // that does not open as the record does (numbered as a copy instead).
+                assert_eq!(record.encode_from(&to_json(record), i, prev), expected);
+                assert_eq!(record.encode_from(b"{}", i, prev), expected);
             }
         }
     }

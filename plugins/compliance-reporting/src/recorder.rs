@@ -98,10 +98,15 @@ pub struct Captured {
 pub enum Effect {
     /// Append this record (sealing the content first, if any).
     Write(Record, Option<Captured>),
+    /// Append this record, whose JSON ([`record::to_json`]'s) is already made: a settled call
+    /// that has not changed since its last journal note, which is that JSON, so that the call
+    /// is not serialised a second time.
+    WriteNoted(Record, Vec<u8>),
     /// Note in the session's journal the record this call would be if km died now: the
     /// `unanswered` call while its request waits, the complete call while it settles. The next
-    /// session writes the last one noted for each call a killed km did not write.
-    Journal(Record),
+    /// session writes the last one noted for each call a killed km did not write. The record's
+    /// JSON ([`record::to_json`]'s: one line, without its newline).
+    Journal(Vec<u8>),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -159,6 +164,30 @@ struct Settling {
     /// A response to no request km saw (yet): km's answer to a blocked request, until its
     /// verdict arrives.
     unmatched: bool,
+    /// The JSON of its journal note while the call is still as noted (and has no content to
+    /// seal): written as it is once the call settles. Cleared by whatever changes the call.
+    noted: Option<Vec<u8>>,
+}
+
+/// The JSON of `record` as the call it would be with `outcome` and `notes` applied, without
+/// copying the record: they are applied, the JSON made, and the record put back as it was
+/// (`notes` only ever add to its lists).
+fn noted_json(record: &mut Record, outcome: &str, notes: &Notes) -> Vec<u8> {
+    let kept = std::mem::replace(&mut record.outcome, outcome.to_owned());
+    let lens = [
+        record.rules.len(),
+        record.plugins.len(),
+        record.findings.len(),
+        record.finding_rules.len(),
+    ];
+    notes.apply(record);
+    let json = record::to_json(record);
+    record.outcome = kept;
+    record.rules.truncate(lens[0]);
+    record.plugins.truncate(lens[1]);
+    record.findings.truncate(lens[2]);
+    record.finding_rules.truncate(lens[3]);
+    json
 }
 
 fn outcome(notes: &Notes, is_error: bool) -> &'static str {
@@ -487,9 +516,7 @@ impl Recorder {
             String::new()
         };
         let notes = self.take_early(line.corr);
-        let mut awaiting = r.clone();
-        awaiting.outcome = "unanswered".to_owned();
-        notes.apply(&mut awaiting);
+        let awaiting = noted_json(&mut r, "unanswered", &notes);
         let mut out = Vec::new();
         while self.pending.len() >= MAX_PENDING {
             let Some((_, oldest)) = self.order.pop_first() else {
@@ -551,6 +578,7 @@ impl Recorder {
                 captured: None,
                 is_error: line.is_error,
                 unmatched: true,
+                noted: None,
             });
             return Vec::new();
         };
@@ -583,13 +611,12 @@ impl Recorder {
             text.extend_from_slice(line.bytes);
             Some(Captured { subject, text })
         });
-        let mut provisional = record.clone();
-        provisional.outcome = outcome(&notes, line.is_error).to_owned();
-        notes.apply(&mut provisional);
+        let provisional = noted_json(&mut record, outcome(&notes, line.is_error), &notes);
         self.push_settling(Settling {
             due_us,
             record,
             notes,
+            noted: captured.is_none().then(|| provisional.clone()),
             captured,
             is_error: line.is_error,
             unmatched: false,
@@ -608,7 +635,10 @@ impl Recorder {
             let mut record = s.record;
             record.outcome = outcome(&s.notes, s.is_error).to_owned();
             s.notes.apply(&mut record);
-            out.push(Effect::Write(record, s.captured));
+            out.push(match s.noted {
+                Some(json) => Effect::WriteNoted(record, json),
+                None => Effect::Write(record, s.captured),
+            });
         }
         out
     }
@@ -732,6 +762,7 @@ impl Recorder {
                 settling.unmatched = false;
             }
             settling.notes.merge(notes);
+            settling.noted = None;
             return Vec::new();
         }
         if line_kind == "request" && blocked && !self.pending.contains_key(&corr) {
@@ -827,6 +858,7 @@ impl Recorder {
             p.notes.merge(notes);
         } else if let Some(s) = self.settling.iter_mut().find(|s| s.record.corr == corr) {
             s.notes.merge(notes);
+            s.noted = None;
         } else if self.written.contains(&corr) {
             return self.late("finding", &corr, &notes, data, t_us);
         } else {

@@ -222,52 +222,52 @@ impl Recording {
             .failing
             .store(false, std::sync::atomic::Ordering::Relaxed);
         for effect in effects {
-            match effect {
+            let appended = match effect {
                 Effect::Write(mut record, captured) => {
                     if let Some(captured) = captured {
                         self.seal(shared, &mut record, &captured.subject, &captured.text);
                     }
-                    if let Err(e) = self.writer.append(&record) {
-                        shared
-                            .failing
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
-                        self.failures += 1;
-                        if self.failures == 1 || self.failures.is_multiple_of(1000) {
-                            shared.host.warn(&format!(
-                                "{NAME}: cannot write the audit trail ({e}); {} record(s) lost so far",
-                                self.failures
-                            ));
-                        }
-                    } else if self.failures > 0 {
-                        // Say in the trail itself what it is missing.
-                        let mut gap = Record::new(
-                            "gap",
-                            record::rfc3339_us(record::now_us()),
-                            self.recorder.session(),
-                            self.recorder.actor(),
-                        );
-                        gap.detail.insert("lost".into(), json!(self.failures));
-                        gap.detail.insert(
-                            "why".into(),
-                            json!("records could not be written to the trail"),
-                        );
-                        if self.writer.append(&gap).is_ok() {
-                            self.failures = 0;
-                        }
-                    }
+                    self.writer.append(&record)
                 }
-                Effect::Journal(record) => {
+                Effect::WriteNoted(record, json) => self.writer.append_noted(&record, &json),
+                Effect::Journal(json) => {
                     if let Some(journal) = &mut self.journal {
-                        match journal.open(&record) {
-                            Ok(()) => {}
-                            Err(e) => {
-                                shared
-                                    .failing
-                                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                                shared.host.debug(&format!("{NAME}: session journal: {e}"));
-                            }
+                        if let Err(e) = journal.note(&json) {
+                            shared
+                                .failing
+                                .store(true, std::sync::atomic::Ordering::Relaxed);
+                            shared.host.debug(&format!("{NAME}: session journal: {e}"));
                         }
                     }
+                    continue;
+                }
+            };
+            if let Err(e) = appended {
+                shared
+                    .failing
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.failures += 1;
+                if self.failures == 1 || self.failures.is_multiple_of(1000) {
+                    shared.host.warn(&format!(
+                        "{NAME}: cannot write the audit trail ({e}); {} record(s) lost so far",
+                        self.failures
+                    ));
+                }
+            } else if self.failures > 0 {
+                // Say in the trail itself what it is missing.
+                let mut gap = Record::new(
+                    "gap",
+                    record::rfc3339_us(record::now_us()),
+                    self.recorder.session(),
+                    self.recorder.actor(),
+                );
+                gap.detail.insert("lost".into(), json!(self.failures));
+                gap.detail.insert(
+                    "why".into(),
+                    json!("records could not be written to the trail"),
+                );
+                if self.writer.append(&gap).is_ok() {
+                    self.failures = 0;
                 }
             }
         }

@@ -512,12 +512,28 @@ impl Writer {
         self.append_locked(record)
     }
 
+    /// [`Writer::append`] of `record` whose JSON ([`record::to_json`]'s) is `json`: the same
+    /// line, without serialising the record again.
+    pub fn append_noted(&mut self, record: &Record, json: &[u8]) -> Result<u64, Error> {
+        let _lock = lock(&self.dir)?;
+        self.catch_up()?;
+        self.record_repairs()?;
+        self.append_line(record, Some(json))
+    }
+
     fn append_locked(&mut self, record: &Record) -> Result<u64, Error> {
+        self.append_line(record, None)
+    }
+
+    fn append_line(&mut self, record: &Record, json: Option<&[u8]>) -> Result<u64, Error> {
         let index = self.tree.size();
         let prev = self
             .last_leaf
             .map_or_else(|| ZERO_HASH.to_owned(), |h| km_durable::digest::hex(&h));
-        let mut line = record.encode(index, &prev);
+        let mut line = match json {
+            Some(json) => record.encode_from(json, index, &prev),
+            None => record.encode(index, &prev),
+        };
         if line.len() > MAX_RECORD_BYTES {
             let mut lean = record.clone();
             lean.content = None;
@@ -832,6 +848,8 @@ pub struct SessionJournal {
     lock_path: PathBuf,
     /// The header line, newline included (the first line of every rewrite).
     header: Vec<u8>,
+    /// Where a note's line is put together (kept, so that a note costs no allocation).
+    line: Vec<u8>,
     /// The journal's length after it was last written whole.
     compacted_len: u64,
 }
@@ -895,6 +913,7 @@ impl SessionJournal {
             lock_path,
             compacted_len: line.len() as u64,
             header: line,
+            line: Vec::new(),
         })
     }
 
@@ -941,9 +960,18 @@ impl SessionJournal {
     /// Notes a request the session awaits: the call record it would be, were no response to
     /// come.
     pub fn open(&mut self, pending: &Record) -> Result<(), Error> {
-        let mut line = serde_json::to_vec(pending).unwrap_or_default();
+        self.note(&record::to_json(pending))
+    }
+
+    /// [`SessionJournal::open`] of the record whose JSON ([`record::to_json`]'s) is `json`.
+    pub fn note(&mut self, json: &[u8]) -> Result<(), Error> {
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
+        line.extend_from_slice(json);
         line.push(b'\n');
-        Ok(self.file.append(&line)?)
+        let appended = self.file.append(&line);
+        self.line = line;
+        Ok(appended?)
     }
 
     /// The session ended cleanly: removes the journal and its lock file.
