@@ -15,7 +15,8 @@
 //!   periodically while one runs ([`trail`], [`keys`]), and sent to the API, which checks that
 //!   each extends the last ([`witness`]);
 //! - several sessions write one trail under a lock; what a killed km left is repaired and
-//!   recorded ([`trail`]);
+//!   recorded ([`trail`]); a busy session writes what it gathered in the last 2 ms at once, one
+//!   `write(2)` per file ([`batch`]);
 //! - commands: `verify`, `report`, `verify-report`, `erase`, `show`, `key`, `status`
 //!   ([`commands`]).
 //!
@@ -30,6 +31,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod batch;
 pub mod commands;
 pub mod content;
 mod error;
@@ -122,13 +124,23 @@ pub(crate) struct Shared {
     early_missed: AtomicU64,
     /// Set once an input waited in vain, so that the next ones do not each wait as long.
     early_gave_up: AtomicBool,
-    stop: (Mutex<bool>, Condvar),
+    /// The background thread's state and its wake-up: stopped, or nudged by a recording that
+    /// left records or notes gathered (see [`batch`]).
+    ticker_state: (Mutex<TickerState>, Condvar),
     /// Checkpoints for the witness, sent by the sender thread ([`witness`]'s module doc says
     /// why).
     outbox: witness::Outbox,
     /// Set while the sender thread runs; without it (a plugin command, or a thread the system
     /// refused) checkpoints are sent on the caller's thread.
     sending: AtomicBool,
+}
+
+/// What the background thread is told.
+#[derive(Debug, Default)]
+struct TickerState {
+    stopped: bool,
+    /// A recording left records or notes gathered, due to be written then (see [`batch`]).
+    nudged: Option<Instant>,
 }
 
 /// The plugin.
@@ -361,28 +373,66 @@ impl Shared {
         })
     }
 
+    /// Tells the background thread that a recording left records or notes gathered, due to be
+    /// written at `due`, so that they are written then even if no further input comes. Called
+    /// under the recording lock (the background thread never takes this lock while it holds
+    /// that one's).
+    pub(crate) fn nudge(&self, due: Instant) {
+        let (lock, cv) = &self.ticker_state;
+        if let Ok(mut state) = lock.lock() {
+            state.nudged = Some(state.nudged.map_or(due, |d| d.min(due)));
+        }
+        cv.notify_one();
+    }
+
+    /// The background thread: every [`TICK`], expired requests, syncs and periodic checkpoints
+    /// ([`session::tick`]); when nudged, what a recording left gathered, once it is due.
     fn run_ticker(self: Arc<Self>) {
+        let mut next_tick = Instant::now() + TICK;
+        let mut batch_due: Option<Instant> = None;
         loop {
             {
-                let (lock, cv) = &self.stop;
-                let Ok(stopped) = lock.lock() else { return };
-                let Ok((stopped, _)) = cv.wait_timeout(stopped, TICK) else {
-                    return;
-                };
-                if *stopped {
-                    return;
+                let (lock, cv) = &self.ticker_state;
+                let Ok(mut state) = lock.lock() else { return };
+                loop {
+                    if state.stopped {
+                        return;
+                    }
+                    if let Some(due) = state.nudged.take() {
+                        batch_due = Some(batch_due.map_or(due, |d| d.min(due)));
+                    }
+                    let wake = batch_due.map_or(next_tick, |d| d.min(next_tick));
+                    let now = Instant::now();
+                    if now >= wake {
+                        break;
+                    }
+                    let Ok((next, _)) = cv.wait_timeout(state, wake - now) else {
+                        return;
+                    };
+                    state = next;
                 }
             }
-            if !matches!(self.state(), SubscriptionState::Active(_)) {
-                continue;
+            let now = Instant::now();
+            let tick = now >= next_tick;
+            if tick {
+                next_tick = now + TICK;
             }
-            let submissions = {
+            if tick && matches!(self.state(), SubscriptionState::Active(_)) {
+                batch_due = None; // the tick writes everything gathered
+                let submissions = {
+                    let Ok(mut slot) = self.recording.lock() else {
+                        return;
+                    };
+                    session::tick(&self, &mut slot)
+                };
+                self.send(submissions);
+            } else if batch_due.is_some_and(|d| now >= d) {
+                // Whatever the subscription's state: what was gathered was recorded.
                 let Ok(mut slot) = self.recording.lock() else {
                     return;
                 };
-                session::tick(&self, &mut slot)
-            };
-            self.send(submissions);
+                batch_due = session::write_due(&self, &mut slot);
+            }
         }
     }
 }
@@ -484,7 +534,7 @@ impl Plugin for ComplianceReporting {
                 early_waiting: AtomicBool::new(false),
                 early_missed: AtomicU64::new(0),
                 early_gave_up: AtomicBool::new(false),
-                stop: (Mutex::new(false), Condvar::new()),
+                ticker_state: (Mutex::new(TickerState::default()), Condvar::new()),
                 outbox: witness::Outbox::default(),
                 sending: AtomicBool::new(false),
             }),
@@ -591,9 +641,9 @@ impl Plugin for ComplianceReporting {
 
     fn shutdown(&self) -> Result<(), PluginError> {
         {
-            let (lock, cv) = &self.shared.stop;
-            if let Ok(mut stopped) = lock.lock() {
-                *stopped = true;
+            let (lock, cv) = &self.shared.ticker_state;
+            if let Ok(mut state) = lock.lock() {
+                state.stopped = true;
             }
             cv.notify_all();
         }

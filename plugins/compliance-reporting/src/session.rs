@@ -12,6 +12,7 @@ use km_audit::AuditKey;
 use km_plugin_sdk::{Direction, Message, MessageKind, SessionInfo, StreamEvent, StreamEventKind};
 use serde_json::{json, Map, Value};
 
+use crate::batch::Batch;
 use crate::content::KeyStore;
 use crate::policy::Policy;
 use crate::record::{self, Record};
@@ -136,7 +137,8 @@ pub(crate) struct Recording {
     last_sync: Instant,
     last_checkpoint: Instant,
     ended: bool,
-    failures: u64,
+    /// Records and notes not yet written.
+    batch: Batch,
     /// Whether the warning that the pending bound was reached was given.
     warned_evicted: bool,
 }
@@ -200,6 +202,7 @@ fn start(shared: &Shared, input: &InputRef<'_>) -> Result<Recording, crate::Erro
     } else {
         None
     };
+    let write_ahead = policy.write_ahead;
     Ok(Recording {
         recorder: Recorder::new(policy.clone(), &session, actor),
         writer,
@@ -210,72 +213,90 @@ fn start(shared: &Shared, input: &InputRef<'_>) -> Result<Recording, crate::Erro
         last_sync: Instant::now(),
         last_checkpoint: Instant::now(),
         ended: false,
-        failures: 0,
+        batch: Batch::new(write_ahead),
         warned_evicted: false,
     })
 }
 
 impl Recording {
+    /// Gathers the recorder's effects for the next write ([`crate::batch`] says when that is).
     fn apply(&mut self, shared: &Shared, effects: Vec<Effect>) {
-        // Whether this input's effects all reached the trail (write-ahead blocks the line if not).
-        shared
-            .failing
-            .store(false, std::sync::atomic::Ordering::Relaxed);
         for effect in effects {
-            let appended = match effect {
+            match effect {
                 Effect::Write(mut record, captured) => {
                     if let Some(captured) = captured {
                         self.seal(shared, &mut record, &captured.subject, &captured.text);
                     }
-                    self.writer.append(&record)
+                    self.batch.record(record);
                 }
-                Effect::WriteNoted(record, json) => self.writer.append_noted(&record, &json),
+                Effect::WriteNoted(record, json) => self.batch.noted(record, json),
                 Effect::Journal(json) => {
-                    if let Some(journal) = &mut self.journal {
-                        if let Err(e) = journal.note(&json) {
-                            shared
-                                .failing
-                                .store(true, std::sync::atomic::Ordering::Relaxed);
-                            shared.host.debug(&format!("{NAME}: session journal: {e}"));
-                        }
+                    if self.journal.is_some() {
+                        self.batch.note(&json);
                     }
-                    continue;
                 }
-            };
-            if let Err(e) = appended {
-                shared
-                    .failing
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-                self.failures += 1;
-                if self.failures == 1 || self.failures.is_multiple_of(1000) {
-                    shared.host.warn(&format!(
-                        "{NAME}: cannot write the audit trail ({e}); {} record(s) lost so far",
-                        self.failures
-                    ));
-                }
-            } else if self.failures > 0 {
-                // Say in the trail itself what it is missing.
-                let mut gap = Record::new(
-                    "gap",
-                    record::rfc3339_us(record::now_us()),
-                    self.recorder.session(),
-                    self.recorder.actor(),
-                );
-                gap.detail.insert("lost".into(), json!(self.failures));
-                gap.detail.insert(
-                    "why".into(),
-                    json!("records could not be written to the trail"),
-                );
-                if self.writer.append(&gap).is_ok() {
-                    self.failures = 0;
-                }
+            }
+        }
+    }
+
+    /// Writes what is gathered if it is due; else, when something is left, makes sure the
+    /// background thread will write it in time.
+    fn turn(&mut self, shared: &Shared, was_empty: bool) {
+        if self.batch.is_empty() {
+            // Nothing of this input to write: nothing of it failed.
+            shared
+                .failing
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        } else if self.batch.due(Instant::now()) {
+            self.write(shared);
+        } else if let Some(due) = self.batch.due_at().filter(|_| was_empty) {
+            shared.nudge(due);
+        }
+    }
+
+    /// Writes everything gathered, and says what failed.
+    fn write(&mut self, shared: &Shared) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let written = self.batch.write(
+            &mut self.writer,
+            self.journal.as_mut(),
+            self.recorder.session(),
+            self.recorder.actor(),
+        );
+        // Whether this write reached the files (write-ahead blocks the line if not).
+        let failed = written.trail.is_some() || written.journal.is_some();
+        shared
+            .failing
+            .store(failed, std::sync::atomic::Ordering::Relaxed);
+        if let Some(e) = written.journal {
+            shared.host.debug(&format!("{NAME}: session journal: {e}"));
+        }
+        if let Some(e) = written.trail {
+            let lost = self.batch.lost();
+            // The first failure after records were written, then once per thousand lost.
+            if lost == written.lost || lost / 1000 > (lost - written.lost) / 1000 {
+                shared.host.warn(&format!(
+                    "{NAME}: cannot write the audit trail ({e}); {lost} record(s) lost so far"
+                ));
             }
         }
     }
 
     /// Rewrites the session's journal without the calls already written, once it has grown.
     fn compact_journal(&mut self, shared: &Shared) {
-        let Some(journal) = self.journal.as_mut().filter(|j| j.needs_compaction()) else {
+        if !self
+            .journal
+            .as_ref()
+            .is_some_and(SessionJournal::needs_compaction)
+        {
+            return;
+        }
+        // The rewrite keeps only the calls not yet written: those gathered are no longer
+        // awaited, so they go to the trail first.
+        self.write(shared);
+        let Some(journal) = self.journal.as_mut() else {
             return;
         };
         if let Err(e) = journal.compact(&self.recorder.journal_notes()) {
@@ -311,6 +332,8 @@ impl Recording {
 
     /// Signs a checkpoint (unless the trail has not grown) and makes its witness submission.
     fn checkpoint(&mut self, shared: &Shared, reason: &str) -> Option<Submission> {
+        // What the session handled so far is in the tree it signs.
+        self.write(shared);
         self.last_checkpoint = Instant::now();
         let session = self.recorder.session().to_owned();
         let made = match self.writer.checkpoint(
@@ -348,6 +371,7 @@ impl Recording {
 
     fn end(&mut self, shared: &Shared) -> Vec<Submission> {
         self.ended = true;
+        // Writes everything gathered first.
         let submission = self.checkpoint(shared, "end");
         let _ = self.writer.sync();
         if let Some(journal) = self.journal.take() {
@@ -413,7 +437,9 @@ pub(crate) fn process(
         ));
     }
     rec.writer.set_actor(rec.recorder.actor());
+    let was_empty = rec.batch.is_empty();
     rec.apply(shared, effects);
+    rec.turn(shared, was_empty);
     rec.compact_journal(shared);
     if end {
         return rec.end(shared);
@@ -434,6 +460,8 @@ pub(crate) fn tick(shared: &Shared, slot: &mut Option<Recording>) -> Vec<Submiss
     }
     let expired = rec.recorder.expire(record::now_us());
     rec.apply(shared, expired);
+    // The background thread's turn writes whatever is gathered.
+    rec.write(shared);
     if rec.last_sync.elapsed() >= rec.policy.sync_interval {
         rec.last_sync = Instant::now();
         if let Err(e) = rec.writer.sync() {
@@ -446,6 +474,18 @@ pub(crate) fn tick(shared: &Shared, slot: &mut Option<Recording>) -> Vec<Submiss
         return rec.checkpoint(shared, "periodic").into_iter().collect();
     }
     Vec::new()
+}
+
+/// The background thread's look at what is gathered, when the recording nudged it: written if
+/// it is due; else when it will be (`None`: nothing is left gathered).
+pub(crate) fn write_due(shared: &Shared, slot: &mut Option<Recording>) -> Option<Instant> {
+    let rec = slot.as_mut().filter(|r| !r.ended)?;
+    let due = rec.batch.due_at()?;
+    if due > Instant::now() {
+        return Some(due);
+    }
+    rec.write(shared);
+    None
 }
 
 /// The plugin shuts down: a session km did not end is ended here.
@@ -489,5 +529,7 @@ pub(crate) fn note_refusal(shared: &Shared, slot: &mut Option<Recording>, size: 
     r.outcome = "refused".to_owned();
     r.detail.insert("size".into(), json!(size));
     r.detail.insert("why".into(), json!(why));
+    let was_empty = rec.batch.is_empty();
     rec.apply(shared, vec![Effect::Write(r, None)]);
+    rec.turn(shared, was_empty);
 }

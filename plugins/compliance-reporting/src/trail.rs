@@ -29,13 +29,16 @@
 //!
 //! # Durability
 //!
-//! A record is written with one `write(2)` on an `O_APPEND` file when the plugin handles the
-//! line; a call settles first, [`SETTLE_US`](crate::recorder::SETTLE_US) (100 ms) after its
-//! response, so that the verdicts and findings km delivers after the line join it, and is written
-//! at the next line, event or background tick (every 50 ms) after that; meanwhile the session's
-//! journal holds it whole, so a killed km loses none of it (the next session writes it). From
-//! then on a
-//! SIGKILL of km cannot lose it: the kernel has it. It reaches the disk with the next
+//! Records reach the segment in `write(2)`s on an `O_APPEND` file of whole records, each write
+//! holding what the session gathered since its last one ([`Writer::append_all`]): at once when
+//! the plugin handles a line of a session that is idle between lines, and always with
+//! write-ahead; within [`BATCH_WAIT`](crate::batch::BATCH_WAIT) (2 ms) of the last write while
+//! lines come faster (see [`crate::batch`], which says exactly what a kill can lose of what is
+//! gathered). A call settles first, [`SETTLE_US`](crate::recorder::SETTLE_US) (100 ms) after
+//! its response, so that the verdicts and findings km delivers after the line join it, and is
+//! written with the first write after that (at a line, an event or the background thread's
+//! turn); meanwhile the session's journal holds it whole, so a killed km loses none of it (the
+//! next session writes it). Once written, a SIGKILL of km cannot lose it: the kernel has it. It reaches the disk with the next
 //! `fdatasync`, at most [`Policy::sync_interval`](crate::policy::Policy) later (1 s) and before
 //! every checkpoint is written, so a power loss costs at most that interval (the journal is not
 //! synced: it serves a killed km, not a lost machine). A request whose response never came is
@@ -239,6 +242,16 @@ struct Torn {
     file: String,
     offset: u64,
     bytes: Vec<u8>,
+}
+
+/// A record for [`Writer::append_all`], with its JSON ([`record::to_json`]'s) when that is
+/// already made (a settled call's journal note), so that it is not serialised again.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// The record.
+    pub record: &'a Record,
+    /// Its JSON, if made.
+    pub json: Option<&'a [u8]>,
 }
 
 /// One writer of the trail (one per session; several sessions write at once).
@@ -506,58 +519,84 @@ impl Writer {
 
     /// Appends a record; returns its index.
     pub fn append(&mut self, record: &Record) -> Result<u64, Error> {
-        let _lock = lock(&self.dir)?;
-        self.catch_up()?;
-        self.record_repairs()?;
-        self.append_locked(record)
+        self.append_all(&[Entry { record, json: None }])
     }
 
     /// [`Writer::append`] of `record` whose JSON ([`record::to_json`]'s) is `json`: the same
     /// line, without serialising the record again.
     pub fn append_noted(&mut self, record: &Record, json: &[u8]) -> Result<u64, Error> {
+        self.append_all(&[Entry {
+            record,
+            json: Some(json),
+        }])
+    }
+
+    /// Appends `entries` in their order, in one turn of the lock (one catch-up on the other
+    /// writers) and one `write(2)`; returns the index of the first. Another writer's records come
+    /// before them all or after them all. On an error none of them is in the trail: the writer
+    /// counts only what the write took whole, and a write the kernel took in part is cut off
+    /// ([`AppendFile::append`]).
+    pub fn append_all(&mut self, entries: &[Entry<'_>]) -> Result<u64, Error> {
+        if entries.is_empty() {
+            return Ok(self.tree.size());
+        }
         let _lock = lock(&self.dir)?;
         self.catch_up()?;
         self.record_repairs()?;
-        self.append_line(record, Some(json))
+        self.append_lines(entries)
     }
 
     fn append_locked(&mut self, record: &Record) -> Result<u64, Error> {
-        self.append_line(record, None)
+        self.append_lines(&[Entry { record, json: None }])
     }
 
-    fn append_line(&mut self, record: &Record, json: Option<&[u8]>) -> Result<u64, Error> {
-        let index = self.tree.size();
-        let prev = self
-            .last_leaf
-            .map_or_else(|| ZERO_HASH.to_owned(), |h| km_durable::digest::hex(&h));
-        let mut line = match json {
-            Some(json) => record.encode_from(json, index, &prev),
-            None => record.encode(index, &prev),
-        };
-        if line.len() > MAX_RECORD_BYTES {
-            let mut lean = record.clone();
-            lean.content = None;
-            lean.detail.insert(
-                "content_omitted".into(),
-                json!("larger than a record may be"),
-            );
-            line = lean.encode(index, &prev);
+    fn append_lines(&mut self, entries: &[Entry<'_>]) -> Result<u64, Error> {
+        let first = self.tree.size();
+        let mut last = self.last_leaf;
+        let mut leaves = Vec::with_capacity(entries.len());
+        let mut bytes: Vec<u8> = Vec::new();
+        for (index, entry) in (first..).zip(entries) {
+            let prev = last.map_or_else(|| ZERO_HASH.to_owned(), |h| km_durable::digest::hex(&h));
+            let record = entry.record;
+            let mut line = match entry.json {
+                Some(json) => record.encode_from(json, index, &prev),
+                None => record.encode(index, &prev),
+            };
+            if line.len() > MAX_RECORD_BYTES {
+                let mut lean = record.clone();
+                lean.content = None;
+                lean.detail.insert(
+                    "content_omitted".into(),
+                    json!("larger than a record may be"),
+                );
+                line = lean.encode(index, &prev);
+            }
+            let leaf = leaf_hash(&line);
+            line.push(b'\n');
+            if bytes.is_empty() {
+                bytes = line; // one record (the usual case): not copied
+            } else {
+                bytes.extend_from_slice(&line);
+            }
+            leaves.push(leaf);
+            last = Some(leaf);
         }
-        let leaf = leaf_hash(&line);
-        line.push(b'\n');
         // The AppendFile counts only its own appends; the other writers' records (read in
         // `catch_up`) are whole, so its idea of the length is brought up to date (a no-op
         // truncate at the real length) before it may have to undo a partial write.
         if self.seg.len() != self.read_len {
             self.seg.truncate(self.read_len)?;
         }
-        self.seg.append(&line)?;
-        self.read_len += line.len() as u64;
-        self.tree.push(leaf);
-        self.last_leaf = Some(leaf);
+        self.seg.append(&bytes)?;
+        // Only now, the write whole: the tree takes the leaves.
+        self.read_len += bytes.len() as u64;
+        for leaf in leaves {
+            self.tree.push(leaf);
+        }
+        self.last_leaf = last;
         self.unsynced = true;
-        self.appended += 1;
-        Ok(index)
+        self.appended += entries.len() as u64;
+        Ok(first)
     }
 
     /// The consistency proof from `old` to `new` records, if this writer holds what it needs.
@@ -972,6 +1011,12 @@ impl SessionJournal {
         let appended = self.file.append(&line);
         self.line = line;
         Ok(appended?)
+    }
+
+    /// Appends several notes in one `write(2)`: `lines` is their JSON ([`record::to_json`]'s),
+    /// each followed by a newline. On an error none of them is in the journal.
+    pub fn note_lines(&mut self, lines: &[u8]) -> Result<(), Error> {
+        Ok(self.file.append(lines)?)
     }
 
     /// The session ended cleanly: removes the journal and its lock file.
