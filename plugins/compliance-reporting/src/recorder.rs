@@ -170,9 +170,20 @@ struct Settling {
 }
 
 /// The JSON of `record` as the call it would be with `outcome` and `notes` applied, without
-/// copying the record: they are applied, the JSON made, and the record put back as it was
-/// (`notes` only ever add to its lists).
+/// copying the record (see [`with_noted`]).
 fn noted_json(record: &mut Record, outcome: &str, notes: &Notes) -> Vec<u8> {
+    with_noted(record, outcome, notes, record::to_json)
+}
+
+/// `f` of `record` as the call it would be with `outcome` and `notes` applied, without copying
+/// the record: they are applied, `f` called, and the record put back as it was (`notes` only
+/// ever add to its lists).
+fn with_noted<T>(
+    record: &mut Record,
+    outcome: &str,
+    notes: &Notes,
+    f: impl FnOnce(&Record) -> T,
+) -> T {
     let kept = std::mem::replace(&mut record.outcome, outcome.to_owned());
     let lens = [
         record.rules.len(),
@@ -181,13 +192,13 @@ fn noted_json(record: &mut Record, outcome: &str, notes: &Notes) -> Vec<u8> {
         record.finding_rules.len(),
     ];
     notes.apply(record);
-    let json = record::to_json(record);
+    let made = f(record);
     record.outcome = kept;
     record.rules.truncate(lens[0]);
     record.plugins.truncate(lens[1]);
     record.findings.truncate(lens[2]);
     record.finding_rules.truncate(lens[3]);
-    json
+    made
 }
 
 fn outcome(notes: &Notes, is_error: bool) -> &'static str {
@@ -222,7 +233,9 @@ pub struct Recorder {
     actor: Actor,
     server: Option<Server>,
     started: bool,
-    pending: HashMap<String, Pending>,
+    /// Boxed: the table keeps about twice as many slots as entries, and a slot of an unboxed
+    /// request (920 bytes) cost more than the request's strings; a box costs a pointer.
+    pending: HashMap<String, Box<Pending>>,
     /// The pending requests by km's sequence number (oldest first), for the bound and expiry.
     order: BTreeMap<u64, String>,
     /// Requests recorded unanswered because of the bound.
@@ -309,34 +322,35 @@ impl Recorder {
         self.settling.len()
     }
 
-    /// What the session's journal must hold now: the last note of every call not yet written
+    /// Appends to `out` what the session's journal must hold now, as its lines (each record's
+    /// JSON, as [`record::to_json`] makes it, and a newline): the last note of every call not yet written
     /// (a pending request as the `unanswered` call it would be, oldest first, then the settling
-    /// calls as they stand), for rewriting the journal without the calls already written.
-    pub fn journal_notes(&self) -> Vec<Record> {
-        let mut notes = Vec::with_capacity(self.pending.len() + self.settling.len());
+    /// calls as they stand), for rewriting the journal without the calls already written. Made
+    /// without copying the records: with 4 096 requests awaited, copies of them all were the
+    /// largest transient of a long session.
+    pub fn journal_lines(&mut self, out: &mut Vec<u8>) {
+        let mut line = |record: &Record| {
+            // A struct of strings, numbers and JSON values always serialises.
+            let _ = serde_json::to_writer(&mut *out, record);
+            out.push(b'\n');
+        };
         for corr in self.order.values() {
-            if let Some(p) = self.pending.get(corr) {
-                let mut awaiting = p.record.clone();
-                awaiting.outcome = "unanswered".to_owned();
-                p.notes.apply(&mut awaiting);
-                notes.push(awaiting);
+            if let Some(p) = self.pending.get_mut(corr) {
+                with_noted(&mut p.record, "unanswered", &p.notes, &mut line);
             }
         }
         // A response to no request was never journalled: it waits for a verdict to name it.
-        for s in self.settling.iter().filter(|s| !s.unmatched) {
-            let mut provisional = s.record.clone();
-            provisional.outcome = outcome(&s.notes, s.is_error).to_owned();
-            s.notes.apply(&mut provisional);
-            notes.push(provisional);
+        for s in self.settling.iter_mut().filter(|s| !s.unmatched) {
+            let outcome = outcome(&s.notes, s.is_error);
+            with_noted(&mut s.record, outcome, &s.notes, &mut line);
         }
-        notes
     }
 
     /// Takes the pending request `corr` out of both tables.
     fn take_pending(&mut self, corr: &str) -> Option<Pending> {
         let pending = self.pending.remove(corr)?;
         self.order.remove(&pending.seq);
-        Some(pending)
+        Some(*pending)
     }
 
     /// Queues a settling call in the order calls are due (almost always at the end: responses
@@ -531,7 +545,7 @@ impl Recorder {
         self.order.insert(line.seq, line.corr.to_owned());
         let replaced = self.pending.insert(
             line.corr.to_owned(),
-            Pending {
+            Box::new(Pending {
                 seq: line.seq,
                 record: r,
                 notes,
@@ -540,7 +554,7 @@ impl Recorder {
                 subject,
                 since_us: line.timestamp_us,
                 cancelled: false,
-            },
+            }),
         );
         if let Some(old) = replaced.filter(|old| old.seq != line.seq) {
             // km never gives two requests one correlation id; should it, the order follows

@@ -299,7 +299,8 @@ impl Recording {
         let Some(journal) = self.journal.as_mut() else {
             return;
         };
-        if let Err(e) = journal.compact(&self.recorder.journal_notes()) {
+        let recorder = &mut self.recorder;
+        if let Err(e) = journal.compact_with(|out| recorder.journal_lines(out)) {
             // The journal as it was still holds everything: appending goes on.
             shared
                 .host

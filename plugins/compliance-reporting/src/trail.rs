@@ -965,15 +965,24 @@ impl SessionJournal {
     }
 
     /// Rewrites the journal with `live` only: the last state of every call the session has not
-    /// written to the trail (what [`crate::recorder::Recorder::journal_notes`] gives). Replaced
+    /// written to the trail (as [`crate::recorder::Recorder::journal_lines`] gives them). Replaced
     /// whole by a rename, so a km killed meanwhile leaves the old journal or the new one.
     pub fn compact(&mut self, live: &[Record]) -> Result<(), Error> {
-        let mut bytes = self.header.clone();
+        let mut lines = Vec::new();
         for record in live {
             // A record always serialises.
-            let _ = serde_json::to_writer(&mut bytes, record);
-            bytes.push(b'\n');
+            let _ = serde_json::to_writer(&mut lines, record);
+            lines.push(b'\n');
         }
+        self.compact_with(|bytes| bytes.extend_from_slice(&lines))
+    }
+
+    /// [`SessionJournal::compact`] with the records' lines made by `lines`, which appends them
+    /// (each record's JSON and a newline: what [`crate::recorder::Recorder::journal_lines`]
+    /// does) after the header, so that they are not copied once more.
+    pub fn compact_with(&mut self, lines: impl FnOnce(&mut Vec<u8>)) -> Result<(), Error> {
+        let mut bytes = self.header.clone();
+        lines(&mut bytes);
         // Should the rewrite fail, the journal as it was still holds everything; it is tried
         // again only once it has grown as much again.
         self.compacted_len = self.file.len();

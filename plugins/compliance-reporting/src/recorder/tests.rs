@@ -459,7 +459,13 @@ fn the_journal_notes_are_every_call_not_yet_written_as_it_stands() {
     let mut odd = line(5, Direction::Response, MessageKind::RESPONSE, OK, "c:9", "");
     odd.timestamp_us = 4_000_001; // before the call above settles
     r.line(&odd);
-    let notes = r.journal_notes();
+    let notes = journal_notes(&mut r);
+    // Made from the records in place, which are left as they were: made again, the same bytes
+    // (and the calls written below are checked against their notes).
+    let (mut once, mut again) = (Vec::new(), Vec::new());
+    r.journal_lines(&mut once);
+    r.journal_lines(&mut again);
+    assert_eq!(once, again);
     let summary: Vec<(&str, &str)> = notes
         .iter()
         .map(|n| (n.corr.as_str(), n.outcome.as_str()))
@@ -473,12 +479,35 @@ fn the_journal_notes_are_every_call_not_yet_written_as_it_stands() {
         ]
     );
     assert!(notes[2].response.is_some());
-    written(r.flush(u64::MAX));
+    assert!(notes[0].response.is_none() && notes[0].rules.is_empty());
+    let calls = written(r.flush(u64::MAX));
+    let c2 = calls
+        .iter()
+        .find(|(c, _)| c.corr == "c:2")
+        .expect("written");
+    assert_eq!(c2.0.outcome, "error", "the record was put back as it was");
     assert_eq!(
-        r.journal_notes().len(),
+        journal_notes(&mut r).len(),
         2,
         "written calls leave the journal"
     );
+}
+
+/// The records of the journal's lines ([`Recorder::journal_lines`]), each line checked to be
+/// exactly its record's JSON.
+fn journal_notes(r: &mut Recorder) -> Vec<Record> {
+    let mut lines = Vec::new();
+    r.journal_lines(&mut lines);
+    assert!(lines.is_empty() || lines.ends_with(b"\n"));
+    lines
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let record: Record = serde_json::from_slice(l).expect("a record");
+            assert_eq!(l, record::to_json(&record).as_slice());
+            record
+        })
+        .collect()
 }
 
 #[test]
