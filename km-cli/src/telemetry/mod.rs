@@ -100,9 +100,15 @@ use crate::runtime::Handle;
 /// [`lower_priority`]).
 const NICE: i32 = 19;
 
-/// The most bytes of lines waiting for the telemetry thread (the plugins' queues have the same
-/// bound): past it lines are not traced, whatever the count.
-const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+/// The most bytes of lines waiting for the telemetry thread: past it lines are not traced,
+/// whatever the count. The lines are the framer's read buffers, shared: while a read waits here
+/// the framer cannot write into its buffer again, and moves to another (see "Reusing read
+/// buffers" in `monitor::frame`). 4 MiB is sixteen of the tee path's 256 KiB reads, as many as
+/// the framer keeps to move between; with 64 MiB (the plugins' bound) the queue held whole
+/// benchmark runs while the `SCHED_IDLE` thread waited for a core, and every read took fresh
+/// memory: 1.7 times the page faults of export off, the relay 1.25x slower. A burst larger than
+/// this while the thread is starved is counted as reads not traced (reported at the end).
+const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
 
 /// A verdict, for its span event and the verdict counter.
 #[derive(Debug, Clone)]
