@@ -314,7 +314,8 @@ impl ApiClient {
             url,
             method,
             headers,
-            body: request.body.as_slice().to_vec(),
+            // Copied once out of the plugin's buffer; every attempt shares that copy.
+            body: bytes::Bytes::copy_from_slice(request.body.as_slice()),
             deadline: Instant::now() + timeout,
             timeout,
             policy: self.policy.clone(),
@@ -382,7 +383,10 @@ struct Call {
     url: Url,
     method: reqwest::Method,
     headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
+    /// Shared by the attempts (a reference count): a `Vec` here was copied again for every
+    /// attempt, the first one too, and a batch of several MiB was fresh memory each time,
+    /// faulted in page by page.
+    body: bytes::Bytes,
     deadline: Instant,
     timeout: Duration,
     policy: ApiPolicy,
