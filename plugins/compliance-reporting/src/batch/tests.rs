@@ -359,3 +359,215 @@ fn a_dead_sessions_journal_written_in_batches_is_recovered() {
     );
     assert_eq!(recovered[3].kind, "session.end");
 }
+
+/// A deterministic stand-in for km-bench's small mix (`bench/src/relay.rs`): 45% `tools/call`
+/// requests, 35% their results (one in fifty an error), 20% progress notifications; a line
+/// every millisecond, so calls settle 100 lines after their response.
+struct SmallMix {
+    state: u64,
+    seq: u64,
+    open: std::collections::VecDeque<u64>,
+}
+
+/// One line of [`SmallMix`], as the recorder is handed it.
+struct MixLine {
+    kind: km_plugin_sdk::MessageKind,
+    direction: km_plugin_sdk::Direction,
+    bytes: Vec<u8>,
+    corr: String,
+    method: &'static str,
+    is_error: bool,
+}
+
+impl SmallMix {
+    fn new() -> Self {
+        SmallMix {
+            state: 0x2545_F491_4F6C_DD1D,
+            seq: 0,
+            open: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn next(&mut self) -> u64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+
+    fn text(&mut self, len: u64) -> String {
+        (0..len)
+            .map(|_| char::from(b'a' + (self.next() % 26) as u8))
+            .collect()
+    }
+
+    fn line(&mut self) -> MixLine {
+        use km_plugin_sdk::{Direction, MessageKind};
+        self.seq += 1;
+        let i = self.seq;
+        let roll = self.range(0, 100);
+        if roll < 45 || (roll < 80 && self.open.is_empty()) {
+            self.open.push_back(i);
+            if self.open.len() > 64 {
+                self.open.pop_front();
+            }
+            let len = self.range(8, 320);
+            let q = self.text(len);
+            MixLine {
+                kind: MessageKind::REQUEST,
+                direction: Direction::Request,
+                bytes: format!(r#"{{"jsonrpc":"2.0","id":{i},"method":"tools/call","params":{{"name":"search","arguments":{{"q":"{q}"}},"_meta":{{"progressToken":{i}}}}}}}"#).into_bytes(),
+                corr: format!("c:{i}"),
+                method: "tools/call",
+                is_error: false,
+            }
+        } else if roll < 80 {
+            let id = self.open.pop_front().unwrap_or(0);
+            let (bytes, is_error) = if roll == 79 {
+                (
+                    format!(
+                        r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32602,"message":"unknown tool"}}}}"#
+                    ),
+                    true,
+                )
+            } else {
+                let len = self.range(130, 1930);
+                let text = self.text(len);
+                (
+                    format!(
+                        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"{text}"}}],"isError":false}}}}"#
+                    ),
+                    false,
+                )
+            };
+            MixLine {
+                kind: MessageKind::RESPONSE,
+                direction: Direction::Response,
+                bytes: bytes.into_bytes(),
+                corr: format!("c:{id}"),
+                method: "",
+                is_error,
+            }
+        } else {
+            let token = self.open.back().copied().unwrap_or(0);
+            let len = self.range(8, 170);
+            let text = self.text(len);
+            MixLine {
+                kind: MessageKind::NOTIFICATION,
+                direction: Direction::Response,
+                bytes: format!(r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":{token},"progress":{i},"message":"{text}"}}}}"#).into_bytes(),
+                corr: String::new(),
+                method: "notifications/progress",
+                is_error: false,
+            }
+        }
+    }
+}
+
+/// Records `n` lines of [`SmallMix`] as a session does (the recorder's effects gathered, written
+/// every 64 lines, the journal rewritten in place halfway), and returns the record lines of the
+/// trail and the lines of the session's journal (their headers left out).
+fn small_mix_session(n: u64) -> (Vec<u8>, Vec<u8>) {
+    use crate::recorder::{Effect, Line, Recorder};
+    let fixture = Fixture::new();
+    let mut writer = fixture.writer("s1");
+    let mut journal =
+        SessionJournal::create(fixture.data(), "s1", writer.size(), &actor()).expect("journal");
+    let mut recorder = Recorder::new(crate::policy::Policy::default(), "s1", actor());
+    let mut batch = Batch::new(false);
+    let apply = |batch: &mut Batch, effects: Vec<Effect>| {
+        for effect in effects {
+            match effect {
+                Effect::Write(record, _) => batch.record(record),
+                Effect::WriteNoted(record, json) => batch.noted(record, json),
+                Effect::Journal(json) => batch.note(&json),
+            }
+        }
+    };
+    let t0 = 1_700_000_000_000_000;
+    let start = recorder.start(
+        &["node".into(), "server.js".into()],
+        serde_json::Map::new(),
+        t0,
+    );
+    apply(&mut batch, start);
+    let mut mix = SmallMix::new();
+    for seq in 1..=n {
+        let l = mix.line();
+        let effects = recorder.line(&Line {
+            seq,
+            direction: l.direction,
+            kind: l.kind,
+            is_error: l.is_error,
+            bytes: &l.bytes,
+            corr: &l.corr,
+            method: l.method,
+            timestamp_us: t0 + seq * 1000,
+            latency_us: (l.kind == km_plugin_sdk::MessageKind::RESPONSE).then_some(1234),
+        });
+        apply(&mut batch, effects);
+        if seq % 64 == 0 {
+            let written = batch.write(&mut writer, Some(&mut journal), "s1", &actor());
+            assert!(written.trail.is_none() && written.journal.is_none());
+        }
+        if seq == n / 2 {
+            batch.write(&mut writer, Some(&mut journal), "s1", &actor());
+            journal
+                .compact_with(|out| recorder.journal_lines(out))
+                .expect("rewrites");
+        }
+    }
+    let end = recorder.end(&json!({"messages": {"forwarded": n}}), t0 + (n + 1) * 1000);
+    apply(&mut batch, end);
+    batch.write(&mut writer, Some(&mut journal), "s1", &actor());
+    let journal_path = trail_dir(fixture.data())
+        .join("sessions")
+        .join("s1.pending");
+    let notes = fs::read(&journal_path).expect("reads the journal");
+    let notes = split_lines(&notes).0[1..].concat();
+    fixture.assert_verifies(&mut writer);
+    (fixture.lines().concat(), notes)
+}
+
+/// The bytes a small-mix session writes, pinned: records, journal notes and the journal's
+/// rewrite are what auditors and the recovery of a killed session read, so a change of how
+/// they are made must not change a byte of them. (The digests were taken before the per-call
+/// path was made to allocate less.)
+#[test]
+fn a_small_mix_session_writes_the_bytes_it_always_wrote() {
+    let (trail, notes) = small_mix_session(600);
+    assert_eq!(
+        (trail.len(), record::sha256_hex(&trail)),
+        (
+            169_897,
+            "8013a14782ada1a9850fa95d0d90eaded5588ab83e52e1134354d1415271b93c".to_owned()
+        ),
+        "the trail's records"
+    );
+    assert_eq!(
+        (notes.len(), record::sha256_hex(&notes)),
+        (
+            152_962,
+            "10b45226296ef1d66b0b68adc38e121da2219442557c7204659016100eb6719e".to_owned()
+        ),
+        "the journal's notes"
+    );
+}
+
+/// A driver for profiling the per-line path: `KM_CR_PROFILE_LINES=N cargo test --release -p
+/// compliance-reporting -- --ignored profile_small_mix` under `valgrind --tool=callgrind`; the
+/// instructions per line are the difference of two counts over the difference of their N.
+#[test]
+#[ignore = "a profiling driver, not a test"]
+fn profile_small_mix() {
+    let n = std::env::var("KM_CR_PROFILE_LINES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let (trail, _) = small_mix_session(n);
+    assert!(!trail.is_empty());
+}
