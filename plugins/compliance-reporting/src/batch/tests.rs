@@ -469,9 +469,9 @@ impl SmallMix {
 }
 
 /// Records `n` lines of [`SmallMix`] as a session does (the recorder's effects gathered, written
-/// every 64 lines, the journal rewritten in place halfway), and returns the record lines of the
+/// every 64 lines, the journal rewritten in place halfway; the trail verified with `check`), and returns the record lines of the
 /// trail and the lines of the session's journal (their headers left out).
-fn small_mix_session(n: u64) -> (Vec<u8>, Vec<u8>) {
+fn small_mix_session(n: u64, check: bool) -> (Vec<u8>, Vec<u8>) {
     use crate::recorder::{Effect, Line, Recorder};
     let fixture = Fixture::new();
     let mut writer = fixture.writer("s1");
@@ -529,7 +529,9 @@ fn small_mix_session(n: u64) -> (Vec<u8>, Vec<u8>) {
         .join("s1.pending");
     let notes = fs::read(&journal_path).expect("reads the journal");
     let notes = split_lines(&notes).0[1..].concat();
-    fixture.assert_verifies(&mut writer);
+    if check {
+        fixture.assert_verifies(&mut writer);
+    }
     (fixture.lines().concat(), notes)
 }
 
@@ -539,7 +541,7 @@ fn small_mix_session(n: u64) -> (Vec<u8>, Vec<u8>) {
 /// path was made to allocate less.)
 #[test]
 fn a_small_mix_session_writes_the_bytes_it_always_wrote() {
-    let (trail, notes) = small_mix_session(600);
+    let (trail, notes) = small_mix_session(600, true);
     assert_eq!(
         (trail.len(), record::sha256_hex(&trail)),
         (
@@ -568,6 +570,6 @@ fn profile_small_mix() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000);
-    let (trail, _) = small_mix_session(n);
+    let (trail, _) = small_mix_session(n, false);
     assert!(!trail.is_empty());
 }
