@@ -29,6 +29,8 @@
 //! Empty fields are left out. Content itself is never in a record unless capture is enabled, and
 //! then only encrypted (see [`crate::content`]).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -131,15 +133,28 @@ pub struct Record {
     /// What kind of record.
     #[serde(rename = "type", default)]
     pub kind: String,
-    /// The session.
-    #[serde(default)]
-    pub session: String,
-    /// Who.
-    #[serde(default)]
-    pub actor: Actor,
-    /// Which server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub server: Option<Server>,
+    /// The session (shared: the same for every record of a session, so not copied into each).
+    #[serde(
+        default,
+        serialize_with = "shared::ser",
+        deserialize_with = "shared::de_str"
+    )]
+    pub session: Arc<str>,
+    /// Who (shared, as the session).
+    #[serde(
+        default,
+        serialize_with = "shared::ser",
+        deserialize_with = "shared::de"
+    )]
+    pub actor: Arc<Actor>,
+    /// Which server (shared, as the session).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "shared::ser_option",
+        deserialize_with = "shared::de_option"
+    )]
+    pub server: Option<Arc<Server>>,
     /// km's correlation id of a call (shared by its request, response and verdicts).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub corr: String,
@@ -190,12 +205,17 @@ pub struct Record {
 impl Record {
     /// A record of `kind` at `t` for `session` and `actor`, the rest empty.
     pub fn new(kind: &str, t: String, session: &str, actor: &Actor) -> Record {
+        Record::shared(kind, t, &Arc::from(session), &Arc::new(actor.clone()))
+    }
+
+    /// [`Record::new`] with the session's strings shared, not copied (a recorder's records).
+    pub fn shared(kind: &str, t: String, session: &Arc<str>, actor: &Arc<Actor>) -> Record {
         Record {
             v: VERSION,
             t,
             kind: kind.to_owned(),
-            session: session.to_owned(),
-            actor: actor.clone(),
+            session: Arc::clone(session),
+            actor: Arc::clone(actor),
             ..Record::default()
         }
     }
@@ -213,17 +233,46 @@ impl Record {
     /// of the same record, say), so that a record already serialised is not serialised again.
     /// With room for the newline that ends the line.
     pub fn encode_from(&self, json: &[u8], i: u64, prev: &str) -> Vec<u8> {
-        let own = head(self.v, self.i, &self.prev);
-        let Some(rest) = json.strip_prefix(own.as_slice()) else {
-            let mut numbered = self.clone();
-            numbered.i = i;
-            numbered.prev = prev.to_owned();
-            return to_json(&numbered);
-        };
-        let mut line = Vec::with_capacity(HEAD_ROOM + prev.len() + rest.len() + 1);
-        write_head(&mut line, self.v, i, prev);
-        line.extend_from_slice(rest);
+        let mut line = Vec::with_capacity(HEAD_ROOM + prev.len() + json.len() + 1);
+        self.encode_into(json, i, prev, &mut line);
         line
+    }
+
+    /// [`Record::encode_from`] appended to `out` (a batch's bytes: the line is made where it is
+    /// written, not made apart and copied there).
+    pub fn encode_into(&self, json: &[u8], i: u64, prev: &str, out: &mut Vec<u8>) {
+        match self.strip_own_head(json) {
+            Some(rest) => {
+                write_head(out, self.v, i, prev);
+                out.extend_from_slice(rest);
+            }
+            None => {
+                let mut numbered = self.clone();
+                numbered.i = i;
+                numbered.prev = prev.to_owned();
+                // A struct of strings, numbers and JSON values always serialises.
+                let _ = serde_json::to_writer(out, &numbered);
+            }
+        }
+    }
+
+    /// What follows the record's own opening (`{"v":V,"i":I,"prev":"…",`) in `json`, if it
+    /// opens so; compared piece by piece, without making the opening.
+    fn strip_own_head<'a>(&self, json: &'a [u8]) -> Option<&'a [u8]> {
+        let mut digits = [0u8; 20];
+        let rest = json.strip_prefix(b"{\"v\":")?;
+        let rest = rest.strip_prefix(decimal(u64::from(self.v), &mut digits))?;
+        let rest = rest.strip_prefix(b",\"i\":")?;
+        let rest = rest.strip_prefix(decimal(self.i, &mut digits))?;
+        let rest = rest.strip_prefix(b",\"prev\":")?;
+        let rest = if needs_no_escape(&self.prev) {
+            rest.strip_prefix(b"\"")?
+                .strip_prefix(self.prev.as_bytes())?
+                .strip_prefix(b"\"")?
+        } else {
+            rest.strip_prefix(serde_json::to_vec(&self.prev).ok()?.as_slice())?
+        };
+        rest.strip_prefix(b",")
     }
 
     /// Adds `item` to `list` unless it is there.
@@ -231,6 +280,45 @@ impl Record {
         if !item.is_empty() && !list.iter().any(|x| x == item) {
             list.push(item.to_owned());
         }
+    }
+}
+
+/// A record's shared fields read and written as what they share: the same JSON as the value
+/// itself (serde's own `Arc` support needs its `rc` feature, which would rebuild every crate of
+/// the workspace that uses serde).
+mod shared {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn ser<T: Serialize + ?Sized, S: Serializer>(
+        v: &Arc<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        T::serialize(v, s)
+    }
+
+    pub(super) fn ser_option<T: Serialize, S: Serializer>(
+        v: &Option<Arc<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        v.as_deref().serialize(s)
+    }
+
+    pub(super) fn de_str<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<str>, D::Error> {
+        String::deserialize(d).map(Arc::from)
+    }
+
+    pub(super) fn de<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Arc<T>, D::Error> {
+        T::deserialize(d).map(Arc::new)
+    }
+
+    pub(super) fn de_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Arc<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(|v| v.map(Arc::new))
     }
 }
 
@@ -249,22 +337,42 @@ const TYPICAL_RECORD_BYTES: usize = 1024;
 /// The opening of a record's JSON without the text of `prev`: `{"v":V,"i":I,"prev":"",`.
 const HEAD_ROOM: usize = 64;
 
-/// The opening of a record's JSON up to the field after `prev`: `{"v":V,"i":I,"prev":"…",`.
-fn head(v: u32, i: u64, prev: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEAD_ROOM + prev.len());
-    write_head(&mut out, v, i, prev);
-    out
+fn write_head(out: &mut Vec<u8>, v: u32, i: u64, prev: &str) {
+    let mut digits = [0u8; 20];
+    out.extend_from_slice(b"{\"v\":");
+    out.extend_from_slice(decimal(u64::from(v), &mut digits));
+    out.extend_from_slice(b",\"i\":");
+    out.extend_from_slice(decimal(i, &mut digits));
+    out.extend_from_slice(b",\"prev\":");
+    if needs_no_escape(prev) {
+        out.push(b'"');
+        out.extend_from_slice(prev.as_bytes());
+        out.push(b'"');
+    } else {
+        // A string always serialises.
+        let _ = serde_json::to_writer(&mut *out, prev);
+    }
+    out.push(b',');
 }
 
-fn write_head(out: &mut Vec<u8>, v: u32, i: u64, prev: &str) {
-    out.extend_from_slice(b"{\"v\":");
-    // Numbers and strings always serialise (numbers as serde_json writes every other one).
-    let _ = serde_json::to_writer(&mut *out, &v);
-    out.extend_from_slice(b",\"i\":");
-    let _ = serde_json::to_writer(&mut *out, &i);
-    out.extend_from_slice(b",\"prev\":");
-    let _ = serde_json::to_writer(&mut *out, prev);
-    out.push(b',');
+/// `n` in decimal, as serde_json writes an integer.
+fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &digits[at..]
+}
+
+/// Whether serde_json writes `s` as it is between its quotes: it escapes only `"`, `\\` and
+/// the control characters below U+0020.
+fn needs_no_escape(s: &str) -> bool {
+    s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\')
 }
 
 /// Microseconds since the epoch as RFC 3339 UTC with microseconds.
@@ -458,6 +566,12 @@ mod tests {
                 // that does not open as the record does (numbered as a copy instead).
                 assert_eq!(record.encode_from(&to_json(record), i, prev), expected);
                 assert_eq!(record.encode_from(b"{}", i, prev), expected);
+                // Appended to what a buffer holds, either way.
+                for json in [to_json(record), b"{}".to_vec()] {
+                    let mut out = b"before\n".to_vec();
+                    record.encode_into(&json, i, prev, &mut out);
+                    assert_eq!(out, [b"before\n".as_slice(), &expected].concat());
+                }
             }
         }
     }

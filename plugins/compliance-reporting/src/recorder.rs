@@ -34,6 +34,7 @@
 //! - anything else: a `plugin-event` record. Of every event only short scalar fields are kept.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use km_plugin_sdk::{Direction, MessageKind, StreamEventKind};
 use serde_json::{json, Map, Value};
@@ -229,9 +230,10 @@ struct Pending {
 #[derive(Debug)]
 pub struct Recorder {
     policy: Policy,
-    session: String,
-    actor: Actor,
-    server: Option<Server>,
+    /// Shared with every record made (not copied into each).
+    session: Arc<str>,
+    actor: Arc<Actor>,
+    server: Option<Arc<Server>>,
     started: bool,
     /// Boxed: the table keeps about twice as many slots as entries, and a slot of an unboxed
     /// request (920 bytes) cost more than the request's strings; a box costs a pointer.
@@ -282,8 +284,8 @@ impl Recorder {
     pub fn new(policy: Policy, session: &str, actor: Actor) -> Recorder {
         Recorder {
             policy,
-            session: session.to_owned(),
-            actor,
+            session: Arc::from(session),
+            actor: Arc::new(actor),
             server: None,
             started: false,
             pending: HashMap::new(),
@@ -365,8 +367,8 @@ impl Recorder {
     }
 
     fn base(&self, kind: &str, t_us: u64) -> Record {
-        let mut r = Record::new(kind, record::rfc3339_us(t_us), &self.session, &self.actor);
-        r.server = self.server.clone();
+        let mut r = Record::shared(kind, record::rfc3339_us(t_us), &self.session, &self.actor);
+        r.server.clone_from(&self.server);
         r
     }
 
@@ -382,10 +384,10 @@ impl Recorder {
         }
         self.started = true;
         if !command.is_empty() {
-            self.server = Some(Server {
+            self.server = Some(Arc::new(Server {
                 id: km_plugin_sdk::server_id(command),
                 label: km_plugin_sdk::server_label(command),
-            });
+            }));
         }
         let mut r = self.base("session.start", t_us);
         r.detail = detail;
@@ -457,6 +459,10 @@ impl Recorder {
     /// A line km forwarded.
     pub fn line(&mut self, line: &Line<'_>) -> Vec<Effect> {
         let mut out = self.flush(line.timestamp_us);
+        if out.is_empty() {
+            // Most lines settle nothing: their effects are returned as they are made.
+            return self.take_line(line);
+        }
         out.extend(self.take_line(line));
         out
     }
@@ -822,7 +828,8 @@ impl Recorder {
                 if member.is_empty() {
                     return Vec::new();
                 }
-                self.actor.member = Some(member.chars().take(128).collect());
+                // The records made before keep the actor they were made with.
+                Arc::make_mut(&mut self.actor).member = Some(member.chars().take(128).collect());
                 let mut r = self.base("actor", t_us);
                 r.plugins = vec![plugin];
                 r.detail = record::summary(&data);

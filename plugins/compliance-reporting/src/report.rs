@@ -321,7 +321,7 @@ fn access(records: &[(u64, Record)]) -> (Table, Table) {
     let mut sessions: BTreeMap<String, (String, String, String, String, u64, String)> =
         BTreeMap::new();
     for (_, r) in records {
-        let entry = sessions.entry(r.session.clone()).or_insert_with(|| {
+        let entry = sessions.entry(r.session.to_string()).or_insert_with(|| {
             (
                 r.actor.display(),
                 server_of(r),
@@ -1022,10 +1022,10 @@ mod tests {
             host: "laptop".into(),
             member: Some("m-1".into()),
         };
-        let server = Some(Server {
+        let server = Some(std::sync::Arc::new(Server {
             id: "0123456789abcdef".into(),
             label: "node <evil>.js".into(),
-        });
+        }));
         let mut out = Vec::new();
         let mut call = Record::new("call", "2026-01-01T10:00:00.000000Z".into(), "s1", &actor);
         call.server = server.clone();

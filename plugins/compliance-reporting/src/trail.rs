@@ -554,30 +554,48 @@ impl Writer {
         let first = self.tree.size();
         let mut last = self.last_leaf;
         let mut leaves = Vec::with_capacity(entries.len());
-        let mut bytes: Vec<u8> = Vec::new();
+        // The lines are made where they are written, one after the other (not made apart and
+        // copied), and a record without its JSON is serialised into one reused buffer.
+        let weight: usize = entries
+            .iter()
+            .map(|e| e.json.map_or(1024, <[u8]>::len) + 100)
+            .sum();
+        let mut bytes: Vec<u8> = Vec::with_capacity(weight);
+        let mut json = Vec::new();
+        let mut prev = [0u8; 64];
         for (index, entry) in (first..).zip(entries) {
-            let prev = last.map_or_else(|| ZERO_HASH.to_owned(), |h| km_durable::digest::hex(&h));
-            let record = entry.record;
-            let mut line = match entry.json {
-                Some(json) => record.encode_from(json, index, &prev),
-                None => record.encode(index, &prev),
+            let prev = match &last {
+                Some(h) => {
+                    // Hex digits are ASCII.
+                    let _ = hex::encode_to_slice(h, &mut prev);
+                    std::str::from_utf8(&prev).unwrap_or(ZERO_HASH)
+                }
+                None => ZERO_HASH,
             };
-            if line.len() > MAX_RECORD_BYTES {
+            let record = entry.record;
+            let start = bytes.len();
+            let own = match entry.json {
+                Some(own) => own,
+                None => {
+                    json.clear();
+                    // A struct of strings, numbers and JSON values always serialises.
+                    let _ = serde_json::to_writer(&mut json, record);
+                    &json
+                }
+            };
+            record.encode_into(own, index, prev, &mut bytes);
+            if bytes.len() - start > MAX_RECORD_BYTES {
+                bytes.truncate(start);
                 let mut lean = record.clone();
                 lean.content = None;
                 lean.detail.insert(
                     "content_omitted".into(),
                     json!("larger than a record may be"),
                 );
-                line = lean.encode(index, &prev);
+                bytes.extend_from_slice(&lean.encode(index, prev));
             }
-            let leaf = leaf_hash(&line);
-            line.push(b'\n');
-            if bytes.is_empty() {
-                bytes = line; // one record (the usual case): not copied
-            } else {
-                bytes.extend_from_slice(&line);
-            }
+            let leaf = leaf_hash(&bytes[start..]);
+            bytes.push(b'\n');
             leaves.push(leaf);
             last = Some(leaf);
         }
@@ -1086,7 +1104,7 @@ pub fn recover_dead_sessions(
         let mut last_time = String::new();
         for_each_record(data_dir, header.start, |_, line| {
             if let Ok(r) = serde_json::from_slice::<Record>(line) {
-                if r.session == header.session {
+                if *r.session == *header.session {
                     if r.kind == "call" {
                         done.insert(r.corr.clone());
                     }
