@@ -547,18 +547,8 @@ fn json_str(out: &mut Vec<u8>, text: &str) {
 }
 
 /// `n` in decimal, without going through `fmt`.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Reads any JSON value and keeps nothing: through `deserialize_any`, as `serde_json::Value`

@@ -259,11 +259,11 @@ impl Record {
     /// What follows the record's own opening (`{"v":V,"i":I,"prev":"…",`) in `json`, if it
     /// opens so; compared piece by piece, without making the opening.
     fn strip_own_head<'a>(&self, json: &'a [u8]) -> Option<&'a [u8]> {
-        let mut digits = [0u8; 20];
+        let mut digits = itoa::Buffer::new();
         let rest = json.strip_prefix(b"{\"v\":")?;
-        let rest = rest.strip_prefix(decimal(u64::from(self.v), &mut digits))?;
+        let rest = rest.strip_prefix(digits.format(self.v).as_bytes())?;
         let rest = rest.strip_prefix(b",\"i\":")?;
-        let rest = rest.strip_prefix(decimal(self.i, &mut digits))?;
+        let rest = rest.strip_prefix(digits.format(self.i).as_bytes())?;
         let rest = rest.strip_prefix(b",\"prev\":")?;
         let rest = if needs_no_escape(&self.prev) {
             rest.strip_prefix(b"\"")?
@@ -338,11 +338,11 @@ const TYPICAL_RECORD_BYTES: usize = 1024;
 const HEAD_ROOM: usize = 64;
 
 fn write_head(out: &mut Vec<u8>, v: u32, i: u64, prev: &str) {
-    let mut digits = [0u8; 20];
+    let mut digits = itoa::Buffer::new();
     out.extend_from_slice(b"{\"v\":");
-    out.extend_from_slice(decimal(u64::from(v), &mut digits));
+    out.extend_from_slice(digits.format(v).as_bytes());
     out.extend_from_slice(b",\"i\":");
-    out.extend_from_slice(decimal(i, &mut digits));
+    out.extend_from_slice(digits.format(i).as_bytes());
     out.extend_from_slice(b",\"prev\":");
     if needs_no_escape(prev) {
         out.push(b'"');
@@ -353,20 +353,6 @@ fn write_head(out: &mut Vec<u8>, v: u32, i: u64, prev: &str) {
         let _ = serde_json::to_writer(&mut *out, prev);
     }
     out.push(b',');
-}
-
-/// `n` in decimal, as serde_json writes an integer.
-fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &digits[at..]
 }
 
 /// Whether serde_json writes `s` as it is between its quotes: it escapes only `"`, `\\` and

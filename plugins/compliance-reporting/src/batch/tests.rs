@@ -4,6 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use km_durable::testing::{in_child, CHILD};
+
 use super::*;
 use crate::trail::{self, segment_name, split_lines, trail_dir, Upkeep};
 use crate::verify::verify;
@@ -258,7 +260,7 @@ fn a_failed_write_leaves_nothing_and_the_next_one_counts_it_in_a_gap() {
     if std::env::var_os(CHILD).is_none() {
         return in_child(
             "batch::tests::a_failed_write_leaves_nothing_and_the_next_one_counts_it_in_a_gap",
-            64 * 1024,
+            Some(64 * 1024),
         );
     }
     let f = Fixture::new();
@@ -298,35 +300,6 @@ fn a_failed_write_leaves_nothing_and_the_next_one_counts_it_in_a_gap() {
     assert_eq!(gap.detail["why"], json!(LOST_WHY));
     assert_eq!(corrs(&recs[4..]), ["s1-203", "s1-204"]);
     f.assert_verifies(&mut w);
-}
-
-/// Set in the child, so that the test body runs instead of spawning again.
-const CHILD: &str = "KM_COMPLIANCE_TEST_CHILD";
-
-/// Runs the test `name` alone in a child process whose files may grow to at most
-/// `file_size_limit` bytes (km-durable's tests do the same): `sh` sets the limit and ignores
-/// SIGXFSZ, so that a write past it fails with `EFBIG` instead of killing the child.
-fn in_child(name: &str, file_size_limit: u64) {
-    let exe = std::env::current_exe().expect("the test binary");
-    let script = format!(
-        r#"trap "" XFSZ; ulimit -f {}; exec "$0" "$@""#,
-        file_size_limit / 512
-    );
-    let out = std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .arg(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .expect("sh runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "the child failed:\n{text}");
-    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
 }
 
 #[test]

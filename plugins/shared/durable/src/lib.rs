@@ -42,8 +42,11 @@ mod atomic;
 pub mod digest;
 mod error;
 mod lock;
-#[cfg(test)]
-mod testing;
+/// Test support (running one test in a child process with a file size limit), for km-durable's
+/// tests and, through the `test-support` feature, those of crates that write through it.
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod testing;
 
 pub use append::AppendFile;
 pub use atomic::{is_temporary, stage, sync_dir, write_atomic, write_new, Staged};

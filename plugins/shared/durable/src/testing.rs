@@ -10,12 +10,12 @@
 use std::process::Command;
 
 /// Set in the child, so that the test body runs instead of spawning again.
-pub(crate) const CHILD: &str = "KM_DURABLE_TEST_CHILD";
+pub const CHILD: &str = "KM_DURABLE_TEST_CHILD";
 
 /// Runs the test `name` (its full path, `module::tests::name`) in a child process of its own,
 /// whose files may grow to at most `file_size_limit` bytes (a multiple of 512) if given, and
 /// asserts that it passed.
-pub(crate) fn in_child(name: &str, file_size_limit: Option<u64>) {
+pub fn in_child(name: &str, file_size_limit: Option<u64>) {
     let exe = std::env::current_exe().expect("the test binary");
     // `ulimit -f` counts 512-byte blocks in POSIX shells (dash; bash when run as sh).
     let ulimit = file_size_limit.map_or(String::new(), |n| format!("ulimit -f {}; ", n / 512));
