@@ -65,8 +65,6 @@ pub const BATCH_WAIT: Duration = Duration::from_millis(2);
 pub const MAX_RECORDS: usize = 1024;
 /// Bytes gathered at most (notes and the records' known sizes) before they are written.
 pub const MAX_BYTES: usize = 1024 * 1024;
-/// What a record without a made JSON is reckoned to weigh, for [`MAX_BYTES`].
-const RECORD_WEIGHT: usize = 1024;
 /// `detail.why` of the `gap` record written after a failed write.
 pub const LOST_WHY: &str = "records could not be written to the trail";
 
@@ -120,7 +118,7 @@ impl Batch {
 
     /// Gathers a record for the trail.
     pub fn record(&mut self, record: Record) {
-        self.bytes += RECORD_WEIGHT;
+        self.bytes += record::TYPICAL_RECORD_BYTES;
         self.items.push(Item { record, json: None });
     }
 

@@ -332,8 +332,9 @@ pub fn to_json(record: &Record) -> Vec<u8> {
     out
 }
 
-/// What [`to_json`] reserves: a call record of the small mix is 600–800 bytes.
-const TYPICAL_RECORD_BYTES: usize = 1024;
+/// What [`to_json`] reserves, and what a record not yet serialised is reckoned to weigh (a
+/// batch's bound, the room of a batch's bytes): a call record of the small mix is 600–800 bytes.
+pub(crate) const TYPICAL_RECORD_BYTES: usize = 1024;
 /// The opening of a record's JSON without the text of `prev`: `{"v":V,"i":I,"prev":"",`.
 const HEAD_ROOM: usize = 64;
 

@@ -38,10 +38,11 @@
 //! its response, so that the verdicts and findings km delivers after the line join it, and is
 //! written with the first write after that (at a line, an event or the background thread's
 //! turn); meanwhile the session's journal holds it whole, so a killed km loses none of it (the
-//! next session writes it). Once written, a SIGKILL of km cannot lose it: the kernel has it. It reaches the disk with the next
-//! `fdatasync`, at most [`Policy::sync_interval`](crate::policy::Policy) later (1 s) and before
-//! every checkpoint is written, so a power loss costs at most that interval (the journal is not
-//! synced: it serves a killed km, not a lost machine). A request whose response never came is
+//! next session writes it). Once written, a SIGKILL of km cannot lose it: the kernel has it. It
+//! reaches the disk with the next `fdatasync`, at most
+//! [`Policy::sync_interval`](crate::policy::Policy) later (1 s) and before every checkpoint is
+//! written, so a power loss costs at most that interval (the journal is not synced: it serves a
+//! killed km, not a lost machine). A request whose response never came is
 //! recorded as `unanswered` when the session ends, or, if km was killed, by the next session.
 //!
 //! # Torn records versus truncation
@@ -558,7 +559,7 @@ impl Writer {
         // copied), and a record without its JSON is serialised into one reused buffer.
         let weight: usize = entries
             .iter()
-            .map(|e| e.json.map_or(1024, <[u8]>::len) + 100)
+            .map(|e| e.json.map_or(record::TYPICAL_RECORD_BYTES, <[u8]>::len) + 100)
             .sum();
         let mut bytes: Vec<u8> = Vec::with_capacity(weight);
         let mut json = Vec::new();
