@@ -164,6 +164,28 @@ pub(crate) fn small_messages(n: usize) -> Vec<Vec<u8>> {
 pub(crate) struct Pass {
     pub(crate) seconds: f64,
     pub(crate) peak_rss_kb: Option<u64>,
+    /// CPU time (user and system) of the command and every process it waited for (km and its
+    /// server, or both `cat`s), start to exit.
+    pub(crate) cpu_seconds: f64,
+}
+
+/// CPU time (user and system) of the processes this one has waited for, so far
+/// (`RUSAGE_CHILDREN`: a child's figure includes the children it waited for). km-bench runs
+/// one command at a time, so the difference across a pass is that command's.
+#[allow(unsafe_code)]
+pub(crate) fn children_cpu_seconds() -> f64 {
+    // SAFETY: `getrusage` writes one `rusage`, which `usage` is (zeroed: a plain C struct of
+    // integers, for which all zeros is a valid value), and reads nothing else;
+    // `RUSAGE_CHILDREN` is a constant it accepts.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) != 0 {
+            return 0.0;
+        }
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// Sends `msgs` through the process `cmd` (which must echo them), checks what came back.
@@ -200,6 +222,7 @@ pub(crate) fn pass_with_deadline(
     let what = format!("{cmd:?}");
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     cmd.stderr(Stdio::from(file));
+    let cpu_before = children_cpu_seconds();
     let (child, mut stdin, mut stdout) = spawn_client(cmd, stdio, deadline);
     let pid = child.id();
     let total = expected.len();
@@ -237,6 +260,7 @@ pub(crate) fn pass_with_deadline(
     let peak_rss_kb = proc_status_kb(pid, "VmHWM");
     drop(stdin);
     let status = child.wait(&what, || format!("see {}", log.display()));
+    let cpu_seconds = children_cpu_seconds() - cpu_before;
     if back != expected {
         bail!(
             "{what} returned {} bytes that differ from the {} sent (exit {status}); see {}",
@@ -248,6 +272,7 @@ pub(crate) fn pass_with_deadline(
     Ok(Pass {
         seconds,
         peak_rss_kb,
+        cpu_seconds,
     })
 }
 
@@ -296,6 +321,8 @@ pub(crate) struct Variant<'a> {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Runs {
     pub(crate) seconds: Vec<f64>,
+    /// [`Pass::cpu_seconds`] of each run.
+    pub(crate) cpu_seconds: Vec<f64>,
     pub(crate) peak_rss_kb: u64,
     /// Drops over all runs, and the last run's accounting.
     pub(crate) drops: u64,
@@ -318,6 +345,7 @@ pub(crate) fn rounds(
             let p = pass_with((v.make)(), v.stdio, msgs, &expected, &log)
                 .with_context(|| v.label.clone())?;
             r.seconds.push(p.seconds);
+            r.cpu_seconds.push(p.cpu_seconds);
             r.peak_rss_kb = r.peak_rss_kb.max(p.peak_rss_kb.unwrap_or(0));
             if let Some(set) = &v.set {
                 let handed = env
@@ -362,6 +390,9 @@ pub(crate) fn rows(
         if v.set.is_some() {
             value.push_str(&format!(", drops {}", runs[i].drops));
         }
+        if let Some(cpu) = cpu_floor(&runs[i], b, n) {
+            value.push_str(&cpu);
+        }
         if runs[i].peak_rss_kb > 0 {
             // km's own peak, so that what each plugin set holds shows beside its speed.
             value.push_str(&format!(
@@ -374,9 +405,17 @@ pub(crate) fn rows(
             figure: v.label.clone(),
             value,
             baseline: format!(
-                "{} {}; ratio range {lo:.2}-{hi:.2} over {} rounds",
+                "{} {}{}; ratio range {lo:.2}-{hi:.2} over {} rounds",
                 variants[v.baseline].label,
                 rate(b),
+                if base.cpu_seconds.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", CPU {:.2} us/msg",
+                        median(&mut base.cpu_seconds.clone()) / n as f64 * 1e6
+                    )
+                },
                 ratios.len()
             ),
             ratio: Some(ratio),
@@ -387,6 +426,24 @@ pub(crate) fn rows(
             None => report.add(row),
         }
     }
+}
+
+/// The CPU a variant's runs took per message (median over the runs), and the lowest ratio to a
+/// baseline of `baseline_seconds` that this much CPU allows on this machine's cores: what a
+/// target below it needs is less work per message, not better scheduling. The figure covers
+/// km and its server from start to exit (start-up and the end of the session too), and leaves out
+/// km-bench's own client, which shares the cores: the true floor is higher still.
+fn cpu_floor(runs: &Runs, baseline_seconds: f64, messages: usize) -> Option<String> {
+    if runs.cpu_seconds.is_empty() || messages == 0 {
+        return None;
+    }
+    let cpu = median(&mut runs.cpu_seconds.clone());
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    Some(format!(
+        ", CPU {:.2} us/msg (at best {:.2}x on {cores} cores)",
+        cpu / messages as f64 * 1e6,
+        cpu / cores as f64 / baseline_seconds
+    ))
 }
 
 /// `sh -c 'cat | cat'`: the plain byte relay (one `cat` per direction) that relay figures are
@@ -659,9 +716,12 @@ pub(crate) fn scaling(env: &BenchEnv, options: &Options, report: &mut Report) ->
             section: "scaling",
             figure: format!("{MAX_NOOPS} plugins against 1: km's relay time"),
             value: format!(
-                "{:.3} s against {:.3} s",
+                "{:.3} s against {:.3} s; CPU {:.2}x ({:.2} against {:.2} s)",
                 median(&mut runs[3].seconds.clone()),
-                median(&mut runs[1].seconds.clone())
+                median(&mut runs[1].seconds.clone()),
+                median(&mut runs[3].cpu_seconds.clone()) / median(&mut runs[1].cpu_seconds.clone()),
+                median(&mut runs[3].cpu_seconds.clone()),
+                median(&mut runs[1].cpu_seconds.clone())
             ),
             baseline: format!(
                 "range {:.2}-{:.2} over {} rounds",
