@@ -86,13 +86,20 @@ pub struct Batch {
     pub(crate) envelopes: Vec<Envelope>,
     /// The bytes of all lines, for the queue's byte budget.
     pub(crate) bytes: usize,
+    /// The lines' texts for `handle_message`, made by the first worker that delivers the batch
+    /// and read by the others (see [`worker::Texts`]).
+    pub(crate) texts: OnceLock<worker::Texts>,
 }
 
 impl Batch {
     /// A batch of `envelopes`.
     pub fn new(envelopes: Vec<Envelope>) -> Self {
         let bytes = envelopes.iter().map(|e| e.line.len()).sum();
-        Batch { envelopes, bytes }
+        Batch {
+            envelopes,
+            bytes,
+            texts: OnceLock::new(),
+        }
     }
 }
 

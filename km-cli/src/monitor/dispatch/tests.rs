@@ -352,3 +352,90 @@ fn a_batch_is_delivered_in_order_and_dropped_whole_when_it_does_not_fit() {
         .collect();
     assert_eq!(seqs, (1..=12).collect::<Vec<_>>());
 }
+
+/// A JSON-RPC line with the raw id `id` and the method `method` (raw JSON string), as the relay
+/// classifies it.
+fn classified(seq: u64, line: &str, correlation: Option<CorrelationId>) -> Envelope {
+    let bytes = line.as_bytes();
+    let scan = crate::monitor::jsonrpc::scan(bytes);
+    Envelope {
+        seq,
+        direction: Direction::Request,
+        kind: scan.kind,
+        is_error: scan.is_error,
+        line: Bytes::copy_from_slice(bytes),
+        id: scan.id,
+        method: scan.method,
+        correlation,
+        timestamp_us: 0,
+        latency_us: None,
+    }
+}
+
+#[test]
+fn every_plugin_gets_the_same_texts_from_a_batch_as_from_single_lines() {
+    let corr = |seq| {
+        Some(CorrelationId {
+            sender: Direction::Request,
+            seq,
+        })
+    };
+    let envelopes = || {
+        vec![
+            classified(
+                1,
+                r#"{"jsonrpc":"2.0","id":7,"method":"tools/call"}"#,
+                corr(1),
+            ),
+            // An escaped method is decoded; a string id is given raw.
+            classified(
+                2,
+                r#"{"jsonrpc":"2.0","id":"a\"b","method":"tools\/li\u00dfst"}"#,
+                corr(2),
+            ),
+            classified(
+                3,
+                r#"{"jsonrpc":"2.0","method":"notifications/progress"}"#,
+                None,
+            ),
+            classified(4, "not json at all", None),
+            classified(
+                5,
+                r#"{"jsonrpc":"2.0","id":12345678901,"result":{}}"#,
+                corr(1),
+            ),
+        ]
+    };
+    let probes: Vec<_> = (0..3).map(|_| probe(Mode::Record)).collect();
+    let (dispatcher, workers) = start(
+        &crate::runtime::for_tests(),
+        probes.iter().map(|(p, _)| p.clone()).collect(),
+        64,
+        true,
+        QUIET,
+    );
+    let closing = AtomicBool::new(false);
+    for envelope in envelopes() {
+        dispatcher.send(Item::One(envelope), &closing);
+    }
+    dispatcher.send(batch(envelopes()), &closing);
+    end(&workers);
+    drop(dispatcher);
+    workers.finish(Duration::from_secs(5), SHORT);
+    let expected = [
+        "1 request request id=7 method=tools/call corr=c1",
+        "2 request request id=\"a\\\"b\" method=tools/lißst corr=c2",
+        "3 request notification id= method=notifications/progress corr=",
+        "4 request non-json id= method= corr=",
+        "5 request response id=12345678901 method= corr=c1",
+    ];
+    for (_, log) in &probes {
+        let seen: Vec<String> = lines(log)
+            .into_iter()
+            .filter(|l| !l.starts_with("event") && l != "shutdown")
+            .map(|l| l.split(" \"").next().unwrap_or_default().to_owned())
+            .collect();
+        let twice: Vec<&str> = expected.iter().chain(&expected).copied().collect();
+        assert_eq!(seen, twice);
+    }
+}

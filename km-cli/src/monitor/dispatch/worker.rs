@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use abi_stable::std_types::{ROption, RSlice, RStr};
 use km_abi::{Message, StreamEvent, StreamEventKind};
 
-use super::{EndOfStream, Envelope, Item, LaneState, Phase};
+use super::{Batch, EndOfStream, Envelope, Item, LaneState, Phase};
 use crate::gateway::{LoadedPlugin, PluginFailure};
 use crate::monitor::banner::Notices;
 use crate::monitor::jsonrpc::{string_text, Text};
@@ -37,7 +37,7 @@ pub(super) struct Worker {
 
 impl Worker {
     pub(super) fn run(self, rx: Receiver<Item>, progress: mpsc::Sender<(usize, Phase)>) {
-        let mut correlation = String::new();
+        let mut texts = Texts::default();
         let mut limiter = ErrorLimiter::default();
         let mut idle = 0;
         loop {
@@ -55,7 +55,7 @@ impl Worker {
                 },
             };
             idle = 0;
-            self.handle(&item, &mut correlation, &mut limiter);
+            self.handle(&item, &mut texts, &mut limiter);
             let (messages, bytes) = item.weight();
             self.state.release(messages, bytes);
         }
@@ -102,14 +102,16 @@ impl Worker {
         let _ = progress.send((self.index, Phase::Finished));
     }
 
-    fn handle(&self, item: &Item, correlation: &mut String, limiter: &mut ErrorLimiter) {
+    fn handle(&self, item: &Item, own: &mut Texts, limiter: &mut ErrorLimiter) {
         let skip = || {
             self.state.disabled.load(Ordering::Relaxed) || self.state.abort.load(Ordering::Relaxed)
         };
         let result = match item {
             Item::One(envelope) => {
                 if !skip() {
-                    if let Err(failure) = self.deliver(envelope, correlation) {
+                    own.clear();
+                    own.push(envelope);
+                    if let Err(failure) = self.deliver(envelope, own.get(0)) {
                         self.failed(&failure, limiter);
                     }
                     self.state.handled.fetch_add(1, Ordering::Relaxed);
@@ -117,11 +119,23 @@ impl Worker {
                 Ok(())
             }
             Item::Messages(batch) => {
-                for envelope in &batch.envelopes {
+                // The only holder (one plugin gets messages): no other worker would read them.
+                let alone = Arc::strong_count(batch) == 1;
+                let mut shared = None;
+                for (i, envelope) in batch.envelopes.iter().enumerate() {
                     if skip() {
                         break;
                     }
-                    if let Err(failure) = self.deliver(envelope, correlation) {
+                    let texts = if alone {
+                        own.clear();
+                        own.push(envelope);
+                        own.get(0)
+                    } else {
+                        shared
+                            .get_or_insert_with(|| batch.texts.get_or_init(|| Texts::of(batch)))
+                            .get(i)
+                    };
+                    if let Err(failure) = self.deliver(envelope, texts) {
                         self.failed(&failure, limiter);
                     }
                     // Per message, not per batch: the lossless drain watches this for progress.
@@ -138,34 +152,18 @@ impl Worker {
         }
     }
 
-    fn deliver(&self, envelope: &Envelope, correlation: &mut String) -> Result<(), PluginFailure> {
-        let line = &envelope.line[..];
-        correlation.clear();
-        if let Some(id) = envelope.correlation {
-            id.write_to(correlation);
-        }
-        let id = envelope
-            .id
-            .clone()
-            .and_then(|r| line.get(r))
-            .and_then(|raw| std::str::from_utf8(raw).ok())
-            .unwrap_or("");
-        let method = envelope
-            .method
-            .clone()
-            .and_then(|r| line.get(r))
-            .and_then(string_text);
-        let method = match &method {
-            Some(Text::Borrowed(s)) => s,
-            Some(Text::Owned(s)) => s.as_str(),
-            None => "",
-        };
+    /// `handle_message` of `envelope`, whose [`Texts`] are `(correlation, id, method)`.
+    fn deliver(
+        &self,
+        envelope: &Envelope,
+        (correlation, id, method): (&str, &str, &str),
+    ) -> Result<(), PluginFailure> {
         let message = Message {
             seq: envelope.seq,
             direction: envelope.direction,
             kind: envelope.kind,
             is_error: envelope.is_error,
-            data: RSlice::from_slice(line),
+            data: RSlice::from_slice(&envelope.line[..]),
             correlation_id: RStr::from_str(correlation),
             id: RStr::from_str(id),
             method: RStr::from_str(method),
@@ -195,6 +193,90 @@ impl Worker {
             };
             self.notices.error(&format!("{failure}{more}"));
         }
+    }
+}
+
+/// What `handle_message` is given of a line beside its bytes, as text: the correlation id
+/// (formatted), the raw id, and the method (decoded from its JSON string).
+///
+/// Every worker needs the same texts for the same line. Those of a [`Batch`] (a read that held
+/// several lines: a busy stream) are made once, by the first worker that delivers the batch, into
+/// one string the batch keeps, and the other workers slice it: made by each worker, the UTF-8
+/// checks, the search for escapes and the formatting of the correlation id were the largest part
+/// of what each further plugin cost (BENCHMARKS.md, "Scaling"). Not by the relay: the pump
+/// thread is the one every message waits for. A read of one line ([`Item::One`], a quiet
+/// session), and the lines of a batch that only one worker holds (one plugin gets messages), are
+/// made by that worker into a buffer of its own, which needs no allocation.
+#[derive(Debug, Default)]
+pub(crate) struct Texts {
+    text: String,
+    /// Where each line's texts end in `text`: correlation id, id, method (each begins where the
+    /// one before it ends).
+    ends: Vec<[usize; 3]>,
+}
+
+impl Texts {
+    fn of(batch: &Batch) -> Self {
+        let mut texts = Texts {
+            text: String::with_capacity(batch.envelopes.len() * 48),
+            ends: Vec::with_capacity(batch.envelopes.len()),
+        };
+        for envelope in &batch.envelopes {
+            texts.push(envelope);
+        }
+        texts
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.ends.clear();
+    }
+
+    /// Adds the texts of the next line. An id that is not UTF-8 and a method that is not a valid
+    /// JSON string are given as empty.
+    fn push(&mut self, envelope: &Envelope) {
+        let line = &envelope.line[..];
+        if let Some(id) = envelope.correlation {
+            id.write_to(&mut self.text);
+        }
+        let correlation = self.text.len();
+        let id = envelope
+            .id
+            .clone()
+            .and_then(|r| line.get(r))
+            .and_then(|raw| std::str::from_utf8(raw).ok())
+            .unwrap_or("");
+        self.text.push_str(id);
+        let id = self.text.len();
+        match envelope
+            .method
+            .clone()
+            .and_then(|r| line.get(r))
+            .and_then(string_text)
+        {
+            Some(Text::Borrowed(s)) => self.text.push_str(s),
+            Some(Text::Owned(s)) => self.text.push_str(&s),
+            None => {}
+        }
+        self.ends.push([correlation, id, self.text.len()]);
+    }
+
+    /// The texts of line `i` (in the order they were pushed): correlation id, id, method.
+    fn get(&self, i: usize) -> (&str, &str, &str) {
+        let start = match i.checked_sub(1) {
+            Some(before) => self.ends.get(before).map_or(0, |e| e[2]),
+            None => 0,
+        };
+        let Some(&[correlation, id, method]) = self.ends.get(i) else {
+            return ("", "", "");
+        };
+        // The ends were taken after whole strings were pushed: always on char boundaries.
+        let text = |r: std::ops::Range<usize>| self.text.get(r).unwrap_or("");
+        (
+            text(start..correlation),
+            text(correlation..id),
+            text(id..method),
+        )
     }
 }
 
