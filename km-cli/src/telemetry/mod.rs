@@ -132,8 +132,9 @@ pub(crate) struct Verdict {
 pub(crate) enum Record {
     /// A forwarded line, and when it was forwarded (µs since the epoch).
     Line(Envelope, u64),
-    /// The forwarded lines of one read.
-    Lines(Arc<Batch>, u64),
+    /// Forwarded lines of a direction that nothing intercepts: each went out right after it was
+    /// read, so its read time (`timestamp_us`) is when it was forwarded (see [`forwarded`]).
+    Lines(Arc<Batch>),
     Verdict(Box<Verdict>),
     PluginEvent {
         plugin: Arc<str>,
@@ -185,7 +186,7 @@ impl Record {
     fn weight(&self) -> usize {
         match self {
             Record::Line(envelope, _) => envelope.line.len(),
-            Record::Lines(batch, _) => batch.bytes,
+            Record::Lines(batch) => batch.bytes,
             _ => 0,
         }
     }
@@ -244,11 +245,18 @@ pub(crate) fn propagates() -> bool {
 }
 
 /// The relay forwarded the lines of `item` (called once per read, under the session lock).
+///
+/// Each line went out right after it was read, and is handed over here later: after the read's
+/// framing, or after a hold (a response that overtook its request). Its read time, taken before
+/// the forward, is therefore when it was forwarded, and keeps the order of cause and effect across
+/// the two directions: the time of an answer that a pump is slow to hand over here would fall
+/// after that of the server's reply to it, read and handed over by the other pump meanwhile (the
+/// span of a server's request ending after the client's call it was made within).
 pub(crate) fn forwarded(item: &Item) {
     if let Some(pipeline) = active() {
         let record = match item {
-            Item::One(envelope) => Record::Line(envelope.clone(), worker::now_us()),
-            Item::Messages(batch) => Record::Lines(batch.clone(), worker::now_us()),
+            Item::One(envelope) => Record::Line(envelope.clone(), envelope.timestamp_us),
+            Item::Messages(batch) => Record::Lines(batch.clone()),
             Item::Event(_) | Item::Error(_) => return,
         };
         pipeline.push(record);

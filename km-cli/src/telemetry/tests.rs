@@ -634,3 +634,60 @@ fn recording_through_bound_handles_exports_the_same_histogram() {
         assert_eq!(*plain, *bound, "after round {round}");
     }
 }
+
+/// The relay hands the telemetry thread the lines of a direction nothing intercepts after it
+/// forwarded them, each pump when it gets to it: the tool's answer may be handed over before the
+/// client's answer to the server's request made within the call, although that was read (and
+/// forwarded) first. Spans end at the lines' read times, so the nesting holds.
+#[test]
+fn observed_lines_end_their_spans_at_their_read_times_in_whatever_order_they_are_handed_over() {
+    let mut h = harness(false);
+    let batch =
+        |lines: Vec<Envelope>| Record::Lines(Arc::new(crate::monitor::dispatch::Batch::new(lines)));
+    h.worker.take(batch(vec![line(
+        C2S,
+        MessageKind::REQUEST,
+        correlation(C2S, 1),
+        r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"sample","arguments":{}}}"#,
+        1_000,
+    )]));
+    h.worker.take(batch(vec![line(
+        S2C,
+        MessageKind::REQUEST,
+        correlation(S2C, 2),
+        r#"{"jsonrpc":"2.0","id":0,"method":"sampling/createMessage","params":{"messages":[]}}"#,
+        2_000,
+    )]));
+    // Handed over first, read last.
+    h.worker.take(batch(vec![line(
+        S2C,
+        MessageKind::RESPONSE,
+        correlation(C2S, 1),
+        r#"{"jsonrpc":"2.0","id":3,"result":{"content":[]}}"#,
+        4_000,
+    )]));
+    h.worker.take(batch(vec![
+        line(
+            C2S,
+            MessageKind::RESPONSE,
+            correlation(S2C, 2),
+            r#"{"jsonrpc":"2.0","id":0,"result":{"role":"assistant"}}"#,
+            3_000,
+        ),
+        line(
+            C2S,
+            MessageKind::NOTIFICATION,
+            None,
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            3_500,
+        ),
+    ]));
+    let spans = h.finish();
+    let call = find(&spans, "tools/call sample", SpanKind::Server);
+    let sampling = find(&spans, "sampling/createMessage", SpanKind::Server);
+    assert_eq!((us(call.start_time), us(call.end_time)), (1_000, 4_000));
+    assert_eq!(
+        (us(sampling.start_time), us(sampling.end_time)),
+        (2_000, 3_000)
+    );
+}

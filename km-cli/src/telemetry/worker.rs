@@ -433,9 +433,9 @@ impl Worker {
     pub(crate) fn take(&mut self, record: Record) {
         match record {
             Record::Line(envelope, forwarded_us) => self.line(&envelope, forwarded_us),
-            Record::Lines(batch, forwarded_us) => {
+            Record::Lines(batch) => {
                 for envelope in &batch.envelopes {
-                    self.line(envelope, forwarded_us);
+                    self.line(envelope, envelope.timestamp_us);
                 }
             }
             Record::Verdict(verdict) => self.verdict(*verdict),
