@@ -453,9 +453,11 @@ pub(crate) fn rows(
 /// The CPU a variant's runs took per message (medians over the runs), and the lowest ratio to a
 /// baseline of `baseline_seconds` that this much CPU allows on this machine: the total spread
 /// over every core, or the busiest thread's alone, whichever is more. What a target below that
-/// floor needs is less work per message, not better scheduling. The total covers km and its
-/// server from start to exit (start-up and the end of the session too); both leave out
-/// km-bench's own client, which shares the cores, so the true floor is higher still.
+/// floor needs is less work per message, not better scheduling. No thread can take more CPU
+/// than the time since km started, so the busiest thread's bound holds as it stands. The total
+/// covers km and its server from start to exit: it includes the end of the session after the
+/// last byte came back (what a lossless plugin still had queued, up to 8 192 messages), which the
+/// wall clock does not count, and leaves out km-bench's own client, which shares the cores.
 fn cpu_floor(runs: &Runs, baseline_seconds: f64, messages: usize) -> Option<String> {
     if runs.cpu_seconds.is_empty() || messages == 0 {
         return None;
