@@ -62,6 +62,14 @@ pub(crate) const FIRST_AUTH_LIMIT: Duration = Duration::from_secs(10);
 /// read buffers a few times their size (see `frame`), so the memory held is a small multiple.
 pub(crate) const QUEUE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Room in bytes of lines in the queue of a lossless plugin while the relay waits for it:
+/// smaller than [`QUEUE_BYTES`], because there depth buys nothing. The relay runs at such a
+/// plugin's pace whatever its queue holds (it waits for room instead of dropping), so what the
+/// queue holds beyond a few hundred milliseconds of the plugin's work is only memory: up to
+/// 64 MiB of lines, and the read buffers they share, per lossless plugin on large results
+/// (BENCHMARKS.md, "A lossless plugin's queue").
+pub(crate) const LOSSLESS_QUEUE_BYTES: usize = 8 * 1024 * 1024;
+
 /// One line, ready for the plugins. Cheap to clone: the bytes are shared.
 #[derive(Debug, Clone)]
 pub struct Envelope {
@@ -175,13 +183,14 @@ struct Lane {
 }
 
 impl LaneState {
-    /// Reserves room for `messages` messages of `bytes` bytes; `false` when the queue is full.
-    /// An empty queue always takes an item, however large, so that nothing is refused forever.
-    fn reserve(&self, messages: usize, bytes: usize, capacity: usize) -> bool {
+    /// Reserves room for `messages` messages of `bytes` bytes, within `capacity` messages and
+    /// `room` bytes; `false` when the queue is full. An empty queue always takes an item,
+    /// however large, so that nothing is refused forever.
+    fn reserve(&self, messages: usize, bytes: usize, capacity: usize, room: usize) -> bool {
         let queued_messages = self.queued_messages.fetch_add(messages, Ordering::Relaxed);
         let queued_bytes = self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
         let full = (queued_messages > 0 && queued_messages.saturating_add(messages) > capacity)
-            || (queued_bytes > 0 && queued_bytes.saturating_add(bytes) > QUEUE_BYTES);
+            || (queued_bytes > 0 && queued_bytes.saturating_add(bytes) > room);
         if full {
             self.release(messages, bytes);
         }
@@ -392,7 +401,15 @@ impl Dispatcher {
         let mut watched: Option<(Instant, u64)> = None;
         let mut waiting = None;
         loop {
-            if lane.state.reserve(messages, bytes, self.capacity) {
+            // A lane the relay waits for needs no depth (see LOSSLESS_QUEUE_BYTES).
+            let waits =
+                lane.lossless && self.backpressure && !lane.state.stalled.load(Ordering::Relaxed);
+            let room = if waits {
+                LOSSLESS_QUEUE_BYTES
+            } else {
+                QUEUE_BYTES
+            };
+            if lane.state.reserve(messages, bytes, self.capacity, room) {
                 let missed = lane.state.gap.swap(0, Ordering::Relaxed);
                 if missed > 0 {
                     // Where the missed messages would have been, before what comes next.

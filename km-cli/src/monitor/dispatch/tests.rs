@@ -439,3 +439,49 @@ fn every_plugin_gets_the_same_texts_from_a_batch_as_from_single_lines() {
         assert_eq!(seen, twice);
     }
 }
+
+#[test]
+fn a_lossless_plugin_the_relay_waits_for_holds_a_smaller_byte_budget_and_misses_nothing() {
+    use std::sync::atomic::AtomicU64;
+    let (slow, log) = probe(Mode::Slow(Duration::from_millis(20)));
+    let (dispatcher, workers) = start(
+        &crate::runtime::for_tests(),
+        vec![slow],
+        1_000_000,
+        true,
+        QUIET,
+    );
+    // Four of these fill the lossless budget; a lossy lane would take all twelve at once.
+    let big = Bytes::from(vec![b'x'; LOSSLESS_QUEUE_BYTES / 4]);
+    let total = 12;
+    let sent = AtomicU64::new(0);
+    let most_ahead = std::thread::scope(|s| {
+        let sender = s.spawn(|| {
+            let closing = AtomicBool::new(false);
+            for seq in 1..=total {
+                let mut envelope = one(seq);
+                envelope.line = big.clone();
+                dispatcher.send(batch(vec![envelope]), &closing);
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let mut most = 0;
+        while !sender.is_finished() {
+            // Sent first, handled after: the difference can only be smaller than it was.
+            let sent = sent.load(Ordering::SeqCst);
+            let handled = workers.states[0].handled.load(Ordering::SeqCst);
+            most = most.max(sent.saturating_sub(handled));
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        most
+    });
+    assert!((3..=4).contains(&most_ahead), "{most_ahead} lines ahead");
+    end(&workers);
+    drop(dispatcher);
+    workers.finish(Duration::from_secs(10), SHORT);
+    let handed = lines(&log)
+        .iter()
+        .filter(|l| l.contains("non-json"))
+        .count();
+    assert_eq!(handed as u64, total);
+}
