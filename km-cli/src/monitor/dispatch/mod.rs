@@ -11,7 +11,8 @@
 //! queue operation per read and plugin, not per message, and a line's bytes are never copied per
 //! plugin. A read of a single line (an interactive session) goes as [`Item::One`], without any
 //! allocation. The queue is bounded in messages and in bytes (counted in atomics beside the
-//! channel), since lines can be of any size.
+//! channel), since lines can be of any size; a lossless lane that the relay waits for in fewer
+//! bytes ([`LOSSLESS_QUEUE_BYTES`]), since depth there buys nothing.
 //!
 //! A worker that finds its queue empty does not block on it at once: it looks again every
 //! millisecond for a while ([`worker`]), so that while messages flow the relay never has to wake
