@@ -742,18 +742,20 @@ pub(crate) fn scaling(env: &BenchEnv, options: &Options, report: &mut Report) ->
         .map(|(t20, t1)| t20 / t1)
         .collect();
     let ratio = median(&mut per_round);
+    let (cpu20, cpu1) = (
+        median(&mut runs[3].cpu_seconds.clone()),
+        median(&mut runs[1].cpu_seconds.clone()),
+    );
     let drops = runs[1].drops + runs[3].drops;
     report.add_counted(
         Row {
             section: "scaling",
             figure: format!("{MAX_NOOPS} plugins against 1: km's relay time"),
             value: format!(
-                "{:.3} s against {:.3} s; CPU {:.2}x ({:.2} against {:.2} s)",
+                "{:.3} s against {:.3} s; CPU {:.2}x ({cpu20:.2} against {cpu1:.2} s)",
                 median(&mut runs[3].seconds.clone()),
                 median(&mut runs[1].seconds.clone()),
-                median(&mut runs[3].cpu_seconds.clone()) / median(&mut runs[1].cpu_seconds.clone()),
-                median(&mut runs[3].cpu_seconds.clone()),
-                median(&mut runs[1].cpu_seconds.clone())
+                cpu20 / cpu1,
             ),
             baseline: format!(
                 "range {:.2}-{:.2} over {} rounds",

@@ -109,9 +109,7 @@ impl Worker {
         let result = match item {
             Item::One(envelope) => {
                 if !skip() {
-                    own.clear();
-                    own.push(envelope);
-                    if let Err(failure) = self.deliver(envelope, own.get(0)) {
+                    if let Err(failure) = self.deliver(envelope, own.only(envelope)) {
                         self.failed(&failure, limiter);
                     }
                     self.state.handled.fetch_add(1, Ordering::Relaxed);
@@ -127,9 +125,7 @@ impl Worker {
                         break;
                     }
                     let texts = if alone {
-                        own.clear();
-                        own.push(envelope);
-                        own.get(0)
+                        own.only(envelope)
                     } else {
                         shared
                             .get_or_insert_with(|| batch.texts.get_or_init(|| Texts::of(batch)))
@@ -203,7 +199,7 @@ impl Worker {
 /// several lines: a busy stream) are made once, by the first worker that delivers the batch, into
 /// one string the batch keeps, and the other workers slice it: made by each worker, the UTF-8
 /// checks, the search for escapes and the formatting of the correlation id were the largest part
-/// of what each further plugin cost (BENCHMARKS.md, "Scaling"). Not by the relay: the pump
+/// of what each further plugin cost (BENCHMARKS.md, "Retaken with the floors"). Not by the relay: the pump
 /// thread is the one every message waits for. A read of one line ([`Item::One`], a quiet
 /// session), and the lines of a batch that only one worker holds (one plugin gets messages), are
 /// made by that worker into a buffer of its own, which needs no allocation.
@@ -227,9 +223,12 @@ impl Texts {
         texts
     }
 
-    fn clear(&mut self) {
+    /// The texts of `envelope` alone, made in this buffer in place of what it held.
+    fn only(&mut self, envelope: &Envelope) -> (&str, &str, &str) {
         self.text.clear();
         self.ends.clear();
+        self.push(envelope);
+        self.get(0)
     }
 
     /// Adds the texts of the next line. An id that is not UTF-8 and a method that is not a valid
