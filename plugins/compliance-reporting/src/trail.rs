@@ -207,11 +207,46 @@ fn read_all(path: &Path) -> Result<Vec<u8>, Error> {
     fs::read(path).map_err(|e| Error::io("reading", path, e))
 }
 
-fn read_from(file: &fs::File, path: &Path, from: u64, to: u64) -> Result<Vec<u8>, Error> {
-    let mut buf = vec![0u8; usize::try_from(to - from).unwrap_or(0)];
-    file.read_exact_at(&mut buf, from)
-        .map_err(|e| Error::io("reading", path, e))?;
-    Ok(buf)
+/// What [`each_line`] reads at a time: what another writer appended, or a whole segment when a
+/// session opens the trail, is read in pieces of this size, never whole (a segment of the
+/// default 100 000 records is about 80 MB, and was read whole at every start).
+const READ_CHUNK: usize = 1024 * 1024;
+
+/// Reads `path` (open as `file`) from `from` to `to`, [`READ_CHUNK`] bytes at a time, and hands
+/// `line` every complete line in order, without its newline, until it returns `false`. Holds
+/// at most a chunk and the line being read. Returns the bytes after the last newline (a torn
+/// tail, usually empty) when every line up to `to` was handed over, `None` when `line` stopped.
+fn each_line(
+    file: &fs::File,
+    path: &Path,
+    from: u64,
+    to: u64,
+    chunk: usize,
+    mut line: impl FnMut(&[u8]) -> Result<bool, Error>,
+) -> Result<Option<Vec<u8>>, Error> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut at = from;
+    while at < to {
+        let want = usize::try_from(to - at).map_or(chunk, |left| left.min(chunk));
+        // What `buf` holds before the new bytes is part of one line: no newline in it.
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        file.read_exact_at(&mut buf[start..], at)
+            .map_err(|e| Error::io("reading", path, e))?;
+        at += want as u64;
+        let mut done = 0;
+        let mut search = start;
+        while let Some(p) = buf[search..].iter().position(|&b| b == b'\n') {
+            let end = search + p;
+            if !line(&buf[done..end])? {
+                return Ok(None);
+            }
+            done = end + 1;
+            search = done;
+        }
+        buf.drain(..done);
+    }
+    Ok(Some(buf))
 }
 
 /// Takes the trail's writer lock.
@@ -374,23 +409,24 @@ impl Writer {
                 .len();
             let mut next = None;
             if len > self.read_len {
-                let bytes = read_from(self.seg.file(), &path, self.read_len, len)?;
-                let (lines, tail) = split_lines(&bytes);
-                for line in lines {
+                let (tree, last_leaf, read_len) =
+                    (&mut self.tree, &mut self.last_leaf, &mut self.read_len);
+                let tail = each_line(self.seg.file(), &path, *read_len, len, READ_CHUNK, |line| {
                     if let Some(marker) = end_marker(line) {
                         next = Some(marker.map_err(|()| Error::Corrupt {
                             path: path.clone(),
                             what: "has a malformed end line".to_owned(),
                         })?);
-                        break;
+                        return Ok(false);
                     }
                     let leaf = leaf_hash(line);
-                    self.tree.push(leaf);
-                    self.last_leaf = Some(leaf);
-                    self.read_len += line.len() as u64 + 1;
-                }
-                if next.is_none() && !tail.is_empty() {
-                    self.cut_torn(&path, tail.to_vec())?;
+                    tree.push(leaf);
+                    *last_leaf = Some(leaf);
+                    *read_len += line.len() as u64 + 1;
+                    Ok(true)
+                })?;
+                if let Some(tail) = tail.filter(|t| !t.is_empty()) {
+                    self.cut_torn(&path, tail)?;
                 }
             }
             self.catch_up_checkpoints()?;
@@ -444,21 +480,21 @@ impl Writer {
         if len <= self.cps_len {
             return Ok(());
         }
-        let bytes = read_from(self.cps.file(), &path, self.cps_len, len)?;
-        let (lines, tail) = split_lines(&bytes);
-        for line in lines {
-            self.cps_len += line.len() as u64 + 1;
+        let (cps_len, last_cp) = (&mut self.cps_len, &mut self.last_cp);
+        let tail = each_line(self.cps.file(), &path, *cps_len, len, READ_CHUNK, |line| {
+            *cps_len += line.len() as u64 + 1;
             let parsed = serde_json::from_slice::<CheckpointLine>(line)
                 .ok()
                 .and_then(|l| l.signed().ok());
             if let Some(signed) = parsed {
                 let c = signed.checkpoint();
-                self.last_cp = Some((c.size, c.root));
+                *last_cp = Some((c.size, c.root));
             }
-        }
-        if !tail.is_empty() {
+            Ok(true)
+        })?;
+        if let Some(tail) = tail.filter(|t| !t.is_empty()) {
             // A checkpoint line a dead writer did not finish was never a checkpoint.
-            self.cut_torn(&path, tail.to_vec())?;
+            self.cut_torn(&path, tail)?;
         }
         Ok(())
     }
@@ -777,17 +813,45 @@ impl Writer {
     }
 }
 
-/// The time of the newest record of a segment file.
+/// What [`newest_time`] reads of a segment's end first: a few records.
+const TAIL_WINDOW: u64 = 64 * 1024;
+
+/// The time of the newest record of a segment file: read from its end, a window at a time
+/// (doubled until a whole record is in it), not whole: retention asks this of the oldest
+/// segment after every checkpoint, and a checkpoint comes every 1 000 records of a busy session.
 fn newest_time(path: &Path) -> Result<Option<u64>, Error> {
-    let bytes = read_all(path)?;
-    let (lines, _) = split_lines(&bytes);
-    Ok(lines
-        .iter()
-        .skip(1)
-        .rev()
-        .filter(|l| end_marker(l).is_none())
-        .find_map(|l| serde_json::from_slice::<Record>(l).ok())
-        .and_then(|r| record::parse_rfc3339_us(&r.t)))
+    newest_time_from(path, TAIL_WINDOW)
+}
+
+fn newest_time_from(path: &Path, first_window: u64) -> Result<Option<u64>, Error> {
+    let file = fs::File::open(path).map_err(|e| Error::io("opening", path, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("reading the size of", path, e))?
+        .len();
+    let mut window = first_window.max(1);
+    loop {
+        let from = len.saturating_sub(window);
+        let mut bytes = vec![0u8; usize::try_from(len - from).unwrap_or(0)];
+        file.read_exact_at(&mut bytes, from)
+            .map_err(|e| Error::io("reading", path, e))?;
+        let (lines, _) = split_lines(&bytes);
+        // The first line is the header where the window starts at the file's start, and may
+        // be the end of a line cut by the window elsewhere: neither is a record to read.
+        let newest = lines
+            .iter()
+            .skip(1)
+            .rev()
+            .filter(|l| end_marker(l).is_none())
+            .find_map(|l| serde_json::from_slice::<Record>(l).ok());
+        if let Some(r) = newest {
+            return Ok(record::parse_rfc3339_us(&r.t));
+        }
+        if from == 0 {
+            return Ok(None);
+        }
+        window = window.saturating_mul(2);
+    }
 }
 
 fn header_line(start: u64, frontier: &Frontier, last: Option<Hash>) -> Vec<u8> {

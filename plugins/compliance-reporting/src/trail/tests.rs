@@ -463,3 +463,120 @@ fn a_long_sessions_journal_is_rewritten_with_only_what_it_awaits() {
     assert_eq!(written[3].kind, "session.end");
     assert!(written[..3].iter().all(|r| r.outcome == "unanswered"));
 }
+
+/// `each_line` in pieces of every small size hands over the lines `split_lines` finds in the
+/// whole, and the same tail; stopped, it gives none.
+#[test]
+fn lines_read_in_pieces_are_the_lines_of_the_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f");
+    let mut bytes = Vec::new();
+    for i in 0..40 {
+        bytes.extend_from_slice(&vec![b'a' + (i % 26) as u8; i * 3]);
+        bytes.push(b'\n');
+    }
+    bytes.extend_from_slice(b"a torn tail");
+    fs::write(&path, &bytes).expect("writes");
+    let file = fs::File::open(&path).expect("opens");
+    for from in [0u64, 1, 5, 100] {
+        let (whole, whole_tail) = split_lines(&bytes[from as usize..]);
+        for chunk in [1, 2, 3, 7, 64, 4096] {
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let tail = each_line(&file, &path, from, bytes.len() as u64, chunk, |l| {
+                got.push(l.to_vec());
+                Ok(true)
+            })
+            .expect("reads");
+            assert_eq!(got, whole, "from {from}, pieces of {chunk}");
+            assert_eq!(
+                tail.as_deref(),
+                Some(whole_tail),
+                "from {from}, pieces of {chunk}"
+            );
+        }
+    }
+    let mut seen = 0;
+    let stopped = each_line(&file, &path, 0, bytes.len() as u64, 5, |_| {
+        seen += 1;
+        Ok(seen < 3)
+    })
+    .expect("reads");
+    assert_eq!((seen, stopped), (3, None));
+}
+
+/// A trail opened by a new writer (which reads the segment in pieces) has the tree of the
+/// writer that wrote it, across a piece's boundary and a segment's end.
+#[test]
+fn a_writer_opening_a_large_segment_catches_up_to_the_same_tree() {
+    let f = Fixture::new();
+    let upkeep = Upkeep {
+        segment_records: 3000,
+        retention: None,
+    };
+    let mut w = f.writer();
+    // About 1.5 MB per segment: more than one piece of `READ_CHUNK`.
+    let mut i = 0;
+    while i < 4000 {
+        let mut r = rec(i);
+        r.detail.insert("pad".into(), json!("x".repeat(300)));
+        w.append(&r).expect("appends");
+        i += 1;
+        if i % 1000 == 0 {
+            w.checkpoint(&f.key, "periodic", Some("s1"), 1_000, upkeep, false)
+                .expect("signs");
+        }
+    }
+    let first = trail_dir(f.data()).join(segment_name(0));
+    assert!(fs::metadata(&first).expect("a segment").len() > READ_CHUNK as u64);
+    let other = Writer::open(f.data(), "s2", &actor()).expect("opens");
+    assert_eq!(other.size(), w.size());
+    assert_eq!(other.tree.frontier(), w.tree.frontier());
+    assert_eq!(other.last_leaf, w.last_leaf);
+    assert_eq!(other.read_len, w.read_len);
+    assert_eq!(other.last_checkpoint_size(), w.last_checkpoint_size());
+    assert!(f.verify().ok, "{:?}", f.verify());
+}
+
+/// The newest record's time read from a segment's end, in windows too small for one record,
+/// is the time read from the whole file, for a closed segment and for the open one.
+#[test]
+fn the_newest_time_of_a_segment_is_read_from_its_end() {
+    let f = Fixture::new();
+    let upkeep = Upkeep {
+        segment_records: 5,
+        retention: None,
+    };
+    let mut w = f.writer();
+    for i in 0..8 {
+        w.append(&rec(i)).expect("appends");
+        if i == 4 {
+            w.checkpoint(&f.key, "periodic", None, 1_000, upkeep, false)
+                .expect("signs");
+        }
+    }
+    let segs = list_segments(&trail_dir(f.data())).expect("lists");
+    assert_eq!(segs.len(), 2, "{segs:?}");
+    for (_, path) in &segs {
+        let bytes = fs::read(path).expect("reads");
+        let (lines, _) = split_lines(&bytes);
+        let whole = lines
+            .iter()
+            .skip(1)
+            .rev()
+            .filter(|l| end_marker(l).is_none())
+            .find_map(|l| serde_json::from_slice::<Record>(l).ok())
+            .and_then(|r| record::parse_rfc3339_us(&r.t));
+        assert!(whole.is_some());
+        for window in [1, 10, 100, 1000, TAIL_WINDOW] {
+            assert_eq!(
+                newest_time_from(path, window).expect("reads"),
+                whole,
+                "{path:?}, windows from {window}"
+            );
+        }
+    }
+    // A segment of its header alone has no newest record.
+    let empty = f.dir.path().join("seg-empty.jsonl");
+    write_header(&empty, 0, &Frontier::new(), None).expect("writes");
+    assert_eq!(newest_time_from(&empty, 4).expect("reads"), None);
+}
