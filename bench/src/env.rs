@@ -32,6 +32,11 @@ use km_tests::{
 };
 use serde_json::Value;
 
+/// The bundled plugin that keeps the audit trail.
+const TRAIL: &str = "compliance-reporting";
+/// The plugin set of every bundled observer but [`TRAIL`].
+pub(crate) const LIGHTER_OBSERVERS: &str = "observers-but-trail";
+
 /// What a bundled plugin does on the path, as the bench measures it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Role {
@@ -181,6 +186,14 @@ impl BenchEnv {
         // Every plugin set a section loads, each in a directory of its own.
         let observers: Vec<Bundled> = env.of_role(Role::Observer);
         env.install_set("observers", &observers)?;
+        // The observers without the audit trail: what the others cost together, beside the
+        // whole set (compliance-reporting alone is most of it: BENCHMARKS.md).
+        let lighter: Vec<Bundled> = observers
+            .iter()
+            .copied()
+            .filter(|b| b.name() != TRAIL)
+            .collect();
+        env.install_set(LIGHTER_OBSERVERS, &lighter)?;
         env.install_set("bundled", &env.bundled.clone())?;
         for b in env.bundled.clone() {
             env.install_set(&format!("only-{}", b.name()), &[b])?;
@@ -229,7 +242,8 @@ impl BenchEnv {
         names
     }
 
-    /// The directory of plugin set `set`: `observers`, `bundled`, `only-NAME`, `noop-N`.
+    /// The directory of plugin set `set`: `observers`, [`LIGHTER_OBSERVERS`], `bundled`,
+    /// `only-NAME`, `noop-N`.
     pub(crate) fn set_dir(&self, set: &str) -> PathBuf {
         self.dir().join(format!("set-{set}"))
     }

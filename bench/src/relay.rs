@@ -1,6 +1,6 @@
 //! Relay throughput and peak memory: mixed JSON-RPC streams through `km monitor -- cat` (with no
-//! plugins, with every bundled observer, with every bundled plugin interceptors included, and with
-//! each alone) and through a plain pipe relay (`sh -c 'cat | cat'`: one cat relays, one echoes).
+//! plugins, with every bundled observer, with all of them but compliance-reporting, with every
+//! bundled plugin interceptors included, and with each alone) and through a plain pipe relay (`sh -c 'cat | cat'`: one cat relays, one echoes).
 //! A writer thread writes one message per `write`, as a client does; a reader thread reads
 //! everything back; the bytes that came back are compared with those sent. km's peak RSS (VmHWM)
 //! is read while it still runs, just before its stdin is closed.
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use km_tests::{spawn_client, ClientStdio};
 
-use crate::env::{median, proc_status_kb, BenchEnv, Handed, MAX_NOOPS};
+use crate::env::{median, proc_status_kb, BenchEnv, Handed, LIGHTER_OBSERVERS, MAX_NOOPS};
 use crate::report::{Report, Row};
 use crate::Options;
 
@@ -642,6 +642,14 @@ pub(crate) fn run(env: &BenchEnv, options: &Options, report: &mut Report) -> Res
                 set: Some("observers".into()),
                 baseline: 0,
                 target: Some(1.5),
+            },
+            Variant {
+                label: label("every bundled observer but compliance-reporting, --lossless"),
+                make: km(Some(LIGHTER_OBSERVERS), true),
+                stdio: pipes,
+                set: Some(LIGHTER_OBSERVERS.into()),
+                baseline: 0,
+                target: None,
             },
             Variant {
                 label: label("every bundled observer, socketpair stdio"),
