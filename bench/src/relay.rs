@@ -1,6 +1,7 @@
 //! Relay throughput and peak memory: mixed JSON-RPC streams through `km monitor -- cat` (with no
 //! plugins, with every bundled observer, with all of them but compliance-reporting, with every
-//! bundled plugin interceptors included, and with each alone) and through a plain pipe relay (`sh -c 'cat | cat'`: one cat relays, one echoes).
+//! bundled plugin interceptors included, and with each alone) and through a plain pipe relay
+//! (`sh -c 'cat | cat'`: one cat relays, one echoes).
 //! A writer thread writes one message per `write`, as a client does; a reader thread reads
 //! everything back; the bytes that came back are compared with those sent. km's peak RSS (VmHWM)
 //! is read while it still runs, just before its stdin is closed.
